@@ -1,0 +1,1 @@
+//! The session and turn loop: model requests, tool calls, approvals, commits, events

@@ -1,0 +1,1 @@
+//! Git tracking of a session: snapshots, auto-commits, change sets, rollback, shadow repo, sync back

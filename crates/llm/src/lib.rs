@@ -1,0 +1,1 @@
+//! Model providers (Anthropic, OpenAI, Ollama): streaming decoders and retry

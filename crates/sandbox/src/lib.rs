@@ -1,0 +1,160 @@
+//! The `Sandbox` trait: where the agent's tools read, write and run commands.
+//!
+//! Tools never touch host paths themselves. They hand a project-relative path (already
+//! checked lexically by the tools crate) to a `Sandbox`, which resolves it inside its own
+//! root. That keeps the tools the same whether files live on the host (`direct`, `copy`,
+//! `process`), in a container, or inside a VM reached over a socket.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+pub use safe_coder_protocol::{SandboxState, SandboxStatus};
+pub use tokio_util::sync::CancellationToken;
+
+/// The isolation backends (DESIGN §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    Firecracker,
+    Qemu,
+    Docker,
+    Process,
+    Copy,
+    Direct,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Firecracker => "firecracker",
+            BackendKind::Qemu => "qemu",
+            BackendKind::Docker => "docker",
+            BackendKind::Process => "process",
+            BackendKind::Copy => "copy",
+            BackendKind::Direct => "direct",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "firecracker" => BackendKind::Firecracker,
+            "qemu" => BackendKind::Qemu,
+            "docker" => BackendKind::Docker,
+            "process" => BackendKind::Process,
+            "copy" | "demo" => BackendKind::Copy,
+            "direct" => BackendKind::Direct,
+            _ => return None,
+        })
+    }
+
+    /// Whether the agent works on a sandbox copy that is synced back (every backend but
+    /// `direct`).
+    pub fn uses_copy(self) -> bool {
+        self != BackendKind::Direct
+    }
+}
+
+/// Errors from sandbox operations. Each message is one sentence the model or the user
+/// can act on; tools turn them into tool results so the model can correct itself.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The path resolves outside the project root (through `..`, an absolute path or a
+    /// symlink).
+    #[error("path '{0}' is outside the project root; use a path inside the project")]
+    OutsideRoot(String),
+    #[error("file not found: {0}")]
+    NotFound(String),
+    #[error("'{0}' is a directory, not a file")]
+    IsDirectory(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backend cannot run here (missing binary, no KVM, ...). The text says why.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Metadata of one file in the sandbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileStat {
+    pub is_dir: bool,
+    pub size: u64,
+    pub executable: bool,
+}
+
+/// One directory entry, for listings (`@dir`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub is_dir: bool,
+    pub size: u64,
+}
+
+/// A shell command to run in the sandbox's project root with `bash -c`.
+#[derive(Clone, Debug)]
+pub struct ExecRequest {
+    pub command: String,
+    pub timeout: Duration,
+    /// Combined stdout+stderr beyond this many bytes is dropped (the total is reported).
+    pub max_output_bytes: usize,
+}
+
+/// The result of a command. A timeout or cancellation has killed the command's whole
+/// process group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// `None` when the command was killed by a signal, a timeout or a cancellation.
+    pub exit_code: Option<i32>,
+    /// stdout and stderr interleaved as they arrived, capped at `max_output_bytes`,
+    /// lossily decoded as UTF-8.
+    pub output: String,
+    /// Total bytes the command printed (more than `output.len()` when capped).
+    pub total_output_bytes: u64,
+    pub timed_out: bool,
+    pub cancelled: bool,
+    pub duration: Duration,
+}
+
+/// Where the agent's tools act. Paths are relative to the project root with `/`
+/// separators and no `..` components (the tools crate normalises them); a backend still
+/// refuses any path that resolves outside its root, e.g. through a symlink.
+#[async_trait]
+pub trait Sandbox: Send + Sync {
+    fn backend(&self) -> BackendKind;
+
+    /// The project root as the agent sees it (shown in the system prompt; absolute paths
+    /// under it are accepted by the tools).
+    fn agent_root(&self) -> String;
+
+    /// The host directory that holds the work tree, when the files live on the host
+    /// (`direct`, `copy`, `process`, `docker` bind mounts); `None` inside a VM.
+    fn host_workdir(&self) -> Option<&Path>;
+
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError>;
+
+    /// Creates parent directories. Keeps the executable bit of an existing file.
+    async fn write_file(&self, path: &str, data: &[u8]) -> Result<(), SandboxError>;
+
+    /// `Ok(None)` when nothing exists at `path`.
+    async fn stat(&self, path: &str) -> Result<Option<FileStat>, SandboxError>;
+
+    async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, SandboxError>;
+
+    /// Run `bash -c command` in the project root: stdin closed, environment scrubbed of
+    /// secrets, the whole process group killed on timeout or when `cancel` fires.
+    async fn exec(
+        &self,
+        request: ExecRequest,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutput, SandboxError>;
+
+    async fn status(&self) -> SandboxStatus;
+
+    /// Stop whatever runs in the sandbox (VM, container). Files stay for sync.
+    async fn stop(&self) -> Result<(), SandboxError>;
+}

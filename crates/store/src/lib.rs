@@ -1,0 +1,1 @@
+//! SQLite persistence: sessions, messages, statistics (nothing else talks SQL)

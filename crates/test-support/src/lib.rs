@@ -1,0 +1,1 @@
+//! Mock model servers speaking the Anthropic, OpenAI and Ollama wire formats, with fault injection

@@ -1,0 +1,1 @@
+//! The terminal UI: ratatui drawing as a pure function of state
