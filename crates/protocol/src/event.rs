@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{ApprovalRequest, Usage};
+use crate::{ApprovalRequest, ChangeSet, Usage};
 
 /// How a tool call ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +65,14 @@ pub enum Event {
     TurnFinished { text: String },
     /// The turn was cancelled by the user.
     TurnCancelled,
-    /// An informational line for the user (backend choice, sync result...).
+    /// An informational line for the user (backend choice, compaction...).
     Notice { message: String },
+    /// The agent's changes at the end of a session, before review.
+    ChangeSummary { changes: ChangeSet },
+    /// What sync back did. `session_kept`: unsynced work remains in the session.
+    SyncFinished {
+        applied: Vec<String>,
+        conflicts: Vec<String>,
+        session_kept: bool,
+    },
 }

@@ -12,6 +12,18 @@ use async_trait::async_trait;
 pub use safe_coder_protocol::{SandboxState, SandboxStatus};
 pub use tokio_util::sync::CancellationToken;
 
+pub mod env;
+pub mod host;
+pub mod paths;
+pub mod process;
+pub mod select;
+
+pub use env::scrubbed_env;
+pub use host::{CommandConfiner, HostSandbox};
+pub use paths::resolve_in_root;
+pub use process::{open_process_sandbox, ProcessConfiner, ProcessLimits};
+pub use select::{choose, doctor_report, probe, probe_all, BackendProbe};
+
 /// The isolation backends (DESIGN §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BackendKind {

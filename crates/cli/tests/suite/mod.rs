@@ -1,0 +1,4 @@
+mod backends;
+mod config;
+mod exec;
+mod interactive;

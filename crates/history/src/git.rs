@@ -1,0 +1,161 @@
+//! Running the git CLI, isolated from the user's configuration.
+//!
+//! Every invocation: no system or global config (`GIT_CONFIG_NOSYSTEM`,
+//! `GIT_CONFIG_GLOBAL=/dev/null`), no inherited `GIT_*` variables, a fixed author and
+//! committer, literal pathspecs, no hooks, no signing, no line-ending conversion, no
+//! fsmonitor, no user-level ignore or attributes files.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::error::HistoryError;
+use crate::{AUTHOR_EMAIL, AUTHOR_NAME};
+
+/// `-c` options given to every git command (they override the repository's config,
+/// which the agent could edit from inside the sandbox).
+const CONFIG: &[&str] = &[
+    "core.hooksPath=/dev/null",
+    "core.autocrlf=false",
+    "core.safecrlf=false",
+    "core.eol=lf",
+    "core.fsmonitor=false",
+    "core.untrackedCache=true",
+    "core.preloadIndex=true",
+    "core.excludesFile=/dev/null",
+    "core.attributesFile=/dev/null",
+    "core.quotePath=false",
+    "core.symlinks=true",
+    "core.fileMode=true",
+    "core.ignoreCase=false",
+    "core.precomposeUnicode=false",
+    "core.bigFileThreshold=512m",
+    "commit.gpgSign=false",
+    "gc.auto=0",
+    "maintenance.auto=false",
+    "safe.directory=*",
+    "diff.noprefix=false",
+    "diff.mnemonicPrefix=false",
+    "color.ui=false",
+];
+
+pub(crate) struct Git<'a> {
+    pub git_dir: &'a Path,
+    pub work_tree: &'a Path,
+    /// An alternative index file (`GIT_INDEX_FILE`).
+    pub index: Option<&'a Path>,
+}
+
+impl Git<'_> {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("git");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("GIT_") {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env("GIT_DIR", self.git_dir)
+            .env("GIT_WORK_TREE", self.work_tree)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", AUTHOR_NAME)
+            .env("GIT_AUTHOR_EMAIL", AUTHOR_EMAIL)
+            .env("GIT_COMMITTER_NAME", AUTHOR_NAME)
+            .env("GIT_COMMITTER_EMAIL", AUTHOR_EMAIL)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_LITERAL_PATHSPECS", "1")
+            .env("GIT_NO_REPLACE_OBJECTS", "1")
+            .env("GIT_PAGER", "cat")
+            .env("LC_ALL", "C");
+        if let Some(index) = self.index {
+            cmd.env("GIT_INDEX_FILE", index);
+        }
+        for c in CONFIG {
+            cmd.arg("-c").arg(c);
+        }
+        cmd.args(args).current_dir(self.work_tree);
+        cmd
+    }
+
+    /// Runs git and returns its stdout; a non-zero exit is an error carrying stderr.
+    pub fn run(&self, args: &[&str]) -> Result<Vec<u8>, HistoryError> {
+        self.run_with_input(args, None)
+    }
+
+    pub fn run_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Result<Vec<u8>, HistoryError> {
+        let (ok, stdout, stderr) = self.run_status(args, input)?;
+        if ok {
+            Ok(stdout)
+        } else {
+            Err(HistoryError::Git {
+                command: args.first().copied().unwrap_or_default().to_string(),
+                stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
+            })
+        }
+    }
+
+    /// Runs git and returns (success, stdout, stderr) without judging the exit code.
+    pub fn run_status(&self, args: &[&str], input: Option<&[u8]>) -> Result<(bool, Vec<u8>, Vec<u8>), HistoryError> {
+        let mut cmd = self.command(args);
+        cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(spawn_error)?;
+        let writer = match (input, child.stdin.take()) {
+            (Some(data), Some(mut stdin)) => {
+                let data = data.to_vec();
+                Some(std::thread::spawn(move || {
+                    // A broken pipe means git stopped reading; its exit status says why.
+                    let _ = stdin.write_all(&data);
+                }))
+            }
+            _ => None,
+        };
+        let mut stderr_pipe = child.stderr.take();
+        let err_reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(pipe) = stderr_pipe.as_mut() {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        });
+        let mut stdout = Vec::new();
+        if let Some(mut pipe) = child.stdout.take() {
+            pipe.read_to_end(&mut stdout).map_err(|e| HistoryError::io("cannot read git's output", e))?;
+        }
+        let status = child.wait().map_err(|e| HistoryError::io("cannot wait for git", e))?;
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
+        let stderr = err_reader.join().unwrap_or_default();
+        Ok((status.success(), stdout, stderr))
+    }
+
+    /// Runs git and returns the first line of stdout, trimmed.
+    pub fn line(&self, args: &[&str]) -> Result<String, HistoryError> {
+        let out = self.run(args)?;
+        Ok(String::from_utf8_lossy(&out).lines().next().unwrap_or_default().trim().to_string())
+    }
+}
+
+fn spawn_error(e: std::io::Error) -> HistoryError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        HistoryError::GitMissing
+    } else {
+        HistoryError::io("cannot run git", e)
+    }
+}
+
+/// Fails with [`HistoryError::GitMissing`] when no `git` can be started.
+pub(crate) fn ensure_git() -> Result<(), HistoryError> {
+    Command::new("git")
+        .arg("--version")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(spawn_error)
+        .map(|_| ())
+}

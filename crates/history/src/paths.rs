@@ -1,0 +1,134 @@
+//! Exclude globs and relative-path hygiene.
+
+use std::path::{Component, Path};
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
+use crate::error::HistoryError;
+
+/// The `[isolation] exclude` globs. A pattern without `/` matches a file or directory
+/// name at any depth (`node_modules`, `*.log`); a pattern with `/` matches the path
+/// from the project root (`build/cache`, `docs/*.pdf`). A trailing `/` is ignored and
+/// a leading `/` only anchors. This is the gitignore reading of the same lines, which
+/// is why they are also written to the session's `info/exclude`.
+pub(crate) struct Excludes {
+    names: GlobSet,
+    paths: GlobSet,
+}
+
+impl Excludes {
+    pub fn new(patterns: &[String]) -> Result<Self, HistoryError> {
+        let mut names = GlobSetBuilder::new();
+        let mut paths = GlobSetBuilder::new();
+        for raw in patterns {
+            let p = raw.trim().trim_end_matches('/');
+            if p.is_empty() || p.starts_with('#') {
+                continue;
+            }
+            let anchored = p.starts_with('/');
+            let p = p.trim_start_matches('/');
+            let glob = GlobBuilder::new(p)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| HistoryError::BadExclude { pattern: raw.clone(), reason: e.kind().to_string() })?;
+            if anchored || p.contains('/') {
+                paths.add(glob);
+            } else {
+                names.add(glob);
+            }
+        }
+        let build = |b: GlobSetBuilder| {
+            b.build().map_err(|e| HistoryError::BadExclude { pattern: patterns.join(", "), reason: e.to_string() })
+        };
+        Ok(Excludes { names: build(names)?, paths: build(paths)? })
+    }
+
+    /// Whether the entry at `rel` (relative to the project) is excluded.
+    pub fn is_excluded(&self, rel: &Path) -> bool {
+        if let Some(name) = rel.file_name() {
+            if self.names.is_match(Path::new(name)) {
+                return true;
+            }
+        }
+        !self.paths.is_empty() && self.paths.is_match(rel)
+    }
+}
+
+/// The text of `info/exclude` for these globs (gitignore syntax).
+pub(crate) fn exclude_file_text(patterns: &[String]) -> String {
+    let mut s = String::from("# Safe Coder: [isolation] exclude\n");
+    for p in patterns {
+        let p = p.trim();
+        if !p.is_empty() {
+            s.push_str(p);
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// A safe relative path (`/`-separated, no `..`, no `.git`, not absolute), or `None`.
+pub(crate) fn clean_rel(p: &str) -> Option<String> {
+    let path = Path::new(p);
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(s) => {
+                let s = s.to_str()?;
+                if s.eq_ignore_ascii_case(".git") {
+                    return None;
+                }
+                parts.push(s);
+            }
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join("/"))
+    }
+}
+
+/// Like [`clean_rel`], also accepting an absolute path inside `root`.
+pub(crate) fn rel_to_root(root: &Path, p: &str) -> Option<String> {
+    let path = Path::new(p);
+    if path.is_absolute() {
+        let rest = path.strip_prefix(root).ok()?;
+        clean_rel(rest.to_str()?)
+    } else {
+        clean_rel(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excludes_match_names_and_paths() {
+        let ex = Excludes::new(&["node_modules".into(), "*.log".into(), "build/cache/".into(), "/top".into()])
+            .unwrap();
+        assert!(ex.is_excluded(Path::new("a/node_modules")));
+        assert!(ex.is_excluded(Path::new("x.log")));
+        assert!(ex.is_excluded(Path::new("deep/er/x.log")));
+        assert!(ex.is_excluded(Path::new("build/cache")));
+        assert!(!ex.is_excluded(Path::new("other/build/cache")));
+        assert!(ex.is_excluded(Path::new("top")));
+        assert!(!ex.is_excluded(Path::new("src/main.rs")));
+    }
+
+    #[test]
+    fn clean_rel_refuses_escapes() {
+        assert_eq!(clean_rel("./a/b").as_deref(), Some("a/b"));
+        assert_eq!(clean_rel("a/../b"), None);
+        assert_eq!(clean_rel("/etc/passwd"), None);
+        assert_eq!(clean_rel(".git/config"), None);
+        assert_eq!(clean_rel("sub/.git/HEAD"), None);
+        assert_eq!(clean_rel(""), None);
+        assert_eq!(rel_to_root(Path::new("/w"), "/w/x/y").as_deref(), Some("x/y"));
+        assert_eq!(rel_to_root(Path::new("/w"), "/other/y"), None);
+    }
+}

@@ -1,0 +1,396 @@
+//! The initial snapshot of a sandbox copy, written without running git: the project is
+//! copied file by file on a few threads, each file hashed while it is copied and
+//! appended to that thread's packfile; then the trees, the commit, the refs and an index
+//! with real stat data and a cache tree are written. The result is an ordinary git
+//! repository (`git fsck` and `git status` are clean).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, FileTimes, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sha1::{Digest, Sha1};
+
+use crate::error::{HistoryError, IoContext};
+use crate::index::{self, Entry, Stat, TreeNode};
+use crate::objects::{self, hash_object, hex, Oid};
+use crate::pack::{PackWriter, OBJ_BLOB, OBJ_COMMIT, OBJ_TREE};
+use crate::paths::{exclude_file_text, Excludes};
+
+/// Unsets every attribute that would make a blob differ from the file's bytes
+/// (line-ending conversion, filters, ident): `info/attributes` beats `.gitattributes`.
+const ATTRIBUTES: &str = "# Safe Coder: track bytes exactly as they are\n* -text -eol -filter -ident -working-tree-encoding\n";
+
+/// Creates an empty repository in `git_dir` (refusing a non-empty one).
+pub(crate) fn init_git_dir(git_dir: &Path, excludes: &[String], worktree: Option<&Path>) -> Result<(), HistoryError> {
+    if git_dir.exists() && fs::read_dir(git_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(HistoryError::NotEmpty(git_dir.to_path_buf()));
+    }
+    for sub in ["objects/pack", "objects/info", "refs/heads", "refs/tags", "refs/safe-coder", "info"] {
+        let d = git_dir.join(sub);
+        fs::create_dir_all(&d).ctx(|| format!("cannot create {}", d.display()))?;
+    }
+    let mut config = String::from(
+        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = false\n\
+         \tsymlinks = true\n\tignorecase = false\n\tautocrlf = false\n\tsafecrlf = false\n\tfsmonitor = false\n\
+         \tuntrackedCache = true\n\tquotePath = false\n\thooksPath = /dev/null\n",
+    );
+    if let Some(wt) = worktree {
+        config.push_str(&format!("\tworktree = {}\n", wt.display()));
+    }
+    config.push_str(
+        "[gc]\n\tauto = 0\n[maintenance]\n\tauto = false\n[commit]\n\tgpgsign = false\n\
+         [user]\n\tname = Safe Coder\n\temail = safe-coder@localhost\n",
+    );
+    let files = [
+        ("HEAD", "ref: refs/heads/main\n".to_string()),
+        ("config", config),
+        ("description", "Safe Coder session history\n".to_string()),
+        ("info/exclude", exclude_file_text(excludes)),
+        ("info/attributes", ATTRIBUTES.to_string()),
+    ];
+    for (name, text) in files {
+        let p = git_dir.join(name);
+        fs::write(&p, text).ctx(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Makes sure `info/attributes` pins byte-exact tracking (repositories made by older
+/// versions, or an agent that deleted it).
+pub(crate) fn ensure_attributes(git_dir: &Path) {
+    let p = git_dir.join("info/attributes");
+    if fs::read_to_string(&p).map(|s| s != ATTRIBUTES).unwrap_or(true) {
+        let _ = fs::create_dir_all(git_dir.join("info"));
+        let _ = fs::write(&p, ATTRIBUTES);
+    }
+}
+
+struct Item {
+    rel: PathBuf,
+    size: u64,
+}
+
+/// What the copy threads report per file.
+struct Copied {
+    id: Oid,
+    mode: u32,
+    stat: Stat,
+}
+
+/// Copies `project` into `work_tree` and writes the initial commit; returns its id.
+pub(crate) fn copy_and_snapshot(
+    project: &Path,
+    work_tree: &Path,
+    git_dir: &Path,
+    excludes: &[String],
+    message: &str,
+) -> Result<String, HistoryError> {
+    let ex = Excludes::new(excludes)?;
+    let (dirs, files, links) = walk(project, &ex)?;
+    for d in &dirs {
+        let p = work_tree.join(d);
+        fs::create_dir_all(&p).ctx(|| format!("cannot create {}", p.display()))?;
+    }
+
+    // Files of equal size may hold equal content; a pack must not hold an object twice,
+    // so find those duplicates before packing (only same-size files are read twice).
+    let mut by_size: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (i, f) in files.iter().enumerate() {
+        by_size.entry(f.size).or_default().push(i);
+    }
+    let mut expected: Vec<Option<Oid>> = vec![None; files.len()];
+    let mut packed = vec![true; files.len()];
+    let mut first_seen: HashSet<Oid> = HashSet::new();
+    let mut groups: Vec<&Vec<usize>> = by_size.values().filter(|g| g.len() > 1).collect();
+    groups.sort_by_key(|g| g[0]);
+    for group in groups {
+        for &i in group {
+            let p = project.join(&files[i].rel);
+            let data = fs::read(&p).ctx(|| format!("cannot read {}", p.display()))?;
+            let id = hash_object("blob", &data);
+            expected[i] = Some(id);
+            if !first_seen.insert(id) {
+                packed[i] = false;
+            }
+        }
+    }
+
+    // Balance the threads by bytes.
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
+    let threads = if files.len() < 64 { 1 } else { threads };
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(files[i].size));
+    let mut shares: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); threads];
+    for i in order {
+        if let Some(lightest) = shares.iter_mut().min_by_key(|s| s.0) {
+            lightest.0 += files[i].size + 4096;
+            lightest.1.push(i);
+        }
+    }
+    let pack_dir = git_dir.join("objects/pack");
+    let reflink = AtomicBool::new(true);
+    let results: Vec<Result<Vec<(usize, Copied)>, HistoryError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = shares
+            .iter()
+            .enumerate()
+            .map(|(t, (_, share))| {
+                let (files, expected, packed, pack_dir, reflink) = (&files, &expected, &packed, &pack_dir, &reflink);
+                s.spawn(move || -> Result<Vec<(usize, Copied)>, HistoryError> {
+                    let count = share.iter().filter(|&&i| packed[i]).count() as u32;
+                    let mut pack = PackWriter::create(pack_dir, &format!("blobs{t}"), count)?;
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut out = Vec::with_capacity(share.len());
+                    for &i in share {
+                        let rel = &files[i].rel;
+                        let sink = if packed[i] { Some(&mut pack) } else { None };
+                        let copied = copy_file(&project.join(rel), &work_tree.join(rel), files[i].size, sink, &mut buf, reflink)?;
+                        if expected[i].is_some_and(|e| e != copied.id) {
+                            return Err(HistoryError::ChangedDuringCopy { path: project.join(rel) });
+                        }
+                        out.push((i, copied));
+                    }
+                    pack.finish()?;
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(HistoryError::Corrupt("a copy thread panicked".into()))))
+            .collect()
+    });
+
+    let mut entries: Vec<Entry> = Vec::with_capacity(files.len() + links.len());
+    let mut blob_ids: HashSet<Oid> = HashSet::with_capacity(files.len());
+    for r in results {
+        for (i, c) in r? {
+            blob_ids.insert(c.id);
+            entries.push(Entry { path: files[i].rel.as_os_str().as_bytes().to_vec(), mode: c.mode, id: c.id, stat: c.stat });
+        }
+    }
+    // Symlinks stay symlinks; their blob is the target path.
+    let mut extra: Vec<(u8, Oid, Vec<u8>)> = Vec::new();
+    let mut extra_ids: HashSet<Oid> = HashSet::new();
+    for rel in &links {
+        let src = project.join(rel);
+        let dst = work_tree.join(rel);
+        let target = fs::read_link(&src).ctx(|| format!("cannot read the link {}", src.display()))?;
+        std::os::unix::fs::symlink(&target, &dst).ctx(|| format!("cannot create the link {}", dst.display()))?;
+        let meta = fs::symlink_metadata(&dst).ctx(|| format!("cannot stat {}", dst.display()))?;
+        let body = target.as_os_str().as_bytes().to_vec();
+        let id = hash_object("blob", &body);
+        if !blob_ids.contains(&id) && extra_ids.insert(id) {
+            extra.push((OBJ_BLOB, id, body));
+        }
+        entries.push(Entry { path: rel.as_os_str().as_bytes().to_vec(), mode: 0o120000, id, stat: Stat::from_meta(&meta) });
+    }
+    entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+
+    let mut nodes = Vec::new();
+    let mut trees = Vec::new();
+    let root = build_tree(&entries, 0, b"", &mut trees, &mut nodes);
+    for (id, body) in trees {
+        if extra_ids.insert(id) {
+            extra.push((OBJ_TREE, id, body));
+        }
+    }
+    let commit = objects::commit_body(&hex(&root), &[], message, objects::now());
+    let commit_id = hash_object("commit", &commit);
+    extra.push((OBJ_COMMIT, commit_id, commit));
+    let mut pack = PackWriter::create(&pack_dir, "meta", extra.len() as u32)?;
+    for (kind, id, body) in &extra {
+        pack.begin_object(*kind, body.len() as u64)?;
+        pack.feed(body)?;
+        pack.end_object(*id)?;
+    }
+    pack.finish()?;
+
+    let commit_hex = hex(&commit_id);
+    write_ref(git_dir, "refs/heads/main", &commit_hex)?;
+    write_ref(git_dir, "refs/safe-coder/base", &commit_hex)?;
+    index::write_index(&git_dir.join("index"), &entries, &nodes)?;
+    Ok(commit_hex)
+}
+
+/// Writes a loose ref atomically.
+pub(crate) fn write_ref(git_dir: &Path, name: &str, id: &str) -> Result<(), HistoryError> {
+    let path = git_dir.join(name);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).ctx(|| format!("cannot create {}", dir.display()))?;
+    }
+    let lock = path.with_extension("lock");
+    fs::write(&lock, format!("{id}\n")).ctx(|| format!("cannot write {}", lock.display()))?;
+    fs::rename(&lock, &path).ctx(|| format!("cannot write {}", path.display()))
+}
+
+type Walked = (Vec<PathBuf>, Vec<Item>, Vec<PathBuf>);
+
+/// Directories, regular files and symlinks of `project` (relative paths), without
+/// `.git` entries at any depth and without excluded ones. Sockets, FIFOs and device
+/// files are skipped.
+fn walk(project: &Path, ex: &Excludes) -> Result<Walked, HistoryError> {
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    let mut links = Vec::new();
+    let it = walkdir::WalkDir::new(project).follow_links(false).min_depth(1).into_iter().filter_entry(|e| {
+        let rel = e.path().strip_prefix(project).unwrap_or(e.path());
+        e.file_name() != ".git" && !ex.is_excluded(rel)
+    });
+    for entry in it {
+        let entry = entry.map_err(|e| {
+            let path = e.path().map(|p| p.display().to_string()).unwrap_or_else(|| project.display().to_string());
+            HistoryError::io(format!("cannot read {path}"), e.into_io_error().unwrap_or_else(|| std::io::Error::other("filesystem loop")))
+        })?;
+        let rel = entry.path().strip_prefix(project).unwrap_or(entry.path()).to_path_buf();
+        let ft = entry.file_type();
+        if ft.is_dir() {
+            dirs.push(rel);
+        } else if ft.is_symlink() {
+            links.push(rel);
+        } else if ft.is_file() {
+            let meta = entry.metadata().map_err(|e| {
+                HistoryError::io(format!("cannot stat {}", entry.path().display()), e.into_io_error().unwrap_or_else(|| std::io::Error::other("stat failed")))
+            })?;
+            files.push(Item { rel, size: meta.len() });
+        }
+    }
+    Ok((dirs, files, links))
+}
+
+/// Copies one regular file, hashing it on the way and appending it to `pack`.
+fn copy_file(
+    src: &Path,
+    dst: &Path,
+    expected_len: u64,
+    mut pack: Option<&mut PackWriter>,
+    buf: &mut [u8],
+    reflink: &AtomicBool,
+) -> Result<Copied, HistoryError> {
+    let mut input = File::open(src).ctx(|| format!("cannot read {}", src.display()))?;
+    let meta = input.metadata().ctx(|| format!("cannot stat {}", src.display()))?;
+    let len = meta.len();
+    if len != expected_len {
+        return Err(HistoryError::ChangedDuringCopy { path: src.to_path_buf() });
+    }
+    let perm = meta.permissions().mode() & 0o777;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(perm | 0o200)
+        .open(dst)
+        .ctx(|| format!("cannot create {}", dst.display()))?;
+    let cloned = reflink.load(Ordering::Relaxed) && try_reflink(&input, &out, reflink);
+    let mut sha = Sha1::new();
+    sha.update(format!("blob {len}\0").as_bytes());
+    if let Some(p) = pack.as_deref_mut() {
+        p.begin_object(OBJ_BLOB, len)?;
+    }
+    let mut total = 0u64;
+    loop {
+        let n = match input.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(HistoryError::io(format!("cannot read {}", src.display()), e)),
+        };
+        total += n as u64;
+        if total > len {
+            return Err(HistoryError::ChangedDuringCopy { path: src.to_path_buf() });
+        }
+        let chunk = &buf[..n];
+        if !cloned {
+            out.write_all(chunk).ctx(|| format!("cannot write {}", dst.display()))?;
+        }
+        sha.update(chunk);
+        if let Some(p) = pack.as_deref_mut() {
+            p.feed(chunk)?;
+        }
+    }
+    if total != len {
+        return Err(HistoryError::ChangedDuringCopy { path: src.to_path_buf() });
+    }
+    let id: Oid = sha.finalize().into();
+    if let Some(p) = pack.as_deref_mut() {
+        p.end_object(id)?;
+    }
+    // Keep the modification time: builds see unchanged files, and git's index does not
+    // find "racily clean" entries to re-hash.
+    let mut times = FileTimes::new();
+    if let Ok(m) = meta.modified() {
+        times = times.set_modified(m);
+    }
+    if let Ok(a) = meta.accessed() {
+        times = times.set_accessed(a);
+    }
+    let _ = out.set_times(times);
+    let mut stat_meta = out.metadata().ctx(|| format!("cannot stat {}", dst.display()))?;
+    if stat_meta.permissions().mode() & 0o777 != perm {
+        out.set_permissions(fs::Permissions::from_mode(perm)).ctx(|| format!("cannot chmod {}", dst.display()))?;
+        stat_meta = out.metadata().ctx(|| format!("cannot stat {}", dst.display()))?;
+    }
+    let mode = if stat_meta.permissions().mode() & 0o100 != 0 { 0o100755 } else { 0o100644 };
+    Ok(Copied { id, mode, stat: Stat::from_meta(&stat_meta) })
+}
+
+/// Shares the blocks of `src` with `dst` (btrfs, XFS, bcachefs...). The first failure
+/// turns reflinks off for the rest of the copy.
+fn try_reflink(src: &File, dst: &File, enabled: &AtomicBool) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: both descriptors are open for the duration of the call; FICLONE only
+    // reads its integer argument.
+    let rc = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) };
+    if rc == 0 {
+        true
+    } else {
+        enabled.store(false, Ordering::Relaxed);
+        false
+    }
+}
+
+/// Builds the tree for `entries` (all under one directory whose path prefix is
+/// `prefix` bytes long), pushing every tree object and the cache-tree nodes in
+/// pre-order. Returns the tree id.
+fn build_tree(entries: &[Entry], prefix: usize, name: &[u8], trees: &mut Vec<(Oid, Vec<u8>)>, nodes: &mut Vec<TreeNode>) -> Oid {
+    let pos = nodes.len();
+    nodes.push(TreeNode { name: name.to_vec(), entry_count: entries.len(), subtree_count: 0, id: [0; 20] });
+    let mut body = Vec::with_capacity(entries.len().min(256) * 40);
+    let mut subtrees = 0;
+    let mut i = 0;
+    while i < entries.len() {
+        let rest = &entries[i].path[prefix..];
+        if let Some(slash) = rest.iter().position(|&b| b == b'/') {
+            let dir = &rest[..slash];
+            let mut j = i + 1;
+            while j < entries.len() {
+                let r = &entries[j].path[prefix..];
+                if r.len() > slash && &r[..slash] == dir && r[slash] == b'/' {
+                    j += 1;
+                } else {
+                    break;
+                }
+            }
+            let id = build_tree(&entries[i..j], prefix + slash + 1, dir, trees, nodes);
+            body.extend_from_slice(b"40000 ");
+            body.extend_from_slice(dir);
+            body.push(0);
+            body.extend_from_slice(&id);
+            subtrees += 1;
+            i = j;
+        } else {
+            body.extend_from_slice(format!("{:o} ", entries[i].mode).as_bytes());
+            body.extend_from_slice(rest);
+            body.push(0);
+            body.extend_from_slice(&entries[i].id);
+            i += 1;
+        }
+    }
+    let id = hash_object("tree", &body);
+    trees.push((id, body));
+    nodes[pos].subtree_count = subtrees;
+    nodes[pos].id = id;
+    id
+}

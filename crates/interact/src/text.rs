@@ -1,0 +1,87 @@
+//! Small text helpers shared by the modules.
+
+use std::fmt::Write as _;
+
+/// How many leading bytes are checked for NUL when deciding whether a file is binary
+/// (what git and grep do).
+const BINARY_SNIFF_BYTES: usize = 8000;
+
+/// The file's text, or `None` when it looks binary: a NUL byte near the start or bytes
+/// that are not UTF-8.
+pub(crate) fn decode_text(data: &[u8]) -> Option<&str> {
+    let head = &data[..data.len().min(BINARY_SNIFF_BYTES)];
+    if head.contains(&0) {
+        return None;
+    }
+    std::str::from_utf8(data).ok()
+}
+
+/// `cat -n` style: a right-aligned line number, a tab, the line.
+pub(crate) fn numbered_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 8 + 16);
+    for (i, line) in text.lines().enumerate() {
+        let _ = writeln!(out, "{:>6}\t{}", i + 1, line);
+    }
+    out
+}
+
+/// A byte count for people: `512 B`, `3.4 KiB`, `1.2 MiB`.
+pub(crate) fn human_size(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if bytes < 1024 {
+        format!("{bytes} B")
+    } else if b < KIB * KIB {
+        format!("{:.1} KiB", b / KIB)
+    } else {
+        format!("{:.1} MiB", b / (KIB * KIB))
+    }
+}
+
+/// Levenshtein distance over chars.
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distance() {
+        assert_eq!(edit_distance("stat", "stats"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn binary_and_text() {
+        assert_eq!(decode_text(b"hello"), Some("hello"));
+        assert_eq!(decode_text(b"he\0llo"), None);
+        assert_eq!(decode_text(&[0xff, 0xfe, 0x41]), None);
+    }
+
+    #[test]
+    fn numbering() {
+        assert_eq!(numbered_lines("a\nb\n"), "     1\ta\n     2\tb\n");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(10), "10 B");
+        assert_eq!(human_size(2048), "2.0 KiB");
+        assert_eq!(human_size(3 * 1024 * 1024), "3.0 MiB");
+    }
+}

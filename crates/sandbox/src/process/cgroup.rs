@@ -1,0 +1,431 @@
+//! CPU, memory and process-count limits through cgroups, where the machine lets us
+//! create one: a child of the cgroup this process is in, on cgroup v2 (when the
+//! controllers are delegated to it) or on each cgroup v1 hierarchy that is writable.
+//!
+//! One cgroup per confiner (that is, per sandbox): the limits hold for everything the
+//! agent runs in the session together, as they would for a VM. Commands join it from
+//! `pre_exec` by writing `0` to `cgroup.procs`; their children inherit it. Dropping the
+//! confiner kills whatever is left inside and removes the directories.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How one limit is enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enforcement {
+    CgroupV2,
+    CgroupV1,
+    /// A per-process `setrlimit` fallback (RLIMIT_DATA for memory, RLIMIT_NPROC for
+    /// processes). Weaker: per process or per user rather than per sandbox.
+    Rlimit,
+    /// Not enforced on this machine.
+    None,
+}
+
+impl Enforcement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::CgroupV2 => "cgroup v2",
+            Enforcement::CgroupV1 => "cgroup v1",
+            Enforcement::Rlimit => "setrlimit",
+            Enforcement::None => "not enforced",
+        }
+    }
+}
+
+/// Which controllers a cgroup set enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupEnforcement {
+    pub memory: Enforcement,
+    pub cpu: Enforcement,
+    pub pids: Enforcement,
+}
+
+impl CgroupEnforcement {
+    const NONE: CgroupEnforcement = CgroupEnforcement {
+        memory: Enforcement::None,
+        cpu: Enforcement::None,
+        pids: Enforcement::None,
+    };
+}
+
+/// Where child cgroups can be created, found once per process.
+#[derive(Clone, Debug, Default)]
+struct Layout {
+    /// cgroup v2 directory of this process whose `cgroup.subtree_control` lists
+    /// controllers we can use, with those controllers.
+    v2: Option<(PathBuf, Vec<String>)>,
+    /// cgroup v1 directories of this process, per controller.
+    v1_memory: Option<PathBuf>,
+    v1_cpu: Option<PathBuf>,
+    v1_pids: Option<PathBuf>,
+}
+
+fn layout() -> &'static Layout {
+    static LAYOUT: OnceLock<Layout> = OnceLock::new();
+    LAYOUT.get_or_init(|| detect().unwrap_or_default())
+}
+
+struct Mount {
+    root: String,
+    point: PathBuf,
+    fstype: String,
+    options: Vec<String>,
+}
+
+fn mounts() -> io::Result<Vec<Mount>> {
+    let text = fs::read_to_string("/proc/self/mountinfo")?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let left: Vec<&str> = left.split(' ').collect();
+        let right: Vec<&str> = right.split(' ').collect();
+        if left.len() < 5 || right.len() < 3 {
+            continue;
+        }
+        let fstype = right[0];
+        if fstype != "cgroup" && fstype != "cgroup2" {
+            continue;
+        }
+        out.push(Mount {
+            root: unescape(left[3]),
+            point: PathBuf::from(unescape(left[4])),
+            fstype: fstype.to_string(),
+            options: right[2].split(',').map(str::to_string).collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// mountinfo escapes spaces and a few other bytes as `\ooo`.
+fn unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let oct = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(oct, 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The directory of cgroup `path` (from /proc/self/cgroup) under `mount`.
+fn dir_in(mount: &Mount, path: &str) -> Option<PathBuf> {
+    let rel = if mount.root == "/" {
+        path
+    } else {
+        path.strip_prefix(mount.root.as_str())?
+    };
+    let rel = rel.trim_start_matches('/');
+    Some(if rel.is_empty() {
+        mount.point.clone()
+    } else {
+        mount.point.join(rel)
+    })
+}
+
+fn detect() -> io::Result<Layout> {
+    let mounts = mounts()?;
+    let membership = fs::read_to_string("/proc/self/cgroup")?;
+    let mut layout = Layout::default();
+    for line in membership.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if id == "0" && controllers.is_empty() {
+            let Some(mount) = mounts.iter().find(|m| m.fstype == "cgroup2") else {
+                continue;
+            };
+            let Some(dir) = dir_in(mount, path) else {
+                continue;
+            };
+            let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+            let usable: Vec<String> = enabled
+                .split_whitespace()
+                .filter(|c| matches!(*c, "memory" | "cpu" | "pids"))
+                .map(str::to_string)
+                .collect();
+            if !usable.is_empty() && is_writable_dir(&dir) {
+                layout.v2 = Some((dir, usable));
+            }
+            continue;
+        }
+        for controller in controllers.split(',') {
+            let slot = match controller {
+                "memory" => &mut layout.v1_memory,
+                "cpu" => &mut layout.v1_cpu,
+                "pids" => &mut layout.v1_pids,
+                _ => continue,
+            };
+            let Some(mount) = mounts
+                .iter()
+                .find(|m| m.fstype == "cgroup" && m.options.iter().any(|o| o == controller))
+            else {
+                continue;
+            };
+            if let Some(dir) = dir_in(mount, path) {
+                if is_writable_dir(&dir) {
+                    *slot = Some(dir);
+                }
+            }
+        }
+    }
+    Ok(layout)
+}
+
+fn is_writable_dir(dir: &Path) -> bool {
+    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path.
+    dir.is_dir() && unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0
+}
+
+/// A cgroup (one directory per hierarchy) that sandboxed commands join.
+#[derive(Debug)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+    /// `cgroup.procs` of every directory, ready for `pre_exec` (no allocation there).
+    procs: Vec<CString>,
+    enforcement: CgroupEnforcement,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn new_name() -> String {
+    format!(
+        "safe-coder-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Cgroup {
+    /// Creates the cgroup with the given limits, using whatever this machine allows.
+    /// `None` when no controller can be used (the caller falls back to rlimits).
+    pub fn create(memory_bytes: u64, cpus: f64, pids: u64) -> Option<Cgroup> {
+        let layout = layout();
+        let name = new_name();
+        let mut cg = Cgroup {
+            dirs: Vec::new(),
+            procs: Vec::new(),
+            enforcement: CgroupEnforcement::NONE,
+        };
+        let quota = cpu_quota(cpus);
+        if let Some((parent, controllers)) = &layout.v2 {
+            remove_stale(parent);
+            let dir = parent.join(&name);
+            if fs::create_dir(&dir).is_ok() {
+                let has = |c: &str| controllers.iter().any(|x| x == c);
+                if has("memory") && write(&dir, "memory.max", &memory_bytes.to_string()) {
+                    let _ = write(&dir, "memory.swap.max", "0");
+                    cg.enforcement.memory = Enforcement::CgroupV2;
+                }
+                if has("pids") && write(&dir, "pids.max", &pids.to_string()) {
+                    cg.enforcement.pids = Enforcement::CgroupV2;
+                }
+                if has("cpu") && write(&dir, "cpu.max", &format!("{quota} {CPU_PERIOD_US}")) {
+                    cg.enforcement.cpu = Enforcement::CgroupV2;
+                }
+                cg.add_dir(dir);
+            }
+        }
+        if cg.enforcement.memory == Enforcement::None {
+            if let Some(parent) = &layout.v1_memory {
+                cg.try_v1(parent, &name, |dir| {
+                    let ok = write(dir, "memory.limit_in_bytes", &memory_bytes.to_string());
+                    if ok {
+                        let _ = write(dir, "memory.memsw.limit_in_bytes", &memory_bytes.to_string());
+                    }
+                    ok
+                })
+                .then(|| cg.enforcement.memory = Enforcement::CgroupV1);
+            }
+        }
+        if cg.enforcement.pids == Enforcement::None {
+            if let Some(parent) = &layout.v1_pids {
+                cg.try_v1(parent, &name, |dir| write(dir, "pids.max", &pids.to_string()))
+                    .then(|| cg.enforcement.pids = Enforcement::CgroupV1);
+            }
+        }
+        if cg.enforcement.cpu == Enforcement::None {
+            if let Some(parent) = &layout.v1_cpu {
+                cg.try_v1(parent, &name, |dir| {
+                    write(dir, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())
+                        && write(dir, "cpu.cfs_quota_us", &quota.to_string())
+                })
+                .then(|| cg.enforcement.cpu = Enforcement::CgroupV1);
+            }
+        }
+        if cg.enforcement == CgroupEnforcement::NONE {
+            drop(cg);
+            return None;
+        }
+        Some(cg)
+    }
+
+    fn try_v1(&mut self, parent: &Path, name: &str, setup: impl Fn(&Path) -> bool) -> bool {
+        remove_stale(parent);
+        let dir = parent.join(name);
+        if fs::create_dir(&dir).is_err() {
+            return false;
+        }
+        if setup(&dir) {
+            self.add_dir(dir);
+            true
+        } else {
+            let _ = fs::remove_dir(&dir);
+            false
+        }
+    }
+
+    fn add_dir(&mut self, dir: PathBuf) {
+        if let Ok(c) = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()) {
+            self.procs.push(c);
+        }
+        self.dirs.push(dir);
+    }
+
+    pub fn enforcement(&self) -> CgroupEnforcement {
+        self.enforcement
+    }
+
+    /// The `cgroup.procs` files to join, for `pre_exec`.
+    pub fn procs_files(&self) -> Vec<CString> {
+        self.procs.clone()
+    }
+
+    /// The number of processes currently in the cgroup (for tests and status).
+    pub fn process_count(&self) -> usize {
+        self.dirs
+            .first()
+            .and_then(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+            .map(|s| s.lines().filter(|l| !l.trim().is_empty()).count())
+            .unwrap_or(0)
+    }
+
+    /// Memory the sandbox uses now, in bytes, when the memory controller is ours.
+    pub fn memory_usage(&self) -> Option<u64> {
+        let file = match self.enforcement.memory {
+            Enforcement::CgroupV2 => "memory.current",
+            Enforcement::CgroupV1 => "memory.usage_in_bytes",
+            _ => return None,
+        };
+        self.dirs.iter().find_map(|d| {
+            fs::read_to_string(d.join(file))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        })
+    }
+
+    /// Joins the calling process to the cgroup. Runs between fork and exec: only
+    /// async-signal-safe calls (open, write, close).
+    pub fn join_from_child(procs: &[CString]) -> io::Result<()> {
+        for file in procs {
+            // SAFETY: `file` is a valid C string; the buffer outlives the call.
+            unsafe {
+                let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = io::Error::last_os_error();
+                libc::close(fd);
+                if n != 1 {
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for dir in &self.dirs {
+            let _ = write(dir, "cgroup.kill", "1");
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+                    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                        // SAFETY: plain kill(2) of a process inside our own cgroup.
+                        unsafe {
+                            libc::kill(pid, libc::SIGKILL);
+                        }
+                    }
+                }
+                if fs::remove_dir(dir).is_ok() || !dir.exists() || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+const CPU_PERIOD_US: u64 = 100_000;
+
+fn cpu_quota(cpus: f64) -> u64 {
+    let cpus = if cpus.is_finite() && cpus > 0.0 { cpus } else { 1.0 };
+    ((cpus * CPU_PERIOD_US as f64).round() as u64).max(1_000)
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> bool {
+    fs::write(dir.join(file), value).is_ok()
+}
+
+/// Removes empty `safe-coder-PID-N` cgroups left by a process that no longer runs (a
+/// crash or SIGKILL skips `Drop`). Non-empty ones are left alone.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("safe-coder-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_mountinfo_paths() {
+        assert_eq!(unescape("/a\\040b"), "/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
+
+    #[test]
+    fn quota_is_sane() {
+        assert_eq!(cpu_quota(2.0), 200_000);
+        assert_eq!(cpu_quota(0.0), 100_000);
+        assert_eq!(cpu_quota(0.001), 1_000);
+    }
+}
