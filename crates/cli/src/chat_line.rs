@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use async_trait::async_trait;
 use safe_coder_core::session::{Review, Session};
-use safe_coder_core::{Agent, Approver, TurnOutcome};
+use safe_coder_core::{Agent, Approver};
 use safe_coder_protocol::{ApprovalDecision, ApprovalRequest, ApprovalSubject, Event, ToolOutcome};
 use tokio::sync::{mpsc, Mutex};
 

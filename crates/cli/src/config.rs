@@ -96,7 +96,7 @@ pub fn parse_file_config(text: &str, path: &Path, is_project: bool) -> Result<Fi
         .map_err(|e: toml::de::Error| anyhow::anyhow!("{}: invalid TOML: {}", path.display(), e.message()))?;
     let mut cfg = FileConfig::default();
     let file = path.display().to_string();
-    let mut warn = |cfg: &mut FileConfig, msg: String| cfg.warnings.push(format!("{file}: {msg}"));
+    let warn = |cfg: &mut FileConfig, msg: String| cfg.warnings.push(format!("{file}: {msg}"));
 
     for (section, value) in &root {
         let Some(table) = value.as_table() else {

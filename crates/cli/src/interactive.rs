@@ -45,10 +45,6 @@ impl<'a> Interactive<'a> {
         Interactive { prepared, session, agent, custom, started: Instant::now() }
     }
 
-    pub fn custom_commands(&self) -> &CustomCommands {
-        &self.custom
-    }
-
     /// Handles one line the user entered.
     pub async fn handle(
         &mut self,
@@ -253,24 +249,24 @@ impl<'a> Interactive<'a> {
         let _ = writeln!(
             out,
             "💬 Messages: {} ({} from you, {} from the assistant)",
-            stats.user_messages + stats.assistant_messages,
-            stats.user_messages,
-            stats.assistant_messages
+            stats.messages.user + stats.messages.assistant,
+            stats.messages.user,
+            stats.messages.assistant
         );
-        let total_calls: u64 = stats.tools.iter().map(|t| t.calls).sum();
+        let total_calls = stats.tool_calls;
         let _ = writeln!(out, "🔧 Tool Calls: {total_calls}");
         for t in &stats.tools {
             let rate = if t.calls > 0 { t.successes as f64 * 100.0 / t.calls as f64 } else { 0.0 };
             let _ = writeln!(
                 out,
                 "   {:<12} {:>4} calls  {:>5.1}% ok  {:>7} ms total",
-                t.tool, t.calls, rate, t.total_duration_ms
+                t.tool, t.calls, rate, t.total_ms
             );
         }
-        let _ = writeln!(out, "🪙 Tokens: {} in, {} out", stats.input_tokens, stats.output_tokens);
+        let _ = writeln!(out, "🪙 Tokens: {} in, {} out", stats.tokens.input_tokens, stats.tokens.output_tokens);
         let mut cost = 0.0;
         let mut priced = false;
-        for m in &stats.per_model {
+        for m in &stats.models {
             if let Some(p) = self.prepared.resolved.prices.get(&m.model) {
                 priced = true;
                 cost += m.input_tokens as f64 / 1e6 * p.input_per_mtok + m.output_tokens as f64 / 1e6 * p.output_per_mtok;

@@ -153,7 +153,7 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
             println!("Model:    {} ({})", record.model, record.provider);
             println!("Messages: {}", record.message_count);
             println!("Activity: {}", ago(record.updated_at));
-            println!("Base:     {}", record.base_commit);
+            println!("Base:     {}", record.base_commit.as_deref().unwrap_or("-"));
             match changes {
                 Some(c) if !c.is_empty() => print!("{}", c.summary_text()),
                 Some(_) => println!("No changes."),

@@ -5,7 +5,7 @@ use std::time::Instant;
 use safe_coder_history::SessionRepo;
 use safe_coder_llm::{LlmError, ModelClient};
 use safe_coder_protocol::{
-    ApprovalDecision, ApprovalMode, ApprovalRequest, ApprovalSubject, ContentBlock, Event, Message,
+    ApprovalDecision, ApprovalMode, ApprovalRequest, ContentBlock, Event, Message,
     ModelRequest, Role, StreamEvent, ToolOutcome, Usage,
 };
 use safe_coder_sandbox::{CancellationToken, Sandbox};
@@ -246,7 +246,7 @@ impl Agent {
 
     fn over_threshold(&self) -> bool {
         let limit = (self.options.context_window as f64 * self.options.compact_threshold) as u64;
-        self.messages.len() > 2 && self.context_tokens() > limit
+        self.messages.len() >= 2 && self.context_tokens() > limit
     }
 
     /// Replace the conversation by a summary the model writes (`/compress`, and
@@ -520,14 +520,6 @@ fn ceil_char_boundary(s: &str, mut i: usize) -> usize {
         i += 1;
     }
     i
-}
-
-/// Used by the approval dialog of front ends that want the subject as text.
-pub fn describe_subject(subject: &ApprovalSubject) -> String {
-    match subject {
-        ApprovalSubject::FileChange { path, diff } => format!("{path}\n{diff}"),
-        ApprovalSubject::Command { command } => format!("$ {command}"),
-    }
 }
 
 #[cfg(test)]

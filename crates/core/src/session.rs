@@ -143,7 +143,7 @@ impl Session {
                 project: project.display().to_string(),
                 backend: backend.as_str().to_string(),
                 session_dir: dir.display().to_string(),
-                base_commit: base,
+                base_commit: Some(base),
                 provider: config.provider.clone(),
                 model: config.model.clone(),
                 approval_mode: config.approval_mode.clone(),

@@ -106,30 +106,40 @@ pub async fn expand_at_paths(
                 continue;
             }
         };
-        if is_glob(&path) {
-            expand_glob(&raw, &path, sandbox, &mut state).await?;
-            continue;
-        }
         let stat = match sandbox.stat(&path).await {
             Ok(s) => s,
             Err(e) => {
-                state.path_error(&raw, e)?;
+                state.path_error(&format!("@{raw}"), e)?;
                 continue;
             }
         };
+        // A path that exists is taken literally, so `app/[id]/page.tsx` is a file.
+        if stat.is_none() && is_glob(&path) {
+            expand_glob(&raw, &path, sandbox, &mut state).await?;
+            continue;
+        }
         match stat {
             None => state
                 .notes
                 .push(format!("@{raw}: no such file or directory in the project")),
-            Some(s) if s.is_dir => match listing(sandbox, &path, limits.max_listing_entries).await
-            {
-                Ok((body, _)) => {
-                    let shown = if path == "." { "./".to_string() } else { format!("{path}/") };
-                    let _ = write!(state.blocks, "Directory: {shown}\n{body}\n");
+            Some(s) if s.is_dir => {
+                match listing(sandbox, &path, limits.max_listing_entries).await {
+                    Ok((body, _)) => {
+                        let shown = if path == "." {
+                            "./".to_string()
+                        } else {
+                            format!("{path}/")
+                        };
+                        let _ = write!(state.blocks, "Directory: {shown}\n{body}\n");
+                    }
+                    Err(e) => state.path_error(&format!("@{raw}"), e)?,
                 }
-                Err(e) => state.path_error(&raw, e)?,
-            },
-            Some(s) => state.add_file(&raw, &path, s.size, sandbox).await?,
+            }
+            Some(s) => {
+                state
+                    .add_file(&format!("@{raw}"), &path, s.size, sandbox)
+                    .await?
+            }
         }
     }
     Ok(state.finish(user_text))
@@ -146,20 +156,21 @@ struct State {
 }
 
 impl State {
-    /// A per-path failure becomes a note; an unreachable sandbox is an error.
-    fn path_error(&mut self, raw: &str, e: SandboxError) -> Result<(), AtError> {
+    /// A per-path failure becomes a note; an unreachable sandbox is an error. `label`
+    /// is how notes name the path: `@ref` as typed, or a glob's match.
+    fn path_error(&mut self, label: &str, e: SandboxError) -> Result<(), AtError> {
         match e {
             SandboxError::Unavailable(_) => Err(AtError::Sandbox {
-                path: raw.to_string(),
+                path: label.trim_start_matches('@').to_string(),
                 source: e,
             }),
             SandboxError::NotFound(_) => {
                 self.notes
-                    .push(format!("@{raw}: no such file or directory in the project"));
+                    .push(format!("{label}: no such file or directory in the project"));
                 Ok(())
             }
             other => {
-                self.notes.push(format!("@{raw}: {other}"));
+                self.notes.push(format!("{label}: {other}"));
                 Ok(())
             }
         }
@@ -167,7 +178,7 @@ impl State {
 
     async fn add_file(
         &mut self,
-        raw: &str,
+        label: &str,
         path: &str,
         size: u64,
         sandbox: &dyn Sandbox,
@@ -179,7 +190,6 @@ impl State {
             self.files_over_limit += 1;
             return Ok(());
         }
-        let label = if raw == path { format!("@{raw}") } else { path.to_string() };
         if size > self.limits.max_file_bytes {
             self.notes.push(format!(
                 "{label}: skipped, {} is over the {} per-file limit (ask the agent to read parts of it)",
@@ -197,11 +207,13 @@ impl State {
         }
         let data = match sandbox.read_file(path).await {
             Ok(d) => d,
-            Err(e) => return self.path_error(raw, e),
+            Err(e) => return self.path_error(label, e),
         };
         let Some(text) = decode_text(&data) else {
-            self.notes
-                .push(format!("{label}: skipped, binary file ({})", human_size(data.len() as u64)));
+            self.notes.push(format!(
+                "{label}: skipped, binary file ({})",
+                human_size(data.len() as u64)
+            ));
             return Ok(());
         };
         self.total_bytes += data.len() as u64;
@@ -300,10 +312,7 @@ fn clean_token(token: &str) -> Option<String> {
         return None;
     }
     let mut t = token;
-    loop {
-        let Some(last) = t.chars().last() else {
-            break;
-        };
+    while let Some(last) = t.chars().last() {
         let strip = match last {
             '.' | ',' | ';' | ':' | '!' | '?' | '\'' | '"' => true,
             ')' => t.matches(')').count() > t.matches('(').count(),
@@ -370,7 +379,11 @@ async fn expand_glob(
     } else {
         parts[..literal.min(parts.len() - 1)].join("/")
     };
-    let base = if base.is_empty() { ".".to_string() } else { base };
+    let base = if base.is_empty() {
+        ".".to_string()
+    } else {
+        base
+    };
     let recursive = pattern.contains("**");
     let max_depth = parts.len() - literal.min(parts.len() - 1);
 
@@ -487,7 +500,10 @@ pub(crate) async fn listing(
 /// `/` after directories and spaces escaped as `\ `. Hidden entries only when the rest
 /// starts with `.`; at most 200, sorted.
 pub async fn complete_at_path(prefix: &str, sandbox: &dyn Sandbox) -> Vec<String> {
-    let prefix = prefix.strip_prefix('@').unwrap_or(prefix).replace("\\ ", " ");
+    let prefix = prefix
+        .strip_prefix('@')
+        .unwrap_or(prefix)
+        .replace("\\ ", " ");
     let (dir_part, name_part) = match prefix.rfind('/') {
         Some(i) => (&prefix[..=i], &prefix[i + 1..]),
         None => ("", prefix.as_str()),
@@ -539,8 +555,14 @@ mod tests {
 
     #[test]
     fn normalizing() {
-        assert_eq!(normalize_path("./src//a.rs", "/p").as_deref(), Ok("src/a.rs"));
-        assert_eq!(normalize_path("/p/src/a.rs", "/p").as_deref(), Ok("src/a.rs"));
+        assert_eq!(
+            normalize_path("./src//a.rs", "/p").as_deref(),
+            Ok("src/a.rs")
+        );
+        assert_eq!(
+            normalize_path("/p/src/a.rs", "/p").as_deref(),
+            Ok("src/a.rs")
+        );
         assert_eq!(normalize_path("/p", "/p").as_deref(), Ok("."));
         assert!(normalize_path("/etc/passwd", "/p").is_err());
         assert!(normalize_path("../x", "/p").is_err());

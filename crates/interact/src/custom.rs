@@ -137,13 +137,14 @@ pub fn load_custom_commands(config_dir: &Path, project: &Path) -> CustomCommands
         CommandScope::Project,
         &mut out,
     );
-    for name in out.names() {
-        if crate::slash::is_builtin(name) {
-            out.warnings.push(format!(
-                "custom command /{name} is hidden by the built-in command of the same name"
-            ));
-        }
-    }
+    let shadowed: Vec<String> = out
+        .names()
+        .filter(|name| crate::slash::is_builtin(name))
+        .map(|name| {
+            format!("custom command /{name} is hidden by the built-in command of the same name")
+        })
+        .collect();
+    out.warnings.extend(shadowed);
     out
 }
 
@@ -152,9 +153,7 @@ fn load_dir(root: &Path, scope: CommandScope, out: &mut CustomCommands) {
     while let Some((dir, namespace)) = stack.pop() {
         let reader = match fs::read_dir(&dir) {
             Ok(r) => r,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && namespace.is_empty() => {
-                continue
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && namespace.is_empty() => continue,
             Err(e) => {
                 out.warnings
                     .push(format!("could not read {}: {e}", dir.display()));
@@ -234,8 +233,7 @@ fn load_dir(root: &Path, scope: CommandScope, out: &mut CustomCommands) {
 
 fn valid_name_part(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
@@ -321,13 +319,12 @@ pub async fn expand_custom(
     sandbox: &dyn Sandbox,
 ) -> Result<String, CustomError> {
     let args = args.trim();
-    let segments = split_template(&cmd.template).map_err(|(marker, offset)| {
-        CustomError::Unclosed {
+    let segments =
+        split_template(&cmd.template).map_err(|(marker, offset)| CustomError::Unclosed {
             command: cmd.name.clone(),
             marker,
             offset,
-        }
-    })?;
+        })?;
     let mut out = String::with_capacity(cmd.template.len() + args.len());
     for segment in segments {
         match segment {
@@ -475,7 +472,9 @@ async fn read_template_file(
         .map_err(|e| fail(e.to_string()))?
         .ok_or_else(|| fail("no such file in the project".to_string()))?;
     if stat.is_dir {
-        let (text, _) = listing(sandbox, &path, 500).await.map_err(|e| fail(e.to_string()))?;
+        let (text, _) = listing(sandbox, &path, 500)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         return Ok(text.trim_end().to_string());
     }
     if stat.size > FILE_MAX_BYTES {
@@ -499,9 +498,13 @@ mod tests {
 
     #[test]
     fn front_matter() {
-        let (front, body) = split_front_matter("---\ndescription: \"Hi there\"\n# c\nx: 1\n---\nBody {{args}}\n");
+        let (front, body) =
+            split_front_matter("---\ndescription: \"Hi there\"\n# c\nx: 1\n---\nBody {{args}}\n");
         let front = front.unwrap_or_default();
-        assert_eq!(front.get("description").map(String::as_str), Some("Hi there"));
+        assert_eq!(
+            front.get("description").map(String::as_str),
+            Some("Hi there")
+        );
         assert_eq!(front.get("x").map(String::as_str), Some("1"));
         assert_eq!(body, "Body {{args}}\n");
         let (front, body) = split_front_matter("no front\n---\n");
@@ -522,7 +525,10 @@ mod tests {
                 Segment::File(t) => format!("F{t}"),
             })
             .collect();
-        assert_eq!(kinds, ["Ta ", "Sawk '{print $1}' f", "T b ", "Fx.txt", "T c"]);
+        assert_eq!(
+            kinds,
+            ["Ta ", "Sawk '{print $1}' f", "T b ", "Fx.txt", "T c"]
+        );
         assert!(split_template("x !{never").is_err());
     }
 

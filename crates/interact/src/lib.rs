@@ -9,6 +9,7 @@
 
 pub mod at_paths;
 pub mod custom;
+pub mod input;
 pub mod memory;
 pub mod shell;
 pub mod slash;
@@ -17,11 +18,13 @@ mod text;
 
 pub use at_paths::{complete_at_path, expand_at_paths, AtError, AtLimits, Expanded};
 pub use custom::{
-    expand_custom, load_custom_commands, CommandScope, CustomCommand, CustomCommands,
-    CustomError,
+    expand_custom, load_custom_commands, CommandScope, CustomCommand, CustomCommands, CustomError,
 };
+pub use input::{classify, Input};
 pub use memory::{
     add_to_project_memory, load_memory, user_config_dir, Memory, MemoryError, MEMORY_FILE_NAMES,
 };
 pub use shell::{format_shell_for_model, parse_shell};
-pub use slash::{help_text, parse, MemoryCmd, SlashCommand, SlashError, BUILTIN_COMMANDS};
+pub use slash::{
+    complete_slash, help_text, parse, MemoryCmd, SlashCommand, SlashError, BUILTIN_COMMANDS,
+};

@@ -14,9 +14,7 @@ pub fn parse_shell(line: &str) -> Option<&str> {
 /// What the conversation gets after a `!cmd`, so the model sees what the user ran and
 /// what came out: the command, its output, and how it ended.
 pub fn format_shell_for_model(cmd: &str, output: &ExecOutput) -> String {
-    let mut text = format!(
-        "I ran this command in the sandbox myself:\n$ {cmd}\n"
-    );
+    let mut text = format!("I ran this command in the sandbox myself:\n$ {cmd}\n");
     let body = output.output.trim_end_matches('\n');
     if body.is_empty() {
         text.push_str("(no output)\n");

@@ -47,7 +47,10 @@ pub enum SlashCommand {
     /// `/quit` or `/exit`.
     Quit,
     /// A custom command from a Markdown file; `args` is the rest of the line, trimmed.
-    Custom { name: String, args: String },
+    Custom {
+        name: String,
+        args: String,
+    },
 }
 
 /// Why a slash line could not be parsed. Each message is one sentence for the user.
@@ -332,6 +335,22 @@ pub fn help_text(custom: &CustomCommands) -> String {
     out.push_str(
         "Also: @path puts a file, directory or glob into your message; !cmd runs a command in the sandbox.\n",
     );
+    out
+}
+
+/// Completions for a `/` prefix typed so far (with or without the `/`): the built-in
+/// and custom command names that start with it, each with its leading `/`, sorted.
+pub fn complete_slash(prefix: &str, custom: &CustomCommands) -> Vec<String> {
+    let prefix = prefix.strip_prefix('/').unwrap_or(prefix);
+    let mut out: Vec<String> = BUILTIN_COMMANDS
+        .iter()
+        .map(|c| c.name)
+        .chain(ALIASES.iter().map(|(a, _)| *a))
+        .chain(custom.names().filter(|n| !is_builtin(n)))
+        .filter(|n| n.starts_with(prefix))
+        .map(|n| format!("/{n}"))
+        .collect();
+    out.sort();
     out
 }
 

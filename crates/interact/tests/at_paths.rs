@@ -8,19 +8,38 @@ use support::{project, write};
 #[tokio::test]
 async fn file_with_line_numbers() {
     let (dir, sb) = project();
-    write(dir.path(), "src/main.rs", "fn main() {\n    println!(\"hi\");\n}\n");
+    write(
+        dir.path(),
+        "src/main.rs",
+        "fn main() {\n    println!(\"hi\");\n}\n",
+    );
     let out = expand_at_paths("explain @src/main.rs please", &sb, AtLimits::default())
         .await
         .unwrap();
-    assert!(out.text.starts_with("explain @src/main.rs please\n\n"), "{}", out.text);
-    assert!(out.text.contains("File: src/main.rs (3 lines)"), "{}", out.text);
-    assert!(out.text.contains("     1\tfn main() {\n     2\t    println!(\"hi\");\n     3\t}\n"));
+    assert!(
+        out.text.starts_with("explain @src/main.rs please\n\n"),
+        "{}",
+        out.text
+    );
+    assert!(
+        out.text.contains("File: src/main.rs (3 lines)"),
+        "{}",
+        out.text
+    );
+    assert!(out
+        .text
+        .contains("     1\tfn main() {\n     2\t    println!(\"hi\");\n     3\t}\n"));
     assert_eq!(out.files, ["src/main.rs"]);
     assert!(out.notes.is_empty());
 
     // An absolute path inside the project and trailing punctuation work too.
-    let abs = format!("look at @{}/src/main.rs.", dir.path().canonicalize().unwrap().display());
-    let out = expand_at_paths(&abs, &sb, AtLimits::default()).await.unwrap();
+    let abs = format!(
+        "look at @{}/src/main.rs.",
+        dir.path().canonicalize().unwrap().display()
+    );
+    let out = expand_at_paths(&abs, &sb, AtLimits::default())
+        .await
+        .unwrap();
     assert_eq!(out.files, ["src/main.rs"]);
 }
 
@@ -30,12 +49,25 @@ async fn directory_listing() {
     write(dir.path(), "src/lib.rs", "x");
     write(dir.path(), "src/util/mod.rs", "yy");
     write(dir.path(), ".git/HEAD", "ref");
-    let out = expand_at_paths("what is in @src", &sb, AtLimits::default()).await.unwrap();
-    assert!(out.text.contains("Directory: src/\n  lib.rs (1 B)\n  util/\n    mod.rs (2 B)\n"), "{}", out.text);
+    let out = expand_at_paths("what is in @src", &sb, AtLimits::default())
+        .await
+        .unwrap();
+    assert!(
+        out.text
+            .contains("Directory: src/\n  lib.rs (1 B)\n  util/\n    mod.rs (2 B)\n"),
+        "{}",
+        out.text
+    );
     assert!(out.files.is_empty());
-    let out = expand_at_paths("@.", &sb, AtLimits::default()).await.unwrap();
+    let out = expand_at_paths("@.", &sb, AtLimits::default())
+        .await
+        .unwrap();
     assert!(out.text.contains("Directory: ./\n"), "{}", out.text);
-    assert!(!out.text.contains("HEAD"), ".git is not listed: {}", out.text);
+    assert!(
+        !out.text.contains("HEAD"),
+        ".git is not listed: {}",
+        out.text
+    );
 }
 
 #[tokio::test]
@@ -45,13 +77,27 @@ async fn glob_expands_by_listing_the_sandbox() {
     write(dir.path(), "src/deep/b.rs", "b\n");
     write(dir.path(), "src/c.txt", "c\n");
     write(dir.path(), "other/d.rs", "d\n");
-    let out = expand_at_paths("@src/**/*.rs", &sb, AtLimits::default()).await.unwrap();
+    let out = expand_at_paths("@src/**/*.rs", &sb, AtLimits::default())
+        .await
+        .unwrap();
     assert_eq!(out.files, ["src/a.rs", "src/deep/b.rs"]);
-    let out = expand_at_paths("@src/*.rs", &sb, AtLimits::default()).await.unwrap();
+    let out = expand_at_paths("@src/*.rs", &sb, AtLimits::default())
+        .await
+        .unwrap();
     assert_eq!(out.files, ["src/a.rs"]);
-    let out = expand_at_paths("@**/*.rs", &sb, AtLimits::default()).await.unwrap();
+    let out = expand_at_paths("@**/*.rs", &sb, AtLimits::default())
+        .await
+        .unwrap();
     assert_eq!(out.files, ["other/d.rs", "src/a.rs", "src/deep/b.rs"]);
-    let out = expand_at_paths("@*.nothing", &sb, AtLimits::default()).await.unwrap();
+    // An existing path with glob characters is taken literally.
+    write(dir.path(), "app/[id]/page.tsx", "export {}\n");
+    let out = expand_at_paths("@app/[id]/page.tsx", &sb, AtLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(out.files, ["app/[id]/page.tsx"]);
+    let out = expand_at_paths("@*.nothing", &sb, AtLimits::default())
+        .await
+        .unwrap();
     assert_eq!(out.notes, ["@*.nothing: no files match"]);
 }
 
@@ -60,7 +106,9 @@ async fn email_and_code_are_not_references() {
     let (dir, sb) = project();
     write(dir.path(), "bar.com", "should not be read");
     let text = "mail foo@bar.com, or call `obj@bar.com` \\@bar.com";
-    let out = expand_at_paths(text, &sb, AtLimits::default()).await.unwrap();
+    let out = expand_at_paths(text, &sb, AtLimits::default())
+        .await
+        .unwrap();
     assert_eq!(out.text, "mail foo@bar.com, or call `obj@bar.com` @bar.com");
     assert!(out.files.is_empty() && out.notes.is_empty());
 }
@@ -70,40 +118,76 @@ async fn size_limits_give_a_note() {
     let (dir, sb) = project();
     write(dir.path(), "big.txt", "x\n".repeat(200 * 1024));
     write(dir.path(), "small.txt", "ok\n");
-    let out = expand_at_paths("@big.txt @small.txt", &sb, AtLimits::default()).await.unwrap();
+    let out = expand_at_paths("@big.txt @small.txt", &sb, AtLimits::default())
+        .await
+        .unwrap();
     assert_eq!(out.files, ["small.txt"]);
     assert_eq!(out.notes.len(), 1);
-    assert!(out.notes[0].contains("@big.txt: skipped, 400.0 KiB is over the 256.0 KiB per-file limit"), "{:?}", out.notes);
-    assert!(out.text.contains("Note: @big.txt: skipped"), "the model sees the note too");
+    assert!(
+        out.notes[0].contains("@big.txt: skipped, 400.0 KiB is over the 256.0 KiB per-file limit"),
+        "{:?}",
+        out.notes
+    );
+    assert!(
+        out.text.contains("Note: @big.txt: skipped"),
+        "the model sees the note too"
+    );
 
     // Total limit and max files.
     for i in 0..5 {
         write(dir.path(), &format!("many/f{i}.txt"), "y".repeat(100));
     }
-    let limits = AtLimits { max_total_bytes: 250, ..AtLimits::default() };
+    let limits = AtLimits {
+        max_total_bytes: 250,
+        ..AtLimits::default()
+    };
     let out = expand_at_paths("@many/*.txt", &sb, limits).await.unwrap();
     assert_eq!(out.files.len(), 2);
     assert_eq!(out.notes.len(), 3);
-    assert!(out.notes[0].contains("over the 250 B total limit"), "{:?}", out.notes);
-    let limits = AtLimits { max_files: 3, ..AtLimits::default() };
+    assert!(
+        out.notes[0].contains("over the 250 B total limit"),
+        "{:?}",
+        out.notes
+    );
+    let limits = AtLimits {
+        max_files: 3,
+        ..AtLimits::default()
+    };
     let out = expand_at_paths("@many", &sb, limits).await.unwrap();
-    assert!(out.files.is_empty(), "a directory is a listing, not its files");
+    assert!(
+        out.files.is_empty(),
+        "a directory is a listing, not its files"
+    );
     let out = expand_at_paths("@many/*", &sb, limits).await.unwrap();
     assert_eq!(out.files.len(), 3);
-    assert_eq!(out.notes, ["2 more files not included: a message takes at most 3 files"]);
+    assert_eq!(
+        out.notes,
+        ["2 more files not included: a message takes at most 3 files"]
+    );
 }
 
 #[tokio::test]
 async fn binary_skipped_missing_noted_outside_refused() {
     let (dir, sb) = project();
-    write(dir.path(), "logo.png", [0x89u8, b'P', b'N', b'G', 0, 0, 1, 2]);
-    let out = expand_at_paths("@logo.png @nope.rs @../etc/passwd @/etc/passwd", &sb, AtLimits::default())
-        .await
-        .unwrap();
+    write(
+        dir.path(),
+        "logo.png",
+        [0x89u8, b'P', b'N', b'G', 0, 0, 1, 2],
+    );
+    let out = expand_at_paths(
+        "@logo.png @nope.rs @../etc/passwd @/etc/passwd",
+        &sb,
+        AtLimits::default(),
+    )
+    .await
+    .unwrap();
     assert!(out.files.is_empty());
     assert_eq!(out.notes.len(), 4, "{:?}", out.notes);
     assert!(out.notes[0].contains("@logo.png: skipped, binary file"));
-    assert_eq!(out.notes[1], "@nope.rs: no such file or directory in the project");
+    assert_eq!(
+        out.notes[1],
+        "@nope.rs: no such file or directory in the project"
+    );
     assert!(out.notes[2].contains("'..' is not allowed"));
     assert!(out.notes[3].contains("outside the project"));
 }
@@ -112,7 +196,9 @@ async fn binary_skipped_missing_noted_outside_refused() {
 async fn same_file_twice_is_included_once() {
     let (dir, sb) = project();
     write(dir.path(), "a.rs", "a\n");
-    let out = expand_at_paths("@a.rs and @./a.rs and @*.rs", &sb, AtLimits::default()).await.unwrap();
+    let out = expand_at_paths("@a.rs and @./a.rs and @*.rs", &sb, AtLimits::default())
+        .await
+        .unwrap();
     assert_eq!(out.files, ["a.rs"]);
     assert_eq!(out.text.matches("File: a.rs").count(), 1);
 }
@@ -126,8 +212,14 @@ async fn completion() {
     write(dir.path(), "README.md", "");
     write(dir.path(), ".hidden", "");
     write(dir.path(), "my file.txt", "");
-    assert_eq!(complete_at_path("@src/m", &sb).await, ["src/main.rs", "src/model.rs"]);
-    assert_eq!(complete_at_path("src/", &sb).await, ["src/main.rs", "src/model.rs", "src/sub/"]);
+    assert_eq!(
+        complete_at_path("@src/m", &sb).await,
+        ["src/main.rs", "src/model.rs"]
+    );
+    assert_eq!(
+        complete_at_path("src/", &sb).await,
+        ["src/main.rs", "src/model.rs", "src/sub/"]
+    );
     assert_eq!(complete_at_path("@re", &sb).await, ["README.md"]);
     assert_eq!(complete_at_path("@.h", &sb).await, [".hidden"]);
     assert_eq!(complete_at_path("@my", &sb).await, ["my\\ file.txt"]);

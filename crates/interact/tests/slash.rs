@@ -37,11 +37,17 @@ fn parses_every_builtin() {
         SlashCommand::Snapshot("before refactor".into())
     );
     assert_eq!(ok("/rollback"), SlashCommand::Rollback(None));
-    assert_eq!(ok("/rollback v1"), SlashCommand::Rollback(Some("v1".into())));
+    assert_eq!(
+        ok("/rollback v1"),
+        SlashCommand::Rollback(Some("v1".into()))
+    );
     assert_eq!(ok("/sync"), SlashCommand::Sync);
     assert_eq!(ok("/memory"), SlashCommand::Memory(MemoryCmd::Show));
     assert_eq!(ok("/memory show"), SlashCommand::Memory(MemoryCmd::Show));
-    assert_eq!(ok("/memory refresh"), SlashCommand::Memory(MemoryCmd::Refresh));
+    assert_eq!(
+        ok("/memory refresh"),
+        SlashCommand::Memory(MemoryCmd::Refresh)
+    );
     assert_eq!(
         ok("/memory add  use tabs, not spaces "),
         SlashCommand::Memory(MemoryCmd::Add("use tabs, not spaces".into()))
@@ -115,8 +121,16 @@ fn custom_commands_parse_suggest_and_show_in_help() {
         "commands/review.md",
         "---\ndescription: Review the code\n---\nReview {{args}}\n",
     );
-    write(config.path(), "commands/git/commit.md", "Write a commit message\n");
-    write(config.path(), "commands/help.md", "shadowed by the built-in\n");
+    write(
+        config.path(),
+        "commands/git/commit.md",
+        "Write a commit message\n",
+    );
+    write(
+        config.path(),
+        "commands/help.md",
+        "shadowed by the built-in\n",
+    );
     let custom = load_custom_commands(config.path(), project.path());
 
     assert_eq!(
@@ -135,7 +149,10 @@ fn custom_commands_parse_suggest_and_show_in_help() {
     );
     // Built-ins win over a custom command of the same name.
     assert_eq!(parse("/help", &custom).unwrap(), Some(SlashCommand::Help));
-    assert!(custom.warnings.iter().any(|w| w.contains("/help is hidden")));
+    assert!(custom
+        .warnings
+        .iter()
+        .any(|w| w.contains("/help is hidden")));
 
     let e = parse("/git:comit", &custom).unwrap_err().to_string();
     assert_eq!(e, "unknown command /git:comit: did you mean /git:commit?");
@@ -144,15 +161,65 @@ fn custom_commands_parse_suggest_and_show_in_help() {
 
     let help = help_text(&custom);
     for name in [
-        "/help", "/clear", "/stats", "/diff", "/undo", "/restore", "/snapshot", "/rollback",
-        "/sync", "/memory", "/model", "/approval-mode", "/compress", "/quit",
+        "/help",
+        "/clear",
+        "/stats",
+        "/diff",
+        "/undo",
+        "/restore",
+        "/snapshot",
+        "/rollback",
+        "/sync",
+        "/memory",
+        "/model",
+        "/approval-mode",
+        "/compress",
+        "/quit",
     ] {
         assert!(help.contains(name), "help lacks {name}:\n{help}");
     }
-    assert!(help.contains("/review") && help.contains("Review the code (user)"), "{help}");
+    assert!(
+        help.contains("/review") && help.contains("Review the code (user)"),
+        "{help}"
+    );
     assert!(help.contains("/git:commit") && help.contains("Write a commit message (user)"));
     assert!(!help.contains("shadowed by the built-in"));
     // One line per command.
-    let lines = help.lines().filter(|l| l.trim_start().starts_with('/')).count();
+    let lines = help
+        .lines()
+        .filter(|l| l.trim_start().starts_with('/'))
+        .count();
     assert_eq!(lines, 14 + 2, "{help}");
+}
+
+#[test]
+fn classify_and_complete() {
+    use safe_coder_interact::{classify, complete_slash, Input};
+    let config = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    write(config.path(), "commands/git/commit.md", "commit");
+    let custom = load_custom_commands(config.path(), project.path());
+    assert_eq!(
+        classify("/stats", &custom).unwrap(),
+        Input::Slash(SlashCommand::Stats)
+    );
+    assert_eq!(
+        classify(" !ls -la", &custom).unwrap(),
+        Input::Shell("ls -la".into())
+    );
+    assert_eq!(
+        classify("fix @src/a.rs", &custom).unwrap(),
+        Input::Prompt("fix @src/a.rs".into())
+    );
+    assert_eq!(
+        classify("//usr is a dir", &custom).unwrap(),
+        Input::Prompt("/usr is a dir".into())
+    );
+    assert!(classify("/stat", &custom).is_err());
+    assert_eq!(
+        complete_slash("/s", &custom),
+        ["/snapshot", "/stats", "/sync"]
+    );
+    assert_eq!(complete_slash("g", &custom), ["/git:commit"]);
+    assert_eq!(complete_slash("/e", &custom), ["/exit"]);
 }

@@ -281,7 +281,7 @@ mod tests {
             assert_eq!(kind.to_string(), kind.as_str());
         }
         assert_eq!("OpenAI".parse::<ProviderKind>(), Ok(ProviderKind::OpenAi));
-        let err = "gemini".parse::<ProviderKind>().unwrap_err();
+        let err = "gemini".parse::<ProviderKind>().expect_err("not a provider");
         assert_eq!(
             err.to_string(),
             "unknown provider `gemini`: use anthropic, openai or ollama"

@@ -57,6 +57,10 @@ const KILL_GRACE: Duration = Duration::from_millis(500);
 
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Longer timeouts are treated as this (a year), which also keeps deadline arithmetic
+/// from overflowing for `Duration::MAX`.
+const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// A [`Sandbox`] over a host directory.
 pub struct HostSandbox {
     kind: BackendKind,
@@ -456,8 +460,10 @@ impl Sandbox for HostSandbox {
         let mut captured: Vec<u8> = Vec::with_capacity(cap.min(READ_CHUNK));
         let mut total: u64 = 0;
         let mut buf = vec![0u8; READ_CHUNK];
-        let deadline = tokio::time::Instant::now() + request.timeout;
-        let far = deadline + Duration::from_secs(365 * 24 * 3600);
+        // Clamped so that adding it to "now" cannot overflow.
+        let timeout = request.timeout.min(MAX_TIMEOUT);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let far = deadline + MAX_TIMEOUT;
         let mut status: Option<ExitStatus> = None;
         let mut eof = false;
         let mut killed: Option<Killed> = None;

@@ -218,7 +218,13 @@ fn system_mounts() -> &'static [OsString] {
         }
         // Host secrets that /etc would otherwise show (the sandbox runs as the caller,
         // and a root caller could read them).
-        for file in ["/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers"] {
+        for file in [
+            "/etc/shadow",
+            "/etc/shadow-",
+            "/etc/gshadow",
+            "/etc/gshadow-",
+            "/etc/sudoers",
+        ] {
             if Path::new(file).exists() {
                 push(&["--ro-bind", "/dev/null", file]);
             }
@@ -230,7 +236,14 @@ fn system_mounts() -> &'static [OsString] {
         }
         push(&["--proc", "/proc", "--dev", "/dev"]);
         push(&["--ro-bind", "/dev/null", "/dev/tty"]);
-        push(&["--tmpfs", "/tmp", "--dir", "/tmp/home", "--tmpfs", "/var/tmp"]);
+        push(&[
+            "--tmpfs",
+            "/tmp",
+            "--dir",
+            "/tmp/home",
+            "--tmpfs",
+            "/var/tmp",
+        ]);
         args
     })
 }
@@ -272,7 +285,14 @@ fn command(
     } else {
         cmd.args(["--chdir", "/tmp"]);
     }
-    cmd.args(["--setenv", "HOME", "/tmp/home", "--setenv", "TMPDIR", "/tmp"]);
+    cmd.args([
+        "--setenv",
+        "HOME",
+        "/tmp/home",
+        "--setenv",
+        "TMPDIR",
+        "/tmp",
+    ]);
     for var in [
         "XDG_RUNTIME_DIR",
         "XDG_CONFIG_HOME",

@@ -136,7 +136,10 @@ pub fn choose(requested: Option<BackendKind>) -> Result<(BackendKind, String), S
     if let Some(kind) = requested {
         let p = probe(kind);
         return if p.available {
-            Ok((kind, format!("using the {} backend: {}", kind.as_str(), p.reason)))
+            Ok((
+                kind,
+                format!("using the {} backend: {}", kind.as_str(), p.reason),
+            ))
         } else {
             Err(SandboxError::Unavailable(format!(
                 "the {} backend cannot run here: {}",

@@ -237,3 +237,38 @@ async fn stopped_sandbox_runs_nothing() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn huge_timeout_does_not_overflow() {
+    let (_dir, sb) = sandbox();
+    let mut r = req("echo x", 0);
+    r.timeout = Duration::MAX;
+    let out = sb.exec(r, CancellationToken::new()).await.unwrap();
+    assert_eq!((out.output.as_str(), out.exit_code), ("x\n", Some(0)));
+}
+
+#[tokio::test]
+async fn status_reports_memory_of_running_commands() {
+    let (_dir, sb) = sandbox();
+    let sb = Arc::new(sb);
+    let cancel = CancellationToken::new();
+    let runner = {
+        let sb = sb.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move { sb.exec(req("sleep 60", 60_000), cancel).await })
+    };
+    let mut seen = None;
+    for _ in 0..200 {
+        let used = sb.status().await.memory_used_mb;
+        if used.unwrap_or(0) > 0 {
+            seen = used;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    let out = runner.await.unwrap().unwrap();
+    assert!(out.cancelled);
+    assert!(seen.is_some(), "no memory use seen while the command ran");
+    assert_eq!(sb.status().await.memory_used_mb, Some(0));
+}

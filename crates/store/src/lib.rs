@@ -180,8 +180,11 @@ impl Store {
 
     /// After `/model`: what a resume should use.
     pub fn set_model(&self, id: &str, provider: &str, model: &str) -> Result<(), StoreError> {
-        self.update_column(id, "provider", provider)?;
-        self.update_column(id, "model", model)
+        let n = self
+            .conn
+            .prepare_cached("UPDATE sessions SET provider = ?2, model = ?3 WHERE id = ?1")?
+            .execute(params![id, provider, model])?;
+        found(n, id)
     }
 
     /// After `/approval-mode`: what a resume should use.

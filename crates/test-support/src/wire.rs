@@ -396,7 +396,7 @@ fn validate_ollama(state: &State, req: &Request, body: &Value) -> Option<Respons
     let Some(obj) = body.as_object() else {
         return Some(ollama_error(400, "invalid character looking for beginning of value"));
     };
-    if !obj.get("model").and_then(Value::as_str).is_some_and(|m| !m.is_empty()) {
+    if obj.get("model").and_then(Value::as_str).is_none_or(str::is_empty) {
         return Some(ollama_error(400, "model is required"));
     }
     if let Some(messages) = obj.get("messages") {

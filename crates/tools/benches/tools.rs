@@ -50,24 +50,45 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let body: String = (0..200).map(|i| format!("line {i}: some source text\n")).collect();
+    let body: String = (0..200)
+        .map(|i| format!("line {i}: some source text\n"))
+        .collect();
     runtime.block_on(async {
         let ctx = ToolContext {
             sandbox: &sandbox,
             cancel: CancellationToken::new(),
         };
         println!("safe-coder-tools bench (HostSandbox, no confiner)");
-        measure(&ctx, "bash `true`", "bash", 200, |_| json!({"command": "true"})).await;
-        measure(&ctx, "write_file (200 lines, 6 KiB)", "write_file", 1000, |_| {
-            json!({"path": "src/bench.rs", "content": body})
-        })
+        measure(
+            &ctx,
+            "bash `true`",
+            "bash",
+            200,
+            |_| json!({"command": "true"}),
+        )
         .await;
-        measure(&ctx, "read_file (200 lines)", "read_file", 1000, |_| {
-            json!({"path": "src/bench.rs"})
-        })
+        measure(
+            &ctx,
+            "write_file (200 lines, 6 KiB)",
+            "write_file",
+            1000,
+            |_| json!({"path": "src/bench.rs", "content": body}),
+        )
+        .await;
+        measure(
+            &ctx,
+            "read_file (200 lines)",
+            "read_file",
+            1000,
+            |_| json!({"path": "src/bench.rs"}),
+        )
         .await;
         measure(&ctx, "edit_file (1 replacement)", "edit_file", 1000, |i| {
-            let (old, new) = if i % 2 == 0 { ("line 100:", "LINE 100:") } else { ("LINE 100:", "line 100:") };
+            let (old, new) = if i % 2 == 0 {
+                ("line 100:", "LINE 100:")
+            } else {
+                ("LINE 100:", "line 100:")
+            };
             json!({"path": "src/bench.rs", "old_string": old, "new_string": new})
         })
         .await;

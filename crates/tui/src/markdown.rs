@@ -367,7 +367,7 @@ pub(crate) fn wrap_into(
     let width = width.max(cont_w + 4).max(row_w + 4);
     let mut row_has_content = false;
 
-    let mut push_piece = |row: &mut Vec<Span<'static>>, text: &str, style: Style| {
+    let push_piece = |row: &mut Vec<Span<'static>>, text: &str, style: Style| {
         if let Some(last) = row.last_mut() {
             if last.style == style {
                 last.content.to_mut().push_str(text);
@@ -430,6 +430,7 @@ pub(crate) fn wrap_into(
             }
             if !hard && row_has_content && cont_w + pw <= width {
                 // The word fits on a fresh row.
+                trim_row_end(&mut row);
                 out.push(Line::from(std::mem::replace(&mut row, cont.clone())));
                 row_w = cont_w;
                 push_piece(&mut row, piece, style);
@@ -442,6 +443,9 @@ pub(crate) fn wrap_into(
             for c in piece.chars() {
                 let cw = char_width(c);
                 if row_w + cw > width {
+                    if !hard && chunk.is_empty() && row_has_content {
+                        trim_row_end(&mut row);
+                    }
                     if !chunk.is_empty() {
                         push_piece(&mut row, &chunk, style);
                         chunk.clear();
@@ -470,6 +474,16 @@ pub(crate) fn wrap_into(
         }
     }
     out.push(Line::from(row));
+}
+
+/// Drops the spaces a row ends with (where it was broken between words).
+fn trim_row_end(row: &mut [Span<'static>]) {
+    if let Some(last) = row.last_mut() {
+        if last.content.ends_with(' ') {
+            let t = last.content.trim_end().to_string();
+            last.content = t.into();
+        }
+    }
 }
 
 #[cfg(test)]

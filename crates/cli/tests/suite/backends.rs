@@ -226,7 +226,7 @@ fn process_bash_is_confined() {
     assert!(!r.contains("write=0"), "{r}");
     assert!(!r.contains("connect=0"), "{r}");
     assert!(!outside.join("x").exists());
-    let procs: u32 = r.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(999);
+    let procs: u32 = r.lines().filter_map(|l| l.trim().parse().ok()).next_back().unwrap_or(999);
     assert!(procs < 10, "sees only its own processes, saw {procs}: {r}");
 }
 

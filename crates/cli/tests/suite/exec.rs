@@ -149,7 +149,8 @@ fn path_escapes_are_refused_and_reported_to_the_model() {
     assert_eq!(results.len(), 4);
     for r in &results {
         assert!(!r.contains("secret outside"), "leaked: {r}");
-        assert!(r.to_lowercase().contains("outside"), "refusal explains: {r}");
+        let r = r.to_lowercase();
+        assert!(r.contains("outside") || r.contains("leaves the project root"), "refusal explains: {r}");
     }
     assert!(!world.root.path().join("escape.txt").exists());
 }

@@ -157,7 +157,8 @@ fn detect() -> io::Result<Layout> {
             let Some(dir) = dir_in(mount, path) else {
                 continue;
             };
-            let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+            let enabled =
+                fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
             let usable: Vec<String> = enabled
                 .split_whitespace()
                 .filter(|c| matches!(*c, "memory" | "cpu" | "pids"))
@@ -253,7 +254,11 @@ impl Cgroup {
                 cg.try_v1(parent, &name, |dir| {
                     let ok = write(dir, "memory.limit_in_bytes", &memory_bytes.to_string());
                     if ok {
-                        let _ = write(dir, "memory.memsw.limit_in_bytes", &memory_bytes.to_string());
+                        let _ = write(
+                            dir,
+                            "memory.memsw.limit_in_bytes",
+                            &memory_bytes.to_string(),
+                        );
                     }
                     ok
                 })
@@ -262,8 +267,10 @@ impl Cgroup {
         }
         if cg.enforcement.pids == Enforcement::None {
             if let Some(parent) = &layout.v1_pids {
-                cg.try_v1(parent, &name, |dir| write(dir, "pids.max", &pids.to_string()))
-                    .then(|| cg.enforcement.pids = Enforcement::CgroupV1);
+                cg.try_v1(parent, &name, |dir| {
+                    write(dir, "pids.max", &pids.to_string())
+                })
+                .then(|| cg.enforcement.pids = Enforcement::CgroupV1);
             }
         }
         if cg.enforcement.cpu == Enforcement::None {
@@ -384,7 +391,11 @@ impl Drop for Cgroup {
 const CPU_PERIOD_US: u64 = 100_000;
 
 fn cpu_quota(cpus: f64) -> u64 {
-    let cpus = if cpus.is_finite() && cpus > 0.0 { cpus } else { 1.0 };
+    let cpus = if cpus.is_finite() && cpus > 0.0 {
+        cpus
+    } else {
+        1.0
+    };
     ((cpus * CPU_PERIOD_US as f64).round() as u64).max(1_000)
 }
 

@@ -93,8 +93,13 @@ fn target_arch() -> Result<TargetArch, SeccompBuildError> {
 }
 
 fn masked(arg: u8, mask: u64, value: u64) -> Result<SeccompRule, SeccompBuildError> {
-    let condition = SeccompCondition::new(arg, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(mask), value)
-        .map_err(|e| SeccompBuildError(e.to_string()))?;
+    let condition = SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(mask),
+        value,
+    )
+    .map_err(|e| SeccompBuildError(e.to_string()))?;
     SeccompRule::new(vec![condition]).map_err(|e| SeccompBuildError(e.to_string()))
 }
 

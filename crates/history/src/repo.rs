@@ -1,0 +1,555 @@
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use safe_coder_protocol::{ChangeKind, ChangeSet, FileChange};
+
+use crate::error::{HistoryError, IoContext};
+use crate::git::{ensure_git, Git};
+use crate::objects::{self, is_hex_id, CommitFields};
+use crate::paths::{clean_rel, rel_to_root};
+use crate::snapshot::{self, write_ref};
+use crate::{INITIAL_MESSAGE, SHADOW_MESSAGE};
+
+/// Trailer on undo commits: the commit whose state the undo restored, so that a
+/// second undo steps further back instead of redoing.
+const UNDO_TRAILER: &str = "Safe-Coder-Undo-State: ";
+const BASE_REF: &str = "refs/safe-coder/base";
+
+/// One commit of the session history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitInfo {
+    pub id: String,
+    pub short_id: String,
+    /// The full message, without the trailing newline.
+    pub message: String,
+    /// Commit time, seconds since the Unix epoch.
+    pub time: i64,
+}
+
+/// The git history of one session: a work tree (the sandbox copy, or the project itself
+/// for the `direct` backend) and its git dir.
+#[derive(Clone, Debug)]
+pub struct SessionRepo {
+    work_tree: PathBuf,
+    git_dir: PathBuf,
+}
+
+/// Short id as shown in messages (`Rollback to 1a2b3c4`).
+pub(crate) fn short(id: &str) -> String {
+    id.chars().take(7).collect()
+}
+
+fn canonical(p: &Path) -> Result<PathBuf, HistoryError> {
+    fs::canonicalize(p).ctx(|| format!("cannot resolve {}", p.display()))
+}
+
+impl SessionRepo {
+    /// Copies `project` into `work_tree` (without `.git` at any depth and without the
+    /// `excludes` globs; symlinks stay symlinks, permission bits and modification times
+    /// are kept), initialises a repository in `work_tree/.git` and commits everything as
+    /// `Initial snapshot - Safe Coder VM`, which becomes [`Self::base`].
+    pub fn create_sandbox_copy(project: &Path, work_tree: &Path, excludes: &[String]) -> Result<SessionRepo, HistoryError> {
+        ensure_git()?;
+        if !project.is_dir() {
+            return Err(HistoryError::NoProject(project.to_path_buf()));
+        }
+        let project = canonical(project)?;
+        if work_tree.exists() && fs::read_dir(work_tree).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            return Err(HistoryError::NotEmpty(work_tree.to_path_buf()));
+        }
+        fs::create_dir_all(work_tree).ctx(|| format!("cannot create {}", work_tree.display()))?;
+        let work_tree = canonical(work_tree)?;
+        // A data dir inside the project (project = $HOME) must not copy itself.
+        let mut excludes = excludes.to_vec();
+        if let Ok(rel) = work_tree.strip_prefix(&project) {
+            if let Some(rel) = rel.to_str().filter(|r| !r.is_empty()) {
+                excludes.push(format!("/{rel}"));
+            }
+        }
+        let git_dir = work_tree.join(".git");
+        snapshot::init_git_dir(&git_dir, &excludes, None)?;
+        snapshot::copy_and_snapshot(&project, &work_tree, &git_dir, &excludes, INITIAL_MESSAGE)?;
+        Ok(SessionRepo { work_tree, git_dir })
+    }
+
+    /// A shadow repository for the `direct` backend: the work tree is the project
+    /// itself, the git dir is `git_dir` (outside the project). Commits the current state
+    /// as `Snapshot: Session start`. The user's `.git` is never read or written; the
+    /// project's `.gitignore` files and the `excludes` globs decide which untracked files
+    /// are tracked.
+    pub fn create_shadow(project: &Path, git_dir: &Path, excludes: &[String]) -> Result<SessionRepo, HistoryError> {
+        ensure_git()?;
+        if !project.is_dir() {
+            return Err(HistoryError::NoProject(project.to_path_buf()));
+        }
+        let project = canonical(project)?;
+        fs::create_dir_all(git_dir).ctx(|| format!("cannot create {}", git_dir.display()))?;
+        let git_dir = canonical(git_dir)?;
+        let mut excludes = excludes.to_vec();
+        if let Ok(rel) = git_dir.strip_prefix(&project) {
+            if let Some(rel) = rel.to_str().filter(|r| !r.is_empty()) {
+                excludes.push(format!("/{rel}/"));
+            }
+        }
+        snapshot::init_git_dir(&git_dir, &excludes, Some(&project))?;
+        let repo = SessionRepo { work_tree: project, git_dir };
+        repo.stage_all(None)?;
+        let tree = repo.write_tree(None)?;
+        let id = repo.write_commit(&tree, &[], SHADOW_MESSAGE)?;
+        write_ref(&repo.git_dir, "refs/heads/main", &id)?;
+        write_ref(&repo.git_dir, BASE_REF, &id)?;
+        Ok(repo)
+    }
+
+    /// Opens an existing session repository (after a restart or a crash).
+    pub fn open(work_tree: &Path, git_dir: &Path) -> Result<SessionRepo, HistoryError> {
+        if !git_dir.join("HEAD").is_file() || !git_dir.join("objects").is_dir() {
+            return Err(HistoryError::NotARepo(git_dir.to_path_buf()));
+        }
+        if !work_tree.is_dir() {
+            return Err(HistoryError::NoProject(work_tree.to_path_buf()));
+        }
+        let repo = SessionRepo { work_tree: canonical(work_tree)?, git_dir: canonical(git_dir)? };
+        snapshot::ensure_attributes(&repo.git_dir);
+        Ok(repo)
+    }
+
+    pub fn work_tree(&self) -> &Path {
+        &self.work_tree
+    }
+
+    pub fn git_dir(&self) -> &Path {
+        &self.git_dir
+    }
+
+    pub(crate) fn git(&self) -> Git<'_> {
+        Git { git_dir: &self.git_dir, work_tree: &self.work_tree, index: None }
+    }
+
+    /// The first commit of the session.
+    pub fn base(&self) -> Result<String, HistoryError> {
+        if let Ok(s) = fs::read_to_string(self.git_dir.join(BASE_REF)) {
+            let s = s.trim();
+            if is_hex_id(s) {
+                return Ok(s.to_string());
+            }
+        }
+        let out = self.git().run(&["rev-list", "--max-parents=0", "HEAD"])?;
+        String::from_utf8_lossy(&out)
+            .lines()
+            .last()
+            .map(|l| l.trim().to_string())
+            .filter(|l| is_hex_id(l))
+            .ok_or_else(|| HistoryError::Corrupt("it has no first commit".into()))
+    }
+
+    /// The file that holds HEAD's commit id (the branch HEAD points to, or HEAD).
+    fn head_file(&self) -> PathBuf {
+        match fs::read_to_string(self.git_dir.join("HEAD")) {
+            Ok(s) => match s.trim().strip_prefix("ref: ") {
+                Some(r) if clean_rel(r).is_some() => self.git_dir.join(r),
+                _ => self.git_dir.join("HEAD"),
+            },
+            Err(_) => self.git_dir.join("HEAD"),
+        }
+    }
+
+    pub fn head(&self) -> Result<String, HistoryError> {
+        if let Ok(s) = fs::read_to_string(self.head_file()) {
+            let s = s.trim();
+            if is_hex_id(s) {
+                return Ok(s.to_string());
+            }
+        }
+        let id = self.git().line(&["rev-parse", "--verify", "HEAD^{commit}"])?;
+        if is_hex_id(&id) {
+            Ok(id)
+        } else {
+            Err(HistoryError::Corrupt("HEAD does not name a commit".into()))
+        }
+    }
+
+    fn set_head(&self, id: &str) -> Result<(), HistoryError> {
+        let file = self.head_file();
+        let rel = file.strip_prefix(&self.git_dir).unwrap_or(Path::new("HEAD")).to_string_lossy().to_string();
+        write_ref(&self.git_dir, &rel, id)
+    }
+
+    fn commit_fields(&self, id: &str) -> Result<CommitFields, HistoryError> {
+        if let Some((kind, data)) = objects::read_loose(&self.git_dir, id)? {
+            if kind == "commit" {
+                return Ok(objects::parse_commit(&data));
+            }
+        }
+        let data = self.git().run(&["cat-file", "commit", id]).map_err(|_| HistoryError::UnknownCommit(id.to_string()))?;
+        Ok(objects::parse_commit(&data))
+    }
+
+    fn write_commit(&self, tree: &str, parents: &[&str], message: &str) -> Result<String, HistoryError> {
+        let body = objects::commit_body(tree, parents, message, objects::now());
+        objects::write_loose(&self.git_dir, "commit", &body)
+    }
+
+    /// `git add -A` into the index (or `index`): git's stat cache makes unchanged files
+    /// cost one `lstat`.
+    fn stage_all(&self, index: Option<&Path>) -> Result<(), HistoryError> {
+        let git = Git { index, ..self.git() };
+        git.run(&["add", "-A"]).map(|_| ())
+    }
+
+    fn write_tree(&self, index: Option<&Path>) -> Result<String, HistoryError> {
+        let git = Git { index, ..self.git() };
+        let id = git.line(&["write-tree"])?;
+        if is_hex_id(&id) {
+            Ok(id)
+        } else {
+            Err(HistoryError::Corrupt(format!("git write-tree printed `{id}`")))
+        }
+    }
+
+    /// Records the index as a commit on HEAD unless its tree equals HEAD's.
+    fn commit_index(&self, message: &str, allow_empty: bool) -> Result<Option<String>, HistoryError> {
+        let tree = self.write_tree(None)?;
+        let head = self.head()?;
+        if !allow_empty && self.commit_fields(&head)?.tree == tree {
+            return Ok(None);
+        }
+        let id = self.write_commit(&tree, &[&head], message)?;
+        self.set_head(&id)?;
+        Ok(Some(id))
+    }
+
+    /// Commits the work tree if anything changed; `None` when nothing did (no empty
+    /// commits). `touched`: `Some(paths)` when only these paths (relative, or absolute
+    /// inside the work tree) may have changed, the fast path after write/edit tools;
+    /// `None` scans everything (after bash). A touched list that git refuses (a
+    /// directory, a path through a symlink) falls back to the full scan.
+    pub fn commit_changes(&self, message: &str, touched: Option<&[String]>) -> Result<Option<String>, HistoryError> {
+        match touched {
+            Some([]) => return Ok(None),
+            Some(paths) => {
+                let cleaned: Option<Vec<String>> = paths.iter().map(|p| rel_to_root(&self.work_tree, p)).collect();
+                let staged = match cleaned {
+                    Some(list) => {
+                        let mut input = list.join("\0").into_bytes();
+                        input.push(0);
+                        self.git().run_with_input(&["update-index", "--add", "--remove", "-z", "--stdin"], Some(&input)).is_ok()
+                    }
+                    None => false,
+                };
+                if !staged {
+                    self.stage_all(None)?;
+                }
+            }
+            None => self.stage_all(None)?,
+        }
+        self.commit_index(message, false)
+    }
+
+    /// A manual snapshot `🔒 Snapshot: LABEL`, recorded even when nothing changed.
+    pub fn snapshot(&self, label: &str) -> Result<String, HistoryError> {
+        self.stage_all(None)?;
+        let message = format!("🔒 Snapshot: {}", label.trim());
+        let id = self.commit_index(message.trim_end(), true)?;
+        id.ok_or_else(|| HistoryError::Corrupt("the snapshot was not recorded".into()))
+    }
+
+    /// The history, newest first.
+    pub fn log(&self) -> Result<Vec<CommitInfo>, HistoryError> {
+        let out = self.git().run(&["log", "--format=%H%x1f%ct%x1f%B%x1e", "HEAD"])?;
+        let text = String::from_utf8_lossy(&out);
+        let mut commits = Vec::new();
+        for rec in text.split('\x1e') {
+            let rec = rec.trim_start_matches('\n');
+            if rec.is_empty() {
+                continue;
+            }
+            let mut parts = rec.splitn(3, '\x1f');
+            let id = parts.next().unwrap_or_default().to_string();
+            let time = parts.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+            let message = parts.next().unwrap_or_default().trim_end().to_string();
+            if is_hex_id(&id) {
+                commits.push(CommitInfo { short_id: short(&id), id, message, time });
+            }
+        }
+        Ok(commits)
+    }
+
+    fn resolve(&self, rev: &str) -> Result<String, HistoryError> {
+        if rev.starts_with('-') || rev.trim().is_empty() {
+            return Err(HistoryError::UnknownCommit(rev.to_string()));
+        }
+        let spec = format!("{rev}^{{commit}}");
+        let (ok, out, _) = self.git().run_status(&["rev-parse", "--verify", "--quiet", &spec], None)?;
+        let id = String::from_utf8_lossy(&out).trim().to_string();
+        if ok && is_hex_id(&id) {
+            Ok(id)
+        } else {
+            Err(HistoryError::UnknownCommit(rev.to_string()))
+        }
+    }
+
+    /// Puts the work tree back to commit `to` (files added since are removed) and
+    /// records that as a new commit `Rollback to <short>`, so history is never lost.
+    /// Uncommitted changes are committed first. Returns the new commit.
+    pub fn rollback(&self, to: &str) -> Result<String, HistoryError> {
+        let target = self.resolve(to)?;
+        self.rollback_with_message(&target, &format!("Rollback to {}", short(&target)))
+    }
+
+    fn rollback_with_message(&self, target: &str, message: &str) -> Result<String, HistoryError> {
+        self.commit_changes("Uncommitted changes before rollback", None)?;
+        self.git().run(&["read-tree", "--reset", "-u", target])?;
+        let id = self.commit_index(message, true)?;
+        id.ok_or_else(|| HistoryError::Corrupt("the rollback was not recorded".into()))
+    }
+
+    /// Undoes the last change (the last commit, after committing pending changes):
+    /// the work tree goes back to that commit's parent, recorded as a new commit.
+    /// Repeated undos keep stepping back. `None` at the session's start.
+    pub fn undo(&self) -> Result<Option<String>, HistoryError> {
+        self.commit_changes("Uncommitted changes before undo", None)?;
+        let head = self.head()?;
+        let fields = self.commit_fields(&head)?;
+        let state = fields
+            .message
+            .lines()
+            .find_map(|l| l.strip_prefix(UNDO_TRAILER))
+            .map(|s| s.trim().to_string())
+            .filter(|s| is_hex_id(s));
+        let effective = state.unwrap_or_else(|| head.clone());
+        if effective == self.base()? {
+            return Ok(None);
+        }
+        let parents = if effective == head { fields.parents } else { self.commit_fields(&effective)?.parents };
+        let Some(parent) = parents.first() else { return Ok(None) };
+        let message = format!("Undo {}: back to {}\n\n{UNDO_TRAILER}{parent}", short(&effective), short(parent));
+        self.rollback_with_message(parent, &message).map(Some)
+    }
+
+    /// Brings `path` (a file or a directory; `None` = everything) back to the session's
+    /// base snapshot: changed and deleted files come back, files added since are
+    /// removed. Recorded as a commit; returns the restored paths.
+    pub fn restore(&self, path: Option<&str>) -> Result<Vec<String>, HistoryError> {
+        let rel = match path {
+            Some(p) => Some(rel_to_root(&self.work_tree, p).ok_or_else(|| HistoryError::BadPath(p.to_string()))?),
+            None => None,
+        };
+        self.commit_changes("Uncommitted changes before restore", None)?;
+        let base = self.base()?;
+        let mut args = vec!["diff-index", "--cached", "--raw", "-z", "--no-renames", "--ignore-submodules=none", base.as_str()];
+        if let Some(r) = rel.as_deref() {
+            args.push("--");
+            args.push(r);
+        }
+        let out = self.git().run(&args)?;
+        let raw = parse_diff(&out);
+        if raw.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut restored = Vec::new();
+        let mut from_base = Vec::new();
+        for r in &raw {
+            if r.status == 'A' {
+                if let Some(clean) = clean_rel(&r.path) {
+                    let p = self.work_tree.join(&clean);
+                    match fs::symlink_metadata(&p) {
+                        Ok(m) if !m.is_dir() => {
+                            fs::remove_file(&p).ctx(|| format!("cannot remove {}", p.display()))?;
+                            remove_empty_parents(&self.work_tree, &clean);
+                        }
+                        _ => {}
+                    }
+                }
+            } else {
+                from_base.push(r.path.clone());
+            }
+            restored.push(r.path.clone());
+        }
+        if !from_base.is_empty() {
+            let mut input = from_base.join("\0").into_bytes();
+            input.push(0);
+            self.git().run_with_input(
+                &["checkout", &base, "--pathspec-from-file=-", "--pathspec-file-nul"],
+                Some(&input),
+            )?;
+        }
+        let message = match path {
+            Some(p) => format!("Restore {p} to the session start"),
+            None => "Restore all files to the session start".to_string(),
+        };
+        self.commit_changes(&message, Some(&restored))?;
+        Ok(restored)
+    }
+
+    /// Stages the whole work tree into a throw-away index, so reads see uncommitted
+    /// changes without committing them.
+    fn scratch_index(&self) -> Result<ScratchIndex, HistoryError> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = self.git_dir.join(format!("index.safe-coder-{}-{n}", std::process::id()));
+        let main = self.git_dir.join("index");
+        if main.exists() {
+            fs::copy(&main, &path).ctx(|| format!("cannot copy {}", main.display()))?;
+        }
+        let scratch = ScratchIndex(path);
+        self.stage_all(Some(&scratch.0))?;
+        Ok(scratch)
+    }
+
+    /// The change set from the base snapshot to the work tree (committed and
+    /// uncommitted changes): added, modified, deleted, mode changes, line counts.
+    /// `conflict` is false here; see [`crate::sync::mark_conflicts`].
+    pub fn change_set(&self) -> Result<ChangeSet, HistoryError> {
+        let scratch = self.scratch_index()?;
+        let base = self.base()?;
+        let git = Git { index: Some(&scratch.0), ..self.git() };
+        let out = git.run(&["diff-index", "--cached", "-z", "--raw", "--numstat", "--no-renames", &base])?;
+        Ok(build_change_set(&out))
+    }
+
+    /// The unified diff from the base snapshot to the work tree, for one path (file or
+    /// directory) or everything.
+    pub fn diff(&self, path: Option<&str>) -> Result<String, HistoryError> {
+        let rel = match path {
+            Some(p) => Some(rel_to_root(&self.work_tree, p).ok_or_else(|| HistoryError::BadPath(p.to_string()))?),
+            None => None,
+        };
+        let scratch = self.scratch_index()?;
+        let base = self.base()?;
+        let git = Git { index: Some(&scratch.0), ..self.git() };
+        let mut args = vec!["diff-index", "--cached", "-p", "--no-renames", "--no-color", "--no-ext-diff", base.as_str()];
+        if let Some(r) = rel.as_deref() {
+            args.push("--");
+            args.push(r);
+        }
+        let out = git.run(&args)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Base-snapshot entries (mode, blob id) for these paths.
+    pub(crate) fn base_entries(&self, paths: &[String]) -> Result<std::collections::HashMap<String, (String, String)>, HistoryError> {
+        let base = self.base()?;
+        let mut map = std::collections::HashMap::new();
+        // Keep each command line well under the kernel's limit.
+        let mut start = 0;
+        while start < paths.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < paths.len() && (end == start || bytes + paths[end].len() < 100_000) {
+                bytes += paths[end].len() + 1;
+                end += 1;
+            }
+            let mut args: Vec<&str> = vec!["ls-tree", "-r", "-z", "--full-tree", &base, "--"];
+            args.extend(paths[start..end].iter().map(String::as_str));
+            let out = self.git().run(&args)?;
+            for rec in out.split(|&b| b == 0) {
+                let rec = String::from_utf8_lossy(rec);
+                let Some((meta, path)) = rec.split_once('\t') else { continue };
+                let mut f = meta.split(' ');
+                let (Some(mode), Some(_kind), Some(id)) = (f.next(), f.next(), f.next()) else { continue };
+                map.insert(path.to_string(), (mode.to_string(), id.to_string()));
+            }
+            start = end;
+        }
+        Ok(map)
+    }
+}
+
+struct ScratchIndex(PathBuf);
+
+impl Drop for ScratchIndex {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+        let _ = fs::remove_file(self.0.with_extension("lock"));
+    }
+}
+
+/// Removes the now-empty directories above `rel` inside `root`.
+pub(crate) fn remove_empty_parents(root: &Path, rel: &str) {
+    let mut cur = Path::new(rel).parent();
+    while let Some(dir) = cur {
+        if dir.as_os_str().is_empty() || fs::remove_dir(root.join(dir)).is_err() {
+            break;
+        }
+        cur = dir.parent();
+    }
+}
+
+pub(crate) struct RawChange {
+    pub old_mode: String,
+    pub new_mode: String,
+    pub old_id: String,
+    pub new_id: String,
+    pub status: char,
+    pub path: String,
+}
+
+/// Parses `--raw -z` records (and skips `--numstat -z` ones, returned separately by
+/// [`parse_numstat`]).
+pub(crate) fn parse_diff(out: &[u8]) -> Vec<RawChange> {
+    let mut res = Vec::new();
+    let mut toks = out.split(|&b| b == 0);
+    while let Some(tok) = toks.next() {
+        if let Some(meta) = tok.strip_prefix(b":") {
+            let meta = String::from_utf8_lossy(meta);
+            let f: Vec<&str> = meta.split(' ').collect();
+            let path = toks.next().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+            if f.len() >= 5 {
+                res.push(RawChange {
+                    old_mode: f[0].to_string(),
+                    new_mode: f[1].to_string(),
+                    old_id: f[2].to_string(),
+                    new_id: f[3].to_string(),
+                    status: f[4].chars().next().unwrap_or('M'),
+                    path,
+                });
+            }
+        }
+    }
+    res
+}
+
+fn parse_numstat(out: &[u8]) -> std::collections::HashMap<String, (u32, u32)> {
+    let mut map = std::collections::HashMap::new();
+    let mut toks = out.split(|&b| b == 0);
+    while let Some(tok) = toks.next() {
+        if tok.starts_with(b":") {
+            toks.next();
+            continue;
+        }
+        let t = String::from_utf8_lossy(tok);
+        let mut f = t.splitn(3, '\t');
+        if let (Some(a), Some(d), Some(p)) = (f.next(), f.next(), f.next()) {
+            map.insert(p.to_string(), (a.parse().unwrap_or(0), d.parse().unwrap_or(0)));
+        }
+    }
+    map
+}
+
+fn build_change_set(out: &[u8]) -> ChangeSet {
+    let counts = parse_numstat(out);
+    let mut files: Vec<FileChange> = parse_diff(out)
+        .into_iter()
+        .map(|r| {
+            let kind = match r.status {
+                'A' => ChangeKind::Added,
+                'D' => ChangeKind::Deleted,
+                _ if r.old_id == r.new_id && r.old_mode != r.new_mode => ChangeKind::ModeChanged,
+                _ => ChangeKind::Modified,
+            };
+            let (additions, deletions) = counts.get(&r.path).copied().unwrap_or((0, 0));
+            FileChange {
+                executable: kind != ChangeKind::Deleted && r.new_mode == "100755",
+                path: r.path,
+                kind,
+                additions,
+                deletions,
+                conflict: false,
+            }
+        })
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    ChangeSet { files }
+}

@@ -1,0 +1,277 @@
+//! Ollama: `POST {host}/api/chat`, NDJSON lines with `message.content` and
+//! `message.tool_calls` (arguments as an object, no ids: they are generated here), a
+//! final `done: true` line with `prompt_eval_count` / `eval_count`.
+
+use std::collections::HashMap;
+
+use reqwest::RequestBuilder;
+use serde_json::{json, Map, Value};
+
+use crate::ndjson::NdjsonDecoder;
+use crate::transport::{
+    generic_error_info, one_line, ErrorInfo, Failure, OnEvent, StreamState, TransientKind, Wire,
+};
+use crate::{
+    parse_tool_input, ContentBlock, ModelRequest, ModelResponse, ProviderConfig, ProviderKind,
+    Role, StopReason, StreamEvent, Usage,
+};
+
+pub(crate) struct Ollama;
+
+impl Wire for Ollama {
+    const KIND: ProviderKind = ProviderKind::Ollama;
+    const PATH: &'static str = "/api/chat";
+    type State = OllamaStream;
+
+    fn headers(rb: RequestBuilder, config: &ProviderConfig) -> RequestBuilder {
+        // A local server needs no key; ollama.com and proxies take a bearer token.
+        match config.api_key.as_deref().map(str::trim) {
+            Some(key) if !key.is_empty() => rb.bearer_auth(key),
+            _ => rb,
+        }
+    }
+
+    fn body(request: &ModelRequest, model: &str, max_tokens: u32, _: &ProviderConfig) -> Value {
+        let mut messages = Vec::new();
+        if !request.system.is_empty() {
+            messages.push(json!({"role": "system", "content": request.system}));
+        }
+        // Tool results name their tool (`tool_name`); find it from the call's id.
+        let mut names: HashMap<&str, &str> = HashMap::new();
+        for msg in &request.messages {
+            match msg.role {
+                Role::User => {
+                    let mut text = String::new();
+                    for block in &msg.content {
+                        match block {
+                            ContentBlock::ToolResult {
+                                tool_use_id,
+                                content,
+                                is_error,
+                            } => {
+                                let content = if *is_error && !content.starts_with("Error") {
+                                    format!("Error: {content}")
+                                } else {
+                                    content.clone()
+                                };
+                                let mut m = json!({"role": "tool", "content": content});
+                                if let Some(name) = names.get(tool_use_id.as_str()) {
+                                    m["tool_name"] = json!(name);
+                                }
+                                messages.push(m);
+                            }
+                            ContentBlock::Text { text: t } => {
+                                if !text.is_empty() && !t.is_empty() {
+                                    text.push_str("\n\n");
+                                }
+                                text.push_str(t);
+                            }
+                            ContentBlock::ToolUse { .. } => {}
+                        }
+                    }
+                    if !text.is_empty() {
+                        messages.push(json!({"role": "user", "content": text}));
+                    }
+                }
+                Role::Assistant => {
+                    let calls: Vec<Value> = msg
+                        .tool_uses()
+                        .map(|(id, name, input)| {
+                            names.insert(id, name);
+                            let input = if input.is_object() {
+                                input.clone()
+                            } else {
+                                json!({})
+                            };
+                            json!({"function": {"name": name, "arguments": input}})
+                        })
+                        .collect();
+                    let text = msg.text();
+                    if text.is_empty() && calls.is_empty() {
+                        continue;
+                    }
+                    let mut m = json!({"role": "assistant", "content": text});
+                    if !calls.is_empty() {
+                        m["tool_calls"] = Value::Array(calls);
+                    }
+                    messages.push(m);
+                }
+            }
+        }
+        let mut body = Map::new();
+        body.insert("model".into(), json!(model));
+        body.insert("messages".into(), Value::Array(messages));
+        if !request.tools.is_empty() {
+            let tools: Vec<Value> = request
+                .tools
+                .iter()
+                .map(|t| {
+                    json!({"type": "function", "function": {
+                        "name": t.name, "description": t.description, "parameters": t.input_schema}})
+                })
+                .collect();
+            body.insert("tools".into(), Value::Array(tools));
+        }
+        body.insert("stream".into(), json!(true));
+        body.insert("options".into(), json!({"num_predict": max_tokens}));
+        Value::Object(body)
+    }
+
+    fn error_info(body: &str) -> ErrorInfo {
+        generic_error_info(body)
+    }
+
+    fn parse_full(body: &[u8], on_event: OnEvent<'_>) -> Result<ModelResponse, Failure> {
+        let mut state = OllamaStream::new();
+        state.feed(body, &mut *on_event)?;
+        state.finish()
+    }
+}
+
+pub(crate) struct OllamaStream {
+    lines: NdjsonDecoder,
+    text: String,
+    calls: Vec<(String, String, Value)>,
+    usage: Usage,
+    done_reason: Option<String>,
+    started: bool,
+    done: bool,
+}
+
+impl OllamaStream {
+    fn line(&mut self, line: &str, on_event: OnEvent<'_>) -> Result<(), Failure> {
+        let value: Value = serde_json::from_str(line).map_err(|e| {
+            Failure::malformed(format!(
+                "a line is not valid JSON ({e}): {}",
+                one_line(line, 120)
+            ))
+        })?;
+        if let Some(err) = value.get("error").filter(|e| !e.is_null()) {
+            let message = err.as_str().map(str::to_string).unwrap_or(err.to_string());
+            return Err(Failure::retry(
+                TransientKind::Server,
+                format!("error mid-stream: {}", one_line(&message, 200)),
+            ));
+        }
+        self.started = true;
+        if let Some(message) = value.get("message") {
+            if let Some(piece) = message.get("content").and_then(Value::as_str) {
+                if !piece.is_empty() {
+                    self.text.push_str(piece);
+                    on_event(StreamEvent::TextDelta {
+                        text: piece.to_string(),
+                    });
+                }
+            }
+            if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+                for call in calls {
+                    let function = call.get("function").unwrap_or(&Value::Null);
+                    let name = function
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    let input = match function.get("arguments") {
+                        Some(Value::Object(m)) => Value::Object(m.clone()),
+                        Some(Value::String(raw)) => parse_tool_input(raw),
+                        None | Some(Value::Null) => json!({}),
+                        Some(other) => parse_tool_input(&other.to_string()),
+                    };
+                    // Recent servers may send an id; otherwise one is made up.
+                    let id = call
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("call_{:016x}", fastrand::u64(..)));
+                    on_event(StreamEvent::ToolCallStarted {
+                        id: id.clone(),
+                        name: name.clone(),
+                    });
+                    self.calls.push((id, name, input));
+                }
+            }
+        }
+        if value.get("done").and_then(Value::as_bool) == Some(true) {
+            let n = |k: &str| value.get(k).and_then(Value::as_u64);
+            if let Some(input) = n("prompt_eval_count") {
+                self.usage.input_tokens = input;
+            }
+            if let Some(output) = n("eval_count") {
+                self.usage.output_tokens = output;
+            }
+            self.done_reason = value
+                .get("done_reason")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            self.done = true;
+        }
+        Ok(())
+    }
+}
+
+impl StreamState for OllamaStream {
+    fn new() -> Self {
+        OllamaStream {
+            lines: NdjsonDecoder::new(),
+            text: String::new(),
+            calls: Vec::new(),
+            usage: Usage::default(),
+            done_reason: None,
+            started: false,
+            done: false,
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8], on_event: OnEvent<'_>) -> Result<bool, Failure> {
+        self.lines.push(bytes);
+        while let Some(line) = self.lines.next_line() {
+            self.line(&line, &mut *on_event)?;
+            if self.done {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn finish(mut self) -> Result<ModelResponse, Failure> {
+        if !self.done {
+            // A last line without its newline still counts if it is complete.
+            if let Some(tail) = self.lines.finish() {
+                if serde_json::from_str::<Value>(&tail).is_ok() {
+                    let mut ignore = |_: StreamEvent| {};
+                    self.line(&tail, &mut ignore)?;
+                }
+            }
+        }
+        if !self.done {
+            return Err(Failure::cut(if self.started {
+                "the stream ended before done: true"
+            } else {
+                "the stream ended before its first line"
+            }));
+        }
+        let mut content = Vec::new();
+        if !self.text.is_empty() {
+            content.push(ContentBlock::Text { text: self.text });
+        }
+        let has_calls = !self.calls.is_empty();
+        for (id, name, input) in self.calls {
+            content.push(ContentBlock::ToolUse { id, name, input });
+        }
+        let stop_reason = match self.done_reason.as_deref() {
+            Some("length") => StopReason::MaxTokens,
+            _ if has_calls => StopReason::ToolUse,
+            Some("stop") | None => StopReason::EndTurn,
+            Some(other) => StopReason::Other(other.to_string()),
+        };
+        Ok(ModelResponse {
+            message: crate::Message {
+                role: Role::Assistant,
+                content,
+            },
+            usage: self.usage,
+            stop_reason,
+        })
+    }
+}

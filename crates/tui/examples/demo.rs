@@ -1,0 +1,2 @@
+//! Placeholder until the TUI demo lands.
+fn main() {}
