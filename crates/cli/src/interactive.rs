@@ -12,6 +12,7 @@ use safe_coder_interact::at_paths::{expand_at_paths, AtLimits};
 use safe_coder_interact::custom::{expand_custom, load_custom_commands, CustomCommands};
 use safe_coder_interact::memory::{add_to_project_memory, load_memory};
 use safe_coder_interact::slash::{self, MemoryCmd, SlashCommand};
+use safe_coder_interact::Input;
 use safe_coder_protocol::Event;
 use safe_coder_sandbox::{CancellationToken, ExecRequest};
 
@@ -53,18 +54,22 @@ impl<'a> Interactive<'a> {
         events: &dyn EventSink,
         cancel: &CancellationToken,
     ) -> Result<Outcome> {
-        if let Some(cmd) = safe_coder_interact::shell::parse_shell(line) {
-            self.shell(cmd, events, cancel).await?;
-            return Ok(Outcome::Continue);
-        }
-        match slash::parse(line, &self.custom) {
+        match safe_coder_interact::classify(line, &self.custom) {
             Err(e) => {
                 events.emit(Event::Error { message: e.to_string() });
                 Ok(Outcome::Continue)
             }
-            Ok(Some(cmd)) => self.slash(cmd, approver, events, cancel).await,
-            Ok(None) => {
-                self.prompt(line.to_string(), approver, events, cancel).await?;
+            Ok(Input::Shell(cmd)) if cmd.trim().is_empty() => {
+                events.emit(Event::Error { message: "type a command after `!`, e.g. `!ls -la`".into() });
+                Ok(Outcome::Continue)
+            }
+            Ok(Input::Shell(cmd)) => {
+                self.shell(&cmd, events, cancel).await?;
+                Ok(Outcome::Continue)
+            }
+            Ok(Input::Slash(cmd)) => self.slash(cmd, approver, events, cancel).await,
+            Ok(Input::Prompt(text)) => {
+                self.prompt(text, approver, events, cancel).await?;
                 Ok(Outcome::Continue)
             }
         }

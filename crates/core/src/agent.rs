@@ -388,11 +388,13 @@ impl Agent {
                 continue;
             }
             events.emit(Event::ToolCallStarted { id: id.clone(), name: name.clone(), input: input.clone() });
-            let started = Instant::now();
+            let mut started = Instant::now();
 
             let (content, outcome) = match self.authorize(id, name, input, approver, events).await {
                 Err(refusal) => (refusal, ToolOutcome::Denied),
                 Ok(()) => {
+                    // The tool's own time, without the time the user took to approve.
+                    started = Instant::now();
                     let ctx = safe_coder_tools::ToolContext { sandbox: &*self.sandbox, cancel: cancel.clone() };
                     let out = safe_coder_tools::run(name, input, &ctx).await;
                     if !safe_coder_tools::is_read_only(name) {

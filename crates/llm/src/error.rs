@@ -111,9 +111,7 @@ fn auth_fix(provider: ProviderKind) -> &'static str {
             "set ANTHROPIC_API_KEY or run `safe-coder config --api-key KEY`"
         }
         ProviderKind::OpenAi => "set OPENAI_API_KEY or run `safe-coder config --api-key KEY`",
-        ProviderKind::Ollama => {
-            "this Ollama server needs a key: run `safe-coder config --api-key KEY`"
-        }
+        ProviderKind::Ollama => "set it with `safe-coder config --api-key KEY`",
     }
 }
 

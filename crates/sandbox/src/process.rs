@@ -19,6 +19,7 @@
 //! then kills whatever is left in the namespace, even processes that left the group.
 
 mod cgroup;
+mod inprocess;
 mod seccomp;
 
 use std::ffi::{CString, OsString};
@@ -160,7 +161,7 @@ fn probe_bwrap() -> Result<Bwrap, String> {
         bash,
     };
     let trial = |info: &Bwrap| -> Result<(), String> {
-        let mut cmd = command(info, &[], None, "true").map_err(|e| e.to_string())?;
+        let mut cmd = command(info, &[], None, "true", None).map_err(|e| e.to_string())?;
         let out = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -255,6 +256,7 @@ fn command(
     extra_read_only: &[PathBuf],
     workdir: Option<&Path>,
     script: &str,
+    setup: Option<ChildSetup>,
 ) -> Result<Command, SandboxError> {
     let filters = filters()?;
     let deny = bpf_pipe(&filters.deny)?;
@@ -310,6 +312,12 @@ fn command(
         .arg("--add-seccomp-fd")
         .arg(clone3.as_raw_fd().to_string());
     cmd.arg("--").arg(&info.bash).arg("-c").arg(script);
+    if let Some(setup) = setup {
+        // SAFETY: ChildSetup closures are async-signal-safe by contract.
+        unsafe {
+            cmd.pre_exec(setup);
+        }
+    }
     let fds = [deny, clone3];
     // SAFETY: the closure only calls fcntl(2), which is async-signal-safe.
     unsafe {
@@ -341,11 +349,34 @@ fn bpf_pipe(bytes: &[u8]) -> Result<OwnedFd, SandboxError> {
     Ok(read)
 }
 
+/// Work done in the child between fork and exec. Must be async-signal-safe: system
+/// calls only, on memory prepared before the fork.
+type ChildSetup = Box<dyn FnMut() -> io::Result<()> + Send + Sync>;
+
+/// How the `process` backend confines commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    /// bubblewrap: all namespaces (PID and mount included) + seccomp. Preferred.
+    Bubblewrap,
+    /// No bubblewrap: user/network/IPC/UTS namespaces, Landlock and seccomp applied by
+    /// the child itself (weaker: see docs/sandbox-process.md).
+    InProcess,
+}
+
+#[derive(Debug)]
+enum Confinement {
+    Bwrap(&'static Bwrap),
+    InProcess {
+        support: inprocess::Support,
+        tmp: inprocess::PrivateTmp,
+    },
+}
+
 /// Builds confined commands for the `process` backend (see the module docs). One
 /// confiner per sandbox: its cgroup holds every command of the session.
 #[derive(Debug)]
 pub struct ProcessConfiner {
-    bwrap: &'static Bwrap,
+    confinement: Confinement,
     limits: ProcessLimits,
     extra_read_only: Vec<PathBuf>,
     cgroup: Option<Arc<cgroup::Cgroup>>,
@@ -353,11 +384,33 @@ pub struct ProcessConfiner {
 }
 
 impl ProcessConfiner {
-    /// A confiner with these limits. Fails with [`SandboxError::Unavailable`] when
-    /// bubblewrap is missing or cannot create a sandbox on this machine.
+    /// A confiner with these limits: bubblewrap when it works here, else the in-process
+    /// mechanism. Fails with [`SandboxError::Unavailable`] (saying why) when neither does.
     pub fn new(limits: ProcessLimits) -> Result<Self, SandboxError> {
-        let bwrap = bwrap()?;
-        filters()?;
+        match Self::with_mechanism(limits, Mechanism::Bubblewrap) {
+            Ok(c) => Ok(c),
+            Err(bwrap_err) => Self::with_mechanism(limits, Mechanism::InProcess).map_err(|e| {
+                SandboxError::Unavailable(format!("{bwrap_err}; and without it: {e}"))
+            }),
+        }
+    }
+
+    /// A confiner that uses `mechanism` (tests and `sandbox doctor` use both).
+    pub fn with_mechanism(limits: ProcessLimits, mechanism: Mechanism) -> Result<Self, SandboxError> {
+        let confinement = match mechanism {
+            Mechanism::Bubblewrap => {
+                let bwrap = bwrap()?;
+                filters()?;
+                Confinement::Bwrap(bwrap)
+            }
+            Mechanism::InProcess => {
+                let support = inprocess::support().map_err(SandboxError::Unavailable)?;
+                let tmp = inprocess::PrivateTmp::create().map_err(|e| {
+                    SandboxError::Other(format!("could not create the sandbox's temp directory: {e}"))
+                })?;
+                Confinement::InProcess { support, tmp }
+            }
+        };
         let memory_bytes = limits.memory_mb.max(16).saturating_mul(1024 * 1024);
         let pids = limits.pids.max(8);
         let cgroup = cgroup::Cgroup::create(memory_bytes, limits.cpus, pids);
@@ -382,7 +435,7 @@ impl ProcessConfiner {
             pids: fallback(cg.pids),
         };
         Ok(ProcessConfiner {
-            bwrap,
+            confinement,
             limits,
             extra_read_only: Vec::new(),
             cgroup: cgroup.map(Arc::new),
@@ -392,6 +445,7 @@ impl ProcessConfiner {
 
     /// Also shows these host paths read-only inside the sandbox (toolchains installed
     /// under the home directory, for example). Paths that do not exist are skipped.
+    /// Bubblewrap only: the in-process mechanism ignores them.
     pub fn with_read_only_paths(mut self, paths: Vec<PathBuf>) -> Self {
         self.extra_read_only = paths;
         self
@@ -406,9 +460,19 @@ impl ProcessConfiner {
         self.enforcement
     }
 
-    /// The bubblewrap in use, e.g. `bubblewrap 0.8.0 (/usr/bin/bwrap)`.
-    pub fn mechanism(&self) -> String {
-        format!("{} ({})", self.bwrap.version, self.bwrap.path.display())
+    pub fn mechanism(&self) -> Mechanism {
+        match self.confinement {
+            Confinement::Bwrap(_) => Mechanism::Bubblewrap,
+            Confinement::InProcess { .. } => Mechanism::InProcess,
+        }
+    }
+
+    /// What confines, e.g. `bubblewrap 0.8.0 (/usr/bin/bwrap)`.
+    pub fn describe_mechanism(&self) -> String {
+        match &self.confinement {
+            Confinement::Bwrap(b) => format!("{} ({})", b.version, b.path.display()),
+            Confinement::InProcess { support, .. } => support.describe(),
+        }
     }
 
     /// Memory used now by everything in the sandbox, when a cgroup measures it.
@@ -424,16 +488,9 @@ impl ProcessConfiner {
         self.cgroup.as_ref().map(|c| c.process_count())
     }
 
-    /// The confined `bash -c command` with `workdir` (an absolute path) as the
-    /// writable project directory. The caller sets stdio, environment and process group.
-    pub fn command(&self, command: &str, workdir: &Path) -> Result<Command, SandboxError> {
-        if !workdir.is_absolute() {
-            return Err(SandboxError::Other(format!(
-                "the work tree '{}' must be an absolute path",
-                workdir.display()
-            )));
-        }
-        let mut cmd = self::command(self.bwrap, &self.extra_read_only, Some(workdir), command)?;
+    /// The limits' part of the child setup: join the cgroup, set rlimits, volunteer for
+    /// the OOM killer. Runs first, before any namespace is entered.
+    fn limits_setup(&self) -> ChildSetup {
         let procs: Vec<CString> = self
             .cgroup
             .as_ref()
@@ -448,21 +505,21 @@ impl ProcessConfiner {
         if self.enforcement.pids == Enforcement::Rlimit {
             rlimits.push((libc::RLIMIT_NPROC, self.limits.pids.max(8) as libc::rlim_t));
         }
-        // SAFETY: the closure only calls open/write/close/setrlimit, all
-        // async-signal-safe, on memory allocated before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                cgroup::Cgroup::join_from_child(&procs)?;
-                for &(resource, value) in &rlimits {
-                    let lim = libc::rlimit {
-                        rlim_cur: value,
-                        rlim_max: value,
-                    };
-                    if libc::setrlimit(resource, &lim) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
+        Box::new(move || {
+            cgroup::Cgroup::join_from_child(&procs)?;
+            for &(resource, value) in &rlimits {
+                let lim = libc::rlimit {
+                    rlim_cur: value,
+                    rlim_max: value,
+                };
+                // SAFETY: setrlimit with a valid struct.
+                if unsafe { libc::setrlimit(resource, &lim) } != 0 {
+                    return Err(io::Error::last_os_error());
                 }
-                // Under memory pressure the kernel kills sandboxed processes first.
+            }
+            // Under memory pressure the kernel kills sandboxed processes first.
+            // SAFETY: open/write/close of a constant path.
+            unsafe {
                 let fd = libc::open(
                     c"/proc/self/oom_score_adj".as_ptr(),
                     libc::O_WRONLY | libc::O_CLOEXEC,
@@ -471,10 +528,33 @@ impl ProcessConfiner {
                     libc::write(fd, b"1000".as_ptr().cast(), 4);
                     libc::close(fd);
                 }
-                Ok(())
-            });
+            }
+            Ok(())
+        })
+    }
+
+    /// The confined `bash -c command` with `workdir` (an absolute path) as the
+    /// writable project directory. The caller sets stdio, environment and process group.
+    pub fn command(&self, command: &str, workdir: &Path) -> Result<Command, SandboxError> {
+        if !workdir.is_absolute() {
+            return Err(SandboxError::Other(format!(
+                "the work tree '{}' must be an absolute path",
+                workdir.display()
+            )));
         }
-        Ok(cmd)
+        let setup = self.limits_setup();
+        match &self.confinement {
+            Confinement::Bwrap(info) => self::command(
+                info,
+                &self.extra_read_only,
+                Some(workdir),
+                command,
+                Some(setup),
+            ),
+            Confinement::InProcess { support, tmp } => {
+                inprocess::command(support, workdir, tmp.path(), command, Some(setup))
+            }
+        }
     }
 }
 
@@ -504,14 +584,27 @@ pub fn open_process_sandbox(
 /// Whether the `process` backend works here, and why (for `sandbox doctor` and `auto`).
 /// The first call runs bwrap once; later calls are free.
 pub fn probe() -> Result<String, String> {
-    let info = bwrap().map_err(|e| e.to_string())?;
-    filters().map_err(|e| e.to_string())?;
-    Ok(format!(
-        "{} ({}) runs a namespaced sandbox with seccomp; {}",
-        info.version,
-        info.path.display(),
-        limits_here().describe()
-    ))
+    let bwrap_result = bwrap().map_err(|e| e.to_string()).and_then(|info| {
+        filters().map_err(|e| e.to_string())?;
+        Ok(info)
+    });
+    match bwrap_result {
+        Ok(info) => Ok(format!(
+            "{} ({}) runs a namespaced sandbox with seccomp; {}",
+            info.version,
+            info.path.display(),
+            limits_here().describe()
+        )),
+        Err(bwrap_err) => match inprocess::support() {
+            Ok(support) => Ok(format!(
+                "{}, so the weaker {} is used; {}",
+                bwrap_err,
+                support.describe(),
+                limits_here().describe()
+            )),
+            Err(e) => Err(format!("{bwrap_err}; and without it: {e}")),
+        },
+    }
 }
 
 /// How limits would be enforced for a new sandbox here (cached: it creates and removes

@@ -394,6 +394,11 @@ impl MockServer {
             .collect()
     }
 
+    /// TCP connections accepted so far (a pooling client keeps this at 1).
+    pub fn connections(&self) -> u64 {
+        self.state.next_id.load(Ordering::Relaxed)
+    }
+
     /// Replies not yet consumed.
     pub fn remaining(&self) -> usize {
         lock(&self.state.replies).len()

@@ -366,6 +366,7 @@ pub(crate) fn wrap_into(
     // Never less than a few columns of content, however deep the prefixes go.
     let width = width.max(cont_w + 4).max(row_w + 4);
     let mut row_has_content = false;
+    let mut first_row = true;
 
     let push_piece = |row: &mut Vec<Span<'static>>, text: &str, style: Style| {
         if let Some(last) = row.last_mut() {
@@ -403,17 +404,14 @@ pub(crate) fn wrap_into(
             let is_space = !hard && piece.starts_with(' ');
             let pw: usize = piece.chars().map(char_width).sum();
             if is_space {
-                if !row_has_content {
-                    // Leading spaces on a wrapped row are dropped (not on the first).
-                    if row_w > cont_w || out.is_empty() {
-                        // fallthrough to push below
-                    } else {
-                        continue;
-                    }
+                // Leading spaces on a wrapped row are dropped (not on the first).
+                if !row_has_content && !first_row {
+                    continue;
                 }
                 if row_w + pw > width {
                     // Break here; drop the spaces.
                     out.push(Line::from(std::mem::replace(&mut row, cont.clone())));
+                    first_row = false;
                     row_w = cont_w;
                     row_has_content = false;
                     continue;
@@ -432,6 +430,7 @@ pub(crate) fn wrap_into(
                 // The word fits on a fresh row.
                 trim_row_end(&mut row);
                 out.push(Line::from(std::mem::replace(&mut row, cont.clone())));
+                    first_row = false;
                 row_w = cont_w;
                 push_piece(&mut row, piece, style);
                 row_w += pw;
@@ -451,6 +450,7 @@ pub(crate) fn wrap_into(
                         chunk.clear();
                     }
                     out.push(Line::from(std::mem::replace(&mut row, cont.clone())));
+                    first_row = false;
                     row_w = cont_w;
                 }
                 if c == '\t' {

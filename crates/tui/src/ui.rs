@@ -559,28 +559,30 @@ fn draw_footer(frame: &mut Frame, app: &App, area: Rect) {
     };
     let status_w = status.width() + 1;
     let mode = app.config.approval_mode.as_str();
-    let long = [
-        ("^C", if app.is_busy() { " Cancel" } else { " Exit" }),
-        ("↑↓", " Scroll"),
-        ("Tab", " Switch Panel"),
+    let exit = if app.is_busy() { " Cancel" } else { " Exit" };
+    // The longest key help that fits next to the status.
+    let levels: [[&'static str; 4]; 3] = [
+        [exit, " Scroll", " Switch Panel", " Mode: "],
+        [exit, " Scroll", " Panel", " "],
+        ["", "", "", " "],
     ];
-    let mut keys: Vec<Span> = vec![Span::raw(" ")];
-    let full_w: usize = long.iter().map(|(k, v)| k.width() + v.width() + 3).sum::<usize>()
-        + format!("⇧Tab Mode: {mode}").width()
-        + 1;
-    let compact = full_w + status_w > area.width as usize;
-    for (k, v) in long {
-        keys.push(Span::styled(k, pal.accent));
-        if !compact {
-            keys.push(Span::styled(v, pal.dim));
+    let keys_of = |labels: &[&'static str; 4]| -> Vec<Span<'static>> {
+        let mut keys: Vec<Span> = vec![Span::raw(" ")];
+        for (k, v) in ["^C", "↑↓", "Tab"].iter().zip(labels) {
+            keys.push(Span::styled(*k, pal.accent));
+            keys.push(Span::styled(*v, pal.dim));
+            keys.push(sep.clone());
         }
-        keys.push(sep.clone());
-    }
-    keys.push(Span::styled("⇧Tab", pal.accent));
-    keys.push(Span::styled(
-        if compact { format!(" {mode}") } else { format!(" Mode: {mode}") },
-        pal.dim,
-    ));
+        keys.push(Span::styled("⇧Tab", pal.accent));
+        keys.push(Span::styled(format!("{}{mode}", labels[3]), pal.dim));
+        keys
+    };
+    let avail = (area.width as usize).saturating_sub(status_w);
+    let keys = levels
+        .iter()
+        .map(keys_of)
+        .find(|k| markdown::width_of(k) <= avail)
+        .unwrap_or_else(|| keys_of(&levels[2]));
     let cols = Layout::default()
         .direction(Direction::Horizontal)
         .constraints([Constraint::Min(1), Constraint::Length(status_w as u16)])

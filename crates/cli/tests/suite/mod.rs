@@ -2,3 +2,4 @@ mod backends;
 mod config;
 mod exec;
 mod interactive;
+mod tui;

@@ -1,0 +1,776 @@
+//! Every provider against the mock server of its wire format: a multi-turn tool
+//! conversation, each injected fault, the fatal errors and cancellation.
+
+use std::time::Duration;
+
+use safe_coder_llm::{
+    client, invalid_tool_input, CancellationToken, ContentBlock, LlmError, Message, ModelClient,
+    ModelRequest, ModelResponse, ProviderConfig, ProviderKind, RetryPolicy, Role, StopReason,
+    StreamEvent, ToolSpec,
+};
+use safe_coder_test_support::{Fault, MockServer, Reply, Script, ToolCall, Wire};
+use serde_json::{json, Value};
+
+const KEY: &str = "test-key-123";
+
+fn wire(kind: ProviderKind) -> Wire {
+    match kind {
+        ProviderKind::Anthropic => Wire::Anthropic,
+        ProviderKind::OpenAi => Wire::OpenAi,
+        ProviderKind::Ollama => Wire::Ollama,
+    }
+}
+
+/// Short delays so retries do not slow the tests down.
+fn fast_retries() -> RetryPolicy {
+    RetryPolicy {
+        max_retries: 3,
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(5),
+    }
+}
+
+fn config(kind: ProviderKind, base_url: String) -> ProviderConfig {
+    ProviderConfig {
+        kind,
+        base_url,
+        api_key: Some(KEY.to_string()),
+        model: "mock-model".to_string(),
+        max_tokens: 1024,
+        retry: fast_retries(),
+    }
+}
+
+fn start(kind: ProviderKind, script: Script) -> (MockServer, Box<dyn ModelClient>) {
+    let server = MockServer::start(wire(kind), script).expect("mock server starts");
+    let client = client(config(kind, server.base_url())).expect("client");
+    (server, client)
+}
+
+fn tools() -> Vec<ToolSpec> {
+    vec![
+        ToolSpec {
+            name: "write_file".into(),
+            description: "Write a file".into(),
+            input_schema: json!({"type": "object", "properties": {
+                "path": {"type": "string"}, "content": {"type": "string"}},
+                "required": ["path", "content"]}),
+        },
+        ToolSpec {
+            name: "read_file".into(),
+            description: "Read a file".into(),
+            input_schema: json!({"type": "object", "properties": {"path": {"type": "string"}},
+                                 "required": ["path"]}),
+        },
+        ToolSpec {
+            name: "bash".into(),
+            description: "Run a command".into(),
+            input_schema: json!({"type": "object", "properties": {"command": {"type": "string"}},
+                                 "required": ["command"]}),
+        },
+    ]
+}
+
+fn request(messages: Vec<Message>) -> ModelRequest {
+    ModelRequest {
+        model: "mock-model".into(),
+        system: "You are a careful coding agent.".into(),
+        messages,
+        tools: tools(),
+        max_tokens: 1024,
+    }
+}
+
+async fn run(
+    client: &dyn ModelClient,
+    req: &ModelRequest,
+) -> (Result<ModelResponse, LlmError>, Vec<StreamEvent>) {
+    let mut events = Vec::new();
+    let mut on_event = |e: StreamEvent| events.push(e);
+    let result = client
+        .stream(req, &mut on_event, &CancellationToken::new())
+        .await;
+    (result, events)
+}
+
+/// The text streamed after the last `Retrying`.
+fn streamed_text(events: &[StreamEvent]) -> String {
+    let start = events
+        .iter()
+        .rposition(|e| matches!(e, StreamEvent::Retrying { .. }))
+        .map_or(0, |i| i + 1);
+    events[start..]
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::TextDelta { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn retries(events: &[StreamEvent]) -> Vec<(u32, u64)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Retrying {
+                attempt, delay_ms, ..
+            } => Some((*attempt, *delay_ms)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn results_for(response: &ModelResponse, error_on: &str) -> Message {
+    Message {
+        role: Role::User,
+        content: response
+            .message
+            .tool_uses()
+            .map(|(id, name, _)| ContentBlock::ToolResult {
+                tool_use_id: id.to_string(),
+                content: format!("result of {name}"),
+                is_error: name == error_on,
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn multi_turn_tool_scenario_for_every_provider() {
+    for kind in ProviderKind::ALL {
+        multi_turn_tool_scenario(kind).await;
+    }
+}
+
+async fn multi_turn_tool_scenario(kind: ProviderKind) {
+    let script = Script::new(vec![
+        Reply::text_and_tool_calls(
+            "I will write the file, then run it.",
+            vec![
+                ToolCall::new(
+                    "write_file",
+                    json!({"path": "hello.sh", "content": "echo \"hi — ünïcode\"\n"}),
+                ),
+                ToolCall::new("bash", json!({"command": "sh hello.sh"})),
+            ],
+        ),
+        Reply::tool_calls(vec![ToolCall::new(
+            "read_file",
+            json!({"path": "hello.sh"}),
+        )]),
+        Reply::text("All done: the script prints hi."),
+    ])
+    .with_noise(true)
+    .with_delta_chars(5);
+    let (server, client) = start(kind, script);
+    assert_eq!(client.kind(), kind);
+
+    let mut messages = vec![Message::user_text("Write hello.sh and run it.")];
+
+    // Turn 1: text and two tool calls, assembled from fragments.
+    let (first, events) = run(client.as_ref(), &request(messages.clone())).await;
+    let first = first.unwrap_or_else(|e| panic!("{kind}: {e}"));
+    assert_eq!(first.stop_reason, StopReason::ToolUse, "{kind}");
+    assert_eq!(first.message.role, Role::Assistant);
+    assert_eq!(first.message.text(), "I will write the file, then run it.");
+    assert_eq!(streamed_text(&events), first.message.text(), "{kind}");
+    let calls: Vec<(String, String, Value)> = first
+        .message
+        .tool_uses()
+        .map(|(id, name, input)| (id.to_string(), name.to_string(), input.clone()))
+        .collect();
+    assert_eq!(calls.len(), 2, "{kind}");
+    assert_eq!(calls[0].1, "write_file");
+    assert_eq!(
+        calls[0].2,
+        json!({"path": "hello.sh", "content": "echo \"hi — ünïcode\"\n"})
+    );
+    assert_eq!(calls[1].1, "bash");
+    assert_eq!(calls[1].2, json!({"command": "sh hello.sh"}));
+    assert_ne!(calls[0].0, calls[1].0, "{kind}: ids are distinct");
+    let started: Vec<(String, String)> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::ToolCallStarted { id, name } => Some((id.clone(), name.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        started,
+        calls
+            .iter()
+            .map(|(id, name, _)| (id.clone(), name.clone()))
+            .collect::<Vec<_>>(),
+        "{kind}"
+    );
+    assert!(first.usage.input_tokens > 0, "{kind}: {:?}", first.usage);
+    assert!(first.usage.output_tokens > 0, "{kind}: {:?}", first.usage);
+
+    messages.push(first.message.clone());
+    messages.push(results_for(&first, "bash"));
+
+    // Turn 2: one tool call, no text.
+    let (second, _) = run(client.as_ref(), &request(messages.clone())).await;
+    let second = second.unwrap_or_else(|e| panic!("{kind}: {e}"));
+    assert_eq!(second.stop_reason, StopReason::ToolUse);
+    assert_eq!(second.message.text(), "");
+    let (read_id, read_name, read_input) = second
+        .message
+        .tool_uses()
+        .next()
+        .map(|(i, n, v)| (i.to_string(), n.to_string(), v.clone()))
+        .expect("a tool call");
+    assert_eq!(read_name, "read_file");
+    assert_eq!(read_input, json!({"path": "hello.sh"}));
+    messages.push(second.message.clone());
+    messages.push(results_for(&second, ""));
+
+    // Turn 3: the final answer.
+    let (third, _) = run(client.as_ref(), &request(messages.clone())).await;
+    let third = third.unwrap_or_else(|e| panic!("{kind}: {e}"));
+    assert_eq!(third.stop_reason, StopReason::EndTurn);
+    assert_eq!(third.message.text(), "All done: the script prints hi.");
+    assert_eq!(third.message.tool_uses().count(), 0);
+
+    // What the server received.
+    let reqs = server.model_requests();
+    assert_eq!(reqs.len(), 3, "{kind}");
+    assert_eq!(server.connections(), 1, "{kind}: one pooled connection");
+    for r in &reqs {
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.body["model"], "mock-model");
+        assert_eq!(r.body["stream"], true);
+        assert!(r
+            .header("content-type")
+            .is_some_and(|v| v.starts_with("application/json")));
+    }
+    let last = &reqs[2].body;
+    match kind {
+        ProviderKind::Anthropic => {
+            let h = &reqs[0];
+            assert_eq!(h.header("x-api-key"), Some(KEY));
+            assert_eq!(h.header("anthropic-version"), Some("2023-06-01"));
+            assert_eq!(h.path, "/v1/messages");
+            assert_eq!(last["max_tokens"], 1024);
+            assert_eq!(last["system"][0]["text"], "You are a careful coding agent.");
+            assert_eq!(last["tools"][0]["name"], "write_file");
+            assert_eq!(last["tools"][0]["input_schema"]["required"][0], "path");
+            let msgs = last["messages"].as_array().expect("messages");
+            assert_eq!(msgs.len(), 5);
+            assert_eq!(msgs[1]["role"], "assistant");
+            assert_eq!(msgs[1]["content"][0]["type"], "text");
+            assert_eq!(msgs[1]["content"][1]["type"], "tool_use");
+            assert_eq!(msgs[1]["content"][1]["id"], calls[0].0.as_str());
+            assert_eq!(msgs[1]["content"][2]["input"], calls[1].2);
+            let results = msgs[2]["content"].as_array().expect("results");
+            assert_eq!(results[0]["type"], "tool_result");
+            assert_eq!(results[0]["tool_use_id"], calls[0].0.as_str());
+            assert_eq!(results[0]["content"], "result of write_file");
+            assert!(results[0].get("is_error").is_none());
+            assert_eq!(results[1]["tool_use_id"], calls[1].0.as_str());
+            assert_eq!(results[1]["is_error"], true);
+            assert_eq!(msgs[4]["content"][0]["tool_use_id"], read_id.as_str());
+        }
+        ProviderKind::OpenAi => {
+            let h = &reqs[0];
+            assert_eq!(h.header("authorization"), Some(&*format!("Bearer {KEY}")));
+            assert_eq!(h.path, "/v1/chat/completions");
+            assert_eq!(last["max_tokens"], 1024);
+            assert_eq!(last["stream_options"]["include_usage"], true);
+            assert_eq!(last["tools"][1]["type"], "function");
+            assert_eq!(last["tools"][1]["function"]["name"], "read_file");
+            assert_eq!(
+                last["tools"][1]["function"]["parameters"]["required"][0],
+                "path"
+            );
+            let msgs = last["messages"].as_array().expect("messages");
+            let roles: Vec<&str> = msgs.iter().filter_map(|m| m["role"].as_str()).collect();
+            assert_eq!(
+                roles,
+                ["system", "user", "assistant", "tool", "tool", "assistant", "tool"]
+            );
+            assert_eq!(msgs[0]["content"], "You are a careful coding agent.");
+            assert_eq!(msgs[2]["content"], "I will write the file, then run it.");
+            let tc = &msgs[2]["tool_calls"];
+            assert_eq!(tc[0]["id"], calls[0].0.as_str());
+            assert_eq!(tc[0]["type"], "function");
+            assert_eq!(tc[0]["function"]["name"], "write_file");
+            let args: Value = serde_json::from_str(
+                tc[0]["function"]["arguments"].as_str().expect("string"),
+            )
+            .expect("arguments are JSON text");
+            assert_eq!(args, calls[0].2);
+            assert_eq!(msgs[3]["tool_call_id"], calls[0].0.as_str());
+            assert_eq!(msgs[3]["content"], "result of write_file");
+            assert_eq!(msgs[4]["tool_call_id"], calls[1].0.as_str());
+            assert_eq!(msgs[4]["content"], "Error: result of bash");
+            assert_eq!(msgs[5]["content"], Value::Null);
+            assert_eq!(msgs[6]["tool_call_id"], read_id.as_str());
+        }
+        ProviderKind::Ollama => {
+            assert_eq!(reqs[0].path, "/api/chat");
+            assert_eq!(reqs[0].header("authorization"), Some(&*format!("Bearer {KEY}")));
+            assert_eq!(last["options"]["num_predict"], 1024);
+            assert_eq!(last["tools"][2]["function"]["name"], "bash");
+            let msgs = last["messages"].as_array().expect("messages");
+            let roles: Vec<&str> = msgs.iter().filter_map(|m| m["role"].as_str()).collect();
+            assert_eq!(
+                roles,
+                ["system", "user", "assistant", "tool", "tool", "assistant", "tool"]
+            );
+            assert_eq!(msgs[2]["tool_calls"][0]["function"]["name"], "write_file");
+            assert_eq!(msgs[2]["tool_calls"][1]["function"]["arguments"], calls[1].2);
+            assert_eq!(msgs[3]["tool_name"], "write_file");
+            assert_eq!(msgs[3]["content"], "result of write_file");
+            assert_eq!(msgs[4]["tool_name"], "bash");
+            assert_eq!(msgs[4]["content"], "Error: result of bash");
+            assert_eq!(msgs[6]["tool_name"], "read_file");
+        }
+    }
+}
+
+/// Runs a one-shot request against a fresh server with `replies`.
+async fn one_shot(
+    kind: ProviderKind,
+    replies: Vec<Reply>,
+) -> (
+    MockServer,
+    Result<ModelResponse, LlmError>,
+    Vec<StreamEvent>,
+) {
+    let (server, client) = start(kind, Script::new(replies));
+    let (result, events) = run(
+        client.as_ref(),
+        &request(vec![Message::user_text("hello")]),
+    )
+    .await;
+    (server, result, events)
+}
+
+#[tokio::test]
+async fn rate_limit_is_retried_after_retry_after() {
+    for kind in ProviderKind::ALL {
+        let (server, result, events) = one_shot(
+            kind,
+            vec![
+                Reply::fault(Fault::RateLimited {
+                    retry_after_secs: 1,
+                }),
+                Reply::text("after the wait"),
+            ],
+        )
+        .await;
+        let response = result.unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(response.message.text(), "after the wait");
+        // The server's retry-after (1 s) replaces the 1 ms backoff.
+        assert_eq!(retries(&events), vec![(1, 1000)], "{kind}");
+        assert_eq!(server.model_requests().len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_then_succeed() {
+    for kind in ProviderKind::ALL {
+        let (server, result, events) = one_shot(
+            kind,
+            vec![
+                Reply::fault(Fault::ServerError { status: 500 }),
+                Reply::fault(Fault::ServerError { status: 529 }),
+                Reply::fault(Fault::ServerError { status: 503 }),
+                Reply::text("finally"),
+            ],
+        )
+        .await;
+        let response = result.unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(response.message.text(), "finally");
+        assert_eq!(
+            retries(&events).iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(server.model_requests().len(), 4);
+    }
+}
+
+#[tokio::test]
+async fn broken_streams_are_retried_and_never_returned_as_answers() {
+    for fault in [
+        Fault::CutMidStream,
+        Fault::TruncatedStream,
+        Fault::MalformedJson,
+        Fault::Overloaded,
+    ] {
+        for kind in ProviderKind::ALL {
+            let (_server, result, events) = one_shot(
+                kind,
+                vec![Reply::fault(fault.clone()), Reply::text("the complete answer")],
+            )
+            .await;
+            let response = result.unwrap_or_else(|e| panic!("{kind} {fault:?}: {e}"));
+            assert_eq!(response.message.text(), "the complete answer", "{kind} {fault:?}");
+            assert_eq!(retries(&events).len(), 1, "{kind} {fault:?}: {events:?}");
+            assert_eq!(streamed_text(&events), "the complete answer");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stream_broken_every_time_is_an_error() {
+    for (fault, expect) in [
+        (Fault::CutMidStream, "stream broke off"),
+        (Fault::TruncatedStream, "stream broke off"),
+        (Fault::MalformedJson, "could not be understood"),
+        (Fault::Overloaded, "kept failing"),
+    ] {
+        for kind in ProviderKind::ALL {
+            let (server, result, events) =
+                one_shot(kind, vec![Reply::fault(fault.clone()); 4]).await;
+            let err = match result {
+                Ok(r) => panic!("{kind} {fault:?}: a broken stream was returned: {r:?}"),
+                Err(e) => e,
+            };
+            let msg = err.to_string();
+            assert!(msg.contains(expect), "{kind} {fault:?}: {msg}");
+            assert!(msg.contains("after 4 attempts"), "{kind}: {msg}");
+            assert_eq!(retries(&events).len(), 3);
+            assert_eq!(server.model_requests().len(), 4);
+            assert_eq!(server.remaining(), 0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn unknown_events_and_pings_are_ignored() {
+    for kind in ProviderKind::ALL {
+        let script = Script::new(vec![Reply::text_and_tool_calls(
+            "noise all around",
+            vec![ToolCall::new("bash", json!({"command": "ls"}))],
+        )])
+        .with_noise(true)
+        .with_delta_chars(3);
+        let (_server, client) = start(kind, script);
+        let (result, events) =
+            run(client.as_ref(), &request(vec![Message::user_text("hi")])).await;
+        let response = result.unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(response.message.text(), "noise all around");
+        assert_eq!(streamed_text(&events), "noise all around");
+        assert_eq!(response.message.tool_uses().count(), 1);
+        assert!(retries(&events).is_empty(), "{kind}: {events:?}");
+    }
+}
+
+#[tokio::test]
+async fn unauthorized_is_one_sentence_and_not_retried() {
+    let expected = [
+        (
+            ProviderKind::Anthropic,
+            "the anthropic API rejected the API key (HTTP 401): set ANTHROPIC_API_KEY or run `safe-coder config --api-key KEY`",
+        ),
+        (
+            ProviderKind::OpenAi,
+            "the openai API rejected the API key (HTTP 401): set OPENAI_API_KEY or run `safe-coder config --api-key KEY`",
+        ),
+        (
+            ProviderKind::Ollama,
+            "the ollama API rejected the API key (HTTP 401): set it with `safe-coder config --api-key KEY`",
+        ),
+    ];
+    for (kind, sentence) in expected {
+        let (server, result, events) = one_shot(
+            kind,
+            vec![Reply::fault(Fault::Unauthorized), Reply::text("never")],
+        )
+        .await;
+        let err = result.expect_err("401 fails");
+        assert!(matches!(err, LlmError::Auth { .. }), "{kind}: {err:?}");
+        assert_eq!(err.to_string(), sentence);
+        assert!(!err.to_string().contains(KEY));
+        assert!(err.is_config_error());
+        assert!(retries(&events).is_empty());
+        assert_eq!(server.model_requests().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_rejected_by_the_real_check() {
+    for kind in [ProviderKind::Anthropic, ProviderKind::OpenAi] {
+        let script = Script::new(vec![Reply::text("never")]).with_api_key("the-right-key");
+        let (server, client) = start(kind, script);
+        let (result, _) = run(client.as_ref(), &request(vec![Message::user_text("hi")])).await;
+        let err = result.expect_err("wrong key");
+        assert!(matches!(err, LlmError::Auth { .. }), "{kind}: {err:?}");
+        assert_eq!(server.remaining(), 1);
+    }
+}
+
+#[tokio::test]
+async fn forbidden_is_not_retried() {
+    for kind in ProviderKind::ALL {
+        let (server, result, _) = one_shot(
+            kind,
+            vec![Reply::fault(Fault::Forbidden), Reply::text("never")],
+        )
+        .await;
+        let err = result.expect_err("403 fails");
+        assert!(
+            matches!(err, LlmError::PermissionDenied { .. }),
+            "{kind}: {err:?}"
+        );
+        assert!(err.to_string().contains("HTTP 403"), "{err}");
+        assert_eq!(server.model_requests().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_model_is_one_sentence_with_the_fix() {
+    let expected = [
+        (
+            ProviderKind::Anthropic,
+            "the anthropic API does not know the model `mock-model`: choose another with --model or `safe-coder config --model NAME`",
+        ),
+        (
+            ProviderKind::OpenAi,
+            "the openai API does not know the model `mock-model`: choose another with --model or `safe-coder config --model NAME`",
+        ),
+        (
+            ProviderKind::Ollama,
+            "the ollama API does not know the model `mock-model`: run `ollama pull mock-model`, or choose an installed model with --model or `safe-coder config --model NAME`",
+        ),
+    ];
+    for (kind, sentence) in expected {
+        let (server, result, _) = one_shot(
+            kind,
+            vec![Reply::fault(Fault::NotFoundModel), Reply::text("never")],
+        )
+        .await;
+        let err = result.expect_err("404 fails");
+        assert!(
+            matches!(err, LlmError::ModelNotFound { .. }),
+            "{kind}: {err:?}"
+        );
+        assert_eq!(err.to_string(), sentence);
+        assert_eq!(server.model_requests().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_base_url_names_the_convention() {
+    for (kind, suffix, hint) in [
+        (ProviderKind::Anthropic, "/v1", "without /v1"),
+        (ProviderKind::OpenAi, "/v2", "with /v1"),
+        (ProviderKind::Ollama, "/v1", "without /api"),
+    ] {
+        let server = MockServer::start(wire(kind), Script::new(vec![Reply::text("never")]))
+            .expect("server");
+        let base = match kind {
+            ProviderKind::OpenAi => format!("http://{}{suffix}", server.addr()),
+            _ => format!("{}{suffix}", server.base_url()),
+        };
+        let client = client(config(kind, base)).expect("client");
+        let (result, _) = run(client.as_ref(), &request(vec![Message::user_text("hi")])).await;
+        let err = result.expect_err("404");
+        assert!(
+            matches!(err, LlmError::EndpointNotFound { .. }),
+            "{kind}: {err:?}"
+        );
+        assert!(err.to_string().contains(hint), "{kind}: {err}");
+        assert_eq!(server.remaining(), 1);
+    }
+}
+
+#[tokio::test]
+async fn missing_key_and_bad_url_fail_before_any_request() {
+    for kind in [ProviderKind::Anthropic, ProviderKind::OpenAi] {
+        let mut cfg = ProviderConfig::new(kind);
+        cfg.api_key = None;
+        let err = client(cfg).err().expect("no key");
+        assert!(matches!(err, LlmError::MissingApiKey { .. }), "{err:?}");
+        let env = kind.api_key_env().expect("env");
+        assert!(err.to_string().contains(env), "{err}");
+    }
+    assert!(client(ProviderConfig::new(ProviderKind::Ollama)).is_ok());
+    let mut cfg = ProviderConfig::new(ProviderKind::Ollama);
+    cfg.base_url = "localhost:11434".into();
+    let err = client(cfg).err().expect("bad url");
+    assert!(matches!(err, LlmError::InvalidBaseUrl { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn connection_refused_is_retried_then_reported() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut cfg = config(ProviderKind::Ollama, format!("http://127.0.0.1:{port}"));
+    cfg.retry.max_retries = 2;
+    let client = client(cfg).expect("client");
+    let (result, events) = run(client.as_ref(), &request(vec![Message::user_text("hi")])).await;
+    let err = result.expect_err("refused");
+    assert!(matches!(err, LlmError::Connect { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("after 3 attempts"), "{msg}");
+    assert!(msg.contains("ollama serve"), "{msg}");
+    assert_eq!(retries(&events).len(), 2);
+}
+
+#[tokio::test]
+async fn invalid_tool_arguments_become_an_input_the_core_can_answer() {
+    for kind in ProviderKind::ALL {
+        let (server, client) = start(
+            kind,
+            Script::new(vec![
+                Reply::tool_calls(vec![
+                    ToolCall::raw("bash", "{\"command\": \"ls"),
+                    ToolCall::new("read_file", json!({"path": "a"})),
+                ]),
+                Reply::text("ok"),
+            ]),
+        );
+        let mut messages = vec![Message::user_text("hi")];
+        let (result, _) = run(client.as_ref(), &request(messages.clone())).await;
+        let response = result.unwrap_or_else(|e| panic!("{kind}: {e}"));
+        let inputs: Vec<Value> = response
+            .message
+            .tool_uses()
+            .map(|(_, _, v)| v.clone())
+            .collect();
+        assert_eq!(
+            invalid_tool_input(&inputs[0]),
+            Some("{\"command\": \"ls"),
+            "{kind}"
+        );
+        assert_eq!(inputs[1], json!({"path": "a"}));
+        // The reply with the bad call and an error result can be sent back.
+        messages.push(response.message.clone());
+        messages.push(results_for(&response, "bash"));
+        let (result, _) = run(client.as_ref(), &request(messages)).await;
+        assert_eq!(
+            result.unwrap_or_else(|e| panic!("{kind}: {e}")).message.text(),
+            "ok"
+        );
+        assert_eq!(server.remaining(), 0);
+    }
+}
+
+#[tokio::test]
+async fn cancellation_stops_a_stalled_stream() {
+    for kind in ProviderKind::ALL {
+        let (_server, client) = start(kind, Script::new(vec![Reply::fault(Fault::Stall)]));
+        let token = CancellationToken::new();
+        let trigger = token.clone();
+        let mut events = Vec::new();
+        let mut on_event = |e: StreamEvent| {
+            if matches!(e, StreamEvent::TextDelta { .. }) {
+                trigger.cancel();
+            }
+            events.push(e);
+        };
+        let result = client
+            .stream(
+                &request(vec![Message::user_text("hi")]),
+                &mut on_event,
+                &token,
+            )
+            .await;
+        assert!(
+            matches!(result, Err(LlmError::Cancelled)),
+            "{kind}: {result:?}"
+        );
+        assert!(!events.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn cancellation_interrupts_the_backoff() {
+    let server = MockServer::start(
+        Wire::Anthropic,
+        Script::new(vec![Reply::fault(Fault::ServerError { status: 500 })]),
+    )
+    .expect("server");
+    // A long backoff: only cancellation can end this promptly.
+    let mut cfg = config(ProviderKind::Anthropic, server.base_url());
+    cfg.retry.base_delay = Duration::from_secs(600);
+    cfg.retry.max_delay = Duration::from_secs(600);
+    let client = client(cfg).expect("client");
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    let mut on_event = |e: StreamEvent| {
+        if matches!(e, StreamEvent::Retrying { .. }) {
+            trigger.cancel();
+        }
+    };
+    let result = client
+        .stream(
+            &request(vec![Message::user_text("hi")]),
+            &mut on_event,
+            &token,
+        )
+        .await;
+    assert!(matches!(result, Err(LlmError::Cancelled)), "{result:?}");
+}
+
+#[tokio::test]
+async fn an_exhausted_script_fails_clearly() {
+    let (_server, result, _) = one_shot(ProviderKind::OpenAi, vec![]).await;
+    let err = result.expect_err("exhausted");
+    assert!(err.to_string().contains("script exhausted"), "{err}");
+}
+
+#[tokio::test]
+async fn a_json_reply_to_a_stream_request_is_understood() {
+    let body = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+        "content": [{"type": "text", "text": "plain JSON"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "bash", "input": {"command": "ls"}}],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 12, "output_tokens": 7}});
+    let (_server, result, events) = one_shot(
+        ProviderKind::Anthropic,
+        vec![Reply::Raw {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string(),
+        }],
+    )
+    .await;
+    let response = result.expect("parsed");
+    assert_eq!(response.message.text(), "plain JSON");
+    assert_eq!(response.stop_reason, StopReason::ToolUse);
+    assert_eq!(response.usage.input_tokens, 12);
+    assert_eq!(response.usage.output_tokens, 7);
+    assert_eq!(streamed_text(&events), "plain JSON");
+    let openai = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant",
+            "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "bash", "arguments": "{\"command\":\"ls\"}"}}]}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}});
+    let (_server, result, _) = one_shot(
+        ProviderKind::OpenAi,
+        vec![Reply::Raw {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: openai.to_string(),
+        }],
+    )
+    .await;
+    let response = result.expect("parsed");
+    let call = response.message.tool_uses().next().expect("call");
+    assert_eq!(call.0, "call_1");
+    assert_eq!(call.2, &json!({"command": "ls"}));
+    assert_eq!(response.usage.output_tokens, 4);
+}
+
+#[tokio::test]
+async fn usage_is_read_from_each_api() {
+    for kind in ProviderKind::ALL {
+        let (server, result, _) = one_shot(kind, vec![Reply::text("counting tokens")]).await;
+        let usage = result.expect("ok").usage;
+        let sent = server.model_requests()[0].body.to_string().len() as u64;
+        // The mock reports len/4 of the body it received as the prompt size.
+        let received = sent / 4;
+        assert!(
+            usage.input_tokens.abs_diff(received) <= 2,
+            "{kind}: {usage:?} vs {received}"
+        );
+        assert_eq!(usage.output_tokens, "counting tokens".len() as u64 / 4 + 1);
+    }
+}

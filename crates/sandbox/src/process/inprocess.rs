@@ -1,0 +1,362 @@
+//! The in-process mechanism of the `process` backend, for machines without bubblewrap:
+//! between fork and exec the child enters new user, network, IPC and UTS namespaces,
+//! restricts itself with Landlock (read-only system, read-write project and private
+//! temp dir, nothing else; no TCP; no signals or abstract sockets outside its domain)
+//! and loads the same seccomp filters as the bubblewrap path.
+//!
+//! Weaker than bubblewrap in three ways (docs/sandbox-process.md): no PID namespace (so
+//! `/proc` is not readable at all instead of showing the sandbox's own processes), no
+//! private `/tmp` (a private temp dir with `TMPDIR`/`HOME` pointing at it instead), and
+//! processes that leave the process group survive a group kill until the sandbox is
+//! dropped (its cgroup is killed then).
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use landlock::{
+    path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    Scope, ABI,
+};
+
+use super::seccomp;
+use crate::SandboxError;
+
+/// What the kernel offers, probed once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Support {
+    /// The Landlock ABI version (0 = Landlock disabled).
+    pub landlock_abi: i32,
+    /// Whether unprivileged user (and so network) namespaces can be created.
+    pub namespaces: bool,
+}
+
+impl Support {
+    pub fn describe(&self) -> String {
+        format!(
+            "in-process Landlock ABI {} + seccomp{}",
+            self.landlock_abi,
+            if self.namespaces {
+                " + user/network namespaces"
+            } else {
+                " (no namespaces: TCP blocked by Landlock)"
+            }
+        )
+    }
+}
+
+fn landlock_abi() -> i32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: the documented way to query the ABI version: no ruleset, size 0.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if v < 0 {
+        0
+    } else {
+        v as i32
+    }
+}
+
+/// Whether the in-process mechanism works here; the first call runs `true` confined.
+pub(crate) fn support() -> Result<Support, String> {
+    static SUPPORT: OnceLock<Result<Support, String>> = OnceLock::new();
+    SUPPORT
+        .get_or_init(|| {
+            let abi = landlock_abi();
+            if abi < 1 {
+                return Err("Landlock is not enabled in this kernel".into());
+            }
+            let tmp = PrivateTmp::create().map_err(|e| e.to_string())?;
+            let trial = |namespaces: bool| -> bool {
+                let support = Support {
+                    landlock_abi: abi,
+                    namespaces,
+                };
+                command(&support, tmp.path(), tmp.path(), "true", None)
+                    .ok()
+                    .and_then(|mut c| {
+                        c.stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status()
+                            .ok()
+                    })
+                    .is_some_and(|s| s.success())
+            };
+            if trial(true) {
+                Ok(Support {
+                    landlock_abi: abi,
+                    namespaces: true,
+                })
+            } else if abi >= 4 && trial(false) {
+                Ok(Support {
+                    landlock_abi: abi,
+                    namespaces: false,
+                })
+            } else {
+                Err(format!(
+                    "user namespaces are unavailable and Landlock ABI {abi} cannot block the network"
+                ))
+            }
+        })
+        .clone()
+}
+
+/// A private temp directory (mode 0700) standing in for `/tmp`; removed on drop.
+#[derive(Debug)]
+pub(crate) struct PrivateTmp(PathBuf);
+
+impl PrivateTmp {
+    pub fn create() -> io::Result<PrivateTmp> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "safe-coder-tmp-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        fs::DirBuilder::new().mode(0o700).create(dir.join("home"))?;
+        Ok(PrivateTmp(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PrivateTmp {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// System paths readable (and executable) inside: everything in `/etc` but its secrets.
+fn read_only_paths() -> &'static [PathBuf] {
+    static PATHS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    PATHS.get_or_init(|| {
+        let mut paths: Vec<PathBuf> = [
+            "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .collect();
+        let secret = |name: &str| {
+            matches!(
+                name,
+                "shadow" | "shadow-" | "gshadow" | "gshadow-" | "sudoers" | "sudoers.d" | "ssh"
+            )
+        };
+        if let Ok(entries) = fs::read_dir("/etc") {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if secret(&name) {
+                    continue;
+                }
+                if name == "ssl" {
+                    if let Ok(ssl) = fs::read_dir(e.path()) {
+                        paths.extend(
+                            ssl.flatten()
+                                .filter(|s| s.file_name() != "private")
+                                .map(|s| s.path()),
+                        );
+                    }
+                    continue;
+                }
+                paths.push(e.path());
+            }
+        }
+        paths
+    })
+}
+
+/// The deny-list and `clone3` programs, in the kernel's `sock_filter` type.
+type Programs = (Vec<libc::sock_filter>, Vec<libc::sock_filter>);
+
+fn filters() -> Result<&'static Programs, SandboxError> {
+    static FILTERS: OnceLock<Result<Programs, String>> = OnceLock::new();
+    let convert = |p: seccompiler::BpfProgram| -> Vec<libc::sock_filter> {
+        p.into_iter()
+            .map(|i| libc::sock_filter {
+                code: i.code,
+                jt: i.jt,
+                jf: i.jf,
+                k: i.k,
+            })
+            .collect()
+    };
+    FILTERS
+        .get_or_init(|| {
+            let deny = seccomp::deny_filter().map_err(|e| e.to_string())?;
+            let clone3 = seccomp::clone3_filter().map_err(|e| e.to_string())?;
+            Ok((convert(deny), convert(clone3)))
+        })
+        .as_ref()
+        .map_err(|e| SandboxError::Unavailable(e.clone()))
+}
+
+fn landlock_error(e: impl std::fmt::Display) -> SandboxError {
+    SandboxError::Unavailable(format!("could not build the Landlock rules: {e}"))
+}
+
+/// The Landlock ruleset of one command, built in the parent (it opens paths and
+/// allocates); the child only calls `landlock_restrict_self` on the returned fd.
+fn ruleset(support: &Support, workdir: &Path, tmp: &Path) -> Result<OwnedFd, SandboxError> {
+    let abi = match support.landlock_abi {
+        1 => ABI::V1,
+        2 => ABI::V2,
+        3 => ABI::V3,
+        4 => ABI::V4,
+        5 => ABI::V5,
+        _ => ABI::V6,
+    };
+    let all = AccessFs::from_all(abi);
+    let read = AccessFs::from_read(abi);
+    let mut rs = Ruleset::default()
+        .handle_access(all)
+        .map_err(landlock_error)?;
+    if support.landlock_abi >= 4 {
+        rs = rs
+            .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)
+            .map_err(landlock_error)?;
+    }
+    if support.landlock_abi >= 6 {
+        rs = rs
+            .scope(Scope::AbstractUnixSocket | Scope::Signal)
+            .map_err(landlock_error)?;
+    }
+    let created = rs
+        .create()
+        .map_err(landlock_error)?
+        .add_rules(path_beneath_rules(read_only_paths(), read))
+        .map_err(landlock_error)?
+        .add_rules(path_beneath_rules(
+            ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"],
+            all,
+        ))
+        .map_err(landlock_error)?
+        .add_rules(path_beneath_rules([workdir, tmp], all))
+        .map_err(landlock_error)?;
+    let fd: Option<OwnedFd> = created.into();
+    fd.ok_or_else(|| SandboxError::Unavailable("Landlock is not supported by this kernel".into()))
+}
+
+/// Writes `data` to `path`. Async-signal-safe (for the child between fork and exec).
+fn write_child(path: &CString, data: &[u8]) -> io::Result<()> {
+    // SAFETY: valid C string and buffer; plain open/write/close.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if n < 0 || n as usize != data.len() {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// `bash -c script` in `workdir`, confined in-process. `tmp` is the sandbox's private
+/// temp directory (HOME is `tmp/home`).
+pub(crate) fn command(
+    support: &Support,
+    workdir: &Path,
+    tmp: &Path,
+    script: &str,
+    setup: Option<super::ChildSetup>,
+) -> Result<Command, SandboxError> {
+    let (deny, clone3) = filters()?;
+    let ruleset = ruleset(support, workdir, tmp)?;
+    let bash = ["/usr/bin/bash", "/bin/bash"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| SandboxError::Unavailable("bash is not installed".into()))?;
+    let mut cmd = Command::new(bash);
+    cmd.arg("-c").arg(script).current_dir(workdir);
+    cmd.env("HOME", tmp.join("home"))
+        .env("TMPDIR", tmp)
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY");
+
+    let namespaces = support.namespaces;
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let uid_map = format!("{uid} {uid} 1").into_bytes();
+    let gid_map = format!("{gid} {gid} 1").into_bytes();
+    let c = |s: &str| CString::new(s).map_err(|e| SandboxError::Other(e.to_string()));
+    let (setgroups, uid_file, gid_file) = (
+        c("/proc/self/setgroups")?,
+        c("/proc/self/uid_map")?,
+        c("/proc/self/gid_map")?,
+    );
+    let hostname = b"safe-coder";
+    if let Some(setup) = setup {
+        // SAFETY: ChildSetup closures are async-signal-safe by contract.
+        unsafe {
+            cmd.pre_exec(setup);
+        }
+    }
+    // SAFETY: the closure makes only async-signal-safe system calls (unshare, open,
+    // write, close, sethostname, prctl, landlock_restrict_self, seccomp) on memory
+    // prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if namespaces {
+                let flags = libc::CLONE_NEWUSER
+                    | libc::CLONE_NEWNET
+                    | libc::CLONE_NEWIPC
+                    | libc::CLONE_NEWUTS;
+                if libc::unshare(flags) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                write_child(&setgroups, b"deny")?;
+                write_child(&uid_file, &uid_map)?;
+                write_child(&gid_file, &gid_map)?;
+                libc::sethostname(hostname.as_ptr().cast(), hostname.len());
+            }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0u32) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            for program in [clone3, deny] {
+                let prog = libc::sock_fprog {
+                    len: program.len() as libc::c_ushort,
+                    filter: program.as_ptr() as *mut libc::sock_filter,
+                };
+                if libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0u32,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
