@@ -190,7 +190,6 @@ impl Agent {
             if let Ok(s) = store.lock() {
                 // A store failure must not stop the session; the message is still in memory.
                 let _ = s.append_message(id, &message);
-                let _ = s.touch(id);
             }
         }
         self.messages.push(message);

@@ -1,0 +1,182 @@
+//! Whole-process benchmarks of the `safe-coder` binary against the in-repo mock model
+//! server answering at once (issue 2's performance targets):
+//!
+//! - a 10-step `exec` scenario (write, read, edit, bash, three writes, edit, bash,
+//!   final): wall time and peak RSS of the whole process, and the client time per turn
+//!   (from the end of one response to the next request, minus the tools' own time);
+//! - `safe-coder --version`: wall time and peak RSS.
+//!
+//! Run: `cargo bench -p safe-coder-cli --bench exec` (add `-- direct copy process` to
+//! pick backends; `SAFE_CODER_BENCH_RUNS=N` for more runs).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use safe_coder_test_support::{MockServer, Reply, Script, ToolCall, Wire};
+use serde_json::json;
+
+fn scenario() -> Script {
+    let c = ToolCall::new;
+    Script::new(vec![
+        Reply::tool_calls(vec![c("write_file", json!({"path": "src/lib.rs", "content": "pub fn one() -> u32 { 1 }\n"}))]),
+        Reply::tool_calls(vec![c("read_file", json!({"path": "src/lib.rs"}))]),
+        Reply::tool_calls(vec![c("edit_file", json!({"path": "src/lib.rs", "old_string": "1 }", "new_string": "2 }"}))]),
+        Reply::tool_calls(vec![c("bash", json!({"command": "grep -c fn src/lib.rs"}))]),
+        Reply::tool_calls(vec![c("write_file", json!({"path": "a.txt", "content": "a\n"}))]),
+        Reply::tool_calls(vec![c("write_file", json!({"path": "b.txt", "content": "b\n"}))]),
+        Reply::tool_calls(vec![c("write_file", json!({"path": "c.txt", "content": "c\n"}))]),
+        Reply::tool_calls(vec![c("edit_file", json!({"path": "a.txt", "old_string": "a", "new_string": "A"}))]),
+        Reply::tool_calls(vec![c("bash", json!({"command": "ls && cat a.txt"}))]),
+        Reply::text("Done."),
+    ])
+}
+
+struct Run {
+    wall: Duration,
+    max_rss_kb: i64,
+    stdout: String,
+}
+
+/// Spawns and waits with wait4, so the child's own peak RSS is known.
+fn run(cmd: &mut Command) -> Run {
+    let start = Instant::now();
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).stdin(Stdio::null()).spawn().expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = child.stdout.expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our child; status and usage are valid for writes.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4");
+    let wall = start.elapsed();
+    let out = reader.join().unwrap_or_default();
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "safe-coder failed: {out}");
+    Run { wall, max_rss_kb: usage.ru_maxrss, stdout: out }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn seed_project(dir: &Path) {
+    std::fs::create_dir_all(dir.join("src")).expect("mkdir");
+    std::fs::write(dir.join("README.md"), "# bench\n").expect("write");
+    std::fs::write(dir.join("src/main.rs"), "fn main() {}\n").expect("write");
+}
+
+fn bench_exec(backend: &str, runs: usize) {
+    let bin = env!("CARGO_BIN_EXE_safe-coder");
+    let mut walls = Vec::new();
+    let mut rss = Vec::new();
+    let mut per_turn = Vec::new();
+    for _ in 0..runs {
+        let root = tempfile::tempdir().expect("tmp");
+        let home = root.path().join("home");
+        let project = root.path().join("project");
+        std::fs::create_dir_all(&home).expect("home");
+        seed_project(&project);
+        let server = MockServer::start(Wire::Anthropic, scenario()).expect("server");
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .args(["exec", "--json", "--provider", "anthropic", "--base-url", &server.base_url()])
+            .args(["--api-key", "bench-key-123", "--model", "bench", "--approval-mode", "yolo"])
+            .args(["--backend", backend, "--sync", "reject", "--path"])
+            .arg(&project)
+            .arg("do the ten steps");
+        let r = run(&mut cmd);
+        walls.push(r.wall.as_secs_f64() * 1e3);
+        rss.push(r.max_rss_kb as f64 / 1024.0);
+
+        // Client time per turn: next request's arrival minus the previous response's
+        // end, minus the tools run in between (their own duration, from the events).
+        let mut tool_ms_per_turn: Vec<f64> = Vec::new();
+        let mut current = 0.0;
+        for line in r.stdout.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            match v["type"].as_str() {
+                Some("tool_call_finished") => current += v["duration_ms"].as_f64().unwrap_or(0.0),
+                Some("usage") => {
+                    tool_ms_per_turn.push(current);
+                    current = 0.0;
+                }
+                _ => {}
+            }
+        }
+        let reqs = server.model_requests();
+        assert_eq!(reqs.len(), 10, "ten model requests");
+        for i in 1..reqs.len() {
+            let gap_ms = (reqs[i].received_us as f64 - reqs[i - 1].responded_us as f64) / 1e3;
+            let tools = tool_ms_per_turn.get(i).copied().unwrap_or(0.0);
+            per_turn.push((gap_ms - tools).max(0.0));
+        }
+    }
+    println!(
+        "exec 10-step scenario, backend {backend:<8} runs {runs:>3}: wall median {:7.1} ms  p90 {:7.1} ms | peak RSS median {:5.1} MB max {:5.1} MB | client time per turn median {:5.2} ms p90 {:5.2} ms",
+        median(&mut walls.clone()),
+        percentile(&mut walls, 0.9),
+        median(&mut rss.clone()),
+        rss.iter().cloned().fold(0.0, f64::max),
+        median(&mut per_turn.clone()),
+        percentile(&mut per_turn, 0.9),
+    );
+}
+
+fn bench_version(runs: usize) {
+    let bin = env!("CARGO_BIN_EXE_safe-coder");
+    let mut walls = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..runs {
+        let r = run(Command::new(bin).arg("--version"));
+        walls.push(r.wall.as_secs_f64() * 1e3);
+        rss.push(r.max_rss_kb as f64 / 1024.0);
+    }
+    println!(
+        "safe-coder --version                  runs {runs:>3}: wall median {:6.2} ms  p90 {:6.2} ms | peak RSS median {:5.1} MB",
+        median(&mut walls.clone()),
+        percentile(&mut walls, 0.9),
+        median(&mut rss)
+    );
+}
+
+fn bwrap_works() -> bool {
+    Command::new("bwrap")
+        .args(["--ro-bind", "/", "/", "--unshare-all", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn main() {
+    let runs: usize = std::env::var("SAFE_CODER_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let backends: Vec<String> = if args.is_empty() {
+        vec!["direct".into(), "copy".into(), "process".into()]
+    } else {
+        args
+    };
+    bench_version(runs * 4);
+    for b in &backends {
+        if b == "process" && !bwrap_works() {
+            println!("exec backend process: skipped, bubblewrap does not run here");
+            continue;
+        }
+        bench_exec(b, runs);
+    }
+}
