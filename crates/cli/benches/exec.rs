@@ -19,14 +19,32 @@ use serde_json::json;
 fn scenario() -> Script {
     let c = ToolCall::new;
     Script::new(vec![
-        Reply::tool_calls(vec![c("write_file", json!({"path": "src/lib.rs", "content": "pub fn one() -> u32 { 1 }\n"}))]),
+        Reply::tool_calls(vec![c(
+            "write_file",
+            json!({"path": "src/lib.rs", "content": "pub fn one() -> u32 { 1 }\n"}),
+        )]),
         Reply::tool_calls(vec![c("read_file", json!({"path": "src/lib.rs"}))]),
-        Reply::tool_calls(vec![c("edit_file", json!({"path": "src/lib.rs", "old_string": "1 }", "new_string": "2 }"}))]),
+        Reply::tool_calls(vec![c(
+            "edit_file",
+            json!({"path": "src/lib.rs", "old_string": "1 }", "new_string": "2 }"}),
+        )]),
         Reply::tool_calls(vec![c("bash", json!({"command": "grep -c fn src/lib.rs"}))]),
-        Reply::tool_calls(vec![c("write_file", json!({"path": "a.txt", "content": "a\n"}))]),
-        Reply::tool_calls(vec![c("write_file", json!({"path": "b.txt", "content": "b\n"}))]),
-        Reply::tool_calls(vec![c("write_file", json!({"path": "c.txt", "content": "c\n"}))]),
-        Reply::tool_calls(vec![c("edit_file", json!({"path": "a.txt", "old_string": "a", "new_string": "A"}))]),
+        Reply::tool_calls(vec![c(
+            "write_file",
+            json!({"path": "a.txt", "content": "a\n"}),
+        )]),
+        Reply::tool_calls(vec![c(
+            "write_file",
+            json!({"path": "b.txt", "content": "b\n"}),
+        )]),
+        Reply::tool_calls(vec![c(
+            "write_file",
+            json!({"path": "c.txt", "content": "c\n"}),
+        )]),
+        Reply::tool_calls(vec![c(
+            "edit_file",
+            json!({"path": "a.txt", "old_string": "a", "new_string": "A"}),
+        )]),
         Reply::tool_calls(vec![c("bash", json!({"command": "ls && cat a.txt"}))]),
         Reply::text("Done."),
     ])
@@ -41,7 +59,12 @@ struct Run {
 /// Spawns and waits with wait4, so the child's own peak RSS is known.
 fn run(cmd: &mut Command) -> Run {
     let start = Instant::now();
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).stdin(Stdio::null()).spawn().expect("spawn");
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn");
     let pid = child.id() as libc::pid_t;
     let mut stdout = child.stdout.expect("stdout");
     let reader = std::thread::spawn(move || {
@@ -57,8 +80,15 @@ fn run(cmd: &mut Command) -> Run {
     assert_eq!(r, pid, "wait4");
     let wall = start.elapsed();
     let out = reader.join().unwrap_or_default();
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "safe-coder failed: {out}");
-    Run { wall, max_rss_kb: usage.ru_maxrss, stdout: out }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "safe-coder failed: {out}"
+    );
+    Run {
+        wall,
+        max_rss_kb: usage.ru_maxrss,
+        stdout: out,
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -93,8 +123,22 @@ fn bench_exec(backend: &str, runs: usize) {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", &home)
-            .args(["exec", "--json", "--provider", "anthropic", "--base-url", &server.base_url()])
-            .args(["--api-key", "bench-key-123", "--model", "bench", "--approval-mode", "yolo"])
+            .args([
+                "exec",
+                "--json",
+                "--provider",
+                "anthropic",
+                "--base-url",
+                &server.base_url(),
+            ])
+            .args([
+                "--api-key",
+                "bench-key-123",
+                "--model",
+                "bench",
+                "--approval-mode",
+                "yolo",
+            ])
             .args(["--backend", backend, "--sync", "reject", "--path"])
             .arg(&project)
             .arg("do the ten steps");
@@ -164,8 +208,14 @@ fn bwrap_works() -> bool {
 }
 
 fn main() {
-    let runs: usize = std::env::var("SAFE_CODER_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let runs: usize = std::env::var("SAFE_CODER_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let backends: Vec<String> = if args.is_empty() {
         vec!["direct".into(), "copy".into(), "process".into()]
     } else {

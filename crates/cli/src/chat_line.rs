@@ -32,7 +32,10 @@ impl LineInput {
                 match stdin.read_line(&mut line) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
-                        if tx.send(line.trim_end_matches(['\n', '\r']).to_string()).is_err() {
+                        if tx
+                            .send(line.trim_end_matches(['\n', '\r']).to_string())
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -81,14 +84,20 @@ impl Approver for LineApprover {
                 request.tool_name
             );
             let Some(answer) = self.input.ask(&question).await else {
-                return ApprovalDecision::DenyWithReason { reason: "the user closed the input".into() };
+                return ApprovalDecision::DenyWithReason {
+                    reason: "the user closed the input".into(),
+                };
             };
             match answer.trim() {
                 "y" | "Y" | "yes" => return ApprovalDecision::Approve,
                 "n" | "N" | "no" => return ApprovalDecision::Deny,
                 "a" | "A" | "always" => return ApprovalDecision::ApproveAlwaysForTool,
                 "" => continue,
-                reason => return ApprovalDecision::DenyWithReason { reason: reason.to_string() },
+                reason => {
+                    return ApprovalDecision::DenyWithReason {
+                        reason: reason.to_string(),
+                    }
+                }
             }
         }
     }
@@ -107,9 +116,19 @@ pub fn print_event(event: &Event) {
             }
         }
         Event::ToolCallStarted { name, input, .. } => {
-            let _ = writeln!(out, "🔧 {name} {}", crate::exec::summarize_input(name, input));
+            let _ = writeln!(
+                out,
+                "🔧 {name} {}",
+                crate::exec::summarize_input(name, input)
+            );
         }
-        Event::ToolCallFinished { name, outcome, duration_ms, output, .. } => {
+        Event::ToolCallFinished {
+            name,
+            outcome,
+            duration_ms,
+            output,
+            ..
+        } => {
             let mark = match outcome {
                 ToolOutcome::Ok => "✓",
                 ToolOutcome::Error => "✗",
@@ -118,8 +137,15 @@ pub fn print_event(event: &Event) {
             let first = output.lines().next().unwrap_or("");
             let _ = writeln!(out, "{mark} {name} ({duration_ms} ms) {first}");
         }
-        Event::Retrying { attempt, delay_ms, reason } => {
-            let _ = writeln!(out, "\n[retrying ({attempt}) in {delay_ms} ms: {reason}; the text above may repeat]");
+        Event::Retrying {
+            attempt,
+            delay_ms,
+            reason,
+        } => {
+            let _ = writeln!(
+                out,
+                "\n[retrying ({attempt}) in {delay_ms} ms: {reason}; the text above may repeat]"
+            );
         }
         Event::Committed { message, commit } => {
             let short: String = commit.chars().take(8).collect();
@@ -160,16 +186,24 @@ pub async fn open_session(p: &Prepared, resume: Option<String>) -> Result<(Sessi
         }
         Some(id) => {
             let record = {
-                let s = store.lock().map_err(|_| anyhow::anyhow!("the session store is poisoned"))?;
+                let s = store
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("the session store is poisoned"))?;
                 if id.is_empty() {
                     s.latest_for_project(&p.project.display().to_string())?
-                        .ok_or_else(|| anyhow::anyhow!("no session to resume for {}", p.project.display()))?
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("no session to resume for {}", p.project.display())
+                        })?
                 } else {
-                    s.get_session(&id)?.ok_or_else(|| anyhow::anyhow!("no session '{id}': see `safe-coder sessions list`"))?
+                    s.get_session(&id)?.ok_or_else(|| {
+                        anyhow::anyhow!("no session '{id}': see `safe-coder sessions list`")
+                    })?
                 }
             };
             let messages = {
-                let s = store.lock().map_err(|_| anyhow::anyhow!("the session store is poisoned"))?;
+                let s = store
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("the session store is poisoned"))?;
                 s.load_messages(&record.id)?
             };
             let session = Session::open(&record, store, p.resolved.memory_mb, p.resolved.cpus)?;
@@ -185,7 +219,10 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
     let prepared = setup::prepare(&args)?;
     let (session, agent, resumed) = open_session(&prepared, resume).await?;
     let input = LineInput::spawn();
-    println!("🔥 Safe Coder - AI Coding Assistant with {} isolation", session.backend.as_str());
+    println!(
+        "🔥 Safe Coder - AI Coding Assistant with {} isolation",
+        session.backend.as_str()
+    );
     println!("Project: {}", session.project.display());
     if !session.note.is_empty() {
         println!("Backend: {} — {}", session.backend.as_str(), session.note);
@@ -203,7 +240,9 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
     println!("Type 'exit' or 'quit' to end the session, /help for commands");
 
     let mut ia = Interactive::new(&prepared, &session, agent);
-    let approver = LineApprover { input: input.clone() };
+    let approver = LineApprover {
+        input: input.clone(),
+    };
     let sink = |e: Event| print_event(&e);
 
     loop {
@@ -287,17 +326,26 @@ pub async fn review(session: &Session, input: &LineInput, ending: bool) -> Resul
                 let mut picked = Vec::new();
                 for f in &changes.files {
                     if f.conflict {
-                        println!("  {} — conflict (changed on the host), stays in the session", f.path);
+                        println!(
+                            "  {} — conflict (changed on the host), stays in the session",
+                            f.path
+                        );
                         continue;
                     }
                     loop {
-                        let q = format!("  {} ({}) — sync? [y]es / [n]o / [d]iff: ", f.path, f.kind.as_str());
+                        let q = format!(
+                            "  {} ({}) — sync? [y]es / [n]o / [d]iff: ",
+                            f.path,
+                            f.kind.as_str()
+                        );
                         match input.ask(&q).await.as_deref().map(str::trim) {
                             Some("y") | Some("yes") => {
                                 picked.push(f.path.clone());
                                 break;
                             }
-                            Some("d") | Some("diff") => println!("{}", session.diff(Some(&f.path))?),
+                            Some("d") | Some("diff") => {
+                                println!("{}", session.diff(Some(&f.path))?)
+                            }
                             Some("n") | Some("no") | None => break,
                             _ => {}
                         }
@@ -317,7 +365,11 @@ pub async fn review(session: &Session, input: &LineInput, ending: bool) -> Resul
         ),
         Review::RejectAll => println!("Changes rejected; your project is untouched."),
         _ => {
-            println!("✓ Changes synced to host: {} ({} file(s))", session.project.display(), report.applied.len());
+            println!(
+                "✓ Changes synced to host: {} ({} file(s))",
+                session.project.display(),
+                report.applied.len()
+            );
             for c in &report.conflicts {
                 println!("⚠ {c}: changed on the host since the session began; the agent's version stays in the session");
             }

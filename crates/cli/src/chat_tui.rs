@@ -30,9 +30,13 @@ impl Approver for TuiApprover {
         let (tx, rx) = oneshot::channel();
         *self.pending.lock().await = Some(tx);
         if self.to_ui.send(UiInput::Approval(request)).is_err() {
-            return ApprovalDecision::DenyWithReason { reason: "the UI closed".into() };
+            return ApprovalDecision::DenyWithReason {
+                reason: "the UI closed".into(),
+            };
         }
-        rx.await.unwrap_or(ApprovalDecision::DenyWithReason { reason: "the UI closed".into() })
+        rx.await.unwrap_or(ApprovalDecision::DenyWithReason {
+            reason: "the UI closed".into(),
+        })
     }
 }
 
@@ -51,7 +55,11 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
 
     let (to_ui, ui_inputs) = mpsc::unbounded_channel::<UiInput>();
     let (ui_actions_tx, mut ui_actions) = mpsc::unbounded_channel::<UiAction>();
-    let theme = if prepared.resolved.theme == "plain" { Theme::Plain } else { Theme::Cyberpunk };
+    let theme = if prepared.resolved.theme == "plain" {
+        Theme::Plain
+    } else {
+        Theme::Cyberpunk
+    };
     let config = TuiConfig {
         project: session.project.display().to_string(),
         theme,
@@ -133,10 +141,15 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
         model: prepared.resolved.model.clone(),
     });
     if resumed > 0 {
-        sink(Event::Notice { message: format!("Resumed session {} with {resumed} message(s).", session.id) });
+        sink(Event::Notice {
+            message: format!("Resumed session {} with {resumed} message(s).", session.id),
+        });
     }
 
-    let approver = TuiApprover { to_ui: to_ui.clone(), pending: pending.clone() };
+    let approver = TuiApprover {
+        to_ui: to_ui.clone(),
+        pending: pending.clone(),
+    };
     let mut ia = Interactive::new(&prepared, &session, agent);
 
     while let Some(cmd) = commands.recv().await {
@@ -156,7 +169,9 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
                     Ok(Outcome::Sync) => {
                         review(&session, &to_ui, &mut commands, false).await?;
                     }
-                    Err(e) => sink(Event::Error { message: setup::one_line(&e) }),
+                    Err(e) => sink(Event::Error {
+                        message: setup::one_line(&e),
+                    }),
                 }
             }
             Command::Quit => {
@@ -167,7 +182,9 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
             Command::CycleMode => {
                 let mode = ia.agent.options().approval_mode.next();
                 ia.agent.set_approval_mode(mode);
-                sink(Event::Notice { message: format!("Approval mode: {mode}") });
+                sink(Event::Notice {
+                    message: format!("Approval mode: {mode}"),
+                });
             }
             Command::Review(_) => {}
         }
@@ -210,10 +227,21 @@ async fn review(
     }
     let mut diffs = HashMap::new();
     for f in &changes.files {
-        diffs.insert(f.path.clone(), session.diff(Some(&f.path)).unwrap_or_default());
+        diffs.insert(
+            f.path.clone(),
+            session.diff(Some(&f.path)).unwrap_or_default(),
+        );
     }
-    let all: Vec<String> = changes.files.iter().filter(|f| !f.conflict).map(|f| f.path.clone()).collect();
-    let _ = to_ui.send(UiInput::Review(ReviewData { changes: changes.clone(), diffs }));
+    let all: Vec<String> = changes
+        .files
+        .iter()
+        .filter(|f| !f.conflict)
+        .map(|f| f.path.clone())
+        .collect();
+    let _ = to_ui.send(UiInput::Review(ReviewData {
+        changes: changes.clone(),
+        diffs,
+    }));
     let verdict = loop {
         match commands.recv().await {
             Some(Command::Review(Some(paths))) => {
@@ -247,7 +275,10 @@ async fn review(
         text.push_str(&format!("\n⚠ {c}: changed on the host since the session began; the agent's version stays in the session"));
     }
     if ending && !finished && kind != Review::Keep {
-        text.push_str(&format!("\nSession {} keeps the unsynced work.", session.id));
+        text.push_str(&format!(
+            "\nSession {} keeps the unsynced work.",
+            session.id
+        ));
     }
     if ending {
         let _ = to_ui.send(UiInput::SyncResult(text));

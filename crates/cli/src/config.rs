@@ -91,9 +91,9 @@ fn type_err(path: &Path, key: &str, want: &str) -> anyhow::Error {
 }
 
 pub fn parse_file_config(text: &str, path: &Path, is_project: bool) -> Result<FileConfig> {
-    let root: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| anyhow::anyhow!("{}: invalid TOML: {}", path.display(), e.message()))?;
+    let root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        anyhow::anyhow!("{}: invalid TOML: {}", path.display(), e.message())
+    })?;
     let mut cfg = FileConfig::default();
     let file = path.display().to_string();
     let warn = |cfg: &mut FileConfig, msg: String| cfg.warnings.push(format!("{file}: {msg}"));
@@ -105,7 +105,11 @@ pub fn parse_file_config(text: &str, path: &Path, is_project: bool) -> Result<Fi
         };
         for (key, v) in table {
             let full = format!("{section}.{key}");
-            let s = || v.as_str().map(str::to_string).ok_or_else(|| type_err(path, &full, "a string"));
+            let s = || {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| type_err(path, &full, "a string"))
+            };
             let uint = || {
                 v.as_integer()
                     .filter(|n| *n > 0)
@@ -265,15 +269,27 @@ pub fn resolve(dirs: &Dirs, project: &Path, flags: &Overrides) -> Result<Resolve
     warnings.extend(proj.warnings.iter().cloned());
 
     // Pick the layered value: flag > env > project > user.
-    fn pick<T: Clone>(flag: Option<T>, env: Option<T>, proj: &Option<T>, user: &Option<T>) -> Option<T> {
-        flag.or(env).or_else(|| proj.clone()).or_else(|| user.clone())
+    fn pick<T: Clone>(
+        flag: Option<T>,
+        env: Option<T>,
+        proj: &Option<T>,
+        user: &Option<T>,
+    ) -> Option<T> {
+        flag.or(env)
+            .or_else(|| proj.clone())
+            .or_else(|| user.clone())
     }
 
-    let provider_name = pick(flags.provider.clone(), env("SAFE_CODER_PROVIDER"), &proj.provider, &user.provider)
-        .unwrap_or_else(|| "anthropic".to_string());
-    let provider: ProviderKind = provider_name
-        .parse()
-        .map_err(|_| anyhow::anyhow!("unknown provider '{provider_name}': use anthropic, openai or ollama"))?;
+    let provider_name = pick(
+        flags.provider.clone(),
+        env("SAFE_CODER_PROVIDER"),
+        &proj.provider,
+        &user.provider,
+    )
+    .unwrap_or_else(|| "anthropic".to_string());
+    let provider: ProviderKind = provider_name.parse().map_err(|_| {
+        anyhow::anyhow!("unknown provider '{provider_name}': use anthropic, openai or ollama")
+    })?;
 
     let key_env = match provider {
         ProviderKind::Anthropic => env("ANTHROPIC_API_KEY"),
@@ -292,23 +308,56 @@ pub fn resolve(dirs: &Dirs, project: &Path, flags: &Overrides) -> Result<Resolve
         ProviderKind::Anthropic => env("ANTHROPIC_BASE_URL"),
     };
     // A key or URL in a file written for another provider must not leak to this one.
-    let same_provider = |c: &FileConfig| c.provider.as_deref().is_none_or(|p| p == provider.as_str());
-    let user_key = if same_provider(&user) { user.api_key.clone() } else { None };
-    let user_url = if same_provider(&user) { user.base_url.clone() } else { None };
-    let user_model = if same_provider(&user) { user.model.clone() } else { None };
-    let proj_model = if same_provider(&proj) { proj.model.clone() } else { None };
+    let same_provider =
+        |c: &FileConfig| c.provider.as_deref().is_none_or(|p| p == provider.as_str());
+    let user_key = if same_provider(&user) {
+        user.api_key.clone()
+    } else {
+        None
+    };
+    let user_url = if same_provider(&user) {
+        user.base_url.clone()
+    } else {
+        None
+    };
+    let user_model = if same_provider(&user) {
+        user.model.clone()
+    } else {
+        None
+    };
+    let proj_model = if same_provider(&proj) {
+        proj.model.clone()
+    } else {
+        None
+    };
 
     let api_key = pick(flags.api_key.clone(), key_env, &None, &user_key);
     let base_url = pick(flags.base_url.clone(), base_env, &None, &user_url)
         .unwrap_or_else(|| provider.default_base_url().to_string());
-    let model = pick(flags.model.clone(), env("SAFE_CODER_MODEL"), &proj_model, &user_model)
-        .unwrap_or_else(|| provider.default_model().to_string());
-    let backend = pick(flags.backend.clone(), env("SAFE_CODER_BACKEND"), &proj.backend, &user.backend)
-        .unwrap_or_else(|| "auto".to_string());
+    let model = pick(
+        flags.model.clone(),
+        env("SAFE_CODER_MODEL"),
+        &proj_model,
+        &user_model,
+    )
+    .unwrap_or_else(|| provider.default_model().to_string());
+    let backend = pick(
+        flags.backend.clone(),
+        env("SAFE_CODER_BACKEND"),
+        &proj.backend,
+        &user.backend,
+    )
+    .unwrap_or_else(|| "auto".to_string());
     if backend != "auto" && safe_coder_sandbox::BackendKind::parse(&backend).is_none() {
         bail!("unknown backend '{backend}': use auto, firecracker, qemu, docker, process, copy or direct");
     }
-    let approval_mode = pick(flags.approval_mode, None, &proj.approval_mode, &user.approval_mode).unwrap_or_default();
+    let approval_mode = pick(
+        flags.approval_mode,
+        None,
+        &proj.approval_mode,
+        &user.approval_mode,
+    )
+    .unwrap_or_default();
     let mut prices = user.prices.clone();
     prices.extend(proj.prices.clone());
     let context_window = pick(None, None, &proj.context_window, &user.context_window)
@@ -330,7 +379,8 @@ pub fn resolve(dirs: &Dirs, project: &Path, flags: &Overrides) -> Result<Resolve
         max_turns: pick(None, None, &proj.max_turns, &user.max_turns).unwrap_or(100),
         theme,
         context_window,
-        compact_threshold: pick(None, None, &proj.compact_threshold, &user.compact_threshold).unwrap_or(0.8),
+        compact_threshold: pick(None, None, &proj.compact_threshold, &user.compact_threshold)
+            .unwrap_or(0.8),
         memory_mb: pick(None, None, &proj.memory_mb, &user.memory_mb).unwrap_or(2048),
         cpus: pick(None, None, &proj.cpus, &user.cpus).unwrap_or(2.0),
         prices,
@@ -361,7 +411,11 @@ pub struct ConfigUpdate {
 
 impl ConfigUpdate {
     pub fn is_empty(&self) -> bool {
-        self.provider.is_none() && self.api_key.is_none() && self.model.is_none() && self.base_url.is_none() && self.backend.is_none()
+        self.provider.is_none()
+            && self.api_key.is_none()
+            && self.model.is_none()
+            && self.base_url.is_none()
+            && self.backend.is_none()
     }
 }
 
@@ -377,8 +431,9 @@ pub fn write_user_config(path: &Path, update: &ConfigUpdate) -> Result<()> {
     parse_file_config(&text, path, false)?;
     let mut root: toml::Table = text.parse().unwrap_or_default();
     if let Some(p) = &update.provider {
-        p.parse::<ProviderKind>()
-            .map_err(|_| anyhow::anyhow!("unknown provider '{p}': use anthropic, openai or ollama"))?;
+        p.parse::<ProviderKind>().map_err(|_| {
+            anyhow::anyhow!("unknown provider '{p}': use anthropic, openai or ollama")
+        })?;
     }
     if let Some(b) = &update.backend {
         if b != "auto" && safe_coder_sandbox::BackendKind::parse(b).is_none() {
@@ -387,7 +442,9 @@ pub fn write_user_config(path: &Path, update: &ConfigUpdate) -> Result<()> {
     }
     let mut set = |section: &str, key: &str, value: &Option<String>| {
         if let Some(v) = value {
-            let entry = root.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = root
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
             if let Some(t) = entry.as_table_mut() {
                 t.insert(key.to_string(), toml::Value::String(v.clone()));
             }
@@ -400,7 +457,9 @@ pub fn write_user_config(path: &Path, update: &ConfigUpdate) -> Result<()> {
     set("isolation", "backend", &update.backend);
     let out = toml::to_string_pretty(&root).context("cannot serialise the config")?;
 
-    let dir = path.parent().context("config path has no parent directory")?;
+    let dir = path
+        .parent()
+        .context("config path has no parent directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = dir.join(format!(".config.toml.{}.tmp", std::process::id()));
     {
@@ -424,7 +483,11 @@ pub fn write_user_config(path: &Path, update: &ConfigUpdate) -> Result<()> {
 pub fn show(resolved: &Resolved, dirs: &Dirs, project: &Path) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "user config:    {}", dirs.user_config_file().display());
-    let _ = writeln!(out, "project config: {}", project_config_file(project).display());
+    let _ = writeln!(
+        out,
+        "project config: {}",
+        project_config_file(project).display()
+    );
     let _ = writeln!(out, "[llm]");
     let _ = writeln!(out, "provider = {}", resolved.provider.as_str());
     let _ = writeln!(out, "model = {}", resolved.model);
@@ -433,7 +496,11 @@ pub fn show(resolved: &Resolved, dirs: &Dirs, project: &Path) -> String {
     let _ = writeln!(
         out,
         "api_key = {}",
-        resolved.api_key.as_deref().map(mask).unwrap_or_else(|| "(not set)".to_string())
+        resolved
+            .api_key
+            .as_deref()
+            .map(mask)
+            .unwrap_or_else(|| "(not set)".to_string())
     );
     let _ = writeln!(out, "[isolation]");
     let _ = writeln!(out, "backend = {}", resolved.backend);

@@ -25,7 +25,13 @@ fn print_progress(event: &Event) {
         Event::ToolCallStarted { name, input, .. } => {
             let _ = writeln!(err, "▶ {name} {}", summarize_input(name, input));
         }
-        Event::ToolCallFinished { name, outcome, duration_ms, output, .. } => {
+        Event::ToolCallFinished {
+            name,
+            outcome,
+            duration_ms,
+            output,
+            ..
+        } => {
             let mark = match outcome {
                 ToolOutcome::Ok => "✓",
                 ToolOutcome::Error => "✗",
@@ -34,7 +40,11 @@ fn print_progress(event: &Event) {
             let first = output.lines().next().unwrap_or("");
             let _ = writeln!(err, "{mark} {name} ({duration_ms} ms) {first}");
         }
-        Event::Retrying { attempt, delay_ms, reason } => {
+        Event::Retrying {
+            attempt,
+            delay_ms,
+            reason,
+        } => {
             let _ = writeln!(err, "… retrying ({attempt}) in {delay_ms} ms: {reason}");
         }
         Event::Error { message } => {
@@ -92,7 +102,9 @@ pub async fn run(args: AgentArgs, json: bool, sync: SyncChoice, prompt: String) 
     }
 
     let cancel = setup::cancel_on_signals();
-    let approver = HeadlessApprover { mode: prepared.resolved.approval_mode };
+    let approver = HeadlessApprover {
+        mode: prepared.resolved.approval_mode,
+    };
     let outcome = agent.run_turn(prompt, &approver, &emit, &cancel).await;
 
     // Whatever happened, the agent's work is in the session: review per --sync.
@@ -105,7 +117,10 @@ pub async fn run(args: AgentArgs, json: bool, sync: SyncChoice, prompt: String) 
             }
             Ok(())
         }
-        Ok(TurnOutcome::Cancelled) => anyhow::bail!("cancelled; the agent's work so far is kept in session {}", session.id),
+        Ok(TurnOutcome::Cancelled) => anyhow::bail!(
+            "cancelled; the agent's work so far is kept in session {}",
+            session.id
+        ),
         Err(e) => Err(e.into()),
     }
 }
@@ -114,7 +129,9 @@ fn finish(session: &Session, sync: SyncChoice, json: bool, emit: &dyn Fn(Event))
     let changes = session.change_set()?;
     if session.backend == safe_coder_sandbox::BackendKind::Direct {
         if !changes.is_empty() {
-            emit(Event::ChangeSummary { changes: changes.clone() });
+            emit(Event::ChangeSummary {
+                changes: changes.clone(),
+            });
             if !json {
                 eprint!("{}", changes.summary_text());
             }
@@ -129,9 +146,14 @@ fn finish(session: &Session, sync: SyncChoice, json: bool, emit: &dyn Fn(Event))
         }
         return Ok(());
     }
-    emit(Event::ChangeSummary { changes: changes.clone() });
+    emit(Event::ChangeSummary {
+        changes: changes.clone(),
+    });
     if !json {
-        eprint!("🔒 Changes detected in the sandbox:\n{}", changes.summary_text());
+        eprint!(
+            "🔒 Changes detected in the sandbox:\n{}",
+            changes.summary_text()
+        );
     }
     let review = match sync {
         SyncChoice::Accept => Review::AcceptAll,

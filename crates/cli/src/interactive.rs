@@ -37,13 +37,21 @@ pub struct Interactive<'a> {
 }
 
 fn notice(events: &dyn EventSink, message: impl Into<String>) {
-    events.emit(Event::Notice { message: message.into() });
+    events.emit(Event::Notice {
+        message: message.into(),
+    });
 }
 
 impl<'a> Interactive<'a> {
     pub fn new(prepared: &'a Prepared, session: &'a Session, agent: Agent) -> Interactive<'a> {
         let custom = load_custom_commands(&prepared.dirs.config_dir, &prepared.project);
-        Interactive { prepared, session, agent, custom, started: Instant::now() }
+        Interactive {
+            prepared,
+            session,
+            agent,
+            custom,
+            started: Instant::now(),
+        }
     }
 
     /// Handles one line the user entered.
@@ -56,11 +64,15 @@ impl<'a> Interactive<'a> {
     ) -> Result<Outcome> {
         match safe_coder_interact::classify(line, &self.custom) {
             Err(e) => {
-                events.emit(Event::Error { message: e.to_string() });
+                events.emit(Event::Error {
+                    message: e.to_string(),
+                });
                 Ok(Outcome::Continue)
             }
             Ok(Input::Shell(cmd)) if cmd.trim().is_empty() => {
-                events.emit(Event::Error { message: "type a command after `!`, e.g. `!ls -la`".into() });
+                events.emit(Event::Error {
+                    message: "type a command after `!`, e.g. `!ls -la`".into(),
+                });
                 Ok(Outcome::Continue)
             }
             Ok(Input::Shell(cmd)) => {
@@ -84,7 +96,8 @@ impl<'a> Interactive<'a> {
         cancel: &CancellationToken,
     ) -> Result<()> {
         let text = if text.contains('@') {
-            let expanded = expand_at_paths(&text, &**self.agent.sandbox(), AtLimits::default()).await?;
+            let expanded =
+                expand_at_paths(&text, &**self.agent.sandbox(), AtLimits::default()).await?;
             for n in &expanded.notes {
                 notice(events, n.clone());
             }
@@ -105,7 +118,12 @@ impl<'a> Interactive<'a> {
 
     /// `!cmd`: runs in the sandbox like the agent's bash; the output goes into the
     /// conversation and what it changed is committed as `User executed: CMD`.
-    async fn shell(&mut self, cmd: &str, events: &dyn EventSink, cancel: &CancellationToken) -> Result<()> {
+    async fn shell(
+        &mut self,
+        cmd: &str,
+        events: &dyn EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
         let request = ExecRequest {
             command: cmd.to_string(),
             timeout: Duration::from_secs(600),
@@ -124,11 +142,15 @@ impl<'a> Interactive<'a> {
         }
         notice(events, format!("$ {cmd}\n{}", shown.trim_end()));
         self.agent
-            .push_context(safe_coder_interact::shell::format_shell_for_model(cmd, &output));
+            .push_context(safe_coder_interact::shell::format_shell_for_model(
+                cmd, &output,
+            ));
         let repo = self.session.repo.clone();
         let message = format!("User executed: {cmd}");
         let msg = message.clone();
-        if let Ok(Ok(Some(commit))) = tokio::task::spawn_blocking(move || repo.commit_changes(&msg, None)).await {
+        if let Ok(Ok(Some(commit))) =
+            tokio::task::spawn_blocking(move || repo.commit_changes(&msg, None)).await
+        {
             events.emit(Event::Committed { message, commit });
         }
         Ok(())
@@ -148,16 +170,32 @@ impl<'a> Interactive<'a> {
             SlashCommand::Sync => return Ok(Outcome::Sync),
             SlashCommand::Clear => {
                 self.agent.clear();
-                notice(events, "Conversation cleared (the sandbox and its history are kept).");
+                notice(
+                    events,
+                    "Conversation cleared (the sandbox and its history are kept).",
+                );
             }
             SlashCommand::Stats => notice(events, self.stats_text()?),
             SlashCommand::Diff => {
                 let diff = self.session.diff(None)?;
-                notice(events, if diff.trim().is_empty() { "No changes yet.".to_string() } else { diff });
+                notice(
+                    events,
+                    if diff.trim().is_empty() {
+                        "No changes yet.".to_string()
+                    } else {
+                        diff
+                    },
+                );
             }
             SlashCommand::Undo => match repo.undo()? {
-                Some(c) => notice(events, format!("Undid the last change (now at {}).", short(&c))),
-                None => notice(events, "Nothing to undo: the session is at its starting snapshot."),
+                Some(c) => notice(
+                    events,
+                    format!("Undid the last change (now at {}).", short(&c)),
+                ),
+                None => notice(
+                    events,
+                    "Nothing to undo: the session is at its starting snapshot.",
+                ),
             },
             SlashCommand::Restore(path) => {
                 let restored = repo.restore(path.as_deref())?;
@@ -166,33 +204,55 @@ impl<'a> Interactive<'a> {
                 } else {
                     let label = path.as_deref().unwrap_or("all files");
                     if let Some(c) = repo.commit_changes(&format!("Restored: {label}"), None)? {
-                        events.emit(Event::Committed { message: format!("Restored: {label}"), commit: c });
+                        events.emit(Event::Committed {
+                            message: format!("Restored: {label}"),
+                            commit: c,
+                        });
                     }
-                    notice(events, format!("Restored {} file(s) to the session start: {}", restored.len(), restored.join(", ")));
+                    notice(
+                        events,
+                        format!(
+                            "Restored {} file(s) to the session start: {}",
+                            restored.len(),
+                            restored.join(", ")
+                        ),
+                    );
                 }
             }
             SlashCommand::Snapshot(label) => {
                 let c = repo.snapshot(&label)?;
-                events.emit(Event::Committed { message: format!("🔒 Snapshot: {label}"), commit: c });
+                events.emit(Event::Committed {
+                    message: format!("🔒 Snapshot: {label}"),
+                    commit: c,
+                });
             }
-            SlashCommand::Rollback(target) => match target {
-                Some(to) => {
-                    repo.rollback(&to)?;
-                    notice(events, format!("Rolled back to {to}."));
-                }
-                None => {
-                    let mut text = String::from("Commits (newest first); `/rollback ID` moves the sandbox back to one:\n");
-                    for c in repo.log()?.iter().take(20) {
-                        let _ = writeln!(text, "  {} {}", c.short_id, c.message);
+            SlashCommand::Rollback(target) => {
+                match target {
+                    Some(to) => {
+                        repo.rollback(&to)?;
+                        notice(events, format!("Rolled back to {to}."));
                     }
-                    notice(events, text);
+                    None => {
+                        let mut text = String::from("Commits (newest first); `/rollback ID` moves the sandbox back to one:\n");
+                        for c in repo.log()?.iter().take(20) {
+                            let _ = writeln!(text, "  {} {}", c.short_id, c.message);
+                        }
+                        notice(events, text);
+                    }
                 }
-            },
+            }
             SlashCommand::Memory(m) => match m {
                 MemoryCmd::Show => {
                     let mem = load_memory(&self.prepared.dirs.config_dir, &self.prepared.project);
                     let text = mem.system_prompt_section();
-                    notice(events, if text.trim().is_empty() { "No memory files.".to_string() } else { text });
+                    notice(
+                        events,
+                        if text.trim().is_empty() {
+                            "No memory files.".to_string()
+                        } else {
+                            text
+                        },
+                    );
                 }
                 MemoryCmd::Add(text) => {
                     let path = add_to_project_memory(&self.prepared.project, &text)?;
@@ -218,13 +278,18 @@ impl<'a> Interactive<'a> {
                 }
                 None => notice(
                     events,
-                    format!("Approval mode: {} (plan, default, auto-edit, yolo)", self.agent.options().approval_mode),
+                    format!(
+                        "Approval mode: {} (plan, default, auto-edit, yolo)",
+                        self.agent.options().approval_mode
+                    ),
                 ),
             },
             SlashCommand::Compress => self.agent.compact(events, cancel).await?,
             SlashCommand::Custom { name, args } => {
                 let Some(custom) = self.custom.get(&name).cloned() else {
-                    events.emit(Event::Error { message: format!("unknown command /{name}") });
+                    events.emit(Event::Error {
+                        message: format!("unknown command /{name}"),
+                    });
                     return Ok(Outcome::Continue);
                 };
                 let prompt = expand_custom(&custom, &args, &**self.agent.sandbox()).await?;
@@ -245,12 +310,22 @@ impl<'a> Interactive<'a> {
     /// tokens from the APIs' usage reports, and the estimated cost.
     pub fn stats_text(&self) -> Result<String> {
         let stats = {
-            let s = self.session.store.lock().map_err(|_| anyhow::anyhow!("the session store is poisoned"))?;
+            let s = self
+                .session
+                .store
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the session store is poisoned"))?;
             s.stats(&self.session.id)?
         };
         let d = self.started.elapsed().as_secs();
         let mut out = String::from("📊 Session Statistics\n");
-        let _ = writeln!(out, "⏱️  Duration: {}h {:02}m {:02}s", d / 3600, (d / 60) % 60, d % 60);
+        let _ = writeln!(
+            out,
+            "⏱️  Duration: {}h {:02}m {:02}s",
+            d / 3600,
+            (d / 60) % 60,
+            d % 60
+        );
         let _ = writeln!(
             out,
             "💬 Messages: {} ({} from you, {} from the assistant)",
@@ -261,26 +336,38 @@ impl<'a> Interactive<'a> {
         let total_calls = stats.tool_calls;
         let _ = writeln!(out, "🔧 Tool Calls: {total_calls}");
         for t in &stats.tools {
-            let rate = if t.calls > 0 { t.successes as f64 * 100.0 / t.calls as f64 } else { 0.0 };
+            let rate = if t.calls > 0 {
+                t.successes as f64 * 100.0 / t.calls as f64
+            } else {
+                0.0
+            };
             let _ = writeln!(
                 out,
                 "   {:<12} {:>4} calls  {:>5.1}% ok  {:>7} ms total",
                 t.tool, t.calls, rate, t.total_ms
             );
         }
-        let _ = writeln!(out, "🪙 Tokens: {} in, {} out", stats.tokens.input_tokens, stats.tokens.output_tokens);
+        let _ = writeln!(
+            out,
+            "🪙 Tokens: {} in, {} out",
+            stats.tokens.input_tokens, stats.tokens.output_tokens
+        );
         let mut cost = 0.0;
         let mut priced = false;
         for m in &stats.models {
             if let Some(p) = self.prepared.resolved.prices.get(&m.model) {
                 priced = true;
-                cost += m.input_tokens as f64 / 1e6 * p.input_per_mtok + m.output_tokens as f64 / 1e6 * p.output_per_mtok;
+                cost += m.input_tokens as f64 / 1e6 * p.input_per_mtok
+                    + m.output_tokens as f64 / 1e6 * p.output_per_mtok;
             }
         }
         if priced {
             let _ = writeln!(out, "💵 Estimated cost: ${cost:.4}");
         } else {
-            let _ = writeln!(out, "💵 Estimated cost: unknown (add [pricing.\"MODEL\"] to the config)");
+            let _ = writeln!(
+                out,
+                "💵 Estimated cost: unknown (add [pricing.\"MODEL\"] to the config)"
+            );
         }
         Ok(out)
     }

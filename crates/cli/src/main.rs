@@ -133,18 +133,48 @@ enum SandboxCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Config { provider, api_key, model, base_url, backend, show, path } => {
-            config_command(config::ConfigUpdate { provider, api_key, model, base_url, backend }, show, path)
-        }
-        Command::Sandbox { action: SandboxCmd::Doctor } => {
+        Command::Config {
+            provider,
+            api_key,
+            model,
+            base_url,
+            backend,
+            show,
+            path,
+        } => config_command(
+            config::ConfigUpdate {
+                provider,
+                api_key,
+                model,
+                base_url,
+                backend,
+            },
+            show,
+            path,
+        ),
+        Command::Sandbox {
+            action: SandboxCmd::Doctor,
+        } => {
             print!("{}", safe_coder_sandbox::select::doctor_report());
             Ok(())
         }
-        Command::Sessions { action } => sessions::run(action.unwrap_or(sessions::SessionsCmd::List { json: false, all: false })),
-        Command::Exec { agent, json, sync, prompt } => {
-            runtime().and_then(|rt| rt.block_on(exec::run(agent, json, sync, prompt.join(" "))))
+        Command::Sessions { action } => {
+            sessions::run(action.unwrap_or(sessions::SessionsCmd::List {
+                json: false,
+                all: false,
+            }))
         }
-        Command::Chat { agent, no_tui, resume } => runtime().and_then(|rt| {
+        Command::Exec {
+            agent,
+            json,
+            sync,
+            prompt,
+        } => runtime().and_then(|rt| rt.block_on(exec::run(agent, json, sync, prompt.join(" ")))),
+        Command::Chat {
+            agent,
+            no_tui,
+            resume,
+        } => runtime().and_then(|rt| {
             if no_tui || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
                 rt.block_on(chat_line::run(agent, resume))
             } else {
@@ -162,10 +192,16 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
-fn config_command(update: config::ConfigUpdate, show: bool, path: Option<PathBuf>) -> anyhow::Result<()> {
+fn config_command(
+    update: config::ConfigUpdate,
+    show: bool,
+    path: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let dirs = config::Dirs::from_env()?;
     let file = dirs.user_config_file();
     if !update.is_empty() {

@@ -74,17 +74,27 @@ fn open_store(dirs: &Dirs) -> Result<Arc<Mutex<Store>>> {
 }
 
 fn find(store: &Arc<Mutex<Store>>, id: &str) -> Result<SessionRecord> {
-    let s = store.lock().map_err(|_| anyhow::anyhow!("the session store is poisoned"))?;
+    let s = store
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the session store is poisoned"))?;
     s.get_session(id)?
         .with_context(|| format!("no session '{id}': see `safe-coder sessions list --all`"))
 }
 
 fn open_session(store: &Arc<Mutex<Store>>, record: &SessionRecord) -> Result<Session> {
     if record.state.as_str() == "active" && owner_alive(std::path::Path::new(&record.session_dir)) {
-        bail!("session {} is still open in another safe-coder process (pid in {}/owner.pid)", record.id, record.session_dir);
+        bail!(
+            "session {} is still open in another safe-coder process (pid in {}/owner.pid)",
+            record.id,
+            record.session_dir
+        );
     }
     if !std::path::Path::new(&record.session_dir).exists() {
-        bail!("session {} has no work left on disk ({} is gone)", record.id, record.session_dir);
+        bail!(
+            "session {} has no work left on disk ({} is gone)",
+            record.id,
+            record.session_dir
+        );
     }
     Ok(Session::open(record, store.clone(), 2048, 2.0)?)
 }
@@ -95,8 +105,14 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
     match cmd {
         SessionsCmd::List { json, all } => {
             let records = {
-                let s = store.lock().map_err(|_| anyhow::anyhow!("the session store is poisoned"))?;
-                s.list_sessions(if all { ListFilter::all() } else { ListFilter::unsynced() })?
+                let s = store
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("the session store is poisoned"))?;
+                s.list_sessions(if all {
+                    ListFilter::all()
+                } else {
+                    ListFilter::unsynced()
+                })?
             };
             if json {
                 let rows: Vec<serde_json::Value> = records
@@ -113,10 +129,20 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
                 return Ok(());
             }
             if records.is_empty() {
-                println!("No sessions with unsynced work{}.", if all { "" } else { " (--all lists every session)" });
+                println!(
+                    "No sessions with unsynced work{}.",
+                    if all {
+                        ""
+                    } else {
+                        " (--all lists every session)"
+                    }
+                );
                 return Ok(());
             }
-            println!("{:<16} {:<12} {:<8} {:<10} {:<40} TITLE", "ID", "STATE", "BACKEND", "ACTIVITY", "PROJECT");
+            println!(
+                "{:<16} {:<12} {:<8} {:<10} {:<40} TITLE",
+                "ID", "STATE", "BACKEND", "ACTIVITY", "PROJECT"
+            );
             for r in &records {
                 println!(
                     "{:<16} {:<12} {:<8} {:<10} {:<40} {}",
@@ -132,14 +158,19 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
         SessionsCmd::Show { id, json } => {
             let record = find(&store, &id)?;
             let changes = if std::path::Path::new(&record.session_dir).exists() {
-                Session::open(&record, store.clone(), 2048, 2.0).ok().and_then(|s| s.change_set().ok())
+                Session::open(&record, store.clone(), 2048, 2.0)
+                    .ok()
+                    .and_then(|s| s.change_set().ok())
             } else {
                 None
             };
             if json {
                 let mut v = serde_json::to_value(&record)?;
                 if let Some(o) = v.as_object_mut() {
-                    o.insert("status".into(), serde_json::Value::String(state_label(&record)));
+                    o.insert(
+                        "status".into(),
+                        serde_json::Value::String(state_label(&record)),
+                    );
                     o.insert("changes".into(), serde_json::to_value(&changes)?);
                 }
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -165,7 +196,11 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
             let session = Session::open(&record, store.clone(), 2048, 2.0)?;
             print!("{}", session.diff(path.as_deref())?);
         }
-        SessionsCmd::Sync { id, accept_all, files } => {
+        SessionsCmd::Sync {
+            id,
+            accept_all,
+            files,
+        } => {
             let record = find(&store, &id)?;
             let session = open_session(&store, &record)?;
             let changes = session.change_set()?;
@@ -188,7 +223,11 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
                 bail!("say what to sync: --accept-all, or --files PATH... (the other files are rejected)");
             };
             let (report, finished) = session.review(review, true)?;
-            println!("✓ Changes synced to host: {} ({} file(s))", record.project, report.applied.len());
+            println!(
+                "✓ Changes synced to host: {} ({} file(s))",
+                record.project,
+                report.applied.len()
+            );
             for c in &report.conflicts {
                 println!("⚠ {c}: changed on the host since the session began; the agent's version stays in the session");
             }

@@ -45,7 +45,11 @@ pub fn prepare(args: &AgentArgs) -> Result<Prepared> {
     if !project.is_dir() {
         anyhow::bail!("{} is not a directory", project.display());
     }
-    let backend = if args.demo { Some("copy".to_string()) } else { args.backend.clone() };
+    let backend = if args.demo {
+        Some("copy".to_string())
+    } else {
+        args.backend.clone()
+    };
     let flags = Overrides {
         provider: args.provider.clone(),
         model: args.model.clone(),
@@ -58,7 +62,11 @@ pub fn prepare(args: &AgentArgs) -> Result<Prepared> {
     for w in &resolved.warnings {
         eprintln!("warning: {w}");
     }
-    Ok(Prepared { dirs, project, resolved })
+    Ok(Prepared {
+        dirs,
+        project,
+        resolved,
+    })
 }
 
 pub fn client(resolved: &Resolved) -> Result<Box<dyn ModelClient>> {
@@ -75,14 +83,17 @@ pub fn client(resolved: &Resolved) -> Result<Box<dyn ModelClient>> {
 
 pub fn open_store(dirs: &Dirs) -> Result<Arc<Mutex<Store>>> {
     let path = store_path(&dirs.data_dir);
-    let store = Store::open(&path).with_context(|| format!("cannot open the session store {}", path.display()))?;
+    let store = Store::open(&path)
+        .with_context(|| format!("cannot open the session store {}", path.display()))?;
     Ok(Arc::new(Mutex::new(store)))
 }
 
 pub fn session_config(p: &Prepared) -> Result<SessionConfig> {
     let backend = match p.resolved.backend.as_str() {
         "auto" => None,
-        name => Some(BackendKind::parse(name).with_context(|| format!("unknown backend '{name}'"))?),
+        name => {
+            Some(BackendKind::parse(name).with_context(|| format!("unknown backend '{name}'"))?)
+        }
     };
     Ok(SessionConfig {
         project: p.project.clone(),
@@ -112,9 +123,11 @@ pub fn agent_options(p: &Prepared, memory: String) -> AgentOptions {
 
 pub fn build_agent(p: &Prepared, session: &Session, memory: String) -> Result<Agent> {
     let client = client(&p.resolved)?;
-    Ok(Agent::new(client, session.sandbox.clone(), agent_options(p, memory))
-        .with_history(session.repo.clone())
-        .with_store(session.store.clone(), session.id.clone()))
+    Ok(
+        Agent::new(client, session.sandbox.clone(), agent_options(p, memory))
+            .with_history(session.repo.clone())
+            .with_store(session.store.clone(), session.id.clone()),
+    )
 }
 
 /// A cancellation token fired by SIGINT or SIGTERM.
@@ -123,7 +136,10 @@ pub fn cancel_on_signals() -> safe_coder_sandbox::CancellationToken {
     let t = token.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
             return;
         };
         tokio::select! {

@@ -5,8 +5,8 @@ use std::time::Instant;
 use safe_coder_history::SessionRepo;
 use safe_coder_llm::{LlmError, ModelClient};
 use safe_coder_protocol::{
-    ApprovalDecision, ApprovalMode, ApprovalRequest, ContentBlock, Event, Message,
-    ModelRequest, Role, StreamEvent, ToolOutcome, Usage,
+    ApprovalDecision, ApprovalMode, ApprovalRequest, ContentBlock, Event, Message, ModelRequest,
+    Role, StreamEvent, ToolOutcome, Usage,
 };
 use safe_coder_sandbox::{CancellationToken, Sandbox};
 use safe_coder_store::Store;
@@ -101,7 +101,11 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(client: Box<dyn ModelClient>, sandbox: Arc<dyn Sandbox>, options: AgentOptions) -> Agent {
+    pub fn new(
+        client: Box<dyn ModelClient>,
+        sandbox: Arc<dyn Sandbox>,
+        options: AgentOptions,
+    ) -> Agent {
         Agent {
             client,
             sandbox,
@@ -220,7 +224,11 @@ impl Agent {
             model: self.options.model.clone(),
             system,
             messages,
-            tools: if with_tools { safe_coder_tools::specs(read_only) } else { Vec::new() },
+            tools: if with_tools {
+                safe_coder_tools::specs(read_only)
+            } else {
+                Vec::new()
+            },
             max_tokens: self.options.max_tokens,
         }
     }
@@ -234,7 +242,10 @@ impl Agent {
                 let _ = s.record_usage(id, &self.options.model, usage);
             }
         }
-        events.emit(Event::Usage { last: usage, total: self.stats.total_usage });
+        events.emit(Event::Usage {
+            last: usage,
+            total: self.stats.total_usage,
+        });
     }
 
     /// Tokens the next request would carry: the API's last count where we have one.
@@ -250,24 +261,35 @@ impl Agent {
 
     /// Replace the conversation by a summary the model writes (`/compress`, and
     /// automatically when the conversation nears the context window).
-    pub async fn compact(&mut self, events: &dyn EventSink, cancel: &CancellationToken) -> Result<(), CoreError> {
+    pub async fn compact(
+        &mut self,
+        events: &dyn EventSink,
+        cancel: &CancellationToken,
+    ) -> Result<(), CoreError> {
         if self.messages.is_empty() {
             return Ok(());
         }
         let before = self.context_tokens();
         let mut request = self.build_request(self.system_prompt(), false);
         match request.messages.last_mut() {
-            Some(last) if last.role == Role::User => last.content.push(ContentBlock::Text { text: SUMMARY_REQUEST.into() }),
+            Some(last) if last.role == Role::User => last.content.push(ContentBlock::Text {
+                text: SUMMARY_REQUEST.into(),
+            }),
             _ => request.messages.push(Message::user_text(SUMMARY_REQUEST)),
         }
         // A request without tools must not carry tool blocks for some APIs: flatten them.
         for m in &mut request.messages {
             for b in &mut m.content {
                 let text = match b {
-                    ContentBlock::ToolUse { name, input, .. } => Some(format!("[called tool {name} with {input}]")),
-                    ContentBlock::ToolResult { content, is_error, .. } => {
-                        Some(format!("[tool result{}]\n{content}", if *is_error { " (error)" } else { "" }))
+                    ContentBlock::ToolUse { name, input, .. } => {
+                        Some(format!("[called tool {name} with {input}]"))
                     }
+                    ContentBlock::ToolResult {
+                        content, is_error, ..
+                    } => Some(format!(
+                        "[tool result{}]\n{content}",
+                        if *is_error { " (error)" } else { "" }
+                    )),
                     ContentBlock::Text { .. } => None,
                 };
                 if let Some(text) = text {
@@ -308,7 +330,9 @@ impl Agent {
                     events.emit(Event::TurnCancelled);
                     return Ok(TurnOutcome::Cancelled);
                 }
-                events.emit(Event::Error { message: format!("could not compact the conversation: {e}") });
+                events.emit(Event::Error {
+                    message: format!("could not compact the conversation: {e}"),
+                });
             }
         }
         self.push(Message::user_text(user_text));
@@ -318,9 +342,15 @@ impl Agent {
             let request = self.build_request(self.system_prompt(), true);
             let mut on_stream = |e: StreamEvent| match e {
                 StreamEvent::TextDelta { text } => events.emit(Event::TextDelta { text }),
-                StreamEvent::Retrying { attempt, delay_ms, reason } => {
-                    events.emit(Event::Retrying { attempt, delay_ms, reason })
-                }
+                StreamEvent::Retrying {
+                    attempt,
+                    delay_ms,
+                    reason,
+                } => events.emit(Event::Retrying {
+                    attempt,
+                    delay_ms,
+                    reason,
+                }),
                 StreamEvent::ToolCallStarted { .. } => {}
             };
             let response = match self.client.stream(&request, &mut on_stream, cancel).await {
@@ -331,7 +361,9 @@ impl Agent {
                     return Ok(TurnOutcome::Cancelled);
                 }
                 Err(e) => {
-                    events.emit(Event::Error { message: e.to_string() });
+                    events.emit(Event::Error {
+                        message: e.to_string(),
+                    });
                     return Err(e.into());
                 }
             };
@@ -350,14 +382,19 @@ impl Agent {
             }
 
             let (results, cancelled) = self.run_tools(&calls, approver, events, cancel).await;
-            self.push(Message { role: Role::User, content: results });
+            self.push(Message {
+                role: Role::User,
+                content: results,
+            });
             if cancelled {
                 events.emit(Event::TurnCancelled);
                 return Ok(TurnOutcome::Cancelled);
             }
         }
         let err = CoreError::MaxTurns(self.options.max_turns);
-        events.emit(Event::Error { message: err.to_string() });
+        events.emit(Event::Error {
+            message: err.to_string(),
+        });
         Err(err)
     }
 
@@ -386,7 +423,11 @@ impl Agent {
                 });
                 continue;
             }
-            events.emit(Event::ToolCallStarted { id: id.clone(), name: name.clone(), input: input.clone() });
+            events.emit(Event::ToolCallStarted {
+                id: id.clone(),
+                name: name.clone(),
+                input: input.clone(),
+            });
             let mut started = Instant::now();
 
             let (content, outcome) = match self.authorize(id, name, input, approver, events).await {
@@ -394,7 +435,10 @@ impl Agent {
                 Ok(()) => {
                     // The tool's own time, without the time the user took to approve.
                     started = Instant::now();
-                    let ctx = safe_coder_tools::ToolContext { sandbox: &*self.sandbox, cancel: cancel.clone() };
+                    let ctx = safe_coder_tools::ToolContext {
+                        sandbox: &*self.sandbox,
+                        cancel: cancel.clone(),
+                    };
                     let out = safe_coder_tools::run(name, input, &ctx).await;
                     if !safe_coder_tools::is_read_only(name) {
                         may_have_changed = true;
@@ -406,7 +450,11 @@ impl Agent {
                     if !executed.contains(name) {
                         executed.push(name.clone());
                     }
-                    let outcome = if out.is_error { ToolOutcome::Error } else { ToolOutcome::Ok };
+                    let outcome = if out.is_error {
+                        ToolOutcome::Error
+                    } else {
+                        ToolOutcome::Ok
+                    };
                     (out.content, outcome)
                 }
             };
@@ -439,12 +487,19 @@ impl Agent {
                 let message = format!("Agent executed: {}", executed.join(", "));
                 let paths = if full_scan { None } else { Some(touched) };
                 let msg = message.clone();
-                let res = tokio::task::spawn_blocking(move || repo.commit_changes(&msg, paths.as_deref())).await;
+                let res = tokio::task::spawn_blocking(move || {
+                    repo.commit_changes(&msg, paths.as_deref())
+                })
+                .await;
                 match res {
                     Ok(Ok(Some(commit))) => events.emit(Event::Committed { message, commit }),
                     Ok(Ok(None)) => {}
-                    Ok(Err(e)) => events.emit(Event::Error { message: format!("could not record the commit: {e}") }),
-                    Err(e) => events.emit(Event::Error { message: format!("could not record the commit: {e}") }),
+                    Ok(Err(e)) => events.emit(Event::Error {
+                        message: format!("could not record the commit: {e}"),
+                    }),
+                    Err(e) => events.emit(Event::Error {
+                        message: format!("could not record the commit: {e}"),
+                    }),
                 }
             }
         }
@@ -478,8 +533,14 @@ impl Agent {
             // Unknown tools and malformed calls are refused by the tool itself.
             None => return Ok(()),
         };
-        let request = ApprovalRequest { tool_call_id: id.to_string(), tool_name: name.to_string(), subject };
-        events.emit(Event::ApprovalRequested { request: request.clone() });
+        let request = ApprovalRequest {
+            tool_call_id: id.to_string(),
+            tool_name: name.to_string(),
+            subject,
+        };
+        events.emit(Event::ApprovalRequested {
+            request: request.clone(),
+        });
         match approver.approve(request).await {
             ApprovalDecision::Approve => Ok(()),
             ApprovalDecision::ApproveAlwaysForTool => {
@@ -487,9 +548,9 @@ impl Agent {
                 Ok(())
             }
             ApprovalDecision::Deny => Err(format!("Not run: the user refused this {name} call.")),
-            ApprovalDecision::DenyWithReason { reason } => {
-                Err(format!("Not run: the user refused this {name} call: {reason}"))
-            }
+            ApprovalDecision::DenyWithReason { reason } => Err(format!(
+                "Not run: the user refused this {name} call: {reason}"
+            )),
         }
     }
 }

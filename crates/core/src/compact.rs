@@ -21,4 +21,5 @@ Write that summary now: the user's goals and requests, what has been done (files
 decisions made, the current state, and what remains to do. Be specific (file names, function names, errors). Do not call tools.";
 
 /// The header of the message that replaces the compacted turns.
-pub const SUMMARY_HEADER: &str = "[Summary of the earlier conversation, compacted to save context]\n\n";
+pub const SUMMARY_HEADER: &str =
+    "[Summary of the earlier conversation, compacted to save context]\n\n";

@@ -94,12 +94,12 @@ fn open_sandbox(
     Ok(match backend {
         BackendKind::Direct | BackendKind::Copy => Arc::new(HostSandbox::new(backend, work.to_path_buf(), None)?),
         BackendKind::Process => {
-            let limits = safe_coder_sandbox::process::ProcessLimits {
-                memory_mb,
-                cpus,
-                ..Default::default()
-            };
-            Arc::new(safe_coder_sandbox::process::open_process_sandbox(work.to_path_buf(), limits)?)
+            use safe_coder_sandbox::process::{ProcessConfiner, ProcessLimits};
+            let limits = ProcessLimits { memory_mb, cpus, ..Default::default() };
+            let (dirs, env) = user_toolchains();
+            let inner = ProcessConfiner::new(limits)?.with_read_only_paths(dirs);
+            let confiner = ToolchainConfiner { inner, env };
+            Arc::new(HostSandbox::new(BackendKind::Process, work.to_path_buf(), Some(Arc::new(confiner)))?)
         }
         other => {
             return Err(SessionError::Other(format!(
@@ -110,25 +110,101 @@ fn open_sandbox(
     })
 }
 
+/// Toolchains installed in the user's home (`~/.cargo/bin`, `~/.rustup`, pyenv, nvm...)
+/// are hidden with the rest of the home by the `process` backend. The directories on
+/// `PATH` that live under `$HOME`, `~/.rustup` (which rustup's proxies need) and
+/// `~/.pyenv` are made visible read-only, so the agent can still build and test; the
+/// variables that tell those tools where they live are set, since `HOME` differs inside.
+/// Nothing else of the home is visible (no `~/.cargo/credentials.toml`, no `~/.ssh`).
+fn user_toolchains() -> (Vec<PathBuf>, Vec<(String, String)>) {
+    let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
+        return (Vec::new(), Vec::new());
+    };
+    if home == Path::new("/") {
+        return (Vec::new(), Vec::new());
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    let mut env = Vec::new();
+    for (dir, var) in [(".rustup", "RUSTUP_HOME"), (".pyenv", "PYENV_ROOT")] {
+        let p = home.join(dir);
+        if p.is_dir() {
+            if std::env::var_os(var).is_none() {
+                env.push((var.to_string(), p.display().to_string()));
+            }
+            candidates.push(p);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for entry in std::env::split_paths(&path) {
+            if entry.starts_with(&home) && entry != home && entry.is_dir() {
+                candidates.push(entry);
+            }
+        }
+    }
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for c in &candidates {
+        let covered = candidates.iter().any(|o| o != c && c.starts_with(o));
+        if !covered && !dirs.contains(c) {
+            dirs.push(c.clone());
+        }
+    }
+    (dirs, env)
+}
+
+/// The process confiner plus the toolchain variables of [`user_toolchains`].
+struct ToolchainConfiner {
+    inner: safe_coder_sandbox::process::ProcessConfiner,
+    env: Vec<(String, String)>,
+}
+
+impl safe_coder_sandbox::host::CommandConfiner for ToolchainConfiner {
+    fn build(&self, command: &str, workdir: &Path) -> Result<std::process::Command, safe_coder_sandbox::SandboxError> {
+        let mut cmd = self.inner.build(command, workdir)?;
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        Ok(cmd)
+    }
+
+    fn memory_limit_mb(&self) -> Option<u64> {
+        self.inner.memory_limit_mb()
+    }
+
+    fn cpus(&self) -> Option<f64> {
+        self.inner.cpus()
+    }
+}
+
 impl Session {
     /// Creates the session directory, copies the project in (or sets up the shadow
     /// repository for `direct`), records the session and opens its sandbox.
-    pub fn start(config: &SessionConfig, store: Arc<Mutex<Store>>) -> Result<Session, SessionError> {
-        let project = config
-            .project
-            .canonicalize()
-            .map_err(|e| SessionError::Other(format!("cannot open the project {}: {e}", config.project.display())))?;
+    pub fn start(
+        config: &SessionConfig,
+        store: Arc<Mutex<Store>>,
+    ) -> Result<Session, SessionError> {
+        let project = config.project.canonicalize().map_err(|e| {
+            SessionError::Other(format!(
+                "cannot open the project {}: {e}",
+                config.project.display()
+            ))
+        })?;
         if !project.is_dir() {
-            return Err(SessionError::Other(format!("{} is not a directory", project.display())));
+            return Err(SessionError::Other(format!(
+                "{} is not a directory",
+                project.display()
+            )));
         }
         let (backend, note) = safe_coder_sandbox::select::choose(config.backend)?;
         let id = new_id();
         let dir = sessions_dir(&config.data_dir).join(&id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| SessionError::Other(format!("cannot create the session directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            SessionError::Other(format!(
+                "cannot create the session directory {}: {e}",
+                dir.display()
+            ))
+        })?;
 
         let (repo, work) = if backend == BackendKind::Direct {
-            let repo = SessionRepo::create_shadow(&project, &dir.join("shadow.git"), &config.exclude)?;
+            let repo =
+                SessionRepo::create_shadow(&project, &dir.join("shadow.git"), &config.exclude)?;
             (repo, project.clone())
         } else {
             let work = dir.join("work");
@@ -137,7 +213,9 @@ impl Session {
         };
         let base = repo.base()?;
         {
-            let s = store.lock().map_err(|_| SessionError::Other("the session store is poisoned".into()))?;
+            let s = store
+                .lock()
+                .map_err(|_| SessionError::Other("the session store is poisoned".into()))?;
             s.create_session(&NewSession {
                 id: id.clone(),
                 project: project.display().to_string(),
@@ -165,13 +243,25 @@ impl Session {
     }
 
     /// Reopens a recorded session (resume, `sessions sync`).
-    pub fn open(record: &SessionRecord, store: Arc<Mutex<Store>>, memory_mb: u64, cpus: f64) -> Result<Session, SessionError> {
-        let backend = BackendKind::parse(&record.backend)
-            .ok_or_else(|| SessionError::Other(format!("session {} has an unknown backend '{}'", record.id, record.backend)))?;
+    pub fn open(
+        record: &SessionRecord,
+        store: Arc<Mutex<Store>>,
+        memory_mb: u64,
+        cpus: f64,
+    ) -> Result<Session, SessionError> {
+        let backend = BackendKind::parse(&record.backend).ok_or_else(|| {
+            SessionError::Other(format!(
+                "session {} has an unknown backend '{}'",
+                record.id, record.backend
+            ))
+        })?;
         let dir = PathBuf::from(&record.session_dir);
         let project = PathBuf::from(&record.project);
         let (repo, work) = if backend == BackendKind::Direct {
-            (SessionRepo::open(&project, &dir.join("shadow.git"))?, project.clone())
+            (
+                SessionRepo::open(&project, &dir.join("shadow.git"))?,
+                project.clone(),
+            )
         } else {
             let work = dir.join("work");
             (SessionRepo::open(&work, &work.join(".git"))?, work)
@@ -220,7 +310,11 @@ impl Session {
     /// With `ending == false` (`/sync` mid-session) the session always goes on: rejected
     /// files are reverted in the sandbox, and nothing is removed.
     pub fn review(&self, review: Review, ending: bool) -> Result<(SyncReport, bool), SessionError> {
-        let empty = SyncReport { applied: vec![], conflicts: vec![], skipped: vec![] };
+        let empty = SyncReport {
+            applied: vec![],
+            conflicts: vec![],
+            skipped: vec![],
+        };
         if self.backend == BackendKind::Direct {
             // The changes are already in the project; the shadow history stays for /undo.
             self.set_state(SessionState::Synced);
@@ -239,7 +333,9 @@ impl Session {
                 self.remove_dir();
                 Ok((empty, true))
             }
-            Review::AcceptAll => self.finish_sync(sync::sync_back(&self.repo, &self.project, None)?),
+            Review::AcceptAll => {
+                self.finish_sync(sync::sync_back(&self.repo, &self.project, None)?)
+            }
             Review::Pick(paths) => {
                 let report = sync::sync_back(&self.repo, &self.project, Some(&paths))?;
                 // Rejected files go back to the base in the session, so they are not
@@ -251,13 +347,19 @@ impl Session {
     }
 
     fn review_mid_session(&self, review: Review) -> Result<(SyncReport, bool), SessionError> {
-        let empty = SyncReport { applied: vec![], conflicts: vec![], skipped: vec![] };
+        let empty = SyncReport {
+            applied: vec![],
+            conflicts: vec![],
+            skipped: vec![],
+        };
         let report = match review {
             Review::Keep => empty,
             Review::AcceptAll => sync::sync_back(&self.repo, &self.project, None)?,
             Review::RejectAll => {
                 self.repo.restore(None)?;
-                let _ = self.repo.commit_changes("Rejected by the user at review", None);
+                let _ = self
+                    .repo
+                    .commit_changes("Rejected by the user at review", None);
                 empty
             }
             Review::Pick(paths) => {
@@ -281,7 +383,9 @@ impl Session {
             }
         }
         if rejected {
-            let _ = self.repo.commit_changes("Rejected by the user at review", None);
+            let _ = self
+                .repo
+                .commit_changes("Rejected by the user at review", None);
         }
         Ok(())
     }

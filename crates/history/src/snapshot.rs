@@ -89,8 +89,11 @@ pub(crate) fn copy_and_snapshot(
     excludes: &[String],
     message: &str,
 ) -> Result<String, HistoryError> {
+    let t0 = std::time::Instant::now();
+    let trace = std::env::var_os("SC_TRACE").is_some();
     let ex = Excludes::new(excludes)?;
     let (dirs, files, links) = walk(project, &ex)?;
+    if trace { eprintln!("walk {:?}", t0.elapsed()); }
     for d in &dirs {
         let p = work_tree.join(d);
         fs::create_dir_all(&p).ctx(|| format!("cannot create {}", p.display()))?;
@@ -119,6 +122,7 @@ pub(crate) fn copy_and_snapshot(
         }
     }
 
+    if trace { eprintln!("prepass {:?}", t0.elapsed()); }
     // Balance the threads by bytes.
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
     let threads = if files.len() < 64 { 1 } else { threads };
@@ -164,6 +168,7 @@ pub(crate) fn copy_and_snapshot(
             .collect()
     });
 
+    if trace { eprintln!("copy {:?}", t0.elapsed()); }
     let mut entries: Vec<Entry> = Vec::with_capacity(files.len() + links.len());
     let mut blob_ids: HashSet<Oid> = HashSet::with_capacity(files.len());
     for r in results {
@@ -209,10 +214,12 @@ pub(crate) fn copy_and_snapshot(
     }
     pack.finish()?;
 
+    if trace { eprintln!("trees {:?}", t0.elapsed()); }
     let commit_hex = hex(&commit_id);
     write_ref(git_dir, "refs/heads/main", &commit_hex)?;
     write_ref(git_dir, "refs/safe-coder/base", &commit_hex)?;
     index::write_index(&git_dir.join("index"), &entries, &nodes)?;
+    if trace { eprintln!("index {:?}", t0.elapsed()); }
     Ok(commit_hex)
 }
 

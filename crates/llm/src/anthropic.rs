@@ -12,8 +12,8 @@ use crate::transport::{
     generic_error_info, one_line, ErrorInfo, Failure, OnEvent, StreamState, TransientKind, Wire,
 };
 use crate::{
-    parse_tool_input, ContentBlock, LlmError, Message, ModelRequest, ModelResponse,
-    ProviderConfig, ProviderKind, Role, StopReason, StreamEvent, Usage,
+    parse_tool_input, ContentBlock, LlmError, Message, ModelRequest, ModelResponse, ProviderConfig,
+    ProviderKind, Role, StopReason, StreamEvent, Usage,
 };
 
 pub(crate) const API_VERSION: &str = "2023-06-01";
@@ -115,7 +115,7 @@ impl Wire for Anthropic {
                         Block::Tool {
                             id,
                             name,
-                                json: input.to_string(),
+                            json: input.to_string(),
                             streamed: true,
                         },
                     );
@@ -313,8 +313,7 @@ impl AnthropicStream {
                 }
             }
             "message_delta" => {
-                if let Some(stop) = value.pointer("/delta/stop_reason").and_then(Value::as_str)
-                {
+                if let Some(stop) = value.pointer("/delta/stop_reason").and_then(Value::as_str) {
                     self.stop = Some(stop.to_string());
                 }
                 if let Some(usage) = value.get("usage") {

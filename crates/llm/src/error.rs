@@ -47,6 +47,14 @@ pub enum LlmError {
     #[error("the {provider} endpoint {url} does not exist (HTTP 404): check the base URL, e.g. {example}", example = base_url_hint(*provider))]
     EndpointNotFound { provider: ProviderKind, url: String },
 
+    /// HTTP 200 with a web page: the base URL points at a website, not the API.
+    #[error("the server at {url} answered with a web page ({content_type}), not the {provider} API: check the base URL, e.g. {example}", example = base_url_hint(*provider))]
+    NotAnApi {
+        provider: ProviderKind,
+        url: String,
+        content_type: String,
+    },
+
     /// The conversation no longer fits the model's context window (not retried).
     #[error("the conversation is too long for the model ({detail}): run /compress or start a new session")]
     ContextTooLong {
@@ -71,7 +79,9 @@ pub enum LlmError {
     },
 
     /// Still failing with a 5xx (or a mid-stream `error` event) after the last retry.
-    #[error("the {provider} API kept failing after {attempts} attempts ({detail}): try again later")]
+    #[error(
+        "the {provider} API kept failing after {attempts} attempts ({detail}): try again later"
+    )]
     Server {
         provider: ProviderKind,
         attempts: u32,
@@ -107,9 +117,7 @@ pub enum LlmError {
 
 fn auth_fix(provider: ProviderKind) -> &'static str {
     match provider {
-        ProviderKind::Anthropic => {
-            "set ANTHROPIC_API_KEY or run `safe-coder config --api-key KEY`"
-        }
+        ProviderKind::Anthropic => "set ANTHROPIC_API_KEY or run `safe-coder config --api-key KEY`",
         ProviderKind::OpenAi => "set OPENAI_API_KEY or run `safe-coder config --api-key KEY`",
         ProviderKind::Ollama => "set it with `safe-coder config --api-key KEY`",
     }
@@ -137,7 +145,9 @@ fn connect_fix(provider: ProviderKind) -> &'static str {
         ProviderKind::Ollama => {
             "is `ollama serve` running? set OLLAMA_HOST or --base-url if it listens elsewhere"
         }
-        ProviderKind::OpenAi => "check the base URL (OPENAI_BASE_URL or --base-url) and your network",
+        ProviderKind::OpenAi => {
+            "check the base URL (OPENAI_BASE_URL or --base-url) and your network"
+        }
         ProviderKind::Anthropic => "check the base URL (--base-url) and your network",
     }
 }
@@ -154,6 +164,7 @@ impl LlmError {
                 | LlmError::PermissionDenied { .. }
                 | LlmError::ModelNotFound { .. }
                 | LlmError::EndpointNotFound { .. }
+                | LlmError::NotAnApi { .. }
         )
     }
 }

@@ -236,9 +236,9 @@ pub trait ModelClient: Send + Sync {
 /// Makes the client for `config`. Cheap: the HTTP client is built on the first request.
 pub fn client(config: ProviderConfig) -> Result<Box<dyn ModelClient>, LlmError> {
     Ok(match config.kind {
-        ProviderKind::Anthropic => Box::new(transport::HttpClient::<anthropic::Anthropic>::new(
-            config,
-        )?),
+        ProviderKind::Anthropic => {
+            Box::new(transport::HttpClient::<anthropic::Anthropic>::new(config)?)
+        }
         ProviderKind::OpenAi => Box::new(transport::HttpClient::<openai::OpenAi>::new(config)?),
         ProviderKind::Ollama => Box::new(transport::HttpClient::<ollama::Ollama>::new(config)?),
     })
@@ -281,7 +281,9 @@ mod tests {
             assert_eq!(kind.to_string(), kind.as_str());
         }
         assert_eq!("OpenAI".parse::<ProviderKind>(), Ok(ProviderKind::OpenAi));
-        let err = "gemini".parse::<ProviderKind>().expect_err("not a provider");
+        let err = "gemini"
+            .parse::<ProviderKind>()
+            .expect_err("not a provider");
         assert_eq!(
             err.to_string(),
             "unknown provider `gemini`: use anthropic, openai or ollama"

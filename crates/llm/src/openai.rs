@@ -216,9 +216,7 @@ impl OpenAiStream {
             None => {
                 let last = self.calls.keys().next_back().copied();
                 match last {
-                    Some(i) if id.is_empty() || self.calls.get(&i).is_some_and(|c| c.id == id) => {
-                        i
-                    }
+                    Some(i) if id.is_empty() || self.calls.get(&i).is_some_and(|c| c.id == id) => i,
                     Some(i) => i + 1,
                     None => 0,
                 }

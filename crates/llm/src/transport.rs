@@ -139,7 +139,12 @@ impl<W: Wire> HttpClient<W> {
             ProviderKind::OpenAi => host == "api.openai.com",
             ProviderKind::Ollama => false,
         };
-        if official && config.api_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
+        if official
+            && config
+                .api_key
+                .as_deref()
+                .is_none_or(|k| k.trim().is_empty())
+        {
             return Err(LlmError::MissingApiKey { provider: W::KIND });
         }
         let loopback =
@@ -287,11 +292,21 @@ impl<W: Wire> HttpClient<W> {
             let text = read_limited(&mut response, MAX_ERROR_BODY).await;
             return Err(self.status_failure(status, &text, retry_after, model));
         }
-        let is_json = response
+        let content_type = response
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().starts_with("application/json"));
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if content_type.starts_with("text/html") {
+            return Err(Failure::Fatal(LlmError::NotAnApi {
+                provider: W::KIND,
+                url: self.url.clone(),
+                content_type,
+            }));
+        }
+        let is_json = content_type.starts_with("application/json");
         if is_json && W::KIND != ProviderKind::Ollama {
             let bytes = read_full(&mut response).await?;
             return W::parse_full(&bytes, on_event);

@@ -287,7 +287,15 @@ async fn multi_turn_tool_scenario(kind: ProviderKind) {
             let roles: Vec<&str> = msgs.iter().filter_map(|m| m["role"].as_str()).collect();
             assert_eq!(
                 roles,
-                ["system", "user", "assistant", "tool", "tool", "assistant", "tool"]
+                [
+                    "system",
+                    "user",
+                    "assistant",
+                    "tool",
+                    "tool",
+                    "assistant",
+                    "tool"
+                ]
             );
             assert_eq!(msgs[0]["content"], "You are a careful coding agent.");
             assert_eq!(msgs[2]["content"], "I will write the file, then run it.");
@@ -295,10 +303,9 @@ async fn multi_turn_tool_scenario(kind: ProviderKind) {
             assert_eq!(tc[0]["id"], calls[0].0.as_str());
             assert_eq!(tc[0]["type"], "function");
             assert_eq!(tc[0]["function"]["name"], "write_file");
-            let args: Value = serde_json::from_str(
-                tc[0]["function"]["arguments"].as_str().expect("string"),
-            )
-            .expect("arguments are JSON text");
+            let args: Value =
+                serde_json::from_str(tc[0]["function"]["arguments"].as_str().expect("string"))
+                    .expect("arguments are JSON text");
             assert_eq!(args, calls[0].2);
             assert_eq!(msgs[3]["tool_call_id"], calls[0].0.as_str());
             assert_eq!(msgs[3]["content"], "result of write_file");
@@ -309,17 +316,31 @@ async fn multi_turn_tool_scenario(kind: ProviderKind) {
         }
         ProviderKind::Ollama => {
             assert_eq!(reqs[0].path, "/api/chat");
-            assert_eq!(reqs[0].header("authorization"), Some(&*format!("Bearer {KEY}")));
+            assert_eq!(
+                reqs[0].header("authorization"),
+                Some(&*format!("Bearer {KEY}"))
+            );
             assert_eq!(last["options"]["num_predict"], 1024);
             assert_eq!(last["tools"][2]["function"]["name"], "bash");
             let msgs = last["messages"].as_array().expect("messages");
             let roles: Vec<&str> = msgs.iter().filter_map(|m| m["role"].as_str()).collect();
             assert_eq!(
                 roles,
-                ["system", "user", "assistant", "tool", "tool", "assistant", "tool"]
+                [
+                    "system",
+                    "user",
+                    "assistant",
+                    "tool",
+                    "tool",
+                    "assistant",
+                    "tool"
+                ]
             );
             assert_eq!(msgs[2]["tool_calls"][0]["function"]["name"], "write_file");
-            assert_eq!(msgs[2]["tool_calls"][1]["function"]["arguments"], calls[1].2);
+            assert_eq!(
+                msgs[2]["tool_calls"][1]["function"]["arguments"],
+                calls[1].2
+            );
             assert_eq!(msgs[3]["tool_name"], "write_file");
             assert_eq!(msgs[3]["content"], "result of write_file");
             assert_eq!(msgs[4]["tool_name"], "bash");
@@ -339,11 +360,7 @@ async fn one_shot(
     Vec<StreamEvent>,
 ) {
     let (server, client) = start(kind, Script::new(replies));
-    let (result, events) = run(
-        client.as_ref(),
-        &request(vec![Message::user_text("hello")]),
-    )
-    .await;
+    let (result, events) = run(client.as_ref(), &request(vec![Message::user_text("hello")])).await;
     (server, result, events)
 }
 
@@ -402,11 +419,18 @@ async fn broken_streams_are_retried_and_never_returned_as_answers() {
         for kind in ProviderKind::ALL {
             let (_server, result, events) = one_shot(
                 kind,
-                vec![Reply::fault(fault.clone()), Reply::text("the complete answer")],
+                vec![
+                    Reply::fault(fault.clone()),
+                    Reply::text("the complete answer"),
+                ],
             )
             .await;
             let response = result.unwrap_or_else(|e| panic!("{kind} {fault:?}: {e}"));
-            assert_eq!(response.message.text(), "the complete answer", "{kind} {fault:?}");
+            assert_eq!(
+                response.message.text(),
+                "the complete answer",
+                "{kind} {fault:?}"
+            );
             assert_eq!(retries(&events).len(), 1, "{kind} {fault:?}: {events:?}");
             assert_eq!(streamed_text(&events), "the complete answer");
         }
@@ -448,8 +472,7 @@ async fn unknown_events_and_pings_are_ignored() {
         .with_noise(true)
         .with_delta_chars(3);
         let (_server, client) = start(kind, script);
-        let (result, events) =
-            run(client.as_ref(), &request(vec![Message::user_text("hi")])).await;
+        let (result, events) = run(client.as_ref(), &request(vec![Message::user_text("hi")])).await;
         let response = result.unwrap_or_else(|e| panic!("{kind}: {e}"));
         assert_eq!(response.message.text(), "noise all around");
         assert_eq!(streamed_text(&events), "noise all around");
@@ -559,8 +582,8 @@ async fn a_wrong_base_url_names_the_convention() {
         (ProviderKind::OpenAi, "/v2", "with /v1"),
         (ProviderKind::Ollama, "/v1", "without /api"),
     ] {
-        let server = MockServer::start(wire(kind), Script::new(vec![Reply::text("never")]))
-            .expect("server");
+        let server =
+            MockServer::start(wire(kind), Script::new(vec![Reply::text("never")])).expect("server");
         let base = match kind {
             ProviderKind::OpenAi => format!("http://{}{suffix}", server.addr()),
             _ => format!("{}{suffix}", server.base_url()),
@@ -575,6 +598,23 @@ async fn a_wrong_base_url_names_the_convention() {
         assert!(err.to_string().contains(hint), "{kind}: {err}");
         assert_eq!(server.remaining(), 1);
     }
+}
+
+#[tokio::test]
+async fn a_web_page_is_not_taken_for_the_api() {
+    let (server, result, _) = one_shot(
+        ProviderKind::OpenAi,
+        vec![Reply::Raw {
+            status: 200,
+            headers: vec![("content-type".into(), "text/html; charset=utf-8".into())],
+            body: "<html><body>Welcome</body></html>".into(),
+        }],
+    )
+    .await;
+    let err = result.expect_err("html");
+    assert!(matches!(err, LlmError::NotAnApi { .. }), "{err:?}");
+    assert!(err.to_string().contains("with /v1"), "{err}");
+    assert_eq!(server.model_requests().len(), 1, "not retried");
 }
 
 #[tokio::test]
@@ -645,7 +685,10 @@ async fn invalid_tool_arguments_become_an_input_the_core_can_answer() {
         messages.push(results_for(&response, "bash"));
         let (result, _) = run(client.as_ref(), &request(messages)).await;
         assert_eq!(
-            result.unwrap_or_else(|e| panic!("{kind}: {e}")).message.text(),
+            result
+                .unwrap_or_else(|e| panic!("{kind}: {e}"))
+                .message
+                .text(),
             "ok"
         );
         assert_eq!(server.remaining(), 0);

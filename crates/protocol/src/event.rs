@@ -32,7 +32,9 @@ pub enum Event {
     /// A user message was accepted and the model is being asked.
     TurnStarted,
     /// A piece of streamed assistant text.
-    TextDelta { text: String },
+    TextDelta {
+        text: String,
+    },
     /// The provider is retrying; drop the text streamed since the last request.
     Retrying {
         attempt: u32,
@@ -40,13 +42,17 @@ pub enum Event {
         reason: String,
     },
     /// One model reply is complete (it may be followed by tool calls).
-    AssistantMessage { text: String },
+    AssistantMessage {
+        text: String,
+    },
     ToolCallStarted {
         id: String,
         name: String,
         input: Value,
     },
-    ApprovalRequested { request: ApprovalRequest },
+    ApprovalRequested {
+        request: ApprovalRequest,
+    },
     ToolCallFinished {
         id: String,
         name: String,
@@ -56,19 +62,33 @@ pub enum Event {
         duration_ms: u64,
     },
     /// Token usage of one model request, and the session's totals.
-    Usage { last: Usage, total: Usage },
+    Usage {
+        last: Usage,
+        total: Usage,
+    },
     /// A commit was recorded in the session history.
-    Committed { message: String, commit: String },
+    Committed {
+        message: String,
+        commit: String,
+    },
     /// Something went wrong; the session goes on where it can.
-    Error { message: String },
+    Error {
+        message: String,
+    },
     /// The model ended its turn; `text` is its final answer.
-    TurnFinished { text: String },
+    TurnFinished {
+        text: String,
+    },
     /// The turn was cancelled by the user.
     TurnCancelled,
     /// An informational line for the user (backend choice, compaction...).
-    Notice { message: String },
+    Notice {
+        message: String,
+    },
     /// The agent's changes at the end of a session, before review.
-    ChangeSummary { changes: ChangeSet },
+    ChangeSummary {
+        changes: ChangeSet,
+    },
     /// What sync back did. `session_kept`: unsynced work remains in the session.
     SyncFinished {
         applied: Vec<String>,

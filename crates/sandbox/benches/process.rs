@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use safe_coder_sandbox::host::CommandConfiner;
-use safe_coder_sandbox::process::{ProcessConfiner, ProcessLimits};
+use safe_coder_sandbox::process::{Mechanism, ProcessConfiner, ProcessLimits};
 use safe_coder_sandbox::select;
 
 const RUNS: usize = 60;
@@ -70,8 +70,11 @@ fn main() {
     };
     let setup = setup.elapsed();
 
+    let inprocess =
+        ProcessConfiner::with_mechanism(ProcessLimits::default(), Mechanism::InProcess).ok();
     let mut plain = Vec::with_capacity(RUNS);
     let mut confined = Vec::with_capacity(RUNS);
+    let mut in_proc = Vec::with_capacity(RUNS);
     for i in 0..RUNS + 5 {
         let mut bash = Command::new("bash");
         bash.arg("-c").arg("true").current_dir(&work);
@@ -83,9 +86,16 @@ fn main() {
                 return;
             }
         };
+        let ip = inprocess
+            .as_ref()
+            .and_then(|conf| conf.build("true", &work).ok())
+            .map(time);
         if i >= 5 {
             plain.push(p);
             confined.push(c);
+            if let Some(ip) = ip {
+                in_proc.push(ip);
+            }
         }
     }
     let (p, c) = (median(plain), median(confined));
@@ -95,6 +105,18 @@ fn main() {
     println!(
         "  added by process          {:8.2} ms (target ≤ 10 ms)",
         ms(c.saturating_sub(p))
+    );
+    if !in_proc.is_empty() {
+        let ip = median(in_proc);
+        println!(
+            "  in-process mechanism      {:8.2} ms (+{:.2} ms; used without bwrap)",
+            ms(ip),
+            ms(ip.saturating_sub(p))
+        );
+    }
+    println!(
+        "  mechanism                 {}",
+        confiner.describe_mechanism()
     );
     println!(
         "  limits                    {}",

@@ -17,6 +17,9 @@
 //! Commands stay in the process group the caller gives them, so killing that group kills
 //! them; bwrap's PID-namespace init dies with it (`--die-with-parent`), and the kernel
 //! then kills whatever is left in the namespace, even processes that left the group.
+//!
+//! Without a working bwrap, [`Mechanism::InProcess`] confines the child itself
+//! (namespaces, Landlock, seccomp; see `process/inprocess.rs`).
 
 mod cgroup;
 mod inprocess;
@@ -369,6 +372,7 @@ enum Confinement {
     InProcess {
         support: inprocess::Support,
         tmp: inprocess::PrivateTmp,
+        rulesets: inprocess::RulesetCache,
     },
 }
 
@@ -396,7 +400,10 @@ impl ProcessConfiner {
     }
 
     /// A confiner that uses `mechanism` (tests and `sandbox doctor` use both).
-    pub fn with_mechanism(limits: ProcessLimits, mechanism: Mechanism) -> Result<Self, SandboxError> {
+    pub fn with_mechanism(
+        limits: ProcessLimits,
+        mechanism: Mechanism,
+    ) -> Result<Self, SandboxError> {
         let confinement = match mechanism {
             Mechanism::Bubblewrap => {
                 let bwrap = bwrap()?;
@@ -406,9 +413,15 @@ impl ProcessConfiner {
             Mechanism::InProcess => {
                 let support = inprocess::support().map_err(SandboxError::Unavailable)?;
                 let tmp = inprocess::PrivateTmp::create().map_err(|e| {
-                    SandboxError::Other(format!("could not create the sandbox's temp directory: {e}"))
+                    SandboxError::Other(format!(
+                        "could not create the sandbox's temp directory: {e}"
+                    ))
                 })?;
-                Confinement::InProcess { support, tmp }
+                Confinement::InProcess {
+                    support,
+                    tmp,
+                    rulesets: inprocess::RulesetCache::default(),
+                }
             }
         };
         let memory_bytes = limits.memory_mb.max(16).saturating_mul(1024 * 1024);
@@ -551,9 +564,11 @@ impl ProcessConfiner {
                 command,
                 Some(setup),
             ),
-            Confinement::InProcess { support, tmp } => {
-                inprocess::command(support, workdir, tmp.path(), command, Some(setup))
-            }
+            Confinement::InProcess {
+                support,
+                tmp,
+                rulesets,
+            } => inprocess::command(support, workdir, tmp.path(), command, rulesets, Some(setup)),
         }
     }
 }

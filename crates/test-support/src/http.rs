@@ -56,8 +56,14 @@ pub(crate) fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Opti
         }
     }
     let mut parts = line.split_whitespace();
-    let method = parts.next().ok_or_else(|| bad("empty request line"))?.to_string();
-    let path = parts.next().ok_or_else(|| bad("request line without a path"))?.to_string();
+    let method = parts
+        .next()
+        .ok_or_else(|| bad("empty request line"))?
+        .to_string();
+    let path = parts
+        .next()
+        .ok_or_else(|| bad("request line without a path"))?
+        .to_string();
 
     let mut headers = Vec::new();
     let mut head_bytes = line.len();

@@ -165,8 +165,17 @@ fn validate_anthropic(state: &State, req: &Request, body: &Value) -> Option<Resp
             ))
         }
         Some(key) => {
-            if state.script.api_key.as_deref().is_some_and(|want| want != key) {
-                return Some(anthropic_error(401, "authentication_error", "invalid x-api-key"));
+            if state
+                .script
+                .api_key
+                .as_deref()
+                .is_some_and(|want| want != key)
+            {
+                return Some(anthropic_error(
+                    401,
+                    "authentication_error",
+                    "invalid x-api-key",
+                ));
             }
         }
     }
@@ -297,7 +306,11 @@ fn validate_openai(state: &State, req: &Request, body: &Value) -> Option<Respons
     }
     if let Some(tools) = obj.get("tools") {
         let Some(tools) = tools.as_array() else {
-            return invalid("Invalid type for 'tools': expected an array.", Some("tools"), None);
+            return invalid(
+                "Invalid type for 'tools': expected an array.",
+                Some("tools"),
+                None,
+            );
         };
         for (i, tool) in tools.iter().enumerate() {
             if tool.get("type").and_then(Value::as_str) != Some("function")
@@ -336,7 +349,10 @@ fn validate_openai(state: &State, req: &Request, body: &Value) -> Option<Respons
             );
         }
         if role == "tool" {
-            let id = msg.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
+            let id = msg
+                .get("tool_call_id")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if let Some(pos) = pending.iter().position(|p| p == id) {
                 pending.remove(pos);
                 continue;
@@ -394,9 +410,16 @@ fn validate_ollama(state: &State, req: &Request, body: &Value) -> Option<Respons
         }
     }
     let Some(obj) = body.as_object() else {
-        return Some(ollama_error(400, "invalid character looking for beginning of value"));
+        return Some(ollama_error(
+            400,
+            "invalid character looking for beginning of value",
+        ));
     };
-    if obj.get("model").and_then(Value::as_str).is_none_or(str::is_empty) {
+    if obj
+        .get("model")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
         return Some(ollama_error(400, "model is required"));
     }
     if let Some(messages) = obj.get("messages") {
@@ -413,7 +436,10 @@ fn validate_ollama(state: &State, req: &Request, body: &Value) -> Option<Respons
             }
             if let Some(calls) = msg.get("tool_calls").and_then(Value::as_array) {
                 for call in calls {
-                    if !call.pointer("/function/arguments").is_some_and(Value::is_object) {
+                    if !call
+                        .pointer("/function/arguments")
+                        .is_some_and(Value::is_object)
+                    {
                         return Some(ollama_error(
                             400,
                             "json: cannot unmarshal string into Go struct field ToolCallFunction.messages.tool_calls.function.arguments of type api.ToolCallFunctionArguments",
@@ -588,12 +614,18 @@ fn render_plan(ctx: &Ctx, plan: &Plan) -> Response {
 fn stream_headers(wire: Wire) -> Vec<(String, String)> {
     match wire {
         Wire::Anthropic => vec![
-            ("content-type".into(), "text/event-stream; charset=utf-8".into()),
+            (
+                "content-type".into(),
+                "text/event-stream; charset=utf-8".into(),
+            ),
             ("cache-control".into(), "no-cache".into()),
             ("request-id".into(), "req_mock".into()),
         ],
         Wire::OpenAi => vec![
-            ("content-type".into(), "text/event-stream; charset=utf-8".into()),
+            (
+                "content-type".into(),
+                "text/event-stream; charset=utf-8".into(),
+            ),
             ("cache-control".into(), "no-cache".into()),
             ("x-request-id".into(), "req_mock".into()),
         ],
@@ -743,9 +775,11 @@ fn openai_stream(ctx: &Ctx, plan: &Plan) -> Vec<Vec<u8>> {
     ));
     if ctx.noise {
         out.push(b": OPENROUTER PROCESSING\n\n".to_vec());
-        out.push(sse_data(&json!({"id": id, "object": "chat.completion.chunk",
+        out.push(sse_data(
+            &json!({"id": id, "object": "chat.completion.chunk",
                                   "created": created, "model": ctx.model, "choices": [],
-                                  "mock_unknown_field": {"note": "ignore me"}})));
+                                  "mock_unknown_field": {"note": "ignore me"}}),
+        ));
     }
     if let Some(text) = plan.text {
         for piece in split(text, ctx.delta_chars) {
@@ -777,11 +811,13 @@ fn openai_stream(ctx: &Ctx, plan: &Plan) -> Vec<Vec<u8>> {
     out.push(chunk(json!({}), json!(finish)));
     if ctx.include_usage {
         let completion = plan.output_tokens();
-        out.push(sse_data(&json!({"id": id, "object": "chat.completion.chunk",
+        out.push(sse_data(
+            &json!({"id": id, "object": "chat.completion.chunk",
             "created": created, "model": ctx.model, "system_fingerprint": "fp_mock",
             "choices": [],
             "usage": {"prompt_tokens": ctx.input_tokens, "completion_tokens": completion,
-                      "total_tokens": ctx.input_tokens + completion}})));
+                      "total_tokens": ctx.input_tokens + completion}}),
+        ));
     }
     out.push(b"data: [DONE]\n\n".to_vec());
     out
@@ -849,7 +885,12 @@ fn ollama_stream(ctx: &Ctx, plan: &Plan) -> Vec<Vec<u8>> {
             "message": {"role": "assistant", "content": "", "tool_calls": calls},
             "done": false})));
     }
-    out.push(ndjson(&ollama_final(ctx, plan, &at, json!({"role": "assistant", "content": ""}))));
+    out.push(ndjson(&ollama_final(
+        ctx,
+        plan,
+        &at,
+        json!({"role": "assistant", "content": ""}),
+    )));
     out
 }
 
@@ -872,8 +913,10 @@ fn full_body(ctx: &Ctx, plan: &Plan) -> Value {
             }
             for (i, call) in plan.calls.iter().enumerate() {
                 let input = serde_json::from_str::<Value>(&arguments(call)).unwrap_or(json!({}));
-                content.push(json!({"type": "tool_use", "id": anthropic_tool_id(ctx.n, i),
-                                    "name": call.name, "input": input}));
+                content.push(
+                    json!({"type": "tool_use", "id": anthropic_tool_id(ctx.n, i),
+                                    "name": call.name, "input": input}),
+                );
             }
             let stop = if plan.calls.is_empty() {
                 "end_turn"
@@ -989,11 +1032,9 @@ fn render_fault(ctx: &Ctx, fault: &Fault) -> Response {
             Wire::Ollama => ollama_error(403, "forbidden"),
         },
         Fault::NotFoundModel => match ctx.wire {
-            Wire::Anthropic => anthropic_error(
-                404,
-                "not_found_error",
-                &format!("model: {}", ctx.model),
-            ),
+            Wire::Anthropic => {
+                anthropic_error(404, "not_found_error", &format!("model: {}", ctx.model))
+            }
             Wire::OpenAi => openai_error(
                 404,
                 &format!(

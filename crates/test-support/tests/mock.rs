@@ -68,12 +68,7 @@ fn read_answer(reader: &mut BufReader<TcpStream>) -> Answer {
         let (n, v) = l.split_once(':').expect("header colon");
         headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
     }
-    let get = |n: &str| {
-        headers
-            .iter()
-            .find(|(h, _)| h == n)
-            .map(|(_, v)| v.clone())
-    };
+    let get = |n: &str| headers.iter().find(|(h, _)| h == n).map(|(_, v)| v.clone());
     let mut body = Vec::new();
     if get("transfer-encoding").as_deref() == Some("chunked") {
         loop {
@@ -101,13 +96,7 @@ fn read_answer(reader: &mut BufReader<TcpStream>) -> Answer {
     }
 }
 
-fn send(
-    conn: &mut TcpStream,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &Value,
-) {
+fn send(conn: &mut TcpStream, method: &str, path: &str, headers: &[(&str, &str)], body: &Value) {
     let body = if body.is_null() {
         String::new()
     } else {
@@ -201,7 +190,9 @@ fn openai_stream_assembles_by_index_and_ends_with_done() {
     assert_eq!(a.status, 200);
     assert!(a.body.ends_with("data: [DONE]\n\n"));
     let chunks = a.sse_data();
-    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
     let mut args = ["".to_string(), "".to_string()];
     for c in &chunks {
         if let Some(calls) = c["choices"][0]["delta"]["tool_calls"].as_array() {
@@ -297,7 +288,8 @@ fn non_streamed_replies_have_the_real_shapes() {
 fn requests_are_validated_like_the_real_apis() {
     let server =
         MockServer::start(Wire::Anthropic, Script::new(vec![Reply::text("x")])).expect("server");
-    let body = json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    let body =
+        json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
     let a = call(&server, &[("anthropic-version", "2023-06-01")], &body);
     assert_eq!(a.status, 401);
     assert_eq!(a.json()["error"]["type"], "authentication_error");
@@ -413,14 +405,25 @@ fn connections_are_kept_alive() {
     .expect("server");
     let mut conn = TcpStream::connect(server.addr()).expect("connect");
     let mut reader = BufReader::new(conn.try_clone().expect("clone"));
-    let body = json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let body =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     for want in ["one", "two"] {
-        send(&mut conn, "POST", "/v1/chat/completions", OPENAI_HEADERS, &body);
+        send(
+            &mut conn,
+            "POST",
+            "/v1/chat/completions",
+            OPENAI_HEADERS,
+            &body,
+        );
         let a = read_answer(&mut reader);
         let text: String = a
             .sse_data()
             .iter()
-            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_string)
+            })
             .collect();
         assert_eq!(text, want);
     }

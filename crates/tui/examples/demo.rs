@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use safe_coder_protocol::{
-    ApprovalDecision, ApprovalMode, ApprovalRequest, ApprovalSubject, ChangeKind, ChangeSet,
-    Event, FileChange, SandboxState, SandboxStatus, ToolOutcome,
+    ApprovalDecision, ApprovalMode, ApprovalRequest, ApprovalSubject, ChangeKind, ChangeSet, Event,
+    FileChange, SandboxState, SandboxStatus, ToolOutcome,
 };
 use safe_coder_tui::{run, ReviewData, Theme, TuiConfig, UiAction, UiInput};
 use serde_json::json;
@@ -85,7 +85,9 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
                     });
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
-                send(Event::AssistantMessage { text: ANSWER.into() });
+                send(Event::AssistantMessage {
+                    text: ANSWER.into(),
+                });
                 let id = format!("w{turn}");
                 send(Event::ToolCallStarted {
                     id: id.clone(),
@@ -118,8 +120,16 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
                 send(Event::ToolCallFinished {
                     id,
                     name: "edit_file".into(),
-                    outcome: if ok { ToolOutcome::Ok } else { ToolOutcome::Denied },
-                    output: if ok { "Edited hello.rs".into() } else { "refused".into() },
+                    outcome: if ok {
+                        ToolOutcome::Ok
+                    } else {
+                        ToolOutcome::Denied
+                    },
+                    output: if ok {
+                        "Edited hello.rs".into()
+                    } else {
+                        "refused".into()
+                    },
                     duration_ms: 8,
                 });
                 let id = format!("b{turn}");
@@ -136,8 +146,12 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
                     output: "Hello, World!\nline 2\nline 3\nline 4\nline 5\nline 6".into(),
                     duration_ms: 1500,
                 });
-                send(Event::TextDelta { text: "Done: `hello.rs` prints the greeting.".into() });
-                send(Event::TurnFinished { text: "Done: `hello.rs` prints the greeting.".into() });
+                send(Event::TextDelta {
+                    text: "Done: `hello.rs` prints the greeting.".into(),
+                });
+                send(Event::TurnFinished {
+                    text: "Done: `hello.rs` prints the greeting.".into(),
+                });
             }
             UiAction::Cancel => send(Event::TurnCancelled),
             UiAction::CycleApprovalMode => {}
@@ -183,7 +197,14 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
             }
             UiAction::RequestCompletions(text) => {
                 let word = text.rsplit(' ').next().unwrap_or("").to_string();
-                let all = ["@hello.rs", "@src/main.rs", "@src/lib.rs", "/help", "/sync", "/diff"];
+                let all = [
+                    "@hello.rs",
+                    "@src/main.rs",
+                    "@src/lib.rs",
+                    "/help",
+                    "/sync",
+                    "/diff",
+                ];
                 let found: Vec<String> = all
                     .iter()
                     .filter(|c| c.starts_with(&word))

@@ -163,6 +163,8 @@ pub(crate) enum Modal {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct View {
     pub conv_height: usize,
+    /// 0 until the first frame.
+    pub conv_width: u16,
     /// Known once a frame reached the first entry.
     pub conv_max_scroll: Option<usize>,
     pub tools_height: usize,
@@ -196,6 +198,9 @@ pub struct App {
     pub(crate) recent: VecDeque<RecentTool>,
     pub(crate) modal: Option<Modal>,
     queued_approvals: VecDeque<ApprovalRequest>,
+    /// Recently answered approval ids: the same request may arrive both as an event
+    /// and as a `UiInput::Approval`, and must not be asked twice.
+    answered: VecDeque<String>,
     pub(crate) tick: u64,
     pub(crate) quitting: bool,
     finished: bool,
@@ -226,6 +231,7 @@ impl App {
             recent: VecDeque::new(),
             modal: None,
             queued_approvals: VecDeque::new(),
+            answered: VecDeque::new(),
             tick: 0,
             quitting: false,
             finished: false,
@@ -273,6 +279,21 @@ impl App {
         self.finished
     }
 
+    /// The lead closed the input channel. Returns true when the UI should stay open
+    /// anyway: a sync result is on screen and waits for a key, after which the UI
+    /// finishes.
+    pub fn input_closed(&mut self) -> bool {
+        if matches!(self.modal, Some(Modal::SyncResult(_))) {
+            if !self.quitting {
+                self.quitting = true;
+                self.dirty = true;
+            }
+            true
+        } else {
+            false
+        }
+    }
+
     /// Whether a turn is running.
     pub fn is_busy(&self) -> bool {
         self.busy != Busy::Idle
@@ -312,6 +333,40 @@ impl App {
 
     pub fn handle_input(&mut self, input: UiInput) {
         self.dirty = true;
+        // While the user reads older lines, new lines must not move them: grow the
+        // offset from the bottom by what was added below.
+        let anchor = (self.scroll > 0 && self.view.get().conv_width > 0).then(|| {
+            let from = self.entries.len().saturating_sub(1);
+            (from, self.lines_from(from))
+        });
+        self.apply_input(input);
+        if let Some((from, before)) = anchor {
+            let after = self.lines_from(from.min(self.entries.len()));
+            if after >= before {
+                self.scroll = self.scroll.saturating_add(after - before);
+            } else {
+                self.scroll = self.scroll.saturating_sub(before - after).max(1);
+            }
+        }
+    }
+
+    /// Rows taken by the entries from index `from` on, at the last frame's width.
+    fn lines_from(&self, from: usize) -> usize {
+        let width = self.view.get().conv_width;
+        self.entries
+            .iter()
+            .enumerate()
+            .skip(from)
+            .map(|(i, e)| {
+                crate::ui::entry_lines(e, width, &self.pal, self.tick)
+                    .lines
+                    .len()
+                    + usize::from(i > 0)
+            })
+            .sum()
+    }
+
+    fn apply_input(&mut self, input: UiInput) {
         match input {
             UiInput::Event(e) => self.handle_event(e),
             UiInput::Status(s) => self.status = Some(s),
@@ -328,6 +383,9 @@ impl App {
     }
 
     fn open_approval(&mut self, request: ApprovalRequest) {
+        if self.answered.contains(&request.tool_call_id) {
+            return;
+        }
         match &self.modal {
             Some(Modal::Approval(a)) if a.request.tool_call_id == request.tool_call_id => {}
             Some(_) => {
@@ -347,6 +405,15 @@ impl App {
                 }))
             }
         }
+    }
+
+    /// Closes the approval dialog of `id` (answered or cancelled) and opens the next.
+    fn finish_approval(&mut self, id: String) {
+        self.answered.push_back(id);
+        if self.answered.len() > 32 {
+            self.answered.pop_front();
+        }
+        self.close_modal();
     }
 
     fn close_modal(&mut self) {
@@ -466,9 +533,12 @@ impl App {
                 duration_ms,
             } => {
                 let state = ToolState::from(outcome);
-                let found = self.entries.iter_mut().rev().take(200).find(|e| {
-                    matches!(&e.kind, EntryKind::Tool(t) if t.id == id)
-                });
+                let found = self
+                    .entries
+                    .iter_mut()
+                    .rev()
+                    .take(200)
+                    .find(|e| matches!(&e.kind, EntryKind::Tool(t) if t.id == id));
                 match found {
                     Some(entry) => {
                         if let EntryKind::Tool(t) = &mut entry.kind {
@@ -731,11 +801,9 @@ impl App {
                 }
                 self.completions.clear();
             }
-            KeyCode::Delete => {
-                if self.cursor < self.input.chars().count() {
-                    let at = byte_at(&self.input, self.cursor);
-                    self.input.remove(at);
-                }
+            KeyCode::Delete if self.cursor < self.input.chars().count() => {
+                let at = byte_at(&self.input, self.cursor);
+                self.input.remove(at);
             }
             KeyCode::Left => self.cursor = self.cursor.saturating_sub(1),
             KeyCode::Right => self.cursor = (self.cursor + 1).min(self.input.chars().count()),
@@ -775,7 +843,10 @@ impl App {
     /// Inserts pasted text at the cursor (bracketed paste).
     pub fn paste(&mut self, text: &str) {
         self.dirty = true;
-        if let Some(Modal::Approval(ApprovalState { reason: Some(r), .. })) = &mut self.modal {
+        if let Some(Modal::Approval(ApprovalState {
+            reason: Some(r), ..
+        })) = &mut self.modal
+        {
             r.push_str(&text.replace(['\r', '\n'], " "));
             return;
         }
@@ -821,7 +892,7 @@ impl App {
                 if ctrl && key.code == KeyCode::Char('c') {
                     // Closing the dialog cancels the whole turn.
                     self.busy = Busy::Cancelling;
-                    self.close_modal();
+                    self.finish_approval(a.request.tool_call_id.clone());
                     return Some(UiAction::Cancel);
                 }
                 let max = self.view.get().diff_max_scroll;
@@ -830,7 +901,7 @@ impl App {
                     match key.code {
                         KeyCode::Enter => {
                             let reason = reason.trim().to_string();
-                            self.close_modal();
+                            self.finish_approval(a.request.tool_call_id.clone());
                             let decision = if reason.is_empty() {
                                 ApprovalDecision::Deny
                             } else {
@@ -880,7 +951,7 @@ impl App {
                 };
                 match decision {
                     Some(d) => {
-                        self.close_modal();
+                        self.finish_approval(a.request.tool_call_id.clone());
                         Some(UiAction::Approval(d))
                     }
                     None => {
@@ -915,17 +986,13 @@ impl App {
                         };
                         return Some(UiAction::KeepForLater);
                     }
-                    KeyCode::Up | KeyCode::Char('k') => {
-                        if r.selected > 0 {
-                            r.selected -= 1;
-                            r.diff_scroll = 0;
-                        }
+                    KeyCode::Up | KeyCode::Char('k') if r.selected > 0 => {
+                        r.selected -= 1;
+                        r.diff_scroll = 0;
                     }
-                    KeyCode::Down | KeyCode::Char('j') => {
-                        if r.selected + 1 < n {
-                            r.selected += 1;
-                            r.diff_scroll = 0;
-                        }
+                    KeyCode::Down | KeyCode::Char('j') if r.selected + 1 < n => {
+                        r.selected += 1;
+                        r.diff_scroll = 0;
                     }
                     KeyCode::Char(' ') => {
                         let conflict = r
@@ -962,6 +1029,11 @@ impl App {
                     self.finished = true;
                     return None;
                 }
+                if key.code == KeyCode::Esc && !self.quitting {
+                    // Mid-session sync: the result will still be shown when it comes.
+                    self.close_modal();
+                    return None;
+                }
                 self.modal = Some(Modal::Syncing);
                 None
             }
@@ -986,7 +1058,10 @@ fn add_clamped(v: usize, delta: isize, max: usize) -> usize {
 }
 
 fn byte_at(s: &str, chars: usize) -> usize {
-    s.char_indices().nth(chars).map(|(i, _)| i).unwrap_or(s.len())
+    s.char_indices()
+        .nth(chars)
+        .map(|(i, _)| i)
+        .unwrap_or(s.len())
 }
 
 fn current_word_start(s: &str) -> usize {
@@ -1014,7 +1089,14 @@ fn common_prefix(list: &[String]) -> Option<String> {
 /// pattern... whatever identifies it.
 pub(crate) fn summarize_args(input: &Value) -> String {
     const KEYS: [&str; 8] = [
-        "command", "path", "file_path", "pattern", "query", "url", "dir", "name",
+        "command",
+        "path",
+        "file_path",
+        "pattern",
+        "query",
+        "url",
+        "dir",
+        "name",
     ];
     let text = match input {
         Value::Object(map) => KEYS

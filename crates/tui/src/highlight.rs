@@ -63,47 +63,157 @@ impl Lang {
         match self {
             Lang::Rust => &[
                 "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else",
-                "enum", "extern", "false", "fn", "for", "if", "impl", "in", "let", "loop",
-                "match", "mod", "move", "mut", "pub", "ref", "return", "self", "Self",
-                "static", "struct", "super", "trait", "true", "type", "unsafe", "use",
-                "where", "while", "Some", "None", "Ok", "Err",
+                "enum", "extern", "false", "fn", "for", "if", "impl", "in", "let", "loop", "match",
+                "mod", "move", "mut", "pub", "ref", "return", "self", "Self", "static", "struct",
+                "super", "trait", "true", "type", "unsafe", "use", "where", "while", "Some",
+                "None", "Ok", "Err",
             ],
             Lang::Python => &[
                 "and", "as", "assert", "async", "await", "break", "class", "continue", "def",
-                "del", "elif", "else", "except", "False", "finally", "for", "from", "global",
-                "if", "import", "in", "is", "lambda", "None", "nonlocal", "not", "or", "pass",
-                "raise", "return", "True", "try", "while", "with", "yield", "self",
+                "del", "elif", "else", "except", "False", "finally", "for", "from", "global", "if",
+                "import", "in", "is", "lambda", "None", "nonlocal", "not", "or", "pass", "raise",
+                "return", "True", "try", "while", "with", "yield", "self",
             ],
             Lang::JavaScript | Lang::TypeScript => &[
-                "async", "await", "break", "case", "catch", "class", "const", "continue",
-                "default", "delete", "do", "else", "export", "extends", "false", "finally",
-                "for", "from", "function", "if", "import", "in", "instanceof", "let", "new",
-                "null", "return", "static", "super", "switch", "this", "throw", "true", "try",
-                "typeof", "undefined", "var", "void", "while", "yield", "interface", "type",
-                "enum", "implements", "private", "public", "protected", "readonly", "as",
+                "async",
+                "await",
+                "break",
+                "case",
+                "catch",
+                "class",
+                "const",
+                "continue",
+                "default",
+                "delete",
+                "do",
+                "else",
+                "export",
+                "extends",
+                "false",
+                "finally",
+                "for",
+                "from",
+                "function",
+                "if",
+                "import",
+                "in",
+                "instanceof",
+                "let",
+                "new",
+                "null",
+                "return",
+                "static",
+                "super",
+                "switch",
+                "this",
+                "throw",
+                "true",
+                "try",
+                "typeof",
+                "undefined",
+                "var",
+                "void",
+                "while",
+                "yield",
+                "interface",
+                "type",
+                "enum",
+                "implements",
+                "private",
+                "public",
+                "protected",
+                "readonly",
+                "as",
                 "of",
             ],
             Lang::Bash => &[
-                "if", "then", "else", "elif", "fi", "for", "while", "until", "do", "done",
-                "case", "esac", "in", "function", "return", "local", "export", "echo", "cd",
-                "set", "unset", "exit", "source", "sudo", "cargo", "git", "npm", "make",
+                "if", "then", "else", "elif", "fi", "for", "while", "until", "do", "done", "case",
+                "esac", "in", "function", "return", "local", "export", "echo", "cd", "set",
+                "unset", "exit", "source", "sudo", "cargo", "git", "npm", "make",
             ],
             Lang::Json => &["true", "false", "null"],
             Lang::Toml | Lang::Yaml => &["true", "false", "null", "yes", "no"],
             Lang::Go => &[
-                "break", "case", "chan", "const", "continue", "default", "defer", "else",
-                "fallthrough", "for", "func", "go", "goto", "if", "import", "interface",
-                "map", "package", "range", "return", "select", "struct", "switch", "type",
-                "var", "nil", "true", "false", "err",
+                "break",
+                "case",
+                "chan",
+                "const",
+                "continue",
+                "default",
+                "defer",
+                "else",
+                "fallthrough",
+                "for",
+                "func",
+                "go",
+                "goto",
+                "if",
+                "import",
+                "interface",
+                "map",
+                "package",
+                "range",
+                "return",
+                "select",
+                "struct",
+                "switch",
+                "type",
+                "var",
+                "nil",
+                "true",
+                "false",
+                "err",
             ],
             Lang::C => &[
-                "auto", "break", "case", "char", "const", "continue", "default", "do",
-                "double", "else", "enum", "extern", "float", "for", "goto", "if", "int",
-                "long", "register", "return", "short", "signed", "sizeof", "static",
-                "struct", "switch", "typedef", "union", "unsigned", "void", "volatile",
-                "while", "class", "public", "private", "protected", "namespace", "template",
-                "new", "delete", "true", "false", "nullptr", "NULL", "include", "define",
-                "bool", "import", "package",
+                "auto",
+                "break",
+                "case",
+                "char",
+                "const",
+                "continue",
+                "default",
+                "do",
+                "double",
+                "else",
+                "enum",
+                "extern",
+                "float",
+                "for",
+                "goto",
+                "if",
+                "int",
+                "long",
+                "register",
+                "return",
+                "short",
+                "signed",
+                "sizeof",
+                "static",
+                "struct",
+                "switch",
+                "typedef",
+                "union",
+                "unsigned",
+                "void",
+                "volatile",
+                "while",
+                "class",
+                "public",
+                "private",
+                "protected",
+                "namespace",
+                "template",
+                "new",
+                "delete",
+                "true",
+                "false",
+                "nullptr",
+                "NULL",
+                "include",
+                "define",
+                "bool",
+                "import",
+                "package",
             ],
             Lang::Diff | Lang::Unknown => &[],
         }
@@ -191,7 +301,10 @@ impl Highlighter {
                 break;
             }
             let c = bytes[i];
-            if c == b'"' || c == b'\'' || (c == b'`' && matches!(lang, Lang::JavaScript | Lang::TypeScript | Lang::Go)) {
+            if c == b'"'
+                || c == b'\''
+                || (c == b'`' && matches!(lang, Lang::JavaScript | Lang::TypeScript | Lang::Go))
+            {
                 // Rust lifetimes ('a) are not strings.
                 if c == b'\'' && lang == Lang::Rust && !is_rust_char_literal(rest) {
                     push(&mut out, "'", pal.code);
@@ -222,7 +335,11 @@ impl Highlighter {
             }
             if c.is_ascii_alphabetic() || c == b'_' || (c == b'$' && lang == Lang::Bash) {
                 let end = rest[1..]
-                    .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_' || (ch == '-' && matches!(lang, Lang::Toml | Lang::Yaml))))
+                    .find(|ch: char| {
+                        !(ch.is_ascii_alphanumeric()
+                            || ch == '_'
+                            || (ch == '-' && matches!(lang, Lang::Toml | Lang::Yaml)))
+                    })
                     .map(|e| e + 1)
                     .unwrap_or(rest.len());
                 let word = &rest[..end];
@@ -293,7 +410,11 @@ fn string_end(rest: &str, quote: u8) -> usize {
 
 /// The style of one unified-diff line.
 pub(crate) fn diff_style(line: &str, pal: &Palette) -> Style {
-    if line.starts_with("+++") || line.starts_with("---") || line.starts_with("diff ") || line.starts_with("index ") {
+    if line.starts_with("+++")
+        || line.starts_with("---")
+        || line.starts_with("diff ")
+        || line.starts_with("index ")
+    {
         pal.title
     } else if line.starts_with('+') {
         pal.diff_add
@@ -320,8 +441,12 @@ mod tests {
         assert_eq!(text, "fn main() { let s = \"hi\"; // done");
         assert_eq!(spans[0].content, "fn");
         assert_eq!(spans[0].style, pal.keyword);
-        assert!(spans.iter().any(|s| s.content == "\"hi\"" && s.style == pal.string));
-        assert!(spans.iter().any(|s| s.content == "// done" && s.style == pal.comment));
+        assert!(spans
+            .iter()
+            .any(|s| s.content == "\"hi\"" && s.style == pal.string));
+        assert!(spans
+            .iter()
+            .any(|s| s.content == "// done" && s.style == pal.comment));
     }
 
     #[test]

@@ -85,10 +85,8 @@ pub(crate) fn render(text: &str, width: usize, pal: &Palette) -> Vec<Line<'stati
         let top = *styles.last().unwrap_or(&pal.text);
         match event {
             Event::Start(tag) => match tag {
-                Tag::Paragraph => {
-                    if pending_marker.is_none() {
-                        blank(&mut blocks, &mut need_blank, &prefix);
-                    }
+                Tag::Paragraph if pending_marker.is_none() => {
+                    blank(&mut blocks, &mut need_blank, &prefix);
                 }
                 Tag::Heading { level, .. } => {
                     blank(&mut blocks, &mut need_blank, &prefix);
@@ -283,10 +281,7 @@ pub(crate) fn render(text: &str, width: usize, pal: &Palette) -> Vec<Line<'stati
                 need_blank = true;
             }
             Event::TaskListMarker(done) => {
-                cur.push(Span::styled(
-                    if done { "☑ " } else { "☐ " },
-                    pal.accent,
-                ));
+                cur.push(Span::styled(if done { "☑ " } else { "☐ " }, pal.accent));
             }
             Event::FootnoteReference(t) => cur.push(Span::styled(format!("[{t}]"), pal.dim)),
         }
@@ -430,7 +425,7 @@ pub(crate) fn wrap_into(
                 // The word fits on a fresh row.
                 trim_row_end(&mut row);
                 out.push(Line::from(std::mem::replace(&mut row, cont.clone())));
-                    first_row = false;
+                first_row = false;
                 row_w = cont_w;
                 push_piece(&mut row, piece, style);
                 row_w += pw;
@@ -515,7 +510,15 @@ mod tests {
         assert_eq!(
             t,
             vec![
-                "# Title", "", "• a", "• b", "", "1. x", "2. y", "", "▎ fn main() {}"
+                "# Title",
+                "",
+                "• a",
+                "• b",
+                "",
+                "1. x",
+                "2. y",
+                "",
+                "▎ fn main() {}"
             ]
         );
     }

@@ -97,7 +97,7 @@ pub async fn run(
             terminal.draw(|f| draw(f, &app))?;
             app.mark_drawn();
         }
-        if app.is_finished() || !inputs_open {
+        if app.is_finished() || (!inputs_open && !app.input_closed()) {
             break;
         }
         let animating = app.is_animating();
@@ -107,7 +107,7 @@ pub async fn run(
                 Some(Err(e)) => return Err(e),
                 None => break,
             },
-            input = inputs.recv() => match input {
+            input = inputs.recv(), if inputs_open => match input {
                 Some(input) => {
                     app.handle_input(input);
                     // Drain what is already queued (a burst of text deltas) before

@@ -10,8 +10,8 @@ use safe_coder_protocol::{ApprovalSubject, ChangeKind, SandboxState};
 use unicode_width::UnicodeWidthStr;
 
 use crate::app::{
-    fmt_duration, ApprovalState, App, Busy, Entry, EntryKind, Focus, Modal, Rendered,
-    ReviewState, ToolState,
+    fmt_duration, App, ApprovalState, Busy, Entry, EntryKind, Focus, Modal, Rendered, ReviewState,
+    ToolState,
 };
 use crate::highlight::{diff_style, Highlighter, Lang};
 use crate::markdown::{self, wrap_into, wrap_plain};
@@ -95,7 +95,11 @@ fn panel<'a>(app: &App, title: &'a str, focused: bool, pulsing: bool) -> Block<'
     };
     Block::new()
         .borders(Borders::ALL)
-        .border_type(if focused { BorderType::Thick } else { BorderType::Rounded })
+        .border_type(if focused {
+            BorderType::Thick
+        } else {
+            BorderType::Rounded
+        })
         .border_style(style)
         .title(Span::styled(title, pal.title))
 }
@@ -153,14 +157,18 @@ fn truncate_width(s: &str, width: usize) -> String {
 }
 
 /// The lines of one entry at `width`, from the cache when possible.
-fn entry_lines<'a>(
+pub(crate) fn entry_lines<'a>(
     entry: &'a Entry,
     width: u16,
     pal: &Palette,
     tick: u64,
 ) -> std::cell::Ref<'a, Rendered> {
     let running = matches!(&entry.kind, EntryKind::Tool(t) if t.state == ToolState::Running);
-    let key = if running { tick % SPINNER.len() as u64 } else { 0 };
+    let key = if running {
+        tick % SPINNER.len() as u64
+    } else {
+        0
+    };
     {
         let cache = entry.cache.borrow();
         if cache
@@ -195,6 +203,11 @@ fn render_entry(entry: &Entry, width: usize, pal: &Palette, tick: u64) -> Vec<Li
                 Span::styled(format!("[{}] ", entry.time), pal.dim),
                 Span::styled("Assistant:", pal.assistant),
             ]));
+            // A fence being streamed shows as a lone ` or `` for a moment: hide it.
+            let text = match text.rsplit_once('\n') {
+                Some((head, last)) if matches!(last.trim(), "`" | "``") => head,
+                _ => text.as_str(),
+            };
             for line in markdown::render(text, width.saturating_sub(3), pal) {
                 let mut spans = indent();
                 spans.extend(line.spans);
@@ -219,12 +232,19 @@ fn render_entry(entry: &Entry, width: usize, pal: &Palette, tick: u64) -> Vec<Li
             match t.state {
                 ToolState::Running => tail.push(Span::styled(" running…", pal.dim)),
                 ToolState::Denied => tail.push(Span::styled(" (denied)", pal.warn)),
-                _ => tail.push(Span::styled(format!(" ({})", fmt_duration(t.duration_ms)), pal.dim)),
+                _ => tail.push(Span::styled(
+                    format!(" ({})", fmt_duration(t.duration_ms)),
+                    pal.dim,
+                )),
             }
             wrap_into(&mut out, first, indent(), tail, width, false);
             let output = t.output.trim_end();
             if !output.is_empty() && t.state != ToolState::Running {
-                let out_style = if t.state == ToolState::Error { pal.bad } else { pal.dim };
+                let out_style = if t.state == ToolState::Error {
+                    pal.bad
+                } else {
+                    pal.dim
+                };
                 let total = output.lines().count();
                 for line in output.lines().take(FOLDED_OUTPUT) {
                     let line = line.replace('\t', "    ");
@@ -242,7 +262,10 @@ fn render_entry(entry: &Entry, width: usize, pal: &Palette, tick: u64) -> Vec<Li
             }
         }
         EntryKind::Error(text) => {
-            let first = vec![Span::styled("✗ Error: ", pal.bad.add_modifier(Modifier::BOLD))];
+            let first = vec![Span::styled(
+                "✗ Error: ",
+                pal.bad.add_modifier(Modifier::BOLD),
+            )];
             wrap_plain(&mut out, text, pal.bad, first, indent(), width);
         }
         EntryKind::Notice(text) => {
@@ -263,6 +286,7 @@ fn draw_conversation(frame: &mut Frame, app: &App, area: Rect) {
 
     let mut view = app.view.get();
     view.conv_height = height;
+    view.conv_width = width;
 
     if app.entries.is_empty() {
         view.conv_max_scroll = Some(0);
@@ -353,8 +377,11 @@ fn draw_conversation(frame: &mut Frame, app: &App, area: Rect) {
     lines.reverse();
     if scroll > 0 {
         block = block.title_bottom(
-            Line::from(Span::styled(format!(" ↓ {scroll} more lines (End) "), pal.accent2))
-                .alignment(Alignment::Right),
+            Line::from(Span::styled(
+                format!(" ↓ {scroll} more lines (End) "),
+                pal.accent2,
+            ))
+            .alignment(Alignment::Right),
         );
     }
     frame.render_widget(block, area);
@@ -407,13 +434,22 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
     }
     if !app.config.model.is_empty() {
         let m = format!("{}/{}", app.config.provider, app.config.model);
-        lines.push(kv("🤖 ", "", truncate_width(&m, w.saturating_sub(3)), pal.accent));
+        lines.push(kv(
+            "🤖 ",
+            "",
+            truncate_width(&m, w.saturating_sub(3)),
+            pal.accent,
+        ));
     }
     if let Some(u) = app.usage {
         lines.push(kv(
             "   ",
             "Tokens: ",
-            format!("{} in / {} out", fmt_count(u.input_tokens), fmt_count(u.output_tokens)),
+            format!(
+                "{} in / {} out",
+                fmt_count(u.input_tokens),
+                fmt_count(u.output_tokens)
+            ),
             pal.text,
         ));
     }
@@ -525,7 +561,11 @@ fn draw_input(frame: &mut Frame, app: &App, area: Rect) {
         return;
     }
     // Newlines are shown as ⏎ so the input stays one row.
-    let chars: Vec<char> = app.input.chars().map(|c| if c == '\n' { '⏎' } else { c }).collect();
+    let chars: Vec<char> = app
+        .input
+        .chars()
+        .map(|c| if c == '\n' { '⏎' } else { c })
+        .collect();
     let before: String = chars[..app.cursor.min(chars.len())].iter().collect();
     // Keep the cursor visible: drop text from the left when it would overflow.
     let before_w = before.width();
@@ -543,7 +583,10 @@ fn draw_input(frame: &mut Frame, app: &App, area: Rect) {
     );
     if app.modal.is_none() {
         let x = inner.x + 2 + offset_w as u16;
-        frame.set_cursor_position(Position::new(x.min(inner.right().saturating_sub(1)), inner.y));
+        frame.set_cursor_position(Position::new(
+            x.min(inner.right().saturating_sub(1)),
+            inner.y,
+        ));
     }
 }
 
@@ -594,6 +637,19 @@ fn draw_footer(frame: &mut Frame, app: &App, area: Rect) {
     );
 }
 
+/// Clears the dialog's area plus one column on each side: a wide character (emoji)
+/// starting just left of the dialog would otherwise spill over its border.
+fn clear_around(frame: &mut Frame, rect: Rect, style: Style) {
+    let area = frame.area();
+    let x = rect.x.saturating_sub(1).max(area.x);
+    let right = (rect.right() + 1).min(area.right());
+    frame.render_widget(Clear, Rect::new(x, rect.y, right - x, rect.height));
+    frame.render_widget(
+        Block::new().style(style),
+        Rect::new(x, rect.y, right - x, rect.height),
+    );
+}
+
 fn centered(area: Rect, w_pct: u16, h_pct: u16, min_w: u16, min_h: u16) -> Rect {
     let w = (area.width * w_pct / 100).max(min_w).min(area.width);
     let h = (area.height * h_pct / 100).max(min_h).min(area.height);
@@ -605,18 +661,37 @@ fn centered(area: Rect, w_pct: u16, h_pct: u16, min_w: u16, min_h: u16) -> Rect 
     )
 }
 
-fn draw_message_box(frame: &mut Frame, app: &App, area: Rect, title: &str, text: &str, hint: Option<&str>) {
+fn draw_message_box(
+    frame: &mut Frame,
+    app: &App,
+    area: Rect,
+    title: &str,
+    text: &str,
+    hint: Option<&str>,
+) {
     let pal = &app.pal;
     let w = (area.width * 70 / 100).max(40).min(area.width);
     let mut lines = Vec::new();
-    wrap_plain(&mut lines, text.trim_end(), pal.text, vec![], vec![], w.saturating_sub(4) as usize);
+    wrap_plain(
+        &mut lines,
+        text.trim_end(),
+        pal.text,
+        vec![],
+        vec![],
+        w.saturating_sub(4) as usize,
+    );
     if let Some(h) = hint {
         lines.push(Line::from(""));
         lines.push(Line::from(Span::styled(h.to_string(), pal.dim)));
     }
     let h = (lines.len() as u16 + 2).min(area.height);
-    let rect = Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h);
-    frame.render_widget(Clear, rect);
+    let rect = Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    );
+    clear_around(frame, rect, pal.text);
     let block = Block::new()
         .borders(Borders::ALL)
         .border_type(BorderType::Double)
@@ -625,7 +700,11 @@ fn draw_message_box(frame: &mut Frame, app: &App, area: Rect, title: &str, text:
         .style(pal.text);
     let inner = block.inner(rect);
     frame.render_widget(block, rect);
-    let inner = Rect { x: inner.x + 1, width: inner.width.saturating_sub(1), ..inner };
+    let inner = Rect {
+        x: inner.x + 1,
+        width: inner.width.saturating_sub(1),
+        ..inner
+    };
     frame.render_widget(Paragraph::new(lines), inner);
 }
 
@@ -654,11 +733,21 @@ fn draw_approval(frame: &mut Frame, app: &App, a: &ApprovalState, area: Rect) {
             }
         }
         ApprovalSubject::Command { command } => {
-            head.push(Line::from(Span::styled("The agent wants to run:", pal.text)));
+            head.push(Line::from(Span::styled(
+                "The agent wants to run:",
+                pal.text,
+            )));
             let mut h = Highlighter::default();
             for (i, line) in command.lines().enumerate() {
                 let first = vec![Span::styled(if i == 0 { "$ " } else { "  " }, pal.accent2)];
-                wrap_into(&mut body, first, vec![Span::raw("  ")], h.line(Lang::Bash, line, pal), w, true);
+                wrap_into(
+                    &mut body,
+                    first,
+                    vec![Span::raw("  ")],
+                    h.line(Lang::Bash, line, pal),
+                    w,
+                    true,
+                );
             }
         }
     }
@@ -666,7 +755,10 @@ fn draw_approval(frame: &mut Frame, app: &App, a: &ApprovalState, area: Rect) {
 
     let footer: Vec<Line> = match &a.reason {
         Some(reason) => vec![
-            Line::from(Span::styled("Why not? (Enter to send, Esc to go back)", pal.dim)),
+            Line::from(Span::styled(
+                "Why not? (Enter to send, Esc to go back)",
+                pal.dim,
+            )),
             Line::from(vec![
                 Span::styled("Reason: ", pal.accent2),
                 Span::styled(reason.clone(), pal.text),
@@ -691,20 +783,30 @@ fn draw_approval(frame: &mut Frame, app: &App, a: &ApprovalState, area: Rect) {
         }
     };
     let chrome = head.len() + footer.len() + 1 + 2;
-    let max_h = (area.height as usize * 85 / 100).max(12).min(area.height as usize);
+    let max_h = (area.height as usize * 85 / 100)
+        .max(12)
+        .min(area.height as usize);
     let outer_h = (chrome + body.len()).clamp(10.min(max_h), max_h) as u16;
     let rect = centered(area, 0, 0, outer_w, outer_h);
-    frame.render_widget(Clear, rect);
+    clear_around(frame, rect, pal.text);
     let title = format!(" ⚠ Approval required: {} ", a.request.tool_name);
     let block = Block::new()
         .borders(Borders::ALL)
         .border_type(BorderType::Double)
-        .border_style(if pal.plain { pal.border_focus } else { pal.warn.add_modifier(Modifier::BOLD) })
+        .border_style(if pal.plain {
+            pal.border_focus
+        } else {
+            pal.warn.add_modifier(Modifier::BOLD)
+        })
         .title(Span::styled(title, pal.warn.add_modifier(Modifier::BOLD)))
         .style(pal.text);
     let inner = block.inner(rect);
     frame.render_widget(block, rect);
-    let inner = Rect { x: inner.x + 1, width: inner.width.saturating_sub(2), ..inner };
+    let inner = Rect {
+        x: inner.x + 1,
+        width: inner.width.saturating_sub(2),
+        ..inner
+    };
     let body_h = (inner.height as usize).saturating_sub(head.len() + footer.len() + 1);
     let max = body.len().saturating_sub(body_h);
     let mut view = app.view.get();
@@ -725,13 +827,23 @@ fn draw_approval(frame: &mut Frame, app: &App, a: &ApprovalState, area: Rect) {
     let shown: Vec<Line> = body.into_iter().skip(scroll).take(body_h).collect();
     frame.render_widget(Paragraph::new(shown), rows[1]);
     if max > 0 {
-        let more = format!("↑↓ scroll ({}/{} lines)", (scroll + body_h).min(max + body_h), max + body_h);
-        frame.render_widget(Paragraph::new(Span::styled(more, pal.dim)).alignment(Alignment::Right), rows[2]);
+        let more = format!(
+            "↑↓ scroll ({}/{} lines)",
+            (scroll + body_h).min(max + body_h),
+            max + body_h
+        );
+        frame.render_widget(
+            Paragraph::new(Span::styled(more, pal.dim)).alignment(Alignment::Right),
+            rows[2],
+        );
     }
     frame.render_widget(Paragraph::new(footer.clone()), rows[3]);
     if let Some(reason) = &a.reason {
         let x = rows[3].x + 8 + reason.width() as u16;
-        frame.set_cursor_position(Position::new(x.min(rows[3].right().saturating_sub(1)), rows[3].y + 1));
+        frame.set_cursor_position(Position::new(
+            x.min(rows[3].right().saturating_sub(1)),
+            rows[3].y + 1,
+        ));
     }
 }
 
@@ -748,7 +860,11 @@ fn draw_review(frame: &mut Frame, app: &App, r: &ReviewState, area: Rect) {
     let pal = &app.pal;
     let files = &r.data.changes.files;
     let accepted = r.accepted_paths().len();
-    let title = format!(" 📋 Review changes: {} file(s), {} accepted ", files.len(), accepted);
+    let title = format!(
+        " 📋 Review changes: {} file(s), {} accepted ",
+        files.len(),
+        accepted
+    );
     let block = Block::new()
         .borders(Borders::ALL)
         .border_type(BorderType::Double)
@@ -773,7 +889,14 @@ fn draw_review(frame: &mut Frame, app: &App, r: &ReviewState, area: Rect) {
         Span::styled(" Keep for later", pal.dim),
     ];
     let mut help = Vec::new();
-    wrap_into(&mut help, vec![Span::raw(" ")], vec![Span::raw(" ")], help_spans, inner.width as usize, false);
+    wrap_into(
+        &mut help,
+        vec![Span::raw(" ")],
+        vec![Span::raw(" ")],
+        help_spans,
+        inner.width as usize,
+        false,
+    );
     let rows = Layout::default()
         .direction(Direction::Vertical)
         .constraints([Constraint::Min(3), Constraint::Length(help.len() as u16)])
@@ -912,15 +1035,28 @@ fn draw_review(frame: &mut Frame, app: &App, r: &ReviewState, area: Rect) {
     view.diff_height = dh;
     view.diff_max_scroll = max;
     app.view.set(view);
-    let shown: Vec<Line> = body.into_iter().skip(r.diff_scroll.min(max)).take(dh).collect();
+    let shown: Vec<Line> = body
+        .into_iter()
+        .skip(r.diff_scroll.min(max))
+        .take(dh)
+        .collect();
     frame.render_widget(Paragraph::new(shown), diff_inner);
 }
 
 /// One diff line: the +/- colour for the marker, the code after it highlighted.
-fn diff_line(line: &str, lang: Lang, h: &mut Highlighter, pal: &Palette, width: usize) -> Line<'static> {
+fn diff_line(
+    line: &str,
+    lang: Lang,
+    h: &mut Highlighter,
+    pal: &Palette,
+    width: usize,
+) -> Line<'static> {
     let line = truncate_width(line, width);
-    let is_header = line.starts_with("+++") || line.starts_with("---") || line.starts_with("@@")
-        || line.starts_with("diff ") || line.starts_with("index ");
+    let is_header = line.starts_with("+++")
+        || line.starts_with("---")
+        || line.starts_with("@@")
+        || line.starts_with("diff ")
+        || line.starts_with("index ");
     if is_header || lang == Lang::Unknown || pal.plain {
         return Line::from(Span::styled(line.clone(), diff_style(&line, pal)));
     }
@@ -929,7 +1065,10 @@ fn diff_line(line: &str, lang: Lang, h: &mut Highlighter, pal: &Palette, width: 
         _ => (String::new(), line.as_str()),
     };
     let mstyle = diff_style(&line, pal);
-    let mut spans = vec![Span::styled(marker.clone(), mstyle.add_modifier(Modifier::BOLD))];
+    let mut spans = vec![Span::styled(
+        marker.clone(),
+        mstyle.add_modifier(Modifier::BOLD),
+    )];
     let code = h.line(lang, rest, pal);
     let tint = match marker.as_str() {
         "+" => Some(pal.diff_add),

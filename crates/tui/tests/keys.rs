@@ -78,7 +78,10 @@ fn shift_tab_cycles_the_approval_mode() {
         Some(UiAction::CycleApprovalMode)
     );
     let s = screen(&app, 120, 30);
-    assert!(s.contains(&format!("Mode: {}", ApprovalMode::AutoEdit)), "{s}");
+    assert!(
+        s.contains(&format!("Mode: {}", ApprovalMode::AutoEdit)),
+        "{s}"
+    );
 }
 
 #[test]
@@ -160,7 +163,12 @@ fn approval_refusal_with_a_reason() {
 fn approvals_arriving_twice_or_together_are_asked_once_each() {
     let mut app = common::app(Theme::Cyberpunk);
     app.handle_input(UiInput::Approval(edit_request()));
-    ev(&mut app, Event::ApprovalRequested { request: edit_request() });
+    ev(
+        &mut app,
+        Event::ApprovalRequested {
+            request: edit_request(),
+        },
+    );
     app.handle_input(UiInput::Approval(bash_request()));
     assert_eq!(
         press(&mut app, KeyCode::Char('y')),
@@ -199,13 +207,19 @@ fn review_accept_all_and_reject_all() {
     press(&mut app, KeyCode::Char('a'));
     assert_eq!(
         press(&mut app, KeyCode::Enter),
-        Some(UiAction::Review(vec!["src/main.rs".into(), "old.txt".into()]))
+        Some(UiAction::Review(vec![
+            "src/main.rs".into(),
+            "old.txt".into()
+        ]))
     );
 
     let mut app = common::app(Theme::Cyberpunk);
     app.handle_input(UiInput::Review(review(false)));
     press(&mut app, KeyCode::Char('r'));
-    assert_eq!(press(&mut app, KeyCode::Enter), Some(UiAction::Review(vec![])));
+    assert_eq!(
+        press(&mut app, KeyCode::Enter),
+        Some(UiAction::Review(vec![]))
+    );
 
     let mut app = common::app(Theme::Cyberpunk);
     app.handle_input(UiInput::Review(review(false)));
@@ -236,7 +250,12 @@ fn quit_flow_ends_after_the_sync_result() {
 fn scrolling_with_keys_and_mouse() {
     let mut app = common::app(Theme::Cyberpunk);
     for i in 0..50 {
-        ev(&mut app, Event::Notice { message: format!("notice number {i}") });
+        ev(
+            &mut app,
+            Event::Notice {
+                message: format!("notice number {i}"),
+            },
+        );
     }
     let bottom = screen(&app, 100, 30);
     assert!(bottom.contains("notice number 49"));
@@ -262,13 +281,32 @@ fn scrolling_with_keys_and_mouse() {
 fn retrying_discards_the_streamed_text() {
     let mut app = common::app(Theme::Cyberpunk);
     ev(&mut app, Event::TurnStarted);
-    ev(&mut app, Event::TextDelta { text: "garbled partial".into() });
     ev(
         &mut app,
-        Event::Retrying { attempt: 1, delay_ms: 500, reason: "overloaded".into() },
+        Event::TextDelta {
+            text: "garbled partial".into(),
+        },
     );
-    ev(&mut app, Event::TextDelta { text: "clean answer".into() });
-    ev(&mut app, Event::TurnFinished { text: "clean answer".into() });
+    ev(
+        &mut app,
+        Event::Retrying {
+            attempt: 1,
+            delay_ms: 500,
+            reason: "overloaded".into(),
+        },
+    );
+    ev(
+        &mut app,
+        Event::TextDelta {
+            text: "clean answer".into(),
+        },
+    );
+    ev(
+        &mut app,
+        Event::TurnFinished {
+            text: "clean answer".into(),
+        },
+    );
     let s = screen(&app, 100, 30);
     assert!(!s.contains("garbled"), "{s}");
     assert!(s.contains("clean answer"));
@@ -308,4 +346,80 @@ fn tiny_terminals_do_not_panic() {
     for (w, h) in [(1, 1), (10, 5), (30, 10)] {
         screen(&app, w, h);
     }
+}
+
+#[test]
+fn an_answered_approval_arriving_again_is_not_asked_again() {
+    let mut app = common::app(Theme::Cyberpunk);
+    ev(
+        &mut app,
+        Event::ApprovalRequested {
+            request: edit_request(),
+        },
+    );
+    assert_eq!(
+        press(&mut app, KeyCode::Char('y')),
+        Some(UiAction::Approval(ApprovalDecision::Approve))
+    );
+    app.handle_input(UiInput::Approval(edit_request()));
+    assert!(!screen(&app, 100, 30).contains("Approval required"));
+}
+
+#[test]
+fn new_lines_do_not_move_what_the_user_is_reading() {
+    let mut app = common::app(Theme::Cyberpunk);
+    for i in 0..50 {
+        ev(
+            &mut app,
+            Event::Notice {
+                message: format!("notice number {i}"),
+            },
+        );
+    }
+    screen(&app, 100, 30);
+    press(&mut app, KeyCode::PageUp);
+    let before = screen(&app, 100, 30);
+    ev(&mut app, Event::TurnStarted);
+    ev(
+        &mut app,
+        Event::TextDelta {
+            text: "new text\n\nmore\n\nand more".into(),
+        },
+    );
+    ev(
+        &mut app,
+        Event::TextDelta {
+            text: " and more".into(),
+        },
+    );
+    ev(
+        &mut app,
+        Event::Notice {
+            message: "another".into(),
+        },
+    );
+    let after = screen(&app, 100, 30);
+    let conv = |s: &str| {
+        s.lines()
+            .skip(4)
+            .take(20)
+            .map(|l| l.chars().take(60).collect::<String>())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(conv(&before), conv(&after));
+    press(&mut app, KeyCode::End);
+    assert!(screen(&app, 100, 30).contains("another"));
+}
+
+#[test]
+fn a_sync_result_stays_until_a_key_after_the_lead_hangs_up() {
+    let mut app = common::app(Theme::Cyberpunk);
+    app.handle_input(UiInput::SyncResult("No changes.".into()));
+    assert!(app.input_closed(), "the result waits for a key");
+    assert!(screen(&app, 100, 30).contains("Press any key to close"));
+    press(&mut app, KeyCode::Enter);
+    assert!(app.is_finished());
+
+    let mut app = common::app(Theme::Cyberpunk);
+    assert!(!app.input_closed(), "nothing to show: close now");
 }

@@ -19,12 +19,19 @@ fn streaming_answer() {
     let mut app = app(Theme::Cyberpunk);
     app.handle_input(UiInput::Status(status()));
     type_text(&mut app, "Create hello.rs");
-    app.handle_key(crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Enter));
+    app.handle_key(crossterm::event::KeyEvent::from(
+        crossterm::event::KeyCode::Enter,
+    ));
     ev(&mut app, Event::TurnStarted);
     // Half of the answer has arrived: the code block is still open.
-    let half = &ANSWER[..ANSWER.find("println").unwrap()];
+    let half = &ANSWER[..ANSWER.find("println").expect("code in answer")];
     for chunk in half.as_bytes().chunks(9) {
-        ev(&mut app, Event::TextDelta { text: String::from_utf8_lossy(chunk).into_owned() });
+        ev(
+            &mut app,
+            Event::TextDelta {
+                text: String::from_utf8_lossy(chunk).into_owned(),
+            },
+        );
     }
     insta::assert_snapshot!(screen(&app, 120, 34));
 }
@@ -69,8 +76,18 @@ fn tool_output_folded_and_error_in_place() {
             duration_ms: 2300,
         },
     );
-    ev(&mut app, Event::Error { message: "the model request failed: connection reset".into() });
-    ev(&mut app, Event::TurnFinished { text: String::new() });
+    ev(
+        &mut app,
+        Event::Error {
+            message: "the model request failed: connection reset".into(),
+        },
+    );
+    ev(
+        &mut app,
+        Event::TurnFinished {
+            text: String::new(),
+        },
+    );
     insta::assert_snapshot!(screen(&app, 120, 40));
 }
 
@@ -109,7 +126,9 @@ fn review_screen() {
 fn review_with_conflict() {
     let mut app = app(Theme::Cyberpunk);
     app.handle_input(UiInput::Review(review(true)));
-    app.handle_key(crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Down));
+    app.handle_key(crossterm::event::KeyEvent::from(
+        crossterm::event::KeyCode::Down,
+    ));
     insta::assert_snapshot!(screen(&app, 120, 30));
 }
 
@@ -134,7 +153,12 @@ fn sync_result() {
 fn narrow_terminal_60_columns() {
     let mut app = app(Theme::Cyberpunk);
     conversation(&mut app);
-    ev(&mut app, Event::TurnFinished { text: ANSWER.into() });
+    ev(
+        &mut app,
+        Event::TurnFinished {
+            text: ANSWER.into(),
+        },
+    );
     insta::assert_snapshot!(screen(&app, 60, 30));
 }
 
@@ -142,7 +166,12 @@ fn narrow_terminal_60_columns() {
 fn plain_theme() {
     let mut app = app(Theme::Plain);
     conversation(&mut app);
-    ev(&mut app, Event::TurnFinished { text: ANSWER.into() });
+    ev(
+        &mut app,
+        Event::TurnFinished {
+            text: ANSWER.into(),
+        },
+    );
     let t = render(&app, 100, 36);
     for cell in t.backend().buffer().content() {
         assert!(
@@ -160,7 +189,12 @@ fn cyberpunk_theme_uses_colour_and_pulses_while_busy() {
     let a = render(&app, 100, 30);
     app.tick();
     let b = render(&app, 100, 30);
-    let corner = |t: &ratatui::Terminal<ratatui::backend::TestBackend>| t.backend().buffer()[(0, 3)].fg;
+    let corner =
+        |t: &ratatui::Terminal<ratatui::backend::TestBackend>| t.backend().buffer()[(0, 3)].fg;
     assert_ne!(corner(&a), Color::Reset);
-    assert_ne!(corner(&a), corner(&b), "the busy border colour cycles on each tick");
+    assert_ne!(
+        corner(&a),
+        corner(&b),
+        "the busy border colour cycles on each tick"
+    );
 }

@@ -21,7 +21,11 @@ impl World {
         let project = root.path().join("project");
         std::fs::create_dir_all(&home).expect("home");
         std::fs::create_dir_all(&project).expect("project");
-        World { root, home, project }
+        World {
+            root,
+            home,
+            project,
+        }
     }
 
     pub fn config_dir(&self) -> PathBuf {
@@ -118,7 +122,12 @@ pub fn tool_results(server: &MockServer) -> Vec<String> {
     let Some(last) = server.model_requests().last().cloned() else {
         return out;
     };
-    let messages = last.body.get("messages").and_then(|m| m.as_array()).cloned().unwrap_or_default();
+    let messages = last
+        .body
+        .get("messages")
+        .and_then(|m| m.as_array())
+        .cloned()
+        .unwrap_or_default();
     for m in messages {
         // Anthropic: user content blocks of type tool_result.
         if let Some(blocks) = m.get("content").and_then(|c| c.as_array()) {
@@ -139,7 +148,12 @@ pub fn tool_results(server: &MockServer) -> Vec<String> {
         }
         // OpenAI and Ollama: role "tool" messages.
         if m.get("role").and_then(|r| r.as_str()) == Some("tool") {
-            out.push(m.get("content").and_then(|c| c.as_str()).unwrap_or("").to_string());
+            out.push(
+                m.get("content")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("")
+                    .to_string(),
+            );
         }
     }
     out
@@ -195,14 +209,20 @@ pub fn tool_scenario() -> Script {
     Script::new(vec![
         Reply::text_and_tool_calls(
             "I'll create the file.",
-            vec![call("write_file", json!({"path": "hello.txt", "content": "hello world\nsecond line\n"}))],
+            vec![call(
+                "write_file",
+                json!({"path": "hello.txt", "content": "hello world\nsecond line\n"}),
+            )],
         ),
         Reply::tool_calls(vec![call("read_file", json!({"path": "hello.txt"}))]),
         Reply::tool_calls(vec![call(
             "edit_file",
             json!({"path": "hello.txt", "old_string": "hello world", "new_string": "hello safe coder"}),
         )]),
-        Reply::tool_calls(vec![call("bash", json!({"command": "cat hello.txt && echo done-bash"}))]),
+        Reply::tool_calls(vec![call(
+            "bash",
+            json!({"command": "cat hello.txt && echo done-bash"}),
+        )]),
         Reply::text("All done: hello.txt now greets safe coder."),
     ])
 }
@@ -211,7 +231,15 @@ pub fn tool_scenario() -> Script {
 /// sandbox fails the test instead of skipping it.
 pub fn bwrap_available(test: &str) -> bool {
     let ok = Command::new("bwrap")
-        .args(["--ro-bind", "/", "/", "--unshare-user", "--unshare-pid", "--unshare-net", "true"])
+        .args([
+            "--ro-bind",
+            "/",
+            "/",
+            "--unshare-user",
+            "--unshare-pid",
+            "--unshare-net",
+            "true",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -230,7 +258,9 @@ pub fn bwrap_available(test: &str) -> bool {
 pub fn snapshot_tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut out = std::collections::BTreeMap::new();
     fn walk(base: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in rd.flatten() {
             let p = e.path();
             let rel = p.strip_prefix(base).expect("prefix").display().to_string();
@@ -238,7 +268,14 @@ pub fn snapshot_tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> 
             if ft.is_dir() {
                 walk(base, &p, out);
             } else if ft.is_symlink() {
-                out.insert(rel, std::fs::read_link(&p).expect("link").display().to_string().into_bytes());
+                out.insert(
+                    rel,
+                    std::fs::read_link(&p)
+                        .expect("link")
+                        .display()
+                        .to_string()
+                        .into_bytes(),
+                );
             } else {
                 out.insert(rel, std::fs::read(&p).expect("read"));
             }

@@ -18,16 +18,27 @@ fn seed(world: &World) {
 fn changes_script() -> Script {
     Script::new(vec![
         Reply::tool_calls(vec![
-            call("write_file", json!({"path": "new/dir/new.txt", "content": "brand new\n"})),
-            call("edit_file", json!({"path": "edit.txt", "old_string": "two", "new_string": "TWO"})),
+            call(
+                "write_file",
+                json!({"path": "new/dir/new.txt", "content": "brand new\n"}),
+            ),
+            call(
+                "edit_file",
+                json!({"path": "edit.txt", "old_string": "two", "new_string": "TWO"}),
+            ),
         ]),
-        Reply::tool_calls(vec![call("bash", json!({"command": "rm del.txt && chmod +x script.sh"}))]),
+        Reply::tool_calls(vec![call(
+            "bash",
+            json!({"command": "rm del.txt && chmod +x script.sh"}),
+        )]),
         Reply::text("changed four files"),
     ])
 }
 
 fn is_exec(p: &std::path::Path) -> bool {
-    std::fs::metadata(p).map(|m| m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 fn assert_host_untouched(world: &World) {
@@ -38,7 +49,10 @@ fn assert_host_untouched(world: &World) {
 }
 
 fn assert_host_has_agent_changes(world: &World) {
-    assert_eq!(world.read("new/dir/new.txt").as_deref(), Some("brand new\n"));
+    assert_eq!(
+        world.read("new/dir/new.txt").as_deref(),
+        Some("brand new\n")
+    );
     assert_eq!(world.read("edit.txt").as_deref(), Some("one\nTWO\n"));
     assert!(!world.project.join("del.txt").exists());
     assert!(is_exec(&world.project.join("script.sh")));
@@ -46,31 +60,65 @@ fn assert_host_has_agent_changes(world: &World) {
 }
 
 fn session_ids(world: &World) -> Vec<String> {
-    let out = world.cmd().args(["sessions", "list", "--json"]).output().expect("run");
+    let out = world
+        .cmd()
+        .args(["sessions", "list", "--json"])
+        .output()
+        .expect("run");
     assert_ok(&out);
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
-    v.as_array().expect("array").iter().map(|s| s["id"].as_str().expect("id").to_string()).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s["id"].as_str().expect("id").to_string())
+        .collect()
 }
 
 fn keep_then_sync(backend: &str) {
     let world = World::new();
     seed(&world);
     let server = MockServer::start(Wire::Anthropic, changes_script()).expect("server");
-    let out = world.exec(&server, &["--backend", backend, "--approval-mode", "yolo", "change things"]);
+    let out = world.exec(
+        &server,
+        &[
+            "--backend",
+            backend,
+            "--approval-mode",
+            "yolo",
+            "change things",
+        ],
+    );
     assert_ok(&out);
     let err = stderr(&out);
     assert!(err.contains("Changed 4 file(s):"), "{err}");
-    for f in ["new/dir/new.txt (added)", "edit.txt (modified)", "del.txt (deleted)", "script.sh (mode changed)"] {
+    for f in [
+        "new/dir/new.txt (added)",
+        "edit.txt (modified)",
+        "del.txt (deleted)",
+        "script.sh (mode changed)",
+    ] {
         assert!(err.contains(f), "summary lists {f}: {err}");
     }
     // keep is the default: the host is untouched until `sessions sync`.
     assert_host_untouched(&world);
     let ids = session_ids(&world);
     assert_eq!(ids.len(), 1, "{ids:?}");
-    let out = world.cmd().args(["sessions", "diff", &ids[0]]).output().expect("run");
+    let out = world
+        .cmd()
+        .args(["sessions", "diff", &ids[0]])
+        .output()
+        .expect("run");
     assert_ok(&out);
-    assert!(stdout(&out).contains("+one\n+TWO") || stdout(&out).contains("+TWO"), "{}", stdout(&out));
-    let out = world.cmd().args(["sessions", "sync", &ids[0], "--accept-all"]).output().expect("run");
+    assert!(
+        stdout(&out).contains("+one\n+TWO") || stdout(&out).contains("+TWO"),
+        "{}",
+        stdout(&out)
+    );
+    let out = world
+        .cmd()
+        .args(["sessions", "sync", &ids[0], "--accept-all"])
+        .output()
+        .expect("run");
     assert_ok(&out);
     assert_host_has_agent_changes(&world);
     assert!(session_ids(&world).is_empty(), "nothing unsynced remains");
@@ -81,18 +129,43 @@ fn accept_reject_conflict(backend: &str) {
     let world = World::new();
     seed(&world);
     let server = MockServer::start(Wire::OpenAi, changes_script()).expect("server");
-    let out = world.exec(&server, &["--backend", backend, "--approval-mode", "yolo", "--sync", "accept", "go"]);
+    let out = world.exec(
+        &server,
+        &[
+            "--backend",
+            backend,
+            "--approval-mode",
+            "yolo",
+            "--sync",
+            "accept",
+            "go",
+        ],
+    );
     assert_ok(&out);
     assert_host_has_agent_changes(&world);
     let tree_after: Vec<String> = snapshot_tree(&world.project).into_keys().collect();
-    assert_eq!(tree_after, vec!["edit.txt", "keep.txt", "new/dir/new.txt", "script.sh"]);
+    assert_eq!(
+        tree_after,
+        vec!["edit.txt", "keep.txt", "new/dir/new.txt", "script.sh"]
+    );
 
     // reject
     let world = World::new();
     seed(&world);
     let before = snapshot_tree(&world.project);
     let server = MockServer::start(Wire::OpenAi, changes_script()).expect("server");
-    let out = world.exec(&server, &["--backend", backend, "--approval-mode", "yolo", "--sync", "reject", "go"]);
+    let out = world.exec(
+        &server,
+        &[
+            "--backend",
+            backend,
+            "--approval-mode",
+            "yolo",
+            "--sync",
+            "reject",
+            "go",
+        ],
+    );
     assert_ok(&out);
     assert_eq!(snapshot_tree(&world.project), before);
     assert!(session_ids(&world).is_empty());
@@ -101,19 +174,41 @@ fn accept_reject_conflict(backend: &str) {
     let world = World::new();
     seed(&world);
     let server = MockServer::start(Wire::Ollama, changes_script()).expect("server");
-    let out = world.exec(&server, &["--backend", backend, "--approval-mode", "yolo", "go"]);
+    let out = world.exec(
+        &server,
+        &["--backend", backend, "--approval-mode", "yolo", "go"],
+    );
     assert_ok(&out);
     world.write("edit.txt", "the user's own edit\n");
     let id = session_ids(&world).remove(0);
-    let out = world.cmd().args(["sessions", "sync", &id, "--accept-all"]).output().expect("run");
+    let out = world
+        .cmd()
+        .args(["sessions", "sync", &id, "--accept-all"])
+        .output()
+        .expect("run");
     assert_ok(&out);
-    assert!(stdout(&out).contains("edit.txt"), "conflict reported: {}", stdout(&out));
-    assert_eq!(world.read("edit.txt").as_deref(), Some("the user's own edit\n"), "host edit survives");
-    assert_eq!(world.read("new/dir/new.txt").as_deref(), Some("brand new\n"));
+    assert!(
+        stdout(&out).contains("edit.txt"),
+        "conflict reported: {}",
+        stdout(&out)
+    );
+    assert_eq!(
+        world.read("edit.txt").as_deref(),
+        Some("the user's own edit\n"),
+        "host edit survives"
+    );
+    assert_eq!(
+        world.read("new/dir/new.txt").as_deref(),
+        Some("brand new\n")
+    );
     assert!(!world.project.join("del.txt").exists());
     // The agent's version stays in the session.
     assert_eq!(session_ids(&world), vec![id.clone()]);
-    let out = world.cmd().args(["sessions", "diff", &id, "edit.txt"]).output().expect("run");
+    let out = world
+        .cmd()
+        .args(["sessions", "diff", &id, "edit.txt"])
+        .output()
+        .expect("run");
     assert!(stdout(&out).contains("+TWO"), "{}", stdout(&out));
 }
 
@@ -121,14 +216,27 @@ fn sigkill_then_recover(backend: &str) {
     let world = World::new();
     seed(&world);
     let script = Script::new(vec![
-        Reply::tool_calls(vec![call("write_file", json!({"path": "work.txt", "content": "precious work\n"}))]),
-        Reply::tool_calls(vec![call("bash", json!({"command": "echo more > more.txt; sleep 60"}))]),
+        Reply::tool_calls(vec![call(
+            "write_file",
+            json!({"path": "work.txt", "content": "precious work\n"}),
+        )]),
+        Reply::tool_calls(vec![call(
+            "bash",
+            json!({"command": "echo more > more.txt; sleep 60"}),
+        )]),
         Reply::text("never reached"),
     ]);
     let server = MockServer::start(Wire::Anthropic, script).expect("server");
     let mut c = world.cmd();
-    c.arg("exec").args(provider_args(&server)).args(["--backend", backend, "--approval-mode", "yolo", "work"]);
-    c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    c.arg("exec").args(provider_args(&server)).args([
+        "--backend",
+        backend,
+        "--approval-mode",
+        "yolo",
+        "work",
+    ]);
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     let mut child = c.spawn().expect("spawn");
     // Wait until the agent's bash has written more.txt inside the session.
     let sessions = world.data_dir().join("sessions");
@@ -151,10 +259,18 @@ fn sigkill_then_recover(backend: &str) {
 
     let ids = session_ids(&world);
     assert_eq!(ids.len(), 1);
-    let out = world.cmd().args(["sessions", "list"]).output().expect("run");
+    let out = world
+        .cmd()
+        .args(["sessions", "list"])
+        .output()
+        .expect("run");
     assert!(stdout(&out).contains("interrupted"), "{}", stdout(&out));
     assert_host_untouched(&world);
-    let out = world.cmd().args(["sessions", "sync", &ids[0], "--accept-all"]).output().expect("run");
+    let out = world
+        .cmd()
+        .args(["sessions", "sync", &ids[0], "--accept-all"])
+        .output()
+        .expect("run");
     assert_ok(&out);
     assert_eq!(world.read("work.txt").as_deref(), Some("precious work\n"));
     assert_eq!(world.read("more.txt").as_deref(), Some("more\n"));
@@ -214,10 +330,19 @@ fn process_bash_is_confined() {
         home = world.home.display(),
         outside = outside.display()
     );
-    let script = Script::new(vec![Reply::tool_calls(vec![call("bash", json!({ "command": cmd }))]), Reply::text("ok")]);
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![call("bash", json!({ "command": cmd }))]),
+        Reply::text("ok"),
+    ]);
     let server = MockServer::start(Wire::Anthropic, script).expect("server");
     let mut c = world.cmd();
-    c.arg("exec").args(provider_args(&server)).args(["--backend", "process", "--approval-mode", "yolo", "probe"]);
+    c.arg("exec").args(provider_args(&server)).args([
+        "--backend",
+        "process",
+        "--approval-mode",
+        "yolo",
+        "probe",
+    ]);
     let out = c.output().expect("run");
     assert_ok(&out);
     let r = &tool_results(&server)[0];
@@ -226,7 +351,11 @@ fn process_bash_is_confined() {
     assert!(!r.contains("write=0"), "{r}");
     assert!(!r.contains("connect=0"), "{r}");
     assert!(!outside.join("x").exists());
-    let procs: u32 = r.lines().filter_map(|l| l.trim().parse().ok()).next_back().unwrap_or(999);
+    let procs: u32 = r
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .next_back()
+        .unwrap_or(999);
     assert!(procs < 10, "sees only its own processes, saw {procs}: {r}");
 }
 
@@ -244,7 +373,11 @@ fn direct_leaves_the_users_git_byte_identical() {
             .env("GIT_COMMITTER_EMAIL", "u@x")
             .output()
             .expect("git");
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     git(&["init", "-q"]);
     git(&["add", "-A"]);
@@ -255,9 +388,16 @@ fn direct_leaves_the_users_git_byte_identical() {
     let before = snapshot_tree(&world.project.join(".git"));
 
     let server = MockServer::start(Wire::Anthropic, changes_script()).expect("server");
-    let out = world.exec(&server, &["--backend", "direct", "--approval-mode", "yolo", "go"]);
+    let out = world.exec(
+        &server,
+        &["--backend", "direct", "--approval-mode", "yolo", "go"],
+    );
     assert_ok(&out);
     // direct: the agent works in the project itself.
     assert_host_has_agent_changes(&world);
-    assert_eq!(snapshot_tree(&world.project.join(".git")), before, "the user's .git is untouched");
+    assert_eq!(
+        snapshot_tree(&world.project.join(".git")),
+        before,
+        "the user's .git is untouched"
+    );
 }

@@ -9,7 +9,15 @@ fn config_writes_a_private_file_and_show_masks_the_key() {
     let world = World::new();
     let out = world
         .cmd()
-        .args(["config", "--provider", "openai", "--api-key", "sk-very-secret-key-0123456789", "--model", "gpt-test"])
+        .args([
+            "config",
+            "--provider",
+            "openai",
+            "--api-key",
+            "sk-very-secret-key-0123456789",
+            "--model",
+            "gpt-test",
+        ])
         .output()
         .expect("run");
     assert_ok(&out);
@@ -20,7 +28,11 @@ fn config_writes_a_private_file_and_show_masks_the_key() {
     let text = std::fs::read_to_string(&file).expect("read");
     assert!(text.contains("[llm]") && text.contains("gpt-test"));
 
-    let out = world.cmd().args(["config", "--show"]).output().expect("run");
+    let out = world
+        .cmd()
+        .args(["config", "--show"])
+        .output()
+        .expect("run");
     assert_ok(&out);
     let shown = stdout(&out);
     assert!(shown.contains("provider = openai"), "{shown}");
@@ -33,7 +45,12 @@ fn config_writes_a_private_file_and_show_masks_the_key() {
 fn xdg_config_home_is_honoured() {
     let world = World::new();
     let xdg = world.root.path().join("xdg");
-    let out = world.cmd().env("XDG_CONFIG_HOME", &xdg).args(["config", "--model", "m1"]).output().expect("run");
+    let out = world
+        .cmd()
+        .env("XDG_CONFIG_HOME", &xdg)
+        .args(["config", "--model", "m1"])
+        .output()
+        .expect("run");
     assert_ok(&out);
     assert!(xdg.join("safe-coder/config.toml").exists());
 }
@@ -42,28 +59,51 @@ fn xdg_config_home_is_honoured() {
 fn precedence_flag_over_env_over_project_over_user() {
     let world = World::new();
     std::fs::create_dir_all(world.config_dir()).expect("dir");
-    std::fs::write(world.config_dir().join("config.toml"), "[llm]\nprovider = \"anthropic\"\nmodel = \"from-user\"\n").expect("w");
+    std::fs::write(
+        world.config_dir().join("config.toml"),
+        "[llm]\nprovider = \"anthropic\"\nmodel = \"from-user\"\n",
+    )
+    .expect("w");
     let show = |extra_env: &[(&str, &str)], args: &[&str]| {
         let mut c = world.cmd();
         for (k, v) in extra_env {
             c.env(k, v);
         }
-        let out = c.args(["config", "--show"]).args(args).output().expect("run");
+        let out = c
+            .args(["config", "--show"])
+            .args(args)
+            .output()
+            .expect("run");
         assert_ok(&out);
         stdout(&out)
     };
     assert!(show(&[], &[]).contains("model = from-user"));
     std::fs::create_dir_all(world.project.join(".safe-coder")).expect("dir");
-    world.write(".safe-coder/config.toml", "[llm]\nmodel = \"from-project\"\n");
+    world.write(
+        ".safe-coder/config.toml",
+        "[llm]\nmodel = \"from-project\"\n",
+    );
     assert!(show(&[], &[]).contains("model = from-project"));
     assert!(show(&[("SAFE_CODER_MODEL", "from-env")], &[]).contains("model = from-env"));
 
     // A flag beats everything: check through a real request.
-    let server = MockServer::start(Wire::Anthropic, Script::new(vec![Reply::text("hi")])).expect("server");
+    let server =
+        MockServer::start(Wire::Anthropic, Script::new(vec![Reply::text("hi")])).expect("server");
     let out = world
         .cmd()
         .env("SAFE_CODER_MODEL", "from-env")
-        .args(["exec", "--backend", "direct", "--base-url", &server.base_url(), "--api-key", "k-123456789", "--model", "from-flag", "hello"])
+        .args([
+            "exec",
+            "--backend",
+            "direct",
+            "--base-url",
+            &server.base_url(),
+            "--api-key",
+            "k-123456789",
+            "--model",
+            "from-flag",
+            "hello",
+        ])
         .output()
         .expect("run");
     assert_ok(&out);
@@ -74,14 +114,32 @@ fn precedence_flag_over_env_over_project_over_user() {
 fn api_key_from_env_beats_user_file() {
     let world = World::new();
     std::fs::create_dir_all(world.config_dir()).expect("dir");
-    std::fs::write(world.config_dir().join("config.toml"), "[llm]\napi_key = \"from-file-key\"\n").expect("w");
-    let server = MockServer::start(Wire::Anthropic, Script::new(vec![Reply::text("a"), Reply::text("b")])).expect("server");
+    std::fs::write(
+        world.config_dir().join("config.toml"),
+        "[llm]\napi_key = \"from-file-key\"\n",
+    )
+    .expect("w");
+    let server = MockServer::start(
+        Wire::Anthropic,
+        Script::new(vec![Reply::text("a"), Reply::text("b")]),
+    )
+    .expect("server");
     let run = |env_key: Option<&str>| {
         let mut c = world.cmd();
         if let Some(k) = env_key {
             c.env("ANTHROPIC_API_KEY", k);
         }
-        let out = c.args(["exec", "--backend", "direct", "--base-url", &server.base_url(), "hi"]).output().expect("run");
+        let out = c
+            .args([
+                "exec",
+                "--backend",
+                "direct",
+                "--base-url",
+                &server.base_url(),
+                "hi",
+            ])
+            .output()
+            .expect("run");
         assert_ok(&out);
     };
     run(None);
@@ -95,25 +153,55 @@ fn api_key_from_env_beats_user_file() {
 fn bad_value_is_one_error_naming_key_and_file() {
     let world = World::new();
     std::fs::create_dir_all(world.config_dir()).expect("dir");
-    std::fs::write(world.config_dir().join("config.toml"), "[llm]\nmax_tokens = \"lots\"\n[extra]\nfoo = 1\n").expect("w");
-    let out = world.cmd().args(["config", "--show"]).output().expect("run");
+    std::fs::write(
+        world.config_dir().join("config.toml"),
+        "[llm]\nmax_tokens = \"lots\"\n[extra]\nfoo = 1\n",
+    )
+    .expect("w");
+    let out = world
+        .cmd()
+        .args(["config", "--show"])
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("llm.max_tokens") && err.contains("config.toml"), "{err}");
+    assert!(
+        err.contains("llm.max_tokens") && err.contains("config.toml"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "one error: {err}");
 
-    std::fs::write(world.config_dir().join("config.toml"), "[llm]\nmodel = \"x\"\n[extra]\nfoo = 1\n").expect("w");
-    let out = world.cmd().args(["config", "--show"]).output().expect("run");
+    std::fs::write(
+        world.config_dir().join("config.toml"),
+        "[llm]\nmodel = \"x\"\n[extra]\nfoo = 1\n",
+    )
+    .expect("w");
+    let out = world
+        .cmd()
+        .args(["config", "--show"])
+        .output()
+        .expect("run");
     assert_ok(&out);
-    assert!(stdout(&out).contains("unknown key `extra.foo`"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("unknown key `extra.foo`"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
 fn project_config_cannot_redirect_the_api_key() {
     let world = World::new();
     std::fs::create_dir_all(world.project.join(".safe-coder")).expect("dir");
-    world.write(".safe-coder/config.toml", "[llm]\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"evil\"\n");
-    let out = world.cmd().args(["config", "--show"]).output().expect("run");
+    world.write(
+        ".safe-coder/config.toml",
+        "[llm]\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"evil\"\n",
+    );
+    let out = world
+        .cmd()
+        .args(["config", "--show"])
+        .output()
+        .expect("run");
     assert_ok(&out);
     let s = stdout(&out);
     assert!(!s.contains("127.0.0.1:9"), "{s}");

@@ -9,11 +9,29 @@ fn scenario_for(wire: Wire) {
     let world = World::new();
     world.write("README.md", "# demo\n");
     let server = MockServer::start(wire, tool_scenario().with_noise(true)).expect("server");
-    let out = world.exec(&server, &["--backend", "copy", "--sync", "accept", "--approval-mode", "yolo", "make hello.txt"]);
+    let out = world.exec(
+        &server,
+        &[
+            "--backend",
+            "copy",
+            "--sync",
+            "accept",
+            "--approval-mode",
+            "yolo",
+            "make hello.txt",
+        ],
+    );
     assert_ok(&out);
-    assert!(stdout(&out).contains("All done: hello.txt now greets safe coder."), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("All done: hello.txt now greets safe coder."),
+        "{}",
+        stdout(&out)
+    );
     // The host got exactly the agent's file after the accepted sync.
-    assert_eq!(world.read("hello.txt").as_deref(), Some("hello safe coder\nsecond line\n"));
+    assert_eq!(
+        world.read("hello.txt").as_deref(),
+        Some("hello safe coder\nsecond line\n")
+    );
     assert_eq!(world.read("README.md").as_deref(), Some("# demo\n"));
 
     let requests = server.model_requests();
@@ -21,10 +39,22 @@ fn scenario_for(wire: Wire) {
     let results = tool_results(&server);
     assert_eq!(results.len(), 4, "{results:?}");
     assert!(results[0].contains("Wrote"), "{}", results[0]);
-    assert!(results[1].contains("hello world"), "read_file result: {}", results[1]);
+    assert!(
+        results[1].contains("hello world"),
+        "read_file result: {}",
+        results[1]
+    );
     assert!(results[1].contains('1'), "numbered lines: {}", results[1]);
-    assert!(results[2].to_lowercase().contains("replace"), "edit result: {}", results[2]);
-    assert!(results[3].contains("hello safe coder") && results[3].contains("done-bash"), "bash: {}", results[3]);
+    assert!(
+        results[2].to_lowercase().contains("replace"),
+        "edit result: {}",
+        results[2]
+    );
+    assert!(
+        results[3].contains("hello safe coder") && results[3].contains("done-bash"),
+        "bash: {}",
+        results[3]
+    );
     // The tools were offered with their exact names.
     let tools = offered_tools(&requests[0].body);
     for t in ["read_file", "write_file", "edit_file", "bash"] {
@@ -51,14 +81,35 @@ fn ollama_multi_turn_tool_scenario() {
 fn json_mode_prints_one_event_per_line() {
     let world = World::new();
     let server = MockServer::start(Wire::Anthropic, tool_scenario()).expect("server");
-    let out = world.exec(&server, &["--json", "--backend", "copy", "--approval-mode", "yolo", "go"]);
+    let out = world.exec(
+        &server,
+        &[
+            "--json",
+            "--backend",
+            "copy",
+            "--approval-mode",
+            "yolo",
+            "go",
+        ],
+    );
     assert_ok(&out);
     let mut types = Vec::new();
     for line in stdout(&out).lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
         types.push(v["type"].as_str().expect("type").to_string());
     }
-    for t in ["session_started", "turn_started", "text_delta", "tool_call_started", "tool_call_finished", "committed", "turn_finished", "change_summary", "sync_finished"] {
+    for t in [
+        "session_started",
+        "turn_started",
+        "text_delta",
+        "tool_call_started",
+        "tool_call_finished",
+        "committed",
+        "turn_finished",
+        "change_summary",
+        "sync_finished",
+    ] {
         assert!(types.iter().any(|x| x == t), "missing {t} in {types:?}");
     }
 }
@@ -67,7 +118,9 @@ fn json_mode_prints_one_event_per_line() {
 fn retries_rate_limit_and_server_errors_then_succeeds() {
     let world = World::new();
     let script = Script::new(vec![
-        Reply::fault(Fault::RateLimited { retry_after_secs: 1 }),
+        Reply::fault(Fault::RateLimited {
+            retry_after_secs: 1,
+        }),
         Reply::fault(Fault::ServerError { status: 500 }),
         Reply::fault(Fault::CutMidStream),
         Reply::text("recovered"),
@@ -83,29 +136,51 @@ fn retries_rate_limit_and_server_errors_then_succeeds() {
 #[test]
 fn a_stream_cut_every_time_is_an_error_not_an_answer() {
     let world = World::new();
-    let script = Script::new((0..10).map(|_| Reply::fault(Fault::TruncatedStream)).collect());
+    let script = Script::new(
+        (0..10)
+            .map(|_| Reply::fault(Fault::TruncatedStream))
+            .collect(),
+    );
     let server = MockServer::start(Wire::Anthropic, script).expect("server");
     let out = world.exec(&server, &["--backend", "direct", "hi"]);
     assert!(!out.status.success(), "must fail: {}", stdout(&out));
-    assert!(stdout(&out).trim().is_empty(), "no partial answer on stdout: {}", stdout(&out));
+    assert!(
+        stdout(&out).trim().is_empty(),
+        "no partial answer on stdout: {}",
+        stdout(&out)
+    );
 }
 
 #[test]
 fn unauthorized_is_one_clear_sentence() {
     let world = World::new();
-    let server = MockServer::start(Wire::Anthropic, Script::new(vec![Reply::fault(Fault::Unauthorized)])).expect("server");
+    let server = MockServer::start(
+        Wire::Anthropic,
+        Script::new(vec![Reply::fault(Fault::Unauthorized)]),
+    )
+    .expect("server");
     let out = world.exec(&server, &["--backend", "direct", "hi"]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("401") || err.to_lowercase().contains("api key"), "{err}");
-    assert!(!err.contains("test-key-123456"), "the key must never be printed: {err}");
+    assert!(
+        err.contains("401") || err.to_lowercase().contains("api key"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("test-key-123456"),
+        "the key must never be printed: {err}"
+    );
     assert_eq!(server.model_requests().len(), 1, "401 is not retried");
 }
 
 #[test]
 fn unknown_model_names_the_fix() {
     let world = World::new();
-    let server = MockServer::start(Wire::Ollama, Script::new(vec![Reply::fault(Fault::NotFoundModel)])).expect("server");
+    let server = MockServer::start(
+        Wire::Ollama,
+        Script::new(vec![Reply::fault(Fault::NotFoundModel)]),
+    )
+    .expect("server");
     let out = world.exec(&server, &["--backend", "direct", "hi"]);
     assert!(!out.status.success());
     let err = stderr(&out);
@@ -115,7 +190,11 @@ fn unknown_model_names_the_fix() {
 #[test]
 fn malformed_json_and_unknown_events_do_not_crash() {
     let world = World::new();
-    let script = Script::new(vec![Reply::fault(Fault::MalformedJson), Reply::text("fine")]).with_noise(true);
+    let script = Script::new(vec![
+        Reply::fault(Fault::MalformedJson),
+        Reply::text("fine"),
+    ])
+    .with_noise(true);
     let server = MockServer::start(Wire::Anthropic, script).expect("server");
     let out = world.exec(&server, &["--backend", "direct", "hi"]);
     // A malformed event is either retried (and then succeeds) or one clear error.
@@ -138,19 +217,28 @@ fn path_escapes_are_refused_and_reported_to_the_model() {
             call("read_file", json!({"path": "../outside.txt"})),
             call("read_file", json!({"path": outside.display().to_string()})),
             call("read_file", json!({"path": "link"})),
-            call("write_file", json!({"path": "../escape.txt", "content": "x"})),
+            call(
+                "write_file",
+                json!({"path": "../escape.txt", "content": "x"}),
+            ),
         ]),
         Reply::text("ok"),
     ]);
     let server = MockServer::start(Wire::Anthropic, script).expect("server");
-    let out = world.exec(&server, &["--backend", "direct", "--approval-mode", "yolo", "try"]);
+    let out = world.exec(
+        &server,
+        &["--backend", "direct", "--approval-mode", "yolo", "try"],
+    );
     assert_ok(&out);
     let results = tool_results(&server);
     assert_eq!(results.len(), 4);
     for r in &results {
         assert!(!r.contains("secret outside"), "leaked: {r}");
         let r = r.to_lowercase();
-        assert!(r.contains("outside") || r.contains("leaves the project root"), "refusal explains: {r}");
+        assert!(
+            r.contains("outside") || r.contains("leaves the project root"),
+            "refusal explains: {r}"
+        );
     }
     assert!(!world.root.path().join("escape.txt").exists());
 }
@@ -159,13 +247,25 @@ fn path_escapes_are_refused_and_reported_to_the_model() {
 fn agent_bash_does_not_see_api_keys() {
     let world = World::new();
     let script = Script::new(vec![
-        Reply::tool_calls(vec![call("bash", json!({"command": "echo \"A=${ANTHROPIC_API_KEY:-unset} O=${OPENAI_API_KEY:-unset}\"; env | grep -c _API_KEY || true"}))]),
+        Reply::tool_calls(vec![call(
+            "bash",
+            json!({"command": "echo \"A=${ANTHROPIC_API_KEY:-unset} O=${OPENAI_API_KEY:-unset}\"; env | grep -c _API_KEY || true"}),
+        )]),
         Reply::text("ok"),
     ]);
     let server = MockServer::start(Wire::Anthropic, script).expect("server");
     let mut c = world.cmd();
-    c.env("ANTHROPIC_API_KEY", "sk-ant-supersecret-value").env("OPENAI_API_KEY", "sk-openai-supersecret");
-    c.args(["exec", "--provider", "anthropic", "--base-url", &server.base_url(), "--model", "m"]);
+    c.env("ANTHROPIC_API_KEY", "sk-ant-supersecret-value")
+        .env("OPENAI_API_KEY", "sk-openai-supersecret");
+    c.args([
+        "exec",
+        "--provider",
+        "anthropic",
+        "--base-url",
+        &server.base_url(),
+        "--model",
+        "m",
+    ]);
     c.args(["--backend", "direct", "--approval-mode", "yolo", "show env"]);
     let out = c.output().expect("run");
     assert_ok(&out);
@@ -173,14 +273,20 @@ fn agent_bash_does_not_see_api_keys() {
     assert!(results[0].contains("A=unset O=unset"), "{}", results[0]);
     assert!(!results[0].contains("supersecret"));
     // The key from the environment did reach the API, as a header.
-    assert_eq!(server.model_requests()[0].header("x-api-key"), Some("sk-ant-supersecret-value"));
+    assert_eq!(
+        server.model_requests()[0].header("x-api-key"),
+        Some("sk-ant-supersecret-value")
+    );
 }
 
 #[test]
 fn headless_default_mode_refuses_writes_with_a_reason() {
     let world = World::new();
     let script = Script::new(vec![
-        Reply::tool_calls(vec![call("write_file", json!({"path": "a.txt", "content": "x"}))]),
+        Reply::tool_calls(vec![call(
+            "write_file",
+            json!({"path": "a.txt", "content": "x"}),
+        )]),
         Reply::text("could not write"),
     ]);
     let server = MockServer::start(Wire::Anthropic, script).expect("server");
@@ -194,8 +300,12 @@ fn headless_default_mode_refuses_writes_with_a_reason() {
 #[test]
 fn plan_mode_offers_only_read_only_tools() {
     let world = World::new();
-    let server = MockServer::start(Wire::OpenAi, Script::new(vec![Reply::text("plan: do X")])).expect("server");
-    let out = world.exec(&server, &["--backend", "direct", "--approval-mode", "plan", "plan it"]);
+    let server = MockServer::start(Wire::OpenAi, Script::new(vec![Reply::text("plan: do X")]))
+        .expect("server");
+    let out = world.exec(
+        &server,
+        &["--backend", "direct", "--approval-mode", "plan", "plan it"],
+    );
     assert_ok(&out);
     let body = &server.model_requests()[0].body;
     let tools = offered_tools(body);
@@ -208,7 +318,14 @@ fn max_turns_guard_stops_a_looping_model() {
     let world = World::new();
     std::fs::create_dir_all(world.project.join(".safe-coder")).expect("dir");
     world.write(".safe-coder/config.toml", "[agent]\nmax_turns = 3\n");
-    let replies = (0..6).map(|_| Reply::tool_calls(vec![call("read_file", json!({"path": ".safe-coder/config.toml"}))])).collect();
+    let replies = (0..6)
+        .map(|_| {
+            Reply::tool_calls(vec![call(
+                "read_file",
+                json!({"path": ".safe-coder/config.toml"}),
+            )])
+        })
+        .collect();
     let server = MockServer::start(Wire::Anthropic, Script::new(replies)).expect("server");
     let out = world.exec(&server, &["--backend", "direct", "loop"]);
     assert!(!out.status.success());

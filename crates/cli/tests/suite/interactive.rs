@@ -12,10 +12,20 @@ use crate::common::*;
 /// Runs `chat --no-tui` with `input` typed on stdin.
 fn chat(world: &World, server: &MockServer, args: &[&str], input: &str) -> Output {
     let mut c = world.cmd();
-    c.arg("chat").arg("--no-tui").args(provider_args(server)).args(args);
-    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.arg("chat")
+        .arg("--no-tui")
+        .args(provider_args(server))
+        .args(args);
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = c.spawn().expect("spawn");
-    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("type");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("type");
     child.wait_with_output().expect("wait")
 }
 
@@ -28,19 +38,33 @@ fn last_user_text(server: &MockServer) -> String {
 fn default_mode_asks_and_respects_yes_no_always() {
     let world = World::new();
     let script = Script::new(vec![
-        Reply::tool_calls(vec![call("write_file", json!({"path": "a.txt", "content": "A"}))]),
-        Reply::tool_calls(vec![call("write_file", json!({"path": "b.txt", "content": "B"}))]),
+        Reply::tool_calls(vec![call(
+            "write_file",
+            json!({"path": "a.txt", "content": "A"}),
+        )]),
+        Reply::tool_calls(vec![call(
+            "write_file",
+            json!({"path": "b.txt", "content": "B"}),
+        )]),
         Reply::tool_calls(vec![call("bash", json!({"command": "echo ran > c.txt"}))]),
         Reply::tool_calls(vec![call("bash", json!({"command": "echo ran > d.txt"}))]),
         Reply::text("done"),
     ]);
     let server = MockServer::start(Wire::Anthropic, script).expect("server");
     // a.txt: yes; b.txt: no; first bash: always; second bash runs without asking.
-    let out = chat(&world, &server, &["--backend", "copy"], "make files\ny\nn\na\na\n");
+    let out = chat(
+        &world,
+        &server,
+        &["--backend", "copy"],
+        "make files\ny\nn\na\na\n",
+    );
     assert_ok(&out);
     let text = stdout(&out);
     assert!(text.contains("+A"), "the approval shows the diff: {text}");
-    assert!(text.contains("$ echo ran > c.txt"), "the approval shows the command: {text}");
+    assert!(
+        text.contains("$ echo ran > c.txt"),
+        "the approval shows the command: {text}"
+    );
     let results = tool_results(&server);
     assert!(results[0].contains("Wrote"), "{results:?}");
     assert!(results[1].contains("refused"), "{results:?}");
@@ -58,7 +82,8 @@ fn memory_files_reach_the_system_prompt_in_order() {
     std::fs::write(world.config_dir().join("SAFECODER.md"), "USER-MEMORY-LINE").expect("w");
     world.write("SAFECODER.md", "PROJECT-MEMORY-LINE");
     world.write("AGENTS.md", "AGENTS-MEMORY-LINE");
-    let server = MockServer::start(Wire::OpenAi, Script::new(vec![Reply::text("ok")])).expect("server");
+    let server =
+        MockServer::start(Wire::OpenAi, Script::new(vec![Reply::text("ok")])).expect("server");
     let out = chat(&world, &server, &["--backend", "direct"], "hello\n");
     assert_ok(&out);
     let system = system_prompt(&server.model_requests()[0].body);
@@ -72,15 +97,30 @@ fn memory_files_reach_the_system_prompt_in_order() {
 fn at_file_and_shell_output_reach_the_model() {
     let world = World::new();
     world.write("src/lib.rs", "fn answer() -> u32 { 42 }\n");
-    let server = MockServer::start(Wire::Anthropic, Script::new(vec![Reply::text("seen"), Reply::text("seen too")])).expect("server");
-    let out = chat(&world, &server, &["--backend", "copy"], "!echo shell-said-hi > out.txt; cat out.txt\nexplain @src/lib.rs please\n");
+    let server = MockServer::start(
+        Wire::Anthropic,
+        Script::new(vec![Reply::text("seen"), Reply::text("seen too")]),
+    )
+    .expect("server");
+    let out = chat(
+        &world,
+        &server,
+        &["--backend", "copy"],
+        "!echo shell-said-hi > out.txt; cat out.txt\nexplain @src/lib.rs please\n",
+    );
     assert_ok(&out);
     let reqs = server.model_requests();
     assert_eq!(reqs.len(), 1);
     let body = body_text(&reqs[0].body);
-    assert!(body.contains("fn answer() -> u32 { 42 }"), "@file content: {body}");
+    assert!(
+        body.contains("fn answer() -> u32 { 42 }"),
+        "@file content: {body}"
+    );
     assert!(body.contains("src/lib.rs"), "{body}");
-    assert!(body.contains("shell-said-hi"), "!cmd output in the next request: {body}");
+    assert!(
+        body.contains("shell-said-hi"),
+        "!cmd output in the next request: {body}"
+    );
     assert!(stdout(&out).contains("shell-said-hi"), "{}", stdout(&out));
 }
 
@@ -89,10 +129,20 @@ fn custom_command_expands_args() {
     let world = World::new();
     std::fs::create_dir_all(world.project.join(".safe-coder/commands/git")).expect("dir");
     world.write(".safe-coder/commands/git/commit.md", "---\ndescription: Write a commit message\n---\nWrite a commit message about {{args}} now.\n");
-    let server = MockServer::start(Wire::Anthropic, Script::new(vec![Reply::text("msg")])).expect("server");
-    let out = chat(&world, &server, &["--backend", "direct"], "/help\n/git:commit the parser fix\n");
+    let server =
+        MockServer::start(Wire::Anthropic, Script::new(vec![Reply::text("msg")])).expect("server");
+    let out = chat(
+        &world,
+        &server,
+        &["--backend", "direct"],
+        "/help\n/git:commit the parser fix\n",
+    );
     assert_ok(&out);
-    assert!(stdout(&out).contains("/git:commit"), "help lists it: {}", stdout(&out));
+    assert!(
+        stdout(&out).contains("/git:commit"),
+        "help lists it: {}",
+        stdout(&out)
+    );
     assert!(last_user_text(&server).contains("Write a commit message about the parser fix now."));
 }
 
@@ -110,7 +160,10 @@ fn unknown_slash_command_names_the_closest() {
 fn compaction_fires_past_the_threshold_and_the_next_request_carries_the_summary() {
     let world = World::new();
     std::fs::create_dir_all(world.project.join(".safe-coder")).expect("dir");
-    world.write(".safe-coder/config.toml", "[context]\nwindow_tokens = 2000\ncompact_threshold = 0.5\n");
+    world.write(
+        ".safe-coder/config.toml",
+        "[context]\nwindow_tokens = 2000\ncompact_threshold = 0.5\n",
+    );
     let big = "word ".repeat(1200);
     let script = Script::new(vec![
         Reply::text(big.clone()),
@@ -118,7 +171,12 @@ fn compaction_fires_past_the_threshold_and_the_next_request_carries_the_summary(
         Reply::text("after compaction"),
     ]);
     let server = MockServer::start(Wire::Anthropic, script).expect("server");
-    let out = chat(&world, &server, &["--backend", "direct"], "first question\nsecond question\n");
+    let out = chat(
+        &world,
+        &server,
+        &["--backend", "direct"],
+        "first question\nsecond question\n",
+    );
     assert_ok(&out);
     let reqs = server.model_requests();
     assert_eq!(reqs.len(), 3, "turn, summary request, turn");
@@ -133,30 +191,56 @@ fn slash_compress_stats_and_restore_in_direct_mode() {
     let world = World::new();
     world.write("f.txt", "original\n");
     let script = Script::new(vec![
-        Reply::tool_calls(vec![call("write_file", json!({"path": "f.txt", "content": "agent version\n"}))]),
+        Reply::tool_calls(vec![call(
+            "write_file",
+            json!({"path": "f.txt", "content": "agent version\n"}),
+        )]),
         Reply::text("changed it"),
     ]);
     let server = MockServer::start(Wire::Anthropic, script).expect("server");
-    let out = chat(&world, &server, &["--backend", "direct", "--approval-mode", "yolo"], "change f\n/stats\n/restore f.txt\n");
+    let out = chat(
+        &world,
+        &server,
+        &["--backend", "direct", "--approval-mode", "yolo"],
+        "change f\n/stats\n/restore f.txt\n",
+    );
     assert_ok(&out);
     let text = stdout(&out);
     assert!(text.contains("Tool Calls: 1"), "{text}");
     assert!(text.contains("write_file"), "{text}");
     assert!(text.contains("100.0% ok"), "{text}");
-    assert_eq!(world.read("f.txt").as_deref(), Some("original\n"), "/restore brought it back");
+    assert_eq!(
+        world.read("f.txt").as_deref(),
+        Some("original\n"),
+        "/restore brought it back"
+    );
 }
 
 #[test]
 fn resume_restores_the_history_after_a_kill() {
     let world = World::new();
-    let server = MockServer::start(Wire::Anthropic, Script::new(vec![Reply::text("first answer"), Reply::text("second answer")])).expect("server");
+    let server = MockServer::start(
+        Wire::Anthropic,
+        Script::new(vec![
+            Reply::text("first answer"),
+            Reply::text("second answer"),
+        ]),
+    )
+    .expect("server");
     // First process: one exchange, then it is killed (no clean exit).
     let mut c = world.cmd();
-    c.arg("chat").arg("--no-tui").args(provider_args(&server)).args(["--backend", "copy"]);
-    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+    c.arg("chat")
+        .arg("--no-tui")
+        .args(provider_args(&server))
+        .args(["--backend", "copy"]);
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     let mut child = c.spawn().expect("spawn");
     let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(b"remember the word PINEAPPLE\n").expect("type");
+    stdin
+        .write_all(b"remember the word PINEAPPLE\n")
+        .expect("type");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while server.model_requests().is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -165,10 +249,18 @@ fn resume_restores_the_history_after_a_kill() {
     child.kill().expect("kill");
     let _ = child.wait();
 
-    let out = chat(&world, &server, &["--backend", "copy", "--resume"], "what was the word?\n");
+    let out = chat(
+        &world,
+        &server,
+        &["--backend", "copy", "--resume"],
+        "what was the word?\n",
+    );
     assert_ok(&out);
     let reqs = server.model_requests();
     assert_eq!(reqs.len(), 2);
     let body = body_text(&reqs[1].body);
-    assert!(body.contains("PINEAPPLE") && body.contains("first answer"), "{body}");
+    assert!(
+        body.contains("PINEAPPLE") && body.contains("first answer"),
+        "{body}"
+    );
 }

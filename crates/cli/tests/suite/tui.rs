@@ -16,7 +16,11 @@ struct Tmux {
 
 impl Tmux {
     fn available(test: &str) -> bool {
-        let ok = Command::new("tmux").arg("-V").output().map(|o| o.status.success()).unwrap_or(false);
+        let ok = Command::new("tmux")
+            .arg("-V")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
         if !ok {
             if std::env::var_os("SAFE_CODER_REQUIRE_SANDBOX").is_some() {
                 panic!("{test}: tmux is missing, and SAFE_CODER_REQUIRE_SANDBOX is set");
@@ -27,7 +31,12 @@ impl Tmux {
     }
 
     fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux").arg("-L").arg(&self.socket).args(args).output().expect("tmux");
+        let out = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -59,7 +68,11 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux").arg("-L").arg(&self.socket).arg("kill-server").output();
+        let _ = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .output();
     }
 }
 
@@ -79,7 +92,9 @@ fn tui_prompt_stream_approve_quit_review_sync() {
     ])
     .with_chunk_delay_ms(2);
     let server = MockServer::start(Wire::Anthropic, script).expect("server");
-    let tmux = Tmux { socket: format!("safe-coder-e2e-{}", std::process::id()) };
+    let tmux = Tmux {
+        socket: format!("safe-coder-e2e-{}", std::process::id()),
+    };
     let command = format!(
         "{bin} chat --path {project} --backend copy --provider anthropic --base-url {url} --api-key k-123456789 --model test-model; sleep 5",
         bin = env!("CARGO_BIN_EXE_safe-coder"),
@@ -87,12 +102,29 @@ fn tui_prompt_stream_approve_quit_review_sync() {
         url = server.base_url(),
     );
     let home = format!("HOME={}", world.home.display());
-    tmux.run(&["new-session", "-d", "-s", "e2e", "-x", "120", "-y", "36", "-e", &home, "-e", "TERM=xterm-256color", &command]);
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "e2e",
+        "-x",
+        "120",
+        "-y",
+        "36",
+        "-e",
+        &home,
+        "-e",
+        "TERM=xterm-256color",
+        &command,
+    ]);
 
     tmux.wait_for("Type a message");
     tmux.keys(&["make main print hi", "Enter"]);
     let screen = tmux.wait_for("Approval required");
-    assert!(screen.contains("+fn main() { println!(\"hi\"); }"), "the dialog shows the diff:\n{screen}");
+    assert!(
+        screen.contains("+fn main() { println!(\"hi\"); }"),
+        "the dialog shows the diff:\n{screen}"
+    );
     assert_eq!(world.read("main.rs").as_deref(), Some("fn main() {}\n"));
     tmux.keys(&["y"]);
     let screen = tmux.wait_for("Done! I changed");
@@ -105,6 +137,9 @@ fn tui_prompt_stream_approve_quit_review_sync() {
     assert!(screen.contains("main.rs"), "{screen}");
     tmux.keys(&["Enter"]);
     tmux.wait_for("Changes synced to host");
-    assert_eq!(world.read("main.rs").as_deref(), Some("fn main() { println!(\"hi\"); }\n"));
+    assert_eq!(
+        world.read("main.rs").as_deref(),
+        Some("fn main() { println!(\"hi\"); }\n")
+    );
     tmux.keys(&["q"]);
 }

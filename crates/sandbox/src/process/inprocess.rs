@@ -19,7 +19,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use landlock::{
     path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr,
@@ -85,7 +85,7 @@ pub(crate) fn support() -> Result<Support, String> {
                     landlock_abi: abi,
                     namespaces,
                 };
-                command(&support, tmp.path(), tmp.path(), "true", None)
+                command(&support, tmp.path(), tmp.path(), "true", &RulesetCache::default(), None)
                     .ok()
                     .and_then(|mut c| {
                         c.stdin(Stdio::null())
@@ -215,6 +215,33 @@ fn landlock_error(e: impl std::fmt::Display) -> SandboxError {
 
 /// The Landlock ruleset of one command, built in the parent (it opens paths and
 /// allocates); the child only calls `landlock_restrict_self` on the returned fd.
+/// A Landlock ruleset can restrict any number of processes, so a sandbox builds it once
+/// per work tree (opening a few hundred paths costs milliseconds).
+#[derive(Debug, Default)]
+pub(crate) struct RulesetCache(Mutex<Option<(PathBuf, Arc<OwnedFd>)>>);
+
+impl RulesetCache {
+    fn get(
+        &self,
+        support: &Support,
+        workdir: &Path,
+        tmp: &Path,
+    ) -> Result<Arc<OwnedFd>, SandboxError> {
+        let mut slot = match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some((dir, fd)) = slot.as_ref() {
+            if dir == workdir {
+                return Ok(fd.clone());
+            }
+        }
+        let fd = Arc::new(ruleset(support, workdir, tmp)?);
+        *slot = Some((workdir.to_path_buf(), fd.clone()));
+        Ok(fd)
+    }
+}
+
 fn ruleset(support: &Support, workdir: &Path, tmp: &Path) -> Result<OwnedFd, SandboxError> {
     let abi = match support.landlock_abi {
         1 => ABI::V1,
@@ -245,7 +272,13 @@ fn ruleset(support: &Support, workdir: &Path, tmp: &Path) -> Result<OwnedFd, San
         .add_rules(path_beneath_rules(read_only_paths(), read))
         .map_err(landlock_error)?
         .add_rules(path_beneath_rules(
-            ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"],
+            [
+                "/dev/null",
+                "/dev/zero",
+                "/dev/full",
+                "/dev/random",
+                "/dev/urandom",
+            ],
             all,
         ))
         .map_err(landlock_error)?
@@ -280,10 +313,11 @@ pub(crate) fn command(
     workdir: &Path,
     tmp: &Path,
     script: &str,
+    rulesets: &RulesetCache,
     setup: Option<super::ChildSetup>,
 ) -> Result<Command, SandboxError> {
     let (deny, clone3) = filters()?;
-    let ruleset = ruleset(support, workdir, tmp)?;
+    let ruleset = rulesets.get(support, workdir, tmp)?;
     let bash = ["/usr/bin/bash", "/bin/bash"]
         .iter()
         .map(PathBuf::from)

@@ -27,8 +27,8 @@ pub fn app(theme: Theme) -> App {
 }
 
 pub fn render(app: &App, w: u16, h: u16) -> Terminal<TestBackend> {
-    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-    t.draw(|f| draw(f, app)).unwrap();
+    let mut t = Terminal::new(TestBackend::new(w, h)).expect("test terminal");
+    t.draw(|f| draw(f, app)).expect("draw");
     t
 }
 
@@ -58,12 +58,24 @@ pub const ANSWER: &str = "## Plan\n\nI'll create **hello.rs** with a `main` func
 pub fn conversation(app: &mut App) {
     app.handle_input(UiInput::Status(status()));
     type_text(app, "Create hello.rs");
-    app.handle_key(crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Enter));
+    app.handle_key(crossterm::event::KeyEvent::from(
+        crossterm::event::KeyCode::Enter,
+    ));
     ev(app, Event::TurnStarted);
     for chunk in ANSWER.as_bytes().chunks(17) {
-        ev(app, Event::TextDelta { text: String::from_utf8_lossy(chunk).into_owned() });
+        ev(
+            app,
+            Event::TextDelta {
+                text: String::from_utf8_lossy(chunk).into_owned(),
+            },
+        );
     }
-    ev(app, Event::AssistantMessage { text: ANSWER.into() });
+    ev(
+        app,
+        Event::AssistantMessage {
+            text: ANSWER.into(),
+        },
+    );
     ev(
         app,
         Event::ToolCallStarted {
@@ -87,7 +99,9 @@ pub fn conversation(app: &mut App) {
 /// Types `s` into the input (no Enter).
 pub fn type_text(app: &mut App, s: &str) {
     for c in s.chars() {
-        app.handle_key(crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Char(c)));
+        app.handle_key(crossterm::event::KeyEvent::from(
+            crossterm::event::KeyCode::Char(c),
+        ));
     }
 }
 
@@ -152,5 +166,8 @@ pub fn review(conflict: bool) -> ReviewData {
         "old.txt".to_string(),
         "--- a/old.txt\n+++ /dev/null\n@@ -1,2 +0,0 @@\n-line one\n-line two\n".to_string(),
     );
-    ReviewData { changes: ChangeSet { files }, diffs }
+    ReviewData {
+        changes: ChangeSet { files },
+        diffs,
+    }
 }
