@@ -78,6 +78,9 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
     let dispatcher = {
         let pending = pending.clone();
         let current_cancel = current_cancel.clone();
+        let sandbox = session.sandbox.clone();
+        let custom = safe_coder_interact::load_custom_commands(&prepared.dirs.config_dir, &prepared.project);
+        let to_ui = to_ui.clone();
         tokio::spawn(async move {
             while let Some(action) = ui_actions.recv().await {
                 match action {
@@ -106,7 +109,21 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
                     UiAction::CycleApprovalMode => {
                         let _ = cmd_tx.send(Command::CycleMode);
                     }
-                    UiAction::RequestCompletions(_) => {}
+                    UiAction::RequestCompletions(text) => {
+                        let word = text.rsplit(char::is_whitespace).next().unwrap_or("");
+                        let list = if let Some(rest) = word.strip_prefix('@') {
+                            safe_coder_interact::complete_at_path(rest, &*sandbox)
+                                .await
+                                .into_iter()
+                                .map(|c| format!("@{c}"))
+                                .collect()
+                        } else if text.starts_with('/') {
+                            safe_coder_interact::slash::complete_slash(&text, &custom)
+                        } else {
+                            Vec::new()
+                        };
+                        let _ = to_ui.send(UiInput::Completions(list));
+                    }
                 }
             }
         })

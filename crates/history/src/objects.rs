@@ -131,3 +131,138 @@ pub(crate) fn now() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
+
+/// Reads any non-delta object: loose, or from one of the repository's packs.
+/// `Ok(None)` when it cannot be found this way (a delta, or absent): callers then ask git.
+pub(crate) fn read_object(git_dir: &Path, hex_id: &str) -> Result<Option<(String, Vec<u8>)>, HistoryError> {
+    if let Some(obj) = read_loose(git_dir, hex_id)? {
+        return Ok(Some(obj));
+    }
+    let Some(id) = parse_hex(hex_id) else { return Ok(None) };
+    let pack_dir = git_dir.join("objects/pack");
+    let Ok(dir) = fs::read_dir(&pack_dir) else { return Ok(None) };
+    for entry in dir.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("idx") {
+            continue;
+        }
+        let Ok(idx) = fs::read(&path) else { continue };
+        let Some(offset) = idx_lookup(&idx, &id) else { continue };
+        return read_packed(&path.with_extension("pack"), offset);
+    }
+    Ok(None)
+}
+
+pub(crate) fn parse_hex(s: &str) -> Option<Oid> {
+    if !is_hex_id(s) {
+        return None;
+    }
+    let mut id = [0u8; 20];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).ok()?;
+    }
+    Some(id)
+}
+
+/// The pack offset of `id` in a version-2 `.idx`.
+fn idx_lookup(idx: &[u8], id: &Oid) -> Option<u64> {
+    if idx.len() < 8 + 1024 || &idx[..8] != b"\xfftOc\0\0\0\x02" {
+        return None;
+    }
+    let be32 = |pos: usize| -> Option<u32> { idx.get(pos..pos + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])) };
+    let n = be32(8 + 255 * 4)? as usize;
+    let lo = if id[0] == 0 { 0 } else { be32(8 + (id[0] as usize - 1) * 4)? as usize };
+    let hi = be32(8 + id[0] as usize * 4)? as usize;
+    let names = 8 + 1024;
+    let (mut lo, mut hi) = (lo, hi.min(n));
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        let name = idx.get(names + mid * 20..names + mid * 20 + 20)?;
+        match name.cmp(&id[..]) {
+            std::cmp::Ordering::Equal => {
+                let offsets = names + n * 20 + n * 4;
+                let off = be32(offsets + mid * 4)?;
+                if off & 0x8000_0000 == 0 {
+                    return Some(off as u64);
+                }
+                let large = offsets + n * 4 + (off & 0x7fff_ffff) as usize * 8;
+                let b = idx.get(large..large + 8)?;
+                return Some(u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+            }
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+        }
+    }
+    None
+}
+
+fn read_packed(pack: &Path, offset: u64) -> Result<Option<(String, Vec<u8>)>, HistoryError> {
+    use std::io::{BufReader, Seek, SeekFrom};
+    let mut f = fs::File::open(pack).ctx(|| format!("cannot read {}", pack.display()))?;
+    f.seek(SeekFrom::Start(offset)).ctx(|| format!("cannot read {}", pack.display()))?;
+    let mut r = BufReader::with_capacity(64 * 1024, f);
+    let mut byte = [0u8; 1];
+    r.read_exact(&mut byte).ctx(|| format!("cannot read {}", pack.display()))?;
+    let kind = (byte[0] >> 4) & 7;
+    let mut size = (byte[0] & 15) as u64;
+    let mut shift = 4;
+    while byte[0] & 0x80 != 0 {
+        r.read_exact(&mut byte).ctx(|| format!("cannot read {}", pack.display()))?;
+        size |= ((byte[0] & 0x7f) as u64) << shift;
+        shift += 7;
+    }
+    let kind = match kind {
+        1 => "commit",
+        2 => "tree",
+        3 => "blob",
+        4 => "tag",
+        _ => return Ok(None),
+    };
+    let mut data = Vec::with_capacity(size as usize);
+    ZlibDecoder::new(r)
+        .take(size)
+        .read_to_end(&mut data)
+        .map_err(|_| HistoryError::Corrupt(format!("a packed object in {} cannot be decompressed", pack.display())))?;
+    if data.len() as u64 != size {
+        return Err(HistoryError::Corrupt(format!("a packed object in {} is truncated", pack.display())));
+    }
+    Ok(Some((kind.to_string(), data)))
+}
+
+/// Entries of a tree object: (mode, name, id).
+pub(crate) fn parse_tree(data: &[u8]) -> Option<Vec<(u32, Vec<u8>, Oid)>> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let sp = rest.iter().position(|&b| b == b' ')?;
+        let mode = u32::from_str_radix(std::str::from_utf8(&rest[..sp]).ok()?, 8).ok()?;
+        rest = &rest[sp + 1..];
+        let nul = rest.iter().position(|&b| b == 0)?;
+        let name = rest[..nul].to_vec();
+        let id: Oid = rest.get(nul + 1..nul + 21)?.try_into().ok()?;
+        out.push((mode, name, id));
+        rest = &rest[nul + 21..];
+    }
+    Some(out)
+}
+
+/// A tree object's body from entries; sorts them in git's order (directories compare
+/// as if their name ended with `/`).
+pub(crate) fn tree_body(entries: &mut [(u32, Vec<u8>, Oid)]) -> Vec<u8> {
+    let key = |e: &(u32, Vec<u8>, Oid)| {
+        let mut k = e.1.clone();
+        if e.0 == 0o40000 {
+            k.push(b'/');
+        }
+        k
+    };
+    entries.sort_by_key(key);
+    let mut body = Vec::with_capacity(entries.len() * 40);
+    for (mode, name, id) in entries.iter() {
+        body.extend_from_slice(format!("{mode:o} ").as_bytes());
+        body.extend_from_slice(name);
+        body.push(0);
+        body.extend_from_slice(id);
+    }
+    body
+}

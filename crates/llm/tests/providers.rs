@@ -244,6 +244,13 @@ async fn multi_turn_tool_scenario(kind: ProviderKind) {
             .header("content-type")
             .is_some_and(|v| v.starts_with("application/json")));
     }
+    let seen = reqs[2].tool_results();
+    assert_eq!(seen.len(), 3, "{kind}: {seen:?}");
+    assert_eq!(seen[0].content, "result of write_file");
+    assert!(!seen[0].is_error);
+    assert!(seen[1].content.ends_with("result of bash"));
+    assert!(seen[1].is_error, "{kind}: {seen:?}");
+    assert_eq!(seen[2].content, "result of read_file");
     let last = &reqs[2].body;
     match kind {
         ProviderKind::Anthropic => {
@@ -815,5 +822,28 @@ async fn usage_is_read_from_each_api() {
             "{kind}: {usage:?} vs {received}"
         );
         assert_eq!(usage.output_tokens, "counting tokens".len() as u64 / 4 + 1);
+    }
+}
+
+#[tokio::test]
+async fn slow_streams_in_tiny_pieces_are_assembled() {
+    for kind in ProviderKind::ALL {
+        let script = Script::new(vec![Reply::text_and_tool_calls(
+            "slowly, two characters at a time",
+            vec![ToolCall::new("read_file", json!({"path": "src/main.rs"}))],
+        )])
+        .with_delta_chars(2)
+        .with_chunk_delay_ms(1);
+        let (_server, client) = start(kind, script);
+        let (result, events) = run(client.as_ref(), &request(vec![Message::user_text("hi")])).await;
+        let response = result.unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(response.message.text(), "slowly, two characters at a time");
+        let deltas = events
+            .iter()
+            .filter(|e| matches!(e, StreamEvent::TextDelta { .. }))
+            .count();
+        assert!(deltas >= 16, "{kind}: {deltas} deltas");
+        let call = response.message.tool_uses().next().expect("call");
+        assert_eq!(call.2, &json!({"path": "src/main.rs"}));
     }
 }

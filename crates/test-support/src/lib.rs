@@ -304,6 +304,69 @@ impl RecordedRequest {
             .get(&name.to_ascii_lowercase())
             .map(String::as_str)
     }
+
+    /// The tool results in this request's conversation, in order, whatever the wire:
+    /// Anthropic `tool_result` blocks, OpenAI and Ollama `role: "tool"` messages.
+    pub fn tool_results(&self) -> Vec<SeenToolResult> {
+        let mut out = Vec::new();
+        let messages = self
+            .body
+            .get("messages")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let text = |v: Option<&Value>| match v {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect(),
+            _ => String::new(),
+        };
+        let field = |v: &Value, key: &str| {
+            v.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        for m in messages {
+            if let Some(blocks) = m.get("content").and_then(Value::as_array) {
+                for b in blocks {
+                    if b.get("type").and_then(Value::as_str) == Some("tool_result") {
+                        out.push(SeenToolResult {
+                            id: field(b, "tool_use_id"),
+                            name: String::new(),
+                            content: text(b.get("content")),
+                            is_error: b.get("is_error").and_then(Value::as_bool) == Some(true),
+                        });
+                    }
+                }
+            }
+            if m.get("role").and_then(Value::as_str) == Some("tool") {
+                let content = text(m.get("content"));
+                out.push(SeenToolResult {
+                    id: field(m, "tool_call_id"),
+                    name: field(m, "tool_name"),
+                    is_error: content.starts_with("Error"),
+                    content,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// A tool result as a server received it (see [`RecordedRequest::tool_results`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenToolResult {
+    /// `tool_use_id` / `tool_call_id`; empty for Ollama.
+    pub id: String,
+    /// Ollama's `tool_name`; empty elsewhere.
+    pub name: String,
+    pub content: String,
+    /// Anthropic's `is_error`; for OpenAI and Ollama, which have no such flag, whether
+    /// the content starts with "Error" (how Safe Coder's client marks failures).
+    pub is_error: bool,
 }
 
 pub(crate) struct State {

@@ -536,4 +536,27 @@ mod tests {
         let t = text_of(&render("Here:\n```py\nprint(1)", 40, &pal));
         assert_eq!(t, vec!["Here:", "", "▎ print(1)"]);
     }
+
+    #[test]
+    fn quotes_tables_nested_lists_and_links() {
+        let pal = Palette::new(Theme::Plain);
+        let md = "> quoted **text**\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n- outer\n  - inner\n\n[site](https://x.org) and ~~old~~\n\n---\n";
+        let t = text_of(&render(md, 40, &pal));
+        assert_eq!(
+            t,
+            vec![
+                "│ quoted text",
+                "",
+                "a │ b",
+                "1 │ 2",
+                "",
+                "• outer",
+                "  ◦ inner",
+                "",
+                "site (https://x.org) and old",
+                "",
+                "────────────────────────────────────────",
+            ]
+        );
+    }
 }
