@@ -79,7 +79,8 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
         let pending = pending.clone();
         let current_cancel = current_cancel.clone();
         let sandbox = session.sandbox.clone();
-        let custom = safe_coder_interact::load_custom_commands(&prepared.dirs.config_dir, &prepared.project);
+        let custom =
+            safe_coder_interact::load_custom_commands(&prepared.dirs.config_dir, &prepared.project);
         let to_ui = to_ui.clone();
         tokio::spawn(async move {
             while let Some(action) = ui_actions.recv().await {

@@ -430,7 +430,14 @@ impl Agent {
             });
             let mut started = Instant::now();
 
-            let (content, outcome) = match self.authorize(id, name, input, approver, events).await {
+            let authorized = match safe_coder_llm::invalid_tool_input(input) {
+                Some(raw) => Err(format!(
+                    "Not run: the arguments of this {name} call are not valid JSON ({}). Send the call again with a JSON object as its arguments.",
+                    raw.chars().take(200).collect::<String>()
+                )),
+                None => self.authorize(id, name, input, approver, events).await,
+            };
+            let (content, outcome) = match authorized {
                 Err(refusal) => (refusal, ToolOutcome::Denied),
                 Ok(()) => {
                     // The tool's own time, without the time the user took to approve.

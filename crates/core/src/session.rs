@@ -158,7 +158,11 @@ struct ToolchainConfiner {
 }
 
 impl safe_coder_sandbox::host::CommandConfiner for ToolchainConfiner {
-    fn build(&self, command: &str, workdir: &Path) -> Result<std::process::Command, safe_coder_sandbox::SandboxError> {
+    fn build(
+        &self,
+        command: &str,
+        workdir: &Path,
+    ) -> Result<std::process::Command, safe_coder_sandbox::SandboxError> {
         let mut cmd = self.inner.build(command, workdir)?;
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         Ok(cmd)
@@ -202,13 +206,22 @@ impl Session {
             ))
         })?;
 
+        // A data dir inside the project (project = $HOME) must not be copied into itself.
+        let mut exclude = config.exclude.clone();
+        if let Ok(data) = config.data_dir.canonicalize() {
+            if let Ok(rel) = data.strip_prefix(&project) {
+                if !rel.as_os_str().is_empty() {
+                    exclude.push(format!("{}/**", rel.display()));
+                    exclude.push(rel.display().to_string());
+                }
+            }
+        }
         let (repo, work) = if backend == BackendKind::Direct {
-            let repo =
-                SessionRepo::create_shadow(&project, &dir.join("shadow.git"), &config.exclude)?;
+            let repo = SessionRepo::create_shadow(&project, &dir.join("shadow.git"), &exclude)?;
             (repo, project.clone())
         } else {
             let work = dir.join("work");
-            let repo = SessionRepo::create_sandbox_copy(&project, &work, &config.exclude)?;
+            let repo = SessionRepo::create_sandbox_copy(&project, &work, &exclude)?;
             (repo, work)
         };
         let base = repo.base()?;

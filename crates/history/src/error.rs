@@ -14,7 +14,9 @@ pub enum HistoryError {
     },
     #[error("the exclude pattern `{pattern}` is not a valid glob: {reason}")]
     BadExclude { pattern: String, reason: String },
-    #[error("the path `{0}` is not allowed: it must be relative to the project, without `..` or `.git`")]
+    #[error(
+        "the path `{0}` is not allowed: it must be relative to the project, without `..` or `.git`"
+    )]
     BadPath(String),
     #[error("`{0}` is not a commit of this session's history")]
     UnknownCommit(String),
@@ -32,7 +34,10 @@ pub enum HistoryError {
 
 impl HistoryError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        HistoryError::Io { context: context.into(), source }
+        HistoryError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

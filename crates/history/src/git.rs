@@ -30,6 +30,7 @@ const CONFIG: &[&str] = &[
     "core.ignoreCase=false",
     "core.precomposeUnicode=false",
     "core.bigFileThreshold=512m",
+    "core.looseCompression=1",
     "commit.gpgSign=false",
     "gc.auto=0",
     "maintenance.auto=false",
@@ -82,7 +83,11 @@ impl Git<'_> {
         self.run_with_input(args, None)
     }
 
-    pub fn run_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Result<Vec<u8>, HistoryError> {
+    pub fn run_with_input(
+        &self,
+        args: &[&str],
+        input: Option<&[u8]>,
+    ) -> Result<Vec<u8>, HistoryError> {
         let (ok, stdout, stderr) = self.run_status(args, input)?;
         if ok {
             Ok(stdout)
@@ -95,11 +100,19 @@ impl Git<'_> {
     }
 
     /// Runs git and returns (success, stdout, stderr) without judging the exit code.
-    pub fn run_status(&self, args: &[&str], input: Option<&[u8]>) -> Result<(bool, Vec<u8>, Vec<u8>), HistoryError> {
+    pub fn run_status(
+        &self,
+        args: &[&str],
+        input: Option<&[u8]>,
+    ) -> Result<(bool, Vec<u8>, Vec<u8>), HistoryError> {
         let mut cmd = self.command(args);
-        cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(spawn_error)?;
         let writer = match (input, child.stdin.take()) {
             (Some(data), Some(mut stdin)) => {
@@ -121,9 +134,12 @@ impl Git<'_> {
         });
         let mut stdout = Vec::new();
         if let Some(mut pipe) = child.stdout.take() {
-            pipe.read_to_end(&mut stdout).map_err(|e| HistoryError::io("cannot read git's output", e))?;
+            pipe.read_to_end(&mut stdout)
+                .map_err(|e| HistoryError::io("cannot read git's output", e))?;
         }
-        let status = child.wait().map_err(|e| HistoryError::io("cannot wait for git", e))?;
+        let status = child
+            .wait()
+            .map_err(|e| HistoryError::io("cannot wait for git", e))?;
         if let Some(w) = writer {
             let _ = w.join();
         }
@@ -134,7 +150,12 @@ impl Git<'_> {
     /// Runs git and returns the first line of stdout, trimmed.
     pub fn line(&self, args: &[&str]) -> Result<String, HistoryError> {
         let out = self.run(args)?;
-        Ok(String::from_utf8_lossy(&out).lines().next().unwrap_or_default().trim().to_string())
+        Ok(String::from_utf8_lossy(&out)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string())
     }
 }
 

@@ -57,7 +57,11 @@ pub(crate) struct TreeNode {
 }
 
 /// Writes `entries` (sorted by path bytes) as the index at `path`, atomically.
-pub(crate) fn write_index(path: &Path, entries: &[Entry], tree: &[TreeNode]) -> Result<(), HistoryError> {
+pub(crate) fn write_index(
+    path: &Path,
+    entries: &[Entry],
+    tree: &[TreeNode],
+) -> Result<(), HistoryError> {
     let mut buf = Vec::with_capacity(12 + entries.len() * 96 + tree.len() * 64);
     buf.extend_from_slice(b"DIRC");
     buf.extend_from_slice(&2u32.to_be_bytes());
@@ -65,7 +69,10 @@ pub(crate) fn write_index(path: &Path, entries: &[Entry], tree: &[TreeNode]) -> 
     for e in entries {
         let start = buf.len();
         let s = &e.stat;
-        for v in [s.ctime_s, s.ctime_ns, s.mtime_s, s.mtime_ns, s.dev, s.ino, e.mode, s.uid, s.gid, s.size] {
+        for v in [
+            s.ctime_s, s.ctime_ns, s.mtime_s, s.mtime_ns, s.dev, s.ino, e.mode, s.uid, s.gid,
+            s.size,
+        ] {
             buf.extend_from_slice(&v.to_be_bytes());
         }
         buf.extend_from_slice(&e.id);
@@ -82,7 +89,9 @@ pub(crate) fn write_index(path: &Path, entries: &[Entry], tree: &[TreeNode]) -> 
         for node in tree {
             ext.extend_from_slice(&node.name);
             ext.push(0);
-            ext.extend_from_slice(format!("{} {}\n", node.entry_count, node.subtree_count).as_bytes());
+            ext.extend_from_slice(
+                format!("{} {}\n", node.entry_count, node.subtree_count).as_bytes(),
+            );
             ext.extend_from_slice(&node.id);
         }
         buf.extend_from_slice(b"TREE");

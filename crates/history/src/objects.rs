@@ -36,7 +36,10 @@ pub(crate) fn is_hex_id(s: &str) -> bool {
 }
 
 fn loose_path(git_dir: &Path, hex_id: &str) -> PathBuf {
-    git_dir.join("objects").join(&hex_id[..2]).join(&hex_id[2..])
+    git_dir
+        .join("objects")
+        .join(&hex_id[..2])
+        .join(&hex_id[2..])
 }
 
 /// Writes a loose object (if it is not there yet) and returns its id in hex.
@@ -55,14 +58,19 @@ pub(crate) fn write_loose(git_dir: &Path, kind: &str, data: &[u8]) -> Result<Str
         .and_then(|_| enc.write_all(data))
         .and_then(|_| enc.finish())
         .ctx(|| "cannot compress a git object".to_string())?;
-    let tmp = dir.join(format!("tmp_obj_{}_{}", std::process::id(), &id[2..12]));
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("tmp_obj_{}_{n}", std::process::id()));
     fs::write(&tmp, &compressed).ctx(|| format!("cannot write {}", tmp.display()))?;
     fs::rename(&tmp, &path).ctx(|| format!("cannot write {}", path.display()))?;
     Ok(id)
 }
 
 /// Reads a loose object: `Ok(None)` when it is not loose (it may be packed).
-pub(crate) fn read_loose(git_dir: &Path, hex_id: &str) -> Result<Option<(String, Vec<u8>)>, HistoryError> {
+pub(crate) fn read_loose(
+    git_dir: &Path,
+    hex_id: &str,
+) -> Result<Option<(String, Vec<u8>)>, HistoryError> {
     if !is_hex_id(hex_id) {
         return Ok(None);
     }
@@ -70,7 +78,12 @@ pub(crate) fn read_loose(git_dir: &Path, hex_id: &str) -> Result<Option<(String,
     let raw = match fs::read(&path) {
         Ok(raw) => raw,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(HistoryError::io(format!("cannot read {}", path.display()), e)),
+        Err(e) => {
+            return Err(HistoryError::io(
+                format!("cannot read {}", path.display()),
+                e,
+            ))
+        }
     };
     let mut data = Vec::new();
     ZlibDecoder::new(&raw[..])
@@ -110,7 +123,12 @@ pub(crate) struct CommitFields {
 pub(crate) fn parse_commit(data: &[u8]) -> CommitFields {
     let text = String::from_utf8_lossy(data);
     let (head, message) = text.split_once("\n\n").unwrap_or((&text, ""));
-    let mut fields = CommitFields { tree: String::new(), parents: Vec::new(), time: 0, message: message.to_string() };
+    let mut fields = CommitFields {
+        tree: String::new(),
+        parents: Vec::new(),
+        time: 0,
+        message: message.to_string(),
+    };
     for line in head.lines() {
         if let Some(t) = line.strip_prefix("tree ") {
             fields.tree = t.trim().to_string();
@@ -134,20 +152,29 @@ pub(crate) fn now() -> i64 {
 
 /// Reads any non-delta object: loose, or from one of the repository's packs.
 /// `Ok(None)` when it cannot be found this way (a delta, or absent): callers then ask git.
-pub(crate) fn read_object(git_dir: &Path, hex_id: &str) -> Result<Option<(String, Vec<u8>)>, HistoryError> {
+pub(crate) fn read_object(
+    git_dir: &Path,
+    hex_id: &str,
+) -> Result<Option<(String, Vec<u8>)>, HistoryError> {
     if let Some(obj) = read_loose(git_dir, hex_id)? {
         return Ok(Some(obj));
     }
-    let Some(id) = parse_hex(hex_id) else { return Ok(None) };
+    let Some(id) = parse_hex(hex_id) else {
+        return Ok(None);
+    };
     let pack_dir = git_dir.join("objects/pack");
-    let Ok(dir) = fs::read_dir(&pack_dir) else { return Ok(None) };
+    let Ok(dir) = fs::read_dir(&pack_dir) else {
+        return Ok(None);
+    };
     for entry in dir.flatten() {
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) != Some("idx") {
             continue;
         }
         let Ok(idx) = fs::read(&path) else { continue };
-        let Some(offset) = idx_lookup(&idx, &id) else { continue };
+        let Some(offset) = idx_lookup(&idx, &id) else {
+            continue;
+        };
         return read_packed(&path.with_extension("pack"), offset);
     }
     Ok(None)
@@ -169,9 +196,16 @@ fn idx_lookup(idx: &[u8], id: &Oid) -> Option<u64> {
     if idx.len() < 8 + 1024 || &idx[..8] != b"\xfftOc\0\0\0\x02" {
         return None;
     }
-    let be32 = |pos: usize| -> Option<u32> { idx.get(pos..pos + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])) };
+    let be32 = |pos: usize| -> Option<u32> {
+        idx.get(pos..pos + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
     let n = be32(8 + 255 * 4)? as usize;
-    let lo = if id[0] == 0 { 0 } else { be32(8 + (id[0] as usize - 1) * 4)? as usize };
+    let lo = if id[0] == 0 {
+        0
+    } else {
+        be32(8 + (id[0] as usize - 1) * 4)? as usize
+    };
     let hi = be32(8 + id[0] as usize * 4)? as usize;
     let names = 8 + 1024;
     let (mut lo, mut hi) = (lo, hi.min(n));
@@ -187,7 +221,9 @@ fn idx_lookup(idx: &[u8], id: &Oid) -> Option<u64> {
                 }
                 let large = offsets + n * 4 + (off & 0x7fff_ffff) as usize * 8;
                 let b = idx.get(large..large + 8)?;
-                return Some(u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+                return Some(u64::from_be_bytes([
+                    b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+                ]));
             }
             std::cmp::Ordering::Less => lo = mid + 1,
             std::cmp::Ordering::Greater => hi = mid,
@@ -199,15 +235,18 @@ fn idx_lookup(idx: &[u8], id: &Oid) -> Option<u64> {
 fn read_packed(pack: &Path, offset: u64) -> Result<Option<(String, Vec<u8>)>, HistoryError> {
     use std::io::{BufReader, Seek, SeekFrom};
     let mut f = fs::File::open(pack).ctx(|| format!("cannot read {}", pack.display()))?;
-    f.seek(SeekFrom::Start(offset)).ctx(|| format!("cannot read {}", pack.display()))?;
+    f.seek(SeekFrom::Start(offset))
+        .ctx(|| format!("cannot read {}", pack.display()))?;
     let mut r = BufReader::with_capacity(64 * 1024, f);
     let mut byte = [0u8; 1];
-    r.read_exact(&mut byte).ctx(|| format!("cannot read {}", pack.display()))?;
+    r.read_exact(&mut byte)
+        .ctx(|| format!("cannot read {}", pack.display()))?;
     let kind = (byte[0] >> 4) & 7;
     let mut size = (byte[0] & 15) as u64;
     let mut shift = 4;
     while byte[0] & 0x80 != 0 {
-        r.read_exact(&mut byte).ctx(|| format!("cannot read {}", pack.display()))?;
+        r.read_exact(&mut byte)
+            .ctx(|| format!("cannot read {}", pack.display()))?;
         size |= ((byte[0] & 0x7f) as u64) << shift;
         shift += 7;
     }
@@ -222,9 +261,17 @@ fn read_packed(pack: &Path, offset: u64) -> Result<Option<(String, Vec<u8>)>, Hi
     ZlibDecoder::new(r)
         .take(size)
         .read_to_end(&mut data)
-        .map_err(|_| HistoryError::Corrupt(format!("a packed object in {} cannot be decompressed", pack.display())))?;
+        .map_err(|_| {
+            HistoryError::Corrupt(format!(
+                "a packed object in {} cannot be decompressed",
+                pack.display()
+            ))
+        })?;
     if data.len() as u64 != size {
-        return Err(HistoryError::Corrupt(format!("a packed object in {} is truncated", pack.display())));
+        return Err(HistoryError::Corrupt(format!(
+            "a packed object in {} is truncated",
+            pack.display()
+        )));
     }
     Ok(Some((kind.to_string(), data)))
 }

@@ -42,7 +42,8 @@ impl PackWriter {
     /// Starts a pack that will hold exactly `count` objects (all distinct).
     pub fn create(pack_dir: &Path, tag: &str, count: u32) -> Result<Self, HistoryError> {
         let tmp_path = pack_dir.join(format!("tmp_pack_{}_{tag}", std::process::id()));
-        let file = File::create(&tmp_path).ctx(|| format!("cannot create {}", tmp_path.display()))?;
+        let file =
+            File::create(&tmp_path).ctx(|| format!("cannot create {}", tmp_path.display()))?;
         let mut w = PackWriter {
             out: BufWriter::with_capacity(1 << 20, file),
             tmp_path,
@@ -68,14 +69,18 @@ impl PackWriter {
         self.sha.update(bytes);
         self.crc.update(bytes);
         self.pos += bytes.len() as u64;
-        self.out.write_all(bytes).ctx(|| format!("cannot write {}", self.tmp_path.display()))
+        self.out
+            .write_all(bytes)
+            .ctx(|| format!("cannot write {}", self.tmp_path.display()))
     }
 
     /// Starts an object of `len` bytes; feed its content with [`Self::feed`] and close
     /// it with [`Self::end_object`].
     pub fn begin_object(&mut self, kind: u8, len: u64) -> Result<(), HistoryError> {
         if self.entries.len() as u32 >= self.count {
-            return Err(HistoryError::Corrupt("a pack received more objects than announced".into()));
+            return Err(HistoryError::Corrupt(
+                "a pack received more objects than announced".into(),
+            ));
         }
         self.crc = crc32fast::Hasher::new();
         let offset = self.pos;
@@ -103,7 +108,9 @@ impl PackWriter {
     /// Appends content to the current object; more than announced is an error.
     pub fn feed(&mut self, mut data: &[u8]) -> Result<(), HistoryError> {
         if data.len() as u64 > self.remaining {
-            return Err(HistoryError::Corrupt("a packed object was longer than announced".into()));
+            return Err(HistoryError::Corrupt(
+                "a packed object was longer than announced".into(),
+            ));
         }
         self.adler.write_slice(data);
         while !data.is_empty() {
@@ -139,7 +146,9 @@ impl PackWriter {
             return Err(HistoryError::Corrupt("an object was packed twice".into()));
         }
         if self.remaining != 0 {
-            return Err(HistoryError::Corrupt("a packed object was shorter than announced".into()));
+            return Err(HistoryError::Corrupt(
+                "a packed object was shorter than announced".into(),
+            ));
         }
         if !self.open_block_final {
             // An empty object still needs its (empty) final block.
@@ -157,9 +166,19 @@ impl PackWriter {
 
     /// Finishes the pack: the checksum, the `.idx`, both moved into place.
     pub fn finish(self) -> Result<(), HistoryError> {
-        let PackWriter { mut out, tmp_path, pack_dir, sha, mut entries, count, .. } = self;
+        let PackWriter {
+            mut out,
+            tmp_path,
+            pack_dir,
+            sha,
+            mut entries,
+            count,
+            ..
+        } = self;
         if entries.len() as u32 != count {
-            return Err(HistoryError::Corrupt("a pack received fewer objects than announced".into()));
+            return Err(HistoryError::Corrupt(
+                "a pack received fewer objects than announced".into(),
+            ));
         }
         let checksum: Oid = sha.finalize().into();
         let ctx = || format!("cannot write {}", tmp_path.display());
@@ -172,9 +191,10 @@ impl PackWriter {
         }
         let name = format!("pack-{}", hex(&checksum));
         let pack_path = pack_dir.join(format!("{name}.pack"));
-        fs::rename(&tmp_path, &pack_path).ctx(|| format!("cannot write {}", pack_path.display()))?;
+        fs::rename(&tmp_path, &pack_path)
+            .ctx(|| format!("cannot write {}", pack_path.display()))?;
 
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_unstable_by_key(|a| a.0);
         let mut idx = Vec::with_capacity(8 + 1024 + entries.len() * 28 + 40);
         idx.extend_from_slice(b"\xfftOc\0\0\0\x02");
         let mut fanout = [0u32; 256];

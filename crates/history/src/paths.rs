@@ -31,7 +31,10 @@ impl Excludes {
                 .literal_separator(true)
                 .backslash_escape(true)
                 .build()
-                .map_err(|e| HistoryError::BadExclude { pattern: raw.clone(), reason: e.kind().to_string() })?;
+                .map_err(|e| HistoryError::BadExclude {
+                    pattern: raw.clone(),
+                    reason: e.kind().to_string(),
+                })?;
             if anchored || p.contains('/') {
                 paths.add(glob);
             } else {
@@ -39,9 +42,15 @@ impl Excludes {
             }
         }
         let build = |b: GlobSetBuilder| {
-            b.build().map_err(|e| HistoryError::BadExclude { pattern: patterns.join(", "), reason: e.to_string() })
+            b.build().map_err(|e| HistoryError::BadExclude {
+                pattern: patterns.join(", "),
+                reason: e.to_string(),
+            })
         };
-        Ok(Excludes { names: build(names)?, paths: build(paths)? })
+        Ok(Excludes {
+            names: build(names)?,
+            paths: build(paths)?,
+        })
     }
 
     /// Whether the entry at `rel` (relative to the project) is excluded.
@@ -104,13 +113,19 @@ pub(crate) fn rel_to_root(root: &Path, p: &str) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn excludes_match_names_and_paths() {
-        let ex = Excludes::new(&["node_modules".into(), "*.log".into(), "build/cache/".into(), "/top".into()])
-            .unwrap();
+        let ex = Excludes::new(&[
+            "node_modules".into(),
+            "*.log".into(),
+            "build/cache/".into(),
+            "/top".into(),
+        ])
+        .unwrap();
         assert!(ex.is_excluded(Path::new("a/node_modules")));
         assert!(ex.is_excluded(Path::new("x.log")));
         assert!(ex.is_excluded(Path::new("deep/er/x.log")));
@@ -128,7 +143,10 @@ mod tests {
         assert_eq!(clean_rel(".git/config"), None);
         assert_eq!(clean_rel("sub/.git/HEAD"), None);
         assert_eq!(clean_rel(""), None);
-        assert_eq!(rel_to_root(Path::new("/w"), "/w/x/y").as_deref(), Some("x/y"));
+        assert_eq!(
+            rel_to_root(Path::new("/w"), "/w/x/y").as_deref(),
+            Some("x/y")
+        );
         assert_eq!(rel_to_root(Path::new("/w"), "/other/y"), None);
     }
 }

@@ -1,4 +1,6 @@
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -6,7 +8,7 @@ use safe_coder_protocol::{ChangeKind, ChangeSet, FileChange};
 
 use crate::error::{HistoryError, IoContext};
 use crate::git::{ensure_git, Git};
-use crate::objects::{self, is_hex_id, CommitFields};
+use crate::objects::{self, is_hex_id, CommitFields, Oid};
 use crate::paths::{clean_rel, rel_to_root};
 use crate::snapshot::{self, write_ref};
 use crate::{INITIAL_MESSAGE, SHADOW_MESSAGE};
@@ -49,13 +51,21 @@ impl SessionRepo {
     /// `excludes` globs; symlinks stay symlinks, permission bits and modification times
     /// are kept), initialises a repository in `work_tree/.git` and commits everything as
     /// `Initial snapshot - Safe Coder VM`, which becomes [`Self::base`].
-    pub fn create_sandbox_copy(project: &Path, work_tree: &Path, excludes: &[String]) -> Result<SessionRepo, HistoryError> {
+    pub fn create_sandbox_copy(
+        project: &Path,
+        work_tree: &Path,
+        excludes: &[String],
+    ) -> Result<SessionRepo, HistoryError> {
         ensure_git()?;
         if !project.is_dir() {
             return Err(HistoryError::NoProject(project.to_path_buf()));
         }
         let project = canonical(project)?;
-        if work_tree.exists() && fs::read_dir(work_tree).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        if work_tree.exists()
+            && fs::read_dir(work_tree)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
             return Err(HistoryError::NotEmpty(work_tree.to_path_buf()));
         }
         fs::create_dir_all(work_tree).ctx(|| format!("cannot create {}", work_tree.display()))?;
@@ -68,8 +78,18 @@ impl SessionRepo {
             }
         }
         let git_dir = work_tree.join(".git");
-        snapshot::init_git_dir(&git_dir, &excludes, None)?;
-        snapshot::copy_and_snapshot(&project, &work_tree, &git_dir, &excludes, INITIAL_MESSAGE)?;
+        let made = snapshot::init_git_dir(&git_dir, &excludes, None).and_then(|_| {
+            let source = snapshot::Source::Copy {
+                work_tree: &work_tree,
+                excludes: &excludes,
+            };
+            snapshot::write_snapshot(&project, source, &git_dir, INITIAL_MESSAGE)
+        });
+        if let Err(e) = made {
+            // A half-made copy is worth nothing; the project was only read.
+            let _ = fs::remove_dir_all(&work_tree);
+            return Err(e);
+        }
         Ok(SessionRepo { work_tree, git_dir })
     }
 
@@ -78,7 +98,11 @@ impl SessionRepo {
     /// as `Snapshot: Session start`. The user's `.git` is never read or written; the
     /// project's `.gitignore` files and the `excludes` globs decide which untracked files
     /// are tracked.
-    pub fn create_shadow(project: &Path, git_dir: &Path, excludes: &[String]) -> Result<SessionRepo, HistoryError> {
+    pub fn create_shadow(
+        project: &Path,
+        git_dir: &Path,
+        excludes: &[String],
+    ) -> Result<SessionRepo, HistoryError> {
         ensure_git()?;
         if !project.is_dir() {
             return Err(HistoryError::NoProject(project.to_path_buf()));
@@ -93,12 +117,22 @@ impl SessionRepo {
             }
         }
         snapshot::init_git_dir(&git_dir, &excludes, Some(&project))?;
-        let repo = SessionRepo { work_tree: project, git_dir };
-        repo.stage_all(None)?;
-        let tree = repo.write_tree(None)?;
-        let id = repo.write_commit(&tree, &[], SHADOW_MESSAGE)?;
-        write_ref(&repo.git_dir, "refs/heads/main", &id)?;
-        write_ref(&repo.git_dir, BASE_REF, &id)?;
+        let repo = SessionRepo {
+            work_tree: project,
+            git_dir,
+        };
+        // git decides which files count (the .gitignore files, info/exclude); the
+        // snapshot itself is written directly, like a sandbox copy's.
+        let out = repo
+            .git()
+            .run(&["ls-files", "--others", "--exclude-standard", "-z"])?;
+        let files: Vec<PathBuf> = out
+            .split(|&b| b == 0)
+            .filter(|p| !p.is_empty() && !p.ends_with(b"/"))
+            .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+            .collect();
+        let source = snapshot::Source::InPlace { files };
+        snapshot::write_snapshot(&repo.work_tree, source, &repo.git_dir, SHADOW_MESSAGE)?;
         Ok(repo)
     }
 
@@ -110,7 +144,10 @@ impl SessionRepo {
         if !work_tree.is_dir() {
             return Err(HistoryError::NoProject(work_tree.to_path_buf()));
         }
-        let repo = SessionRepo { work_tree: canonical(work_tree)?, git_dir: canonical(git_dir)? };
+        let repo = SessionRepo {
+            work_tree: canonical(work_tree)?,
+            git_dir: canonical(git_dir)?,
+        };
         snapshot::ensure_attributes(&repo.git_dir);
         Ok(repo)
     }
@@ -124,7 +161,11 @@ impl SessionRepo {
     }
 
     pub(crate) fn git(&self) -> Git<'_> {
-        Git { git_dir: &self.git_dir, work_tree: &self.work_tree, index: None }
+        Git {
+            git_dir: &self.git_dir,
+            work_tree: &self.work_tree,
+            index: None,
+        }
     }
 
     /// The first commit of the session.
@@ -162,7 +203,9 @@ impl SessionRepo {
                 return Ok(s.to_string());
             }
         }
-        let id = self.git().line(&["rev-parse", "--verify", "HEAD^{commit}"])?;
+        let id = self
+            .git()
+            .line(&["rev-parse", "--verify", "HEAD^{commit}"])?;
         if is_hex_id(&id) {
             Ok(id)
         } else {
@@ -172,7 +215,11 @@ impl SessionRepo {
 
     fn set_head(&self, id: &str) -> Result<(), HistoryError> {
         let file = self.head_file();
-        let rel = file.strip_prefix(&self.git_dir).unwrap_or(Path::new("HEAD")).to_string_lossy().to_string();
+        let rel = file
+            .strip_prefix(&self.git_dir)
+            .unwrap_or(Path::new("HEAD"))
+            .to_string_lossy()
+            .to_string();
         write_ref(&self.git_dir, &rel, id)
     }
 
@@ -182,11 +229,19 @@ impl SessionRepo {
                 return Ok(objects::parse_commit(&data));
             }
         }
-        let data = self.git().run(&["cat-file", "commit", id]).map_err(|_| HistoryError::UnknownCommit(id.to_string()))?;
+        let data = self
+            .git()
+            .run(&["cat-file", "commit", id])
+            .map_err(|_| HistoryError::UnknownCommit(id.to_string()))?;
         Ok(objects::parse_commit(&data))
     }
 
-    fn write_commit(&self, tree: &str, parents: &[&str], message: &str) -> Result<String, HistoryError> {
+    fn write_commit(
+        &self,
+        tree: &str,
+        parents: &[&str],
+        message: &str,
+    ) -> Result<String, HistoryError> {
         let body = objects::commit_body(tree, parents, message, objects::now());
         objects::write_loose(&self.git_dir, "commit", &body)
     }
@@ -194,22 +249,34 @@ impl SessionRepo {
     /// `git add -A` into the index (or `index`): git's stat cache makes unchanged files
     /// cost one `lstat`.
     fn stage_all(&self, index: Option<&Path>) -> Result<(), HistoryError> {
-        let git = Git { index, ..self.git() };
+        let git = Git {
+            index,
+            ..self.git()
+        };
         git.run(&["add", "-A"]).map(|_| ())
     }
 
     fn write_tree(&self, index: Option<&Path>) -> Result<String, HistoryError> {
-        let git = Git { index, ..self.git() };
+        let git = Git {
+            index,
+            ..self.git()
+        };
         let id = git.line(&["write-tree"])?;
         if is_hex_id(&id) {
             Ok(id)
         } else {
-            Err(HistoryError::Corrupt(format!("git write-tree printed `{id}`")))
+            Err(HistoryError::Corrupt(format!(
+                "git write-tree printed `{id}`"
+            )))
         }
     }
 
     /// Records the index as a commit on HEAD unless its tree equals HEAD's.
-    fn commit_index(&self, message: &str, allow_empty: bool) -> Result<Option<String>, HistoryError> {
+    fn commit_index(
+        &self,
+        message: &str,
+        allow_empty: bool,
+    ) -> Result<Option<String>, HistoryError> {
         let tree = self.write_tree(None)?;
         let head = self.head()?;
         if !allow_empty && self.commit_fields(&head)?.tree == tree {
@@ -225,26 +292,186 @@ impl SessionRepo {
     /// inside the work tree) may have changed, the fast path after write/edit tools;
     /// `None` scans everything (after bash). A touched list that git refuses (a
     /// directory, a path through a symlink) falls back to the full scan.
-    pub fn commit_changes(&self, message: &str, touched: Option<&[String]>) -> Result<Option<String>, HistoryError> {
+    pub fn commit_changes(
+        &self,
+        message: &str,
+        touched: Option<&[String]>,
+    ) -> Result<Option<String>, HistoryError> {
         match touched {
             Some([]) => return Ok(None),
             Some(paths) => {
-                let cleaned: Option<Vec<String>> = paths.iter().map(|p| rel_to_root(&self.work_tree, p)).collect();
-                let staged = match cleaned {
-                    Some(list) => {
-                        let mut input = list.join("\0").into_bytes();
-                        input.push(0);
-                        self.git().run_with_input(&["update-index", "--add", "--remove", "-z", "--stdin"], Some(&input)).is_ok()
+                let cleaned: Option<Vec<String>> = paths
+                    .iter()
+                    .map(|p| rel_to_root(&self.work_tree, p))
+                    .collect();
+                if let Some(mut list) = cleaned {
+                    list.sort();
+                    list.dedup();
+                    if let Some(done) = self.fast_commit(&list, message)? {
+                        return Ok(done);
                     }
-                    None => false,
-                };
-                if !staged {
-                    self.stage_all(None)?;
                 }
+                self.stage_all(None)?;
             }
             None => self.stage_all(None)?,
         }
         self.commit_index(message, false)
+    }
+
+    /// The touched-paths fast path, without running git: hash the touched files into
+    /// loose blobs, rewrite the trees along their paths from HEAD's tree, write the
+    /// commit and move the branch. The index is left as it was (a cache: the next full
+    /// scan brings it up to date). `None` when a path needs git's judgement (a
+    /// directory, a path through a symlink, a packed delta): the caller scans.
+    fn fast_commit(
+        &self,
+        rels: &[String],
+        message: &str,
+    ) -> Result<Option<Option<String>>, HistoryError> {
+        let head = self.head()?;
+        let fields = self.commit_fields(&head)?;
+        let Some(root) = objects::parse_hex(&fields.tree) else {
+            return Ok(None);
+        };
+        let mut changes: Vec<(Vec<&str>, NewEntry)> = Vec::with_capacity(rels.len());
+        for rel in rels {
+            let parts: Vec<&str> = rel.split('/').collect();
+            let mut cur = self.work_tree.clone();
+            let mut gone = false;
+            for part in &parts[..parts.len() - 1] {
+                cur.push(part);
+                match fs::symlink_metadata(&cur) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => return Ok(None),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        gone = true;
+                        break;
+                    }
+                    Err(_) => return Ok(None),
+                }
+            }
+            let path = self.work_tree.join(rel);
+            let state = if gone {
+                None
+            } else {
+                match fs::symlink_metadata(&path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(_) => return Ok(None),
+                    Ok(m) if m.file_type().is_symlink() => {
+                        let target = fs::read_link(&path)
+                            .ctx(|| format!("cannot read the link {}", path.display()))?;
+                        let id = objects::write_loose(
+                            &self.git_dir,
+                            "blob",
+                            target.as_os_str().as_bytes(),
+                        )?;
+                        Some((0o120000, objects::parse_hex(&id).unwrap_or_default()))
+                    }
+                    Ok(m) if m.is_file() => {
+                        let data =
+                            fs::read(&path).ctx(|| format!("cannot read {}", path.display()))?;
+                        let id = objects::write_loose(&self.git_dir, "blob", &data)?;
+                        let mode = if m.permissions().mode() & 0o100 != 0 {
+                            0o100755
+                        } else {
+                            0o100644
+                        };
+                        Some((mode, objects::parse_hex(&id).unwrap_or_default()))
+                    }
+                    Ok(_) => return Ok(None),
+                }
+            };
+            changes.push((parts, state));
+        }
+        let refs: Vec<PathChange<'_>> = changes.iter().map(|(p, s)| (&p[..], *s)).collect();
+        let new_root = match self.rewrite_tree(Some(root), &refs)? {
+            Rewritten::Tree(id) => id,
+            Rewritten::Empty => {
+                objects::parse_hex(&objects::write_loose(&self.git_dir, "tree", b"")?)
+                    .unwrap_or_default()
+            }
+            Rewritten::Fallback => return Ok(None),
+        };
+        if new_root == root {
+            return Ok(Some(None));
+        }
+        let id = self.write_commit(&objects::hex(&new_root), &[&head], message)?;
+        self.set_head(&id)?;
+        Ok(Some(Some(id)))
+    }
+
+    /// `tree` with `changes` (path components below it → new entry, or removal).
+    fn rewrite_tree(
+        &self,
+        tree: Option<Oid>,
+        changes: &[PathChange<'_>],
+    ) -> Result<Rewritten, HistoryError> {
+        let mut entries = match tree {
+            Some(id) => match objects::read_object(&self.git_dir, &objects::hex(&id))? {
+                Some((kind, data)) if kind == "tree" => match objects::parse_tree(&data) {
+                    Some(e) => e,
+                    None => return Ok(Rewritten::Fallback),
+                },
+                _ => return Ok(Rewritten::Fallback),
+            },
+            None => Vec::new(),
+        };
+        let mut groups: std::collections::BTreeMap<&str, Vec<PathChange<'_>>> = Default::default();
+        for (parts, state) in changes {
+            if let Some((first, rest)) = parts.split_first() {
+                groups.entry(first).or_default().push((rest, *state));
+            }
+        }
+        for (name, group) in groups {
+            let pos = entries.iter().position(|e| e.1 == name.as_bytes());
+            let leaves: Vec<_> = group.iter().filter(|(rest, _)| rest.is_empty()).collect();
+            let deeper: Vec<PathChange<'_>> = group
+                .iter()
+                .filter(|(rest, _)| !rest.is_empty())
+                .copied()
+                .collect();
+            if leaves.len() > 1 || (!leaves.is_empty() && !deeper.is_empty()) {
+                return Ok(Rewritten::Fallback);
+            }
+            if let Some((_, state)) = leaves.first() {
+                match (state, pos) {
+                    (None, Some(i)) => {
+                        entries.remove(i);
+                    }
+                    (None, None) => {}
+                    (Some((mode, id)), Some(i)) => {
+                        entries[i] = (*mode, name.as_bytes().to_vec(), *id)
+                    }
+                    (Some((mode, id)), None) => {
+                        entries.push((*mode, name.as_bytes().to_vec(), *id))
+                    }
+                }
+                continue;
+            }
+            let sub = pos
+                .filter(|&i| entries[i].0 == 0o40000)
+                .map(|i| entries[i].2);
+            match self.rewrite_tree(sub, &deeper)? {
+                Rewritten::Fallback => return Ok(Rewritten::Fallback),
+                Rewritten::Tree(id) => match pos {
+                    Some(i) => entries[i] = (0o40000, name.as_bytes().to_vec(), id),
+                    None => entries.push((0o40000, name.as_bytes().to_vec(), id)),
+                },
+                Rewritten::Empty => {
+                    if let Some(i) = pos.filter(|&i| entries[i].0 == 0o40000) {
+                        entries.remove(i);
+                    }
+                }
+            }
+        }
+        if entries.is_empty() {
+            return Ok(Rewritten::Empty);
+        }
+        let body = objects::tree_body(&mut entries);
+        let id = objects::write_loose(&self.git_dir, "tree", &body)?;
+        Ok(objects::parse_hex(&id)
+            .map(Rewritten::Tree)
+            .unwrap_or(Rewritten::Fallback))
     }
 
     /// A manual snapshot `🔒 Snapshot: LABEL`, recorded even when nothing changed.
@@ -257,7 +484,9 @@ impl SessionRepo {
 
     /// The history, newest first.
     pub fn log(&self) -> Result<Vec<CommitInfo>, HistoryError> {
-        let out = self.git().run(&["log", "--format=%H%x1f%ct%x1f%B%x1e", "HEAD"])?;
+        let out = self
+            .git()
+            .run(&["log", "--format=%H%x1f%ct%x1f%B%x1e", "HEAD"])?;
         let text = String::from_utf8_lossy(&out);
         let mut commits = Vec::new();
         for rec in text.split('\x1e') {
@@ -270,7 +499,12 @@ impl SessionRepo {
             let time = parts.next().and_then(|t| t.parse().ok()).unwrap_or(0);
             let message = parts.next().unwrap_or_default().trim_end().to_string();
             if is_hex_id(&id) {
-                commits.push(CommitInfo { short_id: short(&id), id, message, time });
+                commits.push(CommitInfo {
+                    short_id: short(&id),
+                    id,
+                    message,
+                    time,
+                });
             }
         }
         Ok(commits)
@@ -281,7 +515,9 @@ impl SessionRepo {
             return Err(HistoryError::UnknownCommit(rev.to_string()));
         }
         let spec = format!("{rev}^{{commit}}");
-        let (ok, out, _) = self.git().run_status(&["rev-parse", "--verify", "--quiet", &spec], None)?;
+        let (ok, out, _) = self
+            .git()
+            .run_status(&["rev-parse", "--verify", "--quiet", &spec], None)?;
         let id = String::from_utf8_lossy(&out).trim().to_string();
         if ok && is_hex_id(&id) {
             Ok(id)
@@ -322,9 +558,19 @@ impl SessionRepo {
         if effective == self.base()? {
             return Ok(None);
         }
-        let parents = if effective == head { fields.parents } else { self.commit_fields(&effective)?.parents };
-        let Some(parent) = parents.first() else { return Ok(None) };
-        let message = format!("Undo {}: back to {}\n\n{UNDO_TRAILER}{parent}", short(&effective), short(parent));
+        let parents = if effective == head {
+            fields.parents
+        } else {
+            self.commit_fields(&effective)?.parents
+        };
+        let Some(parent) = parents.first() else {
+            return Ok(None);
+        };
+        let message = format!(
+            "Undo {}: back to {}\n\n{UNDO_TRAILER}{parent}",
+            short(&effective),
+            short(parent)
+        );
         self.rollback_with_message(parent, &message).map(Some)
     }
 
@@ -333,12 +579,23 @@ impl SessionRepo {
     /// removed. Recorded as a commit; returns the restored paths.
     pub fn restore(&self, path: Option<&str>) -> Result<Vec<String>, HistoryError> {
         let rel = match path {
-            Some(p) => Some(rel_to_root(&self.work_tree, p).ok_or_else(|| HistoryError::BadPath(p.to_string()))?),
+            Some(p) => Some(
+                rel_to_root(&self.work_tree, p)
+                    .ok_or_else(|| HistoryError::BadPath(p.to_string()))?,
+            ),
             None => None,
         };
         self.commit_changes("Uncommitted changes before restore", None)?;
         let base = self.base()?;
-        let mut args = vec!["diff-index", "--cached", "--raw", "-z", "--no-renames", "--ignore-submodules=none", base.as_str()];
+        let mut args = vec![
+            "diff-index",
+            "--cached",
+            "--raw",
+            "-z",
+            "--no-renames",
+            "--ignore-submodules=none",
+            base.as_str(),
+        ];
         if let Some(r) = rel.as_deref() {
             args.push("--");
             args.push(r);
@@ -371,7 +628,12 @@ impl SessionRepo {
             let mut input = from_base.join("\0").into_bytes();
             input.push(0);
             self.git().run_with_input(
-                &["checkout", &base, "--pathspec-from-file=-", "--pathspec-file-nul"],
+                &[
+                    "checkout",
+                    &base,
+                    "--pathspec-from-file=-",
+                    "--pathspec-file-nul",
+                ],
                 Some(&input),
             )?;
         }
@@ -379,7 +641,8 @@ impl SessionRepo {
             Some(p) => format!("Restore {p} to the session start"),
             None => "Restore all files to the session start".to_string(),
         };
-        self.commit_changes(&message, Some(&restored))?;
+        self.stage_all(None)?;
+        self.commit_index(&message, false)?;
         Ok(restored)
     }
 
@@ -388,7 +651,9 @@ impl SessionRepo {
     fn scratch_index(&self) -> Result<ScratchIndex, HistoryError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = self.git_dir.join(format!("index.safe-coder-{}-{n}", std::process::id()));
+        let path = self
+            .git_dir
+            .join(format!("index.safe-coder-{}-{n}", std::process::id()));
         let main = self.git_dir.join("index");
         if main.exists() {
             fs::copy(&main, &path).ctx(|| format!("cannot copy {}", main.display()))?;
@@ -402,10 +667,23 @@ impl SessionRepo {
     /// uncommitted changes): added, modified, deleted, mode changes, line counts.
     /// `conflict` is false here; see [`crate::sync::mark_conflicts`].
     pub fn change_set(&self) -> Result<ChangeSet, HistoryError> {
+        self.changes(true)
+    }
+
+    /// The change set, with or without the +/- line counts (sync needs none).
+    pub(crate) fn changes(&self, line_counts: bool) -> Result<ChangeSet, HistoryError> {
         let scratch = self.scratch_index()?;
         let base = self.base()?;
-        let git = Git { index: Some(&scratch.0), ..self.git() };
-        let out = git.run(&["diff-index", "--cached", "-z", "--raw", "--numstat", "--no-renames", &base])?;
+        let git = Git {
+            index: Some(&scratch.0),
+            ..self.git()
+        };
+        let mut args = vec!["diff-index", "--cached", "-z", "--raw", "--no-renames"];
+        if line_counts {
+            args.push("--numstat");
+        }
+        args.push(&base);
+        let out = git.run(&args)?;
         Ok(build_change_set(&out))
     }
 
@@ -413,13 +691,27 @@ impl SessionRepo {
     /// directory) or everything.
     pub fn diff(&self, path: Option<&str>) -> Result<String, HistoryError> {
         let rel = match path {
-            Some(p) => Some(rel_to_root(&self.work_tree, p).ok_or_else(|| HistoryError::BadPath(p.to_string()))?),
+            Some(p) => Some(
+                rel_to_root(&self.work_tree, p)
+                    .ok_or_else(|| HistoryError::BadPath(p.to_string()))?,
+            ),
             None => None,
         };
         let scratch = self.scratch_index()?;
         let base = self.base()?;
-        let git = Git { index: Some(&scratch.0), ..self.git() };
-        let mut args = vec!["diff-index", "--cached", "-p", "--no-renames", "--no-color", "--no-ext-diff", base.as_str()];
+        let git = Git {
+            index: Some(&scratch.0),
+            ..self.git()
+        };
+        let mut args = vec![
+            "diff-index",
+            "--cached",
+            "-p",
+            "--no-renames",
+            "--no-color",
+            "--no-ext-diff",
+            base.as_str(),
+        ];
         if let Some(r) = rel.as_deref() {
             args.push("--");
             args.push(r);
@@ -429,7 +721,10 @@ impl SessionRepo {
     }
 
     /// Base-snapshot entries (mode, blob id) for these paths.
-    pub(crate) fn base_entries(&self, paths: &[String]) -> Result<std::collections::HashMap<String, (String, String)>, HistoryError> {
+    pub(crate) fn base_entries(
+        &self,
+        paths: &[String],
+    ) -> Result<std::collections::HashMap<String, (String, String)>, HistoryError> {
         let base = self.base()?;
         let mut map = std::collections::HashMap::new();
         // Keep each command line well under the kernel's limit.
@@ -446,15 +741,30 @@ impl SessionRepo {
             let out = self.git().run(&args)?;
             for rec in out.split(|&b| b == 0) {
                 let rec = String::from_utf8_lossy(rec);
-                let Some((meta, path)) = rec.split_once('\t') else { continue };
+                let Some((meta, path)) = rec.split_once('\t') else {
+                    continue;
+                };
                 let mut f = meta.split(' ');
-                let (Some(mode), Some(_kind), Some(id)) = (f.next(), f.next(), f.next()) else { continue };
+                let (Some(mode), Some(_kind), Some(id)) = (f.next(), f.next(), f.next()) else {
+                    continue;
+                };
                 map.insert(path.to_string(), (mode.to_string(), id.to_string()));
             }
             start = end;
         }
         Ok(map)
     }
+}
+
+/// A tree entry's new (mode, id), or `None` for a removal.
+type NewEntry = Option<(u32, Oid)>;
+/// Path components below a tree, and what becomes of that path.
+type PathChange<'a> = (&'a [&'a str], NewEntry);
+
+enum Rewritten {
+    Tree(Oid),
+    Empty,
+    Fallback,
 }
 
 struct ScratchIndex(PathBuf);
@@ -495,7 +805,10 @@ pub(crate) fn parse_diff(out: &[u8]) -> Vec<RawChange> {
         if let Some(meta) = tok.strip_prefix(b":") {
             let meta = String::from_utf8_lossy(meta);
             let f: Vec<&str> = meta.split(' ').collect();
-            let path = toks.next().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+            let path = toks
+                .next()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default();
             if f.len() >= 5 {
                 res.push(RawChange {
                     old_mode: f[0].to_string(),
@@ -522,7 +835,10 @@ fn parse_numstat(out: &[u8]) -> std::collections::HashMap<String, (u32, u32)> {
         let t = String::from_utf8_lossy(tok);
         let mut f = t.splitn(3, '\t');
         if let (Some(a), Some(d), Some(p)) = (f.next(), f.next(), f.next()) {
-            map.insert(p.to_string(), (a.parse().unwrap_or(0), d.parse().unwrap_or(0)));
+            map.insert(
+                p.to_string(),
+                (a.parse().unwrap_or(0), d.parse().unwrap_or(0)),
+            );
         }
     }
     map

@@ -25,11 +25,26 @@ use crate::paths::{exclude_file_text, Excludes};
 const ATTRIBUTES: &str = "# Safe Coder: track bytes exactly as they are\n* -text -eol -filter -ident -working-tree-encoding\n";
 
 /// Creates an empty repository in `git_dir` (refusing a non-empty one).
-pub(crate) fn init_git_dir(git_dir: &Path, excludes: &[String], worktree: Option<&Path>) -> Result<(), HistoryError> {
-    if git_dir.exists() && fs::read_dir(git_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+pub(crate) fn init_git_dir(
+    git_dir: &Path,
+    excludes: &[String],
+    worktree: Option<&Path>,
+) -> Result<(), HistoryError> {
+    if git_dir.exists()
+        && fs::read_dir(git_dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
         return Err(HistoryError::NotEmpty(git_dir.to_path_buf()));
     }
-    for sub in ["objects/pack", "objects/info", "refs/heads", "refs/tags", "refs/safe-coder", "info"] {
+    for sub in [
+        "objects/pack",
+        "objects/info",
+        "refs/heads",
+        "refs/tags",
+        "refs/safe-coder",
+        "info",
+    ] {
         let d = git_dir.join(sub);
         fs::create_dir_all(&d).ctx(|| format!("cannot create {}", d.display()))?;
     }
@@ -63,7 +78,10 @@ pub(crate) fn init_git_dir(git_dir: &Path, excludes: &[String], worktree: Option
 /// versions, or an agent that deleted it).
 pub(crate) fn ensure_attributes(git_dir: &Path) {
     let p = git_dir.join("info/attributes");
-    if fs::read_to_string(&p).map(|s| s != ATTRIBUTES).unwrap_or(true) {
+    if fs::read_to_string(&p)
+        .map(|s| s != ATTRIBUTES)
+        .unwrap_or(true)
+    {
         let _ = fs::create_dir_all(git_dir.join("info"));
         let _ = fs::write(&p, ATTRIBUTES);
     }
@@ -81,22 +99,37 @@ struct Copied {
     stat: Stat,
 }
 
-/// Copies `project` into `work_tree` and writes the initial commit; returns its id.
-pub(crate) fn copy_and_snapshot(
+/// Where the files of the initial snapshot come from.
+pub(crate) enum Source<'a> {
+    /// Walk the project (skipping `.git` and these globs) and copy it into the work tree.
+    Copy {
+        work_tree: &'a Path,
+        excludes: &'a [String],
+    },
+    /// Snapshot these files of the project in place (the shadow repository).
+    InPlace { files: Vec<PathBuf> },
+}
+
+/// Copies (or reads in place) the project and writes the initial commit; returns its id.
+pub(crate) fn write_snapshot(
     project: &Path,
-    work_tree: &Path,
+    source: Source<'_>,
     git_dir: &Path,
-    excludes: &[String],
     message: &str,
 ) -> Result<String, HistoryError> {
-    let t0 = std::time::Instant::now();
-    let trace = std::env::var_os("SC_TRACE").is_some();
-    let ex = Excludes::new(excludes)?;
-    let (dirs, files, links) = walk(project, &ex)?;
-    if trace { eprintln!("walk {:?}", t0.elapsed()); }
-    for d in &dirs {
-        let p = work_tree.join(d);
-        fs::create_dir_all(&p).ctx(|| format!("cannot create {}", p.display()))?;
+    let (work_tree, (dirs, files, links)) = match source {
+        Source::Copy {
+            work_tree,
+            excludes,
+        } => (Some(work_tree), walk(project, &Excludes::new(excludes)?)?),
+        Source::InPlace { files } => (None, classify(project, files)?),
+    };
+    let copy_to = |rel: &Path| work_tree.map(|w| w.join(rel));
+    if let Some(w) = work_tree {
+        for d in &dirs {
+            let p = w.join(d);
+            fs::create_dir_all(&p).ctx(|| format!("cannot create {}", p.display()))?;
+        }
     }
 
     // Files of equal size may hold equal content; a pack must not hold an object twice,
@@ -122,9 +155,11 @@ pub(crate) fn copy_and_snapshot(
         }
     }
 
-    if trace { eprintln!("prepass {:?}", t0.elapsed()); }
     // Balance the threads by bytes.
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
     let threads = if files.len() < 64 { 1 } else { threads };
     let mut order: Vec<usize> = (0..files.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(files[i].size));
@@ -142,7 +177,8 @@ pub(crate) fn copy_and_snapshot(
             .iter()
             .enumerate()
             .map(|(t, (_, share))| {
-                let (files, expected, packed, pack_dir, reflink) = (&files, &expected, &packed, &pack_dir, &reflink);
+                let (files, expected, packed, pack_dir, reflink, copy_to) =
+                    (&files, &expected, &packed, &pack_dir, &reflink, &copy_to);
                 s.spawn(move || -> Result<Vec<(usize, Copied)>, HistoryError> {
                     let count = share.iter().filter(|&&i| packed[i]).count() as u32;
                     let mut pack = PackWriter::create(pack_dir, &format!("blobs{t}"), count)?;
@@ -151,9 +187,18 @@ pub(crate) fn copy_and_snapshot(
                     for &i in share {
                         let rel = &files[i].rel;
                         let sink = if packed[i] { Some(&mut pack) } else { None };
-                        let copied = copy_file(&project.join(rel), &work_tree.join(rel), files[i].size, sink, &mut buf, reflink)?;
+                        let copied = copy_file(
+                            &project.join(rel),
+                            copy_to(rel).as_deref(),
+                            files[i].size,
+                            sink,
+                            &mut buf,
+                            reflink,
+                        )?;
                         if expected[i].is_some_and(|e| e != copied.id) {
-                            return Err(HistoryError::ChangedDuringCopy { path: project.join(rel) });
+                            return Err(HistoryError::ChangedDuringCopy {
+                                path: project.join(rel),
+                            });
                         }
                         out.push((i, copied));
                     }
@@ -164,17 +209,24 @@ pub(crate) fn copy_and_snapshot(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(HistoryError::Corrupt("a copy thread panicked".into()))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(HistoryError::Corrupt("a copy thread panicked".into())))
+            })
             .collect()
     });
 
-    if trace { eprintln!("copy {:?}", t0.elapsed()); }
     let mut entries: Vec<Entry> = Vec::with_capacity(files.len() + links.len());
     let mut blob_ids: HashSet<Oid> = HashSet::with_capacity(files.len());
     for r in results {
         for (i, c) in r? {
             blob_ids.insert(c.id);
-            entries.push(Entry { path: files[i].rel.as_os_str().as_bytes().to_vec(), mode: c.mode, id: c.id, stat: c.stat });
+            entries.push(Entry {
+                path: files[i].rel.as_os_str().as_bytes().to_vec(),
+                mode: c.mode,
+                id: c.id,
+                stat: c.stat,
+            });
         }
     }
     // Symlinks stay symlinks; their blob is the target path.
@@ -182,16 +234,25 @@ pub(crate) fn copy_and_snapshot(
     let mut extra_ids: HashSet<Oid> = HashSet::new();
     for rel in &links {
         let src = project.join(rel);
-        let dst = work_tree.join(rel);
-        let target = fs::read_link(&src).ctx(|| format!("cannot read the link {}", src.display()))?;
-        std::os::unix::fs::symlink(&target, &dst).ctx(|| format!("cannot create the link {}", dst.display()))?;
+        let dst = copy_to(rel).unwrap_or_else(|| src.clone());
+        let target =
+            fs::read_link(&src).ctx(|| format!("cannot read the link {}", src.display()))?;
+        if work_tree.is_some() {
+            std::os::unix::fs::symlink(&target, &dst)
+                .ctx(|| format!("cannot create the link {}", dst.display()))?;
+        }
         let meta = fs::symlink_metadata(&dst).ctx(|| format!("cannot stat {}", dst.display()))?;
         let body = target.as_os_str().as_bytes().to_vec();
         let id = hash_object("blob", &body);
         if !blob_ids.contains(&id) && extra_ids.insert(id) {
             extra.push((OBJ_BLOB, id, body));
         }
-        entries.push(Entry { path: rel.as_os_str().as_bytes().to_vec(), mode: 0o120000, id, stat: Stat::from_meta(&meta) });
+        entries.push(Entry {
+            path: rel.as_os_str().as_bytes().to_vec(),
+            mode: 0o120000,
+            id,
+            stat: Stat::from_meta(&meta),
+        });
     }
     entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
 
@@ -214,12 +275,10 @@ pub(crate) fn copy_and_snapshot(
     }
     pack.finish()?;
 
-    if trace { eprintln!("trees {:?}", t0.elapsed()); }
     let commit_hex = hex(&commit_id);
     write_ref(git_dir, "refs/heads/main", &commit_hex)?;
     write_ref(git_dir, "refs/safe-coder/base", &commit_hex)?;
     index::write_index(&git_dir.join("index"), &entries, &nodes)?;
-    if trace { eprintln!("index {:?}", t0.elapsed()); }
     Ok(commit_hex)
 }
 
@@ -243,16 +302,31 @@ fn walk(project: &Path, ex: &Excludes) -> Result<Walked, HistoryError> {
     let mut dirs = Vec::new();
     let mut files = Vec::new();
     let mut links = Vec::new();
-    let it = walkdir::WalkDir::new(project).follow_links(false).min_depth(1).into_iter().filter_entry(|e| {
-        let rel = e.path().strip_prefix(project).unwrap_or(e.path());
-        e.file_name() != ".git" && !ex.is_excluded(rel)
-    });
+    let it = walkdir::WalkDir::new(project)
+        .follow_links(false)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| {
+            let rel = e.path().strip_prefix(project).unwrap_or(e.path());
+            e.file_name() != ".git" && !ex.is_excluded(rel)
+        });
     for entry in it {
         let entry = entry.map_err(|e| {
-            let path = e.path().map(|p| p.display().to_string()).unwrap_or_else(|| project.display().to_string());
-            HistoryError::io(format!("cannot read {path}"), e.into_io_error().unwrap_or_else(|| std::io::Error::other("filesystem loop")))
+            let path = e
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| project.display().to_string());
+            HistoryError::io(
+                format!("cannot read {path}"),
+                e.into_io_error()
+                    .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
+            )
         })?;
-        let rel = entry.path().strip_prefix(project).unwrap_or(entry.path()).to_path_buf();
+        let rel = entry
+            .path()
+            .strip_prefix(project)
+            .unwrap_or(entry.path())
+            .to_path_buf();
         let ft = entry.file_type();
         if ft.is_dir() {
             dirs.push(rel);
@@ -260,37 +334,75 @@ fn walk(project: &Path, ex: &Excludes) -> Result<Walked, HistoryError> {
             links.push(rel);
         } else if ft.is_file() {
             let meta = entry.metadata().map_err(|e| {
-                HistoryError::io(format!("cannot stat {}", entry.path().display()), e.into_io_error().unwrap_or_else(|| std::io::Error::other("stat failed")))
+                HistoryError::io(
+                    format!("cannot stat {}", entry.path().display()),
+                    e.into_io_error()
+                        .unwrap_or_else(|| std::io::Error::other("stat failed")),
+                )
             })?;
-            files.push(Item { rel, size: meta.len() });
+            files.push(Item {
+                rel,
+                size: meta.len(),
+            });
         }
     }
     Ok((dirs, files, links))
 }
 
-/// Copies one regular file, hashing it on the way and appending it to `pack`.
+/// Sorts a list of project files (from `git ls-files`) into regular files and
+/// symlinks; anything else (or gone meanwhile) is left out.
+fn classify(project: &Path, list: Vec<PathBuf>) -> Result<Walked, HistoryError> {
+    let mut files = Vec::new();
+    let mut links = Vec::new();
+    for rel in list {
+        let p = project.join(&rel);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => links.push(rel),
+            Ok(m) if m.is_file() => files.push(Item { rel, size: m.len() }),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(HistoryError::io(format!("cannot stat {}", p.display()), e)),
+        }
+    }
+    Ok((Vec::new(), files, links))
+}
+
+/// Copies one regular file (or only reads it when `dst` is `None`), hashing it on the way and appending it to `pack`.
 fn copy_file(
     src: &Path,
-    dst: &Path,
+    dst: Option<&Path>,
     expected_len: u64,
     mut pack: Option<&mut PackWriter>,
     buf: &mut [u8],
     reflink: &AtomicBool,
 ) -> Result<Copied, HistoryError> {
     let mut input = File::open(src).ctx(|| format!("cannot read {}", src.display()))?;
-    let meta = input.metadata().ctx(|| format!("cannot stat {}", src.display()))?;
+    let meta = input
+        .metadata()
+        .ctx(|| format!("cannot stat {}", src.display()))?;
     let len = meta.len();
     if len != expected_len {
-        return Err(HistoryError::ChangedDuringCopy { path: src.to_path_buf() });
+        return Err(HistoryError::ChangedDuringCopy {
+            path: src.to_path_buf(),
+        });
     }
     let perm = meta.permissions().mode() & 0o777;
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(perm | 0o200)
-        .open(dst)
-        .ctx(|| format!("cannot create {}", dst.display()))?;
-    let cloned = reflink.load(Ordering::Relaxed) && try_reflink(&input, &out, reflink);
+    let mut out = match dst {
+        Some(dst) => Some((
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(perm | 0o200)
+                .open(dst)
+                .ctx(|| format!("cannot create {}", dst.display()))?,
+            dst,
+        )),
+        None => None,
+    };
+    let cloned = match &out {
+        Some((file, _)) => reflink.load(Ordering::Relaxed) && try_reflink(&input, file, reflink),
+        None => true,
+    };
     let mut sha = Sha1::new();
     sha.update(format!("blob {len}\0").as_bytes());
     if let Some(p) = pack.as_deref_mut() {
@@ -302,15 +414,23 @@ fn copy_file(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(HistoryError::io(format!("cannot read {}", src.display()), e)),
+            Err(e) => {
+                return Err(HistoryError::io(
+                    format!("cannot read {}", src.display()),
+                    e,
+                ))
+            }
         };
         total += n as u64;
         if total > len {
-            return Err(HistoryError::ChangedDuringCopy { path: src.to_path_buf() });
+            return Err(HistoryError::ChangedDuringCopy {
+                path: src.to_path_buf(),
+            });
         }
         let chunk = &buf[..n];
-        if !cloned {
-            out.write_all(chunk).ctx(|| format!("cannot write {}", dst.display()))?;
+        if let (false, Some((file, dst))) = (cloned, out.as_mut()) {
+            file.write_all(chunk)
+                .ctx(|| format!("cannot write {}", dst.display()))?;
         }
         sha.update(chunk);
         if let Some(p) = pack.as_deref_mut() {
@@ -318,12 +438,26 @@ fn copy_file(
         }
     }
     if total != len {
-        return Err(HistoryError::ChangedDuringCopy { path: src.to_path_buf() });
+        return Err(HistoryError::ChangedDuringCopy {
+            path: src.to_path_buf(),
+        });
     }
     let id: Oid = sha.finalize().into();
-    if let Some(p) = pack.as_deref_mut() {
+    if let Some(p) = pack {
         p.end_object(id)?;
     }
+    let Some((out, dst)) = out else {
+        let mode = if perm & 0o100 != 0 {
+            0o100755
+        } else {
+            0o100644
+        };
+        return Ok(Copied {
+            id,
+            mode,
+            stat: Stat::from_meta(&meta),
+        });
+    };
     // Keep the modification time: builds see unchanged files, and git's index does not
     // find "racily clean" entries to re-hash.
     let mut times = FileTimes::new();
@@ -334,13 +468,26 @@ fn copy_file(
         times = times.set_accessed(a);
     }
     let _ = out.set_times(times);
-    let mut stat_meta = out.metadata().ctx(|| format!("cannot stat {}", dst.display()))?;
+    let mut stat_meta = out
+        .metadata()
+        .ctx(|| format!("cannot stat {}", dst.display()))?;
     if stat_meta.permissions().mode() & 0o777 != perm {
-        out.set_permissions(fs::Permissions::from_mode(perm)).ctx(|| format!("cannot chmod {}", dst.display()))?;
-        stat_meta = out.metadata().ctx(|| format!("cannot stat {}", dst.display()))?;
+        out.set_permissions(fs::Permissions::from_mode(perm))
+            .ctx(|| format!("cannot chmod {}", dst.display()))?;
+        stat_meta = out
+            .metadata()
+            .ctx(|| format!("cannot stat {}", dst.display()))?;
     }
-    let mode = if stat_meta.permissions().mode() & 0o100 != 0 { 0o100755 } else { 0o100644 };
-    Ok(Copied { id, mode, stat: Stat::from_meta(&stat_meta) })
+    let mode = if stat_meta.permissions().mode() & 0o100 != 0 {
+        0o100755
+    } else {
+        0o100644
+    };
+    Ok(Copied {
+        id,
+        mode,
+        stat: Stat::from_meta(&stat_meta),
+    })
 }
 
 /// Shares the blocks of `src` with `dst` (btrfs, XFS, bcachefs...). The first failure
@@ -361,9 +508,20 @@ fn try_reflink(src: &File, dst: &File, enabled: &AtomicBool) -> bool {
 /// Builds the tree for `entries` (all under one directory whose path prefix is
 /// `prefix` bytes long), pushing every tree object and the cache-tree nodes in
 /// pre-order. Returns the tree id.
-fn build_tree(entries: &[Entry], prefix: usize, name: &[u8], trees: &mut Vec<(Oid, Vec<u8>)>, nodes: &mut Vec<TreeNode>) -> Oid {
+fn build_tree(
+    entries: &[Entry],
+    prefix: usize,
+    name: &[u8],
+    trees: &mut Vec<(Oid, Vec<u8>)>,
+    nodes: &mut Vec<TreeNode>,
+) -> Oid {
     let pos = nodes.len();
-    nodes.push(TreeNode { name: name.to_vec(), entry_count: entries.len(), subtree_count: 0, id: [0; 20] });
+    nodes.push(TreeNode {
+        name: name.to_vec(),
+        entry_count: entries.len(),
+        subtree_count: 0,
+        id: [0; 20],
+    });
     let mut body = Vec::with_capacity(entries.len().min(256) * 40);
     let mut subtrees = 0;
     let mut i = 0;

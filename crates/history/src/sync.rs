@@ -38,8 +38,13 @@ pub struct SyncReport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum State {
     Absent,
-    File { exec: bool, id: String },
-    Link { id: String },
+    File {
+        exec: bool,
+        id: String,
+    },
+    Link {
+        id: String,
+    },
     /// A directory, a device, a nested repository: never synced.
     Other,
 }
@@ -48,8 +53,14 @@ fn tree_state(entry: Option<&(String, String)>) -> State {
     match entry {
         None => State::Absent,
         Some((mode, id)) => match mode.as_str() {
-            "100644" => State::File { exec: false, id: id.clone() },
-            "100755" => State::File { exec: true, id: id.clone() },
+            "100644" => State::File {
+                exec: false,
+                id: id.clone(),
+            },
+            "100755" => State::File {
+                exec: true,
+                id: id.clone(),
+            },
             "120000" => State::Link { id: id.clone() },
             _ => State::Other,
         },
@@ -59,18 +70,32 @@ fn tree_state(entry: Option<&(String, String)>) -> State {
 fn disk_state(path: &Path) -> Result<State, HistoryError> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
             return Ok(State::Absent)
         }
-        Err(e) => return Err(HistoryError::io(format!("cannot stat {}", path.display()), e)),
+        Err(e) => {
+            return Err(HistoryError::io(
+                format!("cannot stat {}", path.display()),
+                e,
+            ))
+        }
     };
     let ft = meta.file_type();
     if ft.is_symlink() {
-        let target = fs::read_link(path).ctx(|| format!("cannot read the link {}", path.display()))?;
-        Ok(State::Link { id: hex(&hash_object("blob", target.as_os_str().as_bytes())) })
+        let target =
+            fs::read_link(path).ctx(|| format!("cannot read the link {}", path.display()))?;
+        Ok(State::Link {
+            id: hex(&hash_object("blob", target.as_os_str().as_bytes())),
+        })
     } else if ft.is_file() {
         let data = fs::read(path).ctx(|| format!("cannot read {}", path.display()))?;
-        Ok(State::File { exec: meta.permissions().mode() & 0o100 != 0, id: hex(&hash_object("blob", &data)) })
+        Ok(State::File {
+            exec: meta.permissions().mode() & 0o100 != 0,
+            id: hex(&hash_object("blob", &data)),
+        })
     } else {
         Ok(State::Other)
     }
@@ -84,7 +109,9 @@ fn unsafe_reason(project: &Path, rel: &str) -> Option<&'static str> {
     for part in &parts[..parts.len().saturating_sub(1)] {
         cur.push(part);
         match fs::symlink_metadata(&cur) {
-            Ok(m) if m.file_type().is_symlink() => return Some("goes through a symlinked directory"),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Some("goes through a symlinked directory")
+            }
             Ok(m) if !m.is_dir() => return Some("a file is where a directory is needed"),
             Ok(_) => {}
             Err(_) => return None,
@@ -100,15 +127,35 @@ struct Plan {
     unsafe_reason: Option<&'static str>,
 }
 
-fn plan(repo: &SessionRepo, project: &Path, files: &[FileChange]) -> Result<HashMap<String, Plan>, HistoryError> {
-    let paths: Vec<String> = files.iter().filter(|f| clean_rel(&f.path).is_some()).map(|f| f.path.clone()).collect();
+fn plan(
+    repo: &SessionRepo,
+    project: &Path,
+    files: &[FileChange],
+) -> Result<HashMap<String, Plan>, HistoryError> {
+    let paths: Vec<String> = files
+        .iter()
+        .filter(|f| clean_rel(&f.path).is_some())
+        .map(|f| f.path.clone())
+        .collect();
     let base = repo.base_entries(&paths)?;
     let mut plans = HashMap::with_capacity(paths.len());
     for p in paths {
         let reason = unsafe_reason(project, &p);
-        let host = if reason.is_some() { State::Other } else { disk_state(&project.join(&p))? };
+        let host = if reason.is_some() {
+            State::Other
+        } else {
+            disk_state(&project.join(&p))?
+        };
         let agent = disk_state(&repo.work_tree().join(&p))?;
-        plans.insert(p.clone(), Plan { base: tree_state(base.get(&p)), host, agent, unsafe_reason: reason });
+        plans.insert(
+            p.clone(),
+            Plan {
+                base: tree_state(base.get(&p)),
+                host,
+                agent,
+                unsafe_reason: reason,
+            },
+        );
     }
     Ok(plans)
 }
@@ -119,7 +166,11 @@ fn is_conflict(p: &Plan) -> bool {
 
 /// Marks the files of `changes` whose host version changed since the session began
 /// (it differs from the base snapshot) and differs from the agent's version.
-pub fn mark_conflicts(repo: &SessionRepo, project: &Path, changes: &mut ChangeSet) -> Result<(), HistoryError> {
+pub fn mark_conflicts(
+    repo: &SessionRepo,
+    project: &Path,
+    changes: &mut ChangeSet,
+) -> Result<(), HistoryError> {
     let plans = plan(repo, project, &changes.files)?;
     for f in &mut changes.files {
         f.conflict = match plans.get(&f.path) {
@@ -133,7 +184,7 @@ pub fn mark_conflicts(repo: &SessionRepo, project: &Path, changes: &mut ChangeSe
 /// The changed files whose host version still differs from the agent's (what a sync
 /// would still have to do, conflicts included). Empty once everything is synced.
 pub fn pending(repo: &SessionRepo, project: &Path) -> Result<Vec<String>, HistoryError> {
-    let changes = repo.change_set()?;
+    let changes = repo.changes(false)?;
     let plans = plan(repo, project, &changes.files)?;
     let mut out: Vec<String> = changes
         .files
@@ -150,17 +201,23 @@ pub fn pending(repo: &SessionRepo, project: &Path) -> Result<Vec<String>, Histor
 /// symlinks; never `.git`; each file written atomically (a temporary file in the same
 /// directory, then rename). A conflicting host file is never overwritten. Running it
 /// again after an interruption finishes the job.
-pub fn sync_back(repo: &SessionRepo, project: &Path, accepted: Option<&[String]>) -> Result<SyncReport, HistoryError> {
-    let project = fs::canonicalize(project).ctx(|| format!("cannot resolve the project {}", project.display()))?;
-    let changes = repo.change_set()?;
-    let wanted: Option<HashSet<String>> =
-        accepted.map(|a| a.iter().map(|p| clean_rel(p).unwrap_or_else(|| p.clone())).collect());
+pub fn sync_back(
+    repo: &SessionRepo,
+    project: &Path,
+    accepted: Option<&[String]>,
+) -> Result<SyncReport, HistoryError> {
+    let project = fs::canonicalize(project)
+        .ctx(|| format!("cannot resolve the project {}", project.display()))?;
+    let changes = repo.changes(false)?;
+    let wanted: Option<HashSet<String>> = accepted.map(|a| {
+        a.iter()
+            .map(|p| clean_rel(p).unwrap_or_else(|| p.clone()))
+            .collect()
+    });
     let mut report = SyncReport::default();
     let mut chosen = Vec::new();
     for f in &changes.files {
-        if wanted.as_ref().is_some_and(|w| !w.contains(&f.path)) {
-            report.skipped.push(f.path.clone());
-        } else if clean_rel(&f.path).is_none() {
+        if wanted.as_ref().is_some_and(|w| !w.contains(&f.path)) || clean_rel(&f.path).is_none() {
             report.skipped.push(f.path.clone());
         } else {
             chosen.push(f.clone());
@@ -168,7 +225,11 @@ pub fn sync_back(repo: &SessionRepo, project: &Path, accepted: Option<&[String]>
     }
     if let Some(w) = &wanted {
         let known: HashSet<&str> = changes.files.iter().map(|f| f.path.as_str()).collect();
-        let mut extra: Vec<String> = w.iter().filter(|p| !known.contains(p.as_str())).cloned().collect();
+        let mut extra: Vec<String> = w
+            .iter()
+            .filter(|p| !known.contains(p.as_str()))
+            .cloned()
+            .collect();
         extra.sort();
         report.skipped.extend(extra);
     }
@@ -199,7 +260,10 @@ pub fn sync_back(repo: &SessionRepo, project: &Path, accepted: Option<&[String]>
 }
 
 fn temp_path(host_path: &Path) -> PathBuf {
-    let name = host_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = host_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     host_path.with_file_name(format!(".{name}.safe-coder-sync"))
 }
 
@@ -214,7 +278,8 @@ fn apply(repo: &SessionRepo, project: &Path, rel: &str, p: &Plan) -> Result<(), 
     match &p.agent {
         State::Absent => {
             if matches!(p.host, State::File { .. } | State::Link { .. }) {
-                fs::remove_file(&host_path).ctx(|| format!("cannot remove {}", host_path.display()))?;
+                fs::remove_file(&host_path)
+                    .ctx(|| format!("cannot remove {}", host_path.display()))?;
             }
             // Directories the agent emptied and removed go too.
             let mut cur = Path::new(rel).parent();
@@ -237,15 +302,22 @@ fn apply(repo: &SessionRepo, project: &Path, rel: &str, p: &Plan) -> Result<(), 
                     return set_exec(&host_path, *exec);
                 }
             }
-            let data = fs::read(&agent_path).ctx(|| format!("cannot read {}", agent_path.display()))?;
+            let data =
+                fs::read(&agent_path).ctx(|| format!("cannot read {}", agent_path.display()))?;
             let mode = match fs::symlink_metadata(&host_path) {
                 Ok(m) if m.is_file() => with_exec(m.permissions().mode() & 0o7777, *exec),
-                _ => fs::metadata(&agent_path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o644),
+                _ => fs::metadata(&agent_path)
+                    .map(|m| m.permissions().mode() & 0o777)
+                    .unwrap_or(0o644),
             };
             let tmp = temp_path(&host_path);
             let _ = fs::remove_file(&tmp);
             let write = || -> std::io::Result<()> {
-                let mut out = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+                let mut out = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&tmp)?;
                 out.write_all(&data)?;
                 out.set_permissions(fs::Permissions::from_mode(mode))?;
                 Ok(())
@@ -255,10 +327,12 @@ fn apply(repo: &SessionRepo, project: &Path, rel: &str, p: &Plan) -> Result<(), 
         }
         State::Link { .. } => {
             ensure_parents(project, rel)?;
-            let target = fs::read_link(&agent_path).ctx(|| format!("cannot read the link {}", agent_path.display()))?;
+            let target = fs::read_link(&agent_path)
+                .ctx(|| format!("cannot read the link {}", agent_path.display()))?;
             let tmp = temp_path(&host_path);
             let _ = fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(&target, &tmp).ctx(|| format!("cannot create the link {}", tmp.display()))?;
+            std::os::unix::fs::symlink(&target, &tmp)
+                .ctx(|| format!("cannot create the link {}", tmp.display()))?;
             fs::rename(&tmp, &host_path).ctx(|| format!("cannot replace {}", host_path.display()))
         }
         State::Other => Ok(()),
@@ -277,7 +351,8 @@ fn with_exec(mode: u32, exec: bool) -> u32 {
 fn set_exec(path: &Path, exec: bool) -> Result<(), HistoryError> {
     let meta = fs::symlink_metadata(path).ctx(|| format!("cannot stat {}", path.display()))?;
     let mode = with_exec(meta.permissions().mode() & 0o7777, exec);
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).ctx(|| format!("cannot chmod {}", path.display()))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .ctx(|| format!("cannot chmod {}", path.display()))
 }
 
 /// Creates the missing directories above `rel` (the ancestors were checked by

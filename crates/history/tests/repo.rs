@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use std::fs;
@@ -31,17 +32,30 @@ fn copy_excludes_git_and_globs_keeps_exec_and_symlinks() {
     assert!(!w.join("node_modules").exists());
     assert!(!w.join("logs/x.log").exists());
     // The project's .git is not copied; the session's own repository is there instead.
-    assert!(!w.join(".git/config").read_link().is_ok());
-    assert_ne!(fs::read_to_string(w.join(".git/HEAD")).unwrap(), "ref: refs/heads/master\n");
+    assert!(w.join(".git/config").read_link().is_err());
+    assert_ne!(
+        fs::read_to_string(w.join(".git/HEAD")).unwrap(),
+        "ref: refs/heads/master\n"
+    );
     assert!(is_exec(w, "run.sh"));
     assert!(!is_exec(w, "README.md"));
     let link = fs::symlink_metadata(w.join("link-to-main")).unwrap();
     assert!(link.file_type().is_symlink());
-    assert_eq!(fs::read_link(w.join("link-to-main")).unwrap().to_str(), Some("src/main.rs"));
+    assert_eq!(
+        fs::read_link(w.join("link-to-main")).unwrap().to_str(),
+        Some("src/main.rs")
+    );
 
     // A normal, clean git repository.
     let git_dir = repo.git_dir();
-    assert_eq!(git(git_dir, w, &["status", "--porcelain", "--untracked-files=all"]), "");
+    assert_eq!(
+        git(
+            git_dir,
+            w,
+            &["status", "--porcelain", "--untracked-files=all"]
+        ),
+        ""
+    );
     git(git_dir, w, &["fsck", "--strict", "--no-dangling"]);
     assert_eq!(messages(&repo), vec!["Initial snapshot - Safe Coder VM"]);
     assert_eq!(repo.base().unwrap(), repo.head().unwrap());
@@ -84,22 +98,46 @@ fn commits_changes_with_messages_and_no_empty_commits() {
     need_git!();
     let (_tmp, _project, repo) = sandbox(&[]);
     let w = repo.work_tree().to_path_buf();
-    assert_eq!(repo.commit_changes("Agent executed: bash", None).unwrap(), None);
+    assert_eq!(
+        repo.commit_changes("Agent executed: bash", None).unwrap(),
+        None
+    );
     write(&w, "src/new.rs", "new\n");
-    let c1 = repo.commit_changes("Agent executed: write_file", Some(&["src/new.rs".to_string()])).unwrap();
+    let c1 = repo
+        .commit_changes(
+            "Agent executed: write_file",
+            Some(&["src/new.rs".to_string()]),
+        )
+        .unwrap();
     assert!(c1.is_some());
     assert_eq!(repo.head().unwrap(), c1.unwrap());
-    assert_eq!(repo.commit_changes("Agent executed: write_file", Some(&["src/new.rs".to_string()])).unwrap(), None);
+    assert_eq!(
+        repo.commit_changes(
+            "Agent executed: write_file",
+            Some(&["src/new.rs".to_string()])
+        )
+        .unwrap(),
+        None
+    );
     // Absolute paths inside the work tree are fine; bash needs the full scan.
     write(&w, "src/lib.rs", "pub fn b() {}\n");
     let abs = w.join("src/lib.rs").to_string_lossy().into_owned();
-    assert!(repo.commit_changes("Agent executed: edit_file", Some(&[abs])).unwrap().is_some());
+    assert!(repo
+        .commit_changes("Agent executed: edit_file", Some(&[abs]))
+        .unwrap()
+        .is_some());
     fs::remove_file(w.join("README.md")).unwrap();
     write(&w, "gen/out.txt", "generated\n");
-    assert!(repo.commit_changes("Agent executed: write_file, bash", None).unwrap().is_some());
+    assert!(repo
+        .commit_changes("Agent executed: write_file, bash", None)
+        .unwrap()
+        .is_some());
     // A directory as a touched path falls back to the scan.
     write(&w, "gen/more.txt", "more\n");
-    assert!(repo.commit_changes("Agent executed: bash", Some(&["gen".to_string()])).unwrap().is_some());
+    assert!(repo
+        .commit_changes("Agent executed: bash", Some(&["gen".to_string()]))
+        .unwrap()
+        .is_some());
     let snap = repo.snapshot("before-refactor").unwrap();
     assert_eq!(repo.head().unwrap(), snap);
     repo.snapshot("").unwrap();
@@ -120,8 +158,15 @@ fn commits_changes_with_messages_and_no_empty_commits() {
     assert!(log[0].time > 1_600_000_000);
     assert_eq!(git(repo.git_dir(), &w, &["status", "--porcelain"]), "");
     git(repo.git_dir(), &w, &["fsck", "--strict", "--no-dangling"]);
-    let author = git(repo.git_dir(), &w, &["log", "-1", "--format=%an <%ae>|%cn <%ce>"]);
-    assert_eq!(author.trim(), "Safe Coder <safe-coder@localhost>|Safe Coder <safe-coder@localhost>");
+    let author = git(
+        repo.git_dir(),
+        &w,
+        &["log", "-1", "--format=%an <%ae>|%cn <%ce>"],
+    );
+    assert_eq!(
+        author.trim(),
+        "Safe Coder <safe-coder@localhost>|Safe Coder <safe-coder@localhost>"
+    );
 }
 
 #[test]
@@ -129,7 +174,11 @@ fn change_set_kinds_and_diff() {
     need_git!();
     let (_tmp, _project, repo) = sandbox(&[]);
     let w = repo.work_tree().to_path_buf();
-    write(&w, "src/main.rs", "fn main() {\n    println!(\"bye\");\n}\n// end\n");
+    write(
+        &w,
+        "src/main.rs",
+        "fn main() {\n    println!(\"bye\");\n}\n// end\n",
+    );
     write(&w, "added.txt", "one\ntwo\n");
     fs::remove_file(w.join("src/lib.rs")).unwrap();
     set_exec(&w, "README.md", true);
@@ -137,7 +186,8 @@ fn change_set_kinds_and_diff() {
     // Uncommitted changes count too.
     write(&w, "uncommitted.txt", "x\n");
     let cs = repo.change_set().unwrap();
-    let kinds: Vec<(&str, ChangeKind)> = cs.files.iter().map(|f| (f.path.as_str(), f.kind)).collect();
+    let kinds: Vec<(&str, ChangeKind)> =
+        cs.files.iter().map(|f| (f.path.as_str(), f.kind)).collect();
     assert_eq!(
         kinds,
         vec![
@@ -150,7 +200,13 @@ fn change_set_kinds_and_diff() {
     );
     let main = cs.files.iter().find(|f| f.path == "src/main.rs").unwrap();
     assert_eq!((main.additions, main.deletions), (2, 1));
-    assert!(cs.files.iter().find(|f| f.path == "README.md").unwrap().executable);
+    assert!(
+        cs.files
+            .iter()
+            .find(|f| f.path == "README.md")
+            .unwrap()
+            .executable
+    );
     assert!(cs.files.iter().all(|f| !f.conflict));
     assert!(cs.summary_text().starts_with("Changed 5 file(s):\n"));
     // change_set does not commit.
@@ -161,7 +217,10 @@ fn change_set_kinds_and_diff() {
     assert!(d.contains("-    println!(\"hi\");") && d.contains("+    println!(\"bye\");"));
     let all = repo.diff(None).unwrap();
     assert!(all.contains("uncommitted.txt") && all.contains("deleted file mode"));
-    assert!(matches!(repo.diff(Some("../etc/passwd")), Err(HistoryError::BadPath(_))));
+    assert!(matches!(
+        repo.diff(Some("../etc/passwd")),
+        Err(HistoryError::BadPath(_))
+    ));
 }
 
 #[test]
@@ -171,21 +230,31 @@ fn rollback_undo_restore() {
     let w = repo.work_tree().to_path_buf();
     let base = repo.base().unwrap();
     write(&w, "src/main.rs", "v1\n");
-    let c1 = repo.commit_changes("Agent executed: write_file", None).unwrap().unwrap();
+    let c1 = repo
+        .commit_changes("Agent executed: write_file", None)
+        .unwrap()
+        .unwrap();
     write(&w, "src/main.rs", "v2\n");
     write(&w, "later.txt", "later\n");
-    repo.commit_changes("Agent executed: write_file", None).unwrap().unwrap();
+    repo.commit_changes("Agent executed: write_file", None)
+        .unwrap()
+        .unwrap();
 
     let rb = repo.rollback(&c1).unwrap();
     assert_eq!(read(&w, "src/main.rs"), "v1\n");
     assert!(!w.join("later.txt").exists());
     assert_eq!(repo.head().unwrap(), rb);
     assert_eq!(messages(&repo)[0], format!("Rollback to {}", &c1[..7]));
-    assert!(matches!(repo.rollback("no-such-commit"), Err(HistoryError::UnknownCommit(_))));
+    assert!(matches!(
+        repo.rollback("no-such-commit"),
+        Err(HistoryError::UnknownCommit(_))
+    ));
 
     // Undo steps back one change at a time.
     write(&w, "src/main.rs", "v3\n");
-    repo.commit_changes("Agent executed: edit_file", None).unwrap().unwrap();
+    repo.commit_changes("Agent executed: edit_file", None)
+        .unwrap()
+        .unwrap();
     assert!(repo.undo().unwrap().is_some());
     assert_eq!(read(&w, "src/main.rs"), "v1\n");
     assert!(repo.undo().unwrap().is_some());
@@ -197,7 +266,10 @@ fn rollback_undo_restore() {
     fs::remove_file(w.join("README.md")).unwrap();
     let restored = repo.restore(Some("src/main.rs")).unwrap();
     assert_eq!(restored, vec!["src/main.rs"]);
-    assert_eq!(read(&w, "src/main.rs"), "fn main() {\n    println!(\"hi\");\n}\n");
+    assert_eq!(
+        read(&w, "src/main.rs"),
+        "fn main() {\n    println!(\"hi\");\n}\n"
+    );
     assert_eq!(read(&w, "src/lib.rs"), "changed\n");
     let mut all = repo.restore(None).unwrap();
     all.sort();
@@ -207,14 +279,21 @@ fn rollback_undo_restore() {
     assert!(repo.change_set().unwrap().is_empty());
     assert_eq!(messages(&repo)[0], "Restore all files to the session start");
     // The full history is kept.
-    assert!(repo.log().unwrap().iter().any(|c| c.message.starts_with("Undo ")));
+    assert!(repo
+        .log()
+        .unwrap()
+        .iter()
+        .any(|c| c.message.starts_with("Undo ")));
     assert_eq!(repo.log().unwrap().last().unwrap().id, base);
     assert_eq!(git(repo.git_dir(), &w, &["status", "--porcelain"]), "");
 
     // Undo back to the start, then nothing more to undo.
     let fresh = sandbox(&[]);
     write(fresh.2.work_tree(), "x.txt", "x\n");
-    fresh.2.commit_changes("Agent executed: write_file", None).unwrap();
+    fresh
+        .2
+        .commit_changes("Agent executed: write_file", None)
+        .unwrap();
     assert!(fresh.2.undo().unwrap().is_some());
     assert!(!fresh.2.work_tree().join("x.txt").exists());
     assert_eq!(fresh.2.undo().unwrap(), None);
@@ -258,7 +337,11 @@ fn shadow_repo_never_touches_the_users_git() {
             .env("GIT_COMMITTER_EMAIL", "u@x")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     plain(&["init", "-q", "-b", "trunk"]);
     plain(&["add", "-A"]);
@@ -274,13 +357,26 @@ fn shadow_repo_never_touches_the_users_git() {
     let tracked = git(repo.git_dir(), &project, &["ls-files"]);
     assert!(tracked.contains("src/main.rs") && tracked.contains(".gitignore"));
     assert!(!tracked.contains(".git/") && !tracked.contains("target/"));
+    assert_eq!(
+        git(repo.git_dir(), &project, &["status", "--porcelain"]),
+        ""
+    );
+    git(
+        repo.git_dir(),
+        &project,
+        &["fsck", "--strict", "--no-dangling"],
+    );
 
     for i in 0..5 {
         write(&project, &format!("gen{i}.rs"), "x\n");
         write(&project, "scratch.tmp", "ignored\n");
-        repo.commit_changes("Agent executed: write_file", Some(&[format!("gen{i}.rs")])).unwrap().unwrap();
+        repo.commit_changes("Agent executed: write_file", Some(&[format!("gen{i}.rs")]))
+            .unwrap()
+            .unwrap();
         write(&project, "src/main.rs", &format!("fn main() {{ {i} }}\n"));
-        repo.commit_changes("Agent executed: bash", None).unwrap().unwrap();
+        repo.commit_changes("Agent executed: bash", None)
+            .unwrap()
+            .unwrap();
     }
     repo.snapshot("mid").unwrap();
     repo.undo().unwrap().unwrap();
@@ -328,7 +424,10 @@ fn work_tree_inside_the_project_is_not_copied_into_itself() {
     let repo = SessionRepo::create_sandbox_copy(tmp.path(), &work, &[]).unwrap();
     assert!(work.join("file.txt").is_file());
     assert!(!work.join(".local/share/safe-coder/s1/work").exists());
-    assert_eq!(git(repo.git_dir(), repo.work_tree(), &["status", "--porcelain"]), "");
+    assert_eq!(
+        git(repo.git_dir(), repo.work_tree(), &["status", "--porcelain"]),
+        ""
+    );
 }
 
 /// Runs itself in a child process whose PATH holds no git.
@@ -336,7 +435,8 @@ fn work_tree_inside_the_project_is_not_copied_into_itself() {
 fn git_missing_is_one_clear_error() {
     if std::env::var_os("HISTORY_TEST_NO_GIT").is_some() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = SessionRepo::create_sandbox_copy(tmp.path(), &tmp.path().join("w"), &[]).unwrap_err();
+        let err =
+            SessionRepo::create_sandbox_copy(tmp.path(), &tmp.path().join("w"), &[]).unwrap_err();
         assert!(matches!(err, HistoryError::GitMissing));
         assert_eq!(
             err.to_string(),
@@ -353,6 +453,90 @@ fn git_missing_is_one_clear_error() {
         .env("PATH", empty.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+}
+
+#[test]
+fn touched_fast_path_builds_the_same_trees_as_git() {
+    need_git!();
+    let (_tmp, _project, repo) = sandbox(&[]);
+    let w = repo.work_tree().to_path_buf();
+    type Step<'a> = (Box<dyn Fn() + 'a>, Vec<&'static str>);
+    let steps: Vec<Step> = vec![
+        (
+            Box::new(|| write(&w, "a/b/c/deep.txt", "changed deep\n")),
+            vec!["a/b/c/deep.txt"],
+        ),
+        (
+            Box::new(|| write(&w, "x/y/z/new.txt", "new nested\n")),
+            vec!["x/y/z/new.txt"],
+        ),
+        (
+            Box::new(|| fs::remove_file(w.join("a/b/c/deep.txt")).unwrap()),
+            vec!["a/b/c/deep.txt"],
+        ),
+        (
+            Box::new(|| set_exec(&w, "src/lib.rs", true)),
+            vec!["./src/lib.rs"],
+        ),
+        (
+            Box::new(|| std::os::unix::fs::symlink("x/y", w.join("a.link")).unwrap()),
+            vec!["a.link", "a.link"],
+        ),
+        (
+            Box::new(|| {
+                write(&w, "a-b", "sorts before a/\n");
+                write(&w, "a0", "sorts after a/\n");
+                fs::remove_file(w.join("empty.txt")).unwrap();
+            }),
+            vec!["a-b", "a0", "empty.txt"],
+        ),
+    ];
+    for (step, paths) in steps {
+        step();
+        let paths: Vec<String> = paths.into_iter().map(String::from).collect();
+        assert!(repo
+            .commit_changes("Agent executed: write_file", Some(&paths))
+            .unwrap()
+            .is_some());
+        // What git computes from scratch for the work tree.
+        let scratch = tempfile::tempdir().unwrap();
+        let env = |c: &mut std::process::Command| {
+            c.env("GIT_DIR", repo.git_dir())
+                .env("GIT_WORK_TREE", &w)
+                .env("GIT_INDEX_FILE", scratch.path().join("i"))
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .current_dir(&w);
+        };
+        let mut add = std::process::Command::new("git");
+        add.args(["add", "-A"]);
+        env(&mut add);
+        assert!(add.output().unwrap().status.success());
+        let mut wt = std::process::Command::new("git");
+        wt.arg("write-tree");
+        env(&mut wt);
+        let fresh = String::from_utf8(wt.output().unwrap().stdout).unwrap();
+        assert_eq!(
+            fresh,
+            git(repo.git_dir(), &w, &["rev-parse", "HEAD^{tree}"])
+        );
+    }
+    // Nothing changed: no commit; an untouched change is not seen by the fast path but by the scan.
+    assert_eq!(
+        repo.commit_changes("Agent executed: write_file", Some(&["a-b".to_string()]))
+            .unwrap(),
+        None
+    );
+    git(repo.git_dir(), &w, &["fsck", "--strict", "--no-dangling"]);
+    assert_eq!(
+        repo.commit_changes("Agent executed: bash", None).unwrap(),
+        None
+    );
+    assert_eq!(git(repo.git_dir(), &w, &["status", "--porcelain"]), "");
 }

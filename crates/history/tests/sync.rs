@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 mod common;
 
 use std::fs;
@@ -19,7 +20,11 @@ fn fixture() -> Fixture {
     fs::create_dir(&project).unwrap();
     sample_project(&project);
     let repo = SessionRepo::create_sandbox_copy(&project, &tmp.path().join("work"), &[]).unwrap();
-    Fixture { _tmp: tmp, project, repo }
+    Fixture {
+        _tmp: tmp,
+        project,
+        repo,
+    }
 }
 
 /// The agent writes, edits, deletes, chmods, adds a symlink and a nested file.
@@ -51,7 +56,10 @@ fn host_is_untouched_until_sync_then_gets_exactly_the_changes() {
     assert_eq!(tree_snapshot(&f.project), before);
 
     let report = sync_back(&f.repo, &f.project, None).unwrap();
-    assert!(report.conflicts.is_empty() && report.skipped.is_empty(), "{report:?}");
+    assert!(
+        report.conflicts.is_empty() && report.skipped.is_empty(),
+        "{report:?}"
+    );
     assert_eq!(report.applied.len(), 8, "{report:?}");
     let p = &f.project;
     assert_eq!(read(p, "src/main.rs"), "fn main() { agent(); }\n");
@@ -59,14 +67,24 @@ fn host_is_untouched_until_sync_then_gets_exactly_the_changes() {
     assert!(!p.join("src/lib.rs").exists());
     assert!(!p.join("a").exists(), "the emptied directories go too");
     assert!(is_exec(p, "README.md") && !is_exec(p, "run.sh") && is_exec(p, "tool.sh"));
-    assert_eq!(fs::read_link(p.join("added-link")).unwrap().to_str(), Some("new/dir/added.rs"));
+    assert_eq!(
+        fs::read_link(p.join("added-link")).unwrap().to_str(),
+        Some("new/dir/added.rs")
+    );
     // The project's own .git is untouched and nothing else appeared.
     assert_eq!(read(p, ".git/HEAD"), "ref: refs/heads/master\n");
     let mut host = tree_snapshot(p);
-    host.retain(|k, _| !k.starts_with(".git") && !k.starts_with("node_modules") && !k.starts_with("logs"));
+    host.retain(|k, _| {
+        !k.starts_with(".git") && !k.starts_with("node_modules") && !k.starts_with("logs")
+    });
     let mut work = tree_snapshot(f.repo.work_tree());
-    work.retain(|k, _| !k.starts_with(".git") && !k.starts_with("node_modules") && !k.starts_with("logs"));
-    assert_eq!(host.keys().collect::<Vec<_>>(), work.keys().collect::<Vec<_>>());
+    work.retain(|k, _| {
+        !k.starts_with(".git") && !k.starts_with("node_modules") && !k.starts_with("logs")
+    });
+    assert_eq!(
+        host.keys().collect::<Vec<_>>(),
+        work.keys().collect::<Vec<_>>()
+    );
     for (k, (data, mode)) in &work {
         assert_eq!(&host[k].0, data, "{k}");
         assert_eq!(host[k].1 & 0o100, mode & 0o100, "{k}");
@@ -86,7 +104,11 @@ fn pick_files() {
     need_git!();
     let f = fixture();
     agent_changes(&f);
-    let pick = vec!["src/main.rs".to_string(), "src/lib.rs".to_string(), "not/changed.txt".to_string()];
+    let pick = vec![
+        "src/main.rs".to_string(),
+        "src/lib.rs".to_string(),
+        "not/changed.txt".to_string(),
+    ];
     let report = sync_back(&f.repo, &f.project, Some(&pick)).unwrap();
     assert_eq!(sorted(report.applied), vec!["src/lib.rs", "src/main.rs"]);
     assert!(report.skipped.contains(&"new/dir/added.rs".to_string()));
@@ -112,19 +134,41 @@ fn conflicting_host_edit_survives() {
 
     let mut cs = f.repo.change_set().unwrap();
     mark_conflicts(&f.repo, &f.project, &mut cs).unwrap();
-    let conflicted: Vec<&str> = cs.files.iter().filter(|c| c.conflict).map(|c| c.path.as_str()).collect();
-    assert_eq!(conflicted, vec!["new/dir/added.rs", "src/lib.rs", "src/main.rs"]);
-    assert!(cs.summary_text().contains("src/main.rs (modified, CONFLICT"));
+    let conflicted: Vec<&str> = cs
+        .files
+        .iter()
+        .filter(|c| c.conflict)
+        .map(|c| c.path.as_str())
+        .collect();
+    assert_eq!(
+        conflicted,
+        vec!["new/dir/added.rs", "src/lib.rs", "src/main.rs"]
+    );
+    assert!(cs
+        .summary_text()
+        .contains("src/main.rs (modified, CONFLICT"));
 
     let report = sync_back(&f.repo, &f.project, None).unwrap();
-    assert_eq!(sorted(report.conflicts), vec!["new/dir/added.rs", "src/lib.rs", "src/main.rs"]);
+    assert_eq!(
+        sorted(report.conflicts),
+        vec!["new/dir/added.rs", "src/lib.rs", "src/main.rs"]
+    );
     assert!(report.applied.contains(&"run.sh".to_string()));
     assert_eq!(read(&f.project, "src/main.rs"), "fn main() { user(); }\n");
     assert_eq!(read(&f.project, "src/lib.rs"), "user kept working here\n");
-    assert_eq!(read(&f.project, "new/dir/added.rs"), "user made the same file\n");
+    assert_eq!(
+        read(&f.project, "new/dir/added.rs"),
+        "user made the same file\n"
+    );
     // The agent's version stays in the session.
-    assert_eq!(read(f.repo.work_tree(), "src/main.rs"), "fn main() { agent(); }\n");
-    assert_eq!(pending(&f.repo, &f.project).unwrap(), vec!["new/dir/added.rs", "src/lib.rs", "src/main.rs"]);
+    assert_eq!(
+        read(f.repo.work_tree(), "src/main.rs"),
+        "fn main() { agent(); }\n"
+    );
+    assert_eq!(
+        pending(&f.repo, &f.project).unwrap(),
+        vec!["new/dir/added.rs", "src/lib.rs", "src/main.rs"]
+    );
 }
 
 #[test]
@@ -133,7 +177,11 @@ fn interrupted_sync_finishes_when_run_again() {
     let f = fixture();
     agent_changes(&f);
     // Simulate a sync killed half-way: some files applied, a temp file left behind.
-    fs::copy(f.repo.work_tree().join("src/main.rs"), f.project.join("src/main.rs")).unwrap();
+    fs::copy(
+        f.repo.work_tree().join("src/main.rs"),
+        f.project.join("src/main.rs"),
+    )
+    .unwrap();
     fs::remove_file(f.project.join("src/lib.rs")).unwrap();
     write(&f.project, "src/.lib.rs.safe-coder-sync", "partial");
     write(&f.project, "new/dir/.added.rs.safe-coder-sync", "partial");
@@ -161,7 +209,10 @@ fn uncommitted_agent_work_is_synced_and_nothing_escapes_the_project() {
     std::os::unix::fs::symlink(&outside, f.project.join("a/b")).unwrap();
     let report = sync_back(&f.repo, &f.project, None).unwrap();
     assert!(report.applied.contains(&"late.txt".to_string()));
-    assert!(report.skipped.contains(&"a/b/escape.txt".to_string()), "{report:?}");
+    assert!(
+        report.skipped.contains(&"a/b/escape.txt".to_string()),
+        "{report:?}"
+    );
     assert!(!outside.join("escape.txt").exists());
     assert_eq!(read(&f.project, "late.txt"), "late\n");
     // `.git` paths are never accepted.

@@ -170,6 +170,23 @@ fn main() {
         }
     }
 
+    // What a first request pays once: building the HTTP client (rustls, web PKI roots).
+    let mut builds: Vec<Duration> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let c = reqwest::Client::builder().build().expect("reqwest client");
+            let e = t.elapsed();
+            drop(c);
+            e
+        })
+        .collect();
+    builds.sort();
+    println!(
+        "reqwest::Client build (after the ones above): max {} median {}",
+        us(builds[4]),
+        us(builds[2])
+    );
+
     // Decoder throughput on a large stream, split in network-sized pieces.
     let mut stream = String::new();
     for i in 0..20_000 {

@@ -3,8 +3,10 @@
 //! `message_delta`, `message_stop`, `ping`, `error`.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use reqwest::RequestBuilder;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::sse::SseDecoder;
@@ -35,44 +37,41 @@ impl Wire for Anthropic {
         }
     }
 
-    fn body(request: &ModelRequest, model: &str, max_tokens: u32, _: &ProviderConfig) -> Value {
-        let mut body = Map::new();
-        body.insert("model".into(), json!(model));
-        body.insert("max_tokens".into(), json!(max_tokens));
-        body.insert("stream".into(), json!(true));
-        if !request.system.is_empty() {
+    fn body(
+        request: &ModelRequest,
+        model: &str,
+        max_tokens: u32,
+        _: &ProviderConfig,
+    ) -> serde_json::Result<Vec<u8>> {
+        let mut messages: Vec<Msg> = request.messages.iter().filter_map(message).collect();
+        // A second cache breakpoint on the newest block caches the conversation so far.
+        if let Some(last) = messages.last_mut().and_then(|m| m.content.last_mut()) {
+            last.set_cache_control();
+        }
+        serde_json::to_vec(&Body {
+            model,
+            max_tokens,
+            stream: true,
             // A cache breakpoint on the system prompt: it (and the tools before it) is
             // the same on every turn.
-            body.insert(
-                "system".into(),
-                json!([{"type": "text", "text": request.system,
-                        "cache_control": {"type": "ephemeral"}}]),
-            );
-        }
-        if !request.tools.is_empty() {
-            let tools: Vec<Value> = request
+            system: (!request.system.is_empty()).then(|| {
+                [SystemBlock {
+                    kind: "text",
+                    text: &request.system,
+                    cache_control: EPHEMERAL,
+                }]
+            }),
+            tools: request
                 .tools
                 .iter()
-                .map(|t| {
-                    json!({"name": t.name, "description": t.description,
-                           "input_schema": t.input_schema})
+                .map(|t| Tool {
+                    name: &t.name,
+                    description: &t.description,
+                    input_schema: &t.input_schema,
                 })
-                .collect();
-            body.insert("tools".into(), Value::Array(tools));
-        }
-        let mut messages: Vec<Value> = request.messages.iter().filter_map(message).collect();
-        // A second breakpoint on the newest block caches the conversation so far.
-        if let Some(last) = messages
-            .last_mut()
-            .and_then(|m| m.get_mut("content"))
-            .and_then(Value::as_array_mut)
-            .and_then(|blocks| blocks.last_mut())
-            .and_then(Value::as_object_mut)
-        {
-            last.insert("cache_control".into(), json!({"type": "ephemeral"}));
-        }
-        body.insert("messages".into(), Value::Array(messages));
-        Value::Object(body)
+                .collect(),
+            messages,
+        })
     }
 
     fn error_info(body: &str) -> ErrorInfo {
@@ -132,50 +131,132 @@ impl Wire for Anthropic {
     }
 }
 
-/// One protocol message as an Anthropic message, or `None` if nothing of it can be
-/// sent (the API refuses empty content).
-fn message(msg: &Message) -> Option<Value> {
-    let mut results = Vec::new();
-    let mut others = Vec::new();
-    for block in &msg.content {
-        match block {
-            ContentBlock::Text { text } => {
-                if !text.is_empty() {
-                    others.push(json!({"type": "text", "text": text}));
-                }
-            }
-            ContentBlock::ToolUse { id, name, input } => {
-                let input = if input.is_object() {
-                    input.clone()
-                } else {
-                    json!({})
-                };
-                others.push(json!({"type": "tool_use", "id": id, "name": name, "input": input}));
-            }
-            ContentBlock::ToolResult {
-                tool_use_id,
-                content,
-                is_error,
-            } => {
-                let mut block = json!({"type": "tool_result", "tool_use_id": tool_use_id,
-                                       "content": content});
-                if *is_error {
-                    block["is_error"] = json!(true);
-                }
-                results.push(block);
-            }
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<[SystemBlock<'a>; 1]>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<Tool<'a>>,
+    messages: Vec<Msg<'a>>,
+}
+
+#[derive(Serialize)]
+struct SystemBlock<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    text: &'a str,
+    cache_control: CacheControl,
+}
+
+#[derive(Clone, Copy, Serialize)]
+struct CacheControl {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+const EPHEMERAL: CacheControl = CacheControl { kind: "ephemeral" };
+
+#[derive(Serialize)]
+struct Tool<'a> {
+    name: &'a str,
+    description: &'a str,
+    input_schema: &'a Value,
+}
+
+#[derive(Serialize)]
+struct Msg<'a> {
+    role: &'static str,
+    content: Vec<WireBlock<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireBlock<'a> {
+    Text {
+        text: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl>,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: &'a Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl>,
+    },
+    ToolResult {
+        tool_use_id: &'a str,
+        content: &'a str,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        is_error: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<CacheControl>,
+    },
+}
+
+impl WireBlock<'_> {
+    fn set_cache_control(&mut self) {
+        match self {
+            WireBlock::Text { cache_control, .. }
+            | WireBlock::ToolUse { cache_control, .. }
+            | WireBlock::ToolResult { cache_control, .. } => *cache_control = Some(EPHEMERAL),
         }
     }
+}
+
+/// The input sent for a call whose input is not an object (the API wants one).
+static EMPTY_INPUT: LazyLock<Value> = LazyLock::new(|| Value::Object(Map::new()));
+
+/// One protocol message as an Anthropic message, or `None` if nothing of it can be
+/// sent (the API refuses empty content).
+fn message(msg: &Message) -> Option<Msg<'_>> {
+    let mut content = Vec::with_capacity(msg.content.len());
     // Tool results must come first in their message.
-    results.extend(others);
-    if results.is_empty() {
+    for block in &msg.content {
+        if let ContentBlock::ToolResult {
+            tool_use_id,
+            content: text,
+            is_error,
+        } = block
+        {
+            content.push(WireBlock::ToolResult {
+                tool_use_id,
+                content: text,
+                is_error: *is_error,
+                cache_control: None,
+            });
+        }
+    }
+    for block in &msg.content {
+        match block {
+            ContentBlock::Text { text } if !text.is_empty() => content.push(WireBlock::Text {
+                text,
+                cache_control: None,
+            }),
+            ContentBlock::ToolUse { id, name, input } => content.push(WireBlock::ToolUse {
+                id,
+                name,
+                input: if input.is_object() {
+                    input
+                } else {
+                    &EMPTY_INPUT
+                },
+                cache_control: None,
+            }),
+            _ => {}
+        }
+    }
+    if content.is_empty() {
         return None;
     }
     let role = match msg.role {
         Role::User => "user",
         Role::Assistant => "assistant",
     };
-    Some(json!({"role": role, "content": results}))
+    Some(Msg { role, content })
 }
 
 fn str_field(v: &Value, key: &str) -> String {
@@ -415,5 +496,160 @@ impl StreamState for AnthropicStream {
             usage: self.usage,
             stop_reason,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &str = concat!(
+        "event: message_start\n",
+        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"m\",\"stop_reason\":null,\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\n\n",
+        "event: ping\ndata: {\"type\": \"ping\"}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hé😀\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"llo\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"hm\"}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":2,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"bash\",\"input\":{}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"command\\\": \\\"l\"}}\n\n",
+        "event: future_event\ndata: {\"type\":\"future_event\"}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"s\\\"}\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":2}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":42}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    fn decode(pieces: &[&[u8]]) -> (Result<ModelResponse, Failure>, Vec<StreamEvent>) {
+        let mut events = Vec::new();
+        let mut on_event = |e: StreamEvent| events.push(e);
+        let mut state = AnthropicStream::new();
+        for piece in pieces {
+            match state.feed(piece, &mut on_event) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => return (Err(e), events),
+            }
+        }
+        (state.finish(), events)
+    }
+
+    fn check(result: Result<ModelResponse, Failure>) {
+        let response = result.expect("complete");
+        assert_eq!(response.message.text(), "Hé😀llo");
+        let calls: Vec<_> = response.message.tool_uses().collect();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].0, "toolu_1");
+        assert_eq!(calls[0].2, &json!({"command": "ls"}));
+        assert_eq!(response.stop_reason, StopReason::ToolUse);
+        assert_eq!(response.usage.input_tokens, 30);
+        assert_eq!(response.usage.output_tokens, 42);
+    }
+
+    #[test]
+    fn assembles_across_any_split_with_lf_or_crlf() {
+        for stream in [STREAM.to_string(), STREAM.replace('\n', "\r\n")] {
+            let bytes = stream.as_bytes();
+            for cut in (0..bytes.len()).step_by(7) {
+                let (result, _) = decode(&[&bytes[..cut], &bytes[cut..]]);
+                check(result);
+            }
+            let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+            let (result, events) = decode(&singles);
+            check(result);
+            assert_eq!(
+                events,
+                vec![
+                    StreamEvent::TextDelta {
+                        text: "Hé😀".into()
+                    },
+                    StreamEvent::TextDelta { text: "llo".into() },
+                    StreamEvent::ToolCallStarted {
+                        id: "toolu_1".into(),
+                        name: "bash".into()
+                    },
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_stream_without_message_stop_is_cut() {
+        let end = STREAM.find("event: message_stop").expect("stop");
+        let (result, _) = decode(&[&STREAM.as_bytes()[..end]]);
+        assert!(matches!(
+            result,
+            Err(Failure::Retry(t)) if t.kind == TransientKind::StreamCut
+        ));
+    }
+
+    #[test]
+    fn an_error_event_is_retried() {
+        let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":1}}}\n\nevent: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}\n\n";
+        let (result, _) = decode(&[stream.as_bytes()]);
+        match result {
+            Err(Failure::Retry(t)) => {
+                assert_eq!(t.kind, TransientKind::Server);
+                assert!(t.detail.contains("overloaded_error"), "{}", t.detail);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_body_shape() {
+        let request = ModelRequest {
+            model: "claude-x".into(),
+            system: "sys".into(),
+            messages: vec![
+                Message::user_text("hi"),
+                Message {
+                    role: Role::Assistant,
+                    content: vec![
+                        ContentBlock::Text {
+                            text: String::new(),
+                        },
+                        ContentBlock::ToolUse {
+                            id: "t1".into(),
+                            name: "bash".into(),
+                            input: json!({"command": "ls"}),
+                        },
+                    ],
+                },
+                Message {
+                    role: Role::User,
+                    content: vec![
+                        ContentBlock::Text {
+                            text: "and also".into(),
+                        },
+                        ContentBlock::ToolResult {
+                            tool_use_id: "t1".into(),
+                            content: "out".into(),
+                            is_error: true,
+                        },
+                    ],
+                },
+            ],
+            tools: vec![],
+            max_tokens: 0,
+        };
+        let config = ProviderConfig::new(ProviderKind::Anthropic);
+        let body: Value = serde_json::from_slice(
+            &Anthropic::body(&request, "claude-x", 77, &config).expect("body"),
+        )
+        .expect("JSON");
+        assert_eq!(body["max_tokens"], 77);
+        assert!(body.get("tools").is_none());
+        assert_eq!(body["system"][0]["cache_control"]["type"], "ephemeral");
+        let msgs = body["messages"].as_array().expect("messages");
+        // The empty text block is dropped; tool results come first.
+        assert_eq!(msgs[1]["content"].as_array().map(Vec::len), Some(1));
+        assert_eq!(msgs[2]["content"][0]["type"], "tool_result");
+        assert_eq!(msgs[2]["content"][0]["is_error"], true);
+        assert_eq!(msgs[2]["content"][1]["text"], "and also");
+        assert_eq!(msgs[2]["content"][1]["cache_control"]["type"], "ephemeral");
     }
 }

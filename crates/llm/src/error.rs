@@ -17,11 +17,22 @@ pub enum LlmError {
     #[error("no API key is set for {provider}: set {env} or run `safe-coder config --provider {provider} --api-key KEY`", env = provider.api_key_env().unwrap_or("the key"))]
     MissingApiKey { provider: ProviderKind },
 
+    /// The key has characters an HTTP header cannot carry (not retried).
+    #[error("the API key for {provider} contains spaces or characters that cannot be sent: set it again with `safe-coder config --api-key KEY`")]
+    InvalidApiKey { provider: ProviderKind },
+
     /// The base URL is not a usable http(s) URL (not retried).
     #[error("the base URL `{url}` is not valid ({detail}): set it with --base-url or `safe-coder config --base-url URL`, e.g. {example}", example = provider.default_base_url())]
     InvalidBaseUrl {
         provider: ProviderKind,
         url: String,
+        detail: String,
+    },
+
+    /// The request could not be encoded as JSON (a bug).
+    #[error("the request for {provider} could not be encoded ({detail}): this is a bug, please report it")]
+    Encode {
+        provider: ProviderKind,
         detail: String,
     },
 
@@ -53,6 +64,13 @@ pub enum LlmError {
         provider: ProviderKind,
         url: String,
         content_type: String,
+    },
+
+    /// The model cannot call tools (Ollama: "... does not support tools").
+    #[error("the model `{model}` does not support tool calling, which Safe Coder needs: choose one that does with --model or `safe-coder config --model NAME`{hint}", hint = if *provider == ProviderKind::Ollama { " (e.g. qwen2.5-coder or llama3.1)" } else { "" })]
+    NoToolSupport {
+        provider: ProviderKind,
+        model: String,
     },
 
     /// The conversation no longer fits the model's context window (not retried).
@@ -159,12 +177,14 @@ impl LlmError {
         matches!(
             self,
             LlmError::MissingApiKey { .. }
+                | LlmError::InvalidApiKey { .. }
                 | LlmError::InvalidBaseUrl { .. }
                 | LlmError::Auth { .. }
                 | LlmError::PermissionDenied { .. }
                 | LlmError::ModelNotFound { .. }
                 | LlmError::EndpointNotFound { .. }
                 | LlmError::NotAnApi { .. }
+                | LlmError::NoToolSupport { .. }
         )
     }
 }

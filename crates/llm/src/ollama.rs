@@ -2,12 +2,16 @@
 //! `message.tool_calls` (arguments as an object, no ids: they are generated here), a
 //! final `done: true` line with `prompt_eval_count` / `eval_count`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use reqwest::RequestBuilder;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::ndjson::NdjsonDecoder;
+use crate::openai::result_text;
 use crate::transport::{
     generic_error_info, one_line, ErrorInfo, Failure, OnEvent, StreamState, TransientKind, Wire,
 };
@@ -31,10 +35,17 @@ impl Wire for Ollama {
         }
     }
 
-    fn body(request: &ModelRequest, model: &str, max_tokens: u32, _: &ProviderConfig) -> Value {
-        let mut messages = Vec::new();
+    fn body(
+        request: &ModelRequest,
+        model: &str,
+        max_tokens: u32,
+        _: &ProviderConfig,
+    ) -> serde_json::Result<Vec<u8>> {
+        let mut messages = Vec::with_capacity(request.messages.len() + 1);
         if !request.system.is_empty() {
-            messages.push(json!({"role": "system", "content": request.system}));
+            messages.push(Msg::System {
+                content: Cow::Borrowed(&request.system),
+            });
         }
         // Tool results name their tool (`tool_name`); find it from the call's id.
         let mut names: HashMap<&str, &str> = HashMap::new();
@@ -48,18 +59,10 @@ impl Wire for Ollama {
                                 tool_use_id,
                                 content,
                                 is_error,
-                            } => {
-                                let content = if *is_error && !content.starts_with("Error") {
-                                    format!("Error: {content}")
-                                } else {
-                                    content.clone()
-                                };
-                                let mut m = json!({"role": "tool", "content": content});
-                                if let Some(name) = names.get(tool_use_id.as_str()) {
-                                    m["tool_name"] = json!(name);
-                                }
-                                messages.push(m);
-                            }
+                            } => messages.push(Msg::Tool {
+                                content: result_text(content, *is_error),
+                                tool_name: names.get(tool_use_id.as_str()).copied(),
+                            }),
                             ContentBlock::Text { text: t } => {
                                 if !text.is_empty() && !t.is_empty() {
                                     text.push_str("\n\n");
@@ -70,51 +73,59 @@ impl Wire for Ollama {
                         }
                     }
                     if !text.is_empty() {
-                        messages.push(json!({"role": "user", "content": text}));
+                        messages.push(Msg::User {
+                            content: Cow::Owned(text),
+                        });
                     }
                 }
                 Role::Assistant => {
-                    let calls: Vec<Value> = msg
+                    let tool_calls: Vec<WireCall> = msg
                         .tool_uses()
                         .map(|(id, name, input)| {
                             names.insert(id, name);
-                            let input = if input.is_object() {
-                                input.clone()
-                            } else {
-                                json!({})
-                            };
-                            json!({"function": {"name": name, "arguments": input}})
+                            WireCall {
+                                function: WireFunction {
+                                    name,
+                                    arguments: if input.is_object() {
+                                        input
+                                    } else {
+                                        &EMPTY_INPUT
+                                    },
+                                },
+                            }
                         })
                         .collect();
                     let text = msg.text();
-                    if text.is_empty() && calls.is_empty() {
+                    if text.is_empty() && tool_calls.is_empty() {
                         continue;
                     }
-                    let mut m = json!({"role": "assistant", "content": text});
-                    if !calls.is_empty() {
-                        m["tool_calls"] = Value::Array(calls);
-                    }
-                    messages.push(m);
+                    messages.push(Msg::Assistant {
+                        content: Cow::Owned(text),
+                        tool_calls,
+                    });
                 }
             }
         }
-        let mut body = Map::new();
-        body.insert("model".into(), json!(model));
-        body.insert("messages".into(), Value::Array(messages));
-        if !request.tools.is_empty() {
-            let tools: Vec<Value> = request
+        serde_json::to_vec(&Body {
+            model,
+            messages,
+            tools: request
                 .tools
                 .iter()
-                .map(|t| {
-                    json!({"type": "function", "function": {
-                        "name": t.name, "description": t.description, "parameters": t.input_schema}})
+                .map(|t| Tool {
+                    kind: "function",
+                    function: ToolFunction {
+                        name: &t.name,
+                        description: &t.description,
+                        parameters: &t.input_schema,
+                    },
                 })
-                .collect();
-            body.insert("tools".into(), Value::Array(tools));
-        }
-        body.insert("stream".into(), json!(true));
-        body.insert("options".into(), json!({"num_predict": max_tokens}));
-        Value::Object(body)
+                .collect(),
+            stream: true,
+            options: Options {
+                num_predict: max_tokens,
+            },
+        })
     }
 
     fn error_info(body: &str) -> ErrorInfo {
@@ -127,6 +138,70 @@ impl Wire for Ollama {
         state.finish()
     }
 }
+
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    messages: Vec<Msg<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<Tool<'a>>,
+    stream: bool,
+    options: Options,
+}
+
+#[derive(Serialize)]
+struct Options {
+    num_predict: u32,
+}
+
+#[derive(Serialize)]
+struct Tool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: ToolFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct ToolFunction<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: &'a Value,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+enum Msg<'a> {
+    System {
+        content: Cow<'a, str>,
+    },
+    User {
+        content: Cow<'a, str>,
+    },
+    Assistant {
+        content: Cow<'a, str>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<WireCall<'a>>,
+    },
+    Tool {
+        content: Cow<'a, str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tool_name: Option<&'a str>,
+    },
+}
+
+#[derive(Serialize)]
+struct WireCall<'a> {
+    function: WireFunction<'a>,
+}
+
+/// Ollama takes arguments as an object.
+#[derive(Serialize)]
+struct WireFunction<'a> {
+    name: &'a str,
+    arguments: &'a Value,
+}
+
+static EMPTY_INPUT: LazyLock<Value> = LazyLock::new(|| Value::Object(Map::new()));
 
 pub(crate) struct OllamaStream {
     lines: NdjsonDecoder,
@@ -273,5 +348,69 @@ impl StreamState for OllamaStream {
             usage: self.usage,
             stop_reason,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &str = concat!(
+        "{\"model\":\"m\",\"created_at\":\"2025-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"Hé\"},\"done\":false}\n",
+        "\n",
+        "{\"model\":\"m\",\"created_at\":\"2025-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"😀\",\"thinking\":\"x\"},\"done\":false}\n",
+        "{\"model\":\"m\",\"created_at\":\"2025-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"function\":{\"name\":\"bash\",\"arguments\":{\"command\":\"ls\"}}},{\"function\":{\"name\":\"read_file\",\"arguments\":\"{\\\"path\\\":\"}}]},\"done\":false}\n",
+        "{\"model\":\"m\",\"created_at\":\"2025-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done_reason\":\"stop\",\"done\":true,\"prompt_eval_count\":26,\"eval_count\":298}\n",
+    );
+
+    fn decode(pieces: &[&[u8]]) -> Result<ModelResponse, Failure> {
+        let mut on_event = |_: StreamEvent| {};
+        let mut state = OllamaStream::new();
+        for piece in pieces {
+            if state.feed(piece, &mut on_event)? {
+                break;
+            }
+        }
+        state.finish()
+    }
+
+    #[test]
+    fn assembles_across_any_split_and_generates_ids() {
+        for s in [STREAM.to_string(), STREAM.replace('\n', "\r\n")] {
+            let bytes = s.as_bytes();
+            for cut in 0..bytes.len() {
+                let response = decode(&[&bytes[..cut], &bytes[cut..]]).expect("complete");
+                assert_eq!(response.message.text(), "Hé😀");
+                let calls: Vec<_> = response.message.tool_uses().collect();
+                assert_eq!(calls.len(), 2);
+                assert!(calls[0].0.starts_with("call_"));
+                assert_ne!(calls[0].0, calls[1].0);
+                assert_eq!(calls[0].2, &json!({"command": "ls"}));
+                assert_eq!(crate::invalid_tool_input(calls[1].2), Some("{\"path\":"));
+                assert_eq!(response.stop_reason, StopReason::ToolUse);
+                assert_eq!(response.usage.input_tokens, 26);
+                assert_eq!(response.usage.output_tokens, 298);
+            }
+        }
+    }
+
+    #[test]
+    fn no_done_line_means_cut_and_a_last_line_without_newline_counts() {
+        let end = STREAM.rfind("{\"model\"").expect("last line");
+        assert!(matches!(
+            decode(&[&STREAM.as_bytes()[..end]]),
+            Err(Failure::Retry(t)) if t.kind == TransientKind::StreamCut
+        ));
+        let trimmed = STREAM.trim_end();
+        assert!(decode(&[trimmed.as_bytes()]).is_ok());
+    }
+
+    #[test]
+    fn an_error_line_is_retried() {
+        let s = "{\"error\":\"an error was encountered while running the model\"}\n";
+        assert!(matches!(
+            decode(&[s.as_bytes()]),
+            Err(Failure::Retry(t)) if t.kind == TransientKind::Server
+        ));
     }
 }

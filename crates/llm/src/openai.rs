@@ -3,10 +3,12 @@
 //! fragments keyed by `index`; usage in the last chunk (`stream_options.include_usage`);
 //! `data: [DONE]` at the end.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use reqwest::RequestBuilder;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{json, Value};
 
 use crate::sse::SseDecoder;
 use crate::transport::{
@@ -36,40 +38,41 @@ impl Wire for OpenAi {
         model: &str,
         max_tokens: u32,
         config: &ProviderConfig,
-    ) -> Value {
-        let mut body = Map::new();
-        body.insert("model".into(), json!(model));
-        let mut messages = Vec::new();
+    ) -> serde_json::Result<Vec<u8>> {
+        let mut messages = Vec::with_capacity(request.messages.len() + 1);
         if !request.system.is_empty() {
-            messages.push(json!({"role": "system", "content": request.system}));
+            messages.push(Msg::System {
+                content: &request.system,
+            });
         }
         for msg in &request.messages {
             push_message(&mut messages, msg);
         }
-        body.insert("messages".into(), Value::Array(messages));
-        if !request.tools.is_empty() {
-            let tools: Vec<Value> = request
-                .tools
-                .iter()
-                .map(|t| {
-                    json!({"type": "function", "function": {
-                        "name": t.name, "description": t.description, "parameters": t.input_schema}})
-                })
-                .collect();
-            body.insert("tools".into(), Value::Array(tools));
-        }
         // OpenAI's own API has replaced `max_tokens` (refused by its reasoning models);
         // compatible servers (vLLM, llama.cpp, LM Studio...) know `max_tokens`.
         let official = config.base_url.contains("://api.openai.com");
-        let key = if official {
-            "max_completion_tokens"
-        } else {
-            "max_tokens"
-        };
-        body.insert(key.into(), json!(max_tokens));
-        body.insert("stream".into(), json!(true));
-        body.insert("stream_options".into(), json!({"include_usage": true}));
-        Value::Object(body)
+        serde_json::to_vec(&Body {
+            model,
+            messages,
+            tools: request
+                .tools
+                .iter()
+                .map(|t| Tool {
+                    kind: "function",
+                    function: ToolFunction {
+                        name: &t.name,
+                        description: &t.description,
+                        parameters: &t.input_schema,
+                    },
+                })
+                .collect(),
+            max_tokens: (!official).then_some(max_tokens),
+            max_completion_tokens: official.then_some(max_tokens),
+            stream: true,
+            stream_options: StreamOptions {
+                include_usage: true,
+            },
+        })
     }
 
     fn error_info(body: &str) -> ErrorInfo {
@@ -114,65 +117,153 @@ impl Wire for OpenAi {
     }
 }
 
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    messages: Vec<Msg<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<Tool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
+    stream: bool,
+    stream_options: StreamOptions,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+struct Tool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: ToolFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct ToolFunction<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: &'a Value,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+enum Msg<'a> {
+    System {
+        content: &'a str,
+    },
+    User {
+        content: Cow<'a, str>,
+    },
+    /// `content` is `null` when the assistant only called tools.
+    Assistant {
+        content: Option<Cow<'a, str>>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<WireCall<'a>>,
+    },
+    Tool {
+        tool_call_id: &'a str,
+        content: Cow<'a, str>,
+    },
+}
+
+#[derive(Serialize)]
+struct WireCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: WireFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunction<'a> {
+    name: &'a str,
+    /// JSON text, as the API wants it.
+    arguments: String,
+}
+
+/// Joins the text blocks of a message; borrowed when there is only one.
+fn joined_text(msg: &Message) -> Cow<'_, str> {
+    let mut texts = msg.content.iter().filter_map(|b| match b {
+        ContentBlock::Text { text } if !text.is_empty() => Some(text.as_str()),
+        _ => None,
+    });
+    let Some(first) = texts.next() else {
+        return Cow::Borrowed("");
+    };
+    match texts.next() {
+        None => Cow::Borrowed(first),
+        Some(second) => {
+            let mut out = format!("{first}\n\n{second}");
+            for t in texts {
+                out.push_str("\n\n");
+                out.push_str(t);
+            }
+            Cow::Owned(out)
+        }
+    }
+}
+
+/// A tool result's content; the API has no error flag, so failures say it in the text.
+pub(crate) fn result_text(content: &str, is_error: bool) -> Cow<'_, str> {
+    if is_error && !content.starts_with("Error") {
+        Cow::Owned(format!("Error: {content}"))
+    } else {
+        Cow::Borrowed(content)
+    }
+}
+
 /// Appends one protocol message: tool results become `tool` messages (first, right
 /// after the assistant's `tool_calls`), text becomes a `user` / `assistant` message.
-fn push_message(out: &mut Vec<Value>, msg: &Message) {
+fn push_message<'a>(out: &mut Vec<Msg<'a>>, msg: &'a Message) {
     match msg.role {
         Role::User => {
-            let mut text = String::new();
             for block in &msg.content {
-                match block {
-                    ContentBlock::ToolResult {
-                        tool_use_id,
-                        content,
-                        is_error,
-                    } => {
-                        // The API has no error flag; say it in the content.
-                        let content = if *is_error && !content.starts_with("Error") {
-                            format!("Error: {content}")
-                        } else {
-                            content.clone()
-                        };
-                        out.push(
-                            json!({"role": "tool", "tool_call_id": tool_use_id, "content": content}),
-                        );
-                    }
-                    ContentBlock::Text { text: t } => {
-                        if !text.is_empty() && !t.is_empty() {
-                            text.push_str("\n\n");
-                        }
-                        text.push_str(t);
-                    }
-                    ContentBlock::ToolUse { .. } => {}
+                if let ContentBlock::ToolResult {
+                    tool_use_id,
+                    content,
+                    is_error,
+                } = block
+                {
+                    out.push(Msg::Tool {
+                        tool_call_id: tool_use_id,
+                        content: result_text(content, *is_error),
+                    });
                 }
             }
+            let text = joined_text(msg);
             if !text.is_empty() {
-                out.push(json!({"role": "user", "content": text}));
+                out.push(Msg::User { content: text });
             }
         }
         Role::Assistant => {
-            let text = msg.text();
-            let calls: Vec<Value> = msg
+            let text = joined_text(msg);
+            let tool_calls: Vec<WireCall> = msg
                 .tool_uses()
-                .map(|(id, name, input)| {
-                    // Invalid arguments go back as the model wrote them.
-                    let arguments = match invalid_tool_input(input) {
-                        Some(raw) => raw.to_string(),
-                        None => input.to_string(),
-                    };
-                    json!({"id": id, "type": "function",
-                           "function": {"name": name, "arguments": arguments}})
+                .map(|(id, name, input)| WireCall {
+                    id,
+                    kind: "function",
+                    function: WireFunction {
+                        name,
+                        // Invalid arguments go back as the model wrote them.
+                        arguments: match invalid_tool_input(input) {
+                            Some(raw) => raw.to_string(),
+                            None => input.to_string(),
+                        },
+                    },
                 })
                 .collect();
-            if text.is_empty() && calls.is_empty() {
+            if text.is_empty() && tool_calls.is_empty() {
                 return;
             }
-            let mut m = json!({"role": "assistant",
-                               "content": if text.is_empty() { Value::Null } else { json!(text) }});
-            if !calls.is_empty() {
-                m["tool_calls"] = Value::Array(calls);
-            }
-            out.push(m);
+            out.push(Msg::Assistant {
+                content: (!text.is_empty()).then_some(text),
+                tool_calls,
+            });
         }
     }
 }
@@ -387,5 +478,145 @@ impl StreamState for OpenAiStream {
             usage: self.usage,
             stop_reason,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(delta: &str, finish: &str) -> String {
+        format!("data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}],\"usage\":null}}\n\n")
+    }
+
+    fn stream() -> String {
+        let mut s = String::new();
+        s.push_str(&chunk(r#"{"role":"assistant","content":""}"#, "null"));
+        s.push_str(": keep-alive\n\n");
+        s.push_str(&chunk(r#"{"content":"Hé"}"#, "null"));
+        s.push_str(&chunk(r#"{"content":"😀"}"#, "null"));
+        s.push_str(&chunk(
+            r#"{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"read_file","arguments":""}}]}"#,
+            "null",
+        ));
+        s.push_str(&chunk(
+            r#"{"tool_calls":[{"index":1,"id":"call_b","type":"function","function":{"name":"bash","arguments":"{\"comm"}}]}"#,
+            "null",
+        ));
+        s.push_str(&chunk(
+            r#"{"tool_calls":[{"index":0,"function":{"arguments":"{\"path\":\"a\"}"}}]}"#,
+            "null",
+        ));
+        s.push_str(&chunk(
+            r#"{"tool_calls":[{"index":1,"function":{"arguments":"and\":\"ls\"}"}}]}"#,
+            "null",
+        ));
+        s.push_str(&chunk("{}", "\"tool_calls\""));
+        s.push_str("data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":22,\"total_tokens\":33}}\n\n");
+        s.push_str("data: [DONE]\n\n");
+        s
+    }
+
+    fn decode(pieces: &[&[u8]]) -> (Result<ModelResponse, Failure>, Vec<StreamEvent>) {
+        let mut events = Vec::new();
+        let mut on_event = |e: StreamEvent| events.push(e);
+        let mut state = OpenAiStream::new();
+        for piece in pieces {
+            match state.feed(piece, &mut on_event) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => return (Err(e), events),
+            }
+        }
+        (state.finish(), events)
+    }
+
+    fn check(result: Result<ModelResponse, Failure>) {
+        let response = result.expect("complete");
+        assert_eq!(response.message.text(), "Hé😀");
+        let calls: Vec<_> = response.message.tool_uses().collect();
+        assert_eq!(calls.len(), 2);
+        assert_eq!((calls[0].0, calls[0].1), ("call_a", "read_file"));
+        assert_eq!(calls[0].2, &json!({"path": "a"}));
+        assert_eq!((calls[1].0, calls[1].1), ("call_b", "bash"));
+        assert_eq!(calls[1].2, &json!({"command": "ls"}));
+        assert_eq!(response.stop_reason, StopReason::ToolUse);
+        assert_eq!(response.usage.input_tokens, 11);
+        assert_eq!(response.usage.output_tokens, 22);
+    }
+
+    #[test]
+    fn assembles_fragments_by_index_across_any_split() {
+        for s in [stream(), stream().replace('\n', "\r\n")] {
+            let bytes = s.as_bytes();
+            for cut in (0..bytes.len()).step_by(5) {
+                check(decode(&[&bytes[..cut], &bytes[cut..]]).0);
+            }
+            let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+            let (result, events) = decode(&singles);
+            check(result);
+            let started: Vec<_> = events
+                .iter()
+                .filter(|e| matches!(e, StreamEvent::ToolCallStarted { .. }))
+                .collect();
+            assert_eq!(started.len(), 2);
+        }
+    }
+
+    #[test]
+    fn no_done_means_cut() {
+        let s = stream();
+        let end = s.find("data: [DONE]").expect("done");
+        let (result, _) = decode(&[&s.as_bytes()[..end]]);
+        assert!(matches!(
+            result,
+            Err(Failure::Retry(t)) if t.kind == TransientKind::StreamCut
+        ));
+    }
+
+    #[test]
+    fn fragments_without_index_are_kept_apart_by_id() {
+        let mut s = String::new();
+        s.push_str(&chunk(
+            r#"{"tool_calls":[{"id":"x1","function":{"name":"a","arguments":"{}"}}]}"#,
+            "null",
+        ));
+        s.push_str(&chunk(
+            r#"{"tool_calls":[{"id":"x2","function":{"name":"b","arguments":"{\"k\":"}}]}"#,
+            "null",
+        ));
+        s.push_str(&chunk(
+            r#"{"tool_calls":[{"function":{"arguments":"1}"}}]}"#,
+            "\"stop\"",
+        ));
+        s.push_str("data: [DONE]\n\n");
+        let response = decode(&[s.as_bytes()]).0.expect("complete");
+        let calls: Vec<_> = response.message.tool_uses().collect();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[1].2, &json!({"k": 1}));
+        assert_eq!(response.stop_reason, StopReason::ToolUse);
+    }
+
+    #[test]
+    fn official_api_gets_max_completion_tokens() {
+        let request = ModelRequest {
+            model: "m".into(),
+            system: String::new(),
+            messages: vec![Message::user_text("hi")],
+            tools: vec![],
+            max_tokens: 0,
+        };
+        let mut config = ProviderConfig::new(ProviderKind::OpenAi);
+        let encode = |config: &ProviderConfig| -> Value {
+            serde_json::from_slice(&OpenAi::body(&request, "m", 10, config).expect("body"))
+                .expect("JSON")
+        };
+        let body = encode(&config);
+        assert_eq!(body["max_completion_tokens"], 10);
+        assert!(body.get("max_tokens").is_none());
+        config.base_url = "http://localhost:8000/v1".into();
+        let body = encode(&config);
+        assert_eq!(body["max_tokens"], 10);
+        assert_eq!(body["messages"][0]["role"], "user");
     }
 }

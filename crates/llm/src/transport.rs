@@ -93,8 +93,14 @@ pub(crate) trait Wire: Send + Sync + 'static {
     type State: StreamState;
 
     fn headers(rb: RequestBuilder, config: &ProviderConfig) -> RequestBuilder;
-    fn body(request: &ModelRequest, model: &str, max_tokens: u32, config: &ProviderConfig)
-        -> Value;
+    /// The request body, serialised straight from borrowed data (no `Value` tree:
+    /// long conversations are encoded at serde_json speed without copies).
+    fn body(
+        request: &ModelRequest,
+        model: &str,
+        max_tokens: u32,
+        config: &ProviderConfig,
+    ) -> serde_json::Result<Vec<u8>>;
     fn error_info(body: &str) -> ErrorInfo;
     /// Decodes a reply the server sent as one JSON document although a stream was
     /// asked for (some compatible servers do).
@@ -147,6 +153,13 @@ impl<W: Wire> HttpClient<W> {
         {
             return Err(LlmError::MissingApiKey { provider: W::KIND });
         }
+        if let Some(key) = &config.api_key {
+            // A header value must be visible ASCII; a pasted key with a newline or a
+            // curly quote would otherwise fail every request with a confusing error.
+            if key.trim().chars().any(|c| !c.is_ascii_graphic()) {
+                return Err(LlmError::InvalidApiKey { provider: W::KIND });
+            }
+        }
         let loopback =
             host == "localhost" || host.starts_with("127.") || host == "[::1]" || host == "::1";
         Ok(HttpClient {
@@ -175,7 +188,7 @@ impl<W: Wire> HttpClient<W> {
         let client = builder.build().map_err(|e| LlmError::Connect {
             provider: W::KIND,
             url: self.url.clone(),
-            attempts: 0,
+            attempts: 1,
             detail: format!("the HTTP client could not be set up: {}", error_chain(&e)),
         })?;
         Ok(self.http.get_or_init(|| client))
@@ -197,8 +210,12 @@ impl<W: Wire> HttpClient<W> {
         } else {
             request.max_tokens
         };
-        let body = W::body(request, model, max_tokens, &self.config);
-        let body = Bytes::from(body.to_string());
+        let body =
+            W::body(request, model, max_tokens, &self.config).map_err(|e| LlmError::Encode {
+                provider: W::KIND,
+                detail: e.to_string(),
+            })?;
+        let body = Bytes::from(body);
         let http = self.http()?;
         let mut retries = 0u32;
         loop {
@@ -400,6 +417,12 @@ impl<W: Wire> HttpClient<W> {
                 provider,
                 model: model.to_string(),
             }),
+            _ if info.message.contains("does not support tools") => {
+                Failure::Fatal(LlmError::NoToolSupport {
+                    provider,
+                    model: model.to_string(),
+                })
+            }
             _ if is_context_too_long(&info) => Failure::Fatal(LlmError::ContextTooLong {
                 provider,
                 detail: message,

@@ -608,6 +608,25 @@ async fn a_wrong_base_url_names_the_convention() {
 }
 
 #[tokio::test]
+async fn a_model_without_tools_is_named() {
+    let (_server, result, _) = one_shot(
+        ProviderKind::Ollama,
+        vec![Reply::Raw {
+            status: 400,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: json!({"error": "registry.ollama.ai/library/mock-model:latest does not support tools"})
+                .to_string(),
+        }],
+    )
+    .await;
+    let err = result.expect_err("no tools");
+    assert_eq!(
+        err.to_string(),
+        "the model `mock-model` does not support tool calling, which Safe Coder needs: choose one that does with --model or `safe-coder config --model NAME` (e.g. qwen2.5-coder or llama3.1)"
+    );
+}
+
+#[tokio::test]
 async fn a_web_page_is_not_taken_for_the_api() {
     let (server, result, _) = one_shot(
         ProviderKind::OpenAi,
@@ -635,6 +654,11 @@ async fn missing_key_and_bad_url_fail_before_any_request() {
         assert!(err.to_string().contains(env), "{err}");
     }
     assert!(client(ProviderConfig::new(ProviderKind::Ollama)).is_ok());
+    let mut cfg = ProviderConfig::new(ProviderKind::Anthropic);
+    cfg.api_key = Some("sk-ant-\u{201c}pasted\u{201d}".into());
+    let err = client(cfg).err().expect("bad key");
+    assert!(matches!(err, LlmError::InvalidApiKey { .. }), "{err:?}");
+    assert!(!err.to_string().contains("pasted"));
     let mut cfg = ProviderConfig::new(ProviderKind::Ollama);
     cfg.base_url = "localhost:11434".into();
     let err = client(cfg).err().expect("bad url");

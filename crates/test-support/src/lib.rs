@@ -296,6 +296,14 @@ pub struct RecordedRequest {
     /// The body parsed as JSON; `Value::Null` when empty, a `Value::String` when it is
     /// not JSON.
     pub body: Value,
+    /// When the whole request had arrived, in microseconds since the server started.
+    #[serde(default)]
+    pub received_us: u64,
+    /// When the whole response had been written (0 while it is being written), in
+    /// microseconds since the server started. Benchmarks measure the client's time per
+    /// turn as the next request's `received_us` minus this.
+    #[serde(default)]
+    pub responded_us: u64,
 }
 
 impl RecordedRequest {
@@ -380,6 +388,8 @@ pub(crate) struct State {
     pub next_id: AtomicU64,
     /// Counts model requests answered (for generated ids).
     pub served: AtomicU64,
+    /// The clock of `RecordedRequest::received_us` / `responded_us`.
+    pub started: std::time::Instant,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -412,6 +422,7 @@ impl MockServer {
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            started: std::time::Instant::now(),
         });
         let accept_state = state.clone();
         let accept = std::thread::Builder::new()
@@ -523,8 +534,14 @@ fn serve_connection(stream: TcpStream, state: &State) -> io::Result<()> {
             return Ok(());
         }
         let close = req.wants_close();
-        let response = wire::respond(state, &req);
-        let after = http::write_response(&mut writer, response, delay, &state.stop)?;
+        let received_us = state.started.elapsed().as_micros() as u64;
+        let (response, index) = wire::respond(state, &req, received_us);
+        let written = http::write_response(&mut writer, response, delay, &state.stop);
+        let responded_us = state.started.elapsed().as_micros() as u64;
+        if let Some(r) = lock(&state.requests).get_mut(index) {
+            r.responded_us = responded_us;
+        }
+        let after = written?;
         if close || after == http::After::Close {
             let _ = writer.shutdown(std::net::Shutdown::Both);
             return Ok(());

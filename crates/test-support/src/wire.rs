@@ -14,10 +14,13 @@ const DEFAULT_MODEL: &str = "mock-model";
 /// The text of replies that fail part-way: a client must never present it as an answer.
 const PARTIAL_TEXT: &str = "This partial answer must never be taken as complete.";
 
-/// Records, validates, routes and answers one request.
-pub(crate) fn respond(state: &State, req: &Request) -> Response {
+/// Records, validates, routes and answers one request. The request is recorded before
+/// the answer is written, so a client never sees an answer to an unrecorded request.
+pub(crate) fn respond(state: &State, req: &Request, received_us: u64) -> (Response, usize) {
     let body = parse_body(&req.body);
-    lock(&state.requests).push(RecordedRequest {
+    let response = route(state, req, &body);
+    let mut requests = lock(&state.requests);
+    requests.push(RecordedRequest {
         method: req.method.clone(),
         path: req.path.clone(),
         headers: req
@@ -25,14 +28,20 @@ pub(crate) fn respond(state: &State, req: &Request) -> Response {
             .iter()
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect::<BTreeMap<_, _>>(),
-        body: body.clone(),
+        body,
+        received_us,
+        responded_us: 0,
     });
+    (response, requests.len() - 1)
+}
+
+fn route(state: &State, req: &Request, body: &Value) -> Response {
     let path = req.path.split('?').next().unwrap_or("");
     let wire = state.wire;
     match (wire, req.method.as_str(), path) {
         (Wire::Anthropic, "POST", "/v1/messages")
         | (Wire::OpenAi, "POST", "/v1/chat/completions")
-        | (Wire::Ollama, "POST", "/api/chat") => model_request(state, req, &body),
+        | (Wire::Ollama, "POST", "/api/chat") => model_request(state, req, body),
         (Wire::Anthropic, "GET", "/v1/models")
         | (Wire::OpenAi, "GET", "/v1/models")
         | (Wire::Ollama, "GET", "/api/tags") => models(state),
@@ -1102,7 +1111,7 @@ fn render_fault(ctx: &Ctx, fault: &Fault) -> Response {
             };
             let all = stream_pieces(ctx, &plan);
             // Enough to have started the text, never the final event.
-            let keep = (all.len() / 2).clamp(1, all.len().saturating_sub(1));
+            let keep = (all.len() / 2).max(1).min(all.len().saturating_sub(1));
             let mut pieces: Vec<Vec<u8>> = all[..keep].to_vec();
             let end = match fault {
                 Fault::CutMidStream => StreamEnd::Cut,

@@ -340,3 +340,24 @@ fn version_is_quick_to_answer() {
     assert_ok(&out);
     assert!(stdout(&out).starts_with("safe-coder "));
 }
+
+#[test]
+fn invalid_tool_arguments_go_back_to_the_model_as_an_error() {
+    let world = World::new();
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![safe_coder_test_support::ToolCall::raw(
+            "write_file",
+            "{\"path\": \"a.txt\", \"content\": ",
+        )]),
+        Reply::text("sorry"),
+    ]);
+    let server = MockServer::start(Wire::OpenAi, script).expect("server");
+    let out = world.exec(
+        &server,
+        &["--backend", "direct", "--approval-mode", "yolo", "write"],
+    );
+    assert_ok(&out);
+    let results = tool_results(&server);
+    assert!(results[0].contains("not valid JSON"), "{}", results[0]);
+    assert!(!world.project.join("a.txt").exists());
+}

@@ -1,4 +1,4 @@
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -7,7 +7,11 @@ use std::path::Path;
 use std::process::Command;
 
 pub fn git_available() -> bool {
-    Command::new("git").arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("git")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// Skips the test (returns early) when git is absent.
@@ -52,7 +56,11 @@ pub fn git(git_dir: &Path, work_tree: &Path, args: &[&str]) -> String {
         .current_dir(work_tree)
         .output()
         .unwrap();
-    assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -61,10 +69,19 @@ pub fn tree_snapshot(dir: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
     let mut map = BTreeMap::new();
     for e in walkdir::WalkDir::new(dir).min_depth(1) {
         let e = e.unwrap();
-        let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+        let rel = e
+            .path()
+            .strip_prefix(dir)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let meta = fs::symlink_metadata(e.path()).unwrap();
         let data = if meta.file_type().is_symlink() {
-            fs::read_link(e.path()).unwrap().to_string_lossy().into_owned().into_bytes()
+            fs::read_link(e.path())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+                .into_bytes()
         } else if meta.is_file() {
             fs::read(e.path()).unwrap()
         } else {
@@ -77,7 +94,11 @@ pub fn tree_snapshot(dir: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
 
 /// A small project: sources, an executable script, a symlink, a nested dir, a `.git`.
 pub fn sample_project(root: &Path) {
-    write(root, "src/main.rs", "fn main() {\n    println!(\"hi\");\n}\n");
+    write(
+        root,
+        "src/main.rs",
+        "fn main() {\n    println!(\"hi\");\n}\n",
+    );
     write(root, "src/lib.rs", "pub fn a() {}\n");
     write(root, "README.md", "# Demo\n\nline two\n");
     write(root, "run.sh", "#!/bin/sh\necho run\n");
