@@ -57,6 +57,7 @@ struct Run {
 }
 
 /// Spawns and waits with wait4, so the child's own peak RSS is known.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which std cannot do
 fn run(cmd: &mut Command) -> Run {
     let start = Instant::now();
     let child = cmd

@@ -110,10 +110,8 @@ pub fn print_event(event: &Event) {
         Event::TextDelta { text } => {
             let _ = write!(out, "{text}");
         }
-        Event::AssistantMessage { text } => {
-            if !text.is_empty() && !text.ends_with('\n') {
-                let _ = writeln!(out);
-            }
+        Event::AssistantMessage { text } if !text.is_empty() && !text.ends_with('\n') => {
+            let _ = writeln!(out);
         }
         Event::ToolCallStarted { name, input, .. } => {
             let _ = writeln!(
