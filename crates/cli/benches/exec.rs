@@ -198,6 +198,139 @@ fn bench_version(runs: usize) {
     );
 }
 
+/// Seconds from spawning `chat --no-tui` to its first prompt (`> `), then `exit`.
+fn time_to_prompt(cmd: &mut Command) -> f64 {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn chat");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let elapsed = loop {
+        let n = stdout.read(&mut buf).expect("read");
+        assert!(
+            n > 0,
+            "chat ended before its prompt: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+        if seen.windows(3).any(|w| w == b"\n> ") {
+            break start.elapsed().as_secs_f64();
+        }
+    };
+    let mut stdin = child.stdin.take().expect("stdin");
+    let _ = stdin.write_all(b"exit\n");
+    drop(stdin);
+    let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+    let _ = child.wait();
+    elapsed
+}
+
+/// `chat` start to prompt ready with 1,000 stored sessions, and resuming a session of
+/// 1,000 messages (issue 5's targets: ≤ 50 ms and ≤ 100 ms).
+fn bench_chat_start(runs: usize) {
+    let bin = env!("CARGO_BIN_EXE_safe-coder");
+    let root = tempfile::tempdir().expect("tmp");
+    let home = root.path().join("home");
+    let project = root.path().join("project");
+    std::fs::create_dir_all(&home).expect("home");
+    seed_project(&project);
+    let chat = |extra: &[&str]| {
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .args([
+                "chat",
+                "--no-tui",
+                "--provider",
+                "anthropic",
+                "--base-url",
+                "http://127.0.0.1:9",
+            ])
+            .args([
+                "--api-key",
+                "bench-key-123",
+                "--model",
+                "bench",
+                "--backend",
+                "copy",
+                "--path",
+            ])
+            .arg(&project)
+            .args(extra);
+        cmd
+    };
+    // One real session, then 999 more records and 1,000 messages in the real one.
+    time_to_prompt(&mut chat(&[]));
+    let db = home.join(".local/share/safe-coder/sessions.db");
+    let store = safe_coder_store::Store::open(&db).expect("store");
+    let real = store
+        .list_sessions(safe_coder_store::ListFilter::all())
+        .expect("list")
+        .remove(0);
+    for i in 0..999 {
+        store
+            .create_session(&safe_coder_store::NewSession {
+                id: format!("bench{i:05}"),
+                project: format!("/elsewhere/project{i}"),
+                backend: "copy".into(),
+                session_dir: format!("/nonexistent/{i}"),
+                base_commit: None,
+                provider: "anthropic".into(),
+                model: "bench".into(),
+                approval_mode: "default".into(),
+            })
+            .expect("create");
+        store
+            .set_state(
+                &format!("bench{i:05}"),
+                safe_coder_store::SessionState::Ended,
+            )
+            .expect("state");
+    }
+    for i in 0..1000 {
+        let m = if i % 2 == 0 {
+            safe_coder_protocol::Message::user_text(format!(
+                "question {i}: {}",
+                "words ".repeat(40)
+            ))
+        } else {
+            safe_coder_protocol::Message::assistant_text(format!(
+                "answer {i}: {}",
+                "words ".repeat(80)
+            ))
+        };
+        store.append_message(&real.id, &m).expect("append");
+    }
+    store
+        .set_state(&real.id, safe_coder_store::SessionState::Ended)
+        .expect("state");
+    drop(store);
+
+    let mut start = Vec::new();
+    let mut resume = Vec::new();
+    for _ in 0..runs {
+        start.push(time_to_prompt(&mut chat(&[])) * 1e3);
+        resume.push(time_to_prompt(&mut chat(&["--resume", &real.id])) * 1e3);
+    }
+    println!(
+        "chat start to prompt, 1,000 stored sessions  runs {runs:>3}: median {:6.1} ms  p90 {:6.1} ms",
+        median(&mut start.clone()),
+        percentile(&mut start, 0.9)
+    );
+    println!(
+        "chat --resume of a 1,000-message session     runs {runs:>3}: median {:6.1} ms  p90 {:6.1} ms",
+        median(&mut resume.clone()),
+        percentile(&mut resume, 0.9)
+    );
+}
+
 fn bwrap_works() -> bool {
     Command::new("bwrap")
         .args(["--ro-bind", "/", "/", "--unshare-all", "true"])
@@ -223,6 +356,7 @@ fn main() {
         args
     };
     bench_version(runs * 4);
+    bench_chat_start(runs);
     for b in &backends {
         if b == "process" && !bwrap_works() {
             println!("exec backend process: skipped, bubblewrap does not run here");

@@ -204,9 +204,29 @@ pub async fn open_session(p: &Prepared, resume: Option<String>) -> Result<(Sessi
                     .map_err(|_| anyhow::anyhow!("the session store is poisoned"))?;
                 s.load_messages(&record.id)?
             };
+            let n = messages.len();
+            let sandbox_kept = std::path::Path::new(&record.session_dir).exists()
+                && record.state.holds_unsynced_work();
+            if !sandbox_kept {
+                // The old sandbox was synced or discarded: go on with the conversation on
+                // a fresh copy of the project.
+                let config = setup::session_config(p)?;
+                let session = tokio::task::spawn_blocking({
+                    let store = store.clone();
+                    move || Session::start(&config, store)
+                })
+                .await??;
+                if let Ok(s) = store.lock() {
+                    let _ = s.replace_messages(&session.id, &messages);
+                    if let Some(title) = &record.title {
+                        let _ = s.set_title(&session.id, title);
+                    }
+                }
+                let agent = setup::build_agent(p, &session, memory)?.with_messages(messages);
+                return Ok((session, agent, n));
+            }
             let session = Session::open(&record, store, p.resolved.memory_mb, p.resolved.cpus)?;
             session.claim();
-            let n = messages.len();
             let agent = setup::build_agent(p, &session, memory)?.with_messages(messages);
             Ok((session, agent, n))
         }

@@ -361,3 +361,58 @@ fn invalid_tool_arguments_go_back_to_the_model_as_an_error() {
     assert!(results[0].contains("not valid JSON"), "{}", results[0]);
     assert!(!world.project.join("a.txt").exists());
 }
+
+#[test]
+fn sigterm_cancels_and_kills_the_running_tool() {
+    let world = World::new();
+    let marker = format!("300.{}", std::process::id());
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![call(
+            "bash",
+            json!({"command": format!("(sleep {marker} &); sleep {marker}")}),
+        )]),
+        Reply::text("never"),
+    ]);
+    let server = MockServer::start(Wire::Anthropic, script).expect("server");
+    let mut c = world.cmd();
+    c.arg("exec").args(provider_args(&server)).args([
+        "--backend",
+        "copy",
+        "--approval-mode",
+        "yolo",
+        "sleep",
+    ]);
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().expect("spawn");
+    let sleeping = || {
+        std::fs::read_dir("/proc")
+            .expect("proc")
+            .flatten()
+            .any(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+                    .unwrap_or(false)
+            })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !sleeping() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tool never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("wait");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cancelled"), "{}", stderr(&out));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        !sleeping(),
+        "the tool's process group was killed, grandchild included"
+    );
+    // The work so far is kept in the session.
+    assert!(stderr(&out).contains("session"), "{}", stderr(&out));
+}

@@ -264,3 +264,34 @@ fn resume_restores_the_history_after_a_kill() {
         "{body}"
     );
 }
+
+#[test]
+fn resume_after_a_clean_exit_continues_the_conversation_on_a_fresh_copy() {
+    let world = World::new();
+    let server = MockServer::start(
+        Wire::OpenAi,
+        Script::new(vec![Reply::text("noted"), Reply::text("it was MANGO")]),
+    )
+    .expect("server");
+    let out = chat(
+        &world,
+        &server,
+        &["--backend", "copy"],
+        "the word is MANGO\nexit\n",
+    );
+    assert_ok(&out);
+    let out = chat(
+        &world,
+        &server,
+        &["--backend", "copy", "--resume"],
+        "what was the word?\n",
+    );
+    assert_ok(&out);
+    assert!(
+        stdout(&out).contains("Resumed with 2 message(s)"),
+        "{}",
+        stdout(&out)
+    );
+    let body = body_text(&server.model_requests()[1].body);
+    assert!(body.contains("MANGO") && body.contains("noted"), "{body}");
+}
