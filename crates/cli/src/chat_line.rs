@@ -258,6 +258,9 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
     println!("Type 'exit' or 'quit' to end the session, /help for commands");
 
     let mut ia = Interactive::new(&prepared, &session, agent);
+    for w in ia.startup_warnings() {
+        println!("warning: {w}");
+    }
     let approver = LineApprover {
         input: input.clone(),
     };

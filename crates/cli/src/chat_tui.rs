@@ -169,6 +169,11 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
         pending: pending.clone(),
     };
     let mut ia = Interactive::new(&prepared, &session, agent);
+    for w in ia.startup_warnings() {
+        sink(Event::Notice {
+            message: format!("warning: {w}"),
+        });
+    }
 
     while let Some(cmd) = commands.recv().await {
         match cmd {

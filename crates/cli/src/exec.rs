@@ -53,6 +53,17 @@ fn print_progress(event: &Event) {
         Event::Notice { message } => {
             let _ = writeln!(err, "{message}");
         }
+        Event::SessionStarted {
+            session_id,
+            backend,
+            note,
+            ..
+        } => {
+            let _ = writeln!(err, "Session {session_id} on the {backend} backend");
+            if !note.is_empty() {
+                let _ = writeln!(err, "  {note}");
+            }
+        }
         _ => {}
     }
 }

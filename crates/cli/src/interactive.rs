@@ -54,6 +54,18 @@ impl<'a> Interactive<'a> {
         }
     }
 
+    /// Problems found while loading custom commands and memory files, for the front end
+    /// to show once at start.
+    pub fn startup_warnings(&self) -> Vec<String> {
+        let memory = load_memory(&self.prepared.dirs.config_dir, &self.prepared.project);
+        self.custom
+            .warnings
+            .iter()
+            .chain(memory.warnings.iter())
+            .cloned()
+            .collect()
+    }
+
     /// Handles one line the user entered.
     pub async fn handle(
         &mut self,

@@ -219,6 +219,15 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
                     }
                 }
                 Review::Pick(files)
+            } else if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                // Ask, as at the end of a chat.
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                return rt.block_on(async {
+                    let input = crate::chat_line::LineInput::spawn();
+                    crate::chat_line::review(&session, &input, true).await
+                });
             } else {
                 bail!("say what to sync: --accept-all, or --files PATH... (the other files are rejected)");
             };
