@@ -221,7 +221,14 @@ impl Session {
             (repo, project.clone())
         } else {
             let work = dir.join("work");
-            let repo = SessionRepo::create_sandbox_copy(&project, &work, &exclude)?;
+            // The history lives beside the work tree, not in it: the agent's commands run
+            // in the work tree and must not be able to rewrite it.
+            let repo = SessionRepo::create_sandbox_copy_at(
+                &project,
+                &work,
+                Some(&dir.join("history.git")),
+                &exclude,
+            )?;
             (repo, work)
         };
         let base = repo.base()?;
@@ -277,7 +284,15 @@ impl Session {
             )
         } else {
             let work = dir.join("work");
-            (SessionRepo::open(&work, &work.join(".git"))?, work)
+            {
+                let history = dir.join("history.git");
+                let git_dir = if history.is_dir() {
+                    history
+                } else {
+                    work.join(".git")
+                };
+                (SessionRepo::open(&work, &git_dir)?, work)
+            }
         };
         let sandbox = open_sandbox(backend, &work, memory_mb, cpus)?;
         let session = Session {

@@ -56,6 +56,18 @@ impl SessionRepo {
         work_tree: &Path,
         excludes: &[String],
     ) -> Result<SessionRepo, HistoryError> {
+        Self::create_sandbox_copy_at(project, work_tree, None, excludes)
+    }
+
+    /// As [`SessionRepo::create_sandbox_copy`], with the git dir at `git_dir` instead of
+    /// `work_tree/.git`. Sessions keep their history outside the work tree so that the
+    /// agent's own commands, which run in the work tree, cannot rewrite it.
+    pub fn create_sandbox_copy_at(
+        project: &Path,
+        work_tree: &Path,
+        git_dir: Option<&Path>,
+        excludes: &[String],
+    ) -> Result<SessionRepo, HistoryError> {
         ensure_git()?;
         if !project.is_dir() {
             return Err(HistoryError::NoProject(project.to_path_buf()));
@@ -77,8 +89,16 @@ impl SessionRepo {
                 excludes.push(format!("/{rel}"));
             }
         }
-        let git_dir = work_tree.join(".git");
-        let made = snapshot::init_git_dir(&git_dir, &excludes, None).and_then(|_| {
+        let external = git_dir.is_some();
+        let git_dir = match git_dir {
+            Some(dir) => {
+                fs::create_dir_all(dir).ctx(|| format!("cannot create {}", dir.display()))?;
+                canonical(dir)?
+            }
+            None => work_tree.join(".git"),
+        };
+        let worktree_config = external.then_some(work_tree.as_path());
+        let made = snapshot::init_git_dir(&git_dir, &excludes, worktree_config).and_then(|_| {
             let source = snapshot::Source::Copy {
                 work_tree: &work_tree,
                 excludes: &excludes,
@@ -88,6 +108,7 @@ impl SessionRepo {
         if let Err(e) = made {
             // A half-made copy is worth nothing; the project was only read.
             let _ = fs::remove_dir_all(&work_tree);
+            let _ = fs::remove_dir_all(&git_dir);
             return Err(e);
         }
         Ok(SessionRepo { work_tree, git_dir })

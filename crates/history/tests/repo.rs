@@ -540,3 +540,53 @@ fn touched_fast_path_builds_the_same_trees_as_git() {
     );
     assert_eq!(git(repo.git_dir(), &w, &["status", "--porcelain"]), "");
 }
+
+#[test]
+fn history_outside_the_work_tree_survives_the_agent_deleting_dot_git() {
+    need_git!();
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("project");
+    fs::create_dir(&project).unwrap();
+    sample_project(&project);
+    let work = tmp.path().join("session/work");
+    let git_dir = tmp.path().join("session/history.git");
+    let repo = SessionRepo::create_sandbox_copy_at(&project, &work, Some(&git_dir), &[]).unwrap();
+    assert!(
+        !work.join(".git").exists(),
+        "no repository inside the work tree"
+    );
+    fs::write(work.join("new.txt"), "new\n").unwrap();
+    repo.commit_changes("Agent executed: write_file", Some(&["new.txt".to_string()]))
+        .unwrap()
+        .unwrap();
+    // What an agent's `git init` / `rm -rf .git` in the work tree does cannot reach it.
+    fs::create_dir_all(work.join(".git")).unwrap();
+    fs::remove_dir_all(work.join(".git")).unwrap();
+    fs::write(work.join("more.txt"), "more\n").unwrap();
+    repo.commit_changes("Agent executed: bash", None)
+        .unwrap()
+        .unwrap();
+    let reopened = SessionRepo::open(&work, &git_dir).unwrap();
+    assert_eq!(
+        messages(&reopened),
+        vec![
+            "Agent executed: bash",
+            "Agent executed: write_file",
+            "Initial snapshot - Safe Coder VM"
+        ]
+    );
+    let changes = reopened.change_set().unwrap();
+    let paths: Vec<&str> = changes.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, vec!["more.txt", "new.txt"]);
+    let fsck = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(&git_dir)
+        .args(["fsck", "--strict"])
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+}

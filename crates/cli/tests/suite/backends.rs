@@ -401,3 +401,40 @@ fn direct_leaves_the_users_git_byte_identical() {
         "the user's .git is untouched"
     );
 }
+
+#[test]
+fn the_agent_cannot_reach_the_session_history_from_its_work_tree() {
+    let world = World::new();
+    seed(&world);
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![call(
+            "write_file",
+            json!({"path": "a.txt", "content": "A\n"}),
+        )]),
+        Reply::tool_calls(vec![call(
+            "bash",
+            json!({"command": "git log --oneline 2>&1 | head -1; ls -a; rm -rf .git; echo b > b.txt"}),
+        )]),
+        Reply::text("done"),
+    ]);
+    let server = MockServer::start(Wire::Anthropic, script).expect("server");
+    let out = world.exec(
+        &server,
+        &["--backend", "copy", "--approval-mode", "yolo", "go"],
+    );
+    assert_ok(&out);
+    let r = &tool_results(&server)[1];
+    assert!(
+        !r.contains("Agent executed"),
+        "the history is not in the work tree: {r}"
+    );
+    let id = session_ids(&world).remove(0);
+    let out = world
+        .cmd()
+        .args(["sessions", "sync", &id, "--accept-all"])
+        .output()
+        .expect("run");
+    assert_ok(&out);
+    assert_eq!(world.read("a.txt").as_deref(), Some("A\n"));
+    assert_eq!(world.read("b.txt").as_deref(), Some("b\n"));
+}
