@@ -169,6 +169,8 @@ pub fn load_memory_text(p: &Prepared) -> String {
 
 /// Starts a new session or reopens the one to resume, with its agent.
 pub async fn open_session(p: &Prepared, resume: Option<String>) -> Result<(Session, Agent, usize)> {
+    // A bad provider setting (no key, bad URL) fails before any session is made.
+    setup::client(&p.resolved)?;
     let store = setup::open_store(&p.dirs)?;
     let memory = load_memory_text(p);
     match resume {

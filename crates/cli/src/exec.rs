@@ -82,6 +82,8 @@ pub fn summarize_input(name: &str, input: &serde_json::Value) -> String {
 
 pub async fn run(args: AgentArgs, json: bool, sync: SyncChoice, prompt: String) -> Result<()> {
     let prepared = setup::prepare(&args)?;
+    // A bad provider setting (no key, bad URL) fails before any session is made.
+    setup::client(&prepared.resolved)?;
     let store = setup::open_store(&prepared.dirs)?;
     let session_config = setup::session_config(&prepared)?;
     let session = tokio::task::spawn_blocking({

@@ -416,3 +416,18 @@ fn sigterm_cancels_and_kills_the_running_tool() {
     // The work so far is kept in the session.
     assert!(stderr(&out).contains("session"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_missing_api_key_is_one_error_and_creates_no_session() {
+    let world = World::new();
+    let out = world
+        .cmd()
+        .args(["exec", "--backend", "copy", "--provider", "openai", "hi"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("OPENAI_API_KEY"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!world.data_dir().join("sessions").exists());
+}
