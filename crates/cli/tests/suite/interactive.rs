@@ -295,3 +295,41 @@ fn resume_after_a_clean_exit_continues_the_conversation_on_a_fresh_copy() {
     let body = body_text(&server.model_requests()[1].body);
     assert!(body.contains("MANGO") && body.contains("noted"), "{body}");
 }
+
+#[test]
+fn review_at_exit_picks_files() {
+    let world = World::new();
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![
+            call(
+                "write_file",
+                json!({"path": "take.txt", "content": "take\n"}),
+            ),
+            call(
+                "write_file",
+                json!({"path": "leave.txt", "content": "leave\n"}),
+            ),
+        ]),
+        Reply::text("wrote two"),
+    ]);
+    let server = MockServer::start(Wire::Anthropic, script).expect("server");
+    // Exit, then pick: the files are offered in the change set's order (sorted).
+    let out = chat(
+        &world,
+        &server,
+        &["--backend", "copy", "--approval-mode", "yolo"],
+        "write\nexit\np\nn\ny\n",
+    );
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(text.contains("Changed 2 file(s):"), "{text}");
+    assert_eq!(world.read("take.txt").as_deref(), Some("take\n"), "{text}");
+    assert!(!world.project.join("leave.txt").exists(), "{text}");
+    // Nothing unsynced remains: the rejected file was dropped.
+    let out = world
+        .cmd()
+        .args(["sessions", "list", "--json"])
+        .output()
+        .expect("run");
+    assert_eq!(stdout(&out).trim(), "[]");
+}
