@@ -9,7 +9,7 @@ use anyhow::Result;
 use async_trait::async_trait;
 use safe_coder_core::session::{Review, Session};
 use safe_coder_core::{Agent, Approver};
-use safe_coder_protocol::{ApprovalDecision, ApprovalRequest, ApprovalSubject, Event, ToolOutcome};
+use safe_coder_protocol::{ApprovalDecision, ApprovalRequest, ApprovalSubject, Event};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::interactive::{Interactive, Outcome};
@@ -127,13 +127,8 @@ pub fn print_event(event: &Event) {
             output,
             ..
         } => {
-            let mark = match outcome {
-                ToolOutcome::Ok => "✓",
-                ToolOutcome::Error => "✗",
-                ToolOutcome::Denied => "⊘",
-            };
-            let first = output.lines().next().unwrap_or("");
-            let _ = writeln!(out, "{mark} {name} ({duration_ms} ms) {first}");
+            let line = crate::exec::tool_finished_line(name, *outcome, *duration_ms, output);
+            let _ = writeln!(out, "{line}");
         }
         Event::Retrying {
             attempt,

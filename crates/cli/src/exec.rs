@@ -32,13 +32,11 @@ fn print_progress(event: &Event) {
             output,
             ..
         } => {
-            let mark = match outcome {
-                ToolOutcome::Ok => "✓",
-                ToolOutcome::Error => "✗",
-                ToolOutcome::Denied => "⊘",
-            };
-            let first = output.lines().next().unwrap_or("");
-            let _ = writeln!(err, "{mark} {name} ({duration_ms} ms) {first}");
+            let _ = writeln!(
+                err,
+                "{}",
+                tool_finished_line(name, *outcome, *duration_ms, output)
+            );
         }
         Event::Retrying {
             attempt,
@@ -66,6 +64,22 @@ fn print_progress(event: &Event) {
         }
         _ => {}
     }
+}
+
+/// `✓ bash (12 ms) first line of its output`: how front ends report a finished call.
+pub fn tool_finished_line(
+    name: &str,
+    outcome: ToolOutcome,
+    duration_ms: u64,
+    output: &str,
+) -> String {
+    let mark = match outcome {
+        ToolOutcome::Ok => "✓",
+        ToolOutcome::Error => "✗",
+        ToolOutcome::Denied => "⊘",
+    };
+    let first = output.lines().next().unwrap_or("");
+    format!("{mark} {name} ({duration_ms} ms) {first}")
 }
 
 /// One line saying what a tool call is about.
