@@ -239,14 +239,30 @@ impl<'a> Interactive<'a> {
                 });
             }
             SlashCommand::Rollback(target) => {
-                match target {
-                    Some(to) => {
-                        repo.rollback(&to)?;
-                        notice(events, format!("Rolled back to {to}."));
+                // A snapshot label, a commit id, or (none) the latest snapshot.
+                let log = repo.log()?;
+                let is_snapshot = |m: &str| m.starts_with("🔒 Snapshot: ");
+                let found = match &target {
+                    Some(t) => log
+                        .iter()
+                        .find(|c| c.message == format!("🔒 Snapshot: {t}"))
+                        .map(|c| (c.id.clone(), c.message.clone()))
+                        .or_else(|| Some((t.clone(), t.clone()))),
+                    None => log
+                        .iter()
+                        .find(|c| is_snapshot(&c.message))
+                        .map(|c| (c.id.clone(), c.message.clone())),
+                };
+                match found {
+                    Some((id, label)) => {
+                        repo.rollback(&id)?;
+                        notice(events, format!("Rolled back to {} ({label}).", short(&id)));
                     }
                     None => {
-                        let mut text = String::from("Commits (newest first); `/rollback ID` moves the sandbox back to one:\n");
-                        for c in repo.log()?.iter().take(20) {
+                        let mut text = String::from(
+                            "No snapshot yet (`/snapshot LABEL` makes one). Commits, newest first; `/rollback ID` moves the sandbox back to one:\n",
+                        );
+                        for c in log.iter().take(20) {
                             let _ = writeln!(text, "  {} {}", c.short_id, c.message);
                         }
                         notice(events, text);

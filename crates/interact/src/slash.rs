@@ -116,7 +116,7 @@ pub const BUILTIN_COMMANDS: &[BuiltinCommand] = &[
     BuiltinCommand {
         name: "restore",
         usage: "/restore [file]",
-        description: "restore one file (or all) to the last synced state",
+        description: "restore one file (or all) to how it was when the session started",
     },
     BuiltinCommand {
         name: "snapshot",
@@ -126,7 +126,7 @@ pub const BUILTIN_COMMANDS: &[BuiltinCommand] = &[
     BuiltinCommand {
         name: "rollback",
         usage: "/rollback [snapshot]",
-        description: "go back to a snapshot (the last one by default)",
+        description: "go back to a snapshot, by label or commit id (the last snapshot by default)",
     },
     BuiltinCommand {
         name: "sync",

@@ -333,3 +333,28 @@ fn review_at_exit_picks_files() {
         .expect("run");
     assert_eq!(stdout(&out).trim(), "[]");
 }
+
+#[test]
+fn snapshot_then_rollback_undoes_the_agents_work() {
+    let world = World::new();
+    world.write("f.txt", "v1\n");
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![call(
+            "write_file",
+            json!({"path": "f.txt", "content": "v2\n"}),
+        )]),
+        Reply::text("now v2"),
+    ]);
+    let server = MockServer::start(Wire::Anthropic, script).expect("server");
+    let out = chat(
+        &world,
+        &server,
+        &["--backend", "direct", "--approval-mode", "yolo"],
+        "/snapshot before-change\nwrite v2\n/rollback\n",
+    );
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(text.contains("Snapshot: before-change"), "{text}");
+    assert!(text.contains("Rolled back to"), "{text}");
+    assert_eq!(world.read("f.txt").as_deref(), Some("v1\n"));
+}
