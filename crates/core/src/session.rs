@@ -324,6 +324,10 @@ impl Session {
     pub fn change_set(&self) -> Result<ChangeSet, SessionError> {
         let mut changes = self.repo.change_set()?;
         if self.backend.uses_copy() {
+            // Files already synced (by a `/sync` earlier in the session) are not offered
+            // again: only what the host still lacks.
+            let pending = sync::pending(&self.repo, &self.project)?;
+            changes.files.retain(|f| pending.contains(&f.path));
             sync::mark_conflicts(&self.repo, &self.project, &mut changes)?;
         }
         Ok(changes)
@@ -384,10 +388,7 @@ impl Session {
             Review::Keep => empty,
             Review::AcceptAll => sync::sync_back(&self.repo, &self.project, None)?,
             Review::RejectAll => {
-                self.repo.restore(None)?;
-                let _ = self
-                    .repo
-                    .commit_changes("Rejected by the user at review", None);
+                self.reject_others(&[], &empty)?;
                 empty
             }
             Review::Pick(paths) => {
@@ -402,9 +403,16 @@ impl Session {
     /// Reverts, in the sandbox, every changed file that was neither accepted nor held
     /// back by a conflict.
     fn reject_others(&self, accepted: &[String], report: &SyncReport) -> Result<(), SessionError> {
-        let all = self.repo.change_set()?;
+        // Only what is still unsynced: a file synced earlier is not the user's to reject now.
+        let pending = sync::pending(&self.repo, &self.project)?;
         let mut rejected = false;
-        for f in all.files {
+        for f in self
+            .repo
+            .change_set()?
+            .files
+            .into_iter()
+            .filter(|f| pending.contains(&f.path))
+        {
             if !accepted.contains(&f.path) && !report.conflicts.contains(&f.path) {
                 self.repo.restore(Some(&f.path))?;
                 rejected = true;

@@ -358,3 +358,34 @@ fn snapshot_then_rollback_undoes_the_agents_work() {
     assert!(text.contains("Rolled back to"), "{text}");
     assert_eq!(world.read("f.txt").as_deref(), Some("v1\n"));
 }
+
+#[test]
+fn a_mid_session_sync_is_not_offered_again_at_exit() {
+    let world = World::new();
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![call(
+            "write_file",
+            json!({"path": "first.txt", "content": "1\n"}),
+        )]),
+        Reply::text("first"),
+        Reply::tool_calls(vec![call(
+            "write_file",
+            json!({"path": "second.txt", "content": "2\n"}),
+        )]),
+        Reply::text("second"),
+    ]);
+    let server = MockServer::start(Wire::Anthropic, script).expect("server");
+    let out = chat(
+        &world,
+        &server,
+        &["--backend", "copy", "--approval-mode", "yolo"],
+        "one\n/sync\na\ntwo\nexit\na\n",
+    );
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert_eq!(world.read("first.txt").as_deref(), Some("1\n"), "{text}");
+    assert_eq!(world.read("second.txt").as_deref(), Some("2\n"), "{text}");
+    let last_summary = text.rsplit("Changed ").next().unwrap_or("");
+    assert!(last_summary.starts_with("1 file(s):"), "{text}");
+    assert!(!last_summary.contains("first.txt"), "{text}");
+}
