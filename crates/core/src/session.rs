@@ -196,7 +196,15 @@ impl Session {
                 project.display()
             )));
         }
-        let (backend, note) = safe_coder_sandbox::select::choose(config.backend)?;
+        // Every backend but `direct` works on a copy, whichever `auto` picks: probing the
+        // backend (which runs bubblewrap once) overlaps with the copy-in.
+        let requested = config.backend;
+        let probe = (requested != Some(BackendKind::Direct))
+            .then(|| std::thread::spawn(move || safe_coder_sandbox::select::choose(requested)));
+        let direct_choice = match probe {
+            None => Some(safe_coder_sandbox::select::choose(requested)?),
+            Some(_) => None,
+        };
         let id = new_id();
         let dir = sessions_dir(&config.data_dir).join(&id);
         std::fs::create_dir_all(&dir).map_err(|e| {
@@ -216,20 +224,34 @@ impl Session {
                 }
             }
         }
-        let (repo, work) = if backend == BackendKind::Direct {
+        let (backend, note, repo, work) = if let Some((backend, note)) = direct_choice {
             let repo = SessionRepo::create_shadow(&project, &dir.join("shadow.git"), &exclude)?;
-            (repo, project.clone())
+            (backend, note, repo, project.clone())
         } else {
             let work = dir.join("work");
             // The history lives beside the work tree, not in it: the agent's commands run
             // in the work tree and must not be able to rewrite it.
-            let repo = SessionRepo::create_sandbox_copy_at(
+            let made = SessionRepo::create_sandbox_copy_at(
                 &project,
                 &work,
                 Some(&dir.join("history.git")),
                 &exclude,
-            )?;
-            (repo, work)
+            );
+            let chosen = match probe.map(|p| p.join()) {
+                Some(Ok(result)) => result.map_err(SessionError::from),
+                _ => Err(SessionError::Other("the backend probe failed".into())),
+            };
+            match (made, chosen) {
+                (Ok(repo), Ok((backend, note))) => (backend, note, repo, work),
+                (made, chosen) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    chosen?;
+                    made?;
+                    return Err(SessionError::Other(
+                        "the session could not be created".into(),
+                    ));
+                }
+            }
         };
         let base = repo.base()?;
         {
