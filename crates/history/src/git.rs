@@ -167,16 +167,20 @@ fn spawn_error(e: std::io::Error) -> HistoryError {
     }
 }
 
-/// Fails with [`HistoryError::GitMissing`] when no `git` can be started.
+/// Fails with [`HistoryError::GitMissing`] when no `git` is on `PATH`. A lookup, not a
+/// run: session start is on the user's critical path, and a `git` that is found but
+/// cannot start still fails the first real call with the same clear error.
 pub(crate) fn ensure_git() -> Result<(), HistoryError> {
-    Command::new("git")
-        .arg("--version")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_err(spawn_error)
-        .map(|_| ())
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join("git"))
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(HistoryError::GitMissing)
+    }
 }

@@ -137,26 +137,31 @@ fn probe_bwrap() -> Result<Bwrap, String> {
         .map(PathBuf::from)
         .find(|p| p.is_file())
         .ok_or_else(|| "bash is not installed in /usr/bin or /bin".to_string())?;
+    // `--help` and `--version` run side by side: this is on session start's path.
+    let version_child = Command::new(&path)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
     let help = Command::new(&path)
         .arg("--help")
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("could not run {}: {e}", path.display()))?;
     let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let version = version_child
+        .and_then(|c| c.wait_with_output())
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "bubblewrap".to_string());
     if !help.contains("--add-seccomp-fd") {
         return Err(format!(
             "{} is too old (it lacks --add-seccomp-fd, added in bubblewrap 0.5)",
             path.display()
         ));
     }
-    let version = Command::new(&path)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "bubblewrap".to_string());
     let mut info = Bwrap {
         path,
         version,
