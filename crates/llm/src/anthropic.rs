@@ -524,17 +524,7 @@ mod tests {
     );
 
     fn decode(pieces: &[&[u8]]) -> (Result<ModelResponse, Failure>, Vec<StreamEvent>) {
-        let mut events = Vec::new();
-        let mut on_event = |e: StreamEvent| events.push(e);
-        let mut state = AnthropicStream::new();
-        for piece in pieces {
-            match state.feed(piece, &mut on_event) {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => return (Err(e), events),
-            }
-        }
-        (state.finish(), events)
+        crate::transport::decode_pieces::<AnthropicStream>(pieces)
     }
 
     fn check(result: Result<ModelResponse, Failure>) {

@@ -28,11 +28,7 @@ impl Wire for Ollama {
     type State = OllamaStream;
 
     fn headers(rb: RequestBuilder, config: &ProviderConfig) -> RequestBuilder {
-        // A local server needs no key; ollama.com and proxies take a bearer token.
-        match config.api_key.as_deref().map(str::trim) {
-            Some(key) if !key.is_empty() => rb.bearer_auth(key),
-            _ => rb,
-        }
+        crate::transport::bearer_auth(rb, config)
     }
 
     fn body(
@@ -364,14 +360,7 @@ mod tests {
     );
 
     fn decode(pieces: &[&[u8]]) -> Result<ModelResponse, Failure> {
-        let mut on_event = |_: StreamEvent| {};
-        let mut state = OllamaStream::new();
-        for piece in pieces {
-            if state.feed(piece, &mut on_event)? {
-                break;
-            }
-        }
-        state.finish()
+        crate::transport::decode_pieces::<OllamaStream>(pieces).0
     }
 
     #[test]

@@ -27,10 +27,7 @@ impl Wire for OpenAi {
     type State = OpenAiStream;
 
     fn headers(rb: RequestBuilder, config: &ProviderConfig) -> RequestBuilder {
-        match config.api_key.as_deref().map(str::trim) {
-            Some(key) if !key.is_empty() => rb.bearer_auth(key),
-            _ => rb,
-        }
+        crate::transport::bearer_auth(rb, config)
     }
 
     fn body(
@@ -518,17 +515,7 @@ mod tests {
     }
 
     fn decode(pieces: &[&[u8]]) -> (Result<ModelResponse, Failure>, Vec<StreamEvent>) {
-        let mut events = Vec::new();
-        let mut on_event = |e: StreamEvent| events.push(e);
-        let mut state = OpenAiStream::new();
-        for piece in pieces {
-            match state.feed(piece, &mut on_event) {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => return (Err(e), events),
-            }
-        }
-        (state.finish(), events)
+        crate::transport::decode_pieces::<OpenAiStream>(pieces)
     }
 
     fn check(result: Result<ModelResponse, Failure>) {

@@ -108,6 +108,37 @@ pub(crate) trait Wire: Send + Sync + 'static {
 }
 
 /// Assembles one streamed reply.
+/// `Authorization: Bearer KEY` when a non-blank key is configured (OpenAI and
+/// compatible servers; Ollama behind ollama.com or a proxy). A local server needs none.
+pub(crate) fn bearer_auth(
+    rb: reqwest::RequestBuilder,
+    config: &ProviderConfig,
+) -> reqwest::RequestBuilder {
+    match config.api_key.as_deref().map(str::trim) {
+        Some(key) if !key.is_empty() => rb.bearer_auth(key),
+        _ => rb,
+    }
+}
+
+/// Feeds `pieces` to a fresh stream state as if they arrived one by one: the decoders'
+/// unit tests split each recorded stream at every boundary with it.
+#[cfg(test)]
+pub(crate) fn decode_pieces<S: StreamState>(
+    pieces: &[&[u8]],
+) -> (Result<ModelResponse, Failure>, Vec<crate::StreamEvent>) {
+    let mut events = Vec::new();
+    let mut on_event = |e: crate::StreamEvent| events.push(e);
+    let mut state = S::new();
+    for piece in pieces {
+        match state.feed(piece, &mut on_event) {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => return (Err(e), events),
+        }
+    }
+    (state.finish(), events)
+}
+
 pub(crate) trait StreamState: Send {
     fn new() -> Self;
     /// Feeds received bytes; `Ok(true)` once the final event was seen.
