@@ -158,16 +158,22 @@ pub fn print_event(event: &Event) {
     let _ = out.flush();
 }
 
-pub fn load_memory_text(p: &Prepared) -> String {
-    safe_coder_interact::memory::load_memory(&p.dirs.config_dir, &p.project).system_prompt_section()
+/// The memory files as a system-prompt section, and the problems found reading them.
+pub fn load_memory_text(p: &Prepared) -> (String, Vec<String>) {
+    let memory = safe_coder_interact::memory::load_memory(&p.dirs.config_dir, &p.project);
+    (memory.system_prompt_section(), memory.warnings)
 }
 
-/// Starts a new session or reopens the one to resume, with its agent.
-pub async fn open_session(p: &Prepared, resume: Option<String>) -> Result<(Session, Agent, usize)> {
+/// Starts a new session or reopens the one to resume, with its agent. Also returns how
+/// many messages were resumed and the memory files' warnings.
+pub async fn open_session(
+    p: &Prepared,
+    resume: Option<String>,
+) -> Result<(Session, Agent, usize, Vec<String>)> {
     // A bad provider setting (no key, bad URL) fails before any session is made.
     setup::client(&p.resolved)?;
     let store = setup::open_store(&p.dirs)?;
-    let memory = load_memory_text(p);
+    let (memory, warnings) = load_memory_text(p);
     match resume {
         None => {
             let config = setup::session_config(p)?;
@@ -177,7 +183,7 @@ pub async fn open_session(p: &Prepared, resume: Option<String>) -> Result<(Sessi
             })
             .await??;
             let agent = setup::build_agent(p, &session, memory)?;
-            Ok((session, agent, 0))
+            Ok((session, agent, 0, warnings))
         }
         Some(id) => {
             let record = {
@@ -220,19 +226,19 @@ pub async fn open_session(p: &Prepared, resume: Option<String>) -> Result<(Sessi
                     }
                 }
                 let agent = setup::build_agent(p, &session, memory)?.with_messages(messages);
-                return Ok((session, agent, n));
+                return Ok((session, agent, n, warnings));
             }
             let session = Session::open(&record, store, p.resolved.memory_mb, p.resolved.cpus)?;
             session.claim();
             let agent = setup::build_agent(p, &session, memory)?.with_messages(messages);
-            Ok((session, agent, n))
+            Ok((session, agent, n, warnings))
         }
     }
 }
 
 pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
     let prepared = setup::prepare(&args)?;
-    let (session, agent, resumed) = open_session(&prepared, resume).await?;
+    let (session, agent, resumed, memory_warnings) = open_session(&prepared, resume).await?;
     let input = LineInput::spawn();
     println!(
         "🔥 Safe Coder - AI Coding Assistant with {} isolation",
@@ -255,7 +261,7 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
     println!("Type 'exit' or 'quit' to end the session, /help for commands");
 
     let mut ia = Interactive::new(&prepared, &session, agent);
-    for w in ia.startup_warnings() {
+    for w in memory_warnings.iter().chain(ia.startup_warnings()) {
         println!("warning: {w}");
     }
     let approver = LineApprover {

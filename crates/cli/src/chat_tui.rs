@@ -51,7 +51,8 @@ enum Command {
 
 pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
     let prepared = setup::prepare(&args)?;
-    let (session, agent, resumed) = crate::chat_line::open_session(&prepared, resume).await?;
+    let (session, agent, resumed, memory_warnings) =
+        crate::chat_line::open_session(&prepared, resume).await?;
 
     let (to_ui, ui_inputs) = mpsc::unbounded_channel::<UiInput>();
     let (ui_actions_tx, mut ui_actions) = mpsc::unbounded_channel::<UiAction>();
@@ -169,7 +170,7 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
         pending: pending.clone(),
     };
     let mut ia = Interactive::new(&prepared, &session, agent);
-    for w in ia.startup_warnings() {
+    for w in memory_warnings.iter().chain(ia.startup_warnings()) {
         sink(Event::Notice {
             message: format!("warning: {w}"),
         });

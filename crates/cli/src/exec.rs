@@ -105,7 +105,10 @@ pub async fn run(args: AgentArgs, json: bool, sync: SyncChoice, prompt: String) 
         move || Session::start(&session_config, store)
     })
     .await??;
-    let memory = crate::chat_line::load_memory_text(&prepared);
+    let (memory, memory_warnings) = crate::chat_line::load_memory_text(&prepared);
+    for w in &memory_warnings {
+        eprintln!("warning: {w}");
+    }
     let mut agent = setup::build_agent(&prepared, &session, memory)?;
 
     let emit = move |e: Event| {

@@ -54,16 +54,10 @@ impl<'a> Interactive<'a> {
         }
     }
 
-    /// Problems found while loading custom commands and memory files, for the front end
-    /// to show once at start.
-    pub fn startup_warnings(&self) -> Vec<String> {
-        let memory = load_memory(&self.prepared.dirs.config_dir, &self.prepared.project);
-        self.custom
-            .warnings
-            .iter()
-            .chain(memory.warnings.iter())
-            .cloned()
-            .collect()
+    /// Problems found while loading custom commands, for the front end to show once at
+    /// start (the memory files' come from `chat_line::open_session`).
+    pub fn startup_warnings(&self) -> &[String] {
+        &self.custom.warnings
     }
 
     /// Handles one line the user entered.
