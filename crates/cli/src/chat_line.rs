@@ -1,19 +1,21 @@
-//! `safe-coder chat --no-tui`: the line-mode REPL. Streamed text, tool calls shown as
-//! they run, approvals asked on the terminal, slash commands, `@path`, `!cmd`, and the
-//! review of the agent's changes at the end.
+//! `safe-coder chat --no-tui`: the line-mode REPL. It sends what the user types as ops
+//! and prints the core's events: streamed text, tool calls as they run, approvals and
+//! the review asked on the terminal.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Result;
-use async_trait::async_trait;
-use safe_coder_core::session::{Review, Session};
-use safe_coder_core::{Agent, Approver};
-use safe_coder_protocol::{ApprovalDecision, ApprovalRequest, ApprovalSubject, Event};
+use safe_coder_core::{Conversation, Start};
+use safe_coder_protocol::display::escape_for_terminal;
+use safe_coder_protocol::{
+    ApprovalDecision, ApprovalRequest, ApprovalSubject, ChangeSet, Event, Op, ReviewDecision,
+};
 use tokio::sync::{mpsc, Mutex};
 
-use crate::interactive::{Interactive, Outcome};
-use crate::setup::{self, Prepared};
+use crate::render;
+use crate::setup;
 use crate::AgentArgs;
 
 /// Lines from stdin, read on a thread so the runtime never blocks on the terminal.
@@ -58,349 +60,245 @@ impl LineInput {
 }
 
 /// Asks before a write, edit or bash: yes / no / always for this tool / a reason.
-struct LineApprover {
-    input: Arc<LineInput>,
-}
-
-#[async_trait]
-impl Approver for LineApprover {
-    async fn approve(&self, request: ApprovalRequest) -> ApprovalDecision {
-        println!();
-        match &request.subject {
-            ApprovalSubject::FileChange { path, diff } => {
-                println!("── {} wants to change {path} ──", request.tool_name);
-                print!("{diff}");
-                if !diff.ends_with('\n') {
-                    println!();
-                }
-            }
-            ApprovalSubject::Command { command } => {
-                println!("── bash wants to run ──\n$ {command}");
-            }
-        }
-        loop {
-            let question = format!(
-                "Allow? [y]es / [n]o / [a]lways for {} / or type a reason to refuse: ",
-                request.tool_name
+async fn ask_approval(input: &LineInput, request: &ApprovalRequest) -> ApprovalDecision {
+    println!();
+    match &request.subject {
+        ApprovalSubject::FileChange { path, diff } => {
+            println!(
+                "── {} wants to change {} ──",
+                request.tool_name,
+                escape_for_terminal(path)
             );
-            let Some(answer) = self.input.ask(&question).await else {
-                return ApprovalDecision::DenyWithReason {
-                    reason: "the user closed the input".into(),
-                };
-            };
-            match answer.trim() {
-                "y" | "Y" | "yes" => return ApprovalDecision::Approve,
-                "n" | "N" | "no" => return ApprovalDecision::Deny,
-                "a" | "A" | "always" => return ApprovalDecision::ApproveAlwaysForTool,
-                "" => continue,
-                reason => {
-                    return ApprovalDecision::DenyWithReason {
-                        reason: reason.to_string(),
-                    }
-                }
+            print!("{}", escape_for_terminal(diff));
+            if !diff.ends_with('\n') {
+                println!();
             }
         }
-    }
-}
-
-/// Prints the core's events for a person reading a terminal.
-pub fn print_event(event: &Event) {
-    let mut out = std::io::stdout().lock();
-    match event {
-        Event::TextDelta { text } => {
-            let _ = write!(out, "{text}");
-        }
-        Event::AssistantMessage { text } if !text.is_empty() && !text.ends_with('\n') => {
-            let _ = writeln!(out);
-        }
-        Event::ToolCallStarted { name, input, .. } => {
-            let _ = writeln!(
-                out,
-                "🔧 {name} {}",
-                crate::exec::summarize_input(name, input)
+        ApprovalSubject::Command { command } => {
+            println!(
+                "── {} wants to run ──\n$ {}",
+                request.tool_name,
+                escape_for_terminal(command)
             );
         }
-        Event::ToolCallFinished {
-            name,
-            outcome,
-            duration_ms,
-            output,
-            ..
-        } => {
-            let line = crate::exec::tool_finished_line(name, *outcome, *duration_ms, output);
-            let _ = writeln!(out, "{line}");
-        }
-        Event::Retrying {
-            attempt,
-            delay_ms,
-            reason,
-        } => {
-            let _ = writeln!(
-                out,
-                "\n[retrying ({attempt}) in {delay_ms} ms: {reason}; the text above may repeat]"
-            );
-        }
-        Event::Committed { message, commit } => {
-            let short: String = commit.chars().take(8).collect();
-            let _ = writeln!(out, "🔒 {short} {message}");
-        }
-        Event::Error { message } => {
-            let _ = writeln!(out, "✗ error: {message}");
-        }
-        Event::Notice { message } => {
-            let _ = writeln!(out, "{message}");
-        }
-        Event::TurnCancelled => {
-            let _ = writeln!(out, "\n(cancelled)");
-        }
-        _ => {}
     }
-    let _ = out.flush();
-}
-
-/// The memory files as a system-prompt section, and the problems found reading them.
-pub fn load_memory_text(p: &Prepared) -> (String, Vec<String>) {
-    let memory = safe_coder_interact::memory::load_memory(&p.dirs.config_dir, &p.project);
-    (memory.system_prompt_section(), memory.warnings)
-}
-
-/// Starts a new session or reopens the one to resume, with its agent. Also returns how
-/// many messages were resumed and the memory files' warnings.
-pub async fn open_session(
-    p: &Prepared,
-    resume: Option<String>,
-) -> Result<(Session, Agent, usize, Vec<String>)> {
-    // A bad provider setting (no key, bad URL) fails before any session is made.
-    setup::client(&p.resolved)?;
-    let store = setup::open_store(&p.dirs)?;
-    let (memory, warnings) = load_memory_text(p);
-    match resume {
-        None => {
-            let config = setup::session_config(p)?;
-            let session = tokio::task::spawn_blocking({
-                let store = store.clone();
-                move || Session::start(&config, store)
-            })
-            .await??;
-            let agent = setup::build_agent(p, &session, memory)?;
-            Ok((session, agent, 0, warnings))
-        }
-        Some(id) => {
-            let record = {
-                let s = store
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("the session store is poisoned"))?;
-                if id.is_empty() {
-                    s.latest_for_project(&p.project.display().to_string())?
-                        .ok_or_else(|| {
-                            anyhow::anyhow!("no session to resume for {}", p.project.display())
-                        })?
-                } else {
-                    s.get_session(&id)?.ok_or_else(|| {
-                        anyhow::anyhow!("no session '{id}': see `safe-coder sessions list`")
-                    })?
-                }
-            };
-            let messages = {
-                let s = store
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("the session store is poisoned"))?;
-                s.load_messages(&record.id)?
-            };
-            let n = messages.len();
-            let sandbox_kept = std::path::Path::new(&record.session_dir).exists()
-                && record.state.holds_unsynced_work();
-            if !sandbox_kept {
-                // The old sandbox was synced or discarded: go on with the conversation on
-                // a fresh copy of the project.
-                let config = setup::session_config(p)?;
-                let session = tokio::task::spawn_blocking({
-                    let store = store.clone();
-                    move || Session::start(&config, store)
-                })
-                .await??;
-                if let Ok(s) = store.lock() {
-                    let _ = s.replace_messages(&session.id, &messages);
-                    if let Some(title) = &record.title {
-                        let _ = s.set_title(&session.id, title);
-                    }
-                }
-                let agent = setup::build_agent(p, &session, memory)?.with_messages(messages);
-                return Ok((session, agent, n, warnings));
-            }
-            let session = Session::open(&record, store, p.resolved.memory_mb, p.resolved.cpus)?;
-            session.claim();
-            let agent = setup::build_agent(p, &session, memory)?.with_messages(messages);
-            Ok((session, agent, n, warnings))
-        }
-    }
-}
-
-pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
-    let prepared = setup::prepare(&args)?;
-    let (session, agent, resumed, memory_warnings) = open_session(&prepared, resume).await?;
-    let input = LineInput::spawn();
-    println!(
-        "🔥 Safe Coder - AI Coding Assistant with {} isolation",
-        session.backend.as_str()
-    );
-    println!("Project: {}", session.project.display());
-    if !session.note.is_empty() {
-        println!("Backend: {} — {}", session.backend.as_str(), session.note);
-    }
-    println!(
-        "Session: {}  Model: {} ({})  Approval mode: {}",
-        session.id,
-        prepared.resolved.model,
-        prepared.resolved.provider.as_str(),
-        prepared.resolved.approval_mode
-    );
-    if resumed > 0 {
-        println!("Resumed with {resumed} message(s).");
-    }
-    println!("Type 'exit' or 'quit' to end the session, /help for commands");
-
-    let mut ia = Interactive::new(&prepared, &session, agent);
-    for w in memory_warnings.iter().chain(ia.startup_warnings()) {
-        println!("warning: {w}");
-    }
-    let approver = LineApprover {
-        input: input.clone(),
-    };
-    let sink = |e: Event| print_event(&e);
-
     loop {
-        print!("\n> ");
-        let _ = std::io::stdout().flush();
-        // Ctrl+C at the prompt ends the session (into review).
-        let line = tokio::select! {
-            l = input.next_line() => l,
-            _ = tokio::signal::ctrl_c() => None,
+        let question = format!(
+            "Allow? [y]es / [n]o / [a]lways for {} / or type a reason to refuse: ",
+            request.tool_name
+        );
+        let Some(answer) = input.ask(&question).await else {
+            return ApprovalDecision::DenyWithReason {
+                reason: "the user closed the input".into(),
+            };
         };
-        let Some(line) = line else { break };
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        if line == "exit" || line == "quit" {
-            break;
-        }
-        let cancel = safe_coder_sandbox::CancellationToken::new();
-        let watcher = {
-            let c = cancel.clone();
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    c.cancel();
-                }
-            })
-        };
-        let result = ia.handle(line, &approver, &sink, &cancel).await;
-        watcher.abort();
-        match result {
-            Ok(Outcome::Continue) => {}
-            Ok(Outcome::Quit) => break,
-            Ok(Outcome::Sync) => {
-                if let Err(e) = review(&session, &input, false).await {
-                    println!("✗ {}", setup::one_line(&e));
+        match answer.trim() {
+            "y" | "Y" | "yes" => return ApprovalDecision::Approve,
+            "n" | "N" | "no" => return ApprovalDecision::Deny,
+            "a" | "A" | "always" => return ApprovalDecision::ApproveAlwaysForTool,
+            "" => continue,
+            reason => {
+                return ApprovalDecision::DenyWithReason {
+                    reason: reason.to_string(),
                 }
             }
-            Err(e) => println!("✗ {}", setup::one_line(&e)),
         }
     }
-    review(&session, &input, true).await?;
-    println!("Goodbye!");
-    Ok(())
 }
 
-/// The change summary and the user's verdict (spec/02's summary, then accept all /
-/// reject all / pick files / keep). `ending`: at the end of the session, not `/sync`.
-pub async fn review(session: &Session, input: &LineInput, ending: bool) -> Result<()> {
-    let changes = session.change_set()?;
-    if session.backend == safe_coder_sandbox::BackendKind::Direct {
-        if !changes.is_empty() {
-            print!("{}", changes.summary_text());
-        }
-        if ending {
-            session.review(Review::AcceptAll, true)?;
-        }
-        return Ok(());
-    }
-    if changes.is_empty() {
-        if ending {
-            session.review(Review::RejectAll, true)?;
-        }
-        println!("No changes.");
-        return Ok(());
-    }
-    println!("\n🔒 Changes detected in the sandbox:");
-    print!("{}", changes.summary_text());
-    let verdict = loop {
+/// The verdict on a change set (the summary was printed with the change summary
+/// event): accept all / reject all / pick files / diff / keep for later.
+pub async fn ask_review(
+    input: &LineInput,
+    changes: &ChangeSet,
+    diffs: &BTreeMap<String, String>,
+) -> ReviewDecision {
+    let all_diffs = || {
+        diffs
+            .values()
+            .map(|d| escape_for_terminal(d).into_owned())
+            .collect::<Vec<_>>()
+            .join("")
+    };
+    loop {
         let Some(answer) = input
             .ask("Sync to the host? [a]ccept all / [r]eject all / [p]ick files / [d]iff / [k]eep for later: ")
             .await
         else {
-            break Review::Keep;
+            return ReviewDecision::Keep;
         };
         match answer.trim() {
-            "a" | "accept" => break Review::AcceptAll,
-            "r" | "reject" => break Review::RejectAll,
-            "k" | "keep" | "" => break Review::Keep,
-            "d" | "diff" => println!("{}", session.diff(None)?),
+            "a" | "accept" => return ReviewDecision::AcceptAll,
+            "r" | "reject" => return ReviewDecision::RejectAll,
+            "k" | "keep" | "" => return ReviewDecision::Keep,
+            "d" | "diff" => println!("{}", all_diffs()),
             "p" | "pick" => {
                 let mut picked = Vec::new();
                 for f in &changes.files {
+                    let path = escape_for_terminal(&f.path);
                     if f.conflict {
-                        println!(
-                            "  {} — conflict (changed on the host), stays in the session",
-                            f.path
-                        );
+                        println!("  {path} — conflict (changed on the host), stays in the session");
                         continue;
                     }
                     loop {
-                        let q = format!(
-                            "  {} ({}) — sync? [y]es / [n]o / [d]iff: ",
-                            f.path,
-                            f.kind.as_str()
-                        );
+                        let q = format!("  {path} ({}) — sync? [y]es / [n]o / [d]iff: ", f.kind.as_str());
                         match input.ask(&q).await.as_deref().map(str::trim) {
                             Some("y") | Some("yes") => {
                                 picked.push(f.path.clone());
                                 break;
                             }
-                            Some("d") | Some("diff") => {
-                                println!("{}", session.diff(Some(&f.path))?)
-                            }
+                            Some("d") | Some("diff") => println!(
+                                "{}",
+                                escape_for_terminal(diffs.get(&f.path).map(String::as_str).unwrap_or(""))
+                            ),
                             Some("n") | Some("no") | None => break,
                             _ => {}
                         }
                     }
                 }
-                break Review::Pick(picked);
+                return ReviewDecision::Pick {
+                    paths: picked,
+                    keep_rest: false,
+                };
             }
             _ => {}
         }
-    };
-    let kind = verdict.clone();
-    let (report, finished) = session.review(verdict, ending)?;
-    match kind {
-        Review::Keep => println!(
-            "Changes kept in session {id}: `safe-coder sessions sync {id}` applies them later.",
-            id = session.id
-        ),
-        Review::RejectAll => println!("Changes rejected; your project is untouched."),
-        _ => {
-            println!(
-                "✓ Changes synced to host: {} ({} file(s))",
-                session.project.display(),
-                report.applied.len()
+    }
+}
+
+/// Prints one event for a person reading a terminal.
+fn print_event(event: &Event, verbose: bool) {
+    let mut out = std::io::stdout().lock();
+    match event {
+        Event::TextDelta { text } => {
+            let _ = write!(out, "{}", escape_for_terminal(text));
+        }
+        Event::AssistantMessage { text } if !text.is_empty() && !text.ends_with('\n') => {
+            let _ = writeln!(out);
+        }
+        Event::SessionStarted {
+            project,
+            backend,
+            provider,
+            model,
+            approval_mode,
+            session_id,
+            resumed_messages,
+            ..
+        } => {
+            let _ = writeln!(
+                out,
+                "🔥 Safe Coder - AI Coding Assistant with {backend} isolation\nProject: {project}"
             );
-            for c in &report.conflicts {
-                println!("⚠ {c}: changed on the host since the session began; the agent's version stays in the session");
+            if let Some(line) = render::event_text(event, verbose) {
+                let _ = writeln!(out, "{line}");
             }
-            if ending && !finished {
-                println!("Session {} keeps the unsynced work.", session.id);
+            let _ = writeln!(
+                out,
+                "Session: {session_id}  Model: {model} ({provider})  Approval mode: {approval_mode}"
+            );
+            if *resumed_messages > 0 {
+                let _ = writeln!(out, "Resumed with {resumed_messages} message(s).");
+            }
+            let _ = writeln!(
+                out,
+                "Type 'exit' or 'quit' to end the session, /help for commands"
+            );
+        }
+        Event::ConversationRestored { messages } => {
+            for m in messages.iter().rev().take(6).rev() {
+                let text = m.text();
+                if text.trim().is_empty() {
+                    continue;
+                }
+                let who = match m.role {
+                    safe_coder_protocol::Role::User => "you",
+                    safe_coder_protocol::Role::Assistant => "assistant",
+                };
+                let first: String = text.lines().next().unwrap_or("").chars().take(120).collect();
+                let _ = writeln!(out, "  [{who}] {}", escape_for_terminal(&first));
+            }
+        }
+        Event::TurnCancelled => {
+            let _ = writeln!(out, "\n(cancelled)");
+        }
+        other => {
+            if let Some(text) = render::event_text(other, verbose) {
+                let _ = writeln!(out, "{text}");
             }
         }
     }
+    let _ = out.flush();
+}
+
+pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
+    let prepared = setup::prepare(&args)?;
+    let settings = setup::settings(&prepared)?;
+    let start = match resume {
+        None => Start::New,
+        Some(id) if id.is_empty() => Start::Resume(None),
+        Some(id) => Start::Resume(Some(id)),
+    };
+    let conv = safe_coder_core::start(settings, start).await?;
+    drive(conv, args.verbose).await;
+    println!("Goodbye!");
     Ok(())
+}
+
+/// The REPL: prints events, and reads a line whenever the core is ready for one, or
+/// asks an approval, or holds a review.
+async fn drive(mut conv: Conversation, verbose: bool) {
+    let input = LineInput::spawn();
+    let mut shutting_down = false;
+    loop {
+        let event = tokio::select! {
+            e = conv.events.recv() => e,
+            // Ctrl+C while something runs cancels it; at the prompt it ends the session.
+            _ = tokio::signal::ctrl_c() => {
+                let _ = conv.ops.send(Op::Interrupt);
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
+        match &event {
+            Event::Ready if !shutting_down => {
+                let op = loop {
+                    print!("\n> ");
+                    let _ = std::io::stdout().flush();
+                    let line = tokio::select! {
+                        l = input.next_line() => l,
+                        _ = tokio::signal::ctrl_c() => None,
+                    };
+                    match line.as_deref().map(str::trim) {
+                        None | Some("exit") | Some("quit") => {
+                            shutting_down = true;
+                            break Op::Shutdown;
+                        }
+                        // An empty line asks again.
+                        Some("") => continue,
+                        Some(line) => {
+                            break Op::UserInput {
+                                text: line.to_string(),
+                            }
+                        }
+                    }
+                };
+                let _ = conv.ops.send(op);
+            }
+            Event::ApprovalRequested { request } => {
+                let decision = ask_approval(&input, request).await;
+                let _ = conv.ops.send(Op::Approval {
+                    call_id: request.tool_call_id.clone(),
+                    decision,
+                });
+            }
+            Event::ReviewRequested { changes, diffs, .. } => {
+                let decision = ask_review(&input, changes, diffs).await;
+                let _ = conv.ops.send(Op::Review { decision });
+            }
+            Event::SessionEnded { .. } => break,
+            other => print_event(other, verbose),
+        }
+    }
+    conv.join().await;
 }

@@ -1,15 +1,17 @@
 //! `safe-coder exec`: one task, headless. No prompts, no stdin; the final answer on
 //! stdout (or JSON events, one per line, with `--json`); progress on stderr.
+//!
+//! Like every front end it only sends ops and renders events: the prompt, then
+//! `Shutdown`; the review the core asks for at the end is answered by `--sync`.
 
 use std::io::Write;
 
 use anyhow::Result;
-use safe_coder_core::session::{Review, Session};
-use safe_coder_core::{HeadlessApprover, TurnOutcome};
-use safe_coder_protocol::{Event, ToolOutcome};
+use safe_coder_core::Start;
+use safe_coder_protocol::{ApprovalMode, Event, Op, ReviewDecision, ToolOutcome};
 
-use crate::setup;
-use crate::{AgentArgs, SyncChoice};
+use crate::setup::{self, Reported};
+use crate::{render, AgentArgs, SyncChoice};
 
 fn print_json(event: &Event) {
     let mut out = std::io::stdout().lock();
@@ -19,197 +21,123 @@ fn print_json(event: &Event) {
     }
 }
 
-fn print_progress(event: &Event) {
-    let mut err = std::io::stderr().lock();
-    match event {
-        Event::ToolCallStarted { name, input, .. } => {
-            let _ = writeln!(err, "▶ {name} {}", summarize_input(name, input));
+fn print_progress(event: &Event, verbose: bool) {
+    let text = match event {
+        // One `error:` line per failure, nothing else.
+        Event::Error { message } | Event::TurnFailed { message } => {
+            Some(format!("error: {message}"))
         }
-        Event::ToolCallFinished {
-            name,
-            outcome,
-            duration_ms,
-            output,
-            ..
-        } => {
-            let _ = writeln!(
-                err,
-                "{}",
-                tool_finished_line(name, *outcome, *duration_ms, output)
-            );
-        }
-        Event::Retrying {
-            attempt,
-            delay_ms,
-            reason,
-        } => {
-            let _ = writeln!(err, "… retrying ({attempt}) in {delay_ms} ms: {reason}");
-        }
-        Event::Error { message } => {
-            let _ = writeln!(err, "error: {message}");
-        }
-        Event::Notice { message } => {
-            let _ = writeln!(err, "{message}");
-        }
-        Event::SessionStarted {
-            session_id,
-            backend,
-            note,
-            ..
-        } => {
-            let _ = writeln!(err, "Session {session_id} on the {backend} backend");
-            if !note.is_empty() {
-                let _ = writeln!(err, "  {note}");
-            }
-        }
-        _ => {}
-    }
-}
-
-/// `✓ bash (12 ms) first line of its output`: how front ends report a finished call.
-pub fn tool_finished_line(
-    name: &str,
-    outcome: ToolOutcome,
-    duration_ms: u64,
-    output: &str,
-) -> String {
-    let mark = match outcome {
-        ToolOutcome::Ok => "✓",
-        ToolOutcome::Error => "✗",
-        ToolOutcome::Denied => "⊘",
+        // The answer goes to stdout at the end.
+        Event::TurnCancelled => None,
+        other => render::event_text(other, verbose),
     };
-    let first = output.lines().next().unwrap_or("");
-    format!("{mark} {name} ({duration_ms} ms) {first}")
+    if let Some(text) = text {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{text}");
+    }
 }
 
-/// One line saying what a tool call is about.
-pub fn summarize_input(name: &str, input: &serde_json::Value) -> String {
-    let key = if name == "bash" { "command" } else { "path" };
-    let s = input.get(key).and_then(|v| v.as_str()).unwrap_or("");
-    let line = s.lines().next().unwrap_or("");
-    if line.chars().count() > 100 {
-        format!("{}…", line.chars().take(100).collect::<String>())
-    } else {
-        line.to_string()
-    }
+/// How the task ended, from the events.
+#[derive(Default)]
+struct Ending {
+    answer: Option<String>,
+    truncated: bool,
+    failed: bool,
+    cancelled: bool,
+    refused: usize,
+    session_id: String,
 }
 
 pub async fn run(args: AgentArgs, json: bool, sync: SyncChoice, prompt: String) -> Result<()> {
     let prepared = setup::prepare(&args)?;
-    // A bad provider setting (no key, bad URL) fails before any session is made.
-    setup::client(&prepared.resolved)?;
-    let store = setup::open_store(&prepared.dirs)?;
-    let session_config = setup::session_config(&prepared)?;
-    let session = tokio::task::spawn_blocking({
-        let store = store.clone();
-        move || Session::start(&session_config, store)
-    })
-    .await??;
-    let (memory, memory_warnings) = crate::chat_line::load_memory_text(&prepared);
-    for w in &memory_warnings {
-        eprintln!("warning: {w}");
+    let mut settings = setup::settings(&prepared)?;
+    settings.headless = true;
+    // DESIGN §6: on a sandboxed backend nothing reaches the project without a sync, so
+    // the agent's tools run inside the sandbox unless the user chose a stricter mode.
+    let chosen = args.approval_mode.is_some()
+        || prepared.resolved.approval_mode != ApprovalMode::Default;
+    if !chosen && settings.backend.is_none_or(|b| b.uses_copy()) {
+        settings.approval_mode = ApprovalMode::Yolo;
     }
-    let mut agent = setup::build_agent(&prepared, &session, memory)?;
+    let verbose = args.verbose;
+    // In plan mode a refused write is what the user asked for, not a failure.
+    let refusals_fail = settings.approval_mode != ApprovalMode::Plan;
+    let mut conv = safe_coder_core::start(settings, Start::New).await?;
 
-    let emit = move |e: Event| {
-        if json {
-            print_json(&e)
-        } else {
-            print_progress(&e)
-        }
-    };
-    emit(Event::SessionStarted {
-        session_id: session.id.clone(),
-        project: prepared.project.display().to_string(),
-        backend: session.backend.as_str().to_string(),
-        note: session.note.clone(),
-        provider: prepared.resolved.provider.as_str().to_string(),
-        model: prepared.resolved.model.clone(),
-    });
-    if let Ok(s) = store.lock() {
-        let title: String = prompt.chars().take(80).collect();
-        let _ = s.set_title(&session.id, &title);
-    }
-
-    let cancel = setup::cancel_on_signals();
-    let approver = HeadlessApprover {
-        mode: prepared.resolved.approval_mode,
-    };
-    let outcome = agent.run_turn(prompt, &approver, &emit, &cancel).await;
-
-    // Whatever happened, the agent's work is in the session: review per --sync.
-    finish(&session, sync, json, &emit)?;
-    match outcome {
-        Ok(TurnOutcome::Finished(text)) => {
-            if !json {
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "{}", text.trim_end())?;
-            }
-            Ok(())
-        }
-        Ok(TurnOutcome::Cancelled) => anyhow::bail!(
-            "cancelled; the agent's work so far is kept in session {}",
-            session.id
-        ),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn finish(session: &Session, sync: SyncChoice, json: bool, emit: &dyn Fn(Event)) -> Result<()> {
-    let changes = session.change_set()?;
-    if session.backend == safe_coder_sandbox::BackendKind::Direct {
-        if !changes.is_empty() {
-            emit(Event::ChangeSummary {
-                changes: changes.clone(),
-            });
-            if !json {
-                eprint!("{}", changes.summary_text());
-            }
-        }
-        session.review(Review::AcceptAll, true)?;
-        return Ok(());
-    }
-    if changes.is_empty() {
-        session.review(Review::RejectAll, true)?;
-        if !json {
-            eprintln!("No changes.");
-        }
-        return Ok(());
-    }
-    emit(Event::ChangeSummary {
-        changes: changes.clone(),
-    });
-    if !json {
-        eprint!(
-            "🔒 Changes detected in the sandbox:\n{}",
-            changes.summary_text()
-        );
-    }
-    let review = match sync {
-        SyncChoice::Accept => Review::AcceptAll,
-        SyncChoice::Reject => Review::RejectAll,
-        SyncChoice::Keep => Review::Keep,
-    };
-    let (report, finished) = session.review(review, true)?;
-    emit(Event::SyncFinished {
-        applied: report.applied.clone(),
-        conflicts: report.conflicts.clone(),
-        session_kept: !finished,
-    });
-    if !json {
-        match sync {
-            SyncChoice::Accept => {
-                eprintln!("✓ Synced {} file(s) to {}", report.applied.len(), session.project.display());
-                for c in &report.conflicts {
-                    eprintln!("⚠ {c}: changed on the host since the session began; the agent's version stays in session {}", session.id);
+    // SIGINT / SIGTERM cancel the turn; the review per --sync still runs.
+    let signals = {
+        let ops = conv.ops.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                if ops.send(Op::Interrupt).is_err() {
+                    break;
                 }
             }
-            SyncChoice::Reject => eprintln!("Changes rejected; the project is untouched."),
-            SyncChoice::Keep => eprintln!(
-                "Changes kept in session {id}: review with `safe-coder sessions diff {id}`, apply with `safe-coder sessions sync {id}`.",
-                id = session.id
-            ),
+        })
+    };
+    let _ = conv.ops.send(Op::Prompt { text: prompt });
+    let _ = conv.ops.send(Op::Shutdown);
+
+    let mut end = Ending {
+        session_id: conv.session_id.clone(),
+        ..Ending::default()
+    };
+    while let Some(event) = conv.events.recv().await {
+        if json {
+            print_json(&event)
+        } else {
+            print_progress(&event, verbose)
         }
+        match &event {
+            Event::TurnFinished { text, truncated } => {
+                end.answer = Some(text.clone());
+                end.truncated = *truncated;
+            }
+            Event::TurnFailed { .. } => end.failed = true,
+            Event::TurnCancelled => end.cancelled = true,
+            Event::ToolCallFinished {
+                outcome: ToolOutcome::Denied,
+                ..
+            } if refusals_fail => end.refused += 1,
+            Event::ReviewRequested { .. } => {
+                let decision = match sync {
+                    SyncChoice::Accept => ReviewDecision::AcceptAll,
+                    SyncChoice::Reject => ReviewDecision::RejectAll,
+                    SyncChoice::Keep => ReviewDecision::Keep,
+                };
+                let _ = conv.ops.send(Op::Review { decision });
+            }
+            Event::SessionEnded { .. } => break,
+            _ => {}
+        }
+    }
+    signals.abort();
+    conv.join().await;
+
+    if let (Some(answer), false) = (&end.answer, json) {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", answer.trim_end())?;
+    }
+    if end.cancelled {
+        anyhow::bail!(
+            "cancelled; the agent's work so far stays in session {} unless --sync said otherwise",
+            end.session_id
+        );
+    }
+    // Each of these was already reported as an `error:` line (or a JSON event).
+    if end.failed || end.truncated || end.refused > 0 || end.answer.is_none() {
+        return Err(Reported.into());
     }
     Ok(())
 }

@@ -4,7 +4,7 @@ mod chat_line;
 mod chat_tui;
 mod config;
 mod exec;
-mod interactive;
+mod render;
 mod sessions;
 mod setup;
 
@@ -54,6 +54,9 @@ struct AgentArgs {
     /// plan, default, auto-edit or yolo.
     #[arg(long, value_name = "MODE")]
     approval_mode: Option<ApprovalMode>,
+    /// Say more: why this backend was chosen over the others.
+    #[arg(long, short = 'v')]
+    verbose: bool,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
@@ -184,6 +187,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Already shown to the user.
+        Err(e) if e.is::<setup::Reported>() => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {}", setup::one_line(&e));
             ExitCode::FAILURE

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use safe_coder_core::session::{owner_alive, Review, Session};
+use safe_coder_core::session::{owner_alive, SessionFiles};
+use safe_coder_protocol::display::{escape_for_terminal, sync_finished_text};
+use safe_coder_protocol::{ReviewDecision, SyncOutcome};
 use safe_coder_store::{ListFilter, SessionRecord, Store};
 
 use crate::config::Dirs;
@@ -26,7 +28,7 @@ pub enum SessionsCmd {
         #[arg(long)]
         json: bool,
     },
-    /// The unified diff of a session's changes (one file with PATH).
+    /// The unified diff of the changes a session still holds (one file with PATH).
     Diff { id: String, path: Option<String> },
     /// Apply a session's changes to the project.
     Sync {
@@ -34,9 +36,12 @@ pub enum SessionsCmd {
         /// Sync every change without asking.
         #[arg(long)]
         accept_all: bool,
-        /// Sync only these files (the others are rejected).
+        /// Sync only these files; the others stay in the session (see --reject-rest).
         #[arg(long, num_args = 1.., value_name = "PATH")]
         files: Vec<String>,
+        /// With --files: drop the changes to every other file.
+        #[arg(long, requires = "files")]
+        reject_rest: bool,
     },
     /// Drop a session and its unsynced work.
     Discard { id: String },
@@ -81,7 +86,9 @@ fn find(store: &Arc<Mutex<Store>>, id: &str) -> Result<SessionRecord> {
         .with_context(|| format!("no session '{id}': see `safe-coder sessions list --all`"))
 }
 
-fn open_session(store: &Arc<Mutex<Store>>, record: &SessionRecord) -> Result<Session> {
+/// A session's files for a command that changes them: refused while another process
+/// has the session open.
+fn open_session(store: &Arc<Mutex<Store>>, record: &SessionRecord) -> Result<SessionFiles> {
     if record.state.as_str() == "active" && owner_alive(std::path::Path::new(&record.session_dir)) {
         bail!(
             "session {} is still open in another safe-coder process (pid in {}/owner.pid)",
@@ -96,7 +103,15 @@ fn open_session(store: &Arc<Mutex<Store>>, record: &SessionRecord) -> Result<Ses
             record.session_dir
         );
     }
-    Ok(Session::open(record, store.clone(), 2048, 2.0)?)
+    Ok(SessionFiles::open(record, store.clone())?)
+}
+
+/// A session's files for reading (`show`, `diff`), or `None` when none are left.
+fn read_session(store: &Arc<Mutex<Store>>, record: &SessionRecord) -> Result<Option<SessionFiles>> {
+    if !std::path::Path::new(&record.session_dir).exists() {
+        return Ok(None);
+    }
+    Ok(Some(SessionFiles::open(record, store.clone())?))
 }
 
 pub fn run(cmd: SessionsCmd) -> Result<()> {
@@ -157,12 +172,9 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
         }
         SessionsCmd::Show { id, json } => {
             let record = find(&store, &id)?;
-            let changes = if std::path::Path::new(&record.session_dir).exists() {
-                Session::open(&record, store.clone(), 2048, 2.0)
-                    .ok()
-                    .and_then(|s| s.change_set().ok())
-            } else {
-                None
+            let changes = match read_session(&store, &record)? {
+                Some(files) => Some(files.change_set()?),
+                None => None,
             };
             if json {
                 let mut v = serde_json::to_value(&record)?;
@@ -187,69 +199,128 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
             println!("Base:     {}", record.base_commit.as_deref().unwrap_or("-"));
             match changes {
                 Some(c) if !c.is_empty() => print!("{}", c.summary_text()),
-                Some(_) => println!("No changes."),
-                None => println!("No work left on disk."),
+                Some(_) => println!("No changes left to sync."),
+                None => println!("{}", gone_text(&record)),
             }
         }
         SessionsCmd::Diff { id, path } => {
             let record = find(&store, &id)?;
-            let session = Session::open(&record, store.clone(), 2048, 2.0)?;
-            print!("{}", session.diff(path.as_deref())?);
+            let Some(files) = read_session(&store, &record)? else {
+                bail!("{}", gone_text(&record));
+            };
+            // The same pending set that `show` lists and `sync` would write.
+            let changes = files.change_set()?;
+            let wanted: Vec<&str> = match &path {
+                Some(p) => {
+                    if !changes.files.iter().any(|c| &c.path == p) {
+                        bail!(
+                            "{p} is not among the changes session {} still holds; `safe-coder sessions show {}` lists them",
+                            record.id,
+                            record.id
+                        );
+                    }
+                    vec![p.as_str()]
+                }
+                None => changes.files.iter().map(|c| c.path.as_str()).collect(),
+            };
+            for p in wanted {
+                print!("{}", escape_for_terminal(&files.diff(Some(p))?));
+            }
         }
         SessionsCmd::Sync {
             id,
             accept_all,
             files,
+            reject_rest,
         } => {
             let record = find(&store, &id)?;
             let session = open_session(&store, &record)?;
             let changes = session.change_set()?;
             if changes.is_empty() {
-                session.review(Review::RejectAll, true)?;
-                println!("Session {} has no changes to sync.", record.id);
+                session.review(&ReviewDecision::RejectAll, true)?;
+                println!("Session {} has no changes left to sync.", record.id);
                 return Ok(());
             }
-            print!("{}", changes.summary_text());
-            let review = if accept_all {
-                Review::AcceptAll
+            print!("{}", escape_for_terminal(&changes.summary_text()));
+            let decision = if accept_all {
+                ReviewDecision::AcceptAll
             } else if !files.is_empty() {
                 for f in &files {
                     if !changes.files.iter().any(|c| &c.path == f) {
-                        bail!("{f} is not among the session's changed files");
+                        bail!("{f} is not among the session's pending changes; `safe-coder sessions show {}` lists them", record.id);
                     }
                 }
-                Review::Pick(files)
+                ReviewDecision::Pick {
+                    paths: files,
+                    keep_rest: !reject_rest,
+                }
             } else if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
                 // Ask, as at the end of a chat.
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                return rt.block_on(async {
+                rt.block_on(async {
                     let input = crate::chat_line::LineInput::spawn();
-                    crate::chat_line::review(&session, &input, true).await
-                });
+                    let diffs = changes
+                        .files
+                        .iter()
+                        .map(|f| (f.path.clone(), session.diff(Some(&f.path)).unwrap_or_default()))
+                        .collect();
+                    crate::chat_line::ask_review(&input, &changes, &diffs).await
+                })
             } else {
-                bail!("say what to sync: --accept-all, or --files PATH... (the other files are rejected)");
+                bail!("say what to sync: --accept-all, or --files PATH... (the other files stay in the session; add --reject-rest to drop them)");
             };
-            let (report, finished) = session.review(review, true)?;
+            let outcome = match &decision {
+                ReviewDecision::AcceptAll | ReviewDecision::Pick { .. } => SyncOutcome::Synced,
+                ReviewDecision::RejectAll => SyncOutcome::Rejected,
+                ReviewDecision::Keep => SyncOutcome::Kept,
+            };
+            let pending: Vec<String> = changes.files.iter().map(|f| f.path.clone()).collect();
+            let result = session.review(&decision, true)?;
+            // Only what this sync wrote counts as synced, not files synced before.
+            let applied: Vec<String> = result
+                .report
+                .applied
+                .into_iter()
+                .filter(|p| pending.contains(p))
+                .collect();
             println!(
-                "✓ Changes synced to host: {} ({} file(s))",
-                record.project,
-                report.applied.len()
+                "{}",
+                sync_finished_text(
+                    outcome,
+                    &record.project,
+                    &record.id,
+                    &applied,
+                    &result.report.conflicts,
+                    !result.finished,
+                )
             );
-            for c in &report.conflicts {
-                println!("⚠ {c}: changed on the host since the session began; the agent's version stays in the session");
-            }
-            if !finished {
-                println!("Session {} keeps the unsynced work.", record.id);
+            if !result.finished && outcome != SyncOutcome::Kept {
+                println!(
+                    "Still in session {id}: `safe-coder sessions show {id}` lists what is left.",
+                    id = record.id
+                );
             }
         }
         SessionsCmd::Discard { id } => {
             let record = find(&store, &id)?;
             let session = open_session(&store, &record)?;
             session.discard();
-            println!("Discarded session {}.", record.id);
+            println!("Discarded session {} and its unsynced work.", record.id);
         }
     }
     Ok(())
+}
+
+/// Why a session has no files left, in the user's words.
+fn gone_text(record: &SessionRecord) -> String {
+    match record.state.as_str() {
+        "synced" => format!("Session {} was synced; nothing is left to review.", record.id),
+        "discarded" => format!("Session {} was discarded.", record.id),
+        _ => format!(
+            "Session {} has no work left on disk ({} is gone).",
+            record.id, record.session_dir
+        ),
+    }
 }

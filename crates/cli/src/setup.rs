@@ -1,13 +1,13 @@
-//! What `chat` and `exec` share: configuration, the model client, the store, the session
-//! and the agent.
+//! What `chat` and `exec` share: the resolved configuration turned into the core's
+//! [`Settings`].
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use safe_coder_core::session::{store_path, Session, SessionConfig};
-use safe_coder_core::{Agent, AgentOptions};
-use safe_coder_llm::{ModelClient, ProviderConfig, RetryPolicy};
+use safe_coder_core::session::store_path;
+use safe_coder_core::{Price, Settings};
+use safe_coder_llm::{ProviderConfig, RetryPolicy};
 use safe_coder_sandbox::BackendKind;
 use safe_coder_store::Store;
 
@@ -69,16 +69,16 @@ pub fn prepare(args: &AgentArgs) -> Result<Prepared> {
     })
 }
 
-pub fn client(resolved: &Resolved) -> Result<Box<dyn ModelClient>> {
-    let config = ProviderConfig {
+/// The provider settings the model client is made from.
+pub fn provider_config(resolved: &Resolved) -> ProviderConfig {
+    ProviderConfig {
         kind: resolved.provider,
         base_url: resolved.base_url.clone(),
         api_key: resolved.api_key.clone(),
         model: resolved.model.clone(),
         max_tokens: resolved.max_tokens,
         retry: RetryPolicy::default(),
-    };
-    Ok(safe_coder_llm::client(config)?)
+    }
 }
 
 pub fn open_store(dirs: &Dirs) -> Result<Arc<Mutex<Store>>> {
@@ -88,65 +88,58 @@ pub fn open_store(dirs: &Dirs) -> Result<Arc<Mutex<Store>>> {
     Ok(Arc::new(Mutex::new(store)))
 }
 
-pub fn session_config(p: &Prepared) -> Result<SessionConfig> {
-    let backend = match p.resolved.backend.as_str() {
+/// The backend the user asked for; `None` is auto.
+pub fn requested_backend(p: &Prepared) -> Result<Option<BackendKind>> {
+    Ok(match p.resolved.backend.as_str() {
         "auto" => None,
         name => {
             Some(BackendKind::parse(name).with_context(|| format!("unknown backend '{name}'"))?)
         }
-    };
-    Ok(SessionConfig {
-        project: p.project.clone(),
-        data_dir: p.dirs.data_dir.clone(),
-        backend,
-        exclude: p.resolved.exclude.clone(),
-        memory_mb: p.resolved.memory_mb,
-        cpus: p.resolved.cpus,
-        provider: p.resolved.provider.as_str().to_string(),
-        model: p.resolved.model.clone(),
-        approval_mode: p.resolved.approval_mode.to_string(),
     })
 }
 
-pub fn agent_options(p: &Prepared, memory: String) -> AgentOptions {
-    AgentOptions {
-        model: p.resolved.model.clone(),
-        max_tokens: p.resolved.max_tokens,
-        max_turns: p.resolved.max_turns,
-        approval_mode: p.resolved.approval_mode,
-        memory,
-        context_window: p.resolved.context_window,
-        compact_threshold: p.resolved.compact_threshold,
-        ..AgentOptions::default()
+/// What the core needs for a conversation.
+pub fn settings(p: &Prepared) -> Result<Settings> {
+    let r = &p.resolved;
+    Ok(Settings {
+        project: p.project.clone(),
+        data_dir: p.dirs.data_dir.clone(),
+        config_dir: p.dirs.config_dir.clone(),
+        backend: requested_backend(p)?,
+        exclude: r.exclude.clone(),
+        memory_mb: r.memory_mb,
+        cpus: r.cpus,
+        provider: provider_config(r),
+        max_turns: r.max_turns,
+        approval_mode: r.approval_mode,
+        context_window: r.context_window,
+        compact_threshold: r.compact_threshold,
+        prices: r
+            .prices
+            .iter()
+            .map(|(m, p)| {
+                (
+                    m.clone(),
+                    Price {
+                        input_per_mtok: p.input_per_mtok,
+                        output_per_mtok: p.output_per_mtok,
+                    },
+                )
+            })
+            .collect(),
+        headless: false,
+        status_interval: None,
+    })
+}
+
+/// An error already shown to the user: `main` exits non-zero without printing it again.
+#[derive(Debug)]
+pub struct Reported;
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(reported)")
     }
 }
 
-pub fn build_agent(p: &Prepared, session: &Session, memory: String) -> Result<Agent> {
-    let client = client(&p.resolved)?;
-    Ok(
-        Agent::new(client, session.sandbox.clone(), agent_options(p, memory))
-            .with_history(session.repo.clone())
-            .with_store(session.store.clone(), session.id.clone()),
-    )
-}
-
-/// A cancellation token fired by SIGINT or SIGTERM.
-pub fn cancel_on_signals() -> safe_coder_sandbox::CancellationToken {
-    let token = safe_coder_sandbox::CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-        t.cancel();
-    });
-    token
-}
+impl std::error::Error for Reported {}

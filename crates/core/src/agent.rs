@@ -1,15 +1,15 @@
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use safe_coder_history::SessionRepo;
 use safe_coder_llm::{LlmError, ModelClient};
 use safe_coder_protocol::{
     ApprovalDecision, ApprovalMode, ApprovalRequest, ContentBlock, Event, Message, ModelRequest,
-    Role, StreamEvent, ToolOutcome, Usage,
+    Role, StopReason, StreamEvent, ToolOutcome, Usage,
 };
 use safe_coder_sandbox::{CancellationToken, Sandbox};
-use safe_coder_store::Store;
+use crate::recorder::Recorder;
 
 use crate::approval::{needs_approval, Approver};
 use crate::compact::{estimate_tokens, SUMMARY_HEADER, SUMMARY_REQUEST};
@@ -93,7 +93,7 @@ pub struct Agent {
     client: Box<dyn ModelClient>,
     sandbox: Arc<dyn Sandbox>,
     repo: Option<Arc<SessionRepo>>,
-    store: Option<(Arc<Mutex<Store>>, String)>,
+    recorder: Option<Recorder>,
     options: AgentOptions,
     messages: Vec<Message>,
     always_allowed: HashSet<String>,
@@ -110,7 +110,7 @@ impl Agent {
             client,
             sandbox,
             repo: None,
-            store: None,
+            recorder: None,
             options,
             messages: Vec::new(),
             always_allowed: HashSet::new(),
@@ -124,9 +124,9 @@ impl Agent {
         self
     }
 
-    /// Save every message, tool call and usage report as it happens.
-    pub fn with_store(mut self, store: Arc<Mutex<Store>>, session_id: String) -> Agent {
-        self.store = Some((store, session_id));
+    /// Save every message, tool call and usage report as it happens (off the loop).
+    pub fn with_recorder(mut self, recorder: Recorder) -> Agent {
+        self.recorder = Some(recorder);
         self
     }
 
@@ -190,20 +190,15 @@ impl Agent {
     }
 
     fn push(&mut self, message: Message) {
-        if let Some((store, id)) = &self.store {
-            if let Ok(s) = store.lock() {
-                // A store failure must not stop the session; the message is still in memory.
-                let _ = s.append_message(id, &message);
-            }
+        if let Some(r) = &self.recorder {
+            r.append_message(&message);
         }
         self.messages.push(message);
     }
 
     fn persist_replace(&self) {
-        if let Some((store, id)) = &self.store {
-            if let Ok(s) = store.lock() {
-                let _ = s.replace_messages(id, &self.messages);
-            }
+        if let Some(r) = &self.recorder {
+            r.replace_messages(&self.messages);
         }
     }
 
@@ -237,10 +232,8 @@ impl Agent {
         self.stats.total_usage.add(usage);
         self.stats.last_input_tokens = usage.input_tokens;
         self.stats.requests += 1;
-        if let Some((store, id)) = &self.store {
-            if let Ok(s) = store.lock() {
-                let _ = s.record_usage(id, &self.options.model, usage);
-            }
+        if let Some(r) = &self.recorder {
+            r.usage(&self.options.model, usage);
         }
         events.emit(Event::Usage {
             last: usage,
@@ -361,7 +354,7 @@ impl Agent {
                     return Ok(TurnOutcome::Cancelled);
                 }
                 Err(e) => {
-                    events.emit(Event::Error {
+                    events.emit(Event::TurnFailed {
                         message: e.to_string(),
                     });
                     return Err(e.into());
@@ -377,7 +370,19 @@ impl Agent {
                 .collect();
             self.push(response.message);
             if calls.is_empty() {
-                events.emit(Event::TurnFinished { text: text.clone() });
+                let truncated = response.stop_reason == StopReason::MaxTokens;
+                if truncated {
+                    events.emit(Event::Error {
+                        message: format!(
+                            "the reply was cut at the output limit of {} tokens, so the answer above is incomplete; ask the agent to continue, or raise llm.max_tokens",
+                            self.options.max_tokens
+                        ),
+                    });
+                }
+                events.emit(Event::TurnFinished {
+                    text: text.clone(),
+                    truncated,
+                });
                 return Ok(TurnOutcome::Finished(text));
             }
 
@@ -392,7 +397,7 @@ impl Agent {
             }
         }
         let err = CoreError::MaxTurns(self.options.max_turns);
-        events.emit(Event::Error {
+        events.emit(Event::TurnFailed {
             message: err.to_string(),
         });
         Err(err)
@@ -435,7 +440,7 @@ impl Agent {
                     "Not run: the arguments of this {name} call are not valid JSON ({}). Send the call again with a JSON object as its arguments.",
                     raw.chars().take(200).collect::<String>()
                 )),
-                None => self.authorize(id, name, input, approver, events).await,
+                None => self.authorize(id, name, input, approver).await,
             };
             let (content, outcome) = match authorized {
                 Err(refusal) => (refusal, ToolOutcome::Denied),
@@ -470,10 +475,8 @@ impl Agent {
                 cancelled = true;
             }
             let content = cap_tool_result(content, self.options.max_tool_result_chars);
-            if let Some((store, sid)) = &self.store {
-                if let Ok(s) = store.lock() {
-                    let _ = s.record_tool_call(sid, name, outcome == ToolOutcome::Ok, duration_ms);
-                }
+            if let Some(r) = &self.recorder {
+                r.tool_call(name, outcome == ToolOutcome::Ok, duration_ms);
             }
             events.emit(Event::ToolCallFinished {
                 id: id.clone(),
@@ -521,7 +524,6 @@ impl Agent {
         name: &str,
         input: &serde_json::Value,
         approver: &dyn Approver,
-        events: &dyn EventSink,
     ) -> Result<(), String> {
         let mode = self.options.approval_mode;
         let ask = match needs_approval(mode, name) {
@@ -545,9 +547,7 @@ impl Agent {
             tool_name: name.to_string(),
             subject,
         };
-        events.emit(Event::ApprovalRequested {
-            request: request.clone(),
-        });
+        // The approver shows the request (an event) and waits for the answer.
         match approver.approve(request).await {
             ApprovalDecision::Approve => Ok(()),
             ApprovalDecision::ApproveAlwaysForTool => {

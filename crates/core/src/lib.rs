@@ -1,17 +1,28 @@
-//! The session and its turn loop.
+//! The application core: sessions, the turn loop, and the queue pair front ends use.
 //!
-//! Front ends (line mode, `exec`, the TUI) drive an [`Agent`] and consume the
-//! [`Event`](safe_coder_protocol::Event)s it emits through an [`EventSink`]; approvals
-//! come back through an [`Approver`]. The [`session`] module owns a session's life:
-//! sandbox, git history, store record, review and sync back.
+//! A front end calls [`start`] with resolved [`Settings`] and gets a [`Conversation`]:
+//! it sends [`Op`](safe_coder_protocol::Op)s and renders the
+//! [`Event`](safe_coder_protocol::Event)s that come back. Everything else — opening or
+//! resuming the session, approvals, slash commands, `!cmd`, the review and sync, the
+//! end-of-session policy, the store record — happens here, once, for every front end.
+//! See `docs/architecture.md`.
 
 mod agent;
 mod approval;
+mod commands;
 mod compact;
+mod conversation;
 mod prompt;
+mod recorder;
 pub mod session;
+mod settings;
+mod workspace;
 
 pub use agent::{Agent, AgentOptions, CoreError, EventSink, TurnOutcome};
 pub use approval::{needs_approval, Approver, HeadlessApprover};
 pub use compact::estimate_tokens;
+pub use conversation::{start, Conversation, StartError};
 pub use prompt::system_prompt;
+pub use recorder::Recorder;
+pub use settings::{Price, Settings, Start};
+pub use workspace::{ReviewResult, SyncReport, Workspace};

@@ -2,21 +2,27 @@
 //! the git history, the store record, review and sync back, and recovery after a crash.
 //!
 //! Layout of `<data_dir>/sessions/<id>/`:
-//! - `work/`: the sandbox copy with its own `.git` (every backend but `direct`);
+//! - `work/`: the sandbox copy (every backend but `direct`), with its history in
+//!   `history.git/` beside it, out of the agent's reach;
 //! - `shadow.git/`: the shadow repository whose work tree is the project (`direct`);
 //! - `owner.pid`: the process that has the session open, so `sessions list` can tell a
 //!   running session from one left behind by a crash.
+//!
+//! [`SessionFiles`] is a session's history and workspace without a sandbox: enough for
+//! `sessions show`, `diff`, `sync` and `discard`. A [`Session`] adds the sandbox the
+//! agent's tools run in.
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use safe_coder_history::{sync, SessionRepo};
-use safe_coder_protocol::ChangeSet;
+use safe_coder_history::SessionRepo;
+use safe_coder_protocol::{ChangeSet, ReviewDecision};
 use safe_coder_sandbox::host::HostSandbox;
 use safe_coder_sandbox::{BackendKind, Sandbox};
 use safe_coder_store::{NewSession, SessionRecord, SessionState, Store};
 
-pub use safe_coder_history::sync::SyncReport;
+pub use crate::workspace::{ReviewResult, SyncReport, Workspace};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -45,27 +51,30 @@ pub struct SessionConfig {
     pub approval_mode: String,
 }
 
-/// The user's verdict on a change set.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Review {
-    AcceptAll,
-    RejectAll,
-    /// Sync these paths; the others are rejected (reverted in the session).
-    Pick(Vec<String>),
-    /// Sync nothing now; the session waits for `sessions sync`.
-    Keep,
-}
-
-pub struct Session {
+/// A session's files: its history, its workspace and its record. No sandbox runs.
+pub struct SessionFiles {
     pub id: String,
     pub project: PathBuf,
     pub backend: BackendKind,
-    /// Why this backend (for `auto`).
-    pub note: String,
     pub dir: PathBuf,
-    pub sandbox: Arc<dyn Sandbox>,
+    pub workspace: Workspace,
     pub repo: Arc<SessionRepo>,
     pub store: Arc<Mutex<Store>>,
+}
+
+/// A session with its sandbox open.
+pub struct Session {
+    files: SessionFiles,
+    pub sandbox: Arc<dyn Sandbox>,
+    /// Why this backend (for `auto`).
+    pub note: String,
+}
+
+impl Deref for Session {
+    type Target = SessionFiles;
+    fn deref(&self) -> &SessionFiles {
+        &self.files
+    }
 }
 
 fn new_id() -> String {
@@ -177,6 +186,7 @@ impl safe_coder_sandbox::host::CommandConfiner for ToolchainConfiner {
     }
 }
 
+
 impl Session {
     /// Creates the session directory, copies the project in (or sets up the shadow
     /// repository for `direct`), records the session and opens its sandbox.
@@ -196,15 +206,10 @@ impl Session {
                 project.display()
             )));
         }
-        // Every backend but `direct` works on a copy, whichever `auto` picks: probing the
-        // backend (which runs bubblewrap once) overlaps with the copy-in.
+        // Probing the backend (which runs bubblewrap once) overlaps with the copy-in,
+        // whichever backend `auto` picks; `direct` needs no probe to know its workspace.
         let requested = config.backend;
-        let probe = (requested != Some(BackendKind::Direct))
-            .then(|| std::thread::spawn(move || safe_coder_sandbox::select::choose(requested)));
-        let direct_choice = match probe {
-            None => Some(safe_coder_sandbox::select::choose(requested)?),
-            Some(_) => None,
-        };
+        let probe = std::thread::spawn(move || safe_coder_sandbox::select::choose(requested));
         let id = new_id();
         let dir = sessions_dir(&config.data_dir).join(&id);
         std::fs::create_dir_all(&dir).map_err(|e| {
@@ -224,33 +229,23 @@ impl Session {
                 }
             }
         }
-        let (backend, note, repo, work) = if let Some((backend, note)) = direct_choice {
-            let repo = SessionRepo::create_shadow(&project, &dir.join("shadow.git"), &exclude)?;
-            (backend, note, repo, project.clone())
-        } else {
-            let work = dir.join("work");
-            // The history lives beside the work tree, not in it: the agent's commands run
-            // in the work tree and must not be able to rewrite it.
-            let made = SessionRepo::create_sandbox_copy_at(
-                &project,
-                &work,
-                Some(&dir.join("history.git")),
-                &exclude,
-            );
-            let chosen = match probe.map(|p| p.join()) {
-                Some(Ok(result)) => result.map_err(SessionError::from),
-                _ => Err(SessionError::Other("the backend probe failed".into())),
-            };
-            match (made, chosen) {
-                (Ok(repo), Ok((backend, note))) => (backend, note, repo, work),
-                (made, chosen) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    chosen?;
-                    made?;
-                    return Err(SessionError::Other(
-                        "the session could not be created".into(),
-                    ));
-                }
+        // `auto` never picks `direct`, so the workspace is known before the probe ends.
+        let planned = requested.unwrap_or(BackendKind::Process);
+        let workspace = Workspace::for_backend(planned, &project, &dir);
+        let made = workspace.create_history(&dir, &exclude);
+        let chosen = match probe.join() {
+            Ok(result) => result.map_err(SessionError::from),
+            Err(_) => Err(SessionError::Other("the backend probe failed".into())),
+        };
+        let (repo, (backend, note)) = match (made, chosen) {
+            (Ok(repo), Ok(chosen)) => (repo, chosen),
+            (made, chosen) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                chosen?;
+                made?;
+                return Err(SessionError::Other(
+                    "the session could not be created".into(),
+                ));
             }
         };
         let base = repo.base()?;
@@ -269,28 +264,44 @@ impl Session {
                 approval_mode: config.approval_mode.clone(),
             })?;
         }
-        let sandbox = open_sandbox(backend, &work, config.memory_mb, config.cpus)?;
+        let sandbox = open_sandbox(backend, workspace.work_tree(), config.memory_mb, config.cpus)?;
         let session = Session {
-            id,
-            project,
-            backend,
-            note,
-            dir,
+            files: SessionFiles {
+                id,
+                project,
+                backend,
+                dir,
+                workspace,
+                repo: Arc::new(repo),
+                store,
+            },
             sandbox,
-            repo: Arc::new(repo),
-            store,
+            note,
         };
         session.claim();
         Ok(session)
     }
 
-    /// Reopens a recorded session (resume, `sessions sync`).
+    /// Reopens a recorded session with its sandbox (resume).
     pub fn open(
         record: &SessionRecord,
         store: Arc<Mutex<Store>>,
         memory_mb: u64,
         cpus: f64,
     ) -> Result<Session, SessionError> {
+        let files = SessionFiles::open(record, store)?;
+        let sandbox = open_sandbox(files.backend, files.workspace.work_tree(), memory_mb, cpus)?;
+        Ok(Session {
+            files,
+            sandbox,
+            note: String::new(),
+        })
+    }
+}
+
+impl SessionFiles {
+    /// Opens a recorded session's history and workspace, without a sandbox.
+    pub fn open(record: &SessionRecord, store: Arc<Mutex<Store>>) -> Result<SessionFiles, SessionError> {
         let backend = BackendKind::parse(&record.backend).ok_or_else(|| {
             SessionError::Other(format!(
                 "session {} has an unknown backend '{}'",
@@ -299,35 +310,17 @@ impl Session {
         })?;
         let dir = PathBuf::from(&record.session_dir);
         let project = PathBuf::from(&record.project);
-        let (repo, work) = if backend == BackendKind::Direct {
-            (
-                SessionRepo::open(&project, &dir.join("shadow.git"))?,
-                project.clone(),
-            )
-        } else {
-            let work = dir.join("work");
-            {
-                let history = dir.join("history.git");
-                let git_dir = if history.is_dir() {
-                    history
-                } else {
-                    work.join(".git")
-                };
-                (SessionRepo::open(&work, &git_dir)?, work)
-            }
-        };
-        let sandbox = open_sandbox(backend, &work, memory_mb, cpus)?;
-        let session = Session {
+        let workspace = Workspace::for_backend(backend, &project, &dir);
+        let repo = SessionRepo::open(workspace.work_tree(), &workspace.git_dir(&dir))?;
+        Ok(SessionFiles {
             id: record.id.clone(),
             project,
             backend,
-            note: String::new(),
             dir,
-            sandbox,
+            workspace,
             repo: Arc::new(repo),
             store,
-        };
-        Ok(session)
+        })
     }
 
     /// Marks the session as opened by this process.
@@ -342,127 +335,46 @@ impl Session {
         }
     }
 
-    /// The agent's changes against the session's base, with host conflicts marked.
+    /// The agent's changes the project still lacks, with host conflicts marked.
     pub fn change_set(&self) -> Result<ChangeSet, SessionError> {
-        let mut changes = self.repo.change_set()?;
-        if self.backend.uses_copy() {
-            // Files already synced (by a `/sync` earlier in the session) are not offered
-            // again: only what the host still lacks.
-            let pending = sync::pending(&self.repo, &self.project)?;
-            changes.files.retain(|f| pending.contains(&f.path));
-            sync::mark_conflicts(&self.repo, &self.project, &mut changes)?;
-        }
-        Ok(changes)
+        self.workspace.pending_changes(&self.repo)
     }
 
     pub fn diff(&self, path: Option<&str>) -> Result<String, SessionError> {
         Ok(self.repo.diff(path)?)
     }
 
-    /// Applies the user's verdict. Returns the sync report (empty for `Keep` and
-    /// `RejectAll`) and whether the session is finished (nothing unsynced remains).
-    /// With `ending == false` (`/sync` mid-session) the session always goes on: rejected
-    /// files are reverted in the sandbox, and nothing is removed.
-    pub fn review(&self, review: Review, ending: bool) -> Result<(SyncReport, bool), SessionError> {
-        let empty = SyncReport {
-            applied: vec![],
-            conflicts: vec![],
-            skipped: vec![],
-        };
-        if self.backend == BackendKind::Direct {
-            // The changes are already in the project; the shadow history stays for /undo.
-            self.set_state(SessionState::Synced);
-            return Ok((empty, true));
-        }
-        if !ending {
-            return self.review_mid_session(review);
-        }
-        match review {
-            Review::Keep => {
-                self.set_state(SessionState::Ended);
-                Ok((empty, false))
-            }
-            Review::RejectAll => {
-                self.set_state(SessionState::Discarded);
+    /// Applies the user's verdict and records the session's state. With `ending` the
+    /// session dir is removed when nothing unsynced remains; without it (`/sync`
+    /// mid-session) the session always goes on.
+    pub fn review(
+        &self,
+        decision: &ReviewDecision,
+        ending: bool,
+    ) -> Result<ReviewResult, SessionError> {
+        let result = self.workspace.apply_review(&self.repo, decision, ending)?;
+        if ending {
+            if !self.workspace.syncs_back() {
+                self.set_state(SessionState::Synced);
+            } else if result.finished {
+                let rejected = matches!(decision, ReviewDecision::RejectAll);
+                self.set_state(if rejected {
+                    SessionState::Discarded
+                } else {
+                    SessionState::Synced
+                });
                 self.remove_dir();
-                Ok((empty, true))
-            }
-            Review::AcceptAll => {
-                self.finish_sync(sync::sync_back(&self.repo, &self.project, None)?)
-            }
-            Review::Pick(paths) => {
-                let report = sync::sync_back(&self.repo, &self.project, Some(&paths))?;
-                // Rejected files go back to the base in the session, so they are not
-                // offered again; the history keeps the agent's version.
-                self.reject_others(&paths, &report)?;
-                self.finish_sync(report)
+            } else {
+                self.set_state(SessionState::Ended);
             }
         }
-    }
-
-    fn review_mid_session(&self, review: Review) -> Result<(SyncReport, bool), SessionError> {
-        let empty = SyncReport {
-            applied: vec![],
-            conflicts: vec![],
-            skipped: vec![],
-        };
-        let report = match review {
-            Review::Keep => empty,
-            Review::AcceptAll => sync::sync_back(&self.repo, &self.project, None)?,
-            Review::RejectAll => {
-                self.reject_others(&[], &empty)?;
-                empty
-            }
-            Review::Pick(paths) => {
-                let report = sync::sync_back(&self.repo, &self.project, Some(&paths))?;
-                self.reject_others(&paths, &report)?;
-                report
-            }
-        };
-        Ok((report, false))
-    }
-
-    /// Reverts, in the sandbox, every changed file that was neither accepted nor held
-    /// back by a conflict.
-    fn reject_others(&self, accepted: &[String], report: &SyncReport) -> Result<(), SessionError> {
-        // Only what is still unsynced: a file synced earlier is not the user's to reject now.
-        let pending = sync::pending(&self.repo, &self.project)?;
-        let mut rejected = false;
-        for f in self
-            .repo
-            .change_set()?
-            .files
-            .into_iter()
-            .filter(|f| pending.contains(&f.path))
-        {
-            if !accepted.contains(&f.path) && !report.conflicts.contains(&f.path) {
-                self.repo.restore(Some(&f.path))?;
-                rejected = true;
-            }
-        }
-        if rejected {
-            let _ = self
-                .repo
-                .commit_changes("Rejected by the user at review", None);
-        }
-        Ok(())
-    }
-
-    fn finish_sync(&self, report: SyncReport) -> Result<(SyncReport, bool), SessionError> {
-        if report.conflicts.is_empty() {
-            self.set_state(SessionState::Synced);
-            self.remove_dir();
-            Ok((report, true))
-        } else {
-            self.set_state(SessionState::Ended);
-            Ok((report, false))
-        }
+        Ok(result)
     }
 
     /// Drops the session's work (`sessions discard`).
     pub fn discard(&self) {
         self.set_state(SessionState::Discarded);
-        if self.backend != BackendKind::Direct {
+        if self.workspace.syncs_back() {
             self.remove_dir();
         }
     }

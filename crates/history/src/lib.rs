@@ -11,6 +11,7 @@
 mod error;
 mod git;
 mod index;
+mod labels;
 mod objects;
 mod pack;
 mod paths;
@@ -19,6 +20,7 @@ mod snapshot;
 pub mod sync;
 
 pub use error::HistoryError;
+pub use labels::SNAPSHOT_PREFIX;
 pub use repo::{CommitInfo, SessionRepo};
 
 /// Message of the first commit of a sandbox copy.

@@ -498,7 +498,7 @@ impl SessionRepo {
     /// A manual snapshot `🔒 Snapshot: LABEL`, recorded even when nothing changed.
     pub fn snapshot(&self, label: &str) -> Result<String, HistoryError> {
         self.stage_all(None)?;
-        let message = format!("🔒 Snapshot: {}", label.trim());
+        let message = format!("{}{}", crate::SNAPSHOT_PREFIX, label.trim());
         let id = self.commit_index(message.trim_end(), true)?;
         id.ok_or_else(|| HistoryError::Corrupt("the snapshot was not recorded".into()))
     }

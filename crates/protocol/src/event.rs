@@ -1,7 +1,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{ApprovalRequest, ChangeSet, Usage};
+use std::collections::BTreeMap;
+
+use crate::{ApprovalMode, ApprovalRequest, ChangeSet, Message, SandboxStatus, Usage};
 
 /// How a tool call ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +30,17 @@ pub enum Event {
         note: String,
         provider: String,
         model: String,
+        approval_mode: ApprovalMode,
+        /// Messages restored from an earlier run (`--resume`); 0 for a new session.
+        #[serde(default)]
+        resumed_messages: usize,
+    },
+    /// The earlier conversation of a resumed session, for the front end to show.
+    ConversationRestored { messages: Vec<Message> },
+    /// The model or the approval mode changed (`/model`, `/approval-mode`, Shift+Tab).
+    SettingsChanged {
+        model: String,
+        approval_mode: ApprovalMode,
     },
     /// A user message was accepted and the model is being asked.
     TurnStarted,
@@ -75,24 +88,74 @@ pub enum Event {
     Error {
         message: String,
     },
-    /// The model ended its turn; `text` is its final answer.
+    /// The model ended its turn; `text` is its final answer. `truncated`: the reply was
+    /// cut at the output token limit, so the answer is incomplete.
     TurnFinished {
         text: String,
+        #[serde(default)]
+        truncated: bool,
     },
     /// The turn was cancelled by the user.
     TurnCancelled,
+    /// The turn ended in an error (after any retries); the session goes on.
+    TurnFailed { message: String },
+    /// The core finished what the user last asked and waits for the next op.
+    Ready,
+    /// A `!cmd` began to run in the sandbox.
+    ShellStarted { command: String },
+    /// A `!cmd` ended. `exit_code` is `None` when it was killed (timeout, cancel).
+    ShellFinished {
+        command: String,
+        output: String,
+        exit_code: Option<i32>,
+        timed_out: bool,
+        cancelled: bool,
+    },
     /// An informational line for the user (backend choice, compaction...).
     Notice {
         message: String,
     },
-    /// The agent's changes at the end of a session, before review.
+    /// The agent's changes, before review (at the end of a session or at `/sync`).
     ChangeSummary {
         changes: ChangeSet,
     },
-    /// What sync back did. `session_kept`: unsynced work remains in the session.
+    /// The user must decide what to sync: answer with [`Op::Review`](crate::Op::Review).
+    /// `diffs` maps each path to its unified diff. `ending`: the session ends after it.
+    ReviewRequested {
+        changes: ChangeSet,
+        diffs: BTreeMap<String, String>,
+        ending: bool,
+    },
+    /// What the review did. `session_kept`: unsynced work remains in the session.
     SyncFinished {
+        outcome: SyncOutcome,
+        project: String,
+        session_id: String,
         applied: Vec<String>,
         conflicts: Vec<String>,
         session_kept: bool,
     },
+    /// The live state of the sandbox (sent about once a second when asked for).
+    Status { status: SandboxStatus },
+    /// Candidates for [`Op::Complete`](crate::Op::Complete).
+    Completions { items: Vec<String> },
+    /// The session is over; the event stream ends after this. `kept`: the session still
+    /// holds unsynced work (`safe-coder sessions sync ID`).
+    SessionEnded { session_id: String, kept: bool },
+}
+
+/// What a review ended in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncOutcome {
+    /// The accepted files were written to the project (see `applied`, `conflicts`).
+    Synced,
+    /// Every change was dropped; the project is untouched.
+    Rejected,
+    /// Nothing synced now; the changes wait in the session.
+    Kept,
+    /// The agent changed nothing.
+    NoChanges,
+    /// `direct`: the changes are already in the project.
+    InPlace,
 }

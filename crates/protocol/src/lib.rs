@@ -6,15 +6,18 @@
 
 mod approval;
 mod changes;
+pub mod display;
 mod event;
 mod message;
+mod op;
 mod status;
 
 pub use approval::{ApprovalDecision, ApprovalMode, ApprovalRequest, ApprovalSubject};
 pub use changes::{ChangeKind, ChangeSet, FileChange};
-pub use event::{Event, ToolOutcome};
+pub use event::{Event, SyncOutcome, ToolOutcome};
 pub use message::{
     ContentBlock, Message, ModelRequest, ModelResponse, Role, StopReason, StreamEvent, ToolSpec,
     Usage,
 };
+pub use op::{Op, ReviewDecision};
 pub use status::{SandboxState, SandboxStatus};

@@ -104,7 +104,7 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
                 }));
                 let decision = loop {
                     match rx.recv().await {
-                        Some(UiAction::Approval(d)) => break Some(d),
+                        Some(UiAction::Approval { decision, .. }) => break Some(decision),
                         Some(UiAction::Cancel) | None => break None,
                         Some(_) => {}
                     }
@@ -212,7 +212,7 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
                     .collect();
                 let _ = tx.send(UiInput::Completions(found));
             }
-            UiAction::Approval(_) => {}
+            UiAction::Approval { .. } => {}
         }
     }
 }

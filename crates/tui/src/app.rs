@@ -5,8 +5,9 @@ use std::collections::VecDeque;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind};
 use ratatui::text::Line;
+use safe_coder_protocol::display;
 use safe_coder_protocol::{
-    ApprovalDecision, ApprovalRequest, Event, SandboxStatus, ToolOutcome, Usage,
+    ApprovalDecision, ApprovalRequest, Event, Role, SandboxStatus, ToolOutcome, Usage,
 };
 use serde_json::Value;
 
@@ -426,11 +427,13 @@ impl App {
     fn handle_event(&mut self, e: Event) {
         match e {
             Event::SessionStarted {
+                session_id,
                 project,
                 backend,
                 note,
                 provider,
                 model,
+                approval_mode,
                 ..
             } => {
                 if !project.is_empty() {
@@ -438,12 +441,81 @@ impl App {
                 }
                 self.config.provider = provider;
                 self.config.model = model;
-                let mut msg = format!("Session started on the {backend} backend");
-                if !note.is_empty() {
-                    msg.push_str(&format!(" ({note})"));
-                }
-                self.push_notice(msg);
+                self.config.approval_mode = approval_mode;
+                self.push_notice(display::session_started_line(
+                    &session_id,
+                    &backend,
+                    &note,
+                    false,
+                ));
             }
+            Event::ConversationRestored { messages } => {
+                for m in messages {
+                    let text = m.text();
+                    if !text.trim().is_empty() {
+                        self.push(match m.role {
+                            Role::User => EntryKind::User(text),
+                            Role::Assistant => EntryKind::Assistant(text),
+                        });
+                    }
+                    for (id, name, input) in m.tool_uses() {
+                        self.push(EntryKind::Tool(ToolEntry {
+                            id: id.to_string(),
+                            name: name.to_string(),
+                            summary: summarize_args(input),
+                            state: ToolState::Ok,
+                            output: String::new(),
+                            duration_ms: 0,
+                        }));
+                    }
+                }
+                self.push_notice("(the conversation so far, restored)");
+            }
+            Event::SettingsChanged {
+                model,
+                approval_mode,
+            } => {
+                self.config.model = model;
+                self.config.approval_mode = approval_mode;
+            }
+            Event::TurnFailed { message } => {
+                self.streaming = None;
+                self.push(EntryKind::Error(message));
+                self.end_turn();
+            }
+            Event::Ready => {
+                if self.busy != Busy::Idle {
+                    self.end_turn();
+                }
+            }
+            Event::ShellStarted { command } => {
+                self.busy = Busy::Tool(format!("!{command}"));
+                self.push_notice(format!("$ {}", display::escape_for_terminal(&command)));
+            }
+            Event::ShellFinished {
+                output,
+                exit_code,
+                timed_out,
+                cancelled,
+                ..
+            } => {
+                self.busy = Busy::Thinking;
+                self.push_notice(
+                    display::escape_for_terminal(&display::shell_result(
+                        &output, exit_code, timed_out, cancelled,
+                    ))
+                    .into_owned(),
+                );
+            }
+            Event::ReviewRequested { changes, diffs, .. } => {
+                self.modal = Some(Modal::Review(ReviewState::new(ReviewData {
+                    changes,
+                    diffs: diffs.into_iter().collect(),
+                })));
+            }
+            Event::Status { status } => self.status = Some(status),
+            Event::Completions { items } => self.apply_completions(items),
+            Event::SessionEnded { .. } => {}
             Event::TurnStarted => {
                 self.busy = Busy::Thinking;
                 self.streaming = None;
@@ -504,7 +576,9 @@ impl App {
                 }
                 self.turn_answer_shown = true;
             }
-            Event::ToolCallStarted { id, name, input } => {
+            Event::ToolCallStarted {
+                id, name, input, ..
+            } => {
                 self.streaming = None;
                 let summary = summarize_args(&input);
                 self.busy = Busy::Tool(name.clone());
@@ -590,7 +664,7 @@ impl App {
                 self.streaming = None;
                 self.push(EntryKind::Error(message));
             }
-            Event::TurnFinished { text } => {
+            Event::TurnFinished { text, .. } => {
                 if !self.turn_answer_shown && !text.trim().is_empty() {
                     self.push(EntryKind::Assistant(text));
                 }
@@ -607,18 +681,21 @@ impl App {
                 }
             }
             Event::SyncFinished {
+                outcome,
+                project,
+                session_id,
                 applied,
                 conflicts,
                 session_kept,
             } => {
-                let mut msg = format!("Synced {} file(s)", applied.len());
-                if !conflicts.is_empty() {
-                    msg.push_str(&format!("; {} conflict(s) not synced", conflicts.len()));
-                }
-                if session_kept {
-                    msg.push_str("; unsynced work kept in the session");
-                }
-                self.push_notice(msg);
+                self.push_notice(display::sync_finished_text(
+                    outcome,
+                    &project,
+                    &session_id,
+                    &applied,
+                    &conflicts,
+                    session_kept,
+                ));
             }
         }
     }
@@ -901,13 +978,14 @@ impl App {
                     match key.code {
                         KeyCode::Enter => {
                             let reason = reason.trim().to_string();
-                            self.finish_approval(a.request.tool_call_id.clone());
+                            let call_id = a.request.tool_call_id.clone();
+                            self.finish_approval(call_id.clone());
                             let decision = if reason.is_empty() {
                                 ApprovalDecision::Deny
                             } else {
                                 ApprovalDecision::DenyWithReason { reason }
                             };
-                            return Some(UiAction::Approval(decision));
+                            return Some(UiAction::Approval { call_id, decision });
                         }
                         KeyCode::Esc => a.reason = None,
                         KeyCode::Backspace => {
@@ -950,9 +1028,10 @@ impl App {
                     _ => None,
                 };
                 match decision {
-                    Some(d) => {
-                        self.finish_approval(a.request.tool_call_id.clone());
-                        Some(UiAction::Approval(d))
+                    Some(decision) => {
+                        let call_id = a.request.tool_call_id.clone();
+                        self.finish_approval(call_id.clone());
+                        Some(UiAction::Approval { call_id, decision })
                     }
                     None => {
                         self.modal = Some(Modal::Approval(a));

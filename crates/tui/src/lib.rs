@@ -61,8 +61,11 @@ pub enum UiAction {
     Submit(String),
     /// Ctrl+C while a turn runs.
     Cancel,
-    /// The answer to the open approval dialog.
-    Approval(ApprovalDecision),
+    /// The answer to the approval dialog of call `call_id`.
+    Approval {
+        call_id: String,
+        decision: ApprovalDecision,
+    },
     /// Shift+Tab: the next approval mode (the UI shows `ApprovalMode::next`).
     CycleApprovalMode,
     /// Enter on the review screen: sync these paths (empty = reject everything).

@@ -136,7 +136,10 @@ fn approval_keys() {
         // Typing goes to the dialog, not the input line.
         assert_eq!(
             press(&mut app, KeyCode::Char(k)),
-            Some(UiAction::Approval(want))
+            Some(UiAction::Approval {
+                call_id: edit_request().tool_call_id,
+                decision: want
+            })
         );
         assert_eq!(app.input_text(), "");
         // The dialog is closed: keys type again.
@@ -153,9 +156,12 @@ fn approval_refusal_with_a_reason() {
     type_text(&mut app, "use cargo check");
     assert_eq!(
         press(&mut app, KeyCode::Enter),
-        Some(UiAction::Approval(ApprovalDecision::DenyWithReason {
-            reason: "use cargo check".into()
-        }))
+        Some(UiAction::Approval {
+            call_id: bash_request().tool_call_id,
+            decision: ApprovalDecision::DenyWithReason {
+                reason: "use cargo check".into()
+            }
+        })
     );
 }
 
@@ -172,13 +178,19 @@ fn approvals_arriving_twice_or_together_are_asked_once_each() {
     app.handle_input(UiInput::Approval(bash_request()));
     assert_eq!(
         press(&mut app, KeyCode::Char('y')),
-        Some(UiAction::Approval(ApprovalDecision::Approve))
+        Some(UiAction::Approval {
+            call_id: edit_request().tool_call_id,
+            decision: ApprovalDecision::Approve
+        })
     );
     // The queued bash request is next.
     assert!(screen(&app, 100, 30).contains("Approval required: bash"));
     assert_eq!(
         press(&mut app, KeyCode::Char('n')),
-        Some(UiAction::Approval(ApprovalDecision::Deny))
+        Some(UiAction::Approval {
+            call_id: bash_request().tool_call_id,
+            decision: ApprovalDecision::Deny
+        })
     );
     assert!(!screen(&app, 100, 30).contains("Approval required"));
 }
@@ -359,7 +371,10 @@ fn an_answered_approval_arriving_again_is_not_asked_again() {
     );
     assert_eq!(
         press(&mut app, KeyCode::Char('y')),
-        Some(UiAction::Approval(ApprovalDecision::Approve))
+        Some(UiAction::Approval {
+            call_id: edit_request().tool_call_id,
+            decision: ApprovalDecision::Approve
+        })
     );
     app.handle_input(UiInput::Approval(edit_request()));
     assert!(!screen(&app, 100, 30).contains("Approval required"));

@@ -280,7 +280,7 @@ fn agent_bash_does_not_see_api_keys() {
 }
 
 #[test]
-fn headless_default_mode_refuses_writes_with_a_reason() {
+fn headless_run_on_direct_refuses_what_needs_asking_and_exits_non_zero() {
     let world = World::new();
     let script = Script::new(vec![
         Reply::tool_calls(vec![call(
@@ -291,10 +291,32 @@ fn headless_default_mode_refuses_writes_with_a_reason() {
     ]);
     let server = MockServer::start(Wire::Anthropic, script).expect("server");
     let out = world.exec(&server, &["--backend", "direct", "write a"]);
-    assert_ok(&out);
+    assert!(!out.status.success(), "a refused run must not exit 0");
     let results = tool_results(&server);
     assert!(results[0].contains("approval"), "{}", results[0]);
     assert!(!world.project.join("a.txt").exists());
+    // One line that names the flag to add.
+    let err = stderr(&out);
+    let summary: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(summary.len(), 1, "{err}");
+    assert!(summary[0].contains("--approval-mode auto-edit"), "{err}");
+}
+
+#[test]
+fn headless_run_on_a_sandbox_lets_the_agent_work_without_a_mode_flag() {
+    let world = World::new();
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![
+            call("write_file", json!({"path": "a.txt", "content": "x\n"})),
+            call("bash", json!({"command": "echo ran > b.txt"})),
+        ]),
+        Reply::text("wrote a and b"),
+    ]);
+    let server = MockServer::start(Wire::Anthropic, script).expect("server");
+    let out = world.exec(&server, &["--backend", "copy", "--sync", "accept", "write a"]);
+    assert_ok(&out);
+    assert_eq!(world.read("a.txt").as_deref(), Some("x\n"));
+    assert_eq!(world.read("b.txt").as_deref(), Some("ran\n"));
 }
 
 #[test]

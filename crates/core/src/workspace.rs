@@ -1,0 +1,203 @@
+//! Where the agent's files live, relative to the user's project: a sandbox copy that is
+//! synced back after review, or the project itself (`direct`). This is the one place
+//! that knows the difference; the rest of the core asks the workspace what to do.
+
+use std::path::{Path, PathBuf};
+
+use safe_coder_history::{sync, SessionRepo};
+use safe_coder_protocol::{ChangeSet, ReviewDecision};
+use safe_coder_sandbox::BackendKind;
+
+pub use safe_coder_history::sync::SyncReport;
+
+use crate::session::SessionError;
+
+/// The files a session works on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Workspace {
+    /// A copy of the project in the session dir (`work/`, history in `history.git`
+    /// beside it); the project changes only through an accepted sync.
+    SandboxCopy { project: PathBuf, work: PathBuf },
+    /// The project itself; the history is a shadow repository in the session dir
+    /// (`shadow.git`), and the user's own `.git` is never touched.
+    InPlace { project: PathBuf },
+}
+
+/// What applying a review verdict did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReviewResult {
+    pub report: SyncReport,
+    /// Nothing unsynced remains: the session can be closed.
+    pub finished: bool,
+}
+
+fn empty_report() -> SyncReport {
+    SyncReport {
+        applied: vec![],
+        conflicts: vec![],
+        skipped: vec![],
+    }
+}
+
+impl Workspace {
+    /// The workspace a backend works in, for a session stored in `session_dir`.
+    pub fn for_backend(backend: BackendKind, project: &Path, session_dir: &Path) -> Workspace {
+        if backend.uses_copy() {
+            Workspace::SandboxCopy {
+                project: project.to_path_buf(),
+                work: session_dir.join("work"),
+            }
+        } else {
+            Workspace::InPlace {
+                project: project.to_path_buf(),
+            }
+        }
+    }
+
+    pub fn project(&self) -> &Path {
+        match self {
+            Workspace::SandboxCopy { project, .. } | Workspace::InPlace { project } => project,
+        }
+    }
+
+    /// The directory the agent's tools act on.
+    pub fn work_tree(&self) -> &Path {
+        match self {
+            Workspace::SandboxCopy { work, .. } => work,
+            Workspace::InPlace { project } => project,
+        }
+    }
+
+    /// Whether the agent's changes reach the project only through a review and sync.
+    pub fn syncs_back(&self) -> bool {
+        matches!(self, Workspace::SandboxCopy { .. })
+    }
+
+    /// The session history's git dir inside `session_dir`.
+    pub fn git_dir(&self, session_dir: &Path) -> PathBuf {
+        match self {
+            Workspace::SandboxCopy { work, .. } => {
+                // Sessions made before the history moved out of the work tree keep
+                // their `.git` inside it.
+                let beside = session_dir.join("history.git");
+                if beside.is_dir() || !work.join(".git").is_dir() {
+                    beside
+                } else {
+                    work.join(".git")
+                }
+            }
+            Workspace::InPlace { .. } => session_dir.join("shadow.git"),
+        }
+    }
+
+    /// Creates the session history (and the sandbox copy) for a new session.
+    pub fn create_history(
+        &self,
+        session_dir: &Path,
+        exclude: &[String],
+    ) -> Result<SessionRepo, SessionError> {
+        Ok(match self {
+            Workspace::SandboxCopy { project, work } => SessionRepo::create_sandbox_copy_at(
+                project,
+                work,
+                Some(&session_dir.join("history.git")),
+                exclude,
+            )?,
+            Workspace::InPlace { project } => {
+                SessionRepo::create_shadow(project, &session_dir.join("shadow.git"), exclude)?
+            }
+        })
+    }
+
+    /// What the review offers: the agent's changes the project still lacks, with the
+    /// files changed on the host since the session began marked as conflicts. In place,
+    /// the changes are already in the project and are shown for information only.
+    pub fn pending_changes(&self, repo: &SessionRepo) -> Result<ChangeSet, SessionError> {
+        let mut changes = repo.change_set()?;
+        if let Workspace::SandboxCopy { project, .. } = self {
+            // Files already synced (by a `/sync` earlier in the session) are not offered
+            // again: only what the host still lacks.
+            let pending = sync::pending(repo, project)?;
+            changes.files.retain(|f| pending.contains(&f.path));
+            sync::mark_conflicts(repo, project, &mut changes)?;
+        }
+        Ok(changes)
+    }
+
+    /// Applies a verdict. With `ending == false` (`/sync` mid-session) the session
+    /// always goes on: rejected files are reverted in the sandbox.
+    pub fn apply_review(
+        &self,
+        repo: &SessionRepo,
+        decision: &ReviewDecision,
+        ending: bool,
+    ) -> Result<ReviewResult, SessionError> {
+        let Workspace::SandboxCopy { project, .. } = self else {
+            // The changes are already in the project; the shadow history stays for /undo.
+            return Ok(ReviewResult {
+                report: empty_report(),
+                finished: true,
+            });
+        };
+        let report = match decision {
+            ReviewDecision::Keep => {
+                return Ok(ReviewResult {
+                    report: empty_report(),
+                    finished: false,
+                })
+            }
+            ReviewDecision::RejectAll if ending => {
+                return Ok(ReviewResult {
+                    report: empty_report(),
+                    finished: true,
+                })
+            }
+            ReviewDecision::RejectAll => {
+                reject_others(repo, project, &[], &empty_report())?;
+                empty_report()
+            }
+            ReviewDecision::AcceptAll => sync::sync_back(repo, project, None)?,
+            ReviewDecision::Pick { paths, keep_rest } => {
+                let report = sync::sync_back(repo, project, Some(paths))?;
+                if *keep_rest {
+                    let finished = ending && sync::pending(repo, project)?.is_empty();
+                    return Ok(ReviewResult { report, finished });
+                }
+                // Rejected files go back to the base in the session, so they are not
+                // offered again; the history keeps the agent's version.
+                reject_others(repo, project, paths, &report)?;
+                report
+            }
+        };
+        let finished = ending && report.conflicts.is_empty();
+        Ok(ReviewResult { report, finished })
+    }
+}
+
+/// Reverts, in the sandbox, every pending change that was neither accepted nor held
+/// back by a conflict.
+fn reject_others(
+    repo: &SessionRepo,
+    project: &Path,
+    accepted: &[String],
+    report: &SyncReport,
+) -> Result<(), SessionError> {
+    // Only what is still unsynced: a file synced earlier is not the user's to reject now.
+    let pending = sync::pending(repo, project)?;
+    let mut rejected = false;
+    for f in repo
+        .change_set()?
+        .files
+        .into_iter()
+        .filter(|f| pending.contains(&f.path))
+    {
+        if !accepted.contains(&f.path) && !report.conflicts.contains(&f.path) {
+            repo.restore(Some(&f.path))?;
+            rejected = true;
+        }
+    }
+    if rejected {
+        repo.commit_changes("Rejected by the user at review", None)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! The words every front end uses for the same events, so that line mode, `exec` and
+//! the TUI say the same thing about a session's start and its sync. Plain text, no
+//! terminal codes; each front end styles it.
+
+use crate::SyncOutcome;
+
+/// The one-line backend note: what was chosen and why, without the list of backends
+/// passed over (that is for `sandbox doctor` and `-v`).
+pub fn short_backend_note(note: &str) -> &str {
+    note.split("; passed over").next().unwrap_or(note).trim()
+}
+
+/// `Session ID on the B backend (why)`.
+pub fn session_started_line(session_id: &str, backend: &str, note: &str, verbose: bool) -> String {
+    let note = if verbose {
+        note.trim()
+    } else {
+        short_backend_note(note)
+    };
+    if note.is_empty() {
+        format!("Session {session_id} on the {backend} backend")
+    } else {
+        format!("Session {session_id} on the {backend} backend ({note})")
+    }
+}
+
+/// What a review did, in a few lines.
+pub fn sync_finished_text(
+    outcome: SyncOutcome,
+    project: &str,
+    session_id: &str,
+    applied: &[String],
+    conflicts: &[String],
+    session_kept: bool,
+) -> String {
+    let mut text = match outcome {
+        SyncOutcome::NoChanges => "No changes.".to_string(),
+        SyncOutcome::InPlace => format!("The changes are already in {project} (direct backend)."),
+        SyncOutcome::Rejected => "Changes rejected; your project is untouched.".to_string(),
+        SyncOutcome::Kept => format!(
+            "Changes kept in session {session_id}: review with `safe-coder sessions diff {session_id}`, apply with `safe-coder sessions sync {session_id}`."
+        ),
+        SyncOutcome::Synced => format!(
+            "✓ Changes synced to host: {project} ({} file(s))",
+            applied.len()
+        ),
+    };
+    for c in conflicts {
+        text.push_str(&format!(
+            "\n⚠ {c}: changed on the host since the session began; the agent's version stays in session {session_id} (`safe-coder sessions sync {session_id} --theirs {c}` takes it)"
+        ));
+    }
+    if session_kept && outcome == SyncOutcome::Synced {
+        text.push_str(&format!(
+            "\nSession {session_id} keeps the unsynced work."
+        ));
+    }
+    text
+}
+
+/// `text` with terminal control characters made visible (`\x1b`, `\r`, `\u{202e}`…),
+/// so a file name or an output line the agent made cannot erase or hide other lines.
+/// Newlines and tabs are kept.
+pub fn escape_for_terminal(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+    };
+    if !text.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if bad(c) {
+            match c {
+                '\r' => out.push_str("\\r"),
+                c if (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The lines of a `!cmd`'s result: its output and how it ended.
+pub fn shell_result(
+    output: &str,
+    exit_code: Option<i32>,
+    timed_out: bool,
+    cancelled: bool,
+) -> String {
+    let mut shown = output.to_string();
+    if !shown.ends_with('\n') && !shown.is_empty() {
+        shown.push('\n');
+    }
+    match exit_code {
+        Some(0) if shown.is_empty() => shown.push_str("(no output, exit code 0)\n"),
+        Some(0) => {}
+        Some(code) => shown.push_str(&format!("(exit code {code})\n")),
+        None if timed_out => shown.push_str("(timed out)\n"),
+        None if cancelled => shown.push_str("(cancelled)\n"),
+        None => shown.push_str("(killed)\n"),
+    }
+    shown.trim_end().to_string()
+}
