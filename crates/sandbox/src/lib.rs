@@ -17,10 +17,14 @@ pub mod host;
 pub mod paths;
 pub mod process;
 pub mod select;
+pub mod text;
+pub mod which;
 
 pub use env::scrubbed_env;
 pub use host::{CommandConfiner, HostSandbox};
-pub use paths::resolve_in_root;
+pub use paths::{normalize_in_root, resolve_in_root, PathError};
+pub use text::{decode_text, NotText};
+pub use which::find_executable;
 pub use process::{open_process_sandbox, ProcessConfiner, ProcessLimits};
 pub use select::{choose, doctor_report, probe, probe_all, BackendProbe};
 
