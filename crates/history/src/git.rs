@@ -171,16 +171,8 @@ fn spawn_error(e: std::io::Error) -> HistoryError {
 /// run: session start is on the user's critical path, and a `git` that is found but
 /// cannot start still fails the first real call with the same clear error.
 pub(crate) fn ensure_git() -> Result<(), HistoryError> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path).any(|dir| {
-        std::fs::metadata(dir.join("git"))
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    });
-    if found {
-        Ok(())
-    } else {
-        Err(HistoryError::GitMissing)
+    match safe_coder_sandbox::find_executable("git") {
+        Some(_) => Ok(()),
+        None => Err(HistoryError::GitMissing),
     }
 }

@@ -12,10 +12,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use safe_coder_sandbox::{CancellationToken, ExecRequest, Sandbox, SandboxError};
+use safe_coder_sandbox::{
+    decode_text, normalize_in_root, CancellationToken, ExecRequest, Sandbox, SandboxError,
+};
 
-use crate::at_paths::{listing, normalize_path};
-use crate::text::{decode_text, human_size};
+use crate::at_paths::listing;
+use crate::text::human_size;
 
 /// Where the project's custom commands live, relative to the project root.
 pub const PROJECT_COMMANDS_DIR: &str = ".safe-coder/commands";
@@ -465,7 +467,8 @@ async fn read_template_file(
         path: raw_path.to_string(),
         reason,
     };
-    let path = normalize_path(raw_path, &sandbox.agent_root()).map_err(fail)?;
+    let path =
+        normalize_in_root(&sandbox.agent_root(), raw_path).map_err(|e| fail(e.to_string()))?;
     let stat = sandbox
         .stat(&path)
         .await
@@ -488,7 +491,7 @@ async fn read_template_file(
         .read_file(&path)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let text = decode_text(&data).ok_or_else(|| fail("it is a binary file".to_string()))?;
+    let text = decode_text(&data).map_err(|why| fail(format!("it is a binary file ({why})")))?;
     Ok(text.trim_end_matches('\n').to_string())
 }
 
