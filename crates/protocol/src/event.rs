@@ -49,6 +49,10 @@ pub enum Event {
         id: String,
         name: String,
         input: Value,
+        /// The tool's one-line summary of the call (the path, the command), so front ends
+        /// never parse `input` themselves.
+        #[serde(default)]
+        summary: String,
     },
     ApprovalRequested {
         request: ApprovalRequest,

@@ -10,7 +10,9 @@ mod event;
 mod message;
 mod status;
 
-pub use approval::{ApprovalDecision, ApprovalMode, ApprovalRequest, ApprovalSubject};
+pub use approval::{
+    ApprovalDecision, ApprovalMode, ApprovalRequest, ApprovalSubject, Effect, Gate,
+};
 pub use changes::{ChangeKind, ChangeSet, FileChange};
 pub use event::{Event, ToolOutcome};
 pub use message::{

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use safe_coder_sandbox::{BackendKind, CancellationToken, HostSandbox};
-use safe_coder_tools::{run, ToolContext};
+use safe_coder_tools::{ToolContext, ToolRegistry};
 use serde_json::{json, Value};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -23,14 +23,14 @@ async fn measure(
 ) {
     // Warm up (page cache, first process spawn).
     for i in 0..5 {
-        let out = run(name, &input(i), ctx).await;
+        let out = ToolRegistry::builtin().run(name, &input(i), ctx).await;
         assert!(!out.is_error, "{label}: {}", out.content);
     }
     let mut times = Vec::with_capacity(iterations);
     for i in 0..iterations {
         let input = input(i + 5);
         let start = Instant::now();
-        let out = run(name, &input, ctx).await;
+        let out = ToolRegistry::builtin().run(name, &input, ctx).await;
         times.push(start.elapsed());
         assert!(!out.is_error, "{label}: {}", out.content);
     }
