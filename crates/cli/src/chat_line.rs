@@ -113,12 +113,8 @@ pub fn print_event(event: &Event) {
         Event::AssistantMessage { text } if !text.is_empty() && !text.ends_with('\n') => {
             let _ = writeln!(out);
         }
-        Event::ToolCallStarted { name, input, .. } => {
-            let _ = writeln!(
-                out,
-                "🔧 {name} {}",
-                crate::exec::summarize_input(name, input)
-            );
+        Event::ToolCallStarted { name, summary, .. } => {
+            let _ = writeln!(out, "🔧 {name} {summary}");
         }
         Event::ToolCallFinished {
             name,

@@ -22,8 +22,8 @@ fn print_json(event: &Event) {
 fn print_progress(event: &Event) {
     let mut err = std::io::stderr().lock();
     match event {
-        Event::ToolCallStarted { name, input, .. } => {
-            let _ = writeln!(err, "▶ {name} {}", summarize_input(name, input));
+        Event::ToolCallStarted { name, summary, .. } => {
+            let _ = writeln!(err, "▶ {name} {summary}");
         }
         Event::ToolCallFinished {
             name,
@@ -80,18 +80,6 @@ pub fn tool_finished_line(
     };
     let first = output.lines().next().unwrap_or("");
     format!("{mark} {name} ({duration_ms} ms) {first}")
-}
-
-/// One line saying what a tool call is about.
-pub fn summarize_input(name: &str, input: &serde_json::Value) -> String {
-    let key = if name == "bash" { "command" } else { "path" };
-    let s = input.get(key).and_then(|v| v.as_str()).unwrap_or("");
-    let line = s.lines().next().unwrap_or("");
-    if line.chars().count() > 100 {
-        format!("{}…", line.chars().take(100).collect::<String>())
-    } else {
-        line.to_string()
-    }
 }
 
 pub async fn run(args: AgentArgs, json: bool, sync: SyncChoice, prompt: String) -> Result<()> {

@@ -189,7 +189,11 @@ mod tests {
         assert_eq!(table.len(), ApprovalMode::ALL.len() * Effect::ALL.len());
         for (mode, effect, gate) in table {
             assert_eq!(mode.gate(effect), gate, "{mode} × {effect:?}");
-            assert_eq!(mode.offers(effect), gate != Gate::Refuse, "{mode} × {effect:?}");
+            assert_eq!(
+                mode.offers(effect),
+                gate != Gate::Refuse,
+                "{mode} × {effect:?}"
+            );
         }
     }
 

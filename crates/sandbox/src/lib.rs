@@ -23,10 +23,10 @@ pub mod which;
 pub use env::scrubbed_env;
 pub use host::{CommandConfiner, HostSandbox};
 pub use paths::{normalize_in_root, resolve_in_root, PathError};
-pub use text::{decode_text, NotText};
-pub use which::find_executable;
 pub use process::{open_process_sandbox, ProcessConfiner, ProcessLimits};
 pub use select::{choose, doctor_report, probe, probe_all, BackendProbe};
+pub use text::{decode_text, NotText};
+pub use which::find_executable;
 
 /// The isolation backends (DESIGN §4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -153,10 +153,7 @@ pub fn normalize_in_root(agent_root: &str, path: &str) -> Result<String, PathErr
         let root = agent_root.trim_end_matches('/');
         if trimmed == root || (root.is_empty() && trimmed == "/") {
             ""
-        } else if let Some(rest) = trimmed
-            .strip_prefix(root)
-            .and_then(|r| r.strip_prefix('/'))
-        {
+        } else if let Some(rest) = trimmed.strip_prefix(root).and_then(|r| r.strip_prefix('/')) {
             rest
         } else {
             return Err(PathError::OutsideRoot {
@@ -202,7 +199,10 @@ mod tests {
         assert_eq!(normalize_in_root("/p", ".").unwrap(), ".");
         assert_eq!(normalize_in_root("/", "/etc/x").unwrap(), "etc/x");
         // Glob characters and a name that merely starts with `~` are ordinary text.
-        assert_eq!(normalize_in_root("/p", "src/**/*.rs").unwrap(), "src/**/*.rs");
+        assert_eq!(
+            normalize_in_root("/p", "src/**/*.rs").unwrap(),
+            "src/**/*.rs"
+        );
         assert_eq!(normalize_in_root("/p", "~backup").unwrap(), "~backup");
     }
 

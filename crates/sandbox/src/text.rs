@@ -45,7 +45,10 @@ mod tests {
 
     #[test]
     fn text_is_borrowed() {
-        assert!(matches!(decode_text(b"hello\n"), Ok(Cow::Borrowed("hello\n"))));
+        assert!(matches!(
+            decode_text(b"hello\n"),
+            Ok(Cow::Borrowed("hello\n"))
+        ));
         assert_eq!(decode_text(b"").unwrap(), "");
         assert_eq!(decode_text("héllo".as_bytes()).unwrap(), "héllo");
     }

@@ -230,7 +230,10 @@ impl<'de> de::Deserializer<'de> for Field<'de> {
                 (Some(u), _, _) => visitor.visit_u64(u),
                 (None, Some(i), _) => visitor.visit_i64(i),
                 (None, None, Some(f)) => visitor.visit_f64(f),
-                _ => Err(Problem::Other(format!("'{}' is not a usable number", self.key))),
+                _ => Err(Problem::Other(format!(
+                    "'{}' is not a usable number",
+                    self.key
+                ))),
             },
             Value::String(s) => visitor.visit_borrowed_str(s),
             Value::Array(items) => {
@@ -262,9 +265,7 @@ impl<'de> de::Deserializer<'de> for Field<'de> {
         match self.value {
             Value::Bool(b) => visitor.visit_bool(*b),
             Value::String(s) if s.trim().eq_ignore_ascii_case("true") => visitor.visit_bool(true),
-            Value::String(s) if s.trim().eq_ignore_ascii_case("false") => {
-                visitor.visit_bool(false)
-            }
+            Value::String(s) if s.trim().eq_ignore_ascii_case("false") => visitor.visit_bool(false),
             _ => Err(self.wrong(Expected::Boolean)),
         }
     }
@@ -335,10 +336,7 @@ mod tests {
             }
         );
         let a = p(json!({"name": "x", "count": "10", "flag": "TRUE", "small": 3.0})).unwrap();
-        assert_eq!(
-            (a.count, a.flag, a.small),
-            (Some(10), Some(true), Some(3))
-        );
+        assert_eq!((a.count, a.flag, a.small), (Some(10), Some(true), Some(3)));
         let a = p(json!({"name": "x", "count": 7, "flag": "false"})).unwrap();
         assert_eq!((a.count, a.flag), (Some(7), Some(false)));
         // null is "not given"; unknown keys are ignored.
@@ -373,7 +371,9 @@ mod tests {
         for bad in [json!("ten"), json!(1.5), json!([1]), json!(true)] {
             let err = p(json!({"name": "x", "count": bad})).unwrap_err();
             assert!(
-                err.starts_with(&format!("demo: 'count' must be a non-negative integer, not {bad}")),
+                err.starts_with(&format!(
+                    "demo: 'count' must be a non-negative integer, not {bad}"
+                )),
                 "{err}"
             );
         }

@@ -148,7 +148,12 @@ mod tests {
                 timeout_ms: Some(1500)
             }
         );
-        assert_eq!(p(json!({"command": "ls", "timeout_ms": null})).unwrap().timeout_ms, None);
+        assert_eq!(
+            p(json!({"command": "ls", "timeout_ms": null}))
+                .unwrap()
+                .timeout_ms,
+            None
+        );
         assert_eq!(
             p(json!({"cmd": "ls"})).unwrap_err(),
             "bash: missing required argument 'command'; expected arguments \

@@ -158,8 +158,9 @@ mod tests {
             (json!("False"), false),
             (json!(false), false),
         ] {
-            let a = p(json!({"path": "a", "old_string": "x", "new_string": "y", "replace_all": given}))
-                .unwrap();
+            let a =
+                p(json!({"path": "a", "old_string": "x", "new_string": "y", "replace_all": given}))
+                    .unwrap();
             assert_eq!(a.replace_all, Some(wanted));
         }
         assert_eq!(
@@ -172,8 +173,10 @@ mod tests {
         )
         .unwrap_err()
         .starts_with("edit_file: 'replace_all' must be true or false, not \"always\";"));
-        assert!(p(json!({"path": "a", "old_string": true, "new_string": "y"}))
-            .unwrap_err()
-            .starts_with("edit_file: 'old_string' must be a string, not a boolean;"));
+        assert!(
+            p(json!({"path": "a", "old_string": true, "new_string": "y"}))
+                .unwrap_err()
+                .starts_with("edit_file: 'old_string' must be a string, not a boolean;")
+        );
     }
 }

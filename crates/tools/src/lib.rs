@@ -426,7 +426,10 @@ mod tests {
             .prepare("read_file", &json!({"path": "src/a.rs", "limit": "5"}))
             .unwrap();
         assert_eq!(call.summary(), "src/a.rs");
-        let err = reg.prepare("write_file", &json!({"path": "a"})).err().unwrap();
+        let err = reg
+            .prepare("write_file", &json!({"path": "a"}))
+            .err()
+            .unwrap();
         assert!(err.contains("missing required argument 'content'"), "{err}");
     }
 

@@ -7,8 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::{
-    file_change_preview, one_line, project_path, sandbox_error, ToolContext, ToolOutput,
-    TypedTool,
+    file_change_preview, one_line, project_path, sandbox_error, ToolContext, ToolOutput, TypedTool,
 };
 
 pub struct WriteFile;

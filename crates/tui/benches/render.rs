@@ -65,6 +65,7 @@ fn app_with(messages: usize) -> App {
             id: id.clone(),
             name: "bash".into(),
             input: json!({"command": "cargo test"}),
+            summary: "cargo test".into(),
         }));
         app.handle_input(UiInput::Event(Event::ToolCallFinished {
             id,

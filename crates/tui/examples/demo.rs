@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use safe_coder_protocol::{
-    ApprovalDecision, ApprovalMode, ApprovalRequest, ApprovalSubject, ChangeKind, ChangeSet, Event,
-    FileChange, SandboxState, SandboxStatus, ToolOutcome,
+    ApprovalDecision, ApprovalMode, ApprovalRequest, ApprovalSubject, ChangeKind, ChangeSet,
+    Effect, Event, FileChange, SandboxState, SandboxStatus, ToolOutcome,
 };
 use safe_coder_tui::{run, ReviewData, Theme, TuiConfig, UiAction, UiInput};
 use serde_json::json;
@@ -93,10 +93,12 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
                     id: id.clone(),
                     name: "edit_file".into(),
                     input: json!({"path": "hello.rs"}),
+                    summary: "hello.rs".into(),
                 });
                 let _ = tx.send(UiInput::Approval(ApprovalRequest {
                     tool_call_id: id.clone(),
                     tool_name: "edit_file".into(),
+                    effect: Effect::WritesFiles,
                     subject: ApprovalSubject::FileChange {
                         path: "hello.rs".into(),
                         diff: DIFF.into(),
@@ -137,6 +139,7 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
                     id: id.clone(),
                     name: "bash".into(),
                     input: json!({"command": "rustc hello.rs && ./hello"}),
+                    summary: "rustc hello.rs && ./hello".into(),
                 });
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 send(Event::ToolCallFinished {

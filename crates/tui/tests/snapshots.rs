@@ -46,6 +46,7 @@ fn tool_running() {
             id: "t9".into(),
             name: "bash".into(),
             input: json!({"command": "rustc hello.rs && ./hello"}),
+            summary: "rustc hello.rs && ./hello".into(),
         },
     );
     app.tick();
@@ -63,6 +64,7 @@ fn tool_output_folded_and_error_in_place() {
             id: "t4".into(),
             name: "bash".into(),
             input: json!({"command": "cargo build"}),
+            summary: "cargo build".into(),
         },
     );
     let output: String = (1..=12).map(|i| format!("error line {i}\n")).collect();
