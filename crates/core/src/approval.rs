@@ -35,7 +35,7 @@ fn flag_that_allows(effect: Effect) -> String {
     let mut modes = ApprovalMode::ALL
         .into_iter()
         .filter(|m| m.gate(effect) == Gate::Run);
-    match (modes.next(), modes.last()) {
+    match (modes.next(), modes.next_back()) {
         (Some(first), Some(last)) if first != last => {
             format!("--approval-mode {first} (or {last})")
         }

@@ -74,7 +74,7 @@ mod tests {
         // One Latin-1 byte in 200 characters of text: shown, with U+FFFD in its place.
         let mut latin = b"// caf".to_vec();
         latin.push(0xe9);
-        latin.extend(std::iter::repeat(b'x').take(200));
+        latin.extend([b'x'; 200]);
         let text = decode_text(&latin).unwrap();
         assert!(text.starts_with("// caf\u{FFFD}x"), "{text}");
     }
