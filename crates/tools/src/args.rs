@@ -27,20 +27,25 @@ pub fn parse<A: DeserializeOwned>(tool: &str, usage: &str, input: &Value) -> Res
     A::deserialize(ArgsDeserializer { input }).map_err(|problem| problem.message(tool, usage))
 }
 
-/// What is wrong with a call's arguments; [`Problem::message`] makes the sentence.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What is wrong with a call's arguments; [`Problem::message`] makes the sentence the
+/// model receives.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Problem {
     /// The arguments are not a JSON object.
+    #[error("the arguments are not a JSON object")]
     NotObject,
     /// A required argument is absent.
+    #[error("missing required argument '{0}'")]
     Missing(String),
     /// An argument has the wrong type; `found` is how the message shows the value.
+    #[error("'{key}' must be {expected}, not {found}")]
     WrongType {
         key: String,
         expected: Expected,
         found: String,
     },
     /// Anything else serde reports (a custom validation in an argument type).
+    #[error("{0}")]
     Other(String),
 }
 
@@ -52,42 +57,27 @@ pub enum Expected {
     Boolean,
 }
 
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Expected::String => "a string",
+            Expected::NonNegativeInteger => "a non-negative integer",
+            Expected::Boolean => "true or false",
+        })
+    }
+}
+
 impl Problem {
-    /// The sentence sent back to the model.
+    /// The sentence sent back to the model: the tool, the problem, the expected shape.
     pub fn message(&self, tool: &str, usage: &str) -> String {
         match self {
             Problem::NotObject => {
                 format!("{tool} expects a JSON object as arguments, like {usage}")
             }
-            Problem::Missing(key) => {
-                format!("{tool}: missing required argument '{key}'; expected arguments {usage}")
-            }
-            Problem::WrongType {
-                key,
-                expected,
-                found,
-            } => {
-                let expected = match expected {
-                    Expected::String => "a string",
-                    Expected::NonNegativeInteger => "a non-negative integer",
-                    Expected::Boolean => "true or false",
-                };
-                format!(
-                    "{tool}: '{key}' must be {expected}, not {found}; expected arguments {usage}"
-                )
-            }
-            Problem::Other(why) => format!("{tool}: {why}; expected arguments {usage}"),
+            other => format!("{tool}: {other}; expected arguments {usage}"),
         }
     }
 }
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message("the tool", "as its schema says"))
-    }
-}
-
-impl std::error::Error for Problem {}
 
 impl de::Error for Problem {
     fn custom<T: fmt::Display>(msg: T) -> Self {
