@@ -2,7 +2,7 @@
 //!
 //! Each tool declares its arguments as a plain `#[derive(Deserialize)]` struct
 //! (`String`, `Option<u64>`, `Option<bool>` fields). [`parse`] reads the call's JSON
-//! through [`ArgsDeserializer`] instead of `serde_json::from_value`, for two reasons:
+//! through its own serde `Deserializer` instead of `serde_json::from_value`, for two reasons:
 //!
 //! - **leniency**: models often send `"10"` for 10 and `"true"` for true, and a JSON
 //!   number such as `10.0`; those are accepted for integer and boolean fields;
