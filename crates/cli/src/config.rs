@@ -1,45 +1,564 @@
-//! Configuration: `~/.config/safe-coder/config.toml`, the project's
-//! `.safe-coder/config.toml`, environment variables and flags.
+//! Configuration: the user's `config.toml`, the project's `.safe-coder/config.toml`,
+//! environment variables and flags, resolved once into [`Resolved`].
 //!
-//! Precedence (DESIGN §1): flag > environment > project file > user file > default.
-//! Files are parsed by hand from `toml::Value` so that a bad value is one error naming
-//! the key and the file, and an unknown key is only a warning.
+//! Precedence: flag > environment > project file > user file > default.
+//!
+//! - **Typed.** Each kind (provider, backend, approval mode, theme) is parsed once, where
+//!   it enters: clap for flags, serde for files, `FromStr` for environment variables.
+//!   Files are deserialised into [`FileConfig`]; a key nothing reads is a warning (through
+//!   `serde_ignored`); a bad value is one error naming the file, its line and column, and
+//!   the key (`serde_path_to_error` and the TOML span).
+//! - **Per provider.** Key, base URL and model live in `[llm.anthropic]`, `[llm.openai]`,
+//!   `[llm.ollama]`; `[llm] provider` chooses one. The old flat `[llm] api_key/base_url/
+//!   model` are read as the settings of the provider named in the same file (else the
+//!   default provider), with a warning; `safe-coder config` moves them. A key or URL for
+//!   one provider is never sent to another.
+//! - **Trust.** A project file is written by whoever wrote the project (a cloned
+//!   repository, or the agent through an accepted sync). It may tighten settings but not
+//!   loosen them ([`restrict_project`]) unless the user trusted the project once
+//!   (`safe-coder config --trust`, recorded in the user file's `[trust] projects`). It
+//!   never sets a key or a base URL, and it is read without following symlinks.
+//! - **Defaults are written once**, most of them by the crate that owns the setting
+//!   ([`Defaults`]).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
-use safe_coder_llm::ProviderKind;
+use safe_coder_llm::{ProviderConfig, ProviderKind};
 use safe_coder_protocol::ApprovalMode;
+use safe_coder_sandbox::BackendKind;
+use safe_coder_tui::Theme;
+use serde::{Deserialize, Deserializer};
+
+/// The largest project config file that is read; a larger one is refused with a warning.
+pub const MAX_PROJECT_CONFIG_BYTES: u64 = 64 * 1024;
+
+/// The default of every setting, in one place. Where another crate owns a setting its
+/// default is taken from there, so nothing is written twice.
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    pub provider: ProviderKind,
+    pub max_tokens: u32,
+    pub backend: BackendChoice,
+    pub approval_mode: ApprovalMode,
+    pub max_turns: u32,
+    pub compact_threshold: f64,
+    pub memory_mb: u64,
+    pub cpus: f64,
+    /// The largest file (MiB) a commit or a sync handles; a larger one is reported.
+    pub max_file_mb: u64,
+    pub theme: Theme,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        let limits = safe_coder_sandbox::ProcessLimits::default();
+        let agent = safe_coder_core::AgentOptions::default();
+        let provider = ProviderKind::Anthropic;
+        Defaults {
+            provider,
+            max_tokens: ProviderConfig::new(provider).max_tokens,
+            backend: BackendChoice::Auto,
+            approval_mode: ApprovalMode::default(),
+            max_turns: agent.max_turns,
+            compact_threshold: agent.compact_threshold,
+            memory_mb: limits.memory_mb,
+            cpus: limits.cpus,
+            max_file_mb: 100,
+            theme: Theme::default(),
+        }
+    }
+}
+
+/// Default context window of well-known models, in tokens.
+pub fn default_context_window(model: &str) -> u64 {
+    if model.starts_with("claude") {
+        200_000
+    } else if model.starts_with("gpt-4.1") || model.starts_with("gpt-5") {
+        400_000
+    } else if model.starts_with("gpt-4o") || model.starts_with("o") {
+        128_000
+    } else {
+        32_768
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Kinds
+// ---------------------------------------------------------------------------------------
+
+/// `[isolation] backend` / `--backend`: `auto` or one backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BackendChoice {
+    /// The strongest backend that works here (decided when the session starts).
+    #[default]
+    Auto,
+    Kind(BackendKind),
+}
+
+impl BackendChoice {
+    /// `None` for `auto`, as `sandbox::choose` and the session take it.
+    pub fn kind(self) -> Option<BackendKind> {
+        match self {
+            BackendChoice::Auto => None,
+            BackendChoice::Kind(k) => Some(k),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Kind(k) => k.as_str(),
+        }
+    }
+
+    /// How strongly the agent is isolated, for "may a project file choose this": a VM
+    /// above a container above the process sandbox above a plain copy above working in
+    /// place. `auto` counts as the process sandbox: it never picks less where a sandbox
+    /// works, and a project may still ask for a VM or a container.
+    pub fn isolation_rank(self) -> u8 {
+        match self {
+            BackendChoice::Kind(BackendKind::Direct) => 0,
+            BackendChoice::Kind(BackendKind::Copy) => 1,
+            BackendChoice::Auto | BackendChoice::Kind(BackendKind::Process) => 2,
+            BackendChoice::Kind(BackendKind::Docker) => 3,
+            BackendChoice::Kind(BackendKind::Qemu | BackendKind::Firecracker) => 4,
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing a backend name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownBackend(pub String);
+
+impl fmt::Display for UnknownBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown backend `{}`: use auto, firecracker, qemu, docker, process, copy or direct",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownBackend {}
+
+impl FromStr for BackendChoice {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            other => BackendKind::parse(other)
+                .map(BackendChoice::Kind)
+                .ok_or_else(|| UnknownBackend(s.to_string())),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BackendChoice {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl clap::ValueEnum for BackendChoice {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            BackendChoice::Auto,
+            BackendChoice::Kind(BackendKind::Firecracker),
+            BackendChoice::Kind(BackendKind::Qemu),
+            BackendChoice::Kind(BackendKind::Docker),
+            BackendChoice::Kind(BackendKind::Process),
+            BackendChoice::Kind(BackendKind::Copy),
+            BackendChoice::Kind(BackendKind::Direct),
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        let v = PossibleValue::new(self.as_str());
+        Some(match self {
+            BackendChoice::Auto => v.help("the strongest that works here (the default)"),
+            BackendChoice::Kind(BackendKind::Firecracker) => v.help("a Firecracker microVM (KVM)"),
+            BackendChoice::Kind(BackendKind::Qemu) => v.help("a QEMU microVM"),
+            BackendChoice::Kind(BackendKind::Docker) => v.help("a Docker or Podman container"),
+            BackendChoice::Kind(BackendKind::Process) => {
+                v.help("a confined process: no network, only the copy writable")
+            }
+            BackendChoice::Kind(BackendKind::Copy) => v
+                .alias("demo")
+                .help("a copy of the project, no isolation from your system"),
+            BackendChoice::Kind(BackendKind::Direct) => {
+                v.help("no copy, no isolation: the agent edits your project itself")
+            }
+        })
+    }
+}
+
+/// Where a setting in force came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    UserFile,
+    ProjectFile,
+    Env,
+    Flag,
+}
+
+impl Source {
+    /// Whether the user (or their project) chose the value, rather than the default.
+    pub fn is_explicit(self) -> bool {
+        self != Source::Default
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::UserFile => "user config",
+            Source::ProjectFile => "project config",
+            Source::Env => "environment",
+            Source::Flag => "flag",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Files
+// ---------------------------------------------------------------------------------------
 
 /// Dollars per million tokens, for `/stats`.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct Price {
+    #[serde(deserialize_with = "dollars")]
     pub input_per_mtok: f64,
+    #[serde(deserialize_with = "dollars")]
     pub output_per_mtok: f64,
 }
 
-/// Everything the config files can hold. `None` = not set at this layer.
-#[derive(Clone, Debug, Default)]
-pub struct FileConfig {
-    pub provider: Option<String>,
+/// What one provider's table holds (`[llm.anthropic]`, `[llm.openai]`, `[llm.ollama]`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ProviderSection {
     pub api_key: Option<String>,
-    pub model: Option<String>,
     pub base_url: Option<String>,
+    pub model: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct LlmSection {
+    pub provider: Option<ProviderKind>,
+    #[serde(deserialize_with = "positive_u32")]
     pub max_tokens: Option<u32>,
-    pub backend: Option<String>,
+    /// The old flat keys: read as the settings of [`LlmSection::flat_owner`].
+    pub api_key: Option<String>,
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    pub anthropic: ProviderSection,
+    pub openai: ProviderSection,
+    pub ollama: ProviderSection,
+}
+
+impl LlmSection {
+    fn section(&self, p: ProviderKind) -> &ProviderSection {
+        match p {
+            ProviderKind::Anthropic => &self.anthropic,
+            ProviderKind::OpenAi => &self.openai,
+            ProviderKind::Ollama => &self.ollama,
+        }
+    }
+
+    fn section_mut(&mut self, p: ProviderKind) -> &mut ProviderSection {
+        match p {
+            ProviderKind::Anthropic => &mut self.anthropic,
+            ProviderKind::OpenAi => &mut self.openai,
+            ProviderKind::Ollama => &mut self.ollama,
+        }
+    }
+
+    /// The provider the old flat keys belong to: the one named in the same file, else the
+    /// default provider.
+    pub fn flat_owner(&self) -> ProviderKind {
+        self.provider.unwrap_or(Defaults::default().provider)
+    }
+
+    fn flat_keys(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.api_key.is_some() {
+            keys.push("api_key");
+        }
+        if self.base_url.is_some() {
+            keys.push("base_url");
+        }
+        if self.model.is_some() {
+            keys.push("model");
+        }
+        keys
+    }
+
+    /// What this file says for provider `p`: its table, and the flat keys when they are
+    /// `p`'s (the table wins).
+    pub fn for_provider(&self, p: ProviderKind) -> ProviderSection {
+        let mut s = self.section(p).clone();
+        if self.flat_owner() == p {
+            s.api_key = s.api_key.or_else(|| self.api_key.clone());
+            s.base_url = s.base_url.or_else(|| self.base_url.clone());
+            s.model = s.model.or_else(|| self.model.clone());
+        }
+        s
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct IsolationSection {
+    pub backend: Option<BackendChoice>,
     pub exclude: Option<Vec<String>>,
-    pub approval_mode: Option<ApprovalMode>,
-    pub max_turns: Option<u32>,
-    pub theme: Option<String>,
-    pub context_window: Option<u64>,
-    pub compact_threshold: Option<f64>,
+    #[serde(deserialize_with = "positive_u64")]
     pub memory_mb: Option<u64>,
+    #[serde(deserialize_with = "positive_f64")]
     pub cpus: Option<f64>,
-    pub prices: BTreeMap<String, Price>,
-    /// Warnings found while reading (unknown keys, ignored keys).
-    pub warnings: Vec<String>,
+    #[serde(deserialize_with = "positive_u64")]
+    pub max_file_mb: Option<u64>,
+    /// Names of environment variables handed to the agent's commands besides the
+    /// built-in allow-list.
+    pub env_passthrough: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct AgentSection {
+    pub approval_mode: Option<ApprovalMode>,
+    #[serde(deserialize_with = "positive_u32")]
+    pub max_turns: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ContextSection {
+    #[serde(deserialize_with = "positive_u64")]
+    pub window_tokens: Option<u64>,
+    #[serde(deserialize_with = "fraction")]
+    pub compact_threshold: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct UiSection {
+    pub theme: Option<Theme>,
+}
+
+/// `[vm]`: for the microVM backends.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct VmSection {
+    pub firecracker_bin: Option<PathBuf>,
+    pub kernel_image: Option<PathBuf>,
+    pub rootfs_image: Option<PathBuf>,
+    #[serde(deserialize_with = "positive_u32")]
+    pub vcpu_count: Option<u32>,
+    #[serde(deserialize_with = "positive_u64")]
+    pub mem_size_mib: Option<u64>,
+}
+
+/// `[docker]`: for the container backend.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct DockerSection {
+    pub image: Option<String>,
+    #[serde(deserialize_with = "positive_f64")]
+    pub cpus: Option<f64>,
+    #[serde(deserialize_with = "positive_u64")]
+    pub memory_mb: Option<u64>,
+    pub auto_pull: Option<bool>,
+    pub runtime: Option<String>,
+}
+
+/// `[trust]` (user file only): projects whose own config may loosen settings.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct TrustSection {
+    pub projects: Vec<PathBuf>,
+}
+
+/// Everything a config file can hold. `None` = not set in this file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct FileConfig {
+    pub llm: LlmSection,
+    pub isolation: IsolationSection,
+    pub agent: AgentSection,
+    pub context: ContextSection,
+    pub ui: UiSection,
+    pub pricing: BTreeMap<String, Price>,
+    pub vm: VmSection,
+    pub docker: DockerSection,
+    pub trust: Option<TrustSection>,
+}
+
+fn value_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
+    }
+}
+
+fn number<'de, D: Deserializer<'de>>(
+    d: D,
+    want: &str,
+    ok: impl Fn(f64) -> bool,
+) -> Result<f64, D::Error> {
+    let v = toml::Value::deserialize(d)?;
+    let n = match &v {
+        toml::Value::Integer(i) => Some(*i as f64),
+        toml::Value::Float(f) => Some(*f),
+        _ => None,
+    };
+    match n {
+        Some(n) if ok(n) => Ok(n),
+        _ => Err(serde::de::Error::custom(format!(
+            "must be {want}, not {}",
+            value_text(&v)
+        ))),
+    }
+}
+
+fn whole<'de, D: Deserializer<'de>>(d: D, max: u64) -> Result<u64, D::Error> {
+    let v = toml::Value::deserialize(d)?;
+    match v.as_integer() {
+        Some(i) if i > 0 && (i as u64) <= max => Ok(i as u64),
+        Some(i) if i > 0 => Err(serde::de::Error::custom(format!(
+            "must be at most {max}, not {i}"
+        ))),
+        _ => Err(serde::de::Error::custom(format!(
+            "must be a positive whole number, not {}",
+            value_text(&v)
+        ))),
+    }
+}
+
+fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    whole(d, i64::MAX as u64).map(Some)
+}
+
+fn positive_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    whole(d, u64::from(u32::MAX)).map(|n| Some(n as u32))
+}
+
+fn positive_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    number(d, "a positive number", |n| n > 0.0 && n.is_finite()).map(Some)
+}
+
+fn fraction<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    number(
+        d,
+        "a fraction between 0 and 1 (of the context window)",
+        |n| n > 0.0 && n < 1.0,
+    )
+    .map(Some)
+}
+
+fn dollars<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    number(d, "a number of dollars", |n| n >= 0.0 && n.is_finite())
+}
+
+/// Line and column (1-based) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Parses one config file's text. A bad value or bad TOML is one error naming the file,
+/// line, column and key; an unknown key is a warning in `warnings`.
+pub fn parse_file_config(
+    text: &str,
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<FileConfig> {
+    let file = path.display().to_string();
+    let mut unknown = Vec::new();
+    let de = toml::Deserializer::new(text);
+    let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(dotted(&p.to_string()));
+    let de = serde_ignored::Deserializer::new(de, &mut on_unknown);
+    let parsed: Result<FileConfig, _> = serde_path_to_error::deserialize(de);
+    let cfg = match parsed {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            let key = e
+                .path()
+                .iter()
+                .filter_map(|s| match s {
+                    serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                    serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join(".");
+            let inner = e.into_inner();
+            let at = inner
+                .span()
+                .map(|s| {
+                    let (l, c) = line_col(text, s.start);
+                    format!(":{l}:{c}")
+                })
+                .unwrap_or_default();
+            let msg = inner.message().trim().replace('\n', "; ");
+            if key.is_empty() {
+                bail!("{file}{at}: invalid TOML: {msg}");
+            }
+            let sep = if msg.starts_with("must ") { " " } else { ": " };
+            bail!("{file}{at}: `{key}`{sep}{msg}");
+        }
+    };
+    for key in unknown {
+        warnings.push(format!("{file}: unknown key `{key}` (ignored)"));
+    }
+    let flat = cfg.llm.flat_keys();
+    if !flat.is_empty() {
+        let owner = cfg.llm.flat_owner();
+        let keys = flat
+            .iter()
+            .map(|k| format!("`llm.{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        warnings.push(format!(
+            "{file}: {keys} read as [llm.{owner}]'s settings; move them under [llm.{owner}] \
+             (`safe-coder config` does it when it writes the file)"
+        ));
+    }
+    Ok(cfg)
+}
+
+/// `a.?.b` (serde_ignored's spelling of an optional level) as `a.b`.
+fn dotted(path: &str) -> String {
+    path.split('.')
+        .filter(|s| *s != "?")
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// What happened when a config file was looked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileState {
+    Missing,
+    Read,
+    /// Not read, for this reason (a symlink, not a regular file, too large).
+    Refused(String),
 }
 
 /// The directories Safe Coder uses, honouring `$XDG_CONFIG_HOME` and `$XDG_DATA_HOME`.
@@ -76,151 +595,342 @@ pub fn project_config_file(project: &Path) -> PathBuf {
     project.join(".safe-coder").join("config.toml")
 }
 
-/// Reads one config file. A missing file is an empty config.
-pub fn read_file_config(path: &Path, is_project: bool) -> Result<FileConfig> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileConfig::default()),
+/// Reads the user's config file. A missing file is an empty config.
+pub fn read_user_config(
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<(FileConfig, FileState)> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((parse_file_config(&text, path, warnings)?, FileState::Read)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok((FileConfig::default(), FileState::Missing))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Reads a project's `.safe-coder/config.toml` the careful way: neither the directory nor
+/// the file may be a symlink (a link to a home secret or `/dev/zero` must not be read),
+/// the file must be a regular file of at most [`MAX_PROJECT_CONFIG_BYTES`]. Anything else
+/// is refused with a warning and the project file counts as empty.
+pub fn read_project_config(
+    project: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<(FileConfig, FileState)> {
+    let path = project_config_file(project);
+    let refuse = |warnings: &mut Vec<String>, why: String| {
+        warnings.push(format!(
+            "{}: {why}; the project config is ignored",
+            path.display()
+        ));
+        Ok((FileConfig::default(), FileState::Refused(why)))
+    };
+    let dir = project.join(".safe-coder");
+    match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return refuse(warnings, "`.safe-coder` is a symlink".into())
+        }
+        Ok(m) if !m.is_dir() => return refuse(warnings, "`.safe-coder` is not a directory".into()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((FileConfig::default(), FileState::Missing))
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NOFOLLOW: a symlink fails to open (ELOOP) instead of being followed, even if it
+    // appeared after a check; O_NONBLOCK: a FIFO does not block the open.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((FileConfig::default(), FileState::Missing))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return refuse(warnings, "it is a symlink".into())
+        }
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    parse_file_config(&text, path, is_project)
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        return refuse(warnings, "it is not a regular file".into());
+    }
+    if meta.len() > MAX_PROJECT_CONFIG_BYTES {
+        return refuse(
+            warnings,
+            format!("it is larger than {} KiB", MAX_PROJECT_CONFIG_BYTES / 1024),
+        );
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_PROJECT_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > MAX_PROJECT_CONFIG_BYTES {
+        return refuse(
+            warnings,
+            format!("it is larger than {} KiB", MAX_PROJECT_CONFIG_BYTES / 1024),
+        );
+    }
+    let Ok(text) = String::from_utf8(bytes) else {
+        return refuse(warnings, "it is not UTF-8 text".into());
+    };
+    Ok((parse_file_config(&text, &path, warnings)?, FileState::Read))
 }
 
-fn type_err(path: &Path, key: &str, want: &str) -> anyhow::Error {
-    anyhow::anyhow!("{}: `{key}` must be {want}", path.display())
+/// Whether the user trusted `project` (by its canonical path) in their file.
+pub fn is_trusted(user: &FileConfig, project: &Path) -> bool {
+    let Some(trust) = &user.trust else {
+        return false;
+    };
+    let canonical = project
+        .canonicalize()
+        .unwrap_or_else(|_| project.to_path_buf());
+    trust
+        .projects
+        .iter()
+        .any(|p| p == &canonical || p.canonicalize().is_ok_and(|c| c == canonical))
 }
 
-pub fn parse_file_config(text: &str, path: &Path, is_project: bool) -> Result<FileConfig> {
-    let root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        anyhow::anyhow!("{}: invalid TOML: {}", path.display(), e.message())
-    })?;
-    let mut cfg = FileConfig::default();
-    let file = path.display().to_string();
-    let warn = |cfg: &mut FileConfig, msg: String| cfg.warnings.push(format!("{file}: {msg}"));
+/// Drops from a project file what a project may not say about its own safety, with a
+/// warning naming each key:
+/// - always: keys and base URLs (a cloned repository must not send your key elsewhere),
+///   and `[trust]` (a project cannot trust itself);
+/// - unless the user trusted the project: a backend weaker than the user's, an approval
+///   mode looser than the user's, higher limits, extra environment variables for the
+///   agent, and the VM/container binaries and images.
+///
+/// "The user's" is the user file's value, else the default.
+pub fn restrict_project(
+    proj: &mut FileConfig,
+    user: &FileConfig,
+    trusted: bool,
+    file: &str,
+    warnings: &mut Vec<String>,
+) {
+    let d = Defaults::default();
+    let never = |key: &str, why: &str, warnings: &mut Vec<String>| {
+        warnings.push(format!(
+            "{file}: `{key}` is ignored in a project config ({why})"
+        ));
+    };
+    let llm = &mut proj.llm;
+    if llm.api_key.take().is_some() {
+        never(
+            "llm.api_key",
+            "keys belong in the user config or the environment",
+            warnings,
+        );
+    }
+    if llm.base_url.take().is_some() {
+        never(
+            "llm.base_url",
+            "a project must not redirect your API key elsewhere",
+            warnings,
+        );
+    }
+    for p in ProviderKind::ALL {
+        let s = llm.section_mut(p);
+        if s.api_key.take().is_some() {
+            never(
+                &format!("llm.{p}.api_key"),
+                "keys belong in the user config or the environment",
+                warnings,
+            );
+        }
+        if s.base_url.take().is_some() {
+            never(
+                &format!("llm.{p}.base_url"),
+                "a project must not redirect your API key elsewhere",
+                warnings,
+            );
+        }
+    }
+    if proj.trust.take().is_some() {
+        never(
+            "trust",
+            "only your user config says which projects you trust",
+            warnings,
+        );
+    }
+    if trusted {
+        return;
+    }
 
-    for (section, value) in &root {
-        let Some(table) = value.as_table() else {
-            warn(&mut cfg, format!("unknown key `{section}` (ignored)"));
-            continue;
-        };
-        for (key, v) in table {
-            let full = format!("{section}.{key}");
-            let s = || {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| type_err(path, &full, "a string"))
-            };
-            let uint = || {
-                v.as_integer()
-                    .filter(|n| *n > 0)
-                    .map(|n| n as u64)
-                    .ok_or_else(|| type_err(path, &full, "a positive whole number"))
-            };
-            let float = || {
-                v.as_float()
-                    .or_else(|| v.as_integer().map(|n| n as f64))
-                    .filter(|f| *f > 0.0)
-                    .ok_or_else(|| type_err(path, &full, "a positive number"))
-            };
-            match (section.as_str(), key.as_str()) {
-                ("llm", "provider") => {
-                    let p = s()?;
-                    p.parse::<ProviderKind>().map_err(|_| {
-                        anyhow::anyhow!("{}: `llm.provider` is '{p}': use anthropic, openai or ollama", path.display())
-                    })?;
-                    cfg.provider = Some(p);
-                }
-                ("llm", "api_key") if is_project => warn(
-                    &mut cfg,
-                    "`llm.api_key` is ignored in a project config (keys belong in the user config or the environment)".into(),
-                ),
-                ("llm", "base_url") if is_project => warn(
-                    &mut cfg,
-                    "`llm.base_url` is ignored in a project config (a project must not redirect your API key elsewhere)".into(),
-                ),
-                ("llm", "api_key") => cfg.api_key = Some(s()?),
-                ("llm", "model") => cfg.model = Some(s()?),
-                ("llm", "base_url") => cfg.base_url = Some(s()?),
-                ("llm", "max_tokens") => {
-                    cfg.max_tokens = Some(u32::try_from(uint()?).map_err(|_| type_err(path, &full, "at most 4294967295"))?)
-                }
-                ("isolation", "backend") => {
-                    let b = s()?;
-                    if b != "auto" && safe_coder_sandbox::BackendKind::parse(&b).is_none() {
-                        bail!(
-                            "{}: `isolation.backend` is '{b}': use auto, firecracker, qemu, docker, process, copy or direct",
-                            path.display()
-                        );
-                    }
-                    cfg.backend = Some(b);
-                }
-                ("isolation", "exclude") => {
-                    let arr = v.as_array().ok_or_else(|| type_err(path, &full, "a list of glob strings"))?;
-                    let mut globs = Vec::new();
-                    for g in arr {
-                        globs.push(g.as_str().ok_or_else(|| type_err(path, &full, "a list of glob strings"))?.to_string());
-                    }
-                    cfg.exclude = Some(globs);
-                }
-                ("isolation", "memory_mb") => cfg.memory_mb = Some(uint()?),
-                ("isolation", "cpus") => cfg.cpus = Some(float()?),
-                ("agent", "approval_mode") => {
-                    let m = s()?;
-                    cfg.approval_mode = Some(m.parse().map_err(|e: String| anyhow::anyhow!("{}: `agent.approval_mode`: {e}", path.display()))?);
-                }
-                ("agent", "max_turns") => {
-                    cfg.max_turns = Some(u32::try_from(uint()?).map_err(|_| type_err(path, &full, "a smaller number"))?)
-                }
-                ("context", "window_tokens") => cfg.context_window = Some(uint()?),
-                ("context", "compact_threshold") => {
-                    let f = float()?;
-                    if f >= 1.0 {
-                        bail!("{}: `context.compact_threshold` must be between 0 and 1 (a fraction of the window)", path.display());
-                    }
-                    cfg.compact_threshold = Some(f);
-                }
-                ("ui", "theme") => {
-                    let t = s()?;
-                    if t != "cyberpunk" && t != "plain" {
-                        bail!("{}: `ui.theme` is '{t}': use cyberpunk or plain", path.display());
-                    }
-                    cfg.theme = Some(t);
-                }
-                ("pricing", model) => {
-                    let t = v.as_table().ok_or_else(|| type_err(path, &full, "a table with input_per_mtok and output_per_mtok"))?;
-                    let num = |k: &str| -> Result<f64> {
-                        match t.get(k) {
-                            None => Ok(0.0),
-                            Some(x) => x
-                                .as_float()
-                                .or_else(|| x.as_integer().map(|n| n as f64))
-                                .filter(|f| *f >= 0.0)
-                                .ok_or_else(|| type_err(path, &format!("{full}.{k}"), "a number of dollars")),
-                        }
-                    };
-                    cfg.prices.insert(
-                        model.to_string(),
-                        Price { input_per_mtok: num("input_per_mtok")?, output_per_mtok: num("output_per_mtok")? },
-                    );
-                }
-                // Sections of spec/01 for backends that are configured here but run elsewhere.
-                ("vm", "firecracker_bin" | "kernel_image" | "rootfs_image" | "vcpu_count" | "mem_size_mib")
-                | ("docker", "image" | "cpus" | "memory_mb" | "auto_pull" | "runtime") => {}
-                _ => warn(&mut cfg, format!("unknown key `{full}` (ignored)")),
+    let refuse = |key: &str, value: String, why: String, warnings: &mut Vec<String>| {
+        warnings.push(format!(
+            "{file}: `{key} = {value}` is refused: {why}; run `safe-coder config --trust` in this project if you want it to decide"
+        ));
+    };
+    let iso = &mut proj.isolation;
+    let user_backend = user.isolation.backend.unwrap_or(d.backend);
+    if let Some(b) = iso.backend {
+        if b.isolation_rank() < user_backend.isolation_rank() {
+            refuse(
+                "isolation.backend",
+                format!("\"{b}\""),
+                format!("a project may not choose a weaker backend than yours ({user_backend})"),
+                warnings,
+            );
+            iso.backend = None;
+        }
+    }
+    let user_mode = user.agent.approval_mode.unwrap_or(d.approval_mode);
+    if let Some(m) = proj.agent.approval_mode {
+        if m > user_mode {
+            refuse(
+                "agent.approval_mode",
+                format!("\"{m}\""),
+                format!("a project may not loosen approvals beyond yours ({user_mode})"),
+                warnings,
+            );
+            proj.agent.approval_mode = None;
+        }
+    }
+    fn cap<T: PartialOrd + Copy + fmt::Display>(
+        key: &str,
+        value: &mut Option<T>,
+        limit: T,
+        warnings: &mut Vec<String>,
+        refuse: &dyn Fn(&str, String, String, &mut Vec<String>),
+    ) {
+        if let Some(v) = *value {
+            if v > limit {
+                refuse(
+                    key,
+                    v.to_string(),
+                    format!("a project may only lower this limit (yours is {limit})"),
+                    warnings,
+                );
+                *value = None;
             }
         }
     }
-    Ok(cfg)
+    let user_mem = user.isolation.memory_mb.unwrap_or(d.memory_mb);
+    let user_cpus = user.isolation.cpus.unwrap_or(d.cpus);
+    cap(
+        "isolation.memory_mb",
+        &mut iso.memory_mb,
+        user_mem,
+        warnings,
+        &refuse,
+    );
+    cap(
+        "isolation.cpus",
+        &mut iso.cpus,
+        user_cpus,
+        warnings,
+        &refuse,
+    );
+    cap(
+        "isolation.max_file_mb",
+        &mut iso.max_file_mb,
+        user.isolation.max_file_mb.unwrap_or(d.max_file_mb),
+        warnings,
+        &refuse,
+    );
+    cap(
+        "docker.memory_mb",
+        &mut proj.docker.memory_mb,
+        user.docker.memory_mb.unwrap_or(user_mem),
+        warnings,
+        &refuse,
+    );
+    cap(
+        "docker.cpus",
+        &mut proj.docker.cpus,
+        user.docker.cpus.unwrap_or(user_cpus),
+        warnings,
+        &refuse,
+    );
+    cap(
+        "vm.mem_size_mib",
+        &mut proj.vm.mem_size_mib,
+        user.vm.mem_size_mib.unwrap_or(user_mem),
+        warnings,
+        &refuse,
+    );
+    let user_vcpus = user
+        .vm
+        .vcpu_count
+        .unwrap_or(user_cpus.ceil().max(1.0) as u32);
+    cap(
+        "vm.vcpu_count",
+        &mut proj.vm.vcpu_count,
+        user_vcpus,
+        warnings,
+        &refuse,
+    );
+
+    if let Some(names) = &mut iso.env_passthrough {
+        let allowed = user.isolation.env_passthrough.clone().unwrap_or_default();
+        let (keep, drop): (Vec<String>, Vec<String>) =
+            names.drain(..).partition(|n| allowed.contains(n));
+        if !drop.is_empty() {
+            refuse(
+                "isolation.env_passthrough",
+                format!("{drop:?}"),
+                "a project may not hand more of your environment to the agent".into(),
+                warnings,
+            );
+        }
+        *names = keep;
+    }
+    let unsafe_paths = [
+        (
+            "vm.firecracker_bin",
+            proj.vm
+                .firecracker_bin
+                .take()
+                .map(|p| p.display().to_string()),
+        ),
+        (
+            "vm.kernel_image",
+            proj.vm.kernel_image.take().map(|p| p.display().to_string()),
+        ),
+        (
+            "vm.rootfs_image",
+            proj.vm.rootfs_image.take().map(|p| p.display().to_string()),
+        ),
+        ("docker.image", proj.docker.image.take()),
+        ("docker.runtime", proj.docker.runtime.take()),
+    ];
+    for (key, v) in unsafe_paths {
+        if let Some(v) = v {
+            refuse(
+                key,
+                format!("{v:?}"),
+                "a project may not choose what the sandbox runs".into(),
+                warnings,
+            );
+        }
+    }
+    if let Some(pull) = proj.docker.auto_pull.take() {
+        refuse(
+            "docker.auto_pull",
+            pull.to_string(),
+            "a project may not choose what the sandbox runs".into(),
+            warnings,
+        );
+    }
 }
 
-/// Flags given on the command line (the highest layer).
+// ---------------------------------------------------------------------------------------
+// Resolution
+// ---------------------------------------------------------------------------------------
+
+/// Flags given on the command line (the highest layer), already typed by clap.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
-    pub provider: Option<String>,
+    pub provider: Option<ProviderKind>,
     pub model: Option<String>,
     pub base_url: Option<String>,
     pub api_key: Option<String>,
-    pub backend: Option<String>,
+    pub backend: Option<BackendChoice>,
     pub approval_mode: Option<ApprovalMode>,
 }
 
@@ -228,20 +938,38 @@ pub struct Overrides {
 #[derive(Clone, Debug)]
 pub struct Resolved {
     pub provider: ProviderKind,
+    /// Only ever the chosen provider's key.
     pub api_key: Option<String>,
     pub model: String,
+    /// The chosen provider's URL, without a trailing `/`.
     pub base_url: String,
     pub max_tokens: u32,
-    pub backend: String,
+    pub backend: BackendChoice,
+    pub backend_source: Source,
     pub exclude: Vec<String>,
     pub approval_mode: ApprovalMode,
+    /// Whether the user chose the approval mode (flag, environment, a file) or it is the
+    /// default: headless runs pick their own default when nobody chose.
+    pub approval_mode_source: Source,
     pub max_turns: u32,
-    pub theme: String,
+    pub theme: Theme,
     pub context_window: u64,
     pub compact_threshold: f64,
     pub memory_mb: u64,
     pub cpus: f64,
+    /// `[isolation] max_file_mb`: the largest file a commit or sync handles.
+    pub max_file_mb: u64,
+    /// `[isolation] env_passthrough`: variables handed to the agent's commands besides
+    /// the built-in allow-list.
+    pub env_passthrough: Vec<String>,
+    pub vm: VmSection,
+    pub docker: DockerSection,
     pub prices: BTreeMap<String, Price>,
+    pub user_file: (PathBuf, FileState),
+    pub project_file: (PathBuf, FileState),
+    /// The user trusted this project (`config --trust`): its file may loosen settings.
+    pub project_trusted: bool,
+    /// Unknown keys, refused project settings, old-style keys: shown, never fatal.
     pub warnings: Vec<String>,
 }
 
@@ -249,141 +977,168 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// Default context window of well-known models, in tokens.
-pub fn default_context_window(model: &str) -> u64 {
-    if model.starts_with("claude") {
-        200_000
-    } else if model.starts_with("gpt-4.1") || model.starts_with("gpt-5") {
-        400_000
-    } else if model.starts_with("gpt-4o") || model.starts_with("o") {
-        128_000
+/// An environment variable parsed as `T`; a bad value is an error naming the variable.
+fn env_parsed<T: FromStr>(name: &str) -> Result<Option<T>>
+where
+    T::Err: fmt::Display,
+{
+    match env(name) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("${name}: {e}")),
+    }
+}
+
+/// The first value set, from the highest layer down, and where it came from.
+fn layered<T>(
+    flag: Option<T>,
+    env: Option<T>,
+    proj: Option<T>,
+    user: Option<T>,
+) -> Option<(T, Source)> {
+    flag.map(|v| (v, Source::Flag))
+        .or_else(|| env.map(|v| (v, Source::Env)))
+        .or_else(|| proj.map(|v| (v, Source::ProjectFile)))
+        .or_else(|| user.map(|v| (v, Source::UserFile)))
+}
+
+fn files_only<T: Clone>(proj: &Option<T>, user: &Option<T>) -> Option<T> {
+    proj.clone().or_else(|| user.clone())
+}
+
+/// `OLLAMA_HOST` is often `host:port` without a scheme.
+fn with_scheme(url: String) -> String {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        url
     } else {
-        32_768
+        format!("http://{url}")
     }
 }
 
 pub fn resolve(dirs: &Dirs, project: &Path, flags: &Overrides) -> Result<Resolved> {
-    let user = read_file_config(&dirs.user_config_file(), false)?;
-    let proj = read_file_config(&project_config_file(project), true)?;
-    let mut warnings = user.warnings.clone();
-    warnings.extend(proj.warnings.iter().cloned());
+    let d = Defaults::default();
+    let mut warnings = Vec::new();
+    let user_path = dirs.user_config_file();
+    let proj_path = project_config_file(project);
+    let (user, user_state) = read_user_config(&user_path, &mut warnings)?;
+    let (mut proj, proj_state) = read_project_config(project, &mut warnings)?;
+    let trusted = is_trusted(&user, project);
+    restrict_project(
+        &mut proj,
+        &user,
+        trusted,
+        &proj_path.display().to_string(),
+        &mut warnings,
+    );
 
-    // Pick the layered value: flag > env > project > user.
-    fn pick<T: Clone>(
-        flag: Option<T>,
-        env: Option<T>,
-        proj: &Option<T>,
-        user: &Option<T>,
-    ) -> Option<T> {
-        flag.or(env)
-            .or_else(|| proj.clone())
-            .or_else(|| user.clone())
-    }
-
-    let provider_name = pick(
-        flags.provider.clone(),
-        env("SAFE_CODER_PROVIDER"),
-        &proj.provider,
-        &user.provider,
+    let (provider, _) = layered(
+        flags.provider,
+        env_parsed::<ProviderKind>("SAFE_CODER_PROVIDER")?,
+        proj.llm.provider,
+        user.llm.provider,
     )
-    .unwrap_or_else(|| "anthropic".to_string());
-    let provider: ProviderKind = provider_name.parse().map_err(|_| {
-        anyhow::anyhow!("unknown provider '{provider_name}': use anthropic, openai or ollama")
-    })?;
+    .unwrap_or((d.provider, Source::Default));
 
-    let key_env = match provider {
-        ProviderKind::Anthropic => env("ANTHROPIC_API_KEY"),
-        ProviderKind::OpenAi => env("OPENAI_API_KEY"),
-        ProviderKind::Ollama => None,
-    };
-    let base_env = match provider {
-        ProviderKind::OpenAi => env("OPENAI_BASE_URL"),
-        ProviderKind::Ollama => env("OLLAMA_HOST").map(|h| {
-            if h.starts_with("http://") || h.starts_with("https://") {
-                h
-            } else {
-                format!("http://{h}")
-            }
-        }),
-        ProviderKind::Anthropic => env("ANTHROPIC_BASE_URL"),
-    };
-    // A key or URL in a file written for another provider must not leak to this one.
-    let same_provider =
-        |c: &FileConfig| c.provider.as_deref().is_none_or(|p| p == provider.as_str());
-    let user_key = if same_provider(&user) {
-        user.api_key.clone()
-    } else {
-        None
-    };
-    let user_url = if same_provider(&user) {
-        user.base_url.clone()
-    } else {
-        None
-    };
-    let user_model = if same_provider(&user) {
-        user.model.clone()
-    } else {
-        None
-    };
-    let proj_model = if same_provider(&proj) {
-        proj.model.clone()
-    } else {
-        None
-    };
-
-    let api_key = pick(flags.api_key.clone(), key_env, &None, &user_key);
-    let base_url = pick(flags.base_url.clone(), base_env, &None, &user_url)
+    // Only the chosen provider's settings are read: a key or URL written for another
+    // provider is never sent to this one.
+    let user_p = user.llm.for_provider(provider);
+    let proj_p = proj.llm.for_provider(provider);
+    let api_key = flags
+        .api_key
+        .clone()
+        .or_else(|| provider.api_key_env().and_then(env))
+        .or(user_p.api_key);
+    let base_url = flags
+        .base_url
+        .clone()
+        .or_else(|| provider.base_url_env().and_then(env).map(with_scheme))
+        .or(user_p.base_url)
         .unwrap_or_else(|| provider.default_base_url().to_string());
-    let model = pick(
-        flags.model.clone(),
-        env("SAFE_CODER_MODEL"),
-        &proj_model,
-        &user_model,
+    let model = flags
+        .model
+        .clone()
+        .or_else(|| env("SAFE_CODER_MODEL"))
+        .or(proj_p.model)
+        .or(user_p.model)
+        .unwrap_or_else(|| provider.default_model().to_string());
+
+    let (backend, backend_source) = layered(
+        flags.backend,
+        env_parsed::<BackendChoice>("SAFE_CODER_BACKEND")?,
+        proj.isolation.backend,
+        user.isolation.backend,
     )
-    .unwrap_or_else(|| provider.default_model().to_string());
-    let backend = pick(
-        flags.backend.clone(),
-        env("SAFE_CODER_BACKEND"),
-        &proj.backend,
-        &user.backend,
-    )
-    .unwrap_or_else(|| "auto".to_string());
-    if backend != "auto" && safe_coder_sandbox::BackendKind::parse(&backend).is_none() {
-        bail!("unknown backend '{backend}': use auto, firecracker, qemu, docker, process, copy or direct");
-    }
-    let approval_mode = pick(
+    .unwrap_or((d.backend, Source::Default));
+    let (approval_mode, approval_mode_source) = layered(
         flags.approval_mode,
-        None,
-        &proj.approval_mode,
-        &user.approval_mode,
+        env_parsed::<ApprovalMode>("SAFE_CODER_APPROVAL_MODE")?,
+        proj.agent.approval_mode,
+        user.agent.approval_mode,
     )
-    .unwrap_or_default();
-    let mut prices = user.prices.clone();
-    prices.extend(proj.prices.clone());
-    let context_window = pick(None, None, &proj.context_window, &user.context_window)
-        .unwrap_or_else(|| default_context_window(&model));
+    .unwrap_or((d.approval_mode, Source::Default));
+
     let theme = if env("NO_COLOR").is_some() {
-        "plain".to_string()
+        Theme::Plain
     } else {
-        pick(None, None, &proj.theme, &user.theme).unwrap_or_else(|| "cyberpunk".to_string())
+        files_only(&proj.ui.theme, &user.ui.theme).unwrap_or(d.theme)
     };
+    let mut prices = user.pricing.clone();
+    prices.extend(proj.pricing.clone());
+    let context_window = files_only(&proj.context.window_tokens, &user.context.window_tokens)
+        .unwrap_or_else(|| default_context_window(&model));
+
+    let merge_vm = VmSection {
+        firecracker_bin: files_only(&proj.vm.firecracker_bin, &user.vm.firecracker_bin),
+        kernel_image: files_only(&proj.vm.kernel_image, &user.vm.kernel_image),
+        rootfs_image: files_only(&proj.vm.rootfs_image, &user.vm.rootfs_image),
+        vcpu_count: files_only(&proj.vm.vcpu_count, &user.vm.vcpu_count),
+        mem_size_mib: files_only(&proj.vm.mem_size_mib, &user.vm.mem_size_mib),
+    };
+    let merge_docker = DockerSection {
+        image: files_only(&proj.docker.image, &user.docker.image),
+        cpus: files_only(&proj.docker.cpus, &user.docker.cpus),
+        memory_mb: files_only(&proj.docker.memory_mb, &user.docker.memory_mb),
+        auto_pull: files_only(&proj.docker.auto_pull, &user.docker.auto_pull),
+        runtime: files_only(&proj.docker.runtime, &user.docker.runtime),
+    };
+
     Ok(Resolved {
         provider,
         api_key,
         model,
         base_url: base_url.trim_end_matches('/').to_string(),
-        max_tokens: pick(None, None, &proj.max_tokens, &user.max_tokens).unwrap_or(8192),
+        max_tokens: files_only(&proj.llm.max_tokens, &user.llm.max_tokens).unwrap_or(d.max_tokens),
         backend,
-        exclude: pick(None, None, &proj.exclude, &user.exclude).unwrap_or_default(),
+        backend_source,
+        exclude: files_only(&proj.isolation.exclude, &user.isolation.exclude).unwrap_or_default(),
         approval_mode,
-        max_turns: pick(None, None, &proj.max_turns, &user.max_turns).unwrap_or(100),
+        approval_mode_source,
+        max_turns: files_only(&proj.agent.max_turns, &user.agent.max_turns).unwrap_or(d.max_turns),
         theme,
         context_window,
-        compact_threshold: pick(None, None, &proj.compact_threshold, &user.compact_threshold)
-            .unwrap_or(0.8),
-        memory_mb: pick(None, None, &proj.memory_mb, &user.memory_mb).unwrap_or(2048),
-        cpus: pick(None, None, &proj.cpus, &user.cpus).unwrap_or(2.0),
+        compact_threshold: files_only(
+            &proj.context.compact_threshold,
+            &user.context.compact_threshold,
+        )
+        .unwrap_or(d.compact_threshold),
+        memory_mb: files_only(&proj.isolation.memory_mb, &user.isolation.memory_mb)
+            .unwrap_or(d.memory_mb),
+        cpus: files_only(&proj.isolation.cpus, &user.isolation.cpus).unwrap_or(d.cpus),
+        max_file_mb: files_only(&proj.isolation.max_file_mb, &user.isolation.max_file_mb)
+            .unwrap_or(d.max_file_mb),
+        env_passthrough: files_only(
+            &proj.isolation.env_passthrough,
+            &user.isolation.env_passthrough,
+        )
+        .unwrap_or_default(),
+        vm: merge_vm,
+        docker: merge_docker,
         prices,
+        user_file: (user_path, user_state),
+        project_file: (proj_path, proj_state),
+        project_trusted: trusted,
         warnings,
     })
 }
@@ -399,14 +1154,24 @@ pub fn mask(secret: &str) -> String {
     }
 }
 
-/// What `config` may set in the user file.
+// ---------------------------------------------------------------------------------------
+// Writing the user file
+// ---------------------------------------------------------------------------------------
+
+/// What `safe-coder config` may change in the user file.
 #[derive(Clone, Debug, Default)]
 pub struct ConfigUpdate {
-    pub provider: Option<String>,
+    /// Switches to this provider; the key, model and URL below are its settings.
+    pub provider: Option<ProviderKind>,
     pub api_key: Option<String>,
     pub model: Option<String>,
     pub base_url: Option<String>,
-    pub backend: Option<String>,
+    pub backend: Option<BackendChoice>,
+    pub approval_mode: Option<ApprovalMode>,
+    /// Adds this (canonical) project directory to `[trust] projects`.
+    pub trust: Option<PathBuf>,
+    /// Removes this project directory from `[trust] projects`.
+    pub untrust: Option<PathBuf>,
 }
 
 impl ConfigUpdate {
@@ -416,46 +1181,117 @@ impl ConfigUpdate {
             && self.model.is_none()
             && self.base_url.is_none()
             && self.backend.is_none()
+            && self.approval_mode.is_none()
+            && self.trust.is_none()
+            && self.untrust.is_none()
     }
 }
 
-/// Writes the given values into the user config, keeping everything else in it, with
-/// mode 0600 (written to a temp file that is renamed over the old one).
-pub fn write_user_config(path: &Path, update: &ConfigUpdate) -> Result<()> {
+/// The table at `key` in `parent`, made (as a `[section]`) when absent.
+fn table_in<'a>(
+    parent: &'a mut dyn toml_edit::TableLike,
+    key: &str,
+    path: &Path,
+) -> Result<&'a mut dyn toml_edit::TableLike> {
+    parent
+        .entry(key)
+        .or_insert(toml_edit::Item::Table(toml_edit::Table::new()))
+        .as_table_like_mut()
+        .with_context(|| {
+            format!(
+                "{}: `{key}` is not a table; fix or remove it first",
+                path.display()
+            )
+        })
+}
+
+/// Writes `update` into the user config, keeping everything else in it (comments too),
+/// with mode 0600 (a temp file renamed over the old one). Old flat `[llm]` keys are moved
+/// into their provider's table first. Returns notes for the user (what was moved).
+pub fn write_user_config(path: &Path, update: &ConfigUpdate) -> Result<Vec<String>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     // Validate the existing file first: never rewrite a file we cannot understand.
-    parse_file_config(&text, path, false)?;
-    let mut root: toml::Table = text.parse().unwrap_or_default();
-    if let Some(p) = &update.provider {
-        p.parse::<ProviderKind>().map_err(|_| {
-            anyhow::anyhow!("unknown provider '{p}': use anthropic, openai or ollama")
-        })?;
-    }
-    if let Some(b) = &update.backend {
-        if b != "auto" && safe_coder_sandbox::BackendKind::parse(b).is_none() {
-            bail!("unknown backend '{b}': use auto, firecracker, qemu, docker, process, copy or direct");
+    let current = parse_file_config(&text, path, &mut Vec::new())?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .with_context(|| format!("{}: invalid TOML", path.display()))?;
+    let mut notes = Vec::new();
+    let root = doc.as_table_mut();
+
+    let llm = table_in(root, "llm", path)?;
+    // The old flat keys belong to the provider the file named: move them into its table
+    // before the provider changes, so they never become another provider's.
+    let owner = current.llm.flat_owner();
+    let mut moved = Vec::new();
+    for key in ["api_key", "base_url", "model"] {
+        if let Some(item) = llm.remove(key) {
+            let section = table_in(llm, owner.as_str(), path)?;
+            if !section.contains_key(key) {
+                section.insert(key, item);
+            }
+            moved.push(key);
         }
     }
-    let mut set = |section: &str, key: &str, value: &Option<String>| {
+    if !moved.is_empty() {
+        notes.push(format!(
+            "Moved [llm] {} into [llm.{owner}]",
+            moved.join(", ")
+        ));
+    }
+    if let Some(p) = update.provider {
+        llm.insert("provider", toml_edit::value(p.as_str()));
+    }
+    let target = update
+        .provider
+        .or(current.llm.provider)
+        .unwrap_or(Defaults::default().provider);
+    for (key, value) in [
+        ("api_key", &update.api_key),
+        ("model", &update.model),
+        ("base_url", &update.base_url),
+    ] {
         if let Some(v) = value {
-            let entry = root
-                .entry(section.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if let Some(t) = entry.as_table_mut() {
-                t.insert(key.to_string(), toml::Value::String(v.clone()));
+            table_in(llm, target.as_str(), path)?.insert(key, toml_edit::value(v.as_str()));
+        }
+    }
+    if llm.is_empty() {
+        root.remove("llm");
+    }
+    if let Some(b) = update.backend {
+        table_in(root, "isolation", path)?.insert("backend", toml_edit::value(b.as_str()));
+    }
+    if let Some(m) = update.approval_mode {
+        table_in(root, "agent", path)?.insert("approval_mode", toml_edit::value(m.as_str()));
+    }
+    if update.trust.is_some() || update.untrust.is_some() {
+        let trust = table_in(root, "trust", path)?;
+        let list = trust
+            .entry("projects")
+            .or_insert(toml_edit::value(toml_edit::Array::new()))
+            .as_array_mut()
+            .with_context(|| {
+                format!(
+                    "{}: `trust.projects` is not a list; fix it first",
+                    path.display()
+                )
+            })?;
+        let as_text = |p: &Path| p.display().to_string();
+        if let Some(gone) = &update.untrust {
+            list.retain(|v| v.as_str() != Some(as_text(gone).as_str()));
+        }
+        if let Some(p) = &update.trust {
+            if !list.iter().any(|v| v.as_str() == Some(as_text(p).as_str())) {
+                list.push(as_text(p));
             }
         }
-    };
-    set("llm", "provider", &update.provider);
-    set("llm", "api_key", &update.api_key);
-    set("llm", "model", &update.model);
-    set("llm", "base_url", &update.base_url);
-    set("isolation", "backend", &update.backend);
-    let out = toml::to_string_pretty(&root).context("cannot serialise the config")?;
+    }
+    let out = doc.to_string();
+    // What we write must read back (and never carry a key where it does not belong).
+    parse_file_config(&out, path, &mut Vec::new())?;
 
     let dir = path
         .parent()
@@ -476,41 +1312,93 @@ pub fn write_user_config(path: &Path, update: &ConfigUpdate) -> Result<()> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
+    Ok(notes)
 }
 
-/// What `config --show` prints: the configuration in force, with the key masked.
-pub fn show(resolved: &Resolved, dirs: &Dirs, project: &Path) -> String {
+// ---------------------------------------------------------------------------------------
+// Showing
+// ---------------------------------------------------------------------------------------
+
+fn describe_file(state: &FileState) -> String {
+    match state {
+        FileState::Missing => "not found".to_string(),
+        FileState::Read => "read".to_string(),
+        FileState::Refused(why) => format!("refused: {why}"),
+    }
+}
+
+/// What `config --show` prints: which files were read, the configuration in force (the
+/// key masked, each kind's source), and every warning.
+pub fn show(resolved: &Resolved) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "user config:    {}", dirs.user_config_file().display());
+    let (user_path, user_state) = &resolved.user_file;
+    let (proj_path, proj_state) = &resolved.project_file;
     let _ = writeln!(
         out,
-        "project config: {}",
-        project_config_file(project).display()
+        "user config:    {} ({})",
+        user_path.display(),
+        describe_file(user_state)
     );
+    let trust = if resolved.project_trusted {
+        ", trusted"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "project config: {} ({}{trust})",
+        proj_path.display(),
+        describe_file(proj_state)
+    );
+    let r = resolved;
     let _ = writeln!(out, "[llm]");
-    let _ = writeln!(out, "provider = {}", resolved.provider.as_str());
-    let _ = writeln!(out, "model = {}", resolved.model);
-    let _ = writeln!(out, "base_url = {}", resolved.base_url);
-    let _ = writeln!(out, "max_tokens = {}", resolved.max_tokens);
+    let _ = writeln!(out, "provider = {}", r.provider);
+    let _ = writeln!(out, "model = {}", r.model);
+    let _ = writeln!(out, "base_url = {}", r.base_url);
+    let _ = writeln!(out, "max_tokens = {}", r.max_tokens);
+    let key = r
+        .api_key
+        .as_deref()
+        .map(mask)
+        .unwrap_or_else(|| "(not set)".to_string());
+    let _ = writeln!(out, "api_key = {key}");
+    let _ = writeln!(out, "[isolation]");
     let _ = writeln!(
         out,
-        "api_key = {}",
-        resolved
-            .api_key
-            .as_deref()
-            .map(mask)
-            .unwrap_or_else(|| "(not set)".to_string())
+        "backend = {}    # {}",
+        r.backend,
+        r.backend_source.describe()
     );
-    let _ = writeln!(out, "[isolation]");
-    let _ = writeln!(out, "backend = {}", resolved.backend);
-    let _ = writeln!(out, "exclude = {:?}", resolved.exclude);
+    let _ = writeln!(out, "exclude = {:?}", r.exclude);
+    let _ = writeln!(out, "memory_mb = {}", r.memory_mb);
+    let _ = writeln!(out, "cpus = {}", r.cpus);
+    let _ = writeln!(out, "max_file_mb = {}", r.max_file_mb);
+    let _ = writeln!(out, "env_passthrough = {:?}", r.env_passthrough);
+    if r.docker != DockerSection::default() {
+        let _ = writeln!(out, "[docker]\n{:?}", r.docker);
+    }
+    if r.vm != VmSection::default() {
+        let _ = writeln!(out, "[vm]\n{:?}", r.vm);
+    }
     let _ = writeln!(out, "[agent]");
-    let _ = writeln!(out, "approval_mode = {}", resolved.approval_mode);
-    let _ = writeln!(out, "max_turns = {}", resolved.max_turns);
+    let chosen = if r.approval_mode_source.is_explicit() {
+        ""
+    } else {
+        ": `exec` picks its own when none is chosen"
+    };
+    let _ = writeln!(
+        out,
+        "approval_mode = {}    # {}{chosen}",
+        r.approval_mode,
+        r.approval_mode_source.describe()
+    );
+    let _ = writeln!(out, "max_turns = {}", r.max_turns);
+    let _ = writeln!(out, "[context]");
+    let _ = writeln!(out, "window_tokens = {}", r.context_window);
+    let _ = writeln!(out, "compact_threshold = {}", r.compact_threshold);
     let _ = writeln!(out, "[ui]");
-    let _ = writeln!(out, "theme = {}", resolved.theme);
-    for w in &resolved.warnings {
+    let _ = writeln!(out, "theme = {}", r.theme.as_str());
+    for w in &r.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
     out
