@@ -525,8 +525,25 @@ pub fn parse_file_config(
             bail!("{file}{at}: `{key}`{sep}{msg}");
         }
     };
-    for key in unknown {
-        warnings.push(format!("{file}: unknown key `{key}` (ignored)"));
+    if !unknown.is_empty() {
+        // serde_ignored reports an unknown table as a whole: name its keys instead.
+        let table: toml::Table = text.parse().unwrap_or_default();
+        for key in unknown {
+            let mut leaves = Vec::new();
+            let value = key
+                .split('.')
+                .try_fold(None::<&toml::Value>, |v, k| match v {
+                    None => table.get(k).map(Some),
+                    Some(v) => v.get(k).map(Some),
+                });
+            match value {
+                Some(Some(v)) => leaf_keys(&key, v, &mut leaves),
+                _ => leaves.push(key),
+            }
+            for k in leaves {
+                warnings.push(format!("{file}: unknown key `{k}` (ignored)"));
+            }
+        }
     }
     let flat = cfg.llm.flat_keys();
     if !flat.is_empty() {
@@ -542,6 +559,18 @@ pub fn parse_file_config(
         ));
     }
     Ok(cfg)
+}
+
+/// The keys under `prefix` that hold values (a table's leaves, else `prefix` itself).
+fn leaf_keys(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+    match v.as_table() {
+        Some(t) if !t.is_empty() => {
+            for (k, v) in t {
+                leaf_keys(&format!("{prefix}.{k}"), v, out);
+            }
+        }
+        _ => out.push(prefix.to_string()),
+    }
 }
 
 /// `a.?.b` (serde_ignored's spelling of an optional level) as `a.b`.
