@@ -820,12 +820,14 @@ pub fn restrict_project(
             proj.agent.approval_mode = None;
         }
     }
+    /// Refuses a project's `key = value`, with the reason.
+    type Refuse<'a> = dyn Fn(&str, String, String, &mut Vec<String>) + 'a;
     fn cap<T: PartialOrd + Copy + fmt::Display>(
         key: &str,
         value: &mut Option<T>,
         limit: T,
         warnings: &mut Vec<String>,
-        refuse: &dyn Fn(&str, String, String, &mut Vec<String>),
+        refuse: &Refuse<'_>,
     ) {
         if let Some(v) = *value {
             if v > limit {
