@@ -1095,6 +1095,20 @@ pub fn resolve(dirs: &Dirs, project: &Path, flags: &Overrides) -> Result<Resolve
         .or(user_p.model)
         .unwrap_or_else(|| provider.default_model().to_string());
 
+    // Every key this run could know of is masked in the debug log.
+    for p in ProviderKind::ALL {
+        let keys = [
+            user.llm.for_provider(p).api_key,
+            p.api_key_env().and_then(env),
+        ];
+        for k in keys.iter().flatten() {
+            crate::logging::redact(k);
+        }
+    }
+    if let Some(k) = &flags.api_key {
+        crate::logging::redact(k);
+    }
+
     let (backend, backend_source) = layered(
         flags.backend,
         env_parsed::<BackendChoice>("SAFE_CODER_BACKEND")?,
@@ -1135,6 +1149,14 @@ pub fn resolve(dirs: &Dirs, project: &Path, flags: &Overrides) -> Result<Resolve
         runtime: files_only(&proj.docker.runtime, &user.docker.runtime),
     };
 
+    log::debug!(
+        "config: provider {provider}, model {model}, base URL {base_url}, key {}, backend {backend} ({backend_source:?}), approval {approval_mode} ({approval_mode_source:?}), project file {:?}, trusted {trusted}",
+        if api_key.is_some() { "set" } else { "not set" },
+        proj_state
+    );
+    for w in &warnings {
+        log::debug!("config warning: {w}");
+    }
     Ok(Resolved {
         provider,
         api_key,

@@ -5,6 +5,7 @@ mod chat_tui;
 mod config;
 mod exec;
 mod interactive;
+mod logging;
 mod sessions;
 mod setup;
 
@@ -159,6 +160,11 @@ enum SandboxCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        if let Ok(dirs) = config::Dirs::from_env() {
+            logging::init(&dirs.data_dir);
+        }
+    }
     let result = match cli.command {
         Command::Config {
             provider,

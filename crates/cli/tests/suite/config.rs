@@ -677,3 +677,46 @@ fn every_flag_has_a_description() {
         "{demo}"
     );
 }
+
+/// `RUST_LOG=debug` writes a log file in the data dir, not to the screen, and no key
+/// appears in it.
+#[test]
+fn rust_log_writes_a_redacted_file_not_the_screen() {
+    let world = World::new();
+    let server = MockServer::start(
+        Wire::Anthropic,
+        Script::new(vec![Reply::text("hi"), Reply::text("again")]),
+    )
+    .expect("server");
+    let log = world.data_dir().join("logs/safe-coder.log");
+
+    let out = world.exec(&server, &["--backend", "direct", "hello"]);
+    assert_ok(&out);
+    assert!(!log.exists(), "no RUST_LOG, no log file");
+
+    let mut c = world.cmd();
+    c.env("RUST_LOG", "debug")
+        .env("OPENAI_API_KEY", "sk-other-provider-secret-77")
+        .arg("exec")
+        .args(provider_args(&server))
+        .args(["--backend", "direct", "hello"]);
+    let out = c.output().expect("run");
+    assert_ok(&out);
+    let text = std::fs::read_to_string(&log).expect("log file in the data dir");
+    assert!(text.contains("DEBUG"), "{text}");
+    assert!(text.contains(&server.base_url()), "{text}");
+    assert!(
+        !text.contains("test-key-123456"),
+        "the key leaked into the log:\n{text}"
+    );
+    assert!(!text.contains("sk-other-provider-secret-77"), "{text}");
+    for stream in [stdout(&out), stderr(&out)] {
+        assert!(
+            !stream.contains("DEBUG"),
+            "a log line reached the screen: {stream}"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&log).expect("meta").permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the log is private");
+}
