@@ -1456,3 +1456,124 @@ pub fn show(resolved: &Resolved) -> String {
     }
     out
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (FileConfig, Vec<String>) {
+        let mut w = Vec::new();
+        let cfg = parse_file_config(text, Path::new("c.toml"), &mut w).unwrap();
+        (cfg, w)
+    }
+
+    #[test]
+    fn line_and_column_are_one_based() {
+        assert_eq!(line_col("abc", 0), (1, 1));
+        assert_eq!(line_col("a\nbcd", 4), (2, 3));
+        assert_eq!(line_col("a\n", 99), (2, 1));
+    }
+
+    #[test]
+    fn backend_names_parse_once_with_demo_as_copy() {
+        assert_eq!("auto".parse(), Ok(BackendChoice::Auto));
+        assert_eq!("demo".parse(), Ok(BackendChoice::Kind(BackendKind::Copy)));
+        assert!("vm".parse::<BackendChoice>().is_err());
+        for v in <BackendChoice as clap::ValueEnum>::value_variants() {
+            assert_eq!(v.as_str().parse(), Ok(*v));
+        }
+        let rank = |s: &str| s.parse::<BackendChoice>().unwrap().isolation_rank();
+        assert!(rank("direct") < rank("copy") && rank("copy") < rank("auto"));
+        assert!(rank("process") < rank("docker") && rank("docker") < rank("firecracker"));
+    }
+
+    #[test]
+    fn flat_keys_belong_to_the_provider_named_in_the_same_file() {
+        let (cfg, w) =
+            parse("[llm]\nprovider = \"openai\"\napi_key = \"k1\"\n[llm.openai]\nmodel = \"m\"\n");
+        assert_eq!(
+            cfg.llm
+                .for_provider(ProviderKind::OpenAi)
+                .api_key
+                .as_deref(),
+            Some("k1")
+        );
+        assert_eq!(
+            cfg.llm.for_provider(ProviderKind::OpenAi).model.as_deref(),
+            Some("m")
+        );
+        assert_eq!(
+            cfg.llm.for_provider(ProviderKind::Anthropic),
+            ProviderSection::default()
+        );
+        assert!(w.iter().any(|w| w.contains("[llm.openai]")), "{w:?}");
+        // No provider named: the default provider's.
+        let (cfg, _) = parse("[llm]\napi_key = \"k2\"\n");
+        assert_eq!(
+            cfg.llm
+                .for_provider(ProviderKind::Anthropic)
+                .api_key
+                .as_deref(),
+            Some("k2")
+        );
+        assert_eq!(cfg.llm.for_provider(ProviderKind::Ollama).api_key, None);
+    }
+
+    #[test]
+    fn project_may_tighten_but_not_loosen() {
+        let (user, _) = parse("[isolation]\nbackend = \"process\"\nmemory_mb = 1000\n[agent]\napproval_mode = \"auto-edit\"\n");
+        let (mut proj, _) = parse(
+            "[isolation]\nbackend = \"copy\"\nmemory_mb = 500\ncpus = 8\nenv_passthrough = [\"AWS_SECRET\"]\n\
+             [agent]\napproval_mode = \"default\"\n[docker]\nimage = \"evil\"\n[llm.ollama]\nbase_url = \"http://x\"\n",
+        );
+        let mut w = Vec::new();
+        restrict_project(&mut proj, &user, false, "p.toml", &mut w);
+        assert_eq!(proj.isolation.backend, None);
+        assert_eq!(proj.isolation.memory_mb, Some(500), "lower: kept");
+        assert_eq!(proj.isolation.cpus, None, "8 > the default 2");
+        assert_eq!(
+            proj.agent.approval_mode,
+            Some(ApprovalMode::Default),
+            "stricter: kept"
+        );
+        assert_eq!(proj.isolation.env_passthrough, Some(vec![]));
+        assert_eq!(proj.docker.image, None);
+        assert_eq!(proj.llm.ollama.base_url, None);
+        for key in [
+            "isolation.backend",
+            "isolation.cpus",
+            "isolation.env_passthrough",
+            "docker.image",
+            "llm.ollama.base_url",
+        ] {
+            assert!(
+                w.iter().any(|w| w.contains(&format!("`{key}"))),
+                "no warning for {key}: {w:?}"
+            );
+        }
+        assert_eq!(w.len(), 5, "{w:?}");
+
+        // Trusted: everything but keys and URLs stays.
+        let (mut proj, _) = parse("[isolation]\nbackend = \"direct\"\n[llm]\napi_key = \"k\"\n");
+        let mut w = Vec::new();
+        restrict_project(&mut proj, &user, true, "p.toml", &mut w);
+        assert_eq!(
+            proj.isolation.backend,
+            Some(BackendChoice::Kind(BackendKind::Direct))
+        );
+        assert_eq!(proj.llm.api_key, None);
+        assert_eq!(w.len(), 1, "{w:?}");
+    }
+
+    #[test]
+    fn unknown_tables_are_reported_by_their_keys() {
+        let (_, w) = parse("[extra]\na = 1\n[extra.deep]\nb = 2\n[llm]\nmodle = \"x\"\n");
+        for key in ["extra.a", "extra.deep.b", "llm.modle"] {
+            assert!(
+                w.iter().any(|w| w.contains(&format!("`{key}`"))),
+                "{key}: {w:?}"
+            );
+        }
+    }
+}

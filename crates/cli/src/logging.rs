@@ -161,7 +161,10 @@ fn mask_key_shapes(text: &str) -> String {
         let lower = bare.to_ascii_lowercase();
         let looks_like_key =
             (bare.starts_with("sk-") || bare.starts_with("sk_")) && bare.len() >= 12;
-        if (mask_next && !bare.is_empty()) || looks_like_key {
+        if mask_next && (lower == "bearer" || lower == "basic") {
+            // `authorization: Bearer TOKEN`: the scheme stays, the token goes.
+            out.push_str(word);
+        } else if (mask_next && !bare.is_empty()) || looks_like_key {
             out.push_str(&word.replace(bare, REDACTED));
             mask_next = false;
         } else if let Some((name, value)) = split_assignment(word) {
@@ -170,6 +173,8 @@ fn mask_key_shapes(text: &str) -> String {
                 out.push_str(&word.replace(value, REDACTED));
             } else {
                 out.push_str(word);
+                // `"x-api-key": "VALUE"`: the value is the next word.
+                mask_next = is_key_name(name);
             }
         } else {
             out.push_str(word);
@@ -184,7 +189,7 @@ fn mask_key_shapes(text: &str) -> String {
 
 fn is_key_name(name: &str) -> bool {
     let n = name
-        .trim_matches(|c: char| "\"' :=".contains(c))
+        .trim_matches(|c: char| "\"' :={[(".contains(c))
         .to_ascii_lowercase()
         .replace('-', "_");
     n == "x_api_key" || n == "api_key" || n == "authorization" || n == "apikey"
