@@ -38,7 +38,7 @@ struct AgentArgs {
     path: Option<PathBuf>,
     /// How the agent is isolated from your system (default: `auto`, the strongest that
     /// works here; `safe-coder sandbox doctor` lists them).
-    #[arg(long, value_name = "B", value_enum)]
+    #[arg(long, value_name = "B", value_enum, ignore_case = true)]
     backend: Option<config::BackendChoice>,
     /// Try Safe Coder without a sandbox: the agent works on a plain copy of your project
     /// (your files still change only when you accept), but its commands can reach your
@@ -46,7 +46,7 @@ struct AgentArgs {
     #[arg(long, conflicts_with = "backend")]
     demo: bool,
     /// Which model API to use.
-    #[arg(long, value_name = "P", value_enum)]
+    #[arg(long, value_name = "P", value_enum, ignore_case = true)]
     provider: Option<ProviderKind>,
     /// The model name, as the provider spells it (default: the provider's default).
     #[arg(long, value_name = "M")]
@@ -58,7 +58,7 @@ struct AgentArgs {
     #[arg(long, value_name = "K")]
     api_key: Option<String>,
     /// How much the agent may do without asking you.
-    #[arg(long, value_name = "MODE", value_enum)]
+    #[arg(long, value_name = "MODE", value_enum, ignore_case = true)]
     approval_mode: Option<ApprovalMode>,
 }
 
@@ -108,7 +108,7 @@ enum Command {
     /// configuration in force, which files were read, and every warning.
     Config {
         /// Use this provider from now on; --api-key, --model and --base-url are its own.
-        #[arg(long, value_name = "P", value_enum)]
+        #[arg(long, value_name = "P", value_enum, ignore_case = true)]
         provider: Option<ProviderKind>,
         /// The provider's API key (stored only in the user config).
         #[arg(long, value_name = "K")]
@@ -120,10 +120,10 @@ enum Command {
         #[arg(long, value_name = "URL")]
         base_url: Option<String>,
         /// The isolation backend to use by default.
-        #[arg(long, value_name = "B", value_enum)]
+        #[arg(long, value_name = "B", value_enum, ignore_case = true)]
         backend: Option<config::BackendChoice>,
         /// The approval mode to use by default.
-        #[arg(long, value_name = "MODE", value_enum)]
+        #[arg(long, value_name = "MODE", value_enum, ignore_case = true)]
         approval_mode: Option<ApprovalMode>,
         /// Trust the project at --path (or the current directory): its own
         /// `.safe-coder/config.toml` may then choose a weaker backend, a looser approval
