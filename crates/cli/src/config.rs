@@ -1262,6 +1262,10 @@ fn table_in<'a>(
 /// with mode 0600 (a temp file renamed over the old one). Old flat `[llm]` keys are moved
 /// into their provider's table first. Returns notes for the user (what was moved).
 pub fn write_user_config(path: &Path, update: &ConfigUpdate) -> Result<Vec<String>> {
+    // A user file that is a symlink (dotfiles kept elsewhere) is updated where it points,
+    // not replaced by a plain file.
+    let resolved_path = std::fs::canonicalize(path).ok();
+    let path = resolved_path.as_deref().unwrap_or(path);
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
