@@ -22,6 +22,61 @@ pub fn is_trusted(user: &FileConfig, project: &Path) -> bool {
         .any(|p| p == &canonical || p.canonicalize().is_ok_and(|c| c == canonical))
 }
 
+/// Collects the warnings of [`restrict_project`] for one file.
+struct Refusals<'a> {
+    file: &'a str,
+    warnings: &'a mut Vec<String>,
+}
+
+impl Refusals<'_> {
+    /// A key a project file may never set.
+    fn never(&mut self, key: &str, why: &str) {
+        let file = self.file;
+        self.warnings.push(format!(
+            "{file}: `{key}` is ignored in a project config ({why})"
+        ));
+    }
+
+    /// A value a project file may set only when trusted.
+    fn refuse(&mut self, key: &str, value: impl fmt::Display, why: impl fmt::Display) {
+        let file = self.file;
+        self.warnings.push(format!(
+            "{file}: `{key} = {value}` is refused: {why}; run `safe-coder config --trust` in \
+             this project if you want it to decide"
+        ));
+    }
+
+    /// A limit a project file may only lower: above `limit`, it is dropped.
+    fn cap<T: PartialOrd + Copy + fmt::Display>(
+        &mut self,
+        key: &str,
+        value: &mut Option<T>,
+        limit: T,
+    ) {
+        if let Some(v) = *value {
+            if v > limit {
+                self.refuse(
+                    key,
+                    v,
+                    format!("a project may only lower this limit (yours is {limit})"),
+                );
+                *value = None;
+            }
+        }
+    }
+
+    /// A setting that chooses what the sandbox runs: dropped.
+    fn sandbox_choice<T: fmt::Debug>(&mut self, key: &str, value: Option<T>) {
+        if let Some(v) = value {
+            self.refuse(
+                key,
+                format!("{v:?}"),
+                "a project may not choose what the sandbox runs",
+            );
+        }
+    }
+}
+
 /// Drops from a project file what a project may not say about its own safety, with a
 /// warning naming each key:
 /// - always: keys and base URLs (a cloned repository must not send your key elsewhere),
@@ -38,213 +93,100 @@ pub fn restrict_project(
     file: &str,
     warnings: &mut Vec<String>,
 ) {
-    let d = Defaults::default();
-    let never = |key: &str, why: &str, warnings: &mut Vec<String>| {
-        warnings.push(format!(
-            "{file}: `{key}` is ignored in a project config ({why})"
-        ));
-    };
+    const NO_KEYS: &str = "keys belong in the user config or the environment";
+    const NO_URLS: &str = "a project must not redirect your API key elsewhere";
+    let mut r = Refusals { file, warnings };
     let llm = &mut proj.llm;
     if llm.api_key.take().is_some() {
-        never(
-            "llm.api_key",
-            "keys belong in the user config or the environment",
-            warnings,
-        );
+        r.never("llm.api_key", NO_KEYS);
     }
     if llm.base_url.take().is_some() {
-        never(
-            "llm.base_url",
-            "a project must not redirect your API key elsewhere",
-            warnings,
-        );
+        r.never("llm.base_url", NO_URLS);
     }
     for p in ProviderKind::ALL {
         let s = llm.section_mut(p);
         if s.api_key.take().is_some() {
-            never(
-                &format!("llm.{p}.api_key"),
-                "keys belong in the user config or the environment",
-                warnings,
-            );
+            r.never(&format!("llm.{p}.api_key"), NO_KEYS);
         }
         if s.base_url.take().is_some() {
-            never(
-                &format!("llm.{p}.base_url"),
-                "a project must not redirect your API key elsewhere",
-                warnings,
-            );
+            r.never(&format!("llm.{p}.base_url"), NO_URLS);
         }
     }
     if proj.trust.take().is_some() {
-        never(
+        r.never(
             "trust",
             "only your user config says which projects you trust",
-            warnings,
         );
     }
     if trusted {
         return;
     }
 
-    let refuse = |key: &str, value: String, why: String, warnings: &mut Vec<String>| {
-        warnings.push(format!(
-            "{file}: `{key} = {value}` is refused: {why}; run `safe-coder config --trust` in this project if you want it to decide"
-        ));
-    };
+    let d = Defaults::default();
     let iso = &mut proj.isolation;
     let user_backend = user.isolation.backend.unwrap_or(d.backend);
     if let Some(b) = iso.backend {
         if b.isolation_rank() < user_backend.isolation_rank() {
-            refuse(
-                "isolation.backend",
-                format!("\"{b}\""),
-                format!("a project may not choose a weaker backend than yours ({user_backend})"),
-                warnings,
-            );
+            let why =
+                format!("a project may not choose a weaker backend than yours ({user_backend})");
+            r.refuse("isolation.backend", format!("\"{b}\""), why);
             iso.backend = None;
         }
     }
     let user_mode = user.agent.approval_mode.unwrap_or(d.approval_mode);
     if let Some(m) = proj.agent.approval_mode {
         if m > user_mode {
-            refuse(
-                "agent.approval_mode",
-                format!("\"{m}\""),
-                format!("a project may not loosen approvals beyond yours ({user_mode})"),
-                warnings,
-            );
+            let why = format!("a project may not loosen approvals beyond yours ({user_mode})");
+            r.refuse("agent.approval_mode", format!("\"{m}\""), why);
             proj.agent.approval_mode = None;
         }
     }
-    /// Refuses a project's `key = value`, with the reason.
-    type Refuse<'a> = dyn Fn(&str, String, String, &mut Vec<String>) + 'a;
-    fn cap<T: PartialOrd + Copy + fmt::Display>(
-        key: &str,
-        value: &mut Option<T>,
-        limit: T,
-        warnings: &mut Vec<String>,
-        refuse: &Refuse<'_>,
-    ) {
-        if let Some(v) = *value {
-            if v > limit {
-                refuse(
-                    key,
-                    v.to_string(),
-                    format!("a project may only lower this limit (yours is {limit})"),
-                    warnings,
-                );
-                *value = None;
-            }
-        }
-    }
+
     let user_mem = user.isolation.memory_mb.unwrap_or(d.memory_mb);
     let user_cpus = user.isolation.cpus.unwrap_or(d.cpus);
-    cap(
-        "isolation.memory_mb",
-        &mut iso.memory_mb,
-        user_mem,
-        warnings,
-        &refuse,
-    );
-    cap(
-        "isolation.cpus",
-        &mut iso.cpus,
-        user_cpus,
-        warnings,
-        &refuse,
-    );
-    cap(
-        "isolation.max_file_mb",
-        &mut iso.max_file_mb,
-        user.isolation.max_file_mb.unwrap_or(d.max_file_mb),
-        warnings,
-        &refuse,
-    );
-    cap(
+    let user_file_mb = user.isolation.max_file_mb.unwrap_or(d.max_file_mb);
+    r.cap("isolation.memory_mb", &mut iso.memory_mb, user_mem);
+    r.cap("isolation.cpus", &mut iso.cpus, user_cpus);
+    r.cap("isolation.max_file_mb", &mut iso.max_file_mb, user_file_mb);
+    let docker = &mut proj.docker;
+    r.cap(
         "docker.memory_mb",
-        &mut proj.docker.memory_mb,
+        &mut docker.memory_mb,
         user.docker.memory_mb.unwrap_or(user_mem),
-        warnings,
-        &refuse,
     );
-    cap(
+    r.cap(
         "docker.cpus",
-        &mut proj.docker.cpus,
+        &mut docker.cpus,
         user.docker.cpus.unwrap_or(user_cpus),
-        warnings,
-        &refuse,
     );
-    cap(
+    let vm = &mut proj.vm;
+    r.cap(
         "vm.mem_size_mib",
-        &mut proj.vm.mem_size_mib,
+        &mut vm.mem_size_mib,
         user.vm.mem_size_mib.unwrap_or(user_mem),
-        warnings,
-        &refuse,
     );
     let user_vcpus = user
         .vm
         .vcpu_count
         .unwrap_or(user_cpus.ceil().max(1.0) as u32);
-    cap(
-        "vm.vcpu_count",
-        &mut proj.vm.vcpu_count,
-        user_vcpus,
-        warnings,
-        &refuse,
-    );
+    r.cap("vm.vcpu_count", &mut vm.vcpu_count, user_vcpus);
 
     if let Some(names) = &mut iso.env_passthrough {
         let allowed = user.isolation.env_passthrough.clone().unwrap_or_default();
         let (keep, drop): (Vec<String>, Vec<String>) =
             names.drain(..).partition(|n| allowed.contains(n));
         if !drop.is_empty() {
-            refuse(
-                "isolation.env_passthrough",
-                format!("{drop:?}"),
-                "a project may not hand more of your environment to the agent".into(),
-                warnings,
-            );
+            let why = "a project may not hand more of your environment to the agent";
+            r.refuse("isolation.env_passthrough", format!("{drop:?}"), why);
         }
         *names = keep;
     }
-    let unsafe_paths = [
-        (
-            "vm.firecracker_bin",
-            proj.vm
-                .firecracker_bin
-                .take()
-                .map(|p| p.display().to_string()),
-        ),
-        (
-            "vm.kernel_image",
-            proj.vm.kernel_image.take().map(|p| p.display().to_string()),
-        ),
-        (
-            "vm.rootfs_image",
-            proj.vm.rootfs_image.take().map(|p| p.display().to_string()),
-        ),
-        ("docker.image", proj.docker.image.take()),
-        ("docker.runtime", proj.docker.runtime.take()),
-    ];
-    for (key, v) in unsafe_paths {
-        if let Some(v) = v {
-            refuse(
-                key,
-                format!("{v:?}"),
-                "a project may not choose what the sandbox runs".into(),
-                warnings,
-            );
-        }
-    }
-    if let Some(pull) = proj.docker.auto_pull.take() {
-        refuse(
-            "docker.auto_pull",
-            pull.to_string(),
-            "a project may not choose what the sandbox runs".into(),
-            warnings,
-        );
-    }
+    r.sandbox_choice("vm.firecracker_bin", vm.firecracker_bin.take());
+    r.sandbox_choice("vm.kernel_image", vm.kernel_image.take());
+    r.sandbox_choice("vm.rootfs_image", vm.rootfs_image.take());
+    r.sandbox_choice("docker.image", docker.image.take());
+    r.sandbox_choice("docker.runtime", docker.runtime.take());
+    r.sandbox_choice("docker.auto_pull", docker.auto_pull.take());
 }
 
 #[cfg(test)]
