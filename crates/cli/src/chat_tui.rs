@@ -11,7 +11,7 @@ use safe_coder_core::session::{Review, Session};
 use safe_coder_core::Approver;
 use safe_coder_protocol::{ApprovalDecision, ApprovalRequest, Event};
 use safe_coder_sandbox::CancellationToken;
-use safe_coder_tui::{ReviewData, Theme, TuiConfig, UiAction, UiInput};
+use safe_coder_tui::{ReviewData, TuiConfig, UiAction, UiInput};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::interactive::{Interactive, Outcome};
@@ -56,11 +56,7 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
 
     let (to_ui, ui_inputs) = mpsc::unbounded_channel::<UiInput>();
     let (ui_actions_tx, mut ui_actions) = mpsc::unbounded_channel::<UiAction>();
-    let theme = if prepared.resolved.theme == "plain" {
-        Theme::Plain
-    } else {
-        Theme::Cyberpunk
-    };
+    let theme = prepared.resolved.theme;
     let config = TuiConfig {
         project: session.project.display().to_string(),
         theme,

@@ -46,12 +46,12 @@ pub fn prepare(args: &AgentArgs) -> Result<Prepared> {
         anyhow::bail!("{} is not a directory", project.display());
     }
     let backend = if args.demo {
-        Some("copy".to_string())
+        Some(config::BackendChoice::Kind(BackendKind::Copy))
     } else {
-        args.backend.clone()
+        args.backend
     };
     let flags = Overrides {
-        provider: args.provider.clone(),
+        provider: args.provider,
         model: args.model.clone(),
         base_url: args.base_url.clone(),
         api_key: args.api_key.clone(),
@@ -89,16 +89,10 @@ pub fn open_store(dirs: &Dirs) -> Result<Arc<Mutex<Store>>> {
 }
 
 pub fn session_config(p: &Prepared) -> Result<SessionConfig> {
-    let backend = match p.resolved.backend.as_str() {
-        "auto" => None,
-        name => {
-            Some(BackendKind::parse(name).with_context(|| format!("unknown backend '{name}'"))?)
-        }
-    };
     Ok(SessionConfig {
         project: p.project.clone(),
         data_dir: p.dirs.data_dir.clone(),
-        backend,
+        backend: p.resolved.backend.kind(),
         exclude: p.resolved.exclude.clone(),
         memory_mb: p.resolved.memory_mb,
         cpus: p.resolved.cpus,

@@ -3,7 +3,14 @@ use std::fmt;
 use std::str::FromStr;
 
 /// How much the agent may do without asking (DESIGN §6).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Ordered from the strictest to the loosest (`plan < default < auto-edit < yolo`), so
+/// "is this looser than that" is a comparison. With the `clap` feature it is also a
+/// `clap::ValueEnum` (`--approval-mode`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum ApprovalMode {
     /// Read-only tools only; the agent proposes.
@@ -12,6 +19,8 @@ pub enum ApprovalMode {
     #[default]
     Default,
     /// Edits run, bash asks.
+    #[serde(alias = "auto_edit", alias = "autoedit")]
+    #[cfg_attr(feature = "clap", value(alias = "auto_edit", alias = "autoedit"))]
     AutoEdit,
     /// Everything runs.
     Yolo,

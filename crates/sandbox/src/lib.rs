@@ -28,13 +28,16 @@ pub use select::{choose, doctor_report, probe, probe_all, BackendProbe};
 pub use text::{decode_text, NotText};
 pub use which::find_executable;
 
-/// The isolation backends (DESIGN §4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// The isolation backends (DESIGN §4). Serialised as its lower-case name (`as_str`);
+/// `demo` is accepted for `copy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Firecracker,
     Qemu,
     Docker,
     Process,
+    #[serde(alias = "demo")]
     Copy,
     Direct,
 }

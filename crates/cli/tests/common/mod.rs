@@ -55,6 +55,8 @@ impl World {
             .env_remove("ANTHROPIC_API_KEY")
             .env_remove("OPENAI_API_KEY")
             .env_remove("OPENAI_BASE_URL")
+            .env_remove("ANTHROPIC_BASE_URL")
+            .env_remove("SAFE_CODER_APPROVAL_MODE")
             .env_remove("OLLAMA_HOST")
             .env_remove("SAFE_CODER_PROVIDER")
             .env_remove("SAFE_CODER_MODEL")
