@@ -1,14 +1,26 @@
 //! The in-process mechanism of the `process` backend, for machines without bubblewrap:
-//! between fork and exec the child enters new user, network, IPC and UTS namespaces,
-//! restricts itself with Landlock (read-only system, read-write project and private
-//! temp dir, nothing else; no TCP; no signals or abstract sockets outside its domain)
-//! and loads the same seccomp filters as the bubblewrap path.
+//! between fork and exec the child enters new user, PID, network, IPC and UTS
+//! namespaces, restricts itself with Landlock (read-only system and toolchains,
+//! read-write project and private temp dir, nothing else; no TCP; no signals or
+//! abstract sockets outside its domain) and loads the seccomp filters of the bubblewrap
+//! path plus a refusal of `AF_UNIX` sockets (Landlock does not cover `connect`, and the
+//! host's sockets are in its view).
 //!
-//! Weaker than bubblewrap in three ways (docs/sandbox-process.md): no PID namespace (so
-//! `/proc` is not readable at all instead of showing the sandbox's own processes), no
-//! private `/tmp` (a private temp dir with `TMPDIR`/`HOME` pointing at it instead), and
-//! processes that leave the process group survive a group kill until the sandbox is
-//! dropped (its cgroup is killed then).
+//! Lifetime, as under bubblewrap: the child forks once more after entering the PID
+//! namespace. The first process (the "shim", the one Safe Coder waits for) only waits
+//! and passes on the exit status; its child, `bash`, is PID 1 of the namespace, so when
+//! the command ends every process it started ends with it (daemons, double forks,
+//! `setsid`). The shim dies with Safe Coder (`PR_SET_PDEATHSIG`) and bash with the shim,
+//! so a SIGKILL of Safe Coder takes the whole namespace down too.
+//!
+//! Where the host forbids unprivileged user namespaces (Ubuntu's AppArmor switch, see
+//! `userns.rs`), the mechanism runs without namespaces when Landlock can block TCP
+//! (ABI 4): then the PID namespace is missing and the sandbox's cgroup is what kills
+//! leftovers when the sandbox closes.
+//!
+//! Still weaker than bubblewrap (docs/sandbox-process.md): no mount namespace, so `/proc`
+//! is not readable at all (instead of showing the sandbox's own processes) and `/tmp` is
+//! a private temp dir with `TMPDIR`/`HOME` pointing at it, not a private mount.
 
 use std::ffi::CString;
 use std::fs;
@@ -85,7 +97,15 @@ pub(crate) fn support() -> Result<Support, String> {
                     landlock_abi: abi,
                     namespaces,
                 };
-                command(&support, tmp.path(), tmp.path(), "true", &RulesetCache::default(), None)
+                command(
+                    &support,
+                    tmp.path(),
+                    tmp.path(),
+                    &[],
+                    "true",
+                    &RulesetCache::default(),
+                    None,
+                )
                     .ok()
                     .and_then(|mut c| {
                         c.stdin(Stdio::null())
@@ -201,7 +221,7 @@ fn filters() -> Result<&'static Programs, SandboxError> {
     };
     FILTERS
         .get_or_init(|| {
-            let deny = seccomp::deny_filter().map_err(|e| e.to_string())?;
+            let deny = seccomp::deny_filter_without_unix_sockets().map_err(|e| e.to_string())?;
             let clone3 = seccomp::clone3_filter().map_err(|e| e.to_string())?;
             Ok((convert(deny), convert(clone3)))
         })
@@ -226,6 +246,7 @@ impl RulesetCache {
         support: &Support,
         workdir: &Path,
         tmp: &Path,
+        extra_read_only: &[PathBuf],
     ) -> Result<Arc<OwnedFd>, SandboxError> {
         let mut slot = match self.0.lock() {
             Ok(g) => g,
@@ -236,13 +257,18 @@ impl RulesetCache {
                 return Ok(fd.clone());
             }
         }
-        let fd = Arc::new(ruleset(support, workdir, tmp)?);
+        let fd = Arc::new(ruleset(support, workdir, tmp, extra_read_only)?);
         *slot = Some((workdir.to_path_buf(), fd.clone()));
         Ok(fd)
     }
 }
 
-fn ruleset(support: &Support, workdir: &Path, tmp: &Path) -> Result<OwnedFd, SandboxError> {
+fn ruleset(
+    support: &Support,
+    workdir: &Path,
+    tmp: &Path,
+    extra_read_only: &[PathBuf],
+) -> Result<OwnedFd, SandboxError> {
     let abi = match support.landlock_abi {
         1 => ABI::V1,
         2 => ABI::V2,
@@ -270,6 +296,11 @@ fn ruleset(support: &Support, workdir: &Path, tmp: &Path) -> Result<OwnedFd, San
         .create()
         .map_err(landlock_error)?
         .add_rules(path_beneath_rules(read_only_paths(), read))
+        .map_err(landlock_error)?
+        .add_rules(path_beneath_rules(
+            extra_read_only.iter().filter(|p| p.exists()),
+            read,
+        ))
         .map_err(landlock_error)?
         .add_rules(path_beneath_rules(
             [
@@ -307,17 +338,19 @@ fn write_child(path: &CString, data: &[u8]) -> io::Result<()> {
 }
 
 /// `bash -c script` in `workdir`, confined in-process. `tmp` is the sandbox's private
-/// temp directory (HOME is `tmp/home`).
+/// temp directory (HOME is `tmp/home`); `extra_read_only` are host directories shown
+/// read-only (the user's toolchains).
 pub(crate) fn command(
     support: &Support,
     workdir: &Path,
     tmp: &Path,
+    extra_read_only: &[PathBuf],
     script: &str,
     rulesets: &RulesetCache,
     setup: Option<super::ChildSetup>,
 ) -> Result<Command, SandboxError> {
     let (deny, clone3) = filters()?;
-    let ruleset = rulesets.get(support, workdir, tmp)?;
+    let ruleset = rulesets.get(support, workdir, tmp, extra_read_only)?;
     let bash = ["/usr/bin/bash", "/bin/bash"]
         .iter()
         .map(PathBuf::from)
@@ -344,6 +377,8 @@ pub(crate) fn command(
         c("/proc/self/gid_map")?,
     );
     let hostname = b"safe-coder";
+    // The shim checks that Safe Coder did not die before PR_SET_PDEATHSIG took hold.
+    let parent = std::process::id() as libc::pid_t;
     if let Some(setup) = setup {
         // SAFETY: ChildSetup closures are async-signal-safe by contract.
         unsafe {
@@ -351,12 +386,13 @@ pub(crate) fn command(
         }
     }
     // SAFETY: the closure makes only async-signal-safe system calls (unshare, open,
-    // write, close, sethostname, prctl, landlock_restrict_self, seccomp) on memory
-    // prepared before the fork.
+    // write, close, sethostname, prctl, clone, waitpid, landlock_restrict_self,
+    // seccomp) on memory prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
             if namespaces {
                 let flags = libc::CLONE_NEWUSER
+                    | libc::CLONE_NEWPID
                     | libc::CLONE_NEWNET
                     | libc::CLONE_NEWIPC
                     | libc::CLONE_NEWUTS;
@@ -367,6 +403,7 @@ pub(crate) fn command(
                 write_child(&uid_file, &uid_map)?;
                 write_child(&gid_file, &gid_map)?;
                 libc::sethostname(hostname.as_ptr().cast(), hostname.len());
+                enter_pid_namespace(parent)?;
             }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
@@ -393,4 +430,77 @@ pub(crate) fn command(
         });
     }
     Ok(cmd)
+}
+
+/// After `unshare(CLONE_NEWPID)`: forks the namespace's first process, which returns
+/// (and goes on to exec the command as PID 1), while this process becomes the shim
+/// that waits for it and never returns. Runs between fork and exec: raw system calls
+/// only (a raw `clone`, not glibc's `fork`, whose handlers take locks another thread of
+/// Safe Coder may have held at the first fork).
+///
+/// # Safety
+/// Only between fork and exec, in the child std spawned.
+unsafe fn enter_pid_namespace(parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: raw system calls on plain values, in the single-threaded child.
+    unsafe {
+        // The shim dies with Safe Coder (also on SIGKILL)...
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            // ...which may have died before the line above.
+            libc::_exit(137);
+        }
+        let pid = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0usize, 0usize, 0usize, 0usize);
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // PID 1 of the namespace: dies with the shim. When it exits, the kernel kills
+            // every other process of the namespace.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            return Ok(());
+        }
+        shim(pid as libc::pid_t)
+    }
+}
+
+/// Waits for the namespace's PID 1 and exits as it did. Holds no descriptor: the
+/// command's output pipe must close when the command's processes are gone, and std's
+/// spawn waits for its exec-error pipe to close.
+///
+/// # Safety
+/// Only between fork and exec.
+unsafe fn shim(child: libc::pid_t) -> ! {
+    // SAFETY: raw system calls on plain values and a local status word.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) != 0 {
+            for fd in 0..4096 {
+                libc::close(fd);
+            }
+        }
+        let mut status: libc::c_int = 0;
+        loop {
+            let r = libc::waitpid(child, &mut status, 0);
+            if r == child {
+                break;
+            }
+            if r < 0 && *libc::__errno_location() != libc::EINTR {
+                libc::_exit(127);
+            }
+        }
+        if libc::WIFEXITED(status) {
+            libc::_exit(libc::WEXITSTATUS(status));
+        }
+        if libc::WIFSIGNALED(status) {
+            // Die of the same signal, so the caller sees "killed by a signal".
+            let sig = libc::WTERMSIG(status);
+            libc::signal(sig, libc::SIG_DFL);
+            libc::kill(libc::getpid(), sig);
+            libc::_exit(128 + sig);
+        }
+        libc::_exit(127)
+    }
 }
