@@ -198,3 +198,56 @@ pub trait Sandbox: Send + Sync {
     /// Stop whatever runs in the sandbox (VM, container). Files stay for sync.
     async fn stop(&self) -> Result<(), SandboxError>;
 }
+
+/// A shared sandbox is a sandbox: `&Arc<dyn Sandbox>` goes wherever `&dyn Sandbox` or a
+/// generic `S: Sandbox` is expected.
+#[async_trait]
+impl<S: Sandbox + ?Sized> Sandbox for std::sync::Arc<S> {
+    fn backend(&self) -> BackendKind {
+        (**self).backend()
+    }
+
+    fn agent_root(&self) -> String {
+        (**self).agent_root()
+    }
+
+    fn host_workdir(&self) -> Option<&Path> {
+        (**self).host_workdir()
+    }
+
+    fn mechanism(&self) -> Option<Mechanism> {
+        (**self).mechanism()
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
+        (**self).read_file(path).await
+    }
+
+    async fn write_file(&self, path: &str, data: &[u8]) -> Result<(), SandboxError> {
+        (**self).write_file(path, data).await
+    }
+
+    async fn stat(&self, path: &str) -> Result<Option<FileStat>, SandboxError> {
+        (**self).stat(path).await
+    }
+
+    async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, SandboxError> {
+        (**self).list_dir(path).await
+    }
+
+    async fn exec(
+        &self,
+        request: ExecRequest,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutput, SandboxError> {
+        (**self).exec(request, cancel).await
+    }
+
+    async fn status(&self) -> SandboxStatus {
+        (**self).status().await
+    }
+
+    async fn stop(&self) -> Result<(), SandboxError> {
+        (**self).stop().await
+    }
+}

@@ -1,11 +1,11 @@
-//! The four tools over a real HostSandbox in a temp dir, with real bash.
+//! The four tools over a real `direct` sandbox in a temp dir, with real bash.
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::symlink;
 use std::time::Duration;
 
 use safe_coder_protocol::ApprovalSubject;
-use safe_coder_sandbox::{BackendKind, CancellationToken, HostSandbox, Sandbox};
+use safe_coder_sandbox::{BackendKind, CancellationToken, Sandbox, SandboxSpec};
 use safe_coder_tools::{
     is_read_only, normalize_path, preview, run, specs, ToolContext, ToolOutput,
 };
@@ -13,14 +13,14 @@ use serde_json::{json, Value};
 
 struct Fixture {
     dir: tempfile::TempDir,
-    sandbox: HostSandbox,
+    sandbox: std::sync::Arc<dyn Sandbox>,
 }
 
 impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sandbox =
-            HostSandbox::new(BackendKind::Direct, dir.path().to_path_buf(), None).unwrap();
+            safe_coder_sandbox::open(BackendKind::Direct, SandboxSpec::new(dir.path())).unwrap();
         Fixture { dir, sandbox }
     }
 

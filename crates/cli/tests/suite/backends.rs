@@ -326,7 +326,7 @@ fn process_bash_is_confined() {
     let cmd = format!(
         "cat {home}/secret.txt; echo read=$?; echo x > {outside}/x; echo write=$?; \
          (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; echo connect=$?; \
-         ls /proc | grep -c '^[0-9]'",
+         echo confined-home=$HOME; ls /proc | grep -c '^[0-9]'",
         home = world.home.display(),
         outside = outside.display()
     );
@@ -357,6 +357,21 @@ fn process_bash_is_confined() {
         .next_back()
         .unwrap_or(999);
     assert!(procs < 10, "sees only its own processes, saw {procs}: {r}");
+    // Which confiner ran: bubblewrap's HOME is /tmp/home, the in-process fallback's is
+    // in its private temp dir. CI names the one that must have run.
+    let home = r
+        .lines()
+        .find_map(|l| l.strip_prefix("confined-home="))
+        .unwrap_or("");
+    let ran = if home == "/tmp/home" {
+        "bubblewrap"
+    } else {
+        "in-process"
+    };
+    eprintln!("confiner that ran: {ran} (HOME={home})");
+    if let Ok(want) = std::env::var("SAFE_CODER_EXPECT_CONFINER") {
+        assert_eq!(ran, want, "{r}");
+    }
 }
 
 #[test]
