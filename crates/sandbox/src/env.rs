@@ -84,10 +84,7 @@ mod tests {
 
     fn env_of(vars: &[(&str, &str)], passthrough: &[&str]) -> Vec<(String, String)> {
         let pass: Vec<String> = passthrough.iter().map(|s| s.to_string()).collect();
-        command_env_from(
-            vars.iter().map(|(k, v)| ((*k).into(), (*v).into())),
-            &pass,
-        )
+        command_env_from(vars.iter().map(|(k, v)| ((*k).into(), (*v).into())), &pass)
     }
 
     #[test]

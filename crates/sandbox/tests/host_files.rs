@@ -164,5 +164,8 @@ fn reading_a_fifo_socket_or_device_is_refused_without_blocking() {
         what: "a FIFO (named pipe)",
     }
     .to_string();
-    assert!(text.contains("FIFO") && text.contains("regular files"), "{text}");
+    assert!(
+        text.contains("FIFO") && text.contains("regular files"),
+        "{text}"
+    );
 }

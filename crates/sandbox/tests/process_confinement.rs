@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use safe_coder_sandbox::CommandConfiner;
 use safe_coder_sandbox::process::{Enforcement, ProcessConfiner};
+use safe_coder_sandbox::CommandConfiner;
 use safe_coder_sandbox::{Limits as ProcessLimits, Mechanism};
 
 fn confiner(limits: ProcessLimits) -> Option<ProcessConfiner> {
@@ -127,7 +127,11 @@ fn runs_commands_in_the_project_at_its_own_path() {
     if bubblewrap(&conf) {
         assert_eq!(home, "/tmp/home", "{}", r.output);
     } else {
-        assert!(home.ends_with("/home") && home.contains("safe-coder-tmp-"), "{}", r.output);
+        assert!(
+            home.ends_with("/home") && home.contains("safe-coder-tmp-"),
+            "{}",
+            r.output
+        );
     }
     assert!(r.output.contains("safe-coder"), "{}", r.output);
 }

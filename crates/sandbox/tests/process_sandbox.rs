@@ -119,8 +119,18 @@ async fn a_host_unix_socket_is_unreachable() {
         let sb = open(&work, Some(m));
         let out = exec(&*sb, &format!("{client} 2>&1"), Duration::from_secs(20)).await;
         eprintln!("{}: {}", m.as_str(), out.output.trim());
-        assert!(!out.output.contains("CONNECTED"), "{}: {}", m.as_str(), out.output);
-        assert!(out.output.contains("REFUSED"), "{}: {}", m.as_str(), out.output);
+        assert!(
+            !out.output.contains("CONNECTED"),
+            "{}: {}",
+            m.as_str(),
+            out.output
+        );
+        assert!(
+            out.output.contains("REFUSED"),
+            "{}: {}",
+            m.as_str(),
+            out.output
+        );
         assert!(
             listener.accept().is_err(),
             "{}: a connection reached the host listener",
@@ -145,7 +155,12 @@ async fn every_process_of_a_command_dies_with_it() {
         );
         let sb = open(dir.path(), Some(m));
         let out = exec(&*sb, &script, Duration::from_secs(20)).await;
-        assert!(out.output.contains("started"), "{}: {}", m.as_str(), out.output);
+        assert!(
+            out.output.contains("started"),
+            "{}: {}",
+            m.as_str(),
+            out.output
+        );
         assert!(
             wait_until(Duration::from_secs(10), || marker_processes(&marker) == 0),
             "{}: {} processes outlived their command",
@@ -196,7 +211,11 @@ fn a_sigkill_of_safe_coder_kills_the_commands() {
             libc::kill(victim.id() as i32, libc::SIGKILL);
         }
         victim.wait().expect("wait");
-        assert!(started, "{}: the victim's command never started", m.as_str());
+        assert!(
+            started,
+            "{}: the victim's command never started",
+            m.as_str()
+        );
         assert!(
             wait_until(Duration::from_secs(10), || marker_processes(&marker) == 0),
             "{}: {} processes outlived a SIGKILL of their owner",
@@ -223,7 +242,10 @@ async fn home_toolchains_run_read_only_and_nothing_else_of_home_shows() {
         eprintln!("skipped: no toolchain under $HOME on PATH (rustc is elsewhere or absent)");
         return;
     };
-    let secret = home.join(format!(".safe-coder-toolchain-secret-{}", std::process::id()));
+    let secret = home.join(format!(
+        ".safe-coder-toolchain-secret-{}",
+        std::process::id()
+    ));
     std::fs::write(&secret, "HOME-SECRET-91\n").expect("secret");
     let dir = tempfile::tempdir().expect("tempdir");
     let tool_dir = rustc.parent().expect("bin dir").to_path_buf();
@@ -238,9 +260,24 @@ async fn home_toolchains_run_read_only_and_nothing_else_of_home_shows() {
         );
         let out = exec(&*sb, &script, Duration::from_secs(60)).await;
         eprintln!("{}: {}", m.as_str(), out.output);
-        assert!(out.output.contains("rc=0"), "{}: {}", m.as_str(), out.output);
-        assert!(out.output.contains("rustc "), "{}: {}", m.as_str(), out.output);
-        assert!(!out.output.contains("HOME-SECRET-91"), "{}: {}", m.as_str(), out.output);
+        assert!(
+            out.output.contains("rc=0"),
+            "{}: {}",
+            m.as_str(),
+            out.output
+        );
+        assert!(
+            out.output.contains("rustc "),
+            "{}: {}",
+            m.as_str(),
+            out.output
+        );
+        assert!(
+            !out.output.contains("HOME-SECRET-91"),
+            "{}: {}",
+            m.as_str(),
+            out.output
+        );
         let listed = secret.file_name().and_then(|n| n.to_str()).unwrap_or("");
         assert!(
             !out.output.lines().any(|l| l.trim() == listed),
@@ -248,7 +285,12 @@ async fn home_toolchains_run_read_only_and_nothing_else_of_home_shows() {
             m.as_str(),
             out.output
         );
-        assert!(!out.output.contains("WROTE"), "{}: {}", m.as_str(), out.output);
+        assert!(
+            !out.output.contains("WROTE"),
+            "{}: {}",
+            m.as_str(),
+            out.output
+        );
         assert!(!tool_dir.join("sc-write-test").exists());
     }
     let _ = std::fs::remove_file(&secret);

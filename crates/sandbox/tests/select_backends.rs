@@ -21,11 +21,7 @@ fn probes_come_in_auto_order_with_reasons() {
     ] {
         let p = probe(kind);
         assert!(!p.available);
-        assert!(
-            p.reason.contains("not built yet"),
-            "{}",
-            p.reason
-        );
+        assert!(p.reason.contains("not built yet"), "{}", p.reason);
     }
     assert!(probe(BackendKind::Qemu).reason.contains("/dev/kvm"));
 }

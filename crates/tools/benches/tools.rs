@@ -44,7 +44,8 @@ async fn measure(
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = safe_coder_sandbox::open(BackendKind::Copy, SandboxSpec::new(dir.path())).unwrap();
+    let sandbox =
+        safe_coder_sandbox::open(BackendKind::Copy, SandboxSpec::new(dir.path())).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -239,7 +239,10 @@ pub fn bwrap_available(test: &str) -> bool {
                 probe.reason
             );
         }
-        eprintln!("skipping {test}: the process backend does not run here: {}", probe.reason);
+        eprintln!(
+            "skipping {test}: the process backend does not run here: {}",
+            probe.reason
+        );
         return false;
     }
     // CI says which confiner must run (`bubblewrap`, or `in-process` with it hidden).

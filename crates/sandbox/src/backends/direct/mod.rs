@@ -26,7 +26,12 @@ pub(crate) struct DirectSandbox {
 }
 
 pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> {
-    let host = HostSandbox::new(BackendKind::Direct, spec.workdir, None, spec.env_passthrough)?;
+    let host = HostSandbox::new(
+        BackendKind::Direct,
+        spec.workdir,
+        None,
+        spec.env_passthrough,
+    )?;
     Ok(Arc::new(DirectSandbox { host }))
 }
 

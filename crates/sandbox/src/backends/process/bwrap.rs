@@ -131,10 +131,12 @@ fn probe_bwrap() -> Result<Bwrap, String> {
         Err(e) => Err(e),
     };
     // The usual cause on Ubuntu 24.04 and its kin: say it, with the fix.
-    tried.map_err(|e| match super::userns::restriction(Path::new(super::userns::PROC_SYS)) {
-        Some(r) => format!("{e}; {}", r.explain()),
-        None => e,
-    })
+    tried.map_err(
+        |e| match super::userns::restriction(Path::new(super::userns::PROC_SYS)) {
+            Some(r) => format!("{e}; {}", r.explain()),
+            None => e,
+        },
+    )
 }
 
 /// The read-only system part of the mount table, computed once.

@@ -451,7 +451,14 @@ unsafe fn enter_pid_namespace(parent: libc::pid_t) -> io::Result<()> {
             // ...which may have died before the line above.
             libc::_exit(137);
         }
-        let pid = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0usize, 0usize, 0usize, 0usize);
+        let pid = libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        );
         if pid < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -29,10 +29,20 @@ pub(crate) fn best_mechanism() -> Result<(Mechanism, String), String> {
                 ),
             )),
             Err(bwrap_err) => match inprocess::support() {
-                Ok(support) => Ok((
-                    Mechanism::InProcess,
-                    format!("{bwrap_err}, so the weaker {} is used", support.describe()),
-                )),
+                Ok(support) => {
+                    let mut why =
+                        format!("{bwrap_err}, so the weaker {} is used", support.describe());
+                    // Without namespaces there is no PID namespace either: say why.
+                    if !support.namespaces && !bwrap_err.contains("AppArmor") {
+                        if let Some(r) = super::userns::restriction(std::path::Path::new(
+                            super::userns::PROC_SYS,
+                        )) {
+                            why.push_str("; ");
+                            why.push_str(r.explain());
+                        }
+                    }
+                    Ok((Mechanism::InProcess, why))
+                }
                 Err(e) => Err(format!("{bwrap_err}; and without it: {e}")),
             },
         }

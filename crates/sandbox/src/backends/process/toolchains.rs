@@ -23,11 +23,9 @@ pub(crate) fn of_this_user() -> Toolchains {
     let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
         return Toolchains::default();
     };
-    find(
-        &home,
-        std::env::var_os("PATH").as_deref(),
-        |var| std::env::var_os(var).is_some(),
-    )
+    find(&home, std::env::var_os("PATH").as_deref(), |var| {
+        std::env::var_os(var).is_some()
+    })
 }
 
 /// The toolchains under `home` given `path` (the `PATH` value); `is_set` says whether a
@@ -74,7 +72,13 @@ mod tests {
     fn finds_path_entries_under_home_and_the_toolchain_roots_only() {
         let home = tempfile::tempdir().expect("tempdir");
         let h = home.path();
-        for d in [".cargo/bin", ".rustup/toolchains", ".pyenv/shims", ".local/bin", ".ssh"] {
+        for d in [
+            ".cargo/bin",
+            ".rustup/toolchains",
+            ".pyenv/shims",
+            ".local/bin",
+            ".ssh",
+        ] {
             std::fs::create_dir_all(h.join(d)).expect("mkdir");
         }
         let path = std::env::join_paths([
@@ -89,13 +93,24 @@ mod tests {
         let t = find(h, Some(&path), |v| v == "PYENV_ROOT");
         let mut dirs = t.dirs.clone();
         dirs.sort();
-        let mut want = vec![h.join(".cargo/bin"), h.join(".local/bin"), h.join(".pyenv"), h.join(".rustup")];
+        let mut want = vec![
+            h.join(".cargo/bin"),
+            h.join(".local/bin"),
+            h.join(".pyenv"),
+            h.join(".rustup"),
+        ];
         want.sort();
         assert_eq!(dirs, want);
         assert_eq!(
             t.env,
-            vec![("RUSTUP_HOME".to_string(), h.join(".rustup").display().to_string())]
+            vec![(
+                "RUSTUP_HOME".to_string(),
+                h.join(".rustup").display().to_string()
+            )]
         );
-        assert_eq!(find(Path::new("/"), Some(&path), |_| false), Toolchains::default());
+        assert_eq!(
+            find(Path::new("/"), Some(&path), |_| false),
+            Toolchains::default()
+        );
     }
 }
