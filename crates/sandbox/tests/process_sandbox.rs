@@ -1,8 +1,8 @@
 //! The `process` backend through `sandbox::open` and the `Sandbox` trait: the path the
 //! agent's bash tool takes. The hardening tests run with every mechanism that works
 //! here (bubblewrap and the in-process fallback), so the fallback is held to the same
-//! promises: no host Unix socket, no process outliving its command or Safe Coder, the
-//! same read-only toolchains and nothing else of the home.
+//! promises: no host Unix socket, no process outliving its command, the same read-only
+//! toolchains and nothing else of the home. (Outliving Safe Coder: process_crash.rs.)
 
 mod common;
 
@@ -164,61 +164,6 @@ async fn every_process_of_a_command_dies_with_it() {
         assert!(
             wait_until(Duration::from_secs(10), || marker_processes(&marker) == 0),
             "{}: {} processes outlived their command",
-            m.as_str(),
-            marker_processes(&marker)
-        );
-    }
-}
-
-/// A stand-in for Safe Coder that a test SIGKILLs: it runs a command that starts a
-/// daemon, and blocks. Only acts when `SC_CRASH_VICTIM` names the marker.
-#[tokio::test]
-#[ignore = "run by a_sigkill_of_safe_coder_kills_the_commands, not on its own"]
-async fn crash_victim() {
-    let (Ok(marker), Ok(m)) = (
-        std::env::var("SC_CRASH_VICTIM"),
-        std::env::var("SC_CRASH_MECHANISM"),
-    ) else {
-        return;
-    };
-    let m = if m == "bubblewrap" {
-        Mechanism::Bubblewrap
-    } else {
-        Mechanism::InProcess
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sb = open(dir.path(), Some(m));
-    let script = format!("setsid sleep {marker}1 > /dev/null 2>&1 & sleep {marker}2");
-    let _ = exec(&*sb, &script, Duration::from_secs(600)).await;
-}
-
-/// When Safe Coder dies by SIGKILL (no destructor runs), its commands' processes die
-/// too, daemons included.
-#[test]
-fn a_sigkill_of_safe_coder_kills_the_commands() {
-    for m in mechanisms() {
-        let marker = format!("{}{}", 7_300_000 + std::process::id() % 100_000, m as u8);
-        let mut victim = std::process::Command::new(std::env::current_exe().expect("exe"))
-            .args(["--exact", "crash_victim", "--ignored", "--nocapture"])
-            .env("SC_CRASH_VICTIM", &marker)
-            .env("SC_CRASH_MECHANISM", m.as_str())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start the victim");
-        let started = wait_until(Duration::from_secs(60), || marker_processes(&marker) >= 2);
-        // SAFETY: kill(2) of the child this test started.
-        unsafe {
-            libc::kill(victim.id() as i32, libc::SIGKILL);
-        }
-        victim.wait().expect("wait");
-        assert!(
-            started,
-            "{}: the victim's command never started",
-            m.as_str()
-        );
-        assert!(
-            wait_until(Duration::from_secs(10), || marker_processes(&marker) == 0),
-            "{}: {} processes outlived a SIGKILL of their owner",
             m.as_str(),
             marker_processes(&marker)
         );
