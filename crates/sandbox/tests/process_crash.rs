@@ -51,7 +51,10 @@ async fn crash_victim() {
 /// too, daemons included.
 #[test]
 fn a_sigkill_of_safe_coder_kills_the_commands() {
-    for m in common::each(Default::default()).iter().map(|c| c.mechanism()) {
+    for m in common::each(Default::default())
+        .iter()
+        .map(|c| c.mechanism())
+    {
         let marker = format!("{}{}", 7_300_000 + std::process::id() % 100_000, m as u8);
         let mut victim = std::process::Command::new(std::env::current_exe().expect("exe"))
             .args(["--exact", "crash_victim", "--ignored", "--nocapture"])
@@ -79,4 +82,3 @@ fn a_sigkill_of_safe_coder_kills_the_commands() {
         );
     }
 }
-
