@@ -560,10 +560,15 @@ impl HostSandbox {
             if !output.is_empty() && !output.ends_with('\n') {
                 output.push('\n');
             }
-            output.push_str(
+            // A confined command's processes all end with it (PID namespace), so the
+            // redirect advice only holds without a confiner.
+            output.push_str(if self.confiner.is_some() {
                 "[background processes that still held the output were killed; \
-                 redirect a background command's output (cmd > log 2>&1 &) to keep it running]",
-            );
+                 in this sandbox every process of a command ends with it]"
+            } else {
+                "[background processes that still held the output were killed; \
+                 redirect a background command's output (cmd > log 2>&1 &) to keep it running]"
+            });
         }
         let timed_out = killed == Some(Killed::TimedOut);
         let cancelled = killed == Some(Killed::Cancelled);
