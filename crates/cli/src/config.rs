@@ -67,7 +67,7 @@ pub struct Defaults {
 
 impl Default for Defaults {
     fn default() -> Self {
-        let limits = safe_coder_sandbox::ProcessLimits::default();
+        let limits = safe_coder_sandbox::Limits::default();
         let agent = safe_coder_core::AgentOptions::default();
         let provider = ProviderKind::Anthropic;
         Defaults {

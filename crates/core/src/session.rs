@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex};
 
 use safe_coder_history::{sync, SessionRepo};
 use safe_coder_protocol::ChangeSet;
-use safe_coder_sandbox::host::HostSandbox;
 use safe_coder_sandbox::{BackendKind, Sandbox};
 use safe_coder_store::{NewSession, SessionRecord, SessionState, Store};
 
@@ -91,90 +90,10 @@ fn open_sandbox(
     memory_mb: u64,
     cpus: f64,
 ) -> Result<Arc<dyn Sandbox>, SessionError> {
-    Ok(match backend {
-        BackendKind::Direct | BackendKind::Copy => Arc::new(HostSandbox::new(backend, work.to_path_buf(), None)?),
-        BackendKind::Process => {
-            use safe_coder_sandbox::process::{ProcessConfiner, ProcessLimits};
-            let limits = ProcessLimits { memory_mb, cpus, ..Default::default() };
-            let (dirs, env) = user_toolchains();
-            let inner = ProcessConfiner::new(limits)?.with_read_only_paths(dirs);
-            let confiner = ToolchainConfiner { inner, env };
-            Arc::new(HostSandbox::new(BackendKind::Process, work.to_path_buf(), Some(Arc::new(confiner)))?)
-        }
-        other => {
-            return Err(SessionError::Other(format!(
-                "the {} backend is not available in this build; run `safe-coder sandbox doctor` to see what works here",
-                other.as_str()
-            )))
-        }
-    })
-}
-
-/// Toolchains installed in the user's home (`~/.cargo/bin`, `~/.rustup`, pyenv, nvm...)
-/// are hidden with the rest of the home by the `process` backend. The directories on
-/// `PATH` that live under `$HOME`, `~/.rustup` (which rustup's proxies need) and
-/// `~/.pyenv` are made visible read-only, so the agent can still build and test; the
-/// variables that tell those tools where they live are set, since `HOME` differs inside.
-/// Nothing else of the home is visible (no `~/.cargo/credentials.toml`, no `~/.ssh`).
-fn user_toolchains() -> (Vec<PathBuf>, Vec<(String, String)>) {
-    let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
-        return (Vec::new(), Vec::new());
-    };
-    if home == Path::new("/") {
-        return (Vec::new(), Vec::new());
-    }
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    let mut env = Vec::new();
-    for (dir, var) in [(".rustup", "RUSTUP_HOME"), (".pyenv", "PYENV_ROOT")] {
-        let p = home.join(dir);
-        if p.is_dir() {
-            if std::env::var_os(var).is_none() {
-                env.push((var.to_string(), p.display().to_string()));
-            }
-            candidates.push(p);
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for entry in std::env::split_paths(&path) {
-            if entry.starts_with(&home) && entry != home && entry.is_dir() {
-                candidates.push(entry);
-            }
-        }
-    }
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for c in &candidates {
-        let covered = candidates.iter().any(|o| o != c && c.starts_with(o));
-        if !covered && !dirs.contains(c) {
-            dirs.push(c.clone());
-        }
-    }
-    (dirs, env)
-}
-
-/// The process confiner plus the toolchain variables of [`user_toolchains`].
-struct ToolchainConfiner {
-    inner: safe_coder_sandbox::process::ProcessConfiner,
-    env: Vec<(String, String)>,
-}
-
-impl safe_coder_sandbox::host::CommandConfiner for ToolchainConfiner {
-    fn build(
-        &self,
-        command: &str,
-        workdir: &Path,
-    ) -> Result<std::process::Command, safe_coder_sandbox::SandboxError> {
-        let mut cmd = self.inner.build(command, workdir)?;
-        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        Ok(cmd)
-    }
-
-    fn memory_limit_mb(&self) -> Option<u64> {
-        self.inner.memory_limit_mb()
-    }
-
-    fn cpus(&self) -> Option<f64> {
-        self.inner.cpus()
-    }
+    let mut spec = safe_coder_sandbox::SandboxSpec::new(work);
+    spec.limits.memory_mb = memory_mb;
+    spec.limits.cpus = cpus;
+    Ok(safe_coder_sandbox::open(backend, spec)?)
 }
 
 impl Session {

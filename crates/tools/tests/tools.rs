@@ -1,24 +1,24 @@
-//! The four tools over a real HostSandbox in a temp dir, with real bash.
+//! The four tools over a real `direct` sandbox in a temp dir, with real bash.
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::symlink;
 use std::time::Duration;
 
 use safe_coder_protocol::ApprovalSubject;
-use safe_coder_sandbox::{BackendKind, CancellationToken, HostSandbox, Sandbox};
+use safe_coder_sandbox::{BackendKind, CancellationToken, Sandbox, SandboxSpec};
 use safe_coder_tools::{ToolContext, ToolOutput, ToolRegistry};
 use serde_json::{json, Value};
 
 struct Fixture {
     dir: tempfile::TempDir,
-    sandbox: HostSandbox,
+    sandbox: std::sync::Arc<dyn Sandbox>,
 }
 
 impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sandbox =
-            HostSandbox::new(BackendKind::Direct, dir.path().to_path_buf(), None).unwrap();
+            safe_coder_sandbox::open(BackendKind::Direct, SandboxSpec::new(dir.path())).unwrap();
         Fixture { dir, sandbox }
     }
 
@@ -52,7 +52,7 @@ fn assert_err(out: &ToolOutput, needle: &str) {
 
 /// What the approval dialog would show for a call (`None`: the tool previews nothing,
 /// as read-only tools do).
-async fn preview(name: &str, input: &Value, sandbox: &HostSandbox) -> Option<ApprovalSubject> {
+async fn preview(name: &str, input: &Value, sandbox: &dyn Sandbox) -> Option<ApprovalSubject> {
     let call = ToolRegistry::builtin()
         .prepare(name, input)
         .unwrap_or_else(|e| panic!("{name} {input}: {e}"));
