@@ -877,8 +877,15 @@ fn build_change_set(out: &[u8]) -> ChangeSet {
                 _ => ChangeKind::Modified,
             };
             let (additions, deletions) = counts.get(&r.path).copied().unwrap_or((0, 0));
+            let link_mode = if kind == ChangeKind::Deleted {
+                &r.old_mode
+            } else {
+                &r.new_mode
+            };
             FileChange {
                 executable: kind != ChangeKind::Deleted && r.new_mode == "100755",
+                steers_next_session: safe_coder_protocol::steers_next_session(&r.path),
+                is_symlink: link_mode == "120000",
                 path: r.path,
                 kind,
                 additions,
@@ -888,5 +895,8 @@ fn build_change_set(out: &[u8]) -> ChangeSet {
         })
         .collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    ChangeSet { files }
+    ChangeSet {
+        files,
+        left_out: Vec::new(),
+    }
 }

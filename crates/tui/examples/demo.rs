@@ -168,6 +168,8 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
                                 additions: 2,
                                 deletions: 1,
                                 conflict: false,
+                                steers_next_session: false,
+                                is_symlink: false,
                             },
                             FileChange {
                                 path: "README.md".into(),
@@ -176,8 +178,11 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
                                 additions: 1,
                                 deletions: 0,
                                 conflict: true,
+                                steers_next_session: false,
+                                is_symlink: false,
                             },
                         ],
+                        ..Default::default()
                     },
                     diffs,
                 }));

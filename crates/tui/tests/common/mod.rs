@@ -135,6 +135,8 @@ pub fn review(conflict: bool) -> ReviewData {
             additions: 2,
             deletions: 1,
             conflict: false,
+            steers_next_session: false,
+            is_symlink: false,
         },
         FileChange {
             path: "hello.rs".into(),
@@ -143,6 +145,8 @@ pub fn review(conflict: bool) -> ReviewData {
             additions: 3,
             deletions: 0,
             conflict,
+            steers_next_session: false,
+            is_symlink: false,
         },
         FileChange {
             path: "old.txt".into(),
@@ -151,6 +155,8 @@ pub fn review(conflict: bool) -> ReviewData {
             additions: 0,
             deletions: 2,
             conflict: false,
+            steers_next_session: false,
+            is_symlink: false,
         },
     ];
     let mut diffs = HashMap::new();
@@ -167,7 +173,10 @@ pub fn review(conflict: bool) -> ReviewData {
         "--- a/old.txt\n+++ /dev/null\n@@ -1,2 +0,0 @@\n-line one\n-line two\n".to_string(),
     );
     ReviewData {
-        changes: ChangeSet { files },
+        changes: ChangeSet {
+            files,
+            ..Default::default()
+        },
         diffs,
     }
 }
