@@ -29,6 +29,8 @@ const CONFIG: &[&str] = &[
     "core.fileMode=true",
     "core.ignoreCase=false",
     "core.precomposeUnicode=false",
+    // Larger files are streamed into their own objects (never held in memory whole)
+    // and shown as binary in diffs.
     "core.bigFileThreshold=32m",
     "core.looseCompression=1",
     "commit.gpgSign=false",
@@ -145,6 +147,17 @@ impl Git<'_> {
         }
         let stderr = err_reader.join().unwrap_or_default();
         Ok((status.success(), stdout, stderr))
+    }
+
+    /// Starts a long-running git (such as `cat-file --batch`) with stdin and stdout
+    /// piped and stderr discarded.
+    pub fn spawn(&self, args: &[&str]) -> Result<std::process::Child, HistoryError> {
+        self.command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(spawn_error)
     }
 
     /// Runs git and returns the first line of stdout, trimmed.

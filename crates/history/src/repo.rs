@@ -816,11 +816,6 @@ impl SessionRepo {
         Ok(scan.change_set)
     }
 
-    /// The change set, with or without the +/- line counts (sync needs none).
-    pub(crate) fn changes(&self, line_counts: bool) -> Result<ChangeSet, HistoryError> {
-        Ok(self.scan(line_counts)?.change_set)
-    }
-
     /// Scans the work tree into a scratch index and compares it with the base.
     pub(crate) fn scan(&self, line_counts: bool) -> Result<Scan, HistoryError> {
         let (scratch, mut left) = self.scratch_index()?;
@@ -1063,6 +1058,7 @@ fn build_change_set(out: &[u8]) -> ChangeSet {
                 additions,
                 deletions,
                 conflict: false,
+                conflict_reason: None,
             }
         })
         .collect();

@@ -36,6 +36,10 @@ pub struct FileChange {
     /// The host file changed since the session began: syncing it would overwrite the
     /// user's work, so it is never synced.
     pub conflict: bool,
+    /// When `conflict` is set for another reason than a host edit (a directory or a
+    /// symlink in the way on the host), that reason, one sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict_reason: Option<String>,
     /// The file steers the next session (`.safe-coder/**`, `SAFECODER.md`, `AGENTS.md`
     /// at any depth): accepting it changes what a later agent is told or allowed. Front
     /// ends flag it and ask a second time before "accept all" takes it.
@@ -117,7 +121,13 @@ impl ChangeSet {
             out.push_str(" (");
             out.push_str(f.kind.as_str());
             if f.conflict {
-                out.push_str(", CONFLICT: changed on the host since the session began");
+                match &f.conflict_reason {
+                    Some(why) => {
+                        out.push_str(", CANNOT SYNC: ");
+                        out.push_str(&escape_control(why));
+                    }
+                    None => out.push_str(", CONFLICT: changed on the host since the session began"),
+                }
             }
             if f.steers_next_session {
                 out.push_str(", ⚠ steers the next session");
@@ -162,6 +172,7 @@ mod tests {
             additions: 1,
             deletions: 0,
             conflict: false,
+            conflict_reason: None,
             steers_next_session: steers_next_session(path),
             is_symlink: false,
         }
