@@ -66,12 +66,16 @@ impl Git<'_> {
             .env("GIT_COMMITTER_NAME", AUTHOR_NAME)
             .env("GIT_COMMITTER_EMAIL", AUTHOR_EMAIL)
             .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_LITERAL_PATHSPECS", "1")
             .env("GIT_NO_REPLACE_OBJECTS", "1")
             .env("GIT_PAGER", "cat")
             .env("LC_ALL", "C");
         if let Some(index) = self.index {
             cmd.env("GIT_INDEX_FILE", index);
+        }
+        // `check-ignore` refuses every pathspec magic, `literal` included; its callers
+        // keep names that start with `:` away from it.
+        if args.first() != Some(&"check-ignore") {
+            cmd.env("GIT_LITERAL_PATHSPECS", "1");
         }
         for c in CONFIG {
             cmd.arg("-c").arg(c);

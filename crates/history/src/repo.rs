@@ -332,21 +332,22 @@ impl SessionRepo {
 
     /// Records `left` as reported; returns the paths not reported before.
     fn note_left_out(&self, left: Vec<LeftOutPath>) -> Vec<LeftOutPath> {
-        let file = self.git_dir.join(LEFT_OUT_FILE);
-        let known = fs::read(&file).unwrap_or_default();
-        let known: std::collections::HashSet<&[u8]> =
-            known.split(|&b| b == 0).filter(|p| !p.is_empty()).collect();
+        let known: std::collections::HashSet<String> =
+            read_left_out(&self.git_dir.join(LEFT_OUT_FILE))
+                .into_iter()
+                .map(|l| l.path)
+                .collect();
         let fresh: Vec<LeftOutPath> = left
             .into_iter()
-            .filter(|l| !known.contains(l.path.as_bytes()))
+            .filter(|l| !known.contains(&l.path))
             .collect();
         if !fresh.is_empty() {
             let mut add = Vec::new();
             for l in &fresh {
-                add.extend_from_slice(l.path.as_bytes());
-                add.push(0);
+                add.extend_from_slice(format!("{}\t{}\0", l.path, l.reason).as_bytes());
             }
             // Losing this note only means a path is reported twice.
+            let file = self.git_dir.join(LEFT_OUT_FILE);
             if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(&file) {
                 let _ = std::io::Write::write_all(&mut f, &add);
             }
@@ -354,20 +355,23 @@ impl SessionRepo {
         fresh
     }
 
+    /// Paths reported as left out before that are still in the work tree. Once files
+    /// of a nested repository are tracked, git walks into it like any directory and no
+    /// longer lists its `.git`, so the change set remembers it from here.
+    fn left_out_before(&self) -> Vec<LeftOutPath> {
+        read_left_out(&self.git_dir.join(LEFT_OUT_FILE))
+            .into_iter()
+            .filter(|l| {
+                !l.path.contains('\u{fffd}')
+                    && fs::symlink_metadata(self.work_tree.join(&l.path)).is_ok()
+            })
+            .collect()
+    }
+
     /// Paths of the project that the initial snapshot could not take (never copied into
     /// the sandbox).
     fn left_out_at_start(&self) -> Vec<LeftOutPath> {
-        let text = fs::read(self.git_dir.join(LEFT_OUT_AT_START_FILE)).unwrap_or_default();
-        text.split(|&b| b == 0)
-            .filter_map(|rec| {
-                let rec = String::from_utf8_lossy(rec);
-                let (path, reason) = rec.split_once('\t')?;
-                Some(LeftOutPath {
-                    path: path.to_string(),
-                    reason: reason.to_string(),
-                })
-            })
-            .collect()
+        read_left_out(&self.git_dir.join(LEFT_OUT_AT_START_FILE))
     }
 
     fn write_tree(&self, index: Option<&Path>) -> Result<String, HistoryError> {
@@ -833,6 +837,7 @@ impl SessionRepo {
         let out = git.run(&args)?;
         let mut change_set = build_change_set(&out);
         left.extend(self.left_out_at_start());
+        left.extend(self.left_out_before());
         left.sort_by(|a, b| a.path.cmp(&b.path));
         left.dedup_by(|a, b| a.path == b.path);
         change_set.left_out = left;
@@ -931,6 +936,21 @@ impl SessionRepo {
         let base = self.base()?;
         self.tree_entries(&base, paths)
     }
+}
+
+/// Reads `path\treason` records, NUL-separated.
+fn read_left_out(file: &Path) -> Vec<LeftOutPath> {
+    let text = fs::read(file).unwrap_or_default();
+    text.split(|&b| b == 0)
+        .filter_map(|rec| {
+            let rec = String::from_utf8_lossy(rec);
+            let (path, reason) = rec.split_once('\t')?;
+            Some(LeftOutPath {
+                path: path.to_string(),
+                reason: reason.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// One scan of the work tree against the base.

@@ -224,7 +224,13 @@ fn not_ignored(git: &Git<'_>, files: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, Histo
     if files.is_empty() {
         return Ok(files);
     }
-    let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+    // Without literal pathspecs (see `git.rs`), a leading `:` would read as magic and
+    // fail the whole list: such names are simply not checked.
+    let refs: Vec<&[u8]> = files
+        .iter()
+        .map(Vec::as_slice)
+        .filter(|f| !f.starts_with(b":"))
+        .collect();
     let (_, out, _) = git.run_status(
         &["check-ignore", "--no-index", "-z", "--stdin"],
         Some(&nul_list(&refs)),
