@@ -429,3 +429,39 @@ fn review_marks_steering_files_and_escapes_control_characters() {
     assert!(diff.contains("+hello\\rHIDDEN\\x1b[1A\n"), "{diff}");
     assert!(!diff.contains('\x1b') && !diff.contains('\r'));
 }
+
+/// A project (a cloned repository) that already holds names git cannot store starts a
+/// session all the same; the change set says what was left out.
+#[test]
+fn a_project_with_unstorable_names_still_starts() {
+    need_git!();
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("project");
+    write(&project, "ok.txt", "ok\n");
+    write(&project, ".GIT/hooks/post-checkout", "evil\n");
+    fs::write(
+        project.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")),
+        "latin-1",
+    )
+    .unwrap();
+    let repo = SessionRepo::create_sandbox_copy_at(
+        &project,
+        &tmp.path().join("work"),
+        Some(&tmp.path().join("git")),
+        &[],
+    )
+    .unwrap();
+    assert!(repo.work_tree().join("ok.txt").exists());
+    assert!(!repo.work_tree().join(".GIT").exists());
+    write(repo.work_tree(), "ok.txt", "changed\n");
+    repo.commit_changes("bash", None).unwrap();
+    let cs = repo.change_set().unwrap();
+    assert_eq!(paths(&cs), ["ok.txt"]);
+    let left: Vec<&str> = cs.left_out.iter().map(|l| l.path.as_str()).collect();
+    assert_eq!(left, [".GIT", "caf\u{fffd}.txt"]);
+    // A shadow repository (the `direct` backend) too.
+    let shadow = SessionRepo::create_shadow(&project, &tmp.path().join("shadow"), &[]).unwrap();
+    write(&project, "ok.txt", "direct\n");
+    shadow.commit_changes("bash", None).unwrap();
+    assert_eq!(paths(&shadow.change_set().unwrap()), ["ok.txt"]);
+}
