@@ -8,6 +8,7 @@
 //! snapshot, commits, refs) write git objects directly; git itself is used for the
 //! index, scans, diffs and checkouts.
 
+mod beneath;
 mod error;
 mod git;
 mod index;

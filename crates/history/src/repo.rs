@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use safe_coder_protocol::{ChangeKind, ChangeSet, FileChange, LeftOutPath};
 
+use crate::beneath::{open_beneath, Opened};
 use crate::error::{HistoryError, IoContext};
 use crate::git::{ensure_git, Git};
 use crate::objects::{self, is_hex_id, CommitFields, Oid};
@@ -514,10 +515,29 @@ impl SessionRepo {
                         return Ok(None)
                     }
                     Ok(m) if m.is_file() => {
-                        let data =
-                            fs::read(&path).ctx(|| format!("cannot read {}", path.display()))?;
+                        // Read through a descriptor opened without following links,
+                        // so a swap after the check above cannot smuggle a host file in.
+                        let Ok(Opened::File(file)) = open_beneath(&self.work_tree, rel.as_bytes())
+                        else {
+                            return Ok(None);
+                        };
+                        let meta = file
+                            .metadata()
+                            .ctx(|| format!("cannot stat {}", path.display()))?;
+                        if meta.len() > FAST_COMMIT_MAX_BYTES.min(self.max_file_bytes) {
+                            return Ok(None);
+                        }
+                        let mut data = Vec::with_capacity(meta.len() as usize);
+                        std::io::Read::read_to_end(
+                            &mut std::io::Read::take(file, FAST_COMMIT_MAX_BYTES + 1),
+                            &mut data,
+                        )
+                        .ctx(|| format!("cannot read {}", path.display()))?;
+                        if data.len() as u64 != meta.len() {
+                            return Ok(None);
+                        }
                         let id = objects::write_loose(&self.git_dir, "blob", &data)?;
-                        let mode = if m.permissions().mode() & 0o100 != 0 {
+                        let mode = if meta.permissions().mode() & 0o100 != 0 {
                             0o100755
                         } else {
                             0o100644

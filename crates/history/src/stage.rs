@@ -11,21 +11,24 @@
 //! 2. each path is judged here: a nested repository's files are listed as plain files
 //!    (its own `.git` is left out), a name that reads as `.git` or is not UTF-8 is left
 //!    out, a file over the size limit is left out (its last stored version stays);
-//! 3. `git update-index` takes the rest, streaming large files (see
-//!    `core.bigFileThreshold` in `git.rs`).
+//! 3. each remaining file is read through a descriptor opened without following any
+//!    symlink, streamed into a loose object, and `git update-index --index-info` records
+//!    it (git itself never reads the agent's files for a commit).
 //!
 //! What was left out is returned as [`LeftOutPath`]s: the change set lists them, and the
 //! commit reports the new ones once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use safe_coder_protocol::LeftOutPath;
 
+use crate::beneath::{open_beneath, Opened};
 use crate::error::HistoryError;
 use crate::git::Git;
+use crate::objects;
 use crate::paths::unstorable_name;
 
 /// The reason given for a nested repository's git directory.
@@ -77,60 +80,67 @@ pub(crate) fn stage(
         }
     }
 
-    let mut add: Vec<&[u8]> = Vec::new();
-    let mut remove: Vec<&[u8]> = Vec::new();
-    let mut dir_ok: HashMap<Vec<u8>, bool> = HashMap::new();
-    'paths: for p in &candidates {
-        // A name git cannot hold: leave out the first such component (once).
-        let mut start = 0;
-        for part in p.split(|&b| b == b'/') {
-            let end = start + part.len();
-            if let Some(why) = unstorable_name(part) {
-                left.entry(p[..end].to_vec())
-                    .or_insert_with(|| why.to_string());
-                continue 'paths;
-            }
-            start = end + 1;
-        }
-        // A path whose directory is gone or became a file or a symlink: only a removal.
-        if !ancestors_are_dirs(git.work_tree, p, &mut dir_ok) {
-            remove.push(p);
+    // Each file is read through a descriptor opened without following any symlink
+    // (see `beneath.rs`) and stored as what was read: a process the agent left running
+    // cannot swap in a link to a host secret between a check and git's read.
+    let mut info: Vec<u8> = Vec::new();
+    let mut removed: Vec<&[u8]> = Vec::new();
+    let mut added: Vec<(u32, String, &[u8])> = Vec::new();
+    for p in &candidates {
+        if let Some(why) = unstorable_path(p) {
+            left.entry(why.0).or_insert_with(|| why.1.to_string());
             continue;
         }
-        let abs = git
-            .work_tree
-            .join(Path::new(std::ffi::OsStr::from_bytes(p)));
-        match fs::symlink_metadata(&abs) {
-            Ok(m) if m.file_type().is_symlink() => add.push(p),
-            Ok(m) if m.is_file() => {
-                if m.len() > max_file_bytes {
+        match open_beneath(git.work_tree, p).map_err(|e| io_err(p, e))? {
+            Opened::Link(target) => {
+                let id = objects::write_loose(git.git_dir, "blob", &target)?;
+                added.push((0o120000, id, p));
+            }
+            Opened::File(file) => {
+                let meta = file.metadata().map_err(|e| io_err(p, e))?;
+                if meta.len() > max_file_bytes {
                     left.insert(
                         p.clone(),
                         format!(
                             "{} is over the limit of {} per file; its last stored version is kept",
-                            human_bytes(m.len()),
+                            human_bytes(meta.len()),
                             human_bytes(max_file_bytes)
                         ),
                     );
+                    continue;
+                }
+                let mode = if meta.permissions().mode() & 0o100 != 0 {
+                    0o100755
                 } else {
-                    add.push(p);
+                    0o100644
+                };
+                match objects::write_loose_blob_stream(git.git_dir, meta.len(), file) {
+                    Ok(id) => added.push((mode, id, p)),
+                    // Still being written: the next scan takes it.
+                    Err(HistoryError::ChangedDuringCopy { .. }) => {}
+                    Err(e) => return Err(e),
                 }
             }
             // A directory where a tracked file was (its files are listed on their own),
             // a FIFO, a socket, or nothing at all.
-            _ => remove.push(p),
+            Opened::Other | Opened::Gone => removed.push(p),
         }
     }
-    if !remove.is_empty() {
-        git.run_with_input(
-            &["update-index", "--force-remove", "-z", "--stdin"],
-            Some(&nul_list(&remove)),
-        )?;
+    // Removals first, so a file that became a directory makes room for its files.
+    for p in &removed {
+        info.extend_from_slice(b"0 0000000000000000000000000000000000000000\t");
+        info.extend_from_slice(p);
+        info.push(0);
     }
-    if !add.is_empty() {
+    for (mode, id, p) in &added {
+        info.extend_from_slice(format!("{mode:o} {id}\t").as_bytes());
+        info.extend_from_slice(p);
+        info.push(0);
+    }
+    if !info.is_empty() {
         git.run_with_input(
-            &["update-index", "--add", "--replace", "-z", "--stdin"],
-            Some(&nul_list(&add)),
+            &["update-index", "--add", "--replace", "-z", "--index-info"],
+            Some(&info),
         )?;
     }
     Ok(left
@@ -142,6 +152,23 @@ pub(crate) fn stage(
         .collect())
 }
 
+fn io_err(p: &[u8], e: std::io::Error) -> HistoryError {
+    HistoryError::io(format!("cannot read {}", String::from_utf8_lossy(p)), e)
+}
+
+/// The first component of `p` git cannot hold (as a path prefix), with the reason.
+fn unstorable_path(p: &[u8]) -> Option<(Vec<u8>, &'static str)> {
+    let mut start = 0;
+    for part in p.split(|&b| b == b'/') {
+        let end = start + part.len();
+        if let Some(why) = unstorable_name(part) {
+            return Some((p[..end].to_vec(), why));
+        }
+        start = end + 1;
+    }
+    None
+}
+
 fn nul_list(paths: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::with_capacity(paths.iter().map(|p| p.len() + 1).sum());
     for p in paths {
@@ -149,31 +176,6 @@ fn nul_list(paths: &[&[u8]]) -> Vec<u8> {
         out.push(0);
     }
     out
-}
-
-/// Whether every directory above `rel` is a real directory (not a symlink, not gone).
-fn ancestors_are_dirs(root: &Path, rel: &[u8], cache: &mut HashMap<Vec<u8>, bool>) -> bool {
-    let mut end = 0;
-    while let Some(off) = rel[end..].iter().position(|&b| b == b'/') {
-        end += off;
-        let dir = &rel[..end];
-        let ok = match cache.get(dir) {
-            Some(&ok) => ok,
-            None => {
-                let ok =
-                    fs::symlink_metadata(root.join(Path::new(std::ffi::OsStr::from_bytes(dir))))
-                        .map(|m| m.is_dir())
-                        .unwrap_or(false);
-                cache.insert(dir.to_vec(), ok);
-                ok
-            }
-        };
-        if !ok {
-            return false;
-        }
-        end += 1;
-    }
-    true
 }
 
 /// The regular files and symlinks under the nested repository `dir`, as plain files:

@@ -26,7 +26,12 @@ fn session_id(world: &World) -> String {
 }
 
 fn sessions(world: &World, args: &[&str]) -> String {
-    let out = world.cmd().arg("sessions").args(args).output().expect("run");
+    let out = world
+        .cmd()
+        .arg("sessions")
+        .args(args)
+        .output()
+        .expect("run");
     assert_ok(&out);
     stdout(&out)
 }
@@ -71,7 +76,10 @@ fn hostile_agent(backend: &str) {
     ] {
         assert!(err.contains(line), "the summary has {line:?}:\n{err}");
     }
-    assert!(!err.contains("a\x1b[2K"), "a raw escape reached the terminal");
+    assert!(
+        !err.contains("a\x1b[2K"),
+        "a raw escape reached the terminal"
+    );
 
     // Later commands still see the session's work.
     let id = session_id(&world);
@@ -96,8 +104,14 @@ fn hostile_agent(backend: &str) {
         world.read("README.md").as_deref(),
         Some("hello\rFAKE\x1b[1A\n")
     );
-    assert!(!world.project.join("sub/.git").exists(), "a nested .git reached the host");
-    assert!(!world.project.join("big.img").exists(), "an over-limit file was synced");
+    assert!(
+        !world.project.join("sub/.git").exists(),
+        "a nested .git reached the host"
+    );
+    assert!(
+        !world.project.join("big.img").exists(),
+        "an over-limit file was synced"
+    );
 }
 
 #[test]
