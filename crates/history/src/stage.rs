@@ -6,7 +6,8 @@
 //! file, however large. So staging is done in three steps that each always finish:
 //!
 //! 1. git lists what may have changed (`ls-files --others --modified`, which trusts its
-//!    stat cache): untracked files, modified and deleted tracked files, and each nested
+//!    stat cache; a file whose stat changed but content did not is compared again by
+//!    each scan until it is next recorded): untracked files, modified and deleted tracked files, and each nested
 //!    repository as one `dir/` entry;
 //! 2. each path is judged here: a nested repository's files are listed as plain files
 //!    (its own `.git` is left out), a name that reads as `.git` or is not UTF-8 is left
@@ -35,6 +36,11 @@ use crate::paths::unstorable_name;
 pub(crate) const NESTED_REPO_REASON: &str =
     "a nested repository's git directory: left out, its files are kept as plain files";
 
+/// Above this many recorded files, or one file above this size, the stat data of the
+/// recorded files is refreshed at once (see the end of [`stage`]).
+const REFRESH_AFTER_FILES: usize = 32;
+const REFRESH_AFTER_BYTES: u64 = 1 << 20;
+
 /// Stages the work tree of `git` into its index (the main one or a scratch one).
 /// `nested_repos_as_files`: whether a nested repository's files are tracked as plain
 /// files (a sandbox copy) or the nested repository is left alone (the shadow repository
@@ -44,9 +50,6 @@ pub(crate) fn stage(
     max_file_bytes: u64,
     nested_repos_as_files: bool,
 ) -> Result<Vec<LeftOutPath>, HistoryError> {
-    // Refresh the stat cache first, so files that were only touched are not re-read
-    // by every later scan. Its exit code only says that some files differ.
-    git.run_status(&["update-index", "-q", "--refresh", "--unmerged"], None)?;
     let listed = git.run(&[
         "ls-files",
         "-z",
@@ -86,6 +89,7 @@ pub(crate) fn stage(
     let mut info: Vec<u8> = Vec::new();
     let mut removed: Vec<&[u8]> = Vec::new();
     let mut added: Vec<(u32, String, &[u8])> = Vec::new();
+    let mut large_added = false;
     for p in &candidates {
         if let Some(why) = unstorable_path(p) {
             left.entry(why.0).or_insert_with(|| why.1.to_string());
@@ -114,6 +118,7 @@ pub(crate) fn stage(
                 } else {
                     0o100644
                 };
+                large_added |= meta.len() > REFRESH_AFTER_BYTES;
                 match objects::write_loose_blob_stream(git.git_dir, meta.len(), file) {
                     Ok(id) => added.push((mode, id, p)),
                     // Still being written: the next scan takes it.
@@ -142,6 +147,26 @@ pub(crate) fn stage(
             &["update-index", "--add", "--replace", "-z", "--index-info"],
             Some(&info),
         )?;
+        // `--index-info` records no stat data, so later scans compare those files'
+        // content again until they are refreshed. That is cheap for a few small files
+        // and not worth another pass over the index; for many files or a large one, fill
+        // the stat data in for just these paths (git only compares, it stores nothing).
+        let files: Vec<&[u8]> = added
+            .iter()
+            .filter(|(mode, _, _)| *mode != 0o120000)
+            .map(|(_, _, p)| *p)
+            .collect();
+        if files.len() > REFRESH_AFTER_FILES || large_added {
+            git.run_with_input(
+                &[
+                    "add",
+                    "--refresh",
+                    "--pathspec-from-file=-",
+                    "--pathspec-file-nul",
+                ],
+                Some(&nul_list(&files)),
+            )?;
+        }
     }
     Ok(left
         .into_iter()

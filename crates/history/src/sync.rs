@@ -275,8 +275,19 @@ pub fn mark_conflicts(
     project: &Path,
     changes: &mut ChangeSet,
 ) -> Result<(), HistoryError> {
-    let scan = repo.scan(false)?;
-    let agent = agent_states(&scan.raw);
+    // The agent's versions as last shown (recorded by `change_set`), else a new scan.
+    let paths: Vec<String> = changes.files.iter().map(|f| f.path.clone()).collect();
+    let (scan, reviewed) = match repo.reviewed_tree() {
+        Some(tree) => (None, repo.tree_entries(&tree, &paths)?),
+        None => (Some(repo.scan(false)?), HashMap::new()),
+    };
+    let agent: HashMap<&str, State> = match &scan {
+        Some(scan) => agent_states(&scan.raw),
+        None => paths
+            .iter()
+            .map(|p| (p.as_str(), tree_state(reviewed.get(p))))
+            .collect(),
+    };
     let plans = plan(repo, project, &changes.files, &agent, None)?;
     for f in &mut changes.files {
         match plans.get(&f.path) {
