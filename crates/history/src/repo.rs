@@ -204,12 +204,17 @@ impl SessionRepo {
             return Err(HistoryError::NoProject(work_tree.to_path_buf()));
         }
         let git_dir = canonical(git_dir)?;
-        let shadow = git_dir.join(SHADOW_MARK).exists();
-        let repo = SessionRepo {
+        let mut repo = SessionRepo {
             work_tree: canonical(work_tree)?,
             git_dir,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
-            shadow,
+            shadow: false,
+        };
+        repo.shadow = repo.git_dir.join(SHADOW_MARK).exists() || {
+            // A shadow made before the mark existed: its first commit says so.
+            let base = repo.base().ok();
+            base.and_then(|b| repo.commit_fields(&b).ok())
+                .is_some_and(|c| c.message.trim_end() == SHADOW_MESSAGE)
         };
         snapshot::ensure_attributes(&repo.git_dir);
         Ok(repo)

@@ -462,6 +462,17 @@ fn a_project_with_unstorable_names_still_starts() {
     // A shadow repository (the `direct` backend) too.
     let shadow = SessionRepo::create_shadow(&project, &tmp.path().join("shadow"), &[]).unwrap();
     write(&project, "ok.txt", "direct\n");
+    // The user's own nested checkout stays untracked in a shadow (not as plain files).
+    write(&project, "vendor/lib/x.c", "int x;\n");
+    run_git_in(&project.join("vendor/lib"), &["init", "-q"]);
     shadow.commit_changes("bash", None).unwrap();
-    assert_eq!(paths(&shadow.change_set().unwrap()), ["ok.txt"]);
+    let cs = shadow.change_set().unwrap();
+    assert_eq!(paths(&cs), ["ok.txt"]);
+    assert!(cs
+        .left_out
+        .iter()
+        .any(|l| l.path == "vendor/lib/.git" && l.reason.contains("not tracked")));
+    // Reopened (a resumed session), it is still a shadow.
+    let reopened = SessionRepo::open(&project, shadow.git_dir()).unwrap();
+    assert_eq!(paths(&reopened.change_set().unwrap()), ["ok.txt"]);
 }
