@@ -875,8 +875,9 @@ impl SessionRepo {
 
     /// The unified diff from the base snapshot to the work tree, for one path (file or
     /// directory) or everything, with terminal control characters escaped (see
-    /// [`safe_coder_protocol::text`]). Like [`Self::change_set`], it records what it
-    /// showed as the reviewed state.
+    /// [`safe_coder_protocol::text`]). It does not move the reviewed state: a file that
+    /// changed since [`Self::change_set`] shows its new content here, and sync skips it
+    /// until the change set is computed again.
     pub fn diff(&self, path: Option<&str>) -> Result<String, HistoryError> {
         let rel = match path {
             Some(p) => Some(
@@ -891,7 +892,6 @@ impl SessionRepo {
             index: Some(&scratch.0),
             ..self.git()
         };
-        let tree = self.write_tree(Some(&scratch.0))?;
         let mut args = vec![
             "diff-index",
             "--cached",
@@ -906,7 +906,6 @@ impl SessionRepo {
             args.push(r);
         }
         let out = git.run(&args)?;
-        write_ref(&self.git_dir, REVIEWED_REF, &tree)?;
         let text = String::from_utf8_lossy(&out);
         Ok(safe_coder_protocol::text::escape_control_multiline(&text).into_owned())
     }
