@@ -22,6 +22,12 @@ pub(crate) enum Opened {
     Other,
     /// Nothing (or a directory on the way is gone or not a directory).
     Gone,
+    /// The file, or a directory on the way, may not be read (the agent ran `chmod 000`).
+    Unreadable,
+}
+
+fn denied(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
 }
 
 fn cstr(part: &[u8]) -> io::Result<CString> {
@@ -69,6 +75,7 @@ pub(crate) fn open_beneath(root: &Path, rel: &[u8]) -> io::Result<Opened> {
         ) {
             Ok(fd) => fd,
             Err(e) if gone(&e) => return Ok(Opened::Gone),
+            Err(e) if denied(&e) => return Ok(Opened::Unreadable),
             Err(e) => return Err(e),
         };
     }
@@ -96,14 +103,17 @@ pub(crate) fn open_beneath(root: &Path, rel: &[u8]) -> io::Result<Opened> {
             }
         }
         Err(e) if gone(&e) => Ok(Opened::Gone),
-        // A socket cannot be opened (ENXIO); a device we may not open: not a file.
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENXIO) | Some(libc::EACCES) | Some(libc::EPERM)
-            ) =>
-        {
-            Ok(Opened::Other)
+        // A socket cannot be opened.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(Opened::Other),
+        Err(e) if denied(&e) => {
+            // Only a regular file that may not be read is worth reporting; a device we
+            // may not open is not a file.
+            let path =
+                root.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(rel));
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if m.is_file() => Ok(Opened::Unreadable),
+                _ => Ok(Opened::Other),
+            }
         }
         Err(e) => Err(e),
     }

@@ -126,6 +126,13 @@ pub(crate) fn stage(
                     Err(e) => return Err(e),
                 }
             }
+            Opened::Unreadable => {
+                left.insert(
+                    p.clone(),
+                    "it may not be read (its permissions deny it); its last stored version is kept"
+                        .to_string(),
+                );
+            }
             // A directory where a tracked file was (its files are listed on their own),
             // a FIFO, a socket, or nothing at all.
             Opened::Other | Opened::Gone => removed.push(p),

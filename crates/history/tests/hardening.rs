@@ -476,3 +476,44 @@ fn a_project_with_unstorable_names_still_starts() {
     let reopened = SessionRepo::open(&project, shadow.git_dir()).unwrap();
     assert_eq!(paths(&reopened.change_set().unwrap()), ["ok.txt"]);
 }
+
+/// A file or a directory the agent made unreadable (`chmod 000`) is reported, and the
+/// rest is committed; its last stored version stays in the history.
+#[test]
+fn unreadable_files_are_reported_not_fatal() {
+    need_git!();
+    if is_root() {
+        eprintln!("running as root: permissions do not stop reads; skipping");
+        return;
+    }
+    let f = fixture();
+    let w = f.repo.work_tree();
+    write(w, "locked.txt", "secret\n");
+    write(w, "closed/inner.txt", "inner\n");
+    f.repo.commit_changes("bash", None).unwrap();
+    write(w, "locked.txt", "changed\n");
+    write(w, "closed/inner.txt", "changed\n");
+    write(w, "fine.txt", "fine\n");
+    fs::set_permissions(w.join("locked.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(w.join("closed"), fs::Permissions::from_mode(0o000)).unwrap();
+    let out = f.repo.commit_changes_reporting("bash", None);
+    fs::set_permissions(w.join("closed"), fs::Permissions::from_mode(0o755)).unwrap();
+    let out = out.unwrap();
+    assert!(out.commit.is_some());
+    assert!(
+        out.newly_left_out
+            .iter()
+            .any(|l| l.path == "locked.txt" && l.reason.contains("may not be read")),
+        "{:?}",
+        out.newly_left_out
+    );
+    fs::set_permissions(w.join("locked.txt"), fs::Permissions::from_mode(0o644)).unwrap();
+    // Nothing was lost: readable again, the changes are there.
+    let cs = f.repo.change_set().unwrap();
+    assert_eq!(paths(&cs), ["closed/inner.txt", "fine.txt", "locked.txt"]);
+    assert!(f
+        .repo
+        .diff(Some("locked.txt"))
+        .unwrap()
+        .contains("+changed"));
+}
