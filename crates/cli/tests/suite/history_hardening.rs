@@ -125,3 +125,85 @@ fn process_hostile_agent_files_never_wedge_or_blind_the_review() {
         hostile_agent("process");
     }
 }
+
+/// Only the executable bit travels to the host: the agent's setuid and world-writable
+/// bits do not, and new files get the user's umask.
+#[test]
+fn synced_files_keep_the_users_umask() {
+    let world = World::new();
+    world.write("README.md", "hello\n");
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![call(
+            "bash",
+            json!({"command": "printf '#!/bin/sh\\n' > run.sh && chmod 6777 run.sh \
+                && echo w > open.txt && chmod 666 open.txt"}),
+        )]),
+        Reply::text("done"),
+    ]);
+    let server = MockServer::start(Wire::Anthropic, script).expect("server");
+    let out = world.exec(
+        &server,
+        &[
+            "--backend",
+            "copy",
+            "--approval-mode",
+            "yolo",
+            "--sync",
+            "accept",
+            "go",
+        ],
+    );
+    assert_ok(&out);
+    // SAFETY: umask only swaps the process mask; it is put back at once. The binary
+    // inherited this process's mask.
+    let umask = unsafe {
+        let old = libc::umask(0o022);
+        libc::umask(old);
+        old as u32
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |rel: &str| {
+        std::fs::metadata(world.project.join(rel))
+            .expect("synced")
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("run.sh"), 0o777 & !umask);
+    assert_eq!(mode("open.txt"), 0o666 & !umask);
+}
+
+/// A project's memory file that links to a secret in the home, or to `/dev/zero`,
+/// never reaches the model (nor hangs or fills the start); the run says why.
+#[test]
+fn memory_links_to_secrets_or_devices_never_reach_the_model() {
+    let world = World::new();
+    std::fs::write(world.home.join("secret.txt"), "HOME-SECRET-VALUE\n").expect("secret");
+    std::os::unix::fs::symlink(
+        world.home.join("secret.txt"),
+        world.project.join("AGENTS.md"),
+    )
+    .expect("link");
+    std::os::unix::fs::symlink("/dev/zero", world.project.join("SAFECODER.md")).expect("link");
+    // In the user's own config dir links may go anywhere, but only to regular files.
+    std::fs::create_dir_all(world.config_dir()).expect("config dir");
+    std::os::unix::fs::symlink("/dev/zero", world.config_dir().join("AGENTS.md")).expect("link");
+    let server =
+        MockServer::start(Wire::Anthropic, Script::new(vec![Reply::text("hi")])).expect("server");
+    let out = world.exec(&server, &["--backend", "copy", "hello"]);
+    assert_ok(&out);
+    let requests = server.model_requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert!(
+            !body_text(&r.body).contains("HOME-SECRET-VALUE"),
+            "the secret reached the model"
+        );
+    }
+    let err = stderr(&out);
+    assert!(
+        err.contains("AGENTS.md") && err.contains("outside"),
+        "{err}"
+    );
+    assert!(err.contains("not a regular file"), "{err}");
+}
