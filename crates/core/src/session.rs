@@ -283,11 +283,7 @@ impl Session {
     /// With `ending == false` (`/sync` mid-session) the session always goes on: rejected
     /// files are reverted in the sandbox, and nothing is removed.
     pub fn review(&self, review: Review, ending: bool) -> Result<(SyncReport, bool), SessionError> {
-        let empty = SyncReport {
-            applied: vec![],
-            conflicts: vec![],
-            skipped: vec![],
-        };
+        let empty = SyncReport::default();
         if self.backend == BackendKind::Direct {
             // The changes are already in the project; the shadow history stays for /undo.
             self.set_state(SessionState::Synced);
@@ -320,11 +316,7 @@ impl Session {
     }
 
     fn review_mid_session(&self, review: Review) -> Result<(SyncReport, bool), SessionError> {
-        let empty = SyncReport {
-            applied: vec![],
-            conflicts: vec![],
-            skipped: vec![],
-        };
+        let empty = SyncReport::default();
         let report = match review {
             Review::Keep => empty,
             Review::AcceptAll => sync::sync_back(&self.repo, &self.project, None)?,

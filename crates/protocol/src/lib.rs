@@ -9,11 +9,12 @@ mod changes;
 mod event;
 mod message;
 mod status;
+pub mod text;
 
 pub use approval::{
     ApprovalDecision, ApprovalMode, ApprovalRequest, ApprovalSubject, Effect, Gate,
 };
-pub use changes::{ChangeKind, ChangeSet, FileChange};
+pub use changes::{steers_next_session, ChangeKind, ChangeSet, FileChange, LeftOutPath};
 pub use event::{Event, ToolOutcome};
 pub use message::{
     ContentBlock, Message, ModelRequest, ModelResponse, Role, StopReason, StreamEvent, ToolSpec,

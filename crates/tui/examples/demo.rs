@@ -171,6 +171,9 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
                                 additions: 2,
                                 deletions: 1,
                                 conflict: false,
+                                conflict_reason: None,
+                                steers_next_session: false,
+                                is_symlink: false,
                             },
                             FileChange {
                                 path: "README.md".into(),
@@ -179,8 +182,12 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
                                 additions: 1,
                                 deletions: 0,
                                 conflict: true,
+                                conflict_reason: None,
+                                steers_next_session: false,
+                                is_symlink: false,
                             },
                         ],
+                        ..Default::default()
                     },
                     diffs,
                 }));

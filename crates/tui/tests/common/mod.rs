@@ -138,6 +138,9 @@ pub fn review(conflict: bool) -> ReviewData {
             additions: 2,
             deletions: 1,
             conflict: false,
+            conflict_reason: None,
+            steers_next_session: false,
+            is_symlink: false,
         },
         FileChange {
             path: "hello.rs".into(),
@@ -146,6 +149,9 @@ pub fn review(conflict: bool) -> ReviewData {
             additions: 3,
             deletions: 0,
             conflict,
+            conflict_reason: None,
+            steers_next_session: false,
+            is_symlink: false,
         },
         FileChange {
             path: "old.txt".into(),
@@ -154,6 +160,9 @@ pub fn review(conflict: bool) -> ReviewData {
             additions: 0,
             deletions: 2,
             conflict: false,
+            conflict_reason: None,
+            steers_next_session: false,
+            is_symlink: false,
         },
     ];
     let mut diffs = HashMap::new();
@@ -170,7 +179,10 @@ pub fn review(conflict: bool) -> ReviewData {
         "--- a/old.txt\n+++ /dev/null\n@@ -1,2 +0,0 @@\n-line one\n-line two\n".to_string(),
     );
     ReviewData {
-        changes: ChangeSet { files },
+        changes: ChangeSet {
+            files,
+            ..Default::default()
+        },
         diffs,
     }
 }
