@@ -141,7 +141,10 @@ pub async fn ask_review(
                         continue;
                     }
                     loop {
-                        let q = format!("  {path} ({}) — sync? [y]es / [n]o / [d]iff: ", f.kind.as_str());
+                        let q = format!(
+                            "  {path} ({}) — sync? [y]es / [n]o / [d]iff: ",
+                            f.kind.as_str()
+                        );
                         match input.ask(&q).await.as_deref().map(str::trim) {
                             Some("y") | Some("yes") => {
                                 picked.push(f.path.clone());
@@ -149,7 +152,9 @@ pub async fn ask_review(
                             }
                             Some("d") | Some("diff") => println!(
                                 "{}",
-                                escape_for_terminal(diffs.get(&f.path).map(String::as_str).unwrap_or(""))
+                                escape_for_terminal(
+                                    diffs.get(&f.path).map(String::as_str).unwrap_or("")
+                                )
                             ),
                             Some("n") | Some("no") | None => break,
                             _ => {}
@@ -215,7 +220,13 @@ fn print_event(event: &Event, verbose: bool) {
                     safe_coder_protocol::Role::User => "you",
                     safe_coder_protocol::Role::Assistant => "assistant",
                 };
-                let first: String = text.lines().next().unwrap_or("").chars().take(120).collect();
+                let first: String = text
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(120)
+                    .collect();
                 let _ = writeln!(out, "  [{who}] {}", escape_for_terminal(&first));
             }
         }

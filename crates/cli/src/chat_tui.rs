@@ -7,7 +7,7 @@ use anyhow::Result;
 use safe_coder_core::Start;
 use safe_coder_protocol::display::sync_finished_text;
 use safe_coder_protocol::{Event, Op, ReviewDecision};
-use safe_coder_tui::{Theme, TuiConfig, UiAction, UiInput};
+use safe_coder_tui::{TuiConfig, UiAction, UiInput};
 use tokio::sync::mpsc;
 
 use crate::setup;
@@ -40,11 +40,7 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
 
     let (to_ui, ui_inputs) = mpsc::unbounded_channel::<UiInput>();
     let (ui_actions_tx, mut ui_actions) = mpsc::unbounded_channel::<UiAction>();
-    let theme = if prepared.resolved.theme == "plain" {
-        Theme::Plain
-    } else {
-        Theme::Cyberpunk
-    };
+    let theme = prepared.resolved.theme;
     let config = TuiConfig {
         project: prepared.project.display().to_string(),
         theme,

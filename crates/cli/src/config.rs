@@ -1,45 +1,247 @@
-//! Configuration: `~/.config/safe-coder/config.toml`, the project's
-//! `.safe-coder/config.toml`, environment variables and flags.
+//! Configuration: the user's `config.toml`, the project's `.safe-coder/config.toml`,
+//! environment variables and flags, resolved once into [`Resolved`].
 //!
-//! Precedence (DESIGN §1): flag > environment > project file > user file > default.
-//! Files are parsed by hand from `toml::Value` so that a bad value is one error naming
-//! the key and the file, and an unknown key is only a warning.
+//! Precedence: flag > environment > project file > user file > default.
+//!
+//! - **Typed.** Each kind (provider, backend, approval mode, theme) is parsed once, where
+//!   it enters: clap for flags, serde for files, `FromStr` for environment variables.
+//!   Files are deserialised into [`FileConfig`]; a key nothing reads is a warning (through
+//!   `serde_ignored`); a bad value is one error naming the file, its line and column, and
+//!   the key (`serde_path_to_error` and the TOML span).
+//! - **Per provider.** Key, base URL and model live in `[llm.anthropic]`, `[llm.openai]`,
+//!   `[llm.ollama]`; `[llm] provider` chooses one. The old flat `[llm] api_key/base_url/
+//!   model` are read as the settings of the provider named in the same file (else the
+//!   default provider), with a warning; `safe-coder config` moves them. A key or URL for
+//!   one provider is never sent to another.
+//! - **Trust.** A project file is written by whoever wrote the project (a cloned
+//!   repository, or the agent through an accepted sync). It may tighten settings but not
+//!   loosen them ([`restrict_project`]) unless the user trusted the project once
+//!   (`safe-coder config --trust`, recorded in the user file's `[trust] projects`). It
+//!   never sets a key or a base URL, and it is read without following symlinks.
+//! - **Defaults are written once**, most of them by the crate that owns the setting
+//!   ([`Defaults`]).
+
+//!
+//! Layout: this file holds the kinds, the defaults and [`resolve`]; `file` the files'
+//! shape and reading, `trust` what a project file may say, `write` the `config` command's
+//! edits, `show` `config --show`.
+
+mod file;
+mod show;
+mod trust;
+mod write;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-use anyhow::{bail, Context, Result};
-use safe_coder_llm::ProviderKind;
+use anyhow::{bail, Result};
+use safe_coder_llm::{ProviderConfig, ProviderKind};
 use safe_coder_protocol::ApprovalMode;
+use safe_coder_sandbox::BackendKind;
+use safe_coder_tui::Theme;
+use serde::{Deserialize, Deserializer};
 
-/// Dollars per million tokens, for `/stats`.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Price {
-    pub input_per_mtok: f64,
-    pub output_per_mtok: f64,
+pub use file::*;
+pub use show::show;
+pub use trust::{is_trusted, restrict_project};
+pub use write::{write_user_config, ConfigUpdate};
+
+/// The default of every setting, in one place. Where another crate owns a setting its
+/// default is taken from there, so nothing is written twice.
+#[derive(Clone, Debug)]
+pub struct Defaults {
+    pub provider: ProviderKind,
+    pub max_tokens: u32,
+    pub backend: BackendChoice,
+    pub approval_mode: ApprovalMode,
+    pub max_turns: u32,
+    pub compact_threshold: f64,
+    pub memory_mb: u64,
+    pub cpus: f64,
+    /// The largest file (MiB) a commit or a sync handles; a larger one is reported.
+    pub max_file_mb: u64,
+    pub theme: Theme,
 }
 
-/// Everything the config files can hold. `None` = not set at this layer.
-#[derive(Clone, Debug, Default)]
-pub struct FileConfig {
-    pub provider: Option<String>,
-    pub api_key: Option<String>,
-    pub model: Option<String>,
-    pub base_url: Option<String>,
-    pub max_tokens: Option<u32>,
-    pub backend: Option<String>,
-    pub exclude: Option<Vec<String>>,
-    pub approval_mode: Option<ApprovalMode>,
-    pub max_turns: Option<u32>,
-    pub theme: Option<String>,
-    pub context_window: Option<u64>,
-    pub compact_threshold: Option<f64>,
-    pub memory_mb: Option<u64>,
-    pub cpus: Option<f64>,
-    pub prices: BTreeMap<String, Price>,
-    /// Warnings found while reading (unknown keys, ignored keys).
-    pub warnings: Vec<String>,
+impl Default for Defaults {
+    fn default() -> Self {
+        let limits = safe_coder_sandbox::Limits::default();
+        let agent = safe_coder_core::AgentOptions::default();
+        let provider = ProviderKind::Anthropic;
+        Defaults {
+            provider,
+            max_tokens: ProviderConfig::new(provider).max_tokens,
+            backend: BackendChoice::Auto,
+            approval_mode: ApprovalMode::default(),
+            max_turns: agent.max_turns,
+            compact_threshold: agent.compact_threshold,
+            memory_mb: limits.memory_mb,
+            cpus: limits.cpus,
+            max_file_mb: 100,
+            theme: Theme::default(),
+        }
+    }
+}
+
+/// Default context window of well-known models, in tokens.
+pub fn default_context_window(model: &str) -> u64 {
+    if model.starts_with("claude") {
+        200_000
+    } else if model.starts_with("gpt-4.1") || model.starts_with("gpt-5") {
+        400_000
+    } else if model.starts_with("gpt-4o") || model.starts_with("o") {
+        128_000
+    } else {
+        32_768
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Kinds
+// ---------------------------------------------------------------------------------------
+
+/// `[isolation] backend` / `--backend`: `auto` or one backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BackendChoice {
+    /// The strongest backend that works here (decided when the session starts).
+    #[default]
+    Auto,
+    Kind(BackendKind),
+}
+
+impl BackendChoice {
+    /// `None` for `auto`, as `sandbox::choose` and the session take it.
+    pub fn kind(self) -> Option<BackendKind> {
+        match self {
+            BackendChoice::Auto => None,
+            BackendChoice::Kind(k) => Some(k),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Kind(k) => k.as_str(),
+        }
+    }
+
+    /// How strongly the agent is isolated, for "may a project file choose this": a VM
+    /// above a container above the process sandbox above a plain copy above working in
+    /// place. `auto` counts as the process sandbox: it never picks less where a sandbox
+    /// works, and a project may still ask for a VM or a container.
+    pub fn isolation_rank(self) -> u8 {
+        match self {
+            BackendChoice::Kind(BackendKind::Direct) => 0,
+            BackendChoice::Kind(BackendKind::Copy) => 1,
+            BackendChoice::Auto | BackendChoice::Kind(BackendKind::Process) => 2,
+            BackendChoice::Kind(BackendKind::Docker) => 3,
+            BackendChoice::Kind(BackendKind::Qemu | BackendKind::Firecracker) => 4,
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing a backend name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownBackend(pub String);
+
+impl fmt::Display for UnknownBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown backend `{}`: use auto, firecracker, qemu, docker, process, copy or direct",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownBackend {}
+
+impl FromStr for BackendChoice {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            other => BackendKind::parse(other)
+                .map(BackendChoice::Kind)
+                .ok_or_else(|| UnknownBackend(s.to_string())),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BackendChoice {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl clap::ValueEnum for BackendChoice {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            BackendChoice::Auto,
+            BackendChoice::Kind(BackendKind::Firecracker),
+            BackendChoice::Kind(BackendKind::Qemu),
+            BackendChoice::Kind(BackendKind::Docker),
+            BackendChoice::Kind(BackendKind::Process),
+            BackendChoice::Kind(BackendKind::Copy),
+            BackendChoice::Kind(BackendKind::Direct),
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        let v = PossibleValue::new(self.as_str());
+        Some(match self {
+            BackendChoice::Auto => v.help("the strongest that works here (the default)"),
+            BackendChoice::Kind(BackendKind::Firecracker) => v.help("a Firecracker microVM (KVM)"),
+            BackendChoice::Kind(BackendKind::Qemu) => v.help("a QEMU microVM"),
+            BackendChoice::Kind(BackendKind::Docker) => v.help("a Docker or Podman container"),
+            BackendChoice::Kind(BackendKind::Process) => {
+                v.help("a confined process: no network, only the copy writable")
+            }
+            BackendChoice::Kind(BackendKind::Copy) => v
+                .alias("demo")
+                .help("a copy of the project, no isolation from your system"),
+            BackendChoice::Kind(BackendKind::Direct) => {
+                v.help("no copy, no isolation: the agent edits your project itself")
+            }
+        })
+    }
+}
+
+/// Where a setting in force came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    UserFile,
+    ProjectFile,
+    Env,
+    Flag,
+}
+
+impl Source {
+    /// Whether the user (or their project) chose the value, rather than the default.
+    pub fn is_explicit(self) -> bool {
+        self != Source::Default
+    }
+
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::UserFile => "user config",
+            Source::ProjectFile => "project config",
+            Source::Env => "environment",
+            Source::Flag => "flag",
+        }
+    }
 }
 
 /// The directories Safe Coder uses, honouring `$XDG_CONFIG_HOME` and `$XDG_DATA_HOME`.
@@ -72,155 +274,14 @@ impl Dirs {
     }
 }
 
-pub fn project_config_file(project: &Path) -> PathBuf {
-    project.join(".safe-coder").join("config.toml")
-}
-
-/// Reads one config file. A missing file is an empty config.
-pub fn read_file_config(path: &Path, is_project: bool) -> Result<FileConfig> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileConfig::default()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    parse_file_config(&text, path, is_project)
-}
-
-fn type_err(path: &Path, key: &str, want: &str) -> anyhow::Error {
-    anyhow::anyhow!("{}: `{key}` must be {want}", path.display())
-}
-
-pub fn parse_file_config(text: &str, path: &Path, is_project: bool) -> Result<FileConfig> {
-    let root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        anyhow::anyhow!("{}: invalid TOML: {}", path.display(), e.message())
-    })?;
-    let mut cfg = FileConfig::default();
-    let file = path.display().to_string();
-    let warn = |cfg: &mut FileConfig, msg: String| cfg.warnings.push(format!("{file}: {msg}"));
-
-    for (section, value) in &root {
-        let Some(table) = value.as_table() else {
-            warn(&mut cfg, format!("unknown key `{section}` (ignored)"));
-            continue;
-        };
-        for (key, v) in table {
-            let full = format!("{section}.{key}");
-            let s = || {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| type_err(path, &full, "a string"))
-            };
-            let uint = || {
-                v.as_integer()
-                    .filter(|n| *n > 0)
-                    .map(|n| n as u64)
-                    .ok_or_else(|| type_err(path, &full, "a positive whole number"))
-            };
-            let float = || {
-                v.as_float()
-                    .or_else(|| v.as_integer().map(|n| n as f64))
-                    .filter(|f| *f > 0.0)
-                    .ok_or_else(|| type_err(path, &full, "a positive number"))
-            };
-            match (section.as_str(), key.as_str()) {
-                ("llm", "provider") => {
-                    let p = s()?;
-                    p.parse::<ProviderKind>().map_err(|_| {
-                        anyhow::anyhow!("{}: `llm.provider` is '{p}': use anthropic, openai or ollama", path.display())
-                    })?;
-                    cfg.provider = Some(p);
-                }
-                ("llm", "api_key") if is_project => warn(
-                    &mut cfg,
-                    "`llm.api_key` is ignored in a project config (keys belong in the user config or the environment)".into(),
-                ),
-                ("llm", "base_url") if is_project => warn(
-                    &mut cfg,
-                    "`llm.base_url` is ignored in a project config (a project must not redirect your API key elsewhere)".into(),
-                ),
-                ("llm", "api_key") => cfg.api_key = Some(s()?),
-                ("llm", "model") => cfg.model = Some(s()?),
-                ("llm", "base_url") => cfg.base_url = Some(s()?),
-                ("llm", "max_tokens") => {
-                    cfg.max_tokens = Some(u32::try_from(uint()?).map_err(|_| type_err(path, &full, "at most 4294967295"))?)
-                }
-                ("isolation", "backend") => {
-                    let b = s()?;
-                    if b != "auto" && safe_coder_sandbox::BackendKind::parse(&b).is_none() {
-                        bail!(
-                            "{}: `isolation.backend` is '{b}': use auto, firecracker, qemu, docker, process, copy or direct",
-                            path.display()
-                        );
-                    }
-                    cfg.backend = Some(b);
-                }
-                ("isolation", "exclude") => {
-                    let arr = v.as_array().ok_or_else(|| type_err(path, &full, "a list of glob strings"))?;
-                    let mut globs = Vec::new();
-                    for g in arr {
-                        globs.push(g.as_str().ok_or_else(|| type_err(path, &full, "a list of glob strings"))?.to_string());
-                    }
-                    cfg.exclude = Some(globs);
-                }
-                ("isolation", "memory_mb") => cfg.memory_mb = Some(uint()?),
-                ("isolation", "cpus") => cfg.cpus = Some(float()?),
-                ("agent", "approval_mode") => {
-                    let m = s()?;
-                    cfg.approval_mode = Some(m.parse().map_err(|e: String| anyhow::anyhow!("{}: `agent.approval_mode`: {e}", path.display()))?);
-                }
-                ("agent", "max_turns") => {
-                    cfg.max_turns = Some(u32::try_from(uint()?).map_err(|_| type_err(path, &full, "a smaller number"))?)
-                }
-                ("context", "window_tokens") => cfg.context_window = Some(uint()?),
-                ("context", "compact_threshold") => {
-                    let f = float()?;
-                    if f >= 1.0 {
-                        bail!("{}: `context.compact_threshold` must be between 0 and 1 (a fraction of the window)", path.display());
-                    }
-                    cfg.compact_threshold = Some(f);
-                }
-                ("ui", "theme") => {
-                    let t = s()?;
-                    if t != "cyberpunk" && t != "plain" {
-                        bail!("{}: `ui.theme` is '{t}': use cyberpunk or plain", path.display());
-                    }
-                    cfg.theme = Some(t);
-                }
-                ("pricing", model) => {
-                    let t = v.as_table().ok_or_else(|| type_err(path, &full, "a table with input_per_mtok and output_per_mtok"))?;
-                    let num = |k: &str| -> Result<f64> {
-                        match t.get(k) {
-                            None => Ok(0.0),
-                            Some(x) => x
-                                .as_float()
-                                .or_else(|| x.as_integer().map(|n| n as f64))
-                                .filter(|f| *f >= 0.0)
-                                .ok_or_else(|| type_err(path, &format!("{full}.{k}"), "a number of dollars")),
-                        }
-                    };
-                    cfg.prices.insert(
-                        model.to_string(),
-                        Price { input_per_mtok: num("input_per_mtok")?, output_per_mtok: num("output_per_mtok")? },
-                    );
-                }
-                // Sections of spec/01 for backends that are configured here but run elsewhere.
-                ("vm", "firecracker_bin" | "kernel_image" | "rootfs_image" | "vcpu_count" | "mem_size_mib")
-                | ("docker", "image" | "cpus" | "memory_mb" | "auto_pull" | "runtime") => {}
-                _ => warn(&mut cfg, format!("unknown key `{full}` (ignored)")),
-            }
-        }
-    }
-    Ok(cfg)
-}
-
-/// Flags given on the command line (the highest layer).
+/// Flags given on the command line (the highest layer), already typed by clap.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
-    pub provider: Option<String>,
+    pub provider: Option<ProviderKind>,
     pub model: Option<String>,
     pub base_url: Option<String>,
     pub api_key: Option<String>,
-    pub backend: Option<String>,
+    pub backend: Option<BackendChoice>,
     pub approval_mode: Option<ApprovalMode>,
 }
 
@@ -228,20 +289,38 @@ pub struct Overrides {
 #[derive(Clone, Debug)]
 pub struct Resolved {
     pub provider: ProviderKind,
+    /// Only ever the chosen provider's key.
     pub api_key: Option<String>,
     pub model: String,
+    /// The chosen provider's URL, without a trailing `/`.
     pub base_url: String,
     pub max_tokens: u32,
-    pub backend: String,
+    pub backend: BackendChoice,
+    pub backend_source: Source,
     pub exclude: Vec<String>,
     pub approval_mode: ApprovalMode,
+    /// Whether the user chose the approval mode (flag, environment, a file) or it is the
+    /// default: headless runs pick their own default when nobody chose.
+    pub approval_mode_source: Source,
     pub max_turns: u32,
-    pub theme: String,
+    pub theme: Theme,
     pub context_window: u64,
     pub compact_threshold: f64,
     pub memory_mb: u64,
     pub cpus: f64,
+    /// `[isolation] max_file_mb`: the largest file a commit or sync handles.
+    pub max_file_mb: u64,
+    /// `[isolation] env_passthrough`: variables handed to the agent's commands besides
+    /// the built-in allow-list.
+    pub env_passthrough: Vec<String>,
+    pub vm: VmSection,
+    pub docker: DockerSection,
     pub prices: BTreeMap<String, Price>,
+    pub user_file: (PathBuf, FileState),
+    pub project_file: (PathBuf, FileState),
+    /// The user trusted this project (`config --trust`): its file may loosen settings.
+    pub project_trusted: bool,
+    /// Unknown keys, refused project settings, old-style keys: shown, never fatal.
     pub warnings: Vec<String>,
 }
 
@@ -249,141 +328,190 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// Default context window of well-known models, in tokens.
-pub fn default_context_window(model: &str) -> u64 {
-    if model.starts_with("claude") {
-        200_000
-    } else if model.starts_with("gpt-4.1") || model.starts_with("gpt-5") {
-        400_000
-    } else if model.starts_with("gpt-4o") || model.starts_with("o") {
-        128_000
+/// An environment variable parsed as `T`; a bad value is an error naming the variable.
+fn env_parsed<T: FromStr>(name: &str) -> Result<Option<T>>
+where
+    T::Err: fmt::Display,
+{
+    match env(name) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("${name}: {e}")),
+    }
+}
+
+/// The first value set, from the highest layer down, and where it came from.
+fn layered<T>(
+    flag: Option<T>,
+    env: Option<T>,
+    proj: Option<T>,
+    user: Option<T>,
+) -> Option<(T, Source)> {
+    flag.map(|v| (v, Source::Flag))
+        .or_else(|| env.map(|v| (v, Source::Env)))
+        .or_else(|| proj.map(|v| (v, Source::ProjectFile)))
+        .or_else(|| user.map(|v| (v, Source::UserFile)))
+}
+
+fn files_only<T: Clone>(proj: &Option<T>, user: &Option<T>) -> Option<T> {
+    proj.clone().or_else(|| user.clone())
+}
+
+/// `OLLAMA_HOST` is often `host:port` without a scheme.
+fn with_scheme(url: String) -> String {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        url
     } else {
-        32_768
+        format!("http://{url}")
     }
 }
 
 pub fn resolve(dirs: &Dirs, project: &Path, flags: &Overrides) -> Result<Resolved> {
-    let user = read_file_config(&dirs.user_config_file(), false)?;
-    let proj = read_file_config(&project_config_file(project), true)?;
-    let mut warnings = user.warnings.clone();
-    warnings.extend(proj.warnings.iter().cloned());
+    let d = Defaults::default();
+    let mut warnings = Vec::new();
+    let user_path = dirs.user_config_file();
+    let proj_path = project_config_file(project);
+    let (user, user_state) = read_user_config(&user_path, &mut warnings)?;
+    let (mut proj, proj_state) = read_project_config(project, &mut warnings)?;
+    let trusted = is_trusted(&user, project);
+    restrict_project(
+        &mut proj,
+        &user,
+        trusted,
+        &proj_path.display().to_string(),
+        &mut warnings,
+    );
 
-    // Pick the layered value: flag > env > project > user.
-    fn pick<T: Clone>(
-        flag: Option<T>,
-        env: Option<T>,
-        proj: &Option<T>,
-        user: &Option<T>,
-    ) -> Option<T> {
-        flag.or(env)
-            .or_else(|| proj.clone())
-            .or_else(|| user.clone())
-    }
-
-    let provider_name = pick(
-        flags.provider.clone(),
-        env("SAFE_CODER_PROVIDER"),
-        &proj.provider,
-        &user.provider,
+    let (provider, _) = layered(
+        flags.provider,
+        env_parsed::<ProviderKind>("SAFE_CODER_PROVIDER")?,
+        proj.llm.provider,
+        user.llm.provider,
     )
-    .unwrap_or_else(|| "anthropic".to_string());
-    let provider: ProviderKind = provider_name.parse().map_err(|_| {
-        anyhow::anyhow!("unknown provider '{provider_name}': use anthropic, openai or ollama")
-    })?;
+    .unwrap_or((d.provider, Source::Default));
 
-    let key_env = match provider {
-        ProviderKind::Anthropic => env("ANTHROPIC_API_KEY"),
-        ProviderKind::OpenAi => env("OPENAI_API_KEY"),
-        ProviderKind::Ollama => None,
-    };
-    let base_env = match provider {
-        ProviderKind::OpenAi => env("OPENAI_BASE_URL"),
-        ProviderKind::Ollama => env("OLLAMA_HOST").map(|h| {
-            if h.starts_with("http://") || h.starts_with("https://") {
-                h
-            } else {
-                format!("http://{h}")
-            }
-        }),
-        ProviderKind::Anthropic => env("ANTHROPIC_BASE_URL"),
-    };
-    // A key or URL in a file written for another provider must not leak to this one.
-    let same_provider =
-        |c: &FileConfig| c.provider.as_deref().is_none_or(|p| p == provider.as_str());
-    let user_key = if same_provider(&user) {
-        user.api_key.clone()
-    } else {
-        None
-    };
-    let user_url = if same_provider(&user) {
-        user.base_url.clone()
-    } else {
-        None
-    };
-    let user_model = if same_provider(&user) {
-        user.model.clone()
-    } else {
-        None
-    };
-    let proj_model = if same_provider(&proj) {
-        proj.model.clone()
-    } else {
-        None
-    };
-
-    let api_key = pick(flags.api_key.clone(), key_env, &None, &user_key);
-    let base_url = pick(flags.base_url.clone(), base_env, &None, &user_url)
+    // Only the chosen provider's settings are read: a key or URL written for another
+    // provider is never sent to this one.
+    let user_p = user.llm.for_provider(provider);
+    let proj_p = proj.llm.for_provider(provider);
+    let api_key = flags
+        .api_key
+        .clone()
+        .or_else(|| provider.api_key_env().and_then(env))
+        .or(user_p.api_key);
+    let base_url = flags
+        .base_url
+        .clone()
+        .or_else(|| provider.base_url_env().and_then(env).map(with_scheme))
+        .or(user_p.base_url)
         .unwrap_or_else(|| provider.default_base_url().to_string());
-    let model = pick(
-        flags.model.clone(),
-        env("SAFE_CODER_MODEL"),
-        &proj_model,
-        &user_model,
-    )
-    .unwrap_or_else(|| provider.default_model().to_string());
-    let backend = pick(
-        flags.backend.clone(),
-        env("SAFE_CODER_BACKEND"),
-        &proj.backend,
-        &user.backend,
-    )
-    .unwrap_or_else(|| "auto".to_string());
-    if backend != "auto" && safe_coder_sandbox::BackendKind::parse(&backend).is_none() {
-        bail!("unknown backend '{backend}': use auto, firecracker, qemu, docker, process, copy or direct");
+    let model = flags
+        .model
+        .clone()
+        .or_else(|| env("SAFE_CODER_MODEL"))
+        .or(proj_p.model)
+        .or(user_p.model)
+        .unwrap_or_else(|| provider.default_model().to_string());
+
+    // Every key this run could know of is masked in the debug log.
+    for p in ProviderKind::ALL {
+        let keys = [
+            user.llm.for_provider(p).api_key,
+            p.api_key_env().and_then(env),
+        ];
+        for k in keys.iter().flatten() {
+            crate::logging::redact(k);
+        }
     }
-    let approval_mode = pick(
-        flags.approval_mode,
-        None,
-        &proj.approval_mode,
-        &user.approval_mode,
+    if let Some(k) = &flags.api_key {
+        crate::logging::redact(k);
+    }
+
+    let (backend, backend_source) = layered(
+        flags.backend,
+        env_parsed::<BackendChoice>("SAFE_CODER_BACKEND")?,
+        proj.isolation.backend,
+        user.isolation.backend,
     )
-    .unwrap_or_default();
-    let mut prices = user.prices.clone();
-    prices.extend(proj.prices.clone());
-    let context_window = pick(None, None, &proj.context_window, &user.context_window)
-        .unwrap_or_else(|| default_context_window(&model));
+    .unwrap_or((d.backend, Source::Default));
+    let (approval_mode, approval_mode_source) = layered(
+        flags.approval_mode,
+        env_parsed::<ApprovalMode>("SAFE_CODER_APPROVAL_MODE")?,
+        proj.agent.approval_mode,
+        user.agent.approval_mode,
+    )
+    .unwrap_or((d.approval_mode, Source::Default));
+
     let theme = if env("NO_COLOR").is_some() {
-        "plain".to_string()
+        Theme::Plain
     } else {
-        pick(None, None, &proj.theme, &user.theme).unwrap_or_else(|| "cyberpunk".to_string())
+        files_only(&proj.ui.theme, &user.ui.theme).unwrap_or(d.theme)
     };
+    let mut prices = user.pricing.clone();
+    prices.extend(proj.pricing.clone());
+    let context_window = files_only(&proj.context.window_tokens, &user.context.window_tokens)
+        .unwrap_or_else(|| default_context_window(&model));
+
+    let merge_vm = VmSection {
+        firecracker_bin: files_only(&proj.vm.firecracker_bin, &user.vm.firecracker_bin),
+        kernel_image: files_only(&proj.vm.kernel_image, &user.vm.kernel_image),
+        rootfs_image: files_only(&proj.vm.rootfs_image, &user.vm.rootfs_image),
+        vcpu_count: files_only(&proj.vm.vcpu_count, &user.vm.vcpu_count),
+        mem_size_mib: files_only(&proj.vm.mem_size_mib, &user.vm.mem_size_mib),
+    };
+    let merge_docker = DockerSection {
+        image: files_only(&proj.docker.image, &user.docker.image),
+        cpus: files_only(&proj.docker.cpus, &user.docker.cpus),
+        memory_mb: files_only(&proj.docker.memory_mb, &user.docker.memory_mb),
+        auto_pull: files_only(&proj.docker.auto_pull, &user.docker.auto_pull),
+        runtime: files_only(&proj.docker.runtime, &user.docker.runtime),
+    };
+
+    log::debug!(
+        "config: provider {provider}, model {model}, base URL {base_url}, key {}, backend {backend} ({backend_source:?}), approval {approval_mode} ({approval_mode_source:?}), project file {:?}, trusted {trusted}",
+        if api_key.is_some() { "set" } else { "not set" },
+        proj_state
+    );
+    for w in &warnings {
+        log::debug!("config warning: {w}");
+    }
     Ok(Resolved {
         provider,
         api_key,
         model,
         base_url: base_url.trim_end_matches('/').to_string(),
-        max_tokens: pick(None, None, &proj.max_tokens, &user.max_tokens).unwrap_or(8192),
+        max_tokens: files_only(&proj.llm.max_tokens, &user.llm.max_tokens).unwrap_or(d.max_tokens),
         backend,
-        exclude: pick(None, None, &proj.exclude, &user.exclude).unwrap_or_default(),
+        backend_source,
+        exclude: files_only(&proj.isolation.exclude, &user.isolation.exclude).unwrap_or_default(),
         approval_mode,
-        max_turns: pick(None, None, &proj.max_turns, &user.max_turns).unwrap_or(100),
+        approval_mode_source,
+        max_turns: files_only(&proj.agent.max_turns, &user.agent.max_turns).unwrap_or(d.max_turns),
         theme,
         context_window,
-        compact_threshold: pick(None, None, &proj.compact_threshold, &user.compact_threshold)
-            .unwrap_or(0.8),
-        memory_mb: pick(None, None, &proj.memory_mb, &user.memory_mb).unwrap_or(2048),
-        cpus: pick(None, None, &proj.cpus, &user.cpus).unwrap_or(2.0),
+        compact_threshold: files_only(
+            &proj.context.compact_threshold,
+            &user.context.compact_threshold,
+        )
+        .unwrap_or(d.compact_threshold),
+        memory_mb: files_only(&proj.isolation.memory_mb, &user.isolation.memory_mb)
+            .unwrap_or(d.memory_mb),
+        cpus: files_only(&proj.isolation.cpus, &user.isolation.cpus).unwrap_or(d.cpus),
+        max_file_mb: files_only(&proj.isolation.max_file_mb, &user.isolation.max_file_mb)
+            .unwrap_or(d.max_file_mb),
+        env_passthrough: files_only(
+            &proj.isolation.env_passthrough,
+            &user.isolation.env_passthrough,
+        )
+        .unwrap_or_default(),
+        vm: merge_vm,
+        docker: merge_docker,
         prices,
+        user_file: (user_path, user_state),
+        project_file: (proj_path, proj_state),
+        project_trusted: trusted,
         warnings,
     })
 }
@@ -399,119 +527,21 @@ pub fn mask(secret: &str) -> String {
     }
 }
 
-/// What `config` may set in the user file.
-#[derive(Clone, Debug, Default)]
-pub struct ConfigUpdate {
-    pub provider: Option<String>,
-    pub api_key: Option<String>,
-    pub model: Option<String>,
-    pub base_url: Option<String>,
-    pub backend: Option<String>,
-}
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
 
-impl ConfigUpdate {
-    pub fn is_empty(&self) -> bool {
-        self.provider.is_none()
-            && self.api_key.is_none()
-            && self.model.is_none()
-            && self.base_url.is_none()
-            && self.backend.is_none()
-    }
-}
-
-/// Writes the given values into the user config, keeping everything else in it, with
-/// mode 0600 (written to a temp file that is renamed over the old one).
-pub fn write_user_config(path: &Path, update: &ConfigUpdate) -> Result<()> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    // Validate the existing file first: never rewrite a file we cannot understand.
-    parse_file_config(&text, path, false)?;
-    let mut root: toml::Table = text.parse().unwrap_or_default();
-    if let Some(p) = &update.provider {
-        p.parse::<ProviderKind>().map_err(|_| {
-            anyhow::anyhow!("unknown provider '{p}': use anthropic, openai or ollama")
-        })?;
-    }
-    if let Some(b) = &update.backend {
-        if b != "auto" && safe_coder_sandbox::BackendKind::parse(b).is_none() {
-            bail!("unknown backend '{b}': use auto, firecracker, qemu, docker, process, copy or direct");
+    #[test]
+    fn backend_names_parse_once_with_demo_as_copy() {
+        assert_eq!("auto".parse(), Ok(BackendChoice::Auto));
+        assert_eq!("demo".parse(), Ok(BackendChoice::Kind(BackendKind::Copy)));
+        assert!("vm".parse::<BackendChoice>().is_err());
+        for v in <BackendChoice as clap::ValueEnum>::value_variants() {
+            assert_eq!(v.as_str().parse(), Ok(*v));
         }
+        let rank = |s: &str| s.parse::<BackendChoice>().unwrap().isolation_rank();
+        assert!(rank("direct") < rank("copy") && rank("copy") < rank("auto"));
+        assert!(rank("process") < rank("docker") && rank("docker") < rank("firecracker"));
     }
-    let mut set = |section: &str, key: &str, value: &Option<String>| {
-        if let Some(v) = value {
-            let entry = root
-                .entry(section.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if let Some(t) = entry.as_table_mut() {
-                t.insert(key.to_string(), toml::Value::String(v.clone()));
-            }
-        }
-    };
-    set("llm", "provider", &update.provider);
-    set("llm", "api_key", &update.api_key);
-    set("llm", "model", &update.model);
-    set("llm", "base_url", &update.base_url);
-    set("isolation", "backend", &update.backend);
-    let out = toml::to_string_pretty(&root).context("cannot serialise the config")?;
-
-    let dir = path
-        .parent()
-        .context("config path has no parent directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(".config.toml.{}.tmp", std::process::id()));
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(out.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
-}
-
-/// What `config --show` prints: the configuration in force, with the key masked.
-pub fn show(resolved: &Resolved, dirs: &Dirs, project: &Path) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "user config:    {}", dirs.user_config_file().display());
-    let _ = writeln!(
-        out,
-        "project config: {}",
-        project_config_file(project).display()
-    );
-    let _ = writeln!(out, "[llm]");
-    let _ = writeln!(out, "provider = {}", resolved.provider.as_str());
-    let _ = writeln!(out, "model = {}", resolved.model);
-    let _ = writeln!(out, "base_url = {}", resolved.base_url);
-    let _ = writeln!(out, "max_tokens = {}", resolved.max_tokens);
-    let _ = writeln!(
-        out,
-        "api_key = {}",
-        resolved
-            .api_key
-            .as_deref()
-            .map(mask)
-            .unwrap_or_else(|| "(not set)".to_string())
-    );
-    let _ = writeln!(out, "[isolation]");
-    let _ = writeln!(out, "backend = {}", resolved.backend);
-    let _ = writeln!(out, "exclude = {:?}", resolved.exclude);
-    let _ = writeln!(out, "[agent]");
-    let _ = writeln!(out, "approval_mode = {}", resolved.approval_mode);
-    let _ = writeln!(out, "max_turns = {}", resolved.max_turns);
-    let _ = writeln!(out, "[ui]");
-    let _ = writeln!(out, "theme = {}", resolved.theme);
-    for w in &resolved.warnings {
-        let _ = writeln!(out, "warning: {w}");
-    }
-    out
 }

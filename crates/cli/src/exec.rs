@@ -54,8 +54,7 @@ pub async fn run(args: AgentArgs, json: bool, sync: SyncChoice, prompt: String) 
     settings.headless = true;
     // DESIGN §6: on a sandboxed backend nothing reaches the project without a sync, so
     // the agent's tools run inside the sandbox unless the user chose a stricter mode.
-    let chosen = args.approval_mode.is_some()
-        || prepared.resolved.approval_mode != ApprovalMode::Default;
+    let chosen = prepared.resolved.approval_mode_source.is_explicit();
     if !chosen && settings.backend.is_none_or(|b| b.uses_copy()) {
         settings.approval_mode = ApprovalMode::Yolo;
     }

@@ -4,6 +4,7 @@ mod chat_line;
 mod chat_tui;
 mod config;
 mod exec;
+mod logging;
 mod render;
 mod sessions;
 mod setup;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use safe_coder_llm::ProviderKind;
 use safe_coder_protocol::ApprovalMode;
 
 #[derive(Parser, Debug)]
@@ -34,25 +36,29 @@ struct AgentArgs {
     /// The project directory (default: the current directory).
     #[arg(long, value_name = "DIR")]
     path: Option<PathBuf>,
-    /// Isolation backend: auto, firecracker, qemu, docker, process, copy or direct.
-    #[arg(long, value_name = "B")]
-    backend: Option<String>,
-    /// Same as `--backend copy` (the documents' demo mode).
-    #[arg(long)]
+    /// How the agent is isolated from your system (default: `auto`, the strongest that
+    /// works here; `safe-coder sandbox doctor` lists them).
+    #[arg(long, value_name = "B", value_enum, ignore_case = true)]
+    backend: Option<config::BackendChoice>,
+    /// Try Safe Coder without a sandbox: the agent works on a plain copy of your project
+    /// (your files still change only when you accept), but its commands can reach your
+    /// system. Same as `--backend copy`.
+    #[arg(long, conflicts_with = "backend")]
     demo: bool,
-    /// Model provider: anthropic, openai or ollama.
-    #[arg(long, value_name = "P")]
-    provider: Option<String>,
+    /// Which model API to use.
+    #[arg(long, value_name = "P", value_enum, ignore_case = true)]
+    provider: Option<ProviderKind>,
+    /// The model name, as the provider spells it (default: the provider's default).
     #[arg(long, value_name = "M")]
     model: Option<String>,
     /// The API's base URL (Anthropic without /v1, OpenAI with /v1, Ollama's host).
     #[arg(long, value_name = "URL")]
     base_url: Option<String>,
-    /// API key (prefer the environment or `safe-coder config`).
+    /// API key (prefer the environment or `safe-coder config`: flags show in `ps`).
     #[arg(long, value_name = "K")]
     api_key: Option<String>,
-    /// plan, default, auto-edit or yolo.
-    #[arg(long, value_name = "MODE")]
+    /// How much the agent may do without asking you.
+    #[arg(long, value_name = "MODE", value_enum, ignore_case = true)]
     approval_mode: Option<ApprovalMode>,
     /// Say more: why this backend was chosen over the others.
     #[arg(long, short = 'v')]
@@ -96,22 +102,44 @@ enum Command {
         #[arg(required = true, num_args = 1.., value_name = "PROMPT")]
         prompt: Vec<String>,
     },
-    /// Write or show the user configuration.
+    /// Write or show the configuration.
+    ///
+    /// With settings, writes them to the user config (`~/.config/safe-coder/config.toml`,
+    /// mode 0600); key, model and base URL are stored for the provider given with
+    /// `--provider` (or the one already chosen), so switching provider never sends one
+    /// provider's key to another. Without settings, or with --show, prints the
+    /// configuration in force, which files were read, and every warning.
     Config {
-        #[arg(long, value_name = "P")]
-        provider: Option<String>,
+        /// Use this provider from now on; --api-key, --model and --base-url are its own.
+        #[arg(long, value_name = "P", value_enum, ignore_case = true)]
+        provider: Option<ProviderKind>,
+        /// The provider's API key (stored only in the user config).
         #[arg(long, value_name = "K")]
         api_key: Option<String>,
+        /// The provider's model.
         #[arg(long, value_name = "M")]
         model: Option<String>,
+        /// The provider's base URL (Anthropic without /v1, OpenAI with /v1, Ollama's host).
         #[arg(long, value_name = "URL")]
         base_url: Option<String>,
-        #[arg(long, value_name = "B")]
-        backend: Option<String>,
-        /// Show the configuration in force (the key masked).
+        /// The isolation backend to use by default.
+        #[arg(long, value_name = "B", value_enum, ignore_case = true)]
+        backend: Option<config::BackendChoice>,
+        /// The approval mode to use by default.
+        #[arg(long, value_name = "MODE", value_enum, ignore_case = true)]
+        approval_mode: Option<ApprovalMode>,
+        /// Trust the project at --path (or the current directory): its own
+        /// `.safe-coder/config.toml` may then choose a weaker backend, a looser approval
+        /// mode and higher limits. Without it, a project may only tighten them.
+        #[arg(long, conflicts_with = "untrust")]
+        trust: bool,
+        /// Stop trusting the project at --path (or the current directory).
+        #[arg(long)]
+        untrust: bool,
+        /// Show the configuration in force (the key masked), after any change.
         #[arg(long)]
         show: bool,
-        /// The project whose `.safe-coder/config.toml` counts for --show.
+        /// The project for --show, --trust and --untrust (default: the current directory).
         #[arg(long, value_name = "DIR")]
         path: Option<PathBuf>,
     },
@@ -135,6 +163,11 @@ enum SandboxCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        if let Ok(dirs) = config::Dirs::from_env() {
+            logging::init(&dirs.data_dir);
+        }
+    }
     let result = match cli.command {
         Command::Config {
             provider,
@@ -142,6 +175,9 @@ fn main() -> ExitCode {
             model,
             base_url,
             backend,
+            approval_mode,
+            trust,
+            untrust,
             show,
             path,
         } => config_command(
@@ -151,7 +187,11 @@ fn main() -> ExitCode {
                 model,
                 base_url,
                 backend,
+                approval_mode,
+                trust: None,
+                untrust: None,
             },
+            (trust, untrust),
             show,
             path,
         ),
@@ -203,23 +243,48 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn config_command(
-    update: config::ConfigUpdate,
+    mut update: config::ConfigUpdate,
+    (trust, untrust): (bool, bool),
     show: bool,
     path: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let dirs = config::Dirs::from_env()?;
     let file = dirs.user_config_file();
+    let project = match path {
+        Some(p) => p,
+        None => std::env::current_dir()?,
+    };
+    if trust || untrust {
+        let canonical = project.canonicalize().map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the project directory {}: {e}",
+                project.display()
+            )
+        })?;
+        if trust {
+            update.trust = Some(canonical);
+        } else {
+            update.untrust = Some(canonical);
+        }
+    }
     if !update.is_empty() {
-        config::write_user_config(&file, &update)?;
+        for note in config::write_user_config(&file, &update)? {
+            println!("{note}");
+        }
         println!("Saved {}", file.display());
+        if let Some(p) = &update.trust {
+            println!(
+                "Trusted {}: its .safe-coder/config.toml may now loosen settings",
+                p.display()
+            );
+        }
+        if let Some(p) = &update.untrust {
+            println!("No longer trusted: {}", p.display());
+        }
     }
     if show || update.is_empty() {
-        let project = match path {
-            Some(p) => p,
-            None => std::env::current_dir()?,
-        };
         let resolved = config::resolve(&dirs, &project, &config::Overrides::default())?;
-        print!("{}", config::show(&resolved, &dirs, &project));
+        print!("{}", config::show(&resolved));
     }
     Ok(())
 }

@@ -22,20 +22,6 @@ pub fn tool_finished_line(
     format!("{mark} {name} ({duration_ms} ms) {first}")
 }
 
-/// One line saying what a tool call is about.
-pub fn summarize_input(input: &serde_json::Value) -> String {
-    let s = ["command", "path"]
-        .iter()
-        .find_map(|k| input.get(*k).and_then(|v| v.as_str()))
-        .unwrap_or("");
-    let line = s.lines().next().unwrap_or("");
-    if line.chars().count() > 100 {
-        format!("{}…", line.chars().take(100).collect::<String>())
-    } else {
-        line.to_string()
-    }
-}
-
 /// The text of an event that is not part of the streamed answer, or `None` for events
 /// the caller renders itself (or not at all). `verbose` shows the full backend note.
 pub fn event_text(event: &Event, verbose: bool) -> Option<String> {
@@ -46,8 +32,8 @@ pub fn event_text(event: &Event, verbose: bool) -> Option<String> {
             note,
             ..
         } => session_started_line(session_id, backend, note, verbose),
-        Event::ToolCallStarted { name, input, .. } => {
-            format!("🔧 {name} {}", escape_for_terminal(&summarize_input(input)))
+        Event::ToolCallStarted { name, summary, .. } => {
+            format!("🔧 {name} {}", escape_for_terminal(summary))
         }
         Event::ToolCallFinished {
             name,
@@ -61,7 +47,9 @@ pub fn event_text(event: &Event, verbose: bool) -> Option<String> {
             attempt,
             delay_ms,
             reason,
-        } => format!("… retrying ({attempt}) in {delay_ms} ms: {reason}; the text above may repeat"),
+        } => {
+            format!("… retrying ({attempt}) in {delay_ms} ms: {reason}; the text above may repeat")
+        }
         Event::Committed { message, commit } => {
             let short: String = commit.chars().take(8).collect();
             format!("🔒 {short} {}", escape_for_terminal(message))
@@ -79,7 +67,10 @@ pub fn event_text(event: &Event, verbose: bool) -> Option<String> {
         } => escape_for_terminal(&shell_result(output, *exit_code, *timed_out, *cancelled))
             .into_owned(),
         Event::ChangeSummary { changes } => {
-            format!("🔒 Changes detected in the sandbox:\n{}", changes.summary_text().trim_end())
+            format!(
+                "🔒 Changes detected in the sandbox:\n{}",
+                changes.summary_text().trim_end()
+            )
         }
         Event::SyncFinished {
             outcome,
@@ -88,7 +79,14 @@ pub fn event_text(event: &Event, verbose: bool) -> Option<String> {
             applied,
             conflicts,
             session_kept,
-        } => sync_finished_text(*outcome, project, session_id, applied, conflicts, *session_kept),
+        } => sync_finished_text(
+            *outcome,
+            project,
+            session_id,
+            applied,
+            conflicts,
+            *session_kept,
+        ),
         _ => return None,
     })
 }

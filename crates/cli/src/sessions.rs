@@ -264,7 +264,12 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
                     let diffs = changes
                         .files
                         .iter()
-                        .map(|f| (f.path.clone(), session.diff(Some(&f.path)).unwrap_or_default()))
+                        .map(|f| {
+                            (
+                                f.path.clone(),
+                                session.diff(Some(&f.path)).unwrap_or_default(),
+                            )
+                        })
                         .collect();
                     crate::chat_line::ask_review(&input, &changes, &diffs).await
                 })
@@ -316,7 +321,10 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
 /// Why a session has no files left, in the user's words.
 fn gone_text(record: &SessionRecord) -> String {
     match record.state.as_str() {
-        "synced" => format!("Session {} was synced; nothing is left to review.", record.id),
+        "synced" => format!(
+            "Session {} was synced; nothing is left to review.",
+            record.id
+        ),
         "discarded" => format!("Session {} was discarded.", record.id),
         _ => format!(
             "Session {} has no work left on disk ({} is gone).",

@@ -46,12 +46,12 @@ pub fn prepare(args: &AgentArgs) -> Result<Prepared> {
         anyhow::bail!("{} is not a directory", project.display());
     }
     let backend = if args.demo {
-        Some("copy".to_string())
+        Some(config::BackendChoice::Kind(BackendKind::Copy))
     } else {
-        args.backend.clone()
+        args.backend
     };
     let flags = Overrides {
-        provider: args.provider.clone(),
+        provider: args.provider,
         model: args.model.clone(),
         base_url: args.base_url.clone(),
         api_key: args.api_key.clone(),
@@ -89,13 +89,8 @@ pub fn open_store(dirs: &Dirs) -> Result<Arc<Mutex<Store>>> {
 }
 
 /// The backend the user asked for; `None` is auto.
-pub fn requested_backend(p: &Prepared) -> Result<Option<BackendKind>> {
-    Ok(match p.resolved.backend.as_str() {
-        "auto" => None,
-        name => {
-            Some(BackendKind::parse(name).with_context(|| format!("unknown backend '{name}'"))?)
-        }
-    })
+pub fn requested_backend(p: &Prepared) -> Option<BackendKind> {
+    p.resolved.backend.kind()
 }
 
 /// What the core needs for a conversation.
@@ -105,10 +100,12 @@ pub fn settings(p: &Prepared) -> Result<Settings> {
         project: p.project.clone(),
         data_dir: p.dirs.data_dir.clone(),
         config_dir: p.dirs.config_dir.clone(),
-        backend: requested_backend(p)?,
+        backend: requested_backend(p),
         exclude: r.exclude.clone(),
         memory_mb: r.memory_mb,
         cpus: r.cpus,
+        env_passthrough: r.env_passthrough.clone(),
+        max_file_mb: r.max_file_mb,
         provider: provider_config(r),
         max_turns: r.max_turns,
         approval_mode: r.approval_mode,

@@ -5,10 +5,12 @@ use std::time::Instant;
 use safe_coder_history::SessionRepo;
 use safe_coder_llm::{LlmError, ModelClient};
 use safe_coder_protocol::{
-    ApprovalDecision, ApprovalMode, ApprovalRequest, ContentBlock, Event, Message, ModelRequest,
-    Role, StopReason, StreamEvent, ToolOutcome, Usage,
+    ApprovalDecision, ApprovalMode, ApprovalRequest, ContentBlock, Event, Gate, Message,
+    ModelRequest, Role, StopReason, StreamEvent, ToolOutcome, Usage,
 };
 use safe_coder_sandbox::{CancellationToken, Sandbox};
+use safe_coder_tools::{ToolCall, ToolContext, ToolRegistry};
+
 use crate::recorder::Recorder;
 
 use crate::approval::{needs_approval, Approver};
@@ -214,13 +216,12 @@ impl Agent {
                 _ => messages.push(m.clone()),
             }
         }
-        let read_only = self.options.approval_mode == ApprovalMode::Plan;
         ModelRequest {
             model: self.options.model.clone(),
             system,
             messages,
             tools: if with_tools {
-                safe_coder_tools::specs(read_only)
+                ToolRegistry::builtin().specs(self.options.approval_mode)
             } else {
                 Vec::new()
             },
@@ -428,33 +429,53 @@ impl Agent {
                 });
                 continue;
             }
+            // Unknown tools and bad arguments are the model's to fix: they are reported
+            // to it without asking the user, since nothing would run.
+            let prepared = match safe_coder_llm::invalid_tool_input(input) {
+                Some(raw) => Err((
+                    format!(
+                        "Not run: the arguments of this {name} call are not valid JSON ({}). Send the call again with a JSON object as its arguments.",
+                        raw.chars().take(200).collect::<String>()
+                    ),
+                    ToolOutcome::Denied,
+                )),
+                None => ToolRegistry::builtin()
+                    .prepare(name, input)
+                    .map_err(|why| (why, ToolOutcome::Error)),
+            };
             events.emit(Event::ToolCallStarted {
                 id: id.clone(),
                 name: name.clone(),
                 input: input.clone(),
+                summary: prepared
+                    .as_ref()
+                    .map(|call| call.summary())
+                    .unwrap_or_default(),
             });
             let mut started = Instant::now();
 
-            let authorized = match safe_coder_llm::invalid_tool_input(input) {
-                Some(raw) => Err(format!(
-                    "Not run: the arguments of this {name} call are not valid JSON ({}). Send the call again with a JSON object as its arguments.",
-                    raw.chars().take(200).collect::<String>()
-                )),
-                None => self.authorize(id, name, input, approver).await,
+            let authorized = match prepared {
+                Err(refusal) => Err(refusal),
+                Ok(call) => match self.authorize(id, &*call, approver).await {
+                    Ok(()) => Ok(call),
+                    Err(refusal) => Err((refusal, ToolOutcome::Denied)),
+                },
             };
             let (content, outcome) = match authorized {
-                Err(refusal) => (refusal, ToolOutcome::Denied),
-                Ok(()) => {
+                Err(refusal) => refusal,
+                Ok(call) => {
                     // The tool's own time, without the time the user took to approve.
                     started = Instant::now();
-                    let ctx = safe_coder_tools::ToolContext {
+                    let ctx = ToolContext {
                         sandbox: &*self.sandbox,
                         cancel: cancel.clone(),
                     };
-                    let out = safe_coder_tools::run(name, input, &ctx).await;
-                    if !safe_coder_tools::is_read_only(name) {
+                    let out = call.run(&ctx).await;
+                    let effect = call.effect();
+                    if !effect.is_read_only() {
                         may_have_changed = true;
-                        if name == "bash" {
+                        // A command's effects are unknown: commit after a full scan.
+                        if effect.needs_full_scan() {
                             full_scan = true;
                         }
                         touched.extend(out.touched_paths.iter().cloned());
@@ -521,30 +542,30 @@ impl Agent {
     async fn authorize(
         &mut self,
         id: &str,
-        name: &str,
-        input: &serde_json::Value,
+        call: &dyn ToolCall,
         approver: &dyn Approver,
     ) -> Result<(), String> {
-        let mode = self.options.approval_mode;
-        let ask = match needs_approval(mode, name) {
-            None => {
+        let name = call.name();
+        match needs_approval(self.options.approval_mode, call.effect()) {
+            Gate::Run => return Ok(()),
+            Gate::Refuse => {
                 return Err(format!(
                     "Not run: {name} is not available in plan mode (read-only). Propose the change in your answer instead."
                 ))
             }
-            Some(ask) => ask,
-        };
-        if !ask || self.always_allowed.contains(name) {
-            return Ok(());
+            Gate::Ask if self.always_allowed.contains(name) => return Ok(()),
+            Gate::Ask => {}
         }
-        let subject = match safe_coder_tools::preview(name, input, &*self.sandbox).await {
-            Some(s) => s,
-            // Unknown tools and malformed calls are refused by the tool itself.
-            None => return Ok(()),
+        let Some(subject) = call.preview(&*self.sandbox).await else {
+            // Never run a call the user was not shown.
+            return Err(format!(
+                "Not run: this {name} call needs the user's approval, but {name} cannot show what it would do."
+            ));
         };
         let request = ApprovalRequest {
             tool_call_id: id.to_string(),
             tool_name: name.to_string(),
+            effect: call.effect(),
             subject,
         };
         // The approver shows the request (an event) and waits for the answer.

@@ -94,10 +94,9 @@ impl Runner {
     ) -> bool {
         match safe_coder_interact::classify(line, &self.custom) {
             Err(e) => self.events.error(e.to_string()),
-            Ok(Input::Shell(cmd)) if cmd.trim().is_empty() => {
-                self.events
-                    .error("type a command after `!`, e.g. `!ls -la`")
-            }
+            Ok(Input::Shell(cmd)) if cmd.trim().is_empty() => self
+                .events
+                .error("type a command after `!`, e.g. `!ls -la`"),
             Ok(Input::Shell(cmd)) => self.shell(&cmd, cancel).await,
             Ok(Input::Slash(cmd)) => return self.slash(cmd, approver, cancel).await,
             Ok(Input::Prompt(text)) => self.prompt(text, approver, cancel).await,
@@ -505,12 +504,12 @@ impl Runner {
                 SyncOutcome::InPlace
             };
             let kept = if ending {
-                let verdict = if outcome == SyncOutcome::InPlace {
-                    ReviewDecision::AcceptAll
-                } else {
-                    ReviewDecision::RejectAll
-                };
-                self.apply(verdict, true).await.map(|r| !r.finished).unwrap_or(true)
+                // Nothing is pending: the session is done (as synced, not discarded:
+                // a mid-session `/sync` may have written everything already).
+                self.apply(ReviewDecision::AcceptAll, true)
+                    .await
+                    .map(|r| !r.finished)
+                    .unwrap_or(true)
             } else {
                 false
             };
@@ -603,10 +602,9 @@ impl Runner {
     pub(crate) async fn shutdown(&mut self, front_end_gone: bool) {
         let kept = if front_end_gone {
             let session = self.session.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                session.review(&ReviewDecision::Keep, true)
-            })
-            .await;
+            let _ =
+                tokio::task::spawn_blocking(move || session.review(&ReviewDecision::Keep, true))
+                    .await;
             self.session.workspace.syncs_back()
         } else {
             self.review(true).await;

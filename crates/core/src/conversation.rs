@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 use crate::agent::{Agent, AgentOptions, EventSink};
 use crate::approval::{Approver, HeadlessApprover};
 use crate::recorder::Recorder;
-use crate::session::{store_path, Session, SessionConfig, SessionError};
+use crate::session::{store_path, Session, SessionConfig, SessionError, SessionLimits};
 use crate::settings::{Settings, Start};
 
 /// Why a conversation could not start. Each message is one sentence naming the fix.
@@ -167,12 +167,7 @@ impl Approver for QueueApprover {
         if let Ok(mut p) = self.pending.lock() {
             p.insert(request.tool_call_id.clone(), tx);
         }
-        let token = self
-            .cancel
-            .0
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_default();
+        let token = self.cancel.0.lock().map(|c| c.clone()).unwrap_or_default();
         let id = request.tool_call_id.clone();
         self.events.emit(Event::ApprovalRequested { request });
         let decision = tokio::select! {
@@ -335,9 +330,9 @@ pub async fn start(settings: Settings, start: Start) -> Result<Conversation, Sta
                             Some(tx) => {
                                 let _ = tx.send(decision);
                             }
-                            None => events.error(format!(
-                                "no approval is waiting for call {call_id}"
-                            )),
+                            None => {
+                                events.error(format!("no approval is waiting for call {call_id}"))
+                            }
                         }
                     }
                     Op::Complete { text } => {
@@ -460,24 +455,29 @@ struct Opened {
     restored: Option<SessionRecord>,
 }
 
+fn limits_of(settings: &Settings) -> SessionLimits {
+    SessionLimits {
+        memory_mb: settings.memory_mb,
+        cpus: settings.cpus,
+        env_passthrough: settings.env_passthrough.clone(),
+        max_file_bytes: settings.max_file_mb.saturating_mul(1024 * 1024),
+    }
+}
+
 fn session_config(settings: &Settings) -> SessionConfig {
     SessionConfig {
         project: settings.project.clone(),
         data_dir: settings.data_dir.clone(),
         backend: settings.backend,
         exclude: settings.exclude.clone(),
-        memory_mb: settings.memory_mb,
-        cpus: settings.cpus,
+        limits: limits_of(settings),
         provider: settings.provider.kind.as_str().to_string(),
         model: settings.provider.model.clone(),
         approval_mode: settings.approval_mode.to_string(),
     }
 }
 
-async fn new_session(
-    settings: &Settings,
-    store: Arc<Mutex<Store>>,
-) -> Result<Session, StartError> {
+async fn new_session(settings: &Settings, store: Arc<Mutex<Store>>) -> Result<Session, StartError> {
     let config = session_config(settings);
     tokio::task::spawn_blocking(move || Session::start(&config, store))
         .await
@@ -525,8 +525,8 @@ async fn open_session(
         let messages = s.load_messages(&record.id)?;
         (record, messages)
     };
-    let sandbox_kept = std::path::Path::new(&record.session_dir).exists()
-        && record.state.holds_unsynced_work();
+    let sandbox_kept =
+        std::path::Path::new(&record.session_dir).exists() && record.state.holds_unsynced_work();
     if !sandbox_kept {
         let session = new_session(settings, store.clone()).await?;
         {
@@ -555,8 +555,8 @@ async fn open_session(
     let session = {
         let store = store.clone();
         let record = record.clone();
-        let (memory_mb, cpus) = (settings.memory_mb, settings.cpus);
-        tokio::task::spawn_blocking(move || Session::open(&record, store, memory_mb, cpus))
+        let limits = limits_of(settings);
+        tokio::task::spawn_blocking(move || Session::open(&record, store, &limits))
             .await
             .map_err(|e| StartError::Other(format!("the session could not be opened: {e}")))??
     };
@@ -569,14 +569,19 @@ async fn open_session(
 }
 
 /// The diffs the review shows, one per changed file.
-pub(crate) fn diffs_of(session: &Session, changes: &safe_coder_protocol::ChangeSet) -> BTreeMap<String, String> {
+pub(crate) fn diffs_of(
+    session: &Session,
+    changes: &safe_coder_protocol::ChangeSet,
+) -> BTreeMap<String, String> {
     changes
         .files
         .iter()
         .map(|f| {
             (
                 f.path.clone(),
-                session.diff(Some(&f.path)).unwrap_or_else(|e| format!("(no diff: {e})\n")),
+                session
+                    .diff(Some(&f.path))
+                    .unwrap_or_else(|e| format!("(no diff: {e})\n")),
             )
         })
         .collect()

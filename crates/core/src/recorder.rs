@@ -13,9 +13,19 @@ use safe_coder_store::Store;
 enum Record {
     Append(Message),
     Replace(Vec<Message>),
-    Usage { model: String, usage: Usage },
-    ToolCall { tool: String, ok: bool, duration_ms: u64 },
-    Model { provider: String, model: String },
+    Usage {
+        model: String,
+        usage: Usage,
+    },
+    ToolCall {
+        tool: String,
+        ok: bool,
+        duration_ms: u64,
+    },
+    Model {
+        provider: String,
+        model: String,
+    },
     ApprovalMode(ApprovalMode),
     Title(String),
     /// Answered once every earlier record is written.

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 
 use safe_coder_history::SessionRepo;
 use safe_coder_protocol::{ChangeSet, ReviewDecision};
-use safe_coder_sandbox::host::HostSandbox;
 use safe_coder_sandbox::{BackendKind, Sandbox};
 use safe_coder_store::{NewSession, SessionRecord, SessionState, Store};
 
@@ -44,11 +43,33 @@ pub struct SessionConfig {
     /// `None` = auto.
     pub backend: Option<BackendKind>,
     pub exclude: Vec<String>,
-    pub memory_mb: u64,
-    pub cpus: f64,
+    pub limits: SessionLimits,
     pub provider: String,
     pub model: String,
     pub approval_mode: String,
+}
+
+/// What a session's sandbox and history are opened with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionLimits {
+    pub memory_mb: u64,
+    pub cpus: f64,
+    /// Environment variables handed to the agent's commands beyond the allow-list.
+    pub env_passthrough: Vec<String>,
+    /// The largest file a commit or a sync handles, in bytes.
+    pub max_file_bytes: u64,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        let l = safe_coder_sandbox::Limits::default();
+        SessionLimits {
+            memory_mb: l.memory_mb,
+            cpus: l.cpus,
+            env_passthrough: Vec::new(),
+            max_file_bytes: safe_coder_history::DEFAULT_MAX_FILE_BYTES,
+        }
+    }
 }
 
 /// A session's files: its history, its workspace and its record. No sandbox runs.
@@ -97,95 +118,14 @@ pub fn store_path(data_dir: &Path) -> PathBuf {
 fn open_sandbox(
     backend: BackendKind,
     work: &Path,
-    memory_mb: u64,
-    cpus: f64,
+    limits: &SessionLimits,
 ) -> Result<Arc<dyn Sandbox>, SessionError> {
-    Ok(match backend {
-        BackendKind::Direct | BackendKind::Copy => Arc::new(HostSandbox::new(backend, work.to_path_buf(), None)?),
-        BackendKind::Process => {
-            use safe_coder_sandbox::process::{ProcessConfiner, ProcessLimits};
-            let limits = ProcessLimits { memory_mb, cpus, ..Default::default() };
-            let (dirs, env) = user_toolchains();
-            let inner = ProcessConfiner::new(limits)?.with_read_only_paths(dirs);
-            let confiner = ToolchainConfiner { inner, env };
-            Arc::new(HostSandbox::new(BackendKind::Process, work.to_path_buf(), Some(Arc::new(confiner)))?)
-        }
-        other => {
-            return Err(SessionError::Other(format!(
-                "the {} backend is not available in this build; run `safe-coder sandbox doctor` to see what works here",
-                other.as_str()
-            )))
-        }
-    })
+    let mut spec = safe_coder_sandbox::SandboxSpec::new(work);
+    spec.limits.memory_mb = limits.memory_mb;
+    spec.limits.cpus = limits.cpus;
+    spec.env_passthrough = limits.env_passthrough.clone();
+    Ok(safe_coder_sandbox::open(backend, spec)?)
 }
-
-/// Toolchains installed in the user's home (`~/.cargo/bin`, `~/.rustup`, pyenv, nvm...)
-/// are hidden with the rest of the home by the `process` backend. The directories on
-/// `PATH` that live under `$HOME`, `~/.rustup` (which rustup's proxies need) and
-/// `~/.pyenv` are made visible read-only, so the agent can still build and test; the
-/// variables that tell those tools where they live are set, since `HOME` differs inside.
-/// Nothing else of the home is visible (no `~/.cargo/credentials.toml`, no `~/.ssh`).
-fn user_toolchains() -> (Vec<PathBuf>, Vec<(String, String)>) {
-    let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
-        return (Vec::new(), Vec::new());
-    };
-    if home == Path::new("/") {
-        return (Vec::new(), Vec::new());
-    }
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    let mut env = Vec::new();
-    for (dir, var) in [(".rustup", "RUSTUP_HOME"), (".pyenv", "PYENV_ROOT")] {
-        let p = home.join(dir);
-        if p.is_dir() {
-            if std::env::var_os(var).is_none() {
-                env.push((var.to_string(), p.display().to_string()));
-            }
-            candidates.push(p);
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for entry in std::env::split_paths(&path) {
-            if entry.starts_with(&home) && entry != home && entry.is_dir() {
-                candidates.push(entry);
-            }
-        }
-    }
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for c in &candidates {
-        let covered = candidates.iter().any(|o| o != c && c.starts_with(o));
-        if !covered && !dirs.contains(c) {
-            dirs.push(c.clone());
-        }
-    }
-    (dirs, env)
-}
-
-/// The process confiner plus the toolchain variables of [`user_toolchains`].
-struct ToolchainConfiner {
-    inner: safe_coder_sandbox::process::ProcessConfiner,
-    env: Vec<(String, String)>,
-}
-
-impl safe_coder_sandbox::host::CommandConfiner for ToolchainConfiner {
-    fn build(
-        &self,
-        command: &str,
-        workdir: &Path,
-    ) -> Result<std::process::Command, safe_coder_sandbox::SandboxError> {
-        let mut cmd = self.inner.build(command, workdir)?;
-        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        Ok(cmd)
-    }
-
-    fn memory_limit_mb(&self) -> Option<u64> {
-        self.inner.memory_limit_mb()
-    }
-
-    fn cpus(&self) -> Option<f64> {
-        self.inner.cpus()
-    }
-}
-
 
 impl Session {
     /// Creates the session directory, copies the project in (or sets up the shadow
@@ -264,7 +204,7 @@ impl Session {
                 approval_mode: config.approval_mode.clone(),
             })?;
         }
-        let sandbox = open_sandbox(backend, workspace.work_tree(), config.memory_mb, config.cpus)?;
+        let sandbox = open_sandbox(backend, workspace.work_tree(), &config.limits)?;
         let session = Session {
             files: SessionFiles {
                 id,
@@ -272,7 +212,7 @@ impl Session {
                 backend,
                 dir,
                 workspace,
-                repo: Arc::new(repo),
+                repo: Arc::new(repo.with_max_file_bytes(config.limits.max_file_bytes)),
                 store,
             },
             sandbox,
@@ -286,11 +226,10 @@ impl Session {
     pub fn open(
         record: &SessionRecord,
         store: Arc<Mutex<Store>>,
-        memory_mb: u64,
-        cpus: f64,
+        limits: &SessionLimits,
     ) -> Result<Session, SessionError> {
-        let files = SessionFiles::open(record, store)?;
-        let sandbox = open_sandbox(files.backend, files.workspace.work_tree(), memory_mb, cpus)?;
+        let files = SessionFiles::open_with(record, store, limits.max_file_bytes)?;
+        let sandbox = open_sandbox(files.backend, files.workspace.work_tree(), limits)?;
         Ok(Session {
             files,
             sandbox,
@@ -301,7 +240,19 @@ impl Session {
 
 impl SessionFiles {
     /// Opens a recorded session's history and workspace, without a sandbox.
-    pub fn open(record: &SessionRecord, store: Arc<Mutex<Store>>) -> Result<SessionFiles, SessionError> {
+    pub fn open(
+        record: &SessionRecord,
+        store: Arc<Mutex<Store>>,
+    ) -> Result<SessionFiles, SessionError> {
+        Self::open_with(record, store, safe_coder_history::DEFAULT_MAX_FILE_BYTES)
+    }
+
+    /// [`SessionFiles::open`] with the per-file size limit of `[isolation] max_file_mb`.
+    pub fn open_with(
+        record: &SessionRecord,
+        store: Arc<Mutex<Store>>,
+        max_file_bytes: u64,
+    ) -> Result<SessionFiles, SessionError> {
         let backend = BackendKind::parse(&record.backend).ok_or_else(|| {
             SessionError::Other(format!(
                 "session {} has an unknown backend '{}'",
@@ -311,7 +262,8 @@ impl SessionFiles {
         let dir = PathBuf::from(&record.session_dir);
         let project = PathBuf::from(&record.project);
         let workspace = Workspace::for_backend(backend, &project, &dir);
-        let repo = SessionRepo::open(workspace.work_tree(), &workspace.git_dir(&dir))?;
+        let repo = SessionRepo::open(workspace.work_tree(), &workspace.git_dir(&dir))?
+            .with_max_file_bytes(max_file_bytes);
         Ok(SessionFiles {
             id: record.id.clone(),
             project,

@@ -31,6 +31,10 @@ pub struct Settings {
     pub exclude: Vec<String>,
     pub memory_mb: u64,
     pub cpus: f64,
+    /// Environment variables handed to the agent's commands beyond the allow-list.
+    pub env_passthrough: Vec<String>,
+    /// The largest file (MiB) a commit or a sync handles; larger ones are reported.
+    pub max_file_mb: u64,
     /// The model provider, its model and its output token limit.
     pub provider: ProviderConfig,
     /// Model requests allowed in one user turn.

@@ -32,11 +32,7 @@ pub struct ReviewResult {
 }
 
 fn empty_report() -> SyncReport {
-    SyncReport {
-        applied: vec![],
-        conflicts: vec![],
-        skipped: vec![],
-    }
+    SyncReport::default()
 }
 
 impl Workspace {

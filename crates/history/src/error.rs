@@ -28,6 +28,8 @@ pub enum HistoryError {
     NotARepo(PathBuf),
     #[error("the session repository is damaged: {0}")]
     Corrupt(String),
+    #[error("the session's stored copy of {path} does not match its recorded hash, so nothing of it was written; the session's disk may be damaged: check it, then sync again")]
+    StoredCopyMismatch { path: String },
     #[error("{path} changed while it was being copied; try again")]
     ChangedDuringCopy { path: PathBuf },
 }

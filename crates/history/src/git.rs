@@ -29,7 +29,9 @@ const CONFIG: &[&str] = &[
     "core.fileMode=true",
     "core.ignoreCase=false",
     "core.precomposeUnicode=false",
-    "core.bigFileThreshold=512m",
+    // Larger files are streamed into their own objects (never held in memory whole)
+    // and shown as binary in diffs.
+    "core.bigFileThreshold=32m",
     "core.looseCompression=1",
     "commit.gpgSign=false",
     "gc.auto=0",
@@ -64,12 +66,16 @@ impl Git<'_> {
             .env("GIT_COMMITTER_NAME", AUTHOR_NAME)
             .env("GIT_COMMITTER_EMAIL", AUTHOR_EMAIL)
             .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_LITERAL_PATHSPECS", "1")
             .env("GIT_NO_REPLACE_OBJECTS", "1")
             .env("GIT_PAGER", "cat")
             .env("LC_ALL", "C");
         if let Some(index) = self.index {
             cmd.env("GIT_INDEX_FILE", index);
+        }
+        // `check-ignore` refuses every pathspec magic, `literal` included; its callers
+        // keep names that start with `:` away from it.
+        if args.first() != Some(&"check-ignore") {
+            cmd.env("GIT_LITERAL_PATHSPECS", "1");
         }
         for c in CONFIG {
             cmd.arg("-c").arg(c);
@@ -147,6 +153,17 @@ impl Git<'_> {
         Ok((status.success(), stdout, stderr))
     }
 
+    /// Starts a long-running git (such as `cat-file --batch`) with stdin and stdout
+    /// piped and stderr discarded.
+    pub fn spawn(&self, args: &[&str]) -> Result<std::process::Child, HistoryError> {
+        self.command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(spawn_error)
+    }
+
     /// Runs git and returns the first line of stdout, trimmed.
     pub fn line(&self, args: &[&str]) -> Result<String, HistoryError> {
         let out = self.run(args)?;
@@ -171,16 +188,8 @@ fn spawn_error(e: std::io::Error) -> HistoryError {
 /// run: session start is on the user's critical path, and a `git` that is found but
 /// cannot start still fails the first real call with the same clear error.
 pub(crate) fn ensure_git() -> Result<(), HistoryError> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path).any(|dir| {
-        std::fs::metadata(dir.join("git"))
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    });
-    if found {
-        Ok(())
-    } else {
-        Err(HistoryError::GitMissing)
+    match safe_coder_sandbox::find_executable("git") {
+        Some(_) => Ok(()),
+        None => Err(HistoryError::GitMissing),
     }
 }

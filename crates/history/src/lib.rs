@@ -8,6 +8,7 @@
 //! snapshot, commits, refs) write git objects directly; git itself is used for the
 //! index, scans, diffs and checkouts.
 
+mod beneath;
 mod error;
 mod git;
 mod index;
@@ -17,11 +18,12 @@ mod pack;
 mod paths;
 mod repo;
 mod snapshot;
+mod stage;
 pub mod sync;
 
 pub use error::HistoryError;
 pub use labels::SNAPSHOT_PREFIX;
-pub use repo::{CommitInfo, SessionRepo};
+pub use repo::{CommitInfo, CommitOutcome, SessionRepo, DEFAULT_MAX_FILE_BYTES};
 
 /// Message of the first commit of a sandbox copy.
 pub const INITIAL_MESSAGE: &str = "Initial snapshot - Safe Coder VM";

@@ -66,6 +66,72 @@ pub(crate) fn write_loose(git_dir: &Path, kind: &str, data: &[u8]) -> Result<Str
     Ok(id)
 }
 
+/// Writes a blob of `len` bytes read from `input` as a loose object, streaming (never
+/// holding the whole content), and returns its id in hex. An input that yields more or
+/// fewer than `len` bytes (the file changed meanwhile) is an error.
+pub(crate) fn write_loose_blob_stream(
+    git_dir: &Path,
+    len: u64,
+    mut input: impl Read,
+) -> Result<String, HistoryError> {
+    let objects = git_dir.join("objects");
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = objects.join(format!("tmp_obj_{}_{n}", std::process::id()));
+    let file = fs::File::create(&tmp).ctx(|| format!("cannot write {}", tmp.display()))?;
+    let cleanup = |e: HistoryError| {
+        let _ = fs::remove_file(&tmp);
+        e
+    };
+    let mut enc = ZlibEncoder::new(std::io::BufWriter::new(file), Compression::fast());
+    let mut sha = Sha1::new();
+    let header = format!("blob {len}\0");
+    sha.update(header.as_bytes());
+    let written = (|| -> std::io::Result<u64> {
+        enc.write_all(header.as_bytes())?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            total += n as u64;
+            if total > len {
+                break;
+            }
+            sha.update(&buf[..n]);
+            enc.write_all(&buf[..n])?;
+        }
+        enc.finish()?.flush()?;
+        Ok(total)
+    })()
+    .ctx(|| format!("cannot write {}", tmp.display()))
+    .map_err(cleanup)?;
+    if written != len {
+        return Err(cleanup(HistoryError::ChangedDuringCopy {
+            path: PathBuf::from("a file of the work tree"),
+        }));
+    }
+    let id: Oid = sha.finalize().into();
+    let id = hex(&id);
+    let path = loose_path(git_dir, &id);
+    let dir = path.parent().unwrap_or(git_dir);
+    fs::create_dir_all(dir)
+        .ctx(|| format!("cannot create {}", dir.display()))
+        .map_err(cleanup)?;
+    if path.exists() {
+        let _ = fs::remove_file(&tmp);
+    } else {
+        fs::rename(&tmp, &path)
+            .ctx(|| format!("cannot write {}", path.display()))
+            .map_err(cleanup)?;
+    }
+    Ok(id)
+}
+
 /// Reads a loose object: `Ok(None)` when it is not loose (it may be packed).
 pub(crate) fn read_loose(
     git_dir: &Path,

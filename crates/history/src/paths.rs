@@ -77,6 +77,43 @@ pub(crate) fn exclude_file_text(patterns: &[String]) -> String {
     s
 }
 
+/// Whether a file name would be read as `.git` by git or by some host file system:
+/// `.git` in any case, with trailing dots or spaces or an NTFS stream suffix (`.git.`,
+/// `.git ::$DATA`), its NTFS short name (`git~1`), or with the code points HFS+ ignores
+/// (`.g\u{200c}it`). Such a name is never stored nor synced: on a case-insensitive or
+/// Windows-mounted project it would write into the user's own repository.
+pub(crate) fn is_git_dir_name(name: &str) -> bool {
+    const HFS_IGNORED: &[char] = &[
+        '\u{200c}', '\u{200d}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}',
+        '\u{202d}', '\u{202e}', '\u{206a}', '\u{206b}', '\u{206c}', '\u{206d}', '\u{206e}',
+        '\u{206f}', '\u{feff}',
+    ];
+    let folded: String = name
+        .chars()
+        .filter(|c| !HFS_IGNORED.contains(c))
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if folded == "git~1" {
+        return true;
+    }
+    let Some(rest) = folded.strip_prefix(".git") else {
+        return false;
+    };
+    let rest = rest.split(':').next().unwrap_or_default();
+    rest.chars().all(|c| c == '.' || c == ' ')
+}
+
+/// Why git (or the review) cannot hold a file of this name, if it cannot.
+pub(crate) fn unstorable_name(name: &[u8]) -> Option<&'static str> {
+    match std::str::from_utf8(name) {
+        Err(_) => Some("its name is not valid UTF-8, which the review and sync cannot show"),
+        Ok(s) if is_git_dir_name(s) => {
+            Some("its name is read as `.git` by git or by some file systems, so it is never stored or synced")
+        }
+        Ok(_) => None,
+    }
+}
+
 /// A safe relative path (`/`-separated, no `..`, no `.git`, not absolute), or `None`.
 pub(crate) fn clean_rel(p: &str) -> Option<String> {
     let path = Path::new(p);
@@ -85,7 +122,7 @@ pub(crate) fn clean_rel(p: &str) -> Option<String> {
         match c {
             Component::Normal(s) => {
                 let s = s.to_str()?;
-                if s.eq_ignore_ascii_case(".git") {
+                if is_git_dir_name(s) {
                     return None;
                 }
                 parts.push(s);
@@ -148,5 +185,38 @@ mod tests {
             Some("x/y")
         );
         assert_eq!(rel_to_root(Path::new("/w"), "/other/y"), None);
+        assert_eq!(clean_rel("a/.GIT./hooks"), None);
+    }
+
+    #[test]
+    fn git_dir_names_in_every_spelling() {
+        for n in [
+            ".git",
+            ".GIT",
+            ".Git",
+            ".git.",
+            ".git ",
+            ".git. .",
+            "git~1",
+            "GIT~1",
+            ".git::$INDEX_ALLOCATION",
+            ".g\u{200c}it",
+            "\u{feff}.git",
+        ] {
+            assert!(is_git_dir_name(n), "{n:?}");
+        }
+        for n in [
+            ".gitignore",
+            ".github",
+            "git",
+            ".git~1",
+            "a.git",
+            ".gitx",
+            "x",
+        ] {
+            assert!(!is_git_dir_name(n), "{n:?}");
+        }
+        assert!(unstorable_name(b"bad\xff").is_some());
+        assert!(unstorable_name("ok é".as_bytes()).is_none());
     }
 }

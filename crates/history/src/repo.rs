@@ -4,19 +4,44 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use safe_coder_protocol::{ChangeKind, ChangeSet, FileChange};
+use safe_coder_protocol::{ChangeKind, ChangeSet, FileChange, LeftOutPath};
 
+use crate::beneath::{open_beneath, Opened};
 use crate::error::{HistoryError, IoContext};
 use crate::git::{ensure_git, Git};
 use crate::objects::{self, is_hex_id, CommitFields, Oid};
 use crate::paths::{clean_rel, rel_to_root};
 use crate::snapshot::{self, write_ref};
+use crate::stage;
 use crate::{INITIAL_MESSAGE, SHADOW_MESSAGE};
 
 /// Trailer on undo commits: the commit whose state the undo restored, so that a
 /// second undo steps further back instead of redoing.
 const UNDO_TRAILER: &str = "Safe-Coder-Undo-State: ";
 const BASE_REF: &str = "refs/safe-coder/base";
+/// The tree the last change set described (what the user reviewed): sync refuses a
+/// file whose content differs from it.
+pub(crate) const REVIEWED_REF: &str = "refs/safe-coder/reviewed";
+/// Paths already reported as left out of the history (so each is reported once).
+const LEFT_OUT_FILE: &str = "safe-coder-left-out";
+/// Paths of the project that the initial snapshot could not take.
+pub(crate) const LEFT_OUT_AT_START_FILE: &str = "safe-coder-left-out-at-start";
+/// Marks the shadow repository of the `direct` backend.
+const SHADOW_MARK: &str = "safe-coder-shadow";
+
+/// The default per-file size limit of commits: larger files are left out (reported),
+/// never read into memory. See [`SessionRepo::with_max_file_bytes`].
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 100 << 20;
+
+/// What [`SessionRepo::commit_changes_reporting`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// The new commit, `None` when nothing changed.
+    pub commit: Option<String>,
+    /// Paths left out of the history that were not reported before (each path is
+    /// reported once per session): show them to the user.
+    pub newly_left_out: Vec<LeftOutPath>,
+}
 
 /// One commit of the session history.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +60,10 @@ pub struct CommitInfo {
 pub struct SessionRepo {
     work_tree: PathBuf,
     git_dir: PathBuf,
+    max_file_bytes: u64,
+    /// The `direct` backend's shadow repository: nested repositories are the user's own
+    /// and stay untracked instead of being tracked as plain files.
+    shadow: bool,
 }
 
 /// Short id as shown in messages (`Rollback to 1a2b3c4`).
@@ -111,7 +140,12 @@ impl SessionRepo {
             let _ = fs::remove_dir_all(&git_dir);
             return Err(e);
         }
-        Ok(SessionRepo { work_tree, git_dir })
+        Ok(SessionRepo {
+            work_tree,
+            git_dir,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            shadow: false,
+        })
     }
 
     /// A shadow repository for the `direct` backend: the work tree is the project
@@ -138,9 +172,13 @@ impl SessionRepo {
             }
         }
         snapshot::init_git_dir(&git_dir, &excludes, Some(&project))?;
+        fs::write(git_dir.join(SHADOW_MARK), "")
+            .ctx(|| format!("cannot write {}", git_dir.display()))?;
         let repo = SessionRepo {
             work_tree: project,
             git_dir,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            shadow: true,
         };
         // git decides which files count (the .gitignore files, info/exclude); the
         // snapshot itself is written directly, like a sandbox copy's.
@@ -165,12 +203,32 @@ impl SessionRepo {
         if !work_tree.is_dir() {
             return Err(HistoryError::NoProject(work_tree.to_path_buf()));
         }
-        let repo = SessionRepo {
+        let git_dir = canonical(git_dir)?;
+        let mut repo = SessionRepo {
             work_tree: canonical(work_tree)?,
-            git_dir: canonical(git_dir)?,
+            git_dir,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            shadow: false,
+        };
+        repo.shadow = repo.git_dir.join(SHADOW_MARK).exists() || {
+            // A shadow made before the mark existed: its first commit says so.
+            let base = repo.base().ok();
+            base.and_then(|b| repo.commit_fields(&b).ok())
+                .is_some_and(|c| c.message.trim_end() == SHADOW_MESSAGE)
         };
         snapshot::ensure_attributes(&repo.git_dir);
         Ok(repo)
+    }
+
+    /// Sets the per-file size limit (`[isolation] max_file_mb`): a file larger than
+    /// this is left out of commits and change sets, reported, and never read.
+    pub fn with_max_file_bytes(mut self, bytes: u64) -> SessionRepo {
+        self.max_file_bytes = bytes.max(1);
+        self
+    }
+
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_file_bytes
     }
 
     pub fn work_tree(&self) -> &Path {
@@ -267,14 +325,59 @@ impl SessionRepo {
         objects::write_loose(&self.git_dir, "commit", &body)
     }
 
-    /// `git add -A` into the index (or `index`): git's stat cache makes unchanged files
-    /// cost one `lstat`.
-    fn stage_all(&self, index: Option<&Path>) -> Result<(), HistoryError> {
+    /// Stages the whole work tree into the index (or `index`), like `git add -A` but
+    /// never stopping at a path git cannot take (see `stage.rs`); git's stat cache makes
+    /// unchanged files cost one `lstat`. Returns what was left out.
+    fn stage_all(&self, index: Option<&Path>) -> Result<Vec<LeftOutPath>, HistoryError> {
         let git = Git {
             index,
             ..self.git()
         };
-        git.run(&["add", "-A"]).map(|_| ())
+        stage::stage(&git, self.max_file_bytes, !self.shadow)
+    }
+
+    /// Records `left` as reported; returns the paths not reported before.
+    fn note_left_out(&self, left: Vec<LeftOutPath>) -> Vec<LeftOutPath> {
+        let known: std::collections::HashSet<String> =
+            read_left_out(&self.git_dir.join(LEFT_OUT_FILE))
+                .into_iter()
+                .map(|l| l.path)
+                .collect();
+        let fresh: Vec<LeftOutPath> = left
+            .into_iter()
+            .filter(|l| !known.contains(&l.path))
+            .collect();
+        if !fresh.is_empty() {
+            let mut add = Vec::new();
+            for l in &fresh {
+                add.extend_from_slice(format!("{}\t{}\0", l.path, l.reason).as_bytes());
+            }
+            // Losing this note only means a path is reported twice.
+            let file = self.git_dir.join(LEFT_OUT_FILE);
+            if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(&file) {
+                let _ = std::io::Write::write_all(&mut f, &add);
+            }
+        }
+        fresh
+    }
+
+    /// Paths reported as left out before that are still in the work tree. Once files
+    /// of a nested repository are tracked, git walks into it like any directory and no
+    /// longer lists its `.git`, so the change set remembers it from here.
+    fn left_out_before(&self) -> Vec<LeftOutPath> {
+        read_left_out(&self.git_dir.join(LEFT_OUT_FILE))
+            .into_iter()
+            .filter(|l| {
+                !l.path.contains('\u{fffd}')
+                    && fs::symlink_metadata(self.work_tree.join(&l.path)).is_ok()
+            })
+            .collect()
+    }
+
+    /// Paths of the project that the initial snapshot could not take (never copied into
+    /// the sandbox).
+    fn left_out_at_start(&self) -> Vec<LeftOutPath> {
+        read_left_out(&self.git_dir.join(LEFT_OUT_AT_START_FILE))
     }
 
     fn write_tree(&self, index: Option<&Path>) -> Result<String, HistoryError> {
@@ -313,13 +416,27 @@ impl SessionRepo {
     /// inside the work tree) may have changed, the fast path after write/edit tools;
     /// `None` scans everything (after bash). A touched list that git refuses (a
     /// directory, a path through a symlink) falls back to the full scan.
+    ///
+    /// Paths that cannot be stored (a nested repository's `.git`, a name git refuses, a
+    /// file over the size limit) are left out and the rest is committed; see
+    /// [`Self::commit_changes_reporting`] to hear about them.
     pub fn commit_changes(
         &self,
         message: &str,
         touched: Option<&[String]>,
     ) -> Result<Option<String>, HistoryError> {
-        match touched {
-            Some([]) => return Ok(None),
+        Ok(self.commit_changes_reporting(message, touched)?.commit)
+    }
+
+    /// [`Self::commit_changes`], also returning the paths left out of the history that
+    /// were not reported before.
+    pub fn commit_changes_reporting(
+        &self,
+        message: &str,
+        touched: Option<&[String]>,
+    ) -> Result<CommitOutcome, HistoryError> {
+        let left = match touched {
+            Some([]) => return Ok(CommitOutcome::default()),
             Some(paths) => {
                 let cleaned: Option<Vec<String>> = paths
                     .iter()
@@ -329,14 +446,21 @@ impl SessionRepo {
                     list.sort();
                     list.dedup();
                     if let Some(done) = self.fast_commit(&list, message)? {
-                        return Ok(done);
+                        return Ok(CommitOutcome {
+                            commit: done,
+                            newly_left_out: Vec::new(),
+                        });
                     }
                 }
-                self.stage_all(None)?;
+                self.stage_all(None)?
             }
             None => self.stage_all(None)?,
-        }
-        self.commit_index(message, false)
+        };
+        let commit = self.commit_index(message, false)?;
+        Ok(CommitOutcome {
+            commit,
+            newly_left_out: self.note_left_out(left),
+        })
     }
 
     /// The touched-paths fast path, without running git: hash the touched files into
@@ -388,11 +512,37 @@ impl SessionRepo {
                         )?;
                         Some((0o120000, objects::parse_hex(&id).unwrap_or_default()))
                     }
+                    // Large files go through git, which streams them (and the limit).
+                    Ok(m)
+                        if m.is_file()
+                            && m.len() > FAST_COMMIT_MAX_BYTES.min(self.max_file_bytes) =>
+                    {
+                        return Ok(None)
+                    }
                     Ok(m) if m.is_file() => {
-                        let data =
-                            fs::read(&path).ctx(|| format!("cannot read {}", path.display()))?;
+                        // Read through a descriptor opened without following links,
+                        // so a swap after the check above cannot smuggle a host file in.
+                        let Ok(Opened::File(file)) = open_beneath(&self.work_tree, rel.as_bytes())
+                        else {
+                            return Ok(None);
+                        };
+                        let meta = file
+                            .metadata()
+                            .ctx(|| format!("cannot stat {}", path.display()))?;
+                        if meta.len() > FAST_COMMIT_MAX_BYTES.min(self.max_file_bytes) {
+                            return Ok(None);
+                        }
+                        let mut data = Vec::with_capacity(meta.len() as usize);
+                        std::io::Read::read_to_end(
+                            &mut std::io::Read::take(file, FAST_COMMIT_MAX_BYTES + 1),
+                            &mut data,
+                        )
+                        .ctx(|| format!("cannot read {}", path.display()))?;
+                        if data.len() as u64 != meta.len() {
+                            return Ok(None);
+                        }
                         let id = objects::write_loose(&self.git_dir, "blob", &data)?;
-                        let mode = if m.permissions().mode() & 0o100 != 0 {
+                        let mode = if meta.permissions().mode() & 0o100 != 0 {
                             0o100755
                         } else {
                             0o100644
@@ -668,8 +818,8 @@ impl SessionRepo {
     }
 
     /// Stages the whole work tree into a throw-away index, so reads see uncommitted
-    /// changes without committing them.
-    fn scratch_index(&self) -> Result<ScratchIndex, HistoryError> {
+    /// changes without committing them. Also returns what was left out.
+    fn scratch_index(&self) -> Result<(ScratchIndex, Vec<LeftOutPath>), HistoryError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = self
@@ -680,36 +830,54 @@ impl SessionRepo {
             fs::copy(&main, &path).ctx(|| format!("cannot copy {}", main.display()))?;
         }
         let scratch = ScratchIndex(path);
-        self.stage_all(Some(&scratch.0))?;
-        Ok(scratch)
+        let left = self.stage_all(Some(&scratch.0))?;
+        Ok((scratch, left))
     }
 
     /// The change set from the base snapshot to the work tree (committed and
-    /// uncommitted changes): added, modified, deleted, mode changes, line counts.
-    /// `conflict` is false here; see [`crate::sync::mark_conflicts`].
+    /// uncommitted changes): added, modified, deleted, mode changes, line counts, and
+    /// the paths left out of the history. `conflict` is false here; see
+    /// [`crate::sync::mark_conflicts`]. What it describes is recorded as the reviewed
+    /// state: a later sync writes a file only if it is still exactly as shown.
     pub fn change_set(&self) -> Result<ChangeSet, HistoryError> {
-        self.changes(true)
+        let scan = self.scan(true)?;
+        write_ref(&self.git_dir, REVIEWED_REF, &scan.tree)?;
+        Ok(scan.change_set)
     }
 
-    /// The change set, with or without the +/- line counts (sync needs none).
-    pub(crate) fn changes(&self, line_counts: bool) -> Result<ChangeSet, HistoryError> {
-        let scratch = self.scratch_index()?;
+    /// Scans the work tree into a scratch index and compares it with the base.
+    pub(crate) fn scan(&self, line_counts: bool) -> Result<Scan, HistoryError> {
+        let (scratch, mut left) = self.scratch_index()?;
         let base = self.base()?;
         let git = Git {
             index: Some(&scratch.0),
             ..self.git()
         };
+        let tree = self.write_tree(Some(&scratch.0))?;
         let mut args = vec!["diff-index", "--cached", "-z", "--raw", "--no-renames"];
         if line_counts {
             args.push("--numstat");
         }
         args.push(&base);
         let out = git.run(&args)?;
-        Ok(build_change_set(&out))
+        let mut change_set = build_change_set(&out);
+        left.extend(self.left_out_at_start());
+        left.extend(self.left_out_before());
+        left.sort_by(|a, b| a.path.cmp(&b.path));
+        left.dedup_by(|a, b| a.path == b.path);
+        change_set.left_out = left;
+        Ok(Scan {
+            raw: parse_diff(&out),
+            change_set,
+            tree,
+        })
     }
 
     /// The unified diff from the base snapshot to the work tree, for one path (file or
-    /// directory) or everything.
+    /// directory) or everything, with terminal control characters escaped (see
+    /// [`safe_coder_protocol::text`]). It does not move the reviewed state: a file that
+    /// changed since [`Self::change_set`] shows its new content here, and sync skips it
+    /// until the change set is computed again.
     pub fn diff(&self, path: Option<&str>) -> Result<String, HistoryError> {
         let rel = match path {
             Some(p) => Some(
@@ -718,7 +886,7 @@ impl SessionRepo {
             ),
             None => None,
         };
-        let scratch = self.scratch_index()?;
+        let (scratch, _) = self.scratch_index()?;
         let base = self.base()?;
         let git = Git {
             index: Some(&scratch.0),
@@ -738,15 +906,16 @@ impl SessionRepo {
             args.push(r);
         }
         let out = git.run(&args)?;
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        let text = String::from_utf8_lossy(&out);
+        Ok(safe_coder_protocol::text::escape_control_multiline(&text).into_owned())
     }
 
-    /// Base-snapshot entries (mode, blob id) for these paths.
-    pub(crate) fn base_entries(
+    /// Entries (mode, blob id) of the tree `rev` for these paths.
+    pub(crate) fn tree_entries(
         &self,
+        rev: &str,
         paths: &[String],
     ) -> Result<std::collections::HashMap<String, (String, String)>, HistoryError> {
-        let base = self.base()?;
         let mut map = std::collections::HashMap::new();
         // Keep each command line well under the kernel's limit.
         let mut start = 0;
@@ -757,7 +926,7 @@ impl SessionRepo {
                 bytes += paths[end].len() + 1;
                 end += 1;
             }
-            let mut args: Vec<&str> = vec!["ls-tree", "-r", "-z", "--full-tree", &base, "--"];
+            let mut args: Vec<&str> = vec!["ls-tree", "-r", "-z", "--full-tree", rev, "--"];
             args.extend(paths[start..end].iter().map(String::as_str));
             let out = self.git().run(&args)?;
             for rec in out.split(|&b| b == 0) {
@@ -775,7 +944,49 @@ impl SessionRepo {
         }
         Ok(map)
     }
+
+    /// The reviewed tree (see [`Self::change_set`]), if a review happened.
+    pub(crate) fn reviewed_tree(&self) -> Option<String> {
+        let s = fs::read_to_string(self.git_dir.join(REVIEWED_REF)).ok()?;
+        let s = s.trim();
+        is_hex_id(s).then(|| s.to_string())
+    }
+
+    /// Base-snapshot entries (mode, blob id) for these paths.
+    pub(crate) fn base_entries(
+        &self,
+        paths: &[String],
+    ) -> Result<std::collections::HashMap<String, (String, String)>, HistoryError> {
+        let base = self.base()?;
+        self.tree_entries(&base, paths)
+    }
 }
+
+/// Reads `path\treason` records, NUL-separated.
+fn read_left_out(file: &Path) -> Vec<LeftOutPath> {
+    let text = fs::read(file).unwrap_or_default();
+    text.split(|&b| b == 0)
+        .filter_map(|rec| {
+            let rec = String::from_utf8_lossy(rec);
+            let (path, reason) = rec.split_once('\t')?;
+            Some(LeftOutPath {
+                path: path.to_string(),
+                reason: reason.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// One scan of the work tree against the base.
+pub(crate) struct Scan {
+    pub raw: Vec<RawChange>,
+    pub change_set: ChangeSet,
+    /// The scanned tree (base + every change).
+    pub tree: String,
+}
+
+/// Files above this size are committed by git (streamed), not by the fast path.
+const FAST_COMMIT_MAX_BYTES: u64 = 8 << 20;
 
 /// A tree entry's new (mode, id), or `None` for a removal.
 type NewEntry = Option<(u32, Oid)>;
@@ -877,16 +1088,27 @@ fn build_change_set(out: &[u8]) -> ChangeSet {
                 _ => ChangeKind::Modified,
             };
             let (additions, deletions) = counts.get(&r.path).copied().unwrap_or((0, 0));
+            let link_mode = if kind == ChangeKind::Deleted {
+                &r.old_mode
+            } else {
+                &r.new_mode
+            };
             FileChange {
                 executable: kind != ChangeKind::Deleted && r.new_mode == "100755",
+                steers_next_session: safe_coder_protocol::steers_next_session(&r.path),
+                is_symlink: link_mode == "120000",
                 path: r.path,
                 kind,
                 additions,
                 deletions,
                 conflict: false,
+                conflict_reason: None,
             }
         })
         .collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    ChangeSet { files }
+    ChangeSet {
+        files,
+        left_out: Vec::new(),
+    }
 }

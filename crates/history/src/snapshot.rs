@@ -18,7 +18,7 @@ use crate::error::{HistoryError, IoContext};
 use crate::index::{self, Entry, Stat, TreeNode};
 use crate::objects::{self, hash_object, hex, Oid};
 use crate::pack::{PackWriter, OBJ_BLOB, OBJ_COMMIT, OBJ_TREE};
-use crate::paths::{exclude_file_text, Excludes};
+use crate::paths::{exclude_file_text, unstorable_name, Excludes};
 
 /// Unsets every attribute that would make a blob differ from the file's bytes
 /// (line-ending conversion, filters, ident): `info/attributes` beats `.gitattributes`.
@@ -117,13 +117,18 @@ pub(crate) fn write_snapshot(
     git_dir: &Path,
     message: &str,
 ) -> Result<String, HistoryError> {
+    let left = std::sync::Mutex::new(Vec::new());
     let (work_tree, (dirs, files, links)) = match source {
         Source::Copy {
             work_tree,
             excludes,
-        } => (Some(work_tree), walk(project, &Excludes::new(excludes)?)?),
-        Source::InPlace { files } => (None, classify(project, files)?),
+        } => (
+            Some(work_tree),
+            walk(project, &Excludes::new(excludes)?, &left)?,
+        ),
+        Source::InPlace { files } => (None, classify(project, files, &left)?),
     };
+    note_left_out_at_start(git_dir, &left.into_inner().unwrap_or_default())?;
     let copy_to = |rel: &Path| work_tree.map(|w| w.join(rel));
     if let Some(w) = work_tree {
         for d in &dirs {
@@ -146,8 +151,7 @@ pub(crate) fn write_snapshot(
     for group in groups {
         for &i in group {
             let p = project.join(&files[i].rel);
-            let data = fs::read(&p).ctx(|| format!("cannot read {}", p.display()))?;
-            let id = hash_object("blob", &data);
+            let id = hash_file(&p, files[i].size)?;
             expected[i] = Some(id);
             if !first_seen.insert(id) {
                 packed[i] = false;
@@ -282,6 +286,36 @@ pub(crate) fn write_snapshot(
     Ok(commit_hex)
 }
 
+/// The blob id of the file at `path`, read in a stream (however large it is).
+fn hash_file(path: &Path, expected_len: u64) -> Result<Oid, HistoryError> {
+    let mut input = File::open(path).ctx(|| format!("cannot read {}", path.display()))?;
+    let mut sha = Sha1::new();
+    sha.update(format!("blob {expected_len}\0").as_bytes());
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(HistoryError::io(
+                    format!("cannot read {}", path.display()),
+                    e,
+                ))
+            }
+        };
+        total += n as u64;
+        sha.update(&buf[..n]);
+    }
+    if total != expected_len {
+        return Err(HistoryError::ChangedDuringCopy {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(sha.finalize().into())
+}
+
 /// Writes a loose ref atomically.
 pub(crate) fn write_ref(git_dir: &Path, name: &str, id: &str) -> Result<(), HistoryError> {
     let path = git_dir.join(name);
@@ -295,10 +329,43 @@ pub(crate) fn write_ref(git_dir: &Path, name: &str, id: &str) -> Result<(), Hist
 
 type Walked = (Vec<PathBuf>, Vec<Item>, Vec<PathBuf>);
 
+/// Records the project paths the snapshot cannot take (see `paths::unstorable_name`)
+/// for the change set to list.
+fn note_left_out_at_start(
+    git_dir: &Path,
+    left: &[(PathBuf, &'static str)],
+) -> Result<(), HistoryError> {
+    if left.is_empty() {
+        return Ok(());
+    }
+    let mut text = Vec::new();
+    for (rel, why) in left {
+        text.extend_from_slice(format!("{}\t{why}\0", rel.to_string_lossy()).as_bytes());
+    }
+    let p = git_dir.join(crate::repo::LEFT_OUT_AT_START_FILE);
+    fs::write(&p, text).ctx(|| format!("cannot write {}", p.display()))
+}
+
+/// The first component of `rel` that git cannot hold, as a path, with the reason.
+fn unstorable(rel: &Path) -> Option<(PathBuf, &'static str)> {
+    let mut prefix = PathBuf::new();
+    for part in rel.iter() {
+        prefix.push(part);
+        if let Some(why) = unstorable_name(part.as_bytes()) {
+            return Some((prefix, why));
+        }
+    }
+    None
+}
+
 /// Directories, regular files and symlinks of `project` (relative paths), without
 /// `.git` entries at any depth and without excluded ones. Sockets, FIFOs and device
 /// files are skipped.
-fn walk(project: &Path, ex: &Excludes) -> Result<Walked, HistoryError> {
+fn walk(
+    project: &Path,
+    ex: &Excludes,
+    left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
+) -> Result<Walked, HistoryError> {
     let mut dirs = Vec::new();
     let mut files = Vec::new();
     let mut links = Vec::new();
@@ -308,7 +375,16 @@ fn walk(project: &Path, ex: &Excludes) -> Result<Walked, HistoryError> {
         .into_iter()
         .filter_entry(|e| {
             let rel = e.path().strip_prefix(project).unwrap_or(e.path());
-            e.file_name() != ".git" && !ex.is_excluded(rel)
+            if e.file_name() == ".git" || ex.is_excluded(rel) {
+                return false;
+            }
+            if let Some(why) = unstorable_name(e.file_name().as_bytes()) {
+                if let Ok(mut l) = left.lock() {
+                    l.push((rel.to_path_buf(), why));
+                }
+                return false;
+            }
+            true
         });
     for entry in it {
         let entry = entry.map_err(|e| {
@@ -351,10 +427,22 @@ fn walk(project: &Path, ex: &Excludes) -> Result<Walked, HistoryError> {
 
 /// Sorts a list of project files (from `git ls-files`) into regular files and
 /// symlinks; anything else (or gone meanwhile) is left out.
-fn classify(project: &Path, list: Vec<PathBuf>) -> Result<Walked, HistoryError> {
+fn classify(
+    project: &Path,
+    list: Vec<PathBuf>,
+    left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
+) -> Result<Walked, HistoryError> {
     let mut files = Vec::new();
     let mut links = Vec::new();
     for rel in list {
+        if let Some(bad) = unstorable(&rel) {
+            if let Ok(mut l) = left.lock() {
+                if !l.iter().any(|(p, _)| *p == bad.0) {
+                    l.push(bad);
+                }
+            }
+            continue;
+        }
         let p = project.join(&rel);
         match fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_symlink() => links.push(rel),

@@ -6,19 +6,32 @@
 //! executable bit differ from the base snapshot's entry; it is a conflict when it also
 //! differs from the agent's version (a host file that already equals the agent's
 //! version counts as applied, which makes an interrupted sync resumable).
+//!
+//! What is written is exactly what was hashed and shown. The agent's version of a file
+//! is never read from the work tree, where a process the agent left running could swap
+//! it (or a symlink to a host secret) between the check and the copy: it is streamed
+//! from the session's object store (`git cat-file --batch`) and its SHA-1 is checked
+//! against the id in the history before the temporary file is renamed into place. A
+//! file whose version differs from the one the user last saw (see
+//! [`SessionRepo::change_set`]) is skipped, with the reason. Host files are opened
+//! without following symlinks. New files get the user's umask; only the executable bit
+//! travels from the session, never setuid, setgid or group/world-writable bits.
 
-use std::collections::{HashMap, HashSet};
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout};
 
 use safe_coder_protocol::{ChangeSet, FileChange};
+use sha1::{Digest, Sha1};
 
 use crate::error::{HistoryError, IoContext};
 use crate::objects::{hash_object, hex};
 use crate::paths::clean_rel;
+use crate::repo::RawChange;
 use crate::SessionRepo;
 
 /// What a sync did, by path.
@@ -30,8 +43,12 @@ pub struct SyncReport {
     /// stays in the session.
     pub conflicts: Vec<String>,
     /// Not accepted, not part of the change set, or unsafe to write (a path through a
-    /// symlinked directory, a file where a directory is needed, a nested repository).
+    /// symlinked directory, a directory where the file goes, a nested repository, a
+    /// file changed in the sandbox since it was reviewed).
     pub skipped: Vec<String>,
+    /// Why each path of `conflicts` and of `skipped` (except those merely not accepted)
+    /// was not written: one sentence each.
+    pub reasons: BTreeMap<String, String>,
 }
 
 /// The state of one path, on disk or in a tree.
@@ -49,25 +66,33 @@ enum State {
     Other,
 }
 
-fn tree_state(entry: Option<&(String, String)>) -> State {
-    match entry {
-        None => State::Absent,
-        Some((mode, id)) => match mode.as_str() {
-            "100644" => State::File {
-                exec: false,
-                id: id.clone(),
-            },
-            "100755" => State::File {
-                exec: true,
-                id: id.clone(),
-            },
-            "120000" => State::Link { id: id.clone() },
-            _ => State::Other,
+fn mode_state(mode: &str, id: &str) -> State {
+    match mode {
+        "100644" => State::File {
+            exec: false,
+            id: id.to_string(),
         },
+        "100755" => State::File {
+            exec: true,
+            id: id.to_string(),
+        },
+        "120000" => State::Link { id: id.to_string() },
+        "000000" => State::Absent,
+        _ => State::Other,
     }
 }
 
-fn disk_state(path: &Path) -> Result<State, HistoryError> {
+fn tree_state(entry: Option<&(String, String)>) -> State {
+    match entry {
+        None => State::Absent,
+        Some((mode, id)) => mode_state(mode, id),
+    }
+}
+
+/// The state of a host path, read without following a symlink at the path (the caller
+/// checked its directories) and without blocking on a FIFO; files are hashed in a
+/// stream, however large.
+fn host_state(path: &Path) -> Result<State, HistoryError> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e)
@@ -87,18 +112,63 @@ fn disk_state(path: &Path) -> Result<State, HistoryError> {
     if ft.is_symlink() {
         let target =
             fs::read_link(path).ctx(|| format!("cannot read the link {}", path.display()))?;
-        Ok(State::Link {
+        return Ok(State::Link {
             id: hex(&hash_object("blob", target.as_os_str().as_bytes())),
-        })
-    } else if ft.is_file() {
-        let data = fs::read(path).ctx(|| format!("cannot read {}", path.display()))?;
-        Ok(State::File {
-            exec: meta.permissions().mode() & 0o100 != 0,
-            id: hex(&hash_object("blob", &data)),
-        })
-    } else {
-        Ok(State::Other)
+        });
     }
+    if !ft.is_file() {
+        return Ok(State::Other);
+    }
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        // Swapped for a link meanwhile: not a file we may read.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(State::Other),
+        Err(e) => {
+            return Err(HistoryError::io(
+                format!("cannot read {}", path.display()),
+                e,
+            ))
+        }
+    };
+    let meta = file
+        .metadata()
+        .ctx(|| format!("cannot stat {}", path.display()))?;
+    if !meta.is_file() {
+        return Ok(State::Other);
+    }
+    let id = hash_stream(file, meta.len()).ctx(|| format!("cannot read {}", path.display()))?;
+    Ok(State::File {
+        exec: meta.permissions().mode() & 0o100 != 0,
+        id,
+    })
+}
+
+/// The git blob id of what `input` yields, given its length; an input that turns out
+/// longer or shorter is an error (the file changed while being read).
+fn hash_stream(mut input: impl Read, len: u64) -> std::io::Result<String> {
+    let mut sha = Sha1::new();
+    sha.update(format!("blob {len}\0").as_bytes());
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        total += n as u64;
+        sha.update(&buf[..n]);
+    }
+    if total != len {
+        return Err(std::io::Error::other("the file changed while it was read"));
+    }
+    let id: [u8; 20] = sha.finalize().into();
+    Ok(hex(&id))
 }
 
 /// Why `rel` cannot be written under `project`, if it cannot: each existing ancestor
@@ -110,9 +180,11 @@ fn unsafe_reason(project: &Path, rel: &str) -> Option<&'static str> {
         cur.push(part);
         match fs::symlink_metadata(&cur) {
             Ok(m) if m.file_type().is_symlink() => {
-                return Some("goes through a symlinked directory")
+                return Some("a symlink is in the way on the host (one of its directories is a symlink), so it is not written")
             }
-            Ok(m) if !m.is_dir() => return Some("a file is where a directory is needed"),
+            Ok(m) if !m.is_dir() => {
+                return Some("a file is in the way on the host where a directory is needed, so it is not written")
+            }
             Ok(_) => {}
             Err(_) => return None,
         }
@@ -124,13 +196,23 @@ struct Plan {
     base: State,
     host: State,
     agent: State,
-    unsafe_reason: Option<&'static str>,
+    /// Why the file cannot be written at all (not a conflict: nothing the user changed).
+    blocked: Option<String>,
+}
+
+/// The agent's state of each changed path, from a scan's raw records.
+fn agent_states(raw: &[RawChange]) -> HashMap<&str, State> {
+    raw.iter()
+        .map(|r| (r.path.as_str(), mode_state(&r.new_mode, &r.new_id)))
+        .collect()
 }
 
 fn plan(
     repo: &SessionRepo,
     project: &Path,
     files: &[FileChange],
+    agent: &HashMap<&str, State>,
+    reviewed: Option<&HashMap<String, (String, String)>>,
 ) -> Result<HashMap<String, Plan>, HistoryError> {
     let paths: Vec<String> = files
         .iter()
@@ -140,20 +222,37 @@ fn plan(
     let base = repo.base_entries(&paths)?;
     let mut plans = HashMap::with_capacity(paths.len());
     for p in paths {
-        let reason = unsafe_reason(project, &p);
-        let host = if reason.is_some() {
+        let agent = agent.get(p.as_str()).cloned().unwrap_or(State::Absent);
+        let mut blocked = unsafe_reason(project, &p).map(str::to_string);
+        let host = if blocked.is_some() {
             State::Other
         } else {
-            disk_state(&project.join(&p))?
+            host_state(&project.join(&p))?
         };
-        let agent = disk_state(&repo.work_tree().join(&p))?;
+        if blocked.is_none() && host == State::Other {
+            blocked = Some(
+                "a directory (or another non-file) is in the way on the host, so it is not written"
+                    .to_string(),
+            );
+        }
+        if blocked.is_none() && agent == State::Other {
+            blocked = Some("the session holds no file here (a nested repository), so there is nothing to write".to_string());
+        }
+        if let Some(reviewed) = reviewed {
+            if blocked.is_none() && tree_state(reviewed.get(&p)) != agent {
+                blocked = Some(
+                    "it changed in the sandbox after you reviewed it, so it is not written: review the changes again"
+                        .to_string(),
+                );
+            }
+        }
         plans.insert(
             p.clone(),
             Plan {
                 base: tree_state(base.get(&p)),
                 host,
                 agent,
-                unsafe_reason: reason,
+                blocked,
             },
         );
     }
@@ -161,22 +260,50 @@ fn plan(
 }
 
 fn is_conflict(p: &Plan) -> bool {
-    p.host != p.base && p.host != p.agent
+    p.blocked.is_none() && p.host != p.base && p.host != p.agent
 }
 
-/// Marks the files of `changes` whose host version changed since the session began
-/// (it differs from the base snapshot) and differs from the agent's version.
+const CONFLICT_REASON: &str =
+    "changed on the host since the session began; the agent's version stays in the session";
+
+/// Marks the files of `changes` that cannot be synced: those whose host version changed
+/// since the session began (it differs from the base snapshot) and differs from the
+/// agent's version, and those blocked by something in the way on the host (then
+/// `conflict_reason` says what, instead of "changed on the host").
 pub fn mark_conflicts(
     repo: &SessionRepo,
     project: &Path,
     changes: &mut ChangeSet,
 ) -> Result<(), HistoryError> {
-    let plans = plan(repo, project, &changes.files)?;
+    // The agent's versions as last shown (recorded by `change_set`), else a new scan.
+    let paths: Vec<String> = changes.files.iter().map(|f| f.path.clone()).collect();
+    let (scan, reviewed) = match repo.reviewed_tree() {
+        Some(tree) => (None, repo.tree_entries(&tree, &paths)?),
+        None => (Some(repo.scan(false)?), HashMap::new()),
+    };
+    let agent: HashMap<&str, State> = match &scan {
+        Some(scan) => agent_states(&scan.raw),
+        None => paths
+            .iter()
+            .map(|p| (p.as_str(), tree_state(reviewed.get(p))))
+            .collect(),
+    };
+    let plans = plan(repo, project, &changes.files, &agent, None)?;
     for f in &mut changes.files {
-        f.conflict = match plans.get(&f.path) {
-            Some(p) => is_conflict(p),
-            None => true,
-        };
+        match plans.get(&f.path) {
+            Some(p) if p.blocked.is_some() => {
+                f.conflict = true;
+                f.conflict_reason = p.blocked.clone();
+            }
+            Some(p) => {
+                f.conflict = is_conflict(p);
+                f.conflict_reason = None;
+            }
+            None => {
+                f.conflict = true;
+                f.conflict_reason = Some("its path cannot be written into the project".into());
+            }
+        }
     }
     Ok(())
 }
@@ -184,9 +311,11 @@ pub fn mark_conflicts(
 /// The changed files whose host version still differs from the agent's (what a sync
 /// would still have to do, conflicts included). Empty once everything is synced.
 pub fn pending(repo: &SessionRepo, project: &Path) -> Result<Vec<String>, HistoryError> {
-    let changes = repo.changes(false)?;
-    let plans = plan(repo, project, &changes.files)?;
-    let mut out: Vec<String> = changes
+    let scan = repo.scan(false)?;
+    let agent = agent_states(&scan.raw);
+    let plans = plan(repo, project, &scan.change_set.files, &agent, None)?;
+    let mut out: Vec<String> = scan
+        .change_set
         .files
         .iter()
         .filter(|f| plans.get(&f.path).is_none_or(|p| p.host != p.agent))
@@ -196,11 +325,12 @@ pub fn pending(repo: &SessionRepo, project: &Path) -> Result<Vec<String>, Histor
     Ok(out)
 }
 
-/// Applies the accepted files (all when `accepted` is `None`) from the session's work
-/// tree to `project`: additions, modifications, deletions, the executable bit and
-/// symlinks; never `.git`; each file written atomically (a temporary file in the same
-/// directory, then rename). A conflicting host file is never overwritten. Running it
-/// again after an interruption finishes the job.
+/// Applies the accepted files (all when `accepted` is `None`) from the session to
+/// `project`: additions, modifications, deletions, the executable bit and symlinks;
+/// never `.git`; each file written atomically (a temporary file in the same directory,
+/// checked against its hash, then renamed; removed on any error). A conflicting host
+/// file is never overwritten; a file changed in the sandbox since the user last saw it
+/// is skipped. Running it again after an interruption finishes the job.
 pub fn sync_back(
     repo: &SessionRepo,
     project: &Path,
@@ -208,7 +338,8 @@ pub fn sync_back(
 ) -> Result<SyncReport, HistoryError> {
     let project = fs::canonicalize(project)
         .ctx(|| format!("cannot resolve the project {}", project.display()))?;
-    let changes = repo.changes(false)?;
+    let scan = repo.scan(false)?;
+    let changes = &scan.change_set;
     let wanted: Option<HashSet<String>> = accepted.map(|a| {
         a.iter()
             .map(|p| clean_rel(p).unwrap_or_else(|| p.clone()))
@@ -217,8 +348,14 @@ pub fn sync_back(
     let mut report = SyncReport::default();
     let mut chosen = Vec::new();
     for f in &changes.files {
-        if wanted.as_ref().is_some_and(|w| !w.contains(&f.path)) || clean_rel(&f.path).is_none() {
+        if wanted.as_ref().is_some_and(|w| !w.contains(&f.path)) {
             report.skipped.push(f.path.clone());
+        } else if clean_rel(&f.path).is_none() {
+            report.skipped.push(f.path.clone());
+            report.reasons.insert(
+                f.path.clone(),
+                "its path cannot be written into the project".into(),
+            );
         } else {
             chosen.push(f.clone());
         }
@@ -231,16 +368,31 @@ pub fn sync_back(
             .cloned()
             .collect();
         extra.sort();
+        for p in &extra {
+            report
+                .reasons
+                .insert(p.clone(), "it is not among the session's changes".into());
+        }
         report.skipped.extend(extra);
     }
-    let plans = plan(repo, &project, &chosen)?;
+    let reviewed = match repo.reviewed_tree() {
+        Some(tree) => {
+            let paths: Vec<String> = chosen.iter().map(|f| f.path.clone()).collect();
+            Some(repo.tree_entries(&tree, &paths)?)
+        }
+        None => None,
+    };
+    let agent = agent_states(&scan.raw);
+    let plans = plan(repo, &project, &chosen, &agent, reviewed.as_ref())?;
+    let mut blobs: Option<BlobReader> = None;
     for f in &chosen {
         let Some(p) = plans.get(&f.path) else {
             report.skipped.push(f.path.clone());
             continue;
         };
-        if p.unsafe_reason.is_some() || p.agent == State::Other {
+        if let Some(why) = &p.blocked {
             report.skipped.push(f.path.clone());
+            report.reasons.insert(f.path.clone(), why.clone());
             continue;
         }
         let host_path = project.join(&f.path);
@@ -251,9 +403,12 @@ pub fn sync_back(
         }
         if is_conflict(p) {
             report.conflicts.push(f.path.clone());
+            report
+                .reasons
+                .insert(f.path.clone(), CONFLICT_REASON.to_string());
             continue;
         }
-        apply(repo, &project, &f.path, p)?;
+        apply(repo, &project, &f.path, p, &mut blobs)?;
         report.applied.push(f.path.clone());
     }
     Ok(report)
@@ -272,9 +427,139 @@ fn clean_temp(host_path: &Path) {
     let _ = fs::remove_file(temp_path(host_path));
 }
 
-fn apply(repo: &SessionRepo, project: &Path, rel: &str, p: &Plan) -> Result<(), HistoryError> {
+/// A temporary file that is removed unless it was renamed into place.
+struct Temp(Option<PathBuf>);
+
+impl Temp {
+    fn commit(mut self, to: &Path) -> Result<(), HistoryError> {
+        if let Some(tmp) = self.0.take() {
+            if let Err(e) = fs::rename(&tmp, to) {
+                let _ = fs::remove_file(&tmp);
+                return Err(HistoryError::io(
+                    format!("cannot replace {}", to.display()),
+                    e,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.0.take() {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+/// `git cat-file --batch` over the session's objects: blobs streamed out, each checked
+/// against its id.
+struct BlobReader {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl BlobReader {
+    fn start(repo: &SessionRepo) -> Result<BlobReader, HistoryError> {
+        let mut child = repo.git().spawn(&["cat-file", "--batch"])?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(HistoryError::Corrupt("git cat-file gave no pipes".into()));
+        };
+        Ok(BlobReader {
+            child,
+            stdin,
+            stdout: BufReader::with_capacity(256 * 1024, stdout),
+        })
+    }
+
+    /// Streams blob `id` (the content of `rel`) into `out`; `Err` if the store does not
+    /// hold it or what it holds does not hash to `id`.
+    fn copy(&mut self, id: &str, rel: &str, out: &mut dyn Write) -> Result<(), HistoryError> {
+        let broken = |e: std::io::Error| HistoryError::io("cannot read the session's objects", e);
+        writeln!(self.stdin, "{id}").map_err(broken)?;
+        self.stdin.flush().map_err(broken)?;
+        let mut header = String::new();
+        self.stdout.read_line(&mut header).map_err(broken)?;
+        let mut f = header.split_whitespace();
+        let (Some(got), Some("blob"), Some(size)) = (f.next(), f.next(), f.next()) else {
+            return Err(HistoryError::StoredCopyMismatch { path: rel.into() });
+        };
+        let size: u64 = size
+            .parse()
+            .map_err(|_| HistoryError::StoredCopyMismatch { path: rel.into() })?;
+        if got != id {
+            return Err(HistoryError::StoredCopyMismatch { path: rel.into() });
+        }
+        let mut sha = Sha1::new();
+        sha.update(format!("blob {size}\0").as_bytes());
+        let mut left = size;
+        let mut write_err = None;
+        while left > 0 {
+            let chunk = self.stdout.fill_buf().map_err(broken)?;
+            if chunk.is_empty() {
+                return Err(HistoryError::StoredCopyMismatch { path: rel.into() });
+            }
+            let n = chunk.len().min(left as usize);
+            sha.update(&chunk[..n]);
+            if write_err.is_none() {
+                if let Err(e) = out.write_all(&chunk[..n]) {
+                    // Keep reading to the end of the object so the next one lines up.
+                    write_err = Some(e);
+                }
+            }
+            self.stdout.consume(n);
+            left -= n as u64;
+        }
+        let mut nl = [0u8; 1];
+        self.stdout.read_exact(&mut nl).map_err(broken)?;
+        if let Some(e) = write_err {
+            return Err(HistoryError::io(format!("cannot write {rel}"), e));
+        }
+        let digest: [u8; 20] = sha.finalize().into();
+        if hex(&digest) != id {
+            return Err(HistoryError::StoredCopyMismatch { path: rel.into() });
+        }
+        Ok(())
+    }
+
+    /// A small blob (a symlink target) in memory.
+    fn read_small(&mut self, id: &str, rel: &str) -> Result<Vec<u8>, HistoryError> {
+        let mut out = Vec::new();
+        self.copy(id, rel, &mut out)?;
+        Ok(out)
+    }
+}
+
+impl Drop for BlobReader {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn blobs<'a>(
+    repo: &SessionRepo,
+    slot: &'a mut Option<BlobReader>,
+) -> Result<&'a mut BlobReader, HistoryError> {
+    if slot.is_none() {
+        *slot = Some(BlobReader::start(repo)?);
+    }
+    slot.as_mut()
+        .ok_or_else(|| HistoryError::Corrupt("git cat-file did not start".into()))
+}
+
+fn apply(
+    repo: &SessionRepo,
+    project: &Path,
+    rel: &str,
+    p: &Plan,
+    reader: &mut Option<BlobReader>,
+) -> Result<(), HistoryError> {
     let host_path = project.join(rel);
-    let agent_path = repo.work_tree().join(rel);
     match &p.agent {
         State::Absent => {
             if matches!(p.host, State::File { .. } | State::Link { .. }) {
@@ -296,51 +581,73 @@ fn apply(repo: &SessionRepo, project: &Path, rel: &str, p: &Plan) -> Result<(), 
         }
         State::File { exec, id } => {
             ensure_parents(project, rel)?;
-            if let State::File { id: host_id, .. } = &p.host {
-                if host_id == id {
+            let host_mode = match &p.host {
+                State::File { id: host_id, .. } if host_id == id => {
                     // Only the executable bit differs.
                     return set_exec(&host_path, *exec);
                 }
+                State::File { .. } => fs::symlink_metadata(&host_path)
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|m| m.permissions().mode() & 0o777),
+                _ => None,
+            };
+            let tmp_path = temp_path(&host_path);
+            let _ = fs::remove_file(&tmp_path);
+            // A new file is created with 0666/0777 less the user's umask; a replaced
+            // file keeps the host file's permissions (less setuid/setgid/sticky), with
+            // the executable bit as the agent left it.
+            let create_mode = match (host_mode, exec) {
+                (Some(_), _) => 0o600,
+                (None, true) => 0o777,
+                (None, false) => 0o666,
+            };
+            let mut out = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(create_mode)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&tmp_path)
+                .ctx(|| format!("cannot write {}", tmp_path.display()))?;
+            let tmp = Temp(Some(tmp_path.clone()));
+            blobs(repo, reader)?.copy(id, rel, &mut out)?;
+            if let Some(mode) = host_mode {
+                out.set_permissions(fs::Permissions::from_mode(with_exec(mode, *exec)))
+                    .ctx(|| format!("cannot chmod {}", tmp_path.display()))?;
             }
-            let data =
-                fs::read(&agent_path).ctx(|| format!("cannot read {}", agent_path.display()))?;
-            let mode = match fs::symlink_metadata(&host_path) {
-                Ok(m) if m.is_file() => with_exec(m.permissions().mode() & 0o7777, *exec),
-                _ => fs::metadata(&agent_path)
-                    .map(|m| m.permissions().mode() & 0o777)
-                    .unwrap_or(0o644),
-            };
-            let tmp = temp_path(&host_path);
-            let _ = fs::remove_file(&tmp);
-            let write = || -> std::io::Result<()> {
-                let mut out = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode)
-                    .open(&tmp)?;
-                out.write_all(&data)?;
-                out.set_permissions(fs::Permissions::from_mode(mode))?;
-                Ok(())
-            };
-            write().ctx(|| format!("cannot write {}", tmp.display()))?;
-            fs::rename(&tmp, &host_path).ctx(|| format!("cannot replace {}", host_path.display()))
+            drop_checked(out).ctx(|| format!("cannot write {}", tmp_path.display()))?;
+            tmp.commit(&host_path)
         }
-        State::Link { .. } => {
+        State::Link { id } => {
             ensure_parents(project, rel)?;
-            let target = fs::read_link(&agent_path)
-                .ctx(|| format!("cannot read the link {}", agent_path.display()))?;
-            let tmp = temp_path(&host_path);
-            let _ = fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(&target, &tmp)
-                .ctx(|| format!("cannot create the link {}", tmp.display()))?;
-            fs::rename(&tmp, &host_path).ctx(|| format!("cannot replace {}", host_path.display()))
+            let target = blobs(repo, reader)?.read_small(id, rel)?;
+            let tmp_path = temp_path(&host_path);
+            let _ = fs::remove_file(&tmp_path);
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &tmp_path)
+                .ctx(|| format!("cannot create the link {}", tmp_path.display()))?;
+            Temp(Some(tmp_path)).commit(&host_path)
         }
         State::Other => Ok(()),
     }
 }
 
-/// `mode` with the executable bits set (where readable) or cleared.
+/// Closes a written file, surfacing a late write error (some file systems report a
+/// full disk only then).
+fn drop_checked(file: File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = file.into_raw_fd();
+    // SAFETY: `fd` was just released by `into_raw_fd`, so it is open and owned here.
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// `mode` (permission bits only) with the executable bits set (where readable) or
+/// cleared.
 fn with_exec(mode: u32, exec: bool) -> u32 {
+    let mode = mode & 0o777;
     if exec {
         mode | ((mode & 0o444) >> 2) | 0o100
     } else {
@@ -350,7 +657,7 @@ fn with_exec(mode: u32, exec: bool) -> u32 {
 
 fn set_exec(path: &Path, exec: bool) -> Result<(), HistoryError> {
     let meta = fs::symlink_metadata(path).ctx(|| format!("cannot stat {}", path.display()))?;
-    let mode = with_exec(meta.permissions().mode() & 0o7777, exec);
+    let mode = with_exec(meta.permissions().mode(), exec);
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .ctx(|| format!("cannot chmod {}", path.display()))
 }

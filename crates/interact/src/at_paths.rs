@@ -18,9 +18,9 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use globset::GlobBuilder;
-use safe_coder_sandbox::{Sandbox, SandboxError};
+use safe_coder_sandbox::{decode_text, normalize_in_root, Sandbox, SandboxError};
 
-use crate::text::{decode_text, human_size, numbered_lines};
+use crate::text::{human_size, numbered_lines};
 
 /// Limits on what one message may pull in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +99,7 @@ pub async fn expand_at_paths(
         if !seen_refs.insert(raw.clone()) {
             continue;
         }
-        let path = match normalize_path(&raw, &root) {
+        let path = match normalize_in_root(&root, &raw) {
             Ok(p) => p,
             Err(reason) => {
                 state.notes.push(format!("@{raw}: {reason}"));
@@ -209,12 +209,15 @@ impl State {
             Ok(d) => d,
             Err(e) => return self.path_error(label, e),
         };
-        let Some(text) = decode_text(&data) else {
-            self.notes.push(format!(
-                "{label}: skipped, binary file ({})",
-                human_size(data.len() as u64)
-            ));
-            return Ok(());
+        let text = match decode_text(&data) {
+            Ok(text) => text,
+            Err(why) => {
+                self.notes.push(format!(
+                    "{label}: skipped, binary file ({}; {why})",
+                    human_size(data.len() as u64)
+                ));
+                return Ok(());
+            }
         };
         self.total_bytes += data.len() as u64;
         self.seen_files.insert(path.to_string());
@@ -224,7 +227,7 @@ impl State {
             self.blocks,
             "File: {path} ({lines} line{})\n{}\n",
             if lines == 1 { "" } else { "s" },
-            numbered_lines(text)
+            numbered_lines(&text)
         );
         Ok(())
     }
@@ -327,31 +330,6 @@ fn clean_token(token: &str) -> Option<String> {
         t = &t[..t.len() - last.len_utf8()];
     }
     (!t.is_empty()).then(|| t.to_string())
-}
-
-/// A project-relative path with `/` separators (`.` for the root), or why not.
-pub(crate) fn normalize_path(raw: &str, agent_root: &str) -> Result<String, String> {
-    let root = agent_root.trim_end_matches('/');
-    let rel = if !root.is_empty() && (raw == root || raw.starts_with(&format!("{root}/"))) {
-        &raw[root.len()..]
-    } else if raw.starts_with('/') || raw.starts_with('~') {
-        return Err("is outside the project; use a path inside it".to_string());
-    } else {
-        raw
-    };
-    let mut parts = Vec::new();
-    for part in rel.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => return Err("'..' is not allowed; use a path inside the project".to_string()),
-            p => parts.push(p),
-        }
-    }
-    Ok(if parts.is_empty() {
-        ".".to_string()
-    } else {
-        parts.join("/")
-    })
 }
 
 fn is_glob(path: &str) -> bool {
@@ -511,7 +489,7 @@ pub async fn complete_at_path(prefix: &str, sandbox: &dyn Sandbox) -> Vec<String
     let dir = if dir_part.is_empty() {
         ".".to_string()
     } else {
-        match normalize_path(dir_part, &sandbox.agent_root()) {
+        match normalize_in_root(&sandbox.agent_root(), dir_part) {
             Ok(d) => d,
             Err(_) => return Vec::new(),
         }
@@ -551,21 +529,5 @@ mod tests {
         assert_eq!(refs, ["a.txt", "my file.md", "src/**/*.{rs,toml}"]);
         let (_, refs) = find_references("see @. and @src/.");
         assert_eq!(refs, [".", "src/."]);
-    }
-
-    #[test]
-    fn normalizing() {
-        assert_eq!(
-            normalize_path("./src//a.rs", "/p").as_deref(),
-            Ok("src/a.rs")
-        );
-        assert_eq!(
-            normalize_path("/p/src/a.rs", "/p").as_deref(),
-            Ok("src/a.rs")
-        );
-        assert_eq!(normalize_path("/p", "/p").as_deref(), Ok("."));
-        assert!(normalize_path("/etc/passwd", "/p").is_err());
-        assert!(normalize_path("../x", "/p").is_err());
-        assert!(normalize_path("/pother/x", "/p").is_err());
     }
 }

@@ -12,10 +12,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use safe_coder_sandbox::{CancellationToken, ExecRequest, Sandbox, SandboxError};
+use safe_coder_sandbox::{
+    decode_text, normalize_in_root, CancellationToken, ExecRequest, Sandbox, SandboxError,
+};
 
-use crate::at_paths::{listing, normalize_path};
-use crate::text::{decode_text, human_size};
+use crate::at_paths::listing;
+use crate::memory::{read_guarded, Guarded};
+use crate::text::human_size;
 
 /// Where the project's custom commands live, relative to the project root.
 pub const PROJECT_COMMANDS_DIR: &str = ".safe-coder/commands";
@@ -23,6 +26,9 @@ pub const PROJECT_COMMANDS_DIR: &str = ".safe-coder/commands";
 /// How deep namespaces may nest (`a/b/c.md` is depth 3); deeper files are ignored, which
 /// also bounds a symlink loop.
 const MAX_DEPTH: usize = 8;
+/// A command file larger than this is refused with a warning (templates are short; a
+/// link to a device or a huge file must not fill memory).
+pub const MAX_COMMAND_FILE_BYTES: u64 = 64 * 1024;
 
 /// Limits for `!{cmd}` and `@{file}` in a template.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -129,12 +135,24 @@ impl CustomCommands {
 /// Loads `<config_dir>/commands/**.md`, then `<project>/.safe-coder/commands/**.md`; a
 /// project command replaces a user command of the same name. Reads only those two
 /// directories. A missing directory is not an error.
+///
+/// A user command may be a symlink to anywhere (the user put it there); a project
+/// command, folder or the commands directory itself may link only inside the project,
+/// since the project may come from elsewhere or from an agent's accepted changes. Only
+/// regular files up to [`MAX_COMMAND_FILE_BYTES`] are read; each refusal is a warning.
 pub fn load_custom_commands(config_dir: &Path, project: &Path) -> CustomCommands {
     let mut out = CustomCommands::default();
-    load_dir(&config_dir.join("commands"), CommandScope::User, &mut out);
+    load_dir(
+        &config_dir.join("commands"),
+        CommandScope::User,
+        None,
+        &mut out,
+    );
+    let confine = fs::canonicalize(project).unwrap_or_else(|_| project.to_path_buf());
     load_dir(
         &project.join(PROJECT_COMMANDS_DIR),
         CommandScope::Project,
+        Some(&confine),
         &mut out,
     );
     let shadowed: Vec<String> = out
@@ -148,7 +166,29 @@ pub fn load_custom_commands(config_dir: &Path, project: &Path) -> CustomCommands
     out
 }
 
-fn load_dir(root: &Path, scope: CommandScope, out: &mut CustomCommands) {
+/// Where `path` really is, if it may be read: `Err` (a warning) when it is a symlink
+/// that cannot be followed or that leaves `confine`.
+fn confined(path: &Path, confine: Option<&Path>) -> Result<(), String> {
+    let Some(root) = confine else {
+        return Ok(());
+    };
+    match fs::canonicalize(path) {
+        Ok(real) if real.starts_with(root) => Ok(()),
+        Ok(real) => Err(format!(
+            "skipped {}: it links to {}, outside the project",
+            path.display(),
+            real.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("could not read {}: {e}", path.display())),
+    }
+}
+
+fn load_dir(root: &Path, scope: CommandScope, confine: Option<&Path>, out: &mut CustomCommands) {
+    if let Err(warning) = confined(root, confine) {
+        out.warnings.push(warning);
+        return;
+    }
     let mut stack: Vec<(PathBuf, Vec<String>)> = vec![(root.to_path_buf(), Vec::new())];
     while let Some((dir, namespace)) = stack.pop() {
         let reader = match fs::read_dir(&dir) {
@@ -166,7 +206,15 @@ fn load_dir(root: &Path, scope: CommandScope, out: &mut CustomCommands) {
             if file_name.starts_with('.') {
                 continue;
             }
-            // Follow symlinks: a command may be linked in from elsewhere.
+            // Symlinks are followed (a user command may be linked in from elsewhere),
+            // but a project's links must stay inside the project.
+            let is_link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
+            if is_link {
+                if let Err(warning) = confined(&path, confine) {
+                    out.warnings.push(warning);
+                    continue;
+                }
+            }
             let Ok(meta) = fs::metadata(&path) else {
                 continue;
             };
@@ -195,11 +243,28 @@ fn load_dir(root: &Path, scope: CommandScope, out: &mut CustomCommands) {
                 ));
                 continue;
             }
-            let raw = match fs::read_to_string(&path) {
-                Ok(raw) => raw,
-                Err(e) => {
-                    out.warnings
-                        .push(format!("could not read {}: {e}", path.display()));
+            let raw = match read_guarded(&path, confine, MAX_COMMAND_FILE_BYTES) {
+                Ok(Guarded::Read {
+                    truncated: true, ..
+                }) => {
+                    out.warnings.push(format!(
+                        "skipped {}: it is over {} KiB",
+                        path.display(),
+                        MAX_COMMAND_FILE_BYTES / 1024
+                    ));
+                    continue;
+                }
+                Ok(Guarded::Read { data, .. }) => match String::from_utf8(data) {
+                    Ok(raw) => raw,
+                    Err(_) => {
+                        out.warnings
+                            .push(format!("skipped {}: it is not UTF-8 text", path.display()));
+                        continue;
+                    }
+                },
+                Ok(Guarded::Missing) => continue,
+                Err(warning) => {
+                    out.warnings.push(warning);
                     continue;
                 }
             };
@@ -465,7 +530,8 @@ async fn read_template_file(
         path: raw_path.to_string(),
         reason,
     };
-    let path = normalize_path(raw_path, &sandbox.agent_root()).map_err(fail)?;
+    let path =
+        normalize_in_root(&sandbox.agent_root(), raw_path).map_err(|e| fail(e.to_string()))?;
     let stat = sandbox
         .stat(&path)
         .await
@@ -488,7 +554,7 @@ async fn read_template_file(
         .read_file(&path)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let text = decode_text(&data).ok_or_else(|| fail("it is a binary file".to_string()))?;
+    let text = decode_text(&data).map_err(|why| fail(format!("it is a binary file ({why})")))?;
     Ok(text.trim_end_matches('\n').to_string())
 }
 

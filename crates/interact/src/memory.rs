@@ -7,9 +7,15 @@
 //! one, only the project directory is read. They come from the host, not the sandbox:
 //! they are the user's instructions, not the agent's files. Only those few paths are
 //! checked, so the cost does not grow with the size of the project.
+//!
+//! A project's memory files may have been written by an agent and accepted at a sync,
+//! or shipped in a cloned repository, so they are read defensively (see
+//! [`read_guarded`]): a symlink that leaves the repository is refused, only regular
+//! files are read (never a FIFO or `/dev/zero`), and never more than the cap.
 
 use std::fs;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 /// The file names looked for in each directory, in this order.
@@ -76,11 +82,87 @@ pub fn user_config_dir() -> Option<PathBuf> {
         .map(|home| PathBuf::from(home).join(".config").join("safe-coder"))
 }
 
-/// Loads the memory files for `project` (see the module docs for the order).
+/// What [`read_guarded`] found at a path.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Guarded {
+    /// Nothing there.
+    Missing,
+    /// The file's first bytes (at most the cap), and whether there was more.
+    Read { data: Vec<u8>, truncated: bool },
+}
+
+/// Reads at most `cap` bytes of the regular file at `path`, for text that goes to the
+/// model. A symlink is resolved, and refused when `confine` is given and the target
+/// lies outside it (a link to `~/.ssh/id_ed25519` in a cloned repository must not
+/// reach the model); the file is then opened without following links and without
+/// blocking, and anything but a regular file (a FIFO, `/dev/zero`, a directory) is
+/// refused. `Err` is the warning to show, one sentence naming the path.
+pub(crate) fn read_guarded(
+    path: &Path,
+    confine: Option<&Path>,
+    cap: u64,
+) -> Result<Guarded, String> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Guarded::Missing),
+        Err(e) => return Err(format!("could not read {}: {e}", path.display())),
+    };
+    let mut open_path = path.to_path_buf();
+    if meta.file_type().is_symlink() {
+        let target = fs::canonicalize(path).map_err(|e| {
+            format!(
+                "{} is a symlink that cannot be followed ({e}); it is not read",
+                path.display()
+            )
+        })?;
+        if let Some(root) = confine {
+            let root = fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+            if !target.starts_with(&root) {
+                return Err(format!(
+                    "{} is a symlink to {}, outside {}; it is not read (copy the file in instead)",
+                    path.display(),
+                    target.display(),
+                    root.display()
+                ));
+            }
+        }
+        open_path = target;
+    }
+    let refuse_kind = || format!("{} is not a regular file; it is not read", path.display());
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&open_path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                refuse_kind()
+            } else {
+                format!("could not read {}: {e}", path.display())
+            }
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("could not read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(refuse_kind());
+    }
+    let mut data = Vec::with_capacity(meta.len().min(cap) as usize);
+    file.take(cap + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("could not read {}: {e}", path.display()))?;
+    let truncated = data.len() as u64 > cap;
+    data.truncate(cap as usize);
+    Ok(Guarded::Read { data, truncated })
+}
+
+/// Loads the memory files for `project` (see the module docs for the order). Files in
+/// the user's config dir may link anywhere (the user put them there); files of the
+/// project may link only inside the repository (or the project, without one).
 pub fn load_memory(config_dir: &Path, project: &Path) -> Memory {
     let project = std::path::absolute(project).unwrap_or_else(|_| project.to_path_buf());
     let mut dirs: Vec<PathBuf> = vec![config_dir.to_path_buf()];
     let repo_root = project.ancestors().find(|dir| dir.join(".git").exists());
+    let confine_to = repo_root.unwrap_or(&project).to_path_buf();
     match repo_root {
         Some(root) => {
             let mut chain: Vec<PathBuf> = project
@@ -97,16 +179,16 @@ pub fn load_memory(config_dir: &Path, project: &Path) -> Memory {
 
     let mut memory = Memory::default();
     let mut seen: Vec<PathBuf> = Vec::new();
-    for dir in &dirs {
+    for (i, dir) in dirs.iter().enumerate() {
+        let confine = (i > 0).then_some(confine_to.as_path());
         for name in MEMORY_FILE_NAMES {
             let path = dir.join(name);
-            let data = match fs::read(&path) {
-                Ok(d) => d,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    memory
-                        .warnings
-                        .push(format!("could not read {}: {e}", path.display()));
+            let (data, truncated) = match read_guarded(&path, confine, MAX_MEMORY_FILE_BYTES as u64)
+            {
+                Ok(Guarded::Missing) => continue,
+                Ok(Guarded::Read { data, truncated }) => (data, truncated),
+                Err(warning) => {
+                    memory.warnings.push(warning);
                     continue;
                 }
             };
@@ -118,12 +200,11 @@ pub fn load_memory(config_dir: &Path, project: &Path) -> Memory {
             }
             seen.push(real);
             let mut text = String::from_utf8_lossy(&data).into_owned();
-            if text.len() > MAX_MEMORY_FILE_BYTES {
-                let mut cut = MAX_MEMORY_FILE_BYTES;
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
+            if truncated {
+                // The cut may have split a character: drop the replacement it became.
+                while text.ends_with('\u{fffd}') {
+                    text.pop();
                 }
-                text.truncate(cut);
                 text.push_str(&format!(
                     "\n[truncated: the file is over {} KiB]",
                     MAX_MEMORY_FILE_BYTES / 1024

@@ -2,20 +2,6 @@
 
 use std::fmt::Write as _;
 
-/// How many leading bytes are checked for NUL when deciding whether a file is binary
-/// (what git and grep do).
-const BINARY_SNIFF_BYTES: usize = 8000;
-
-/// The file's text, or `None` when it looks binary: a NUL byte near the start or bytes
-/// that are not UTF-8.
-pub(crate) fn decode_text(data: &[u8]) -> Option<&str> {
-    let head = &data[..data.len().min(BINARY_SNIFF_BYTES)];
-    if head.contains(&0) {
-        return None;
-    }
-    std::str::from_utf8(data).ok()
-}
-
 /// `cat -n` style: a right-aligned line number, a tab, the line.
 pub(crate) fn numbered_lines(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 8 + 16);
@@ -64,13 +50,6 @@ mod tests {
         assert_eq!(edit_distance("stat", "stats"), 1);
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
-    }
-
-    #[test]
-    fn binary_and_text() {
-        assert_eq!(decode_text(b"hello"), Some("hello"));
-        assert_eq!(decode_text(b"he\0llo"), None);
-        assert_eq!(decode_text(&[0xff, 0xfe, 0x41]), None);
     }
 
     #[test]

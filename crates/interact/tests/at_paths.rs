@@ -188,8 +188,43 @@ async fn binary_skipped_missing_noted_outside_refused() {
         out.notes[1],
         "@nope.rs: no such file or directory in the project"
     );
-    assert!(out.notes[2].contains("'..' is not allowed"));
+    // The one path rule (safe_coder_sandbox::normalize_in_root): a `..` that would climb
+    // above the root is refused; one that stays inside is fine (next test).
+    assert!(
+        out.notes[2].contains("leaves the project root through '..'"),
+        "{}",
+        out.notes[2]
+    );
     assert!(out.notes[3].contains("outside the project"));
+}
+
+#[tokio::test]
+async fn a_dot_dot_that_stays_inside_the_project_is_followed() {
+    let (dir, sb) = project();
+    write(dir.path(), "a.rs", "fn a() {}\n");
+    write(dir.path(), "src/lib.rs", "");
+    let out = expand_at_paths("@src/../a.rs", &sb, AtLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(out.files, ["a.rs"], "{:?}", out.notes);
+    assert!(out.text.contains("     1\tfn a() {}"), "{}", out.text);
+}
+
+#[tokio::test]
+async fn a_few_stray_bytes_do_not_make_a_file_binary() {
+    // The same rule as read_file (safe_coder_sandbox::decode_text): one Latin-1 byte in
+    // a text file is shown as U+FFFD, not refused.
+    let (dir, sb) = project();
+    let mut latin = b"// caf".to_vec();
+    latin.push(0xe9);
+    latin.extend_from_slice(&[b'x'; 200]);
+    latin.push(b'\n');
+    write(dir.path(), "latin.rs", latin);
+    let out = expand_at_paths("@latin.rs", &sb, AtLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(out.files, ["latin.rs"], "{:?}", out.notes);
+    assert!(out.text.contains("// caf\u{FFFD}x"), "{}", out.text);
 }
 
 #[tokio::test]

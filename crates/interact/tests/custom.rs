@@ -156,3 +156,67 @@ async fn args_can_name_the_file_to_insert() {
         .unwrap();
     assert_eq!(out, "Look:\npub fn x() {}\n");
 }
+
+/// Project commands that link out of the project (to a home secret), to a device, or
+/// that are too big are refused with a warning; links inside the project work.
+#[cfg(unix)]
+#[test]
+fn project_commands_are_read_defensively() {
+    use std::os::unix::fs::symlink;
+    let config = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let (proj, _sb) = project();
+    write(
+        home.path(),
+        ".aws/credentials",
+        "aws_secret_access_key=SECRET",
+    );
+    write(proj.path(), "docs/ok.md", "inside the project");
+    let dir = proj.path().join(".safe-coder/commands");
+    std::fs::create_dir_all(&dir).unwrap();
+    symlink(home.path().join(".aws/credentials"), dir.join("steal.md")).unwrap();
+    symlink(home.path().join(".aws"), dir.join("aws")).unwrap();
+    symlink("/dev/zero", dir.join("zero.md")).unwrap();
+    symlink(proj.path().join("docs/ok.md"), dir.join("linked.md")).unwrap();
+    write(
+        proj.path(),
+        ".safe-coder/commands/big.md",
+        "y".repeat(65 * 1024),
+    );
+    let cmds = load_custom_commands(config.path(), proj.path());
+    let names: Vec<&str> = cmds.names().collect();
+    assert_eq!(names, ["linked"], "{:?}", cmds.warnings);
+    assert_eq!(cmds.get("linked").unwrap().template, "inside the project");
+    for needle in ["steal.md", "aws", "zero.md", "big.md"] {
+        assert!(
+            cmds.warnings.iter().any(|w| w.contains(needle)),
+            "{needle}: {:?}",
+            cmds.warnings
+        );
+    }
+    assert!(cmds.iter().all(|c| !c.template.contains("SECRET")));
+}
+
+/// The user's own commands may link anywhere, but never to a device.
+#[cfg(unix)]
+#[test]
+fn user_commands_may_link_out_but_not_to_devices() {
+    let config = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (proj, _sb) = project();
+    write(elsewhere.path(), "mine.md", "my shared command");
+    std::fs::create_dir_all(config.path().join("commands")).unwrap();
+    std::os::unix::fs::symlink(
+        elsewhere.path().join("mine.md"),
+        config.path().join("commands/mine.md"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/dev/zero", config.path().join("commands/zero.md")).unwrap();
+    let cmds = load_custom_commands(config.path(), proj.path());
+    let names: Vec<&str> = cmds.names().collect();
+    assert_eq!(names, ["mine"]);
+    assert!(cmds
+        .warnings
+        .iter()
+        .any(|w| w.contains("not a regular file")));
+}

@@ -132,3 +132,74 @@ fn memory_add_creates_then_appends() {
     let memory = load_memory(&tmp.path().join("config"), tmp.path());
     assert!(memory.system_prompt_section().contains("- run tests"));
 }
+
+/// A cloned repository (or an accepted agent change) links a memory file to a secret
+/// outside the repository: the secret must not reach the prompt.
+#[cfg(unix)]
+#[test]
+fn a_link_to_a_secret_outside_the_project_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let project = tmp.path().join("project");
+    write(
+        &home,
+        ".ssh/id_ed25519",
+        "-----BEGIN OPENSSH PRIVATE KEY----- secret",
+    );
+    write(&project, "SAFECODER.md", "real rules");
+    std::os::unix::fs::symlink(home.join(".ssh/id_ed25519"), project.join("AGENTS.md")).unwrap();
+    let memory = load_memory(&tmp.path().join("config"), &project);
+    assert_eq!(memory.files.len(), 1, "{:?}", memory.files);
+    assert!(!memory.system_prompt_section().contains("PRIVATE KEY"));
+    assert!(
+        memory
+            .warnings
+            .iter()
+            .any(|w| w.contains("AGENTS.md") && w.contains("outside")),
+        "{:?}",
+        memory.warnings
+    );
+}
+
+/// A link to a device (or a FIFO) is refused without reading it: `/dev/zero` would
+/// never end, a FIFO would block the start.
+#[cfg(unix)]
+#[test]
+fn devices_and_fifos_are_refused_without_reading() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config");
+    fs::create_dir_all(&config).unwrap();
+    // In the user's own config dir links may go anywhere, but only to regular files.
+    std::os::unix::fs::symlink("/dev/zero", config.join("SAFECODER.md")).unwrap();
+    let fifo = config.join("AGENTS.md");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc_mkfifo(c.as_ptr(), 0o600) }, 0);
+    let project = tmp.path().join("project");
+    fs::create_dir_all(&project).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", project.join("SAFECODER.md")).unwrap();
+    let memory = load_memory(&config, &project);
+    assert!(memory.files.is_empty(), "{:?}", memory.files);
+    assert_eq!(memory.warnings.len(), 3, "{:?}", memory.warnings);
+    assert!(memory
+        .warnings
+        .iter()
+        .any(|w| w.contains("not a regular file")));
+}
+
+/// A huge memory file is cut at the cap, with a warning; only the cap is read.
+#[test]
+fn a_huge_memory_file_is_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "SAFECODER.md", "x".repeat(3 << 20));
+    let memory = load_memory(&tmp.path().join("config"), tmp.path());
+    assert_eq!(memory.files.len(), 1);
+    assert!(memory.files[0].1.len() < 200 * 1024);
+    assert!(memory.files[0].1.ends_with("KiB]"));
+    assert!(memory.warnings.iter().any(|w| w.contains("only the start")));
+}
+
+extern "C" {
+    #[link_name = "mkfifo"]
+    fn libc_mkfifo(path: *const std::ffi::c_char, mode: u32) -> i32;
+}

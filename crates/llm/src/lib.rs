@@ -45,11 +45,19 @@ pub use tokio_util::sync::CancellationToken;
 /// The key under which a tool call's arguments are kept when they are not a JSON object.
 pub const INVALID_JSON_KEY: &str = "__invalid_json";
 
-/// A model API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// A model API. Serialised as `anthropic`, `openai`, `ollama` (`as_str`); with the
+/// `clap` feature it is also a `clap::ValueEnum` (`--provider`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
+    /// Anthropic's Messages API.
     Anthropic,
+    /// OpenAI's Chat Completions, or any compatible server (vLLM, llama.cpp, LM Studio,
+    /// OpenRouter) through the base URL.
+    #[cfg_attr(feature = "clap", value(name = "openai"))]
     OpenAi,
+    /// A local Ollama server.
     Ollama,
 }
 
@@ -86,7 +94,8 @@ impl ProviderKind {
         }
     }
 
-    /// The environment variable that conventionally holds the key.
+    /// The environment variable that conventionally holds the key. With
+    /// [`ProviderKind::base_url_env`], the one table of provider variables.
     pub fn api_key_env(self) -> Option<&'static str> {
         match self {
             ProviderKind::Anthropic => Some("ANTHROPIC_API_KEY"),
@@ -98,7 +107,7 @@ impl ProviderKind {
     /// The environment variable that conventionally holds the base URL.
     pub fn base_url_env(self) -> Option<&'static str> {
         match self {
-            ProviderKind::Anthropic => None,
+            ProviderKind::Anthropic => Some("ANTHROPIC_BASE_URL"),
             ProviderKind::OpenAi => Some("OPENAI_BASE_URL"),
             ProviderKind::Ollama => Some("OLLAMA_HOST"),
         }

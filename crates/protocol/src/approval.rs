@@ -3,7 +3,14 @@ use std::fmt;
 use std::str::FromStr;
 
 /// How much the agent may do without asking (DESIGN §6).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Ordered from the strictest to the loosest (`plan < default < auto-edit < yolo`), so
+/// "is this looser than that" is a comparison. With the `clap` feature it is also a
+/// `clap::ValueEnum` (`--approval-mode`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum ApprovalMode {
     /// Read-only tools only; the agent proposes.
@@ -12,6 +19,8 @@ pub enum ApprovalMode {
     #[default]
     Default,
     /// Edits run, bash asks.
+    #[serde(alias = "auto_edit", alias = "autoedit")]
+    #[cfg_attr(feature = "clap", value(alias = "auto_edit", alias = "autoedit"))]
     AutoEdit,
     /// Everything runs.
     Yolo,
@@ -66,6 +75,71 @@ impl FromStr for ApprovalMode {
     }
 }
 
+/// What a tool can do to the world, the one fact approval and history need about it
+/// (no tool name is ever matched for that).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// Only reads the project: runs without asking, also in plan mode.
+    ReadOnly,
+    /// Writes the files it names (and only those).
+    WritesFiles,
+    /// Runs commands, whose effects are unknown.
+    RunsCommands,
+}
+
+impl Effect {
+    pub const ALL: [Effect; 3] = [Effect::ReadOnly, Effect::WritesFiles, Effect::RunsCommands];
+
+    pub fn is_read_only(self) -> bool {
+        self == Effect::ReadOnly
+    }
+
+    /// Whether what a call changed is unknown, so the history must scan the whole tree
+    /// after it instead of committing the paths the call reports.
+    pub fn needs_full_scan(self) -> bool {
+        self == Effect::RunsCommands
+    }
+}
+
+/// What an approval mode does with a call of some [`Effect`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Run it without asking.
+    Run,
+    /// Ask the user first.
+    Ask,
+    /// The mode does not allow it at all (plan mode and anything not read-only); the
+    /// model is not even offered such tools.
+    Refuse,
+}
+
+impl ApprovalMode {
+    /// The approval rule (DESIGN §6), a function of the mode and the call's effect only:
+    ///
+    /// | mode | read-only | writes files | runs commands |
+    /// |---|---|---|---|
+    /// | plan | run | refuse | refuse |
+    /// | default | run | ask | ask |
+    /// | auto-edit | run | run | ask |
+    /// | yolo | run | run | run |
+    pub fn gate(self, effect: Effect) -> Gate {
+        match (self, effect) {
+            (_, Effect::ReadOnly) => Gate::Run,
+            (ApprovalMode::Plan, _) => Gate::Refuse,
+            (ApprovalMode::Default, _) => Gate::Ask,
+            (ApprovalMode::AutoEdit, Effect::WritesFiles) => Gate::Run,
+            (ApprovalMode::AutoEdit, Effect::RunsCommands) => Gate::Ask,
+            (ApprovalMode::Yolo, _) => Gate::Run,
+        }
+    }
+
+    /// Whether the model is offered tools of this effect in this mode at all.
+    pub fn offers(self, effect: Effect) -> bool {
+        self.gate(effect) != Gate::Refuse
+    }
+}
+
 /// What the user is asked to approve.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -80,6 +154,8 @@ pub enum ApprovalSubject {
 pub struct ApprovalRequest {
     pub tool_call_id: String,
     pub tool_name: String,
+    /// What the call would do; decides, for example, which flag a headless run names.
+    pub effect: Effect,
     pub subject: ApprovalSubject,
 }
 
@@ -94,4 +170,63 @@ pub enum ApprovalDecision {
     Deny,
     /// Do not run it, and tell the model why.
     DenyWithReason { reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every mode × effect combination, written out (DESIGN §6).
+    #[test]
+    fn approval_is_a_function_of_mode_and_effect() {
+        use ApprovalMode::*;
+        use Effect::*;
+        let table = [
+            (Plan, ReadOnly, Gate::Run),
+            (Plan, WritesFiles, Gate::Refuse),
+            (Plan, RunsCommands, Gate::Refuse),
+            (Default, ReadOnly, Gate::Run),
+            (Default, WritesFiles, Gate::Ask),
+            (Default, RunsCommands, Gate::Ask),
+            (AutoEdit, ReadOnly, Gate::Run),
+            (AutoEdit, WritesFiles, Gate::Run),
+            (AutoEdit, RunsCommands, Gate::Ask),
+            (Yolo, ReadOnly, Gate::Run),
+            (Yolo, WritesFiles, Gate::Run),
+            (Yolo, RunsCommands, Gate::Run),
+        ];
+        assert_eq!(table.len(), ApprovalMode::ALL.len() * Effect::ALL.len());
+        for (mode, effect, gate) in table {
+            assert_eq!(mode.gate(effect), gate, "{mode} × {effect:?}");
+            assert_eq!(
+                mode.offers(effect),
+                gate != Gate::Refuse,
+                "{mode} × {effect:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_commands_need_a_full_scan() {
+        assert!(Effect::RunsCommands.needs_full_scan());
+        assert!(!Effect::WritesFiles.needs_full_scan());
+        assert!(!Effect::ReadOnly.needs_full_scan());
+        assert!(Effect::ReadOnly.is_read_only() && !Effect::WritesFiles.is_read_only());
+    }
+
+    #[test]
+    fn effect_travels_as_snake_case() {
+        let request = ApprovalRequest {
+            tool_call_id: "c1".into(),
+            tool_name: "t".into(),
+            effect: Effect::RunsCommands,
+            subject: ApprovalSubject::Command {
+                command: "ls".into(),
+            },
+        };
+        let json = serde_json::to_value(&request).expect("serialize");
+        assert_eq!(json["effect"], "runs_commands");
+        let back: ApprovalRequest = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, request);
+    }
 }

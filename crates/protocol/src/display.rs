@@ -51,9 +51,7 @@ pub fn sync_finished_text(
         ));
     }
     if session_kept && outcome == SyncOutcome::Synced {
-        text.push_str(&format!(
-            "\nSession {session_id} keeps the unsynced work."
-        ));
+        text.push_str(&format!("\nSession {session_id} keeps the unsynced work."));
     }
     text
 }

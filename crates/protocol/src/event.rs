@@ -36,7 +36,9 @@ pub enum Event {
         resumed_messages: usize,
     },
     /// The earlier conversation of a resumed session, for the front end to show.
-    ConversationRestored { messages: Vec<Message> },
+    ConversationRestored {
+        messages: Vec<Message>,
+    },
     /// The model or the approval mode changed (`/model`, `/approval-mode`, Shift+Tab).
     SettingsChanged {
         model: String,
@@ -62,6 +64,10 @@ pub enum Event {
         id: String,
         name: String,
         input: Value,
+        /// The tool's one-line summary of the call (the path, the command), so front ends
+        /// never parse `input` themselves.
+        #[serde(default)]
+        summary: String,
     },
     ApprovalRequested {
         request: ApprovalRequest,
@@ -98,11 +104,15 @@ pub enum Event {
     /// The turn was cancelled by the user.
     TurnCancelled,
     /// The turn ended in an error (after any retries); the session goes on.
-    TurnFailed { message: String },
+    TurnFailed {
+        message: String,
+    },
     /// The core finished what the user last asked and waits for the next op.
     Ready,
     /// A `!cmd` began to run in the sandbox.
-    ShellStarted { command: String },
+    ShellStarted {
+        command: String,
+    },
     /// A `!cmd` ended. `exit_code` is `None` when it was killed (timeout, cancel).
     ShellFinished {
         command: String,
@@ -136,12 +146,19 @@ pub enum Event {
         session_kept: bool,
     },
     /// The live state of the sandbox (sent about once a second when asked for).
-    Status { status: SandboxStatus },
+    Status {
+        status: SandboxStatus,
+    },
     /// Candidates for [`Op::Complete`](crate::Op::Complete).
-    Completions { items: Vec<String> },
+    Completions {
+        items: Vec<String>,
+    },
     /// The session is over; the event stream ends after this. `kept`: the session still
     /// holds unsynced work (`safe-coder sessions sync ID`).
-    SessionEnded { session_id: String, kept: bool },
+    SessionEnded {
+        session_id: String,
+        kept: bool,
+    },
 }
 
 /// What a review ended in.

@@ -11,9 +11,12 @@ mod event;
 mod message;
 mod op;
 mod status;
+pub mod text;
 
-pub use approval::{ApprovalDecision, ApprovalMode, ApprovalRequest, ApprovalSubject};
-pub use changes::{ChangeKind, ChangeSet, FileChange};
+pub use approval::{
+    ApprovalDecision, ApprovalMode, ApprovalRequest, ApprovalSubject, Effect, Gate,
+};
+pub use changes::{steers_next_session, ChangeKind, ChangeSet, FileChange, LeftOutPath};
 pub use event::{Event, SyncOutcome, ToolOutcome};
 pub use message::{
     ContentBlock, Message, ModelRequest, ModelResponse, Role, StopReason, StreamEvent, ToolSpec,

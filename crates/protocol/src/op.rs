@@ -14,13 +14,21 @@ use crate::{ApprovalDecision, ApprovalMode};
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
     /// A line as the user typed it: a prompt (with `@path`s), a `/command` or a `!cmd`.
-    UserInput { text: String },
+    UserInput {
+        text: String,
+    },
     /// A message for the model (`@path`s expanded), never a command (`exec`'s task).
-    Prompt { text: String },
+    Prompt {
+        text: String,
+    },
     /// `!cmd`: run a command in the sandbox yourself.
-    Shell { command: String },
+    Shell {
+        command: String,
+    },
     /// A slash command line, with or without its leading `/`.
-    Slash { command: String },
+    Slash {
+        command: String,
+    },
     /// The user's answer to [`Event::ApprovalRequested`](crate::Event::ApprovalRequested).
     Approval {
         call_id: String,
@@ -29,14 +37,22 @@ pub enum Op {
     /// Cancel what runs now (a turn, a `!cmd`, a compaction). Ignored when idle.
     Interrupt,
     /// The user's verdict on [`Event::ReviewRequested`](crate::Event::ReviewRequested).
-    Review { decision: ReviewDecision },
+    Review {
+        decision: ReviewDecision,
+    },
     /// Review and sync now, mid-session (`/sync`).
     SyncNow,
-    SetModel { model: String },
-    SetApprovalMode { mode: ApprovalMode },
+    SetModel {
+        model: String,
+    },
+    SetApprovalMode {
+        mode: ApprovalMode,
+    },
     /// Completion candidates for the `@path` or `/command` being typed; answered by
     /// [`Event::Completions`](crate::Event::Completions).
-    Complete { text: String },
+    Complete {
+        text: String,
+    },
     /// End the session: the end-of-session review (if anything changed), then
     /// [`Event::SessionEnded`](crate::Event::SessionEnded) and the end of the stream.
     Shutdown,

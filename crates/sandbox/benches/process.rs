@@ -6,9 +6,10 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use safe_coder_sandbox::host::CommandConfiner;
-use safe_coder_sandbox::process::{Mechanism, ProcessConfiner, ProcessLimits};
+use safe_coder_sandbox::process::ProcessConfiner;
 use safe_coder_sandbox::select;
+use safe_coder_sandbox::CommandConfiner;
+use safe_coder_sandbox::{Limits as ProcessLimits, Mechanism};
 
 const RUNS: usize = 60;
 

@@ -1,9 +1,13 @@
-//! [`HostSandbox`]: the [`Sandbox`] whose files are a directory on the host.
-//!
-//! Used by `direct` (the work tree is the user's project), `copy` (a sandbox copy) and
+//! [`HostSandbox`]: the machinery shared by the backends whose files are a directory on
+//! the host: `direct` (the work tree is the user's project), `copy` (a sandbox copy) and
 //! `process` (a sandbox copy, and every command confined by a [`CommandConfiner`]).
+//! Each of those backends wraps one and implements [`Sandbox`] over it.
+//!
 //! Every path goes through [`resolve_in_root`](crate::paths::resolve_in_root), so
-//! symlinks cannot lead a read or a write out of the work tree.
+//! symlinks cannot lead a read or a write out of the work tree; files are opened with
+//! `O_NOFOLLOW`, reads refuse anything but a regular file without blocking on it, and
+//! writes go through a temp file and a rename. Commands run in their own process group
+//! that is killed on timeout, cancel, or when the exec future is dropped.
 
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
@@ -17,21 +21,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use tokio::io::AsyncReadExt;
 use tokio::time::sleep_until;
 
-use crate::env::scrubbed_env;
+use crate::env::command_env;
 use crate::paths::resolve_in_canonical_root;
 use crate::{
-    BackendKind, CancellationToken, DirEntry, ExecOutput, ExecRequest, FileStat, Sandbox,
-    SandboxError, SandboxState, SandboxStatus,
+    BackendKind, CancellationToken, DirEntry, ExecOutput, ExecRequest, FileStat, SandboxError,
+    SandboxState, SandboxStatus,
 };
 
 /// Builds the process that runs `bash -c <command>` in `workdir`, confined. The caller
 /// ([`HostSandbox`]) then sets stdin to null, one pipe for stdout and stderr, a new
-/// process group, the scrubbed environment (variables the confiner set explicitly with
-/// `Command::env` are kept on top of it) and the kill handling.
+/// process group, the allow-listed environment (variables the confiner set explicitly
+/// with `Command::env` are kept on top of it) and the kill handling.
 pub trait CommandConfiner: Send + Sync + 'static {
     fn build(&self, command: &str, workdir: &Path) -> Result<std::process::Command, SandboxError>;
 
@@ -61,12 +64,14 @@ const READ_CHUNK: usize = 64 * 1024;
 /// from overflowing for `Duration::MAX`.
 const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// A [`Sandbox`] over a host directory.
-pub struct HostSandbox {
+/// The shared part of a sandbox over a host directory.
+pub(crate) struct HostSandbox {
     kind: BackendKind,
     workdir: PathBuf,
     agent_root: String,
     confiner: Option<Arc<dyn CommandConfiner>>,
+    /// Extra variable names handed to commands (`SandboxSpec::env_passthrough`).
+    env_passthrough: Vec<String>,
     started: Instant,
     stopped: AtomicBool,
     /// Process groups of the commands running now (for `stop` and the status panel).
@@ -86,10 +91,11 @@ impl std::fmt::Debug for HostSandbox {
 impl HostSandbox {
     /// A sandbox over `workdir` (canonicalized; it must be an existing directory).
     /// With a `confiner`, every command is built by it (the `process` backend).
-    pub fn new(
+    pub(crate) fn new(
         kind: BackendKind,
         workdir: PathBuf,
         confiner: Option<Arc<dyn CommandConfiner>>,
+        env_passthrough: Vec<String>,
     ) -> Result<Self, SandboxError> {
         let canonical = fs::canonicalize(&workdir).map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound {
@@ -112,18 +118,15 @@ impl HostSandbox {
             agent_root: canonical.display().to_string(),
             workdir: canonical,
             confiner,
+            env_passthrough,
             started: Instant::now(),
             stopped: AtomicBool::new(false),
             running: Mutex::new(HashSet::new()),
         })
     }
 
-    /// The canonical work tree.
-    pub fn workdir(&self) -> &Path {
-        &self.workdir
-    }
-
-    fn running_groups(&self) -> Vec<i32> {
+    /// The process groups of the commands running now.
+    pub(crate) fn running_groups(&self) -> Vec<i32> {
         match self.running.lock() {
             Ok(set) => set.iter().copied().collect(),
             Err(poisoned) => poisoned.into_inner().iter().copied().collect(),
@@ -145,7 +148,7 @@ impl HostSandbox {
             .map(|(k, v)| (k.to_os_string(), v.map(|v| v.to_os_string())))
             .collect();
         cmd.env_clear();
-        cmd.envs(scrubbed_env());
+        cmd.envs(command_env(&self.env_passthrough));
         for (k, v) in explicit {
             match v {
                 Some(v) => cmd.env(k, v),
@@ -190,20 +193,51 @@ fn io_error(rel: &str, source: io::Error) -> SandboxError {
 }
 
 fn read_host_file(path: &Path, rel: &str) -> Result<Vec<u8>, SandboxError> {
-    // O_NOFOLLOW: the path is fully resolved, so a symlink here means it was swapped in
-    // after the check; refuse rather than follow it.
+    // A FIFO would block the open (and then the read) until a writer comes, a device can
+    // stream forever: refuse anything but a regular file, before opening it...
+    let meta = fs::symlink_metadata(path).map_err(|e| io_error(rel, e))?;
+    refuse_special(&meta, rel)?;
+    // ...and again on what was opened, in case it was swapped after the check.
+    // O_NONBLOCK: opening a FIFO swapped in meanwhile returns at once instead of
+    // waiting for a writer. O_NOFOLLOW: the path is fully resolved, so a symlink here
+    // means it was swapped in after the check; refuse rather than follow it.
     let mut file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| io_error(rel, e))?;
     let meta = file.metadata().map_err(|e| io_error(rel, e))?;
-    if meta.is_dir() {
-        return Err(SandboxError::IsDirectory(rel.to_string()));
-    }
+    refuse_special(&meta, rel)?;
     let mut data = Vec::with_capacity(meta.len() as usize);
     file.read_to_end(&mut data).map_err(|e| io_error(rel, e))?;
     Ok(data)
+}
+
+/// Refuses a directory, FIFO, socket or device with an error naming what it is.
+fn refuse_special(meta: &fs::Metadata, rel: &str) -> Result<(), SandboxError> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        return Ok(());
+    } else if t.is_dir() {
+        return Err(SandboxError::IsDirectory(rel.to_string()));
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_symlink() {
+        "a symbolic link that changed while it was read"
+    } else {
+        "not a regular file"
+    };
+    Err(SandboxError::NotRegularFile {
+        path: rel.to_string(),
+        what,
+    })
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -392,39 +426,39 @@ fn groups_rss_mb(groups: &[i32]) -> Option<u64> {
     Some(pages * page / (1024 * 1024))
 }
 
-#[async_trait]
-impl Sandbox for HostSandbox {
-    fn backend(&self) -> BackendKind {
+/// The operations of the `Sandbox` trait; each host backend's impl calls these.
+impl HostSandbox {
+    pub(crate) fn backend(&self) -> BackendKind {
         self.kind
     }
 
-    fn agent_root(&self) -> String {
+    pub(crate) fn agent_root(&self) -> String {
         self.agent_root.clone()
     }
 
-    fn host_workdir(&self) -> Option<&Path> {
+    pub(crate) fn host_workdir(&self) -> Option<&Path> {
         Some(&self.workdir)
     }
 
-    async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
+    pub(crate) async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
         self.blocking(path, |p, rel| read_host_file(&p, &rel)).await
     }
 
-    async fn write_file(&self, path: &str, data: &[u8]) -> Result<(), SandboxError> {
+    pub(crate) async fn write_file(&self, path: &str, data: &[u8]) -> Result<(), SandboxError> {
         let data = data.to_vec();
         self.blocking(path, move |p, rel| write_host_file(&p, &rel, &data))
             .await
     }
 
-    async fn stat(&self, path: &str) -> Result<Option<FileStat>, SandboxError> {
+    pub(crate) async fn stat(&self, path: &str) -> Result<Option<FileStat>, SandboxError> {
         self.blocking(path, |p, rel| stat_host(&p, &rel)).await
     }
 
-    async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, SandboxError> {
+    pub(crate) async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, SandboxError> {
         self.blocking(path, |p, rel| list_host_dir(&p, &rel)).await
     }
 
-    async fn exec(
+    pub(crate) async fn exec(
         &self,
         request: ExecRequest,
         cancel: CancellationToken,
@@ -526,10 +560,15 @@ impl Sandbox for HostSandbox {
             if !output.is_empty() && !output.ends_with('\n') {
                 output.push('\n');
             }
-            output.push_str(
+            // A confined command's processes all end with it (PID namespace), so the
+            // redirect advice only holds without a confiner.
+            output.push_str(if self.confiner.is_some() {
                 "[background processes that still held the output were killed; \
-                 redirect a background command's output (cmd > log 2>&1 &) to keep it running]",
-            );
+                 in this sandbox every process of a command ends with it]"
+            } else {
+                "[background processes that still held the output were killed; \
+                 redirect a background command's output (cmd > log 2>&1 &) to keep it running]"
+            });
         }
         let timed_out = killed == Some(Killed::TimedOut);
         let cancelled = killed == Some(Killed::Cancelled);
@@ -548,16 +587,9 @@ impl Sandbox for HostSandbox {
         })
     }
 
-    async fn status(&self) -> SandboxStatus {
-        let groups = self.running_groups();
-        let memory_used_mb = if groups.is_empty() {
-            Some(0)
-        } else {
-            tokio::task::spawn_blocking(move || groups_rss_mb(&groups))
-                .await
-                .ok()
-                .flatten()
-        };
+    /// The status without live usage: backend, state, uptime and the confiner's limits.
+    /// Each backend's `status.rs` adds what it can measure.
+    pub(crate) fn base_status(&self) -> SandboxStatus {
         SandboxStatus {
             backend: self.kind.as_str().to_string(),
             state: if self.stopped.load(Ordering::SeqCst) {
@@ -568,16 +600,84 @@ impl Sandbox for HostSandbox {
             uptime_secs: self.started.elapsed().as_secs(),
             memory_limit_mb: self.confiner.as_ref().and_then(|c| c.memory_limit_mb()),
             cpus: self.confiner.as_ref().and_then(|c| c.cpus()),
-            memory_used_mb,
+            memory_used_mb: None,
             cpu_percent: None,
         }
     }
 
-    async fn stop(&self) -> Result<(), SandboxError> {
+    /// Resident memory of the commands running now, summed from /proc.
+    pub(crate) async fn running_rss_mb(&self) -> Option<u64> {
+        let groups = self.running_groups();
+        if groups.is_empty() {
+            return Some(0);
+        }
+        tokio::task::spawn_blocking(move || groups_rss_mb(&groups))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    pub(crate) async fn stop(&self) -> Result<(), SandboxError> {
         self.stopped.store(true, Ordering::SeqCst);
         for pgid in self.running_groups() {
             kill_group(pgid);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    struct EnvConfiner;
+
+    impl CommandConfiner for EnvConfiner {
+        fn build(
+            &self,
+            command: &str,
+            workdir: &Path,
+        ) -> Result<std::process::Command, SandboxError> {
+            let mut cmd = std::process::Command::new("bash");
+            cmd.arg("-c")
+                .arg(command)
+                .current_dir(workdir)
+                .env("CONFINED_BY", "test")
+                .env("SAFE_CODER", "overridden");
+            Ok(cmd)
+        }
+        fn memory_limit_mb(&self) -> Option<u64> {
+            Some(512)
+        }
+    }
+
+    /// The confiner builds the command, and its explicit variables win over the
+    /// allow-listed environment.
+    #[tokio::test]
+    async fn the_confiner_builds_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let sb = HostSandbox::new(
+            BackendKind::Process,
+            dir.path().to_path_buf(),
+            Some(Arc::new(EnvConfiner)),
+            Vec::new(),
+        )
+        .unwrap();
+        let out = sb
+            .exec(
+                ExecRequest {
+                    command: "echo $CONFINED_BY $SAFE_CODER".into(),
+                    timeout: Duration::from_secs(10),
+                    max_output_bytes: 1024,
+                },
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.output, "test overridden\n");
+        let status = sb.base_status();
+        assert_eq!(status.backend, "process");
+        assert_eq!(status.memory_limit_mb, Some(512));
     }
 }

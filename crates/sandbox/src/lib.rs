@@ -4,6 +4,12 @@
 //! checked lexically by the tools crate) to a `Sandbox`, which resolves it inside its own
 //! root. That keeps the tools the same whether files live on the host (`direct`, `copy`,
 //! `process`), in a container, or inside a VM reached over a socket.
+//!
+//! [`open`] is the only way to build a sandbox: `open(kind, spec)` with a
+//! [`BackendKind`] and a [`SandboxSpec`]. Each backend is a module under `backends/`
+//! with the same files: `mod.rs` (the backend and its `Sandbox` impl), `probe.rs` (what
+//! `sandbox doctor` and `auto` ask), `limits.rs` (what it enforces) and `status.rs`
+//! (live usage). docs/backends.md describes them.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,25 +18,44 @@ use async_trait::async_trait;
 pub use safe_coder_protocol::{SandboxState, SandboxStatus};
 pub use tokio_util::sync::CancellationToken;
 
+mod backends;
 pub mod env;
-pub mod host;
+mod host;
 pub mod paths;
-pub mod process;
 pub mod select;
+mod spec;
+pub mod text;
+pub mod which;
 
-pub use env::scrubbed_env;
-pub use host::{CommandConfiner, HostSandbox};
-pub use paths::resolve_in_root;
-pub use process::{open_process_sandbox, ProcessConfiner, ProcessLimits};
+pub use backends::process;
+pub use host::CommandConfiner;
+pub use paths::{normalize_in_root, resolve_in_root, PathError};
+pub use process::ProcessConfiner;
 pub use select::{choose, doctor_report, probe, probe_all, BackendProbe};
+pub use spec::{Limits, Mechanism, SandboxSpec};
+pub use text::{decode_text, NotText};
+pub use which::find_executable;
 
-/// The isolation backends (DESIGN §4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Builds a sandbox of backend `kind` over `spec.workdir`: the only constructor of a
+/// sandbox. A backend that cannot run here (or is not built yet) is
+/// [`SandboxError::Unavailable`] with one sentence saying why and what to do.
+pub fn open(
+    kind: BackendKind,
+    spec: SandboxSpec,
+) -> Result<std::sync::Arc<dyn Sandbox>, SandboxError> {
+    backends::open(kind, spec)
+}
+
+/// The isolation backends (DESIGN §4). Serialised as its lower-case name (`as_str`);
+/// `demo` is accepted for `copy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Firecracker,
     Qemu,
     Docker,
     Process,
+    #[serde(alias = "demo")]
     Copy,
     Direct,
 }
@@ -78,6 +103,9 @@ pub enum SandboxError {
     NotFound(String),
     #[error("'{0}' is a directory, not a file")]
     IsDirectory(String),
+    /// A FIFO, socket or device: reading it could block forever or never end.
+    #[error("'{path}' is {what}, not a regular file; only regular files can be read")]
+    NotRegularFile { path: String, what: &'static str },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -147,6 +175,12 @@ pub trait Sandbox: Send + Sync {
     /// (`direct`, `copy`, `process`, `docker` bind mounts); `None` inside a VM.
     fn host_workdir(&self) -> Option<&Path>;
 
+    /// How the `process` backend confines this sandbox's commands; `None` for the other
+    /// backends.
+    fn mechanism(&self) -> Option<Mechanism> {
+        None
+    }
+
     async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError>;
 
     /// Creates parent directories. Keeps the executable bit of an existing file.
@@ -157,8 +191,9 @@ pub trait Sandbox: Send + Sync {
 
     async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, SandboxError>;
 
-    /// Run `bash -c command` in the project root: stdin closed, environment scrubbed of
-    /// secrets, the whole process group killed on timeout or when `cancel` fires.
+    /// Run `bash -c command` in the project root: stdin closed, an allow-listed
+    /// environment (see [`env`]), the whole process group killed on timeout or when
+    /// `cancel` fires.
     async fn exec(
         &self,
         request: ExecRequest,
@@ -169,4 +204,57 @@ pub trait Sandbox: Send + Sync {
 
     /// Stop whatever runs in the sandbox (VM, container). Files stay for sync.
     async fn stop(&self) -> Result<(), SandboxError>;
+}
+
+/// A shared sandbox is a sandbox: `&Arc<dyn Sandbox>` goes wherever `&dyn Sandbox` or a
+/// generic `S: Sandbox` is expected.
+#[async_trait]
+impl<S: Sandbox + ?Sized> Sandbox for std::sync::Arc<S> {
+    fn backend(&self) -> BackendKind {
+        (**self).backend()
+    }
+
+    fn agent_root(&self) -> String {
+        (**self).agent_root()
+    }
+
+    fn host_workdir(&self) -> Option<&Path> {
+        (**self).host_workdir()
+    }
+
+    fn mechanism(&self) -> Option<Mechanism> {
+        (**self).mechanism()
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
+        (**self).read_file(path).await
+    }
+
+    async fn write_file(&self, path: &str, data: &[u8]) -> Result<(), SandboxError> {
+        (**self).write_file(path, data).await
+    }
+
+    async fn stat(&self, path: &str) -> Result<Option<FileStat>, SandboxError> {
+        (**self).stat(path).await
+    }
+
+    async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, SandboxError> {
+        (**self).list_dir(path).await
+    }
+
+    async fn exec(
+        &self,
+        request: ExecRequest,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutput, SandboxError> {
+        (**self).exec(request, cancel).await
+    }
+
+    async fn status(&self) -> SandboxStatus {
+        (**self).status().await
+    }
+
+    async fn stop(&self) -> Result<(), SandboxError> {
+        (**self).stop().await
+    }
 }

@@ -99,3 +99,153 @@ fn io_err(rel: &str, source: io::Error) -> SandboxError {
         source,
     }
 }
+
+/// Why a path typed by the model or the user is refused before it reaches a sandbox.
+/// Each message names the fix; callers show it as is (tools to the model, `@path` notes
+/// to the user).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path is empty; give a file path relative to the project root")]
+    Empty,
+    #[error("the path '{0}' contains a NUL byte; give a file path relative to the project root")]
+    NulByte(String),
+    #[error(
+        "'{path}' points into a home directory, which is outside the project root ({root}); \
+         use a path relative to the project root"
+    )]
+    HomeDirectory { path: String, root: String },
+    #[error(
+        "the absolute path '{path}' is outside the project root ({root}); \
+         use a path relative to the project root"
+    )]
+    OutsideRoot { path: String, root: String },
+    #[error("the path '{0}' leaves the project root through '..'; use a path inside the project")]
+    LeavesRoot(String),
+}
+
+/// The one lexical path rule (DESIGN §3), shared by the tools and by `@path`
+/// references: turns `path` into a project-relative path with `/` separators (`"."` for
+/// the root itself).
+///
+/// - surrounding whitespace is dropped (models often add some);
+/// - an absolute path is accepted when it lies under `agent_root`;
+/// - `~` and `~/…` are refused (nothing expands them, and the user means a home directory);
+/// - `.` and empty components are dropped; a `..` is allowed while it stays inside the
+///   root (`src/../a.rs` is `a.rs`), and refused once it would climb above it.
+///
+/// This is lexical only: symlinks are the sandbox's business ([`resolve_in_root`] on the
+/// host backends), so a path that passes here can still be refused there.
+pub fn normalize_in_root(agent_root: &str, path: &str) -> Result<String, PathError> {
+    let trimmed = path.trim();
+    if trimmed.is_empty() {
+        return Err(PathError::Empty);
+    }
+    if trimmed.contains('\0') {
+        return Err(PathError::NulByte(trimmed.to_string()));
+    }
+    if trimmed == "~" || trimmed.starts_with("~/") {
+        return Err(PathError::HomeDirectory {
+            path: trimmed.to_string(),
+            root: agent_root.to_string(),
+        });
+    }
+    let rest = if trimmed.starts_with('/') {
+        let root = agent_root.trim_end_matches('/');
+        if trimmed == root || (root.is_empty() && trimmed == "/") {
+            ""
+        } else if let Some(rest) = trimmed.strip_prefix(root).and_then(|r| r.strip_prefix('/')) {
+            rest
+        } else {
+            return Err(PathError::OutsideRoot {
+                path: trimmed.to_string(),
+                root: agent_root.to_string(),
+            });
+        }
+    } else {
+        trimmed
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for part in rest.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(PathError::LeavesRoot(trimmed.to_string()));
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    if parts.is_empty() {
+        Ok(".".into())
+    } else {
+        Ok(parts.join("/"))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_and_absolute_paths_become_project_relative() {
+        assert_eq!(normalize_in_root("/p", "src/a.rs").unwrap(), "src/a.rs");
+        assert_eq!(normalize_in_root("/p", "  src/a.rs\n").unwrap(), "src/a.rs");
+        assert_eq!(normalize_in_root("/p", "./src//a.rs").unwrap(), "src/a.rs");
+        assert_eq!(normalize_in_root("/p/", "/p/src/a.rs").unwrap(), "src/a.rs");
+        assert_eq!(normalize_in_root("/p", "/p").unwrap(), ".");
+        assert_eq!(normalize_in_root("/p", "/p/").unwrap(), ".");
+        assert_eq!(normalize_in_root("/p", ".").unwrap(), ".");
+        assert_eq!(normalize_in_root("/", "/etc/x").unwrap(), "etc/x");
+        // Glob characters and a name that merely starts with `~` are ordinary text.
+        assert_eq!(
+            normalize_in_root("/p", "src/**/*.rs").unwrap(),
+            "src/**/*.rs"
+        );
+        assert_eq!(normalize_in_root("/p", "~backup").unwrap(), "~backup");
+    }
+
+    #[test]
+    fn a_dot_dot_may_not_climb_above_the_root() {
+        assert_eq!(normalize_in_root("/p", "src/../a.rs").unwrap(), "a.rs");
+        assert_eq!(normalize_in_root("/p", "a/b/../../c").unwrap(), "c");
+        assert_eq!(normalize_in_root("/p", "a/..").unwrap(), ".");
+        assert_eq!(normalize_in_root("/p", "/p/a/../b").unwrap(), "b");
+        for climbing in ["..", "../x", "a/../../x", "/p/../x", "./../p/x"] {
+            assert_eq!(
+                normalize_in_root("/p", climbing),
+                Err(PathError::LeavesRoot(climbing.to_string())),
+                "{climbing}"
+            );
+        }
+    }
+
+    #[test]
+    fn outside_home_empty_and_nul_are_refused_with_the_fix() {
+        let outside = normalize_in_root("/p", "/etc/passwd").unwrap_err();
+        assert_eq!(
+            outside.to_string(),
+            "the absolute path '/etc/passwd' is outside the project root (/p); use a path \
+             relative to the project root"
+        );
+        // A sibling whose name starts with the root's name is not inside it.
+        assert!(matches!(
+            normalize_in_root("/p", "/pp/x"),
+            Err(PathError::OutsideRoot { .. })
+        ));
+        assert!(matches!(
+            normalize_in_root("/p", "~/x"),
+            Err(PathError::HomeDirectory { .. })
+        ));
+        assert!(matches!(
+            normalize_in_root("/p", "~"),
+            Err(PathError::HomeDirectory { .. })
+        ));
+        assert_eq!(normalize_in_root("/p", "  "), Err(PathError::Empty));
+        assert!(matches!(
+            normalize_in_root("/p", "a\0b"),
+            Err(PathError::NulByte(_))
+        ));
+    }
+}

@@ -2,9 +2,8 @@
 //! the `auto` choice (the strongest that works here, DESIGN §4), and the report of
 //! `safe-coder sandbox doctor`.
 //!
-//! Probes are cheap: file and `PATH` checks, plus one cached bwrap run for `process`.
-
-use std::path::{Path, PathBuf};
+//! Each backend's own `probe.rs` answers; probes are cheap: file and `PATH` checks, plus
+//! one cached bwrap run (and one in-process trial) for `process`.
 
 use crate::{BackendKind, SandboxError};
 
@@ -27,101 +26,10 @@ pub const AUTO_ORDER: [BackendKind; 6] = [
     BackendKind::Direct,
 ];
 
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-fn kvm_fact() -> String {
-    let kvm = Path::new("/dev/kvm");
-    if !kvm.exists() {
-        return "/dev/kvm is absent".into();
-    }
-    let writable = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(kvm)
-        .is_ok();
-    if writable {
-        "/dev/kvm is present and usable".into()
-    } else {
-        "/dev/kvm is present but not accessible to this user".into()
-    }
-}
-
-fn binary_fact(name: &str) -> String {
-    match which(name) {
-        Some(p) => format!("{name} is at {}", p.display()),
-        None => format!("{name} is not installed"),
-    }
-}
-
-fn docker_fact() -> String {
-    let mut facts = Vec::new();
-    facts.push(binary_fact("docker"));
-    if which("podman").is_some() {
-        facts.push(binary_fact("podman"));
-    }
-    let socket = std::env::var("DOCKER_HOST")
-        .ok()
-        .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"));
-    if socket.exists() {
-        facts.push(format!("the engine socket {} exists", socket.display()));
-    } else {
-        facts.push(format!("no engine socket at {}", socket.display()));
-    }
-    facts.join(", ")
-}
-
 /// Whether `kind` works on this machine. Fast: the only costly check (running bwrap
 /// once for `process`) is cached for the life of the process.
 pub fn probe(kind: BackendKind) -> BackendProbe {
-    let (available, reason) = match kind {
-        BackendKind::Firecracker => (
-            false,
-            format!(
-                "the firecracker backend is not available in this build ({}, {})",
-                kvm_fact(),
-                binary_fact("firecracker")
-            ),
-        ),
-        BackendKind::Qemu => (
-            false,
-            format!(
-                "the qemu backend is not available in this build ({}, {})",
-                kvm_fact(),
-                binary_fact("qemu-system-x86_64")
-            ),
-        ),
-        BackendKind::Docker => (
-            false,
-            format!(
-                "the docker backend is not available in this build ({})",
-                docker_fact()
-            ),
-        ),
-        BackendKind::Process => match crate::process::probe() {
-            Ok(reason) => (true, reason),
-            Err(reason) => (false, reason),
-        },
-        BackendKind::Copy => (
-            true,
-            "a sandbox copy without OS isolation: commands run on the host with the user's rights"
-                .into(),
-        ),
-        BackendKind::Direct => (
-            true,
-            "no isolation: the agent works in the project itself (auto never chooses it)".into(),
-        ),
-    };
-    BackendProbe {
-        kind,
-        available,
-        reason,
-    }
+    crate::backends::probe(kind)
 }
 
 /// Every backend in `auto` order.

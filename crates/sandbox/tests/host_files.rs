@@ -1,13 +1,15 @@
-//! HostSandbox file operations on real files.
+//! File operations of the host backends (`copy` here) on real files.
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 
-use safe_coder_sandbox::{BackendKind, HostSandbox, Sandbox, SandboxError, SandboxState};
+use std::sync::Arc;
 
-fn sandbox() -> (tempfile::TempDir, HostSandbox) {
+use safe_coder_sandbox::{BackendKind, Sandbox, SandboxError, SandboxSpec, SandboxState};
+
+fn sandbox() -> (tempfile::TempDir, Arc<dyn Sandbox>) {
     let dir = tempfile::tempdir().unwrap();
-    let sb = HostSandbox::new(BackendKind::Copy, dir.path().to_path_buf(), None).unwrap();
+    let sb = safe_coder_sandbox::open(BackendKind::Copy, SandboxSpec::new(dir.path())).unwrap();
     (dir, sb)
 }
 
@@ -107,11 +109,63 @@ async fn status_and_stop() {
 }
 
 #[test]
-fn new_refuses_missing_dir() {
-    assert!(HostSandbox::new(
+fn open_refuses_a_missing_dir() {
+    assert!(safe_coder_sandbox::open(
         BackendKind::Direct,
-        "/nonexistent/safe-coder-x".into(),
-        None
+        SandboxSpec::new("/nonexistent/safe-coder-x")
     )
     .is_err());
+}
+
+/// `read_file` on a FIFO, a socket or a device is refused at once: without the check
+/// the FIFO's open would wait forever for a writer. The read runs on a thread and the
+/// test gives it a generous bound, so a regression fails instead of hanging CI.
+#[test]
+fn reading_a_fifo_socket_or_device_is_refused_without_blocking() {
+    let (dir, sb) = sandbox();
+    let fifo = dir.path().join("pipe");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let _listener = std::os::unix::net::UnixListener::bind(dir.path().join("sock")).unwrap();
+    symlink("/dev/zero", dir.path().join("zero")).unwrap();
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let results: Vec<(String, Result<Vec<u8>, SandboxError>)> = rt.block_on(async {
+            let mut out = Vec::new();
+            for name in ["pipe", "sock", "zero"] {
+                out.push((name.to_string(), sb.read_file(name).await));
+            }
+            out
+        });
+        let _ = tx.send(results);
+    });
+    let results = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("read_file blocked on a FIFO (no answer within 60 s)");
+    for (name, result) in results {
+        match result {
+            Err(SandboxError::NotRegularFile { what, .. }) => {
+                eprintln!("{name}: refused as {what}");
+            }
+            // /dev/zero is outside the root: refused before anything is opened.
+            Err(SandboxError::OutsideRoot(_)) if name == "zero" => {}
+            other => panic!("{name}: expected a refusal, got {other:?}"),
+        }
+    }
+    // The message names the thing and says what can be read.
+    let text = SandboxError::NotRegularFile {
+        path: "pipe".into(),
+        what: "a FIFO (named pipe)",
+    }
+    .to_string();
+    assert!(
+        text.contains("FIFO") && text.contains("regular files"),
+        "{text}"
+    );
 }

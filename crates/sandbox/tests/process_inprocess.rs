@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use safe_coder_sandbox::host::CommandConfiner;
-use safe_coder_sandbox::process::{Enforcement, Mechanism, ProcessConfiner, ProcessLimits};
+use safe_coder_sandbox::process::{Enforcement, ProcessConfiner};
+use safe_coder_sandbox::CommandConfiner;
+use safe_coder_sandbox::{Limits as ProcessLimits, Mechanism};
 
 fn confiner(limits: ProcessLimits) -> Option<ProcessConfiner> {
     match ProcessConfiner::with_mechanism(limits, Mechanism::InProcess) {

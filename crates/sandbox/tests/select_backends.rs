@@ -21,11 +21,7 @@ fn probes_come_in_auto_order_with_reasons() {
     ] {
         let p = probe(kind);
         assert!(!p.available);
-        assert!(
-            p.reason.contains("not available in this build"),
-            "{}",
-            p.reason
-        );
+        assert!(p.reason.contains("not built yet"), "{}", p.reason);
     }
     assert!(probe(BackendKind::Qemu).reason.contains("/dev/kvm"));
 }
@@ -75,4 +71,23 @@ fn doctor_prints_every_backend_and_the_auto_choice() {
         assert!(line.contains(kind.as_str()), "{line}");
     }
     assert!(lines[AUTO_ORDER.len()].starts_with("auto → "), "{report}");
+}
+
+#[test]
+fn opening_a_backend_that_is_not_built_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for kind in [
+        BackendKind::Firecracker,
+        BackendKind::Qemu,
+        BackendKind::Docker,
+    ] {
+        match safe_coder_sandbox::open(kind, safe_coder_sandbox::SandboxSpec::new(dir.path())) {
+            Err(SandboxError::Unavailable(reason)) => {
+                assert!(reason.contains("not built yet"), "{reason}");
+                assert!(reason.contains(kind.as_str()), "{reason}");
+            }
+            Err(other) => panic!("{kind:?}: expected Unavailable, got {other}"),
+            Ok(_) => panic!("{kind:?} opened, but it is not built"),
+        }
+    }
 }

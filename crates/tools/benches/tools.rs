@@ -1,12 +1,12 @@
-//! Median time of one tool call over a HostSandbox without a confiner (the `copy` and
+//! Median time of one tool call over a `copy` sandbox (no confiner) (the `copy` and
 //! `direct` backends): `bash` running `true`, and `write_file` / `read_file` /
 //! `edit_file` on a small file. Run with `cargo bench -p safe-coder-tools`.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
-use safe_coder_sandbox::{BackendKind, CancellationToken, HostSandbox};
-use safe_coder_tools::{run, ToolContext};
+use safe_coder_sandbox::{BackendKind, CancellationToken, SandboxSpec};
+use safe_coder_tools::{ToolContext, ToolRegistry};
 use serde_json::{json, Value};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -23,14 +23,14 @@ async fn measure(
 ) {
     // Warm up (page cache, first process spawn).
     for i in 0..5 {
-        let out = run(name, &input(i), ctx).await;
+        let out = ToolRegistry::builtin().run(name, &input(i), ctx).await;
         assert!(!out.is_error, "{label}: {}", out.content);
     }
     let mut times = Vec::with_capacity(iterations);
     for i in 0..iterations {
         let input = input(i + 5);
         let start = Instant::now();
-        let out = run(name, &input, ctx).await;
+        let out = ToolRegistry::builtin().run(name, &input, ctx).await;
         times.push(start.elapsed());
         assert!(!out.is_error, "{label}: {}", out.content);
     }
@@ -44,7 +44,8 @@ async fn measure(
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = HostSandbox::new(BackendKind::Copy, dir.path().to_path_buf(), None).unwrap();
+    let sandbox =
+        safe_coder_sandbox::open(BackendKind::Copy, SandboxSpec::new(dir.path())).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -55,10 +56,10 @@ fn main() {
         .collect();
     runtime.block_on(async {
         let ctx = ToolContext {
-            sandbox: &sandbox,
+            sandbox: &*sandbox,
             cancel: CancellationToken::new(),
         };
-        println!("safe-coder-tools bench (HostSandbox, no confiner)");
+        println!("safe-coder-tools bench (copy sandbox, no confiner)");
         measure(
             &ctx,
             "bash `true`",

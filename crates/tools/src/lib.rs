@@ -1,50 +1,44 @@
-//! The agent's four tools (DESIGN §3): `read_file`, `write_file`, `edit_file` and
-//! `bash`, over any [`Sandbox`].
+//! The agent's tools (DESIGN §3) over any [`Sandbox`], and the [`ToolRegistry`] that
+//! is the only place the rest of Safe Coder learns about them.
 //!
-//! Every path is first normalised lexically by [`normalize_path`] (relative, or absolute
-//! under the agent root; `..` may not leave the root), then handed to the sandbox, which
-//! resolves symlinks inside its own root. Every failure comes back as a [`ToolOutput`]
-//! with `is_error: true` and a sentence telling the model how to fix its call, so the
-//! model can correct itself; [`run`] never panics.
+//! Each tool is one module ([`read_file`], [`write_file`], [`edit_file`], [`bash`])
+//! holding everything about it: its name, description and JSON schema, its typed
+//! arguments, its [`Effect`], its approval preview, the one-line summary front ends
+//! show, and its run. Nothing outside a tool's module matches on its name: approval is
+//! a function of the approval mode and the effect, and history scans the whole tree
+//! after a call whose effect is [`Effect::RunsCommands`]. docs/tools.md says how to add
+//! a tool.
+//!
+//! Every path is first normalised lexically by the shared
+//! [`safe_coder_sandbox::normalize_in_root`] (relative, or absolute under the agent root;
+//! `..` may not leave the root), then handed to the sandbox, which resolves symlinks
+//! inside its own root. Every failure comes back as a [`ToolOutput`] with
+//! `is_error: true` and a sentence telling the model how to fix its call, so the model
+//! can correct itself; nothing here panics.
 
+pub mod args;
+pub mod bash;
+pub mod edit_file;
+pub mod read_file;
 mod text;
+pub mod write_file;
 
-use safe_coder_protocol::{ApprovalSubject, ToolSpec};
-use safe_coder_sandbox::{CancellationToken, ExecRequest, Sandbox, SandboxError};
-use serde_json::{json, Value};
-use std::time::Duration;
+use async_trait::async_trait;
+use safe_coder_protocol::{ApprovalMode, ApprovalSubject, Effect, ToolSpec};
+use safe_coder_sandbox::{CancellationToken, Sandbox, SandboxError};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
+pub use bash::Bash;
+pub use edit_file::EditFile;
+pub use read_file::ReadFile;
 pub use text::{apply_edit, head_tail, numbered_lines, EditError, EditResult};
-
-/// Tool names, as the model calls them.
-pub const READ_FILE: &str = "read_file";
-pub const WRITE_FILE: &str = "write_file";
-pub const EDIT_FILE: &str = "edit_file";
-pub const BASH: &str = "bash";
-
-/// `read_file` refuses files larger than this (use `bash` with `head`/`sed` instead).
-pub const MAX_READ_BYTES: u64 = 5 * 1024 * 1024;
-/// Lines `read_file` returns when the call gives no `limit`.
-pub const DEFAULT_READ_LIMIT: usize = 2000;
-/// Characters of one line `read_file` shows before truncating it.
-pub const MAX_LINE_CHARS: usize = 2000;
-/// Bytes of numbered text one `read_file` call returns at most.
-pub const MAX_READ_OUTPUT: usize = 256 * 1024;
-/// `edit_file` refuses files larger than this.
-pub const MAX_EDIT_BYTES: u64 = 10 * 1024 * 1024;
-/// `bash` timeout when the call gives none.
-pub const DEFAULT_BASH_TIMEOUT_MS: u64 = 120_000;
-/// The longest `bash` timeout a call may ask for.
-pub const MAX_BASH_TIMEOUT_MS: u64 = 600_000;
-/// Bytes of command output the model sees: the head and the tail, with a note between.
-pub const BASH_OUTPUT_LIMIT: usize = 30_000;
-/// Bytes of command output the sandbox keeps before the head/tail cut.
-pub const BASH_CAPTURE_LIMIT: usize = 1024 * 1024;
+pub use write_file::WriteFile;
 
 /// What a tool needs to run.
 pub struct ToolContext<'a> {
     pub sandbox: &'a dyn Sandbox,
-    /// Fires when the user cancels the turn; a running `bash` is killed.
+    /// Fires when the user cancels the turn; a running command is killed.
     pub cancel: CancellationToken,
 }
 
@@ -53,13 +47,14 @@ pub struct ToolContext<'a> {
 pub struct ToolOutput {
     pub content: String,
     pub is_error: bool,
-    /// Project-relative files the call wrote or edited (empty for `bash`, whose effects
-    /// are unknown: commit everything after it).
+    /// Project-relative files the call wrote or edited. Empty for a tool whose effect is
+    /// [`Effect::RunsCommands`]: what a command changed is unknown, so history scans the
+    /// whole tree after it.
     pub touched_paths: Vec<String>,
 }
 
 impl ToolOutput {
-    fn ok(content: impl Into<String>) -> Self {
+    pub fn ok(content: impl Into<String>) -> Self {
         ToolOutput {
             content: content.into(),
             is_error: false,
@@ -67,7 +62,7 @@ impl ToolOutput {
         }
     }
 
-    fn error(content: impl Into<String>) -> Self {
+    pub fn error(content: impl Into<String>) -> Self {
         ToolOutput {
             content: content.into(),
             is_error: true,
@@ -75,7 +70,7 @@ impl ToolOutput {
         }
     }
 
-    fn touched(content: impl Into<String>, path: String) -> Self {
+    pub fn touched(content: impl Into<String>, path: String) -> Self {
         ToolOutput {
             content: content.into(),
             is_error: false,
@@ -84,249 +79,206 @@ impl ToolOutput {
     }
 }
 
-/// The tools offered to the model. `read_only` (plan mode) offers only `read_file`.
-pub fn specs(read_only: bool) -> Vec<ToolSpec> {
-    let read = ToolSpec {
-        name: READ_FILE.into(),
-        description: format!(
-            "Read a text file in the project. Returns its lines numbered like `cat -n` \
-             (line number, a tab, then the line); the numbers are not part of the file. \
-             Reads at most {DEFAULT_READ_LIMIT} lines per call: use `offset` (1-based line \
-             to start at) and `limit` for more. Paths are relative to the project root. \
-             Binary files and files over {} MiB are refused: use bash for those, and bash \
-             `ls` to list directories.",
-            MAX_READ_BYTES / (1024 * 1024)
-        ),
-        input_schema: json!({
-            "type": "object",
-            "properties": {
-                "path": {"type": "string", "description": "File path relative to the project root (e.g. \"src/main.rs\")."},
-                "offset": {"type": "integer", "minimum": 1, "description": "1-based line number to start reading at. Default 1."},
-                "limit": {"type": "integer", "minimum": 1, "description": "Maximum number of lines to return. Default 2000."}
-            },
-            "required": ["path"],
-            "additionalProperties": false
-        }),
-    };
-    if read_only {
-        return vec![read];
+/// One tool, written once with typed arguments. Implement this in the tool's module and
+/// add the type to [`ToolRegistry::builtin`]; the blanket impls make it a [`Tool`].
+#[async_trait]
+pub trait TypedTool: Send + Sync + 'static {
+    /// The name the model calls it by.
+    const NAME: &'static str;
+    /// What a call can do; decides approval and how history records it.
+    const EFFECT: Effect;
+    /// The arguments' shape, quoted in every argument error the model receives
+    /// (e.g. `{"path": string, "offset"?: integer}`).
+    const USAGE: &'static str;
+    /// The typed arguments, read leniently by [`args::parse`].
+    type Args: DeserializeOwned + Send + Sync;
+
+    /// Name, description and JSON schema, as offered to the model.
+    fn spec() -> ToolSpec;
+
+    /// One line saying what a call is about (the path, the command), for front ends.
+    fn summary(args: &Self::Args) -> String;
+
+    /// What the approval dialog shows before the call runs: the diff or the command.
+    /// A tool whose effect is not [`Effect::ReadOnly`] must return `Some` (also when the
+    /// call cannot apply: then the subject says why), or its calls are refused where the
+    /// mode asks.
+    async fn preview(_args: &Self::Args, _sandbox: &dyn Sandbox) -> Option<ApprovalSubject> {
+        None
     }
-    vec![
-        read,
-        ToolSpec {
-            name: WRITE_FILE.into(),
-            description: "Create a file or replace its whole content. Parent directories are \
-                          created. Prefer edit_file to change part of an existing file. \
-                          Paths are relative to the project root."
-                .into(),
-            input_schema: json!({
-                "type": "object",
-                "properties": {
-                    "path": {"type": "string", "description": "File path relative to the project root."},
-                    "content": {"type": "string", "description": "The complete new content of the file."}
-                },
-                "required": ["path", "content"],
-                "additionalProperties": false
-            }),
-        },
-        ToolSpec {
-            name: EDIT_FILE.into(),
-            description: "Replace an exact piece of text in a file. `old_string` must match the \
-                          file exactly, including whitespace and indentation (copy it from \
-                          read_file output without the line-number prefix), and must be unique \
-                          in the file unless `replace_all` is true: include enough surrounding \
-                          lines to make it unique. Read the file before editing it."
-                .into(),
-            input_schema: json!({
-                "type": "object",
-                "properties": {
-                    "path": {"type": "string", "description": "File path relative to the project root."},
-                    "old_string": {"type": "string", "description": "The exact text to replace."},
-                    "new_string": {"type": "string", "description": "The text to put in its place (must differ from old_string)."},
-                    "replace_all": {"type": "boolean", "description": "Replace every occurrence instead of exactly one. Default false."}
-                },
-                "required": ["path", "old_string", "new_string"],
-                "additionalProperties": false
-            }),
-        },
-        ToolSpec {
-            name: BASH.into(),
-            description: format!(
-                "Run a shell command with `bash -c` in the project root and return its \
-                 combined stdout and stderr and its exit code. stdin is closed, so \
-                 interactive commands fail: pass flags such as `-y` or `--no-pager`. Output \
-                 over {BASH_OUTPUT_LIMIT} bytes keeps its beginning and end. The command is \
-                 killed with all its child processes after `timeout_ms` (default \
-                 {DEFAULT_BASH_TIMEOUT_MS}, max {MAX_BASH_TIMEOUT_MS}). Use it to list \
-                 files, search (grep, find), build and run tests."
-            ),
-            input_schema: json!({
-                "type": "object",
-                "properties": {
-                    "command": {"type": "string", "description": "The command line to run."},
-                    "timeout_ms": {"type": "integer", "minimum": 1, "maximum": MAX_BASH_TIMEOUT_MS, "description": "Timeout in milliseconds. Default 120000."}
-                },
-                "required": ["command"],
-                "additionalProperties": false
-            }),
-        },
-    ]
+
+    /// Runs the call. `Err` is the sentence the model receives as an error result.
+    async fn run(args: &Self::Args, ctx: &ToolContext<'_>) -> Result<ToolOutput, String>;
 }
 
-/// Whether a tool only reads (runs without approval, and in plan mode).
-pub fn is_read_only(name: &str) -> bool {
-    name == READ_FILE
+/// A tool as the registry holds it (object-safe; every [`TypedTool`] is one).
+pub trait Tool: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn effect(&self) -> Effect;
+    fn spec(&self) -> ToolSpec;
+    /// Reads the call's arguments. `Err` is the sentence the model receives.
+    fn prepare(&self, input: &Value) -> Result<Box<dyn ToolCall>, String>;
 }
 
-/// Turns a path the model gave into a project-relative path with `/` separators
-/// (`"."` for the root itself). Absolute paths are accepted when they lie under
-/// `agent_root`; `..` may not climb above the root.
-pub fn normalize_path(agent_root: &str, path: &str) -> Result<String, String> {
-    let trimmed = path.trim();
-    if trimmed.is_empty() {
-        return Err("the path is empty; give a file path relative to the project root".into());
+/// One call whose arguments were read: ready to summarise, preview and run.
+#[async_trait]
+pub trait ToolCall: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn effect(&self) -> Effect;
+    /// One line saying what the call is about, for front ends.
+    fn summary(&self) -> String;
+    /// See [`TypedTool::preview`].
+    async fn preview(&self, sandbox: &dyn Sandbox) -> Option<ApprovalSubject>;
+    /// Runs the call; failures are an error output, never a panic.
+    async fn run(&self, ctx: &ToolContext<'_>) -> ToolOutput;
+}
+
+impl<T: TypedTool> Tool for T {
+    fn name(&self) -> &'static str {
+        T::NAME
     }
-    if trimmed.contains('\0') {
-        return Err(format!("the path '{trimmed}' contains a NUL byte"));
+
+    fn effect(&self) -> Effect {
+        T::EFFECT
     }
-    if trimmed == "~" || trimmed.starts_with("~/") {
-        return Err(format!(
-            "'{trimmed}' points into a home directory, which is outside the project root \
-             ({agent_root}); use a path relative to the project root"
-        ));
+
+    fn spec(&self) -> ToolSpec {
+        T::spec()
     }
-    let rest = if trimmed.starts_with('/') {
-        let root = agent_root.trim_end_matches('/');
-        if trimmed == root || (root.is_empty() && trimmed == "/") {
-            ""
-        } else if let Some(rest) = trimmed.strip_prefix(root).and_then(|r| r.strip_prefix('/')) {
-            rest
-        } else {
-            return Err(format!(
-                "the absolute path '{trimmed}' is outside the project root ({agent_root}); \
-                 use a path relative to the project root"
-            ));
-        }
-    } else {
-        trimmed
-    };
-    let mut parts: Vec<&str> = Vec::new();
-    for part in rest.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.pop().is_none() {
-                    return Err(format!(
-                        "the path '{trimmed}' leaves the project root through '..'; \
-                         use a path inside the project"
-                    ));
-                }
+
+    fn prepare(&self, input: &Value) -> Result<Box<dyn ToolCall>, String> {
+        let args = args::parse::<T::Args>(T::NAME, T::USAGE, input)?;
+        Ok(Box::new(Prepared::<T> { args }))
+    }
+}
+
+struct Prepared<T: TypedTool> {
+    args: T::Args,
+}
+
+#[async_trait]
+impl<T: TypedTool> ToolCall for Prepared<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn effect(&self) -> Effect {
+        T::EFFECT
+    }
+
+    fn summary(&self) -> String {
+        T::summary(&self.args)
+    }
+
+    async fn preview(&self, sandbox: &dyn Sandbox) -> Option<ApprovalSubject> {
+        T::preview(&self.args, sandbox).await
+    }
+
+    async fn run(&self, ctx: &ToolContext<'_>) -> ToolOutput {
+        T::run(&self.args, ctx)
+            .await
+            .unwrap_or_else(ToolOutput::error)
+    }
+}
+
+/// A call to a tool the registry does not have.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown tool '{name}'; the available tools are {available}")]
+pub struct UnknownTool {
+    pub name: String,
+    /// The registry's tool names, as a sentence (`a, b and c`).
+    pub available: String,
+}
+
+/// The tools the agent has: what is offered to the model, and lookup by name.
+pub struct ToolRegistry {
+    tools: &'static [&'static dyn Tool],
+}
+
+static BUILTIN: ToolRegistry = ToolRegistry {
+    tools: &[&ReadFile, &WriteFile, &EditFile, &Bash],
+};
+
+impl ToolRegistry {
+    /// The four built-in tools, in the order they are offered.
+    pub fn builtin() -> &'static ToolRegistry {
+        &BUILTIN
+    }
+
+    pub fn tools(&self) -> impl Iterator<Item = &'static dyn Tool> + '_ {
+        self.tools.iter().copied()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.tools().map(|t| t.name())
+    }
+
+    /// The tools offered to the model in `mode`: those the mode can run at all (plan
+    /// mode offers only read-only tools).
+    pub fn specs(&self, mode: ApprovalMode) -> Vec<ToolSpec> {
+        self.tools()
+            .filter(|t| mode.offers(t.effect()))
+            .map(|t| t.spec())
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Result<&'static dyn Tool, UnknownTool> {
+        self.tools().find(|t| t.name() == name).ok_or_else(|| {
+            let names: Vec<&str> = self.names().collect();
+            let available = match names.split_last() {
+                None => "none".to_string(),
+                Some((last, [])) => (*last).to_string(),
+                Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+            };
+            UnknownTool {
+                name: name.to_string(),
+                available,
             }
-            other => parts.push(other),
+        })
+    }
+
+    /// Looks the tool up and reads the call's arguments. `Err` is the sentence the model
+    /// receives (unknown tool, or what is wrong with the arguments).
+    pub fn prepare(&self, name: &str, input: &Value) -> Result<Box<dyn ToolCall>, String> {
+        self.get(name).map_err(|e| e.to_string())?.prepare(input)
+    }
+
+    /// [`prepare`](Self::prepare) and run, for callers that need no approval in between.
+    pub async fn run(&self, name: &str, input: &Value, ctx: &ToolContext<'_>) -> ToolOutput {
+        match self.prepare(name, input) {
+            Ok(call) => call.run(ctx).await,
+            Err(why) => ToolOutput::error(why),
         }
     }
-    if parts.is_empty() {
-        Ok(".".into())
+}
+
+/// The first line of `text`, cut to 100 characters: how summaries stay one line.
+pub fn one_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("");
+    if line.chars().count() > 100 {
+        format!("{}…", line.chars().take(100).collect::<String>())
     } else {
-        Ok(parts.join("/"))
+        line.to_string()
     }
 }
 
-/// Runs one tool call. Unknown tools and bad arguments give an error output that tells
-/// the model how to fix its call.
-pub async fn run(name: &str, input: &Value, ctx: &ToolContext<'_>) -> ToolOutput {
-    let result = match name {
-        READ_FILE => read_file(input, ctx).await,
-        WRITE_FILE => write_file(input, ctx).await,
-        EDIT_FILE => edit_file(input, ctx).await,
-        BASH => bash(input, ctx).await,
-        other => Err(format!(
-            "unknown tool '{other}'; the available tools are read_file, write_file, \
-             edit_file and bash"
-        )),
-    };
-    result.unwrap_or_else(ToolOutput::error)
+/// A project-relative path for `raw` under the sandbox's root, or the sentence for the
+/// model (the shared rule: [`safe_coder_sandbox::normalize_in_root`]).
+pub(crate) fn project_path(sandbox: &dyn Sandbox, raw: &str) -> Result<String, String> {
+    safe_coder_sandbox::normalize_in_root(&sandbox.agent_root(), raw).map_err(|e| e.to_string())
 }
 
-/// What the approval dialog shows before a write, edit or bash runs: the unified diff
-/// the call would apply (with the file path in its header) or the command. `None` for
-/// read-only and unknown tools. A call that cannot be previewed (bad arguments, a path
-/// outside the root, text not found) still gets a subject that says why, so a mutating
-/// call is never run unasked.
-pub async fn preview(name: &str, input: &Value, sandbox: &dyn Sandbox) -> Option<ApprovalSubject> {
-    match name {
-        WRITE_FILE | EDIT_FILE => {
-            let raw_path = input
-                .get("path")
-                .and_then(Value::as_str)
-                .unwrap_or("(no path given)")
-                .to_string();
-            Some(match file_change_preview(name, input, sandbox).await {
-                Ok((path, diff)) => ApprovalSubject::FileChange { path, diff },
-                Err(why) => ApprovalSubject::FileChange {
-                    path: raw_path,
-                    diff: format!("(no preview: {why})\n"),
-                },
-            })
+/// A sandbox failure on `path` as a sentence for the model.
+pub(crate) fn sandbox_error(path: &str, err: SandboxError) -> String {
+    match err {
+        SandboxError::NotFound(_) => {
+            format!("file not found: {path}; check the path (bash `ls` or `find` lists files)")
         }
-        BASH => Some(ApprovalSubject::Command {
-            command: match input.get("command") {
-                Some(Value::String(c)) => c.clone(),
-                Some(other) => other.to_string(),
-                None => "(no command given)".into(),
-            },
-        }),
-        _ => None,
+        SandboxError::IsDirectory(_) => {
+            format!("'{path}' is a directory, not a file; use bash `ls {path}` to list it")
+        }
+        other => other.to_string(),
     }
-}
-
-async fn file_change_preview(
-    name: &str,
-    input: &Value,
-    sandbox: &dyn Sandbox,
-) -> Result<(String, String), String> {
-    let obj = object(name, input)?;
-    let path = normalize_path(&sandbox.agent_root(), &req_str(obj, name, "path")?)?;
-    let old = match sandbox.stat(&path).await.map_err(|e| e.to_string())? {
-        Some(stat) if stat.is_dir => return Err(format!("'{path}' is a directory")),
-        Some(stat) if stat.size > MAX_EDIT_BYTES => {
-            return Err(format!(
-                "'{path}' is too large to diff ({} bytes)",
-                stat.size
-            ))
-        }
-        Some(_) => Some(sandbox.read_file(&path).await.map_err(|e| e.to_string())?),
-        None => None,
-    };
-    let old_text = match &old {
-        Some(bytes) => match std::str::from_utf8(bytes) {
-            Ok(s) => Some(s.to_string()),
-            Err(_) => {
-                return Ok((
-                    path.clone(),
-                    format!("(binary file {path} would be changed; no text diff)\n"),
-                ))
-            }
-        },
-        None => None,
-    };
-    let new_text = if name == WRITE_FILE {
-        req_str(obj, name, "content")?
-    } else {
-        let Some(current) = &old_text else {
-            return Err(format!("file not found: {path}"));
-        };
-        let old_string = req_str(obj, name, "old_string")?;
-        let new_string = req_str(obj, name, "new_string")?;
-        let replace_all = opt_bool(obj, name, "replace_all")?.unwrap_or(false);
-        apply_edit(current, &old_string, &new_string, replace_all)
-            .map_err(|e| e.message(&path))?
-            .content
-    };
-    Ok((
-        path.clone(),
-        unified_diff(&path, old_text.as_deref(), &new_text),
-    ))
 }
 
 /// A unified diff from `old` (`None`: the file does not exist yet) to `new`.
@@ -349,291 +301,145 @@ pub fn unified_diff(path: &str, old: Option<&str>, new: &str) -> String {
     }
 }
 
-// ---- argument helpers -------------------------------------------------------------
-
-fn usage(tool: &str) -> &'static str {
-    match tool {
-        READ_FILE => r#"{"path": string, "offset"?: integer, "limit"?: integer}"#,
-        WRITE_FILE => r#"{"path": string, "content": string}"#,
-        EDIT_FILE => {
-            r#"{"path": string, "old_string": string, "new_string": string, "replace_all"?: boolean}"#
-        }
-        _ => r#"{"command": string, "timeout_ms"?: integer}"#,
-    }
-}
-
-fn object<'v>(tool: &str, input: &'v Value) -> Result<&'v serde_json::Map<String, Value>, String> {
-    input.as_object().ok_or_else(|| {
-        format!(
-            "{tool} expects a JSON object as arguments, like {}",
-            usage(tool)
-        )
-    })
-}
-
-fn req_str(obj: &serde_json::Map<String, Value>, tool: &str, key: &str) -> Result<String, String> {
-    match obj.get(key) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => Err(format!(
-            "{tool}: '{key}' must be a string, not {}; expected arguments {}",
-            type_name(other),
-            usage(tool)
-        )),
-        None => Err(format!(
-            "{tool}: missing required argument '{key}'; expected arguments {}",
-            usage(tool)
-        )),
-    }
-}
-
-/// An optional non-negative integer; numeric strings such as "10" are accepted too.
-fn opt_u64(
-    obj: &serde_json::Map<String, Value>,
-    tool: &str,
-    key: &str,
-) -> Result<Option<u64>, String> {
-    let bad = |v: &Value| {
-        format!(
-            "{tool}: '{key}' must be a non-negative integer, not {v}; expected arguments {}",
-            usage(tool)
-        )
-    };
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v @ Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
-            (Some(u), _) => Ok(Some(u)),
-            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 && f < 1e15 => Ok(Some(f as u64)),
-            _ => Err(bad(v)),
+/// The approval subject of a call that would change the file at `raw_path`: the
+/// unified diff from the current content to what `new_text` makes of it (`None` when
+/// the file does not exist). A call that cannot apply (a path outside the root, text not
+/// found) still gets a subject, saying why, so a change is never approved blind.
+pub(crate) async fn file_change_preview(
+    sandbox: &dyn Sandbox,
+    raw_path: &str,
+    new_text: impl FnOnce(&str, Option<&str>) -> Result<String, String> + Send,
+) -> ApprovalSubject {
+    match file_change_diff(sandbox, raw_path, new_text).await {
+        Ok((path, diff)) => ApprovalSubject::FileChange { path, diff },
+        Err(why) => ApprovalSubject::FileChange {
+            path: raw_path.to_string(),
+            diff: format!("(no preview: {why})\n"),
         },
-        Some(v @ Value::String(s)) => s.trim().parse::<u64>().map(Some).map_err(|_| bad(v)),
-        Some(v) => Err(bad(v)),
     }
 }
 
-/// An optional boolean; "true"/"false" strings are accepted too.
-fn opt_bool(
-    obj: &serde_json::Map<String, Value>,
-    tool: &str,
-    key: &str,
-) -> Result<Option<bool>, String> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
-        Some(v) => Err(format!(
-            "{tool}: '{key}' must be true or false, not {v}; expected arguments {}",
-            usage(tool)
-        )),
-    }
-}
+/// The largest file a preview diffs.
+const MAX_PREVIEW_BYTES: u64 = edit_file::MAX_EDIT_BYTES;
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn sandbox_error(path: &str, err: SandboxError) -> String {
-    match err {
-        SandboxError::NotFound(_) => {
-            format!("file not found: {path}; check the path (bash `ls` or `find` lists files)")
+async fn file_change_diff(
+    sandbox: &dyn Sandbox,
+    raw_path: &str,
+    new_text: impl FnOnce(&str, Option<&str>) -> Result<String, String> + Send,
+) -> Result<(String, String), String> {
+    let path = project_path(sandbox, raw_path)?;
+    let old = match sandbox.stat(&path).await.map_err(|e| e.to_string())? {
+        Some(stat) if stat.is_dir => return Err(format!("'{path}' is a directory")),
+        Some(stat) if stat.size > MAX_PREVIEW_BYTES => {
+            return Err(format!(
+                "'{path}' is too large to diff ({} bytes)",
+                stat.size
+            ))
         }
-        SandboxError::IsDirectory(_) => {
-            format!("'{path}' is a directory, not a file; use bash `ls {path}` to list it")
-        }
-        other => other.to_string(),
-    }
-}
-
-// ---- the tools ----------------------------------------------------------------------
-
-async fn read_file(input: &Value, ctx: &ToolContext<'_>) -> Result<ToolOutput, String> {
-    let obj = object(READ_FILE, input)?;
-    let path = normalize_path(&ctx.sandbox.agent_root(), &req_str(obj, READ_FILE, "path")?)?;
-    let offset = opt_u64(obj, READ_FILE, "offset")?.unwrap_or(1).max(1) as usize;
-    let limit = match opt_u64(obj, READ_FILE, "limit")? {
-        Some(0) => return Err("read_file: 'limit' must be at least 1".into()),
-        Some(n) => n.min(usize::MAX as u64) as usize,
-        None => DEFAULT_READ_LIMIT,
+        Some(_) => Some(sandbox.read_file(&path).await.map_err(|e| e.to_string())?),
+        None => None,
     };
-    let stat = ctx
-        .sandbox
-        .stat(&path)
-        .await
-        .map_err(|e| sandbox_error(&path, e))?
-        .ok_or_else(|| sandbox_error(&path, SandboxError::NotFound(path.clone())))?;
-    if stat.is_dir {
-        return Err(sandbox_error(
-            &path,
-            SandboxError::IsDirectory(path.clone()),
-        ));
-    }
-    if stat.size > MAX_READ_BYTES {
-        return Err(format!(
-            "{path} is {} bytes, over the {} MiB read_file limit; read parts of it with bash \
-             (e.g. `head -n 200 {path}`, `sed -n '1000,1200p' {path}` or `grep -n PATTERN {path}`)",
-            stat.size,
-            MAX_READ_BYTES / (1024 * 1024)
-        ));
-    }
-    let bytes = ctx
-        .sandbox
-        .read_file(&path)
-        .await
-        .map_err(|e| sandbox_error(&path, e))?;
-    let text = text::decode_text(&bytes).map_err(|why| {
-        format!(
-            "{path} looks like a binary file ({why}, {} bytes); read_file only reads text. \
-             Inspect it with bash (e.g. `file {path}` or `xxd {path} | head`)",
-            bytes.len()
-        )
-    })?;
-    if text.is_empty() {
-        return Ok(ToolOutput::ok(format!("({path} is empty)")));
-    }
-    numbered_lines(&text, offset, limit, MAX_LINE_CHARS, MAX_READ_OUTPUT)
-        .map(ToolOutput::ok)
-        .map_err(|total| {
-            format!(
-                "offset {offset} is past the end of {path}, which has {total} line(s); \
-                 use an offset between 1 and {total}"
-            )
-        })
-}
-
-async fn write_file(input: &Value, ctx: &ToolContext<'_>) -> Result<ToolOutput, String> {
-    let obj = object(WRITE_FILE, input)?;
-    let path = normalize_path(
-        &ctx.sandbox.agent_root(),
-        &req_str(obj, WRITE_FILE, "path")?,
-    )?;
-    let content = req_str(obj, WRITE_FILE, "content")?;
-    if path == "." {
-        return Err("write_file needs a file path, not the project root".into());
-    }
-    let existed = matches!(ctx.sandbox.stat(&path).await, Ok(Some(_)));
-    ctx.sandbox
-        .write_file(&path, content.as_bytes())
-        .await
-        .map_err(|e| sandbox_error(&path, e))?;
-    let what = if existed { "overwrote" } else { "new file" };
-    Ok(ToolOutput::touched(
-        format!("Wrote {} bytes to {path} ({what})", content.len()),
-        path,
-    ))
-}
-
-async fn edit_file(input: &Value, ctx: &ToolContext<'_>) -> Result<ToolOutput, String> {
-    let obj = object(EDIT_FILE, input)?;
-    let path = normalize_path(&ctx.sandbox.agent_root(), &req_str(obj, EDIT_FILE, "path")?)?;
-    let old_string = req_str(obj, EDIT_FILE, "old_string")?;
-    let new_string = req_str(obj, EDIT_FILE, "new_string")?;
-    let replace_all = opt_bool(obj, EDIT_FILE, "replace_all")?.unwrap_or(false);
-    let stat = ctx
-        .sandbox
-        .stat(&path)
-        .await
-        .map_err(|e| sandbox_error(&path, e))?
-        .ok_or_else(|| format!("file not found: {path}; to create a new file use write_file"))?;
-    if stat.is_dir {
-        return Err(sandbox_error(
-            &path,
-            SandboxError::IsDirectory(path.clone()),
-        ));
-    }
-    if stat.size > MAX_EDIT_BYTES {
-        return Err(format!(
-            "{path} is {} bytes, too large for edit_file; change it with bash (e.g. sed)",
-            stat.size
-        ));
-    }
-    let bytes = ctx
-        .sandbox
-        .read_file(&path)
-        .await
-        .map_err(|e| sandbox_error(&path, e))?;
-    let current = String::from_utf8(bytes).map_err(|_| {
-        format!("{path} is not valid UTF-8 text, so edit_file cannot edit it safely; use bash (e.g. sed)")
-    })?;
-    let edit = apply_edit(&current, &old_string, &new_string, replace_all)
-        .map_err(|e| e.message(&path))?;
-    ctx.sandbox
-        .write_file(&path, edit.content.as_bytes())
-        .await
-        .map_err(|e| sandbox_error(&path, e))?;
-    let noun = if edit.replacements == 1 {
-        "replacement"
-    } else {
-        "replacements"
-    };
-    Ok(ToolOutput::touched(
-        format!(
-            "Edited {path}: {} {noun} (first at line {})",
-            edit.replacements, edit.first_line
-        ),
-        path,
-    ))
-}
-
-async fn bash(input: &Value, ctx: &ToolContext<'_>) -> Result<ToolOutput, String> {
-    let obj = object(BASH, input)?;
-    let command = req_str(obj, BASH, "command")?;
-    if command.trim().is_empty() {
-        return Err("bash: 'command' is empty; give the command line to run".into());
-    }
-    let timeout_ms = match opt_u64(obj, BASH, "timeout_ms")? {
-        None | Some(0) => DEFAULT_BASH_TIMEOUT_MS,
-        Some(ms) => ms.min(MAX_BASH_TIMEOUT_MS),
-    };
-    let request = ExecRequest {
-        command,
-        timeout: Duration::from_millis(timeout_ms),
-        max_output_bytes: BASH_CAPTURE_LIMIT,
-    };
-    let out = ctx
-        .sandbox
-        .exec(request, ctx.cancel.clone())
-        .await
-        .map_err(|e| format!("bash could not run the command: {e}"))?;
-    let mut content = head_tail(&out.output, out.total_output_bytes, BASH_OUTPUT_LIMIT);
-    if content.is_empty() {
-        content.push_str("(no output)");
-    }
-    if !content.ends_with('\n') {
-        content.push('\n');
-    }
-    let is_error;
-    if out.timed_out {
-        content.push_str(&format!(
-            "Command timed out after {timeout_ms} ms and was killed with all its child \
-             processes. Use a larger timeout_ms (max {MAX_BASH_TIMEOUT_MS}) or run less at once."
-        ));
-        is_error = true;
-    } else if out.cancelled {
-        content
-            .push_str("Command cancelled by the user; it was killed with all its child processes.");
-        is_error = true;
-    } else {
-        match out.exit_code {
-            Some(code) => {
-                content.push_str(&format!("exit code: {code}"));
-                is_error = code != 0;
+    let old_text = match &old {
+        Some(bytes) => match std::str::from_utf8(bytes) {
+            Ok(s) => Some(s),
+            Err(_) => {
+                return Ok((
+                    path.clone(),
+                    format!("(binary file {path} would be changed; no text diff)\n"),
+                ))
             }
-            None => {
-                content.push_str("exit code: none (the command was killed by a signal)");
-                is_error = true;
-            }
+        },
+        None => None,
+    };
+    let new = new_text(&path, old_text)?;
+    let diff = unified_diff(&path, old_text, &new);
+    Ok((path, diff))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn names(specs: Vec<ToolSpec>) -> Vec<String> {
+        specs.into_iter().map(|s| s.name).collect()
+    }
+
+    #[test]
+    fn specs_per_mode() {
+        let reg = ToolRegistry::builtin();
+        let all = ["read_file", "write_file", "edit_file", "bash"];
+        assert_eq!(names(reg.specs(ApprovalMode::Plan)), ["read_file"]);
+        for mode in [
+            ApprovalMode::Default,
+            ApprovalMode::AutoEdit,
+            ApprovalMode::Yolo,
+        ] {
+            assert_eq!(names(reg.specs(mode)), all, "{mode}");
+        }
+        for spec in reg.specs(ApprovalMode::Yolo) {
+            assert_eq!(spec.input_schema["type"], "object", "{}", spec.name);
+            assert!(spec.input_schema["required"].is_array(), "{}", spec.name);
+            assert!(!spec.description.is_empty(), "{}", spec.name);
         }
     }
-    Ok(ToolOutput {
-        content,
-        is_error,
-        touched_paths: Vec::new(),
-    })
+
+    #[test]
+    fn effects_and_lookup() {
+        let reg = ToolRegistry::builtin();
+        let effect = |n: &str| reg.get(n).unwrap().effect();
+        assert_eq!(effect("read_file"), Effect::ReadOnly);
+        assert_eq!(effect("write_file"), Effect::WritesFiles);
+        assert_eq!(effect("edit_file"), Effect::WritesFiles);
+        assert_eq!(effect("bash"), Effect::RunsCommands);
+        for tool in reg.tools() {
+            assert_eq!(tool.spec().name, tool.name());
+        }
+    }
+
+    #[test]
+    fn unknown_tool_lists_the_names() {
+        let reg = ToolRegistry::builtin();
+        let err = reg.get("grep").err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "unknown tool 'grep'; the available tools are read_file, write_file, edit_file and bash"
+        );
+        assert_eq!(
+            reg.prepare("grep", &json!({})).err().unwrap(),
+            err.to_string()
+        );
+    }
+
+    #[test]
+    fn prepared_calls_know_their_effect_and_summary() {
+        let reg = ToolRegistry::builtin();
+        let call = reg
+            .prepare("bash", &json!({"command": "cargo test\n--more"}))
+            .unwrap();
+        assert_eq!(
+            (call.name(), call.effect(), call.summary().as_str()),
+            ("bash", Effect::RunsCommands, "cargo test")
+        );
+        let call = reg
+            .prepare("read_file", &json!({"path": "src/a.rs", "limit": "5"}))
+            .unwrap();
+        assert_eq!(call.summary(), "src/a.rs");
+        let err = reg
+            .prepare("write_file", &json!({"path": "a"}))
+            .err()
+            .unwrap();
+        assert!(err.contains("missing required argument 'content'"), "{err}");
+    }
+
+    #[test]
+    fn summaries_stay_one_short_line() {
+        assert_eq!(one_line("a\nb"), "a");
+        let long = "x".repeat(150);
+        let cut = one_line(&long);
+        assert_eq!(cut.chars().count(), 101);
+        assert!(cut.ends_with('…'));
+        assert_eq!(one_line(""), "");
+    }
 }

@@ -1,33 +1,7 @@
-//! Pure text helpers behind the tools: decoding, `cat -n` numbering, exact-match edits
+//! Pure text helpers behind the tools: `cat -n` numbering, exact-match edits
 //! and the head/tail cut of long command output.
 
 use std::fmt::Write as _;
-
-/// Bytes at the start of a file searched for a NUL byte (how `git` and `grep` tell
-/// binary from text).
-const BINARY_SNIFF: usize = 8 * 1024;
-
-/// Decodes file bytes as text, or says why they look binary: a NUL byte in the first
-/// 8 KiB, or more than 1% of the characters invalid UTF-8. A few invalid bytes (a Latin-1
-/// accent in a comment) are shown as U+FFFD.
-pub(crate) fn decode_text(bytes: &[u8]) -> Result<String, &'static str> {
-    if bytes[..bytes.len().min(BINARY_SNIFF)].contains(&0) {
-        return Err("it contains NUL bytes");
-    }
-    match std::str::from_utf8(bytes) {
-        Ok(s) => Ok(s.to_string()),
-        Err(_) => {
-            let lossy = String::from_utf8_lossy(bytes);
-            let bad = lossy.chars().filter(|&c| c == '\u{FFFD}').count();
-            let all = lossy.chars().count().max(1);
-            if bad * 100 > all {
-                Err("it is not UTF-8 text")
-            } else {
-                Ok(lossy.into_owned())
-            }
-        }
-    }
-}
 
 /// `cat -n` style: each line as its right-aligned number, a tab and the line, starting at
 /// line `offset` (1-based) for at most `limit` lines. Lines longer than `max_line_chars`
@@ -294,12 +268,5 @@ mod tests {
         assert!(out.contains("bytes omitted"));
         assert_eq!(head_tail("abc", 3, 10), "abc");
         assert!(head_tail("abc", 10, 10).contains("7 more bytes"));
-    }
-
-    #[test]
-    fn binary() {
-        assert!(decode_text(b"ab\0c").is_err());
-        assert!(decode_text(&[0xff; 100]).is_err());
-        assert_eq!(decode_text(b"ok").unwrap(), "ok");
     }
 }

@@ -1,26 +1,24 @@
-//! The four tools over a real HostSandbox in a temp dir, with real bash.
+//! The four tools over a real `direct` sandbox in a temp dir, with real bash.
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::symlink;
 use std::time::Duration;
 
 use safe_coder_protocol::ApprovalSubject;
-use safe_coder_sandbox::{BackendKind, CancellationToken, HostSandbox, Sandbox};
-use safe_coder_tools::{
-    is_read_only, normalize_path, preview, run, specs, ToolContext, ToolOutput,
-};
+use safe_coder_sandbox::{BackendKind, CancellationToken, Sandbox, SandboxSpec};
+use safe_coder_tools::{ToolContext, ToolOutput, ToolRegistry};
 use serde_json::{json, Value};
 
 struct Fixture {
     dir: tempfile::TempDir,
-    sandbox: HostSandbox,
+    sandbox: std::sync::Arc<dyn Sandbox>,
 }
 
 impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sandbox =
-            HostSandbox::new(BackendKind::Direct, dir.path().to_path_buf(), None).unwrap();
+            safe_coder_sandbox::open(BackendKind::Direct, SandboxSpec::new(dir.path())).unwrap();
         Fixture { dir, sandbox }
     }
 
@@ -29,7 +27,7 @@ impl Fixture {
             sandbox: &self.sandbox,
             cancel: CancellationToken::new(),
         };
-        run(name, &input, &ctx).await
+        ToolRegistry::builtin().run(name, &input, &ctx).await
     }
 
     fn write(&self, rel: &str, content: impl AsRef<[u8]>) {
@@ -52,37 +50,13 @@ fn assert_err(out: &ToolOutput, needle: &str) {
     );
 }
 
-#[test]
-fn specs_and_read_only() {
-    let all: Vec<_> = specs(false).into_iter().map(|s| s.name).collect();
-    assert_eq!(all, ["read_file", "write_file", "edit_file", "bash"]);
-    let ro: Vec<_> = specs(true).into_iter().map(|s| s.name).collect();
-    assert_eq!(ro, ["read_file"]);
-    for spec in specs(false) {
-        assert_eq!(spec.input_schema["type"], "object");
-        assert!(spec.input_schema["required"].is_array());
-    }
-    assert!(is_read_only("read_file"));
-    assert!(!is_read_only("bash") && !is_read_only("write_file") && !is_read_only("edit_file"));
-}
-
-#[test]
-fn normalize() {
-    assert_eq!(normalize_path("/p", "src/a.rs").unwrap(), "src/a.rs");
-    assert_eq!(
-        normalize_path("/p", "./src//b/../a.rs").unwrap(),
-        "src/a.rs"
-    );
-    assert_eq!(normalize_path("/p/", "/p/src/a.rs").unwrap(), "src/a.rs");
-    assert_eq!(normalize_path("/p", "/p").unwrap(), ".");
-    assert!(normalize_path("/p", "../x").unwrap_err().contains("'..'"));
-    assert!(normalize_path("/p", "a/../../x").is_err());
-    assert!(normalize_path("/p", "/etc/passwd")
-        .unwrap_err()
-        .contains("outside the project root"));
-    assert!(normalize_path("/p", "/pp/x").is_err());
-    assert!(normalize_path("/p", "").is_err());
-    assert!(normalize_path("/p", "~/x").is_err());
+/// What the approval dialog would show for a call (`None`: the tool previews nothing,
+/// as read-only tools do).
+async fn preview(name: &str, input: &Value, sandbox: &dyn Sandbox) -> Option<ApprovalSubject> {
+    let call = ToolRegistry::builtin()
+        .prepare(name, input)
+        .unwrap_or_else(|e| panic!("{name} {input}: {e}"));
+    call.preview(sandbox).await
 }
 
 #[tokio::test]
@@ -410,7 +384,7 @@ async fn bash_cancel_kills_the_command() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         cancel.cancel();
     };
-    let (out, ()) = tokio::join!(run("bash", &input, &ctx), trigger);
+    let (out, ()) = tokio::join!(ToolRegistry::builtin().run("bash", &input, &ctx), trigger);
     assert_err(&out, "cancelled");
     assert_eq!(wait_no_sleepers(&marker).await, 0);
 }

@@ -65,6 +65,7 @@ fn app_with(messages: usize) -> App {
             id: id.clone(),
             name: "bash".into(),
             input: json!({"command": "cargo test"}),
+            summary: "cargo test".into(),
         }));
         app.handle_input(UiInput::Event(Event::ToolCallFinished {
             id,
@@ -77,6 +78,7 @@ fn app_with(messages: usize) -> App {
         }));
         app.handle_input(UiInput::Event(Event::TurnFinished {
             text: ANSWER.into(),
+            truncated: false,
         }));
         n += 3;
     }

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use safe_coder_protocol::{
-    ApprovalDecision, ApprovalMode, ApprovalRequest, ApprovalSubject, ChangeKind, ChangeSet, Event,
-    FileChange, SandboxState, SandboxStatus, ToolOutcome,
+    ApprovalDecision, ApprovalMode, ApprovalRequest, ApprovalSubject, ChangeKind, ChangeSet,
+    Effect, Event, FileChange, SandboxState, SandboxStatus, ToolOutcome,
 };
 use safe_coder_tui::{run, ReviewData, Theme, TuiConfig, UiAction, UiInput};
 use serde_json::json;
@@ -71,6 +71,8 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
         note: "demo script".into(),
         provider: "mock".into(),
         model: "demo-model".into(),
+        approval_mode: safe_coder_protocol::ApprovalMode::Default,
+        resumed_messages: 0,
     });
     let mut turn = 0;
     while let Some(action) = rx.recv().await {
@@ -93,10 +95,12 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
                     id: id.clone(),
                     name: "edit_file".into(),
                     input: json!({"path": "hello.rs"}),
+                    summary: "hello.rs".into(),
                 });
                 let _ = tx.send(UiInput::Approval(ApprovalRequest {
                     tool_call_id: id.clone(),
                     tool_name: "edit_file".into(),
+                    effect: Effect::WritesFiles,
                     subject: ApprovalSubject::FileChange {
                         path: "hello.rs".into(),
                         diff: DIFF.into(),
@@ -137,6 +141,7 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
                     id: id.clone(),
                     name: "bash".into(),
                     input: json!({"command": "rustc hello.rs && ./hello"}),
+                    summary: "rustc hello.rs && ./hello".into(),
                 });
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 send(Event::ToolCallFinished {
@@ -151,6 +156,7 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
                 });
                 send(Event::TurnFinished {
                     text: "Done: `hello.rs` prints the greeting.".into(),
+                    truncated: false,
                 });
             }
             UiAction::Cancel => send(Event::TurnCancelled),
@@ -168,6 +174,9 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
                                 additions: 2,
                                 deletions: 1,
                                 conflict: false,
+                                conflict_reason: None,
+                                steers_next_session: false,
+                                is_symlink: false,
                             },
                             FileChange {
                                 path: "README.md".into(),
@@ -176,8 +185,12 @@ async fn fake_lead(tx: UnboundedSender<UiInput>, mut rx: UnboundedReceiver<UiAct
                                 additions: 1,
                                 deletions: 0,
                                 conflict: true,
+                                conflict_reason: None,
+                                steers_next_session: false,
+                                is_symlink: false,
                             },
                         ],
+                        ..Default::default()
                     },
                     diffs,
                 }));

@@ -9,7 +9,6 @@ use safe_coder_protocol::display;
 use safe_coder_protocol::{
     ApprovalDecision, ApprovalRequest, Event, Role, SandboxStatus, ToolOutcome, Usage,
 };
-use serde_json::Value;
 
 use crate::theme::Palette;
 use crate::{ReviewData, TuiConfig, UiAction, UiInput};
@@ -462,7 +461,7 @@ impl App {
                         self.push(EntryKind::Tool(ToolEntry {
                             id: id.to_string(),
                             name: name.to_string(),
-                            summary: summarize_args(input),
+                            summary: fit_summary(&input.to_string()),
                             state: ToolState::Ok,
                             output: String::new(),
                             duration_ms: 0,
@@ -577,10 +576,10 @@ impl App {
                 self.turn_answer_shown = true;
             }
             Event::ToolCallStarted {
-                id, name, input, ..
+                id, name, summary, ..
             } => {
                 self.streaming = None;
-                let summary = summarize_args(&input);
+                let summary = fit_summary(&summary);
                 self.busy = Busy::Tool(name.clone());
                 self.recent.push_front(RecentTool {
                     id: id.clone(),
@@ -1164,30 +1163,10 @@ fn common_prefix(list: &[String]) -> Option<String> {
     Some(first[..len].to_string())
 }
 
-/// A short one-line summary of a tool call's arguments: the path, the command, the
-/// pattern... whatever identifies it.
-pub(crate) fn summarize_args(input: &Value) -> String {
-    const KEYS: [&str; 8] = [
-        "command",
-        "path",
-        "file_path",
-        "pattern",
-        "query",
-        "url",
-        "dir",
-        "name",
-    ];
-    let text = match input {
-        Value::Object(map) => KEYS
-            .iter()
-            .find_map(|k| map.get(*k).and_then(Value::as_str).map(str::to_string))
-            .or_else(|| map.values().find_map(|v| v.as_str().map(str::to_string)))
-            .unwrap_or_default(),
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    };
-    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+/// The tool's one-line summary of a call (the event's `summary`), with its whitespace
+/// collapsed and cut to fit the tool line.
+pub(crate) fn fit_summary(summary: &str) -> String {
+    let one_line: String = summary.split_whitespace().collect::<Vec<_>>().join(" ");
     if one_line.chars().count() > 80 {
         let cut: String = one_line.chars().take(79).collect();
         format!("{cut}…")

@@ -3,15 +3,26 @@
 
 use ratatui::style::{Color, Modifier, Style};
 
-/// Which palette the UI uses (`[ui] theme`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which palette the UI uses (`[ui] theme`): `cyberpunk` or `plain` (serde names; the
+/// aliases are those `parse` accepts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Theme {
     #[default]
+    #[serde(alias = "neon", alias = "default")]
     Cyberpunk,
+    #[serde(alias = "none", alias = "mono")]
     Plain,
 }
 
 impl Theme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Theme::Cyberpunk => "cyberpunk",
+            Theme::Plain => "plain",
+        }
+    }
+
     /// Parses `cyberpunk` or `plain` (the config values).
     pub fn parse(s: &str) -> Option<Theme> {
         match s.trim().to_ascii_lowercase().as_str() {

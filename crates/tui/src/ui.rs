@@ -6,6 +6,7 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, BorderType, Borders, Clear, Paragraph};
 use ratatui::Frame;
+use safe_coder_protocol::text::{escape_control, escape_control_multiline};
 use safe_coder_protocol::{ApprovalSubject, ChangeKind, SandboxState};
 use unicode_width::UnicodeWidthStr;
 
@@ -719,12 +720,15 @@ fn draw_approval(frame: &mut Frame, app: &App, a: &ApprovalState, area: Rect) {
         ApprovalSubject::FileChange { path, diff } => {
             head.push(Line::from(vec![
                 Span::styled("The agent wants to change ", pal.text),
-                Span::styled(path.clone(), pal.accent.add_modifier(Modifier::BOLD)),
+                Span::styled(
+                    escape_control(path).into_owned(),
+                    pal.accent.add_modifier(Modifier::BOLD),
+                ),
                 Span::styled(":", pal.text),
             ]));
             let lang = Lang::from_path(path);
             let mut h = Highlighter::default();
-            for line in diff.lines() {
+            for line in escape_control_multiline(diff).lines() {
                 let line = line.replace('\t', "    ");
                 body.push(diff_line(&line, lang, &mut h, pal, w));
             }
@@ -946,7 +950,7 @@ fn draw_review(frame: &mut Frame, app: &App, r: &ReviewState, area: Rect) {
         let counts = format!(" +{} -{}", f.additions, f.deletions);
         let kind = kind_letter(f.kind);
         let path_w = lw.saturating_sub(6 + counts.width());
-        let path = truncate_width(&f.path, path_w);
+        let path = truncate_width(&escape_control(&f.path), path_w);
         let pad = lw.saturating_sub(6 + path.width() + counts.width());
         let base = if sel { pal.selected } else { Style::new() };
         let mark_style = if f.conflict {
@@ -975,6 +979,14 @@ fn draw_review(frame: &mut Frame, app: &App, r: &ReviewState, area: Rect) {
                 pal.bad,
             )));
         }
+        if f.needs_second_look() {
+            let why = if f.is_symlink {
+                "    ⚠ symlink: check where it points"
+            } else {
+                "    ⚠ steers the next session"
+            };
+            lines.push(Line::from(Span::styled(truncate_width(why, lw), pal.warn)));
+        }
     }
     if files.is_empty() {
         lines.push(Line::from(Span::styled("No changes.", pal.dim)));
@@ -987,7 +999,7 @@ fn draw_review(frame: &mut Frame, app: &App, r: &ReviewState, area: Rect) {
     // Diff of the selected file.
     let sel_file = files.get(r.selected);
     let diff_title = match sel_file {
-        Some(f) => format!(" {} ({}) ", f.path, f.kind.as_str()),
+        Some(f) => format!(" {} ({}) ", escape_control(&f.path), f.kind.as_str()),
         None => " Diff ".to_string(),
     };
     let diff_block = Block::new()
@@ -1016,7 +1028,7 @@ fn draw_review(frame: &mut Frame, app: &App, r: &ReviewState, area: Rect) {
             Some(diff) => {
                 let lang = Lang::from_path(&f.path);
                 let mut h = Highlighter::default();
-                for line in diff.lines() {
+                for line in escape_control_multiline(diff).lines() {
                     let line = line.replace('\t', "    ");
                     body.push(diff_line(&line, lang, &mut h, pal, dw));
                 }

@@ -317,6 +317,7 @@ fn retrying_discards_the_streamed_text() {
         &mut app,
         Event::TurnFinished {
             text: "clean answer".into(),
+            truncated: false,
         },
     );
     let s = screen(&app, 100, 30);

@@ -46,6 +46,7 @@ fn tool_running() {
             id: "t9".into(),
             name: "bash".into(),
             input: json!({"command": "rustc hello.rs && ./hello"}),
+            summary: "rustc hello.rs && ./hello".into(),
         },
     );
     app.tick();
@@ -63,6 +64,7 @@ fn tool_output_folded_and_error_in_place() {
             id: "t4".into(),
             name: "bash".into(),
             input: json!({"command": "cargo build"}),
+            summary: "cargo build".into(),
         },
     );
     let output: String = (1..=12).map(|i| format!("error line {i}\n")).collect();
@@ -86,6 +88,7 @@ fn tool_output_folded_and_error_in_place() {
         &mut app,
         Event::TurnFinished {
             text: String::new(),
+            truncated: false,
         },
     );
     insta::assert_snapshot!(screen(&app, 120, 40));
@@ -157,6 +160,7 @@ fn narrow_terminal_60_columns() {
         &mut app,
         Event::TurnFinished {
             text: ANSWER.into(),
+            truncated: false,
         },
     );
     insta::assert_snapshot!(screen(&app, 60, 30));
@@ -170,6 +174,7 @@ fn plain_theme() {
         &mut app,
         Event::TurnFinished {
             text: ANSWER.into(),
+            truncated: false,
         },
     );
     let t = render(&app, 100, 36);

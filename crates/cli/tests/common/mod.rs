@@ -55,6 +55,8 @@ impl World {
             .env_remove("ANTHROPIC_API_KEY")
             .env_remove("OPENAI_API_KEY")
             .env_remove("OPENAI_BASE_URL")
+            .env_remove("ANTHROPIC_BASE_URL")
+            .env_remove("SAFE_CODER_APPROVAL_MODE")
             .env_remove("OLLAMA_HOST")
             .env_remove("SAFE_CODER_PROVIDER")
             .env_remove("SAFE_CODER_MODEL")
@@ -230,28 +232,30 @@ pub fn tool_scenario() -> Script {
 /// Whether bubblewrap runs here. In CI (`SAFE_CODER_REQUIRE_SANDBOX=1`) a missing
 /// sandbox fails the test instead of skipping it.
 pub fn bwrap_available(test: &str) -> bool {
-    let ok = Command::new("bwrap")
-        .args([
-            "--ro-bind",
-            "/",
-            "/",
-            "--unshare-user",
-            "--unshare-pid",
-            "--unshare-net",
-            "true",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
+    // The process backend: bubblewrap, or the in-process fallback where CI hides it.
+    let probe = safe_coder_sandbox::select::probe(safe_coder_sandbox::BackendKind::Process);
+    if !probe.available {
         if std::env::var_os("SAFE_CODER_REQUIRE_SANDBOX").is_some() {
-            panic!("{test}: bubblewrap does not run here, and SAFE_CODER_REQUIRE_SANDBOX is set");
+            panic!(
+                "{test}: the process backend does not run here ({}), and SAFE_CODER_REQUIRE_SANDBOX is set",
+                probe.reason
+            );
         }
-        eprintln!("skipping {test}: bubblewrap (bwrap) does not run on this machine");
+        eprintln!(
+            "skipping {test}: the process backend does not run here: {}",
+            probe.reason
+        );
+        return false;
     }
-    ok
+    // CI says which confiner must run (`bubblewrap`, or `in-process` with it hidden).
+    if let Ok(want) = std::env::var("SAFE_CODER_EXPECT_CONFINER") {
+        assert!(
+            probe.reason.starts_with(&format!("confiner: {want};")),
+            "{test}: expected the {want} confiner: {}",
+            probe.reason
+        );
+    }
+    true
 }
 
 /// Every file under `dir` (relative path → bytes), for byte-identical comparisons.

@@ -326,7 +326,7 @@ fn process_bash_is_confined() {
     let cmd = format!(
         "cat {home}/secret.txt; echo read=$?; echo x > {outside}/x; echo write=$?; \
          (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; echo connect=$?; \
-         ls /proc | grep -c '^[0-9]'",
+         echo confined-home=$HOME; ls /proc | grep -c '^[0-9]'",
         home = world.home.display(),
         outside = outside.display()
     );
@@ -357,6 +357,21 @@ fn process_bash_is_confined() {
         .next_back()
         .unwrap_or(999);
     assert!(procs < 10, "sees only its own processes, saw {procs}: {r}");
+    // Which confiner ran: bubblewrap's HOME is /tmp/home, the in-process fallback's is
+    // in its private temp dir. CI names the one that must have run.
+    let home = r
+        .lines()
+        .find_map(|l| l.strip_prefix("confined-home="))
+        .unwrap_or("");
+    let ran = if home == "/tmp/home" {
+        "bubblewrap"
+    } else {
+        "in-process"
+    };
+    eprintln!("confiner that ran: {ran} (HOME={home})");
+    if let Ok(want) = std::env::var("SAFE_CODER_EXPECT_CONFINER") {
+        assert_eq!(ran, want, "{r}");
+    }
 }
 
 #[test]
@@ -437,4 +452,86 @@ fn the_agent_cannot_reach_the_session_history_from_its_work_tree() {
     assert_ok(&out);
     assert_eq!(world.read("a.txt").as_deref(), Some("A\n"));
     assert_eq!(world.read("b.txt").as_deref(), Some("b\n"));
+}
+
+/// The sandbox's hardening through the real binary on the process backend (bubblewrap,
+/// and the in-process fallback in CI's run with bubblewrap hidden): secrets in Safe
+/// Coder's environment do not reach a command, a host Unix socket is unreachable, and a
+/// daemon a command starts does not outlive it.
+#[test]
+fn process_bash_gets_no_secrets_no_host_socket_and_leaves_no_daemon() {
+    if !bwrap_available("process_bash_gets_no_secrets_no_host_socket_and_leaves_no_daemon") {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/perl").is_file() {
+        eprintln!("skipped: /usr/bin/perl (the Unix-socket client) is not installed");
+        return;
+    }
+    let world = World::new();
+    let socket = world.root.path().join("host.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let marker = format!("{}", 7_700_000 + std::process::id() % 100_000);
+    let cmd = format!(
+        "env; /usr/bin/perl -MIO::Socket::UNIX -e 'IO::Socket::UNIX->new(Peer => $ARGV[0]) \
+         or die \"REFUSED\\n\"; print \"CONNECTED\\n\"' {sock} 2>&1; \
+         setsid sleep {marker} > /dev/null 2>&1 & echo spawned",
+        sock = socket.display()
+    );
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![call("bash", json!({ "command": cmd }))]),
+        Reply::text("ok"),
+    ]);
+    let server = MockServer::start(Wire::Anthropic, script).expect("server");
+    let secrets = [
+        ("MYSQL_PWD", "e2e-mysql-pwd-1"),
+        ("DB_PASS", "e2e-db-pass-2"),
+        ("STRIPE_SK", "e2e-stripe-3"),
+        ("SENTRY_DSN", "https://e2e-sentry-4@sentry.example/1"),
+        ("SLACK_WEBHOOK_URL", "https://hooks.example/e2e-slack-5"),
+        ("NPM_CONFIG__AUTH", "e2e-npm-6"),
+        ("HTTPS_PROXY", "http://u:e2e-proxy-7@proxy.example:3128"),
+    ];
+    let mut c = world.cmd();
+    c.arg("exec").args(provider_args(&server)).args([
+        "--backend",
+        "process",
+        "--approval-mode",
+        "yolo",
+        "probe",
+    ]);
+    for (k, v) in secrets {
+        c.env(k, v);
+    }
+    let out = c.output().expect("run");
+    assert_ok(&out);
+    let r = &tool_results(&server)[0];
+    for (k, v) in secrets {
+        assert!(!r.contains(v), "{k} reached the command: {r}");
+    }
+    assert!(r.contains("SAFE_CODER=1"), "{r}");
+    assert!(r.contains("REFUSED") && !r.contains("CONNECTED"), "{r}");
+    assert!(
+        listener.accept().is_err(),
+        "a connection reached the host socket"
+    );
+    assert!(r.contains("spawned"), "{r}");
+    let alive = || {
+        std::fs::read_dir("/proc")
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        std::fs::read(e.path().join("cmdline"))
+                            .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+                            .unwrap_or(false)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive() > 0 {
+        assert!(Instant::now() < deadline, "the daemon outlived its command");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

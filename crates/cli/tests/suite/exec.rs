@@ -94,11 +94,25 @@ fn json_mode_prints_one_event_per_line() {
     );
     assert_ok(&out);
     let mut types = Vec::new();
+    let mut summaries = Vec::new();
     for line in stdout(&out).lines() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
         types.push(v["type"].as_str().expect("type").to_string());
+        if v["type"] == "tool_call_started" {
+            summaries.push(v["summary"].as_str().expect("summary").to_string());
+        }
     }
+    // Each tool's own one-line summary of its call, so consumers need not parse inputs.
+    assert_eq!(
+        summaries,
+        [
+            "hello.txt",
+            "hello.txt",
+            "hello.txt",
+            "cat hello.txt && echo done-bash"
+        ]
+    );
     for t in [
         "session_started",
         "turn_started",
@@ -313,7 +327,10 @@ fn headless_run_on_a_sandbox_lets_the_agent_work_without_a_mode_flag() {
         Reply::text("wrote a and b"),
     ]);
     let server = MockServer::start(Wire::Anthropic, script).expect("server");
-    let out = world.exec(&server, &["--backend", "copy", "--sync", "accept", "write a"]);
+    let out = world.exec(
+        &server,
+        &["--backend", "copy", "--sync", "accept", "write a"],
+    );
     assert_ok(&out);
     assert_eq!(world.read("a.txt").as_deref(), Some("x\n"));
     assert_eq!(world.read("b.txt").as_deref(), Some("ran\n"));

@@ -1,10 +1,12 @@
-//! Test helpers: a real project in a tempdir and a real `HostSandbox` over it.
+//! Test helpers: a real project in a tempdir and a real `direct` sandbox over it.
 #![allow(dead_code)]
 
 use std::fs;
 use std::path::Path;
 
-use safe_coder_sandbox::{BackendKind, HostSandbox};
+use std::sync::Arc;
+
+use safe_coder_sandbox::{BackendKind, Sandbox, SandboxSpec};
 use tempfile::TempDir;
 
 /// Writes `content` to `root/rel`, creating parents.
@@ -17,10 +19,10 @@ pub fn write(root: &Path, rel: &str, content: impl AsRef<[u8]>) {
 }
 
 /// A tempdir project and a direct sandbox over it.
-pub fn project() -> (TempDir, HostSandbox) {
+pub fn project() -> (TempDir, Arc<dyn Sandbox>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sandbox = HostSandbox::new(BackendKind::Direct, dir.path().to_path_buf(), None)
-        .expect("host sandbox");
+    let sandbox = safe_coder_sandbox::open(BackendKind::Direct, SandboxSpec::new(dir.path()))
+        .expect("direct sandbox");
     (dir, sandbox)
 }
 

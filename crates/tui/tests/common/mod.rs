@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 use safe_coder_protocol::{
-    ApprovalMode, ApprovalRequest, ApprovalSubject, ChangeKind, ChangeSet, Event, FileChange,
-    SandboxState, SandboxStatus, ToolOutcome,
+    ApprovalMode, ApprovalRequest, ApprovalSubject, ChangeKind, ChangeSet, Effect, Event,
+    FileChange, SandboxState, SandboxStatus, ToolOutcome,
 };
 use safe_coder_tui::{draw, App, ReviewData, Theme, TuiConfig, UiInput};
 use serde_json::json;
@@ -82,6 +82,7 @@ pub fn conversation(app: &mut App) {
             id: "t1".into(),
             name: "write_file".into(),
             input: json!({"path": "hello.rs", "content": "fn main() {}"}),
+            summary: "hello.rs".into(),
         },
     );
     ev(
@@ -109,6 +110,7 @@ pub fn edit_request() -> ApprovalRequest {
     ApprovalRequest {
         tool_call_id: "t2".into(),
         tool_name: "edit_file".into(),
+        effect: Effect::WritesFiles,
         subject: ApprovalSubject::FileChange {
             path: "src/main.rs".into(),
             diff: "--- a/src/main.rs\n+++ b/src/main.rs\n@@ -1,3 +1,4 @@\n fn main() {\n-    println!(\"hi\");\n+    let name = \"world\";\n+    println!(\"hello {name}\");\n }\n".into(),
@@ -120,6 +122,7 @@ pub fn bash_request() -> ApprovalRequest {
     ApprovalRequest {
         tool_call_id: "t3".into(),
         tool_name: "bash".into(),
+        effect: Effect::RunsCommands,
         subject: ApprovalSubject::Command {
             command: "cargo test --workspace && rm -rf target/tmp".into(),
         },
@@ -135,6 +138,9 @@ pub fn review(conflict: bool) -> ReviewData {
             additions: 2,
             deletions: 1,
             conflict: false,
+            conflict_reason: None,
+            steers_next_session: false,
+            is_symlink: false,
         },
         FileChange {
             path: "hello.rs".into(),
@@ -143,6 +149,9 @@ pub fn review(conflict: bool) -> ReviewData {
             additions: 3,
             deletions: 0,
             conflict,
+            conflict_reason: None,
+            steers_next_session: false,
+            is_symlink: false,
         },
         FileChange {
             path: "old.txt".into(),
@@ -151,6 +160,9 @@ pub fn review(conflict: bool) -> ReviewData {
             additions: 0,
             deletions: 2,
             conflict: false,
+            conflict_reason: None,
+            steers_next_session: false,
+            is_symlink: false,
         },
     ];
     let mut diffs = HashMap::new();
@@ -167,7 +179,10 @@ pub fn review(conflict: bool) -> ReviewData {
         "--- a/old.txt\n+++ /dev/null\n@@ -1,2 +0,0 @@\n-line one\n-line two\n".to_string(),
     );
     ReviewData {
-        changes: ChangeSet { files },
+        changes: ChangeSet {
+            files,
+            ..Default::default()
+        },
         diffs,
     }
 }

@@ -315,6 +315,11 @@ impl Cgroup {
         self.enforcement
     }
 
+    /// The directories of this cgroup, one per hierarchy.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.dirs.clone()
+    }
+
     /// The `cgroup.procs` files to join, for `pre_exec`.
     pub fn procs_files(&self) -> Vec<CString> {
         self.procs.clone()
@@ -368,23 +373,29 @@ impl Cgroup {
 impl Drop for Cgroup {
     fn drop(&mut self) {
         for dir in &self.dirs {
-            let _ = write(dir, "cgroup.kill", "1");
-            let deadline = Instant::now() + Duration::from_secs(2);
-            loop {
-                if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
-                    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                        // SAFETY: plain kill(2) of a process inside our own cgroup.
-                        unsafe {
-                            libc::kill(pid, libc::SIGKILL);
-                        }
-                    }
+            kill_and_remove(dir);
+        }
+    }
+}
+
+/// Kills every process in the cgroup at `dir` and removes it (waiting up to two
+/// seconds for the processes to go).
+fn kill_and_remove(dir: &Path) {
+    let _ = write(dir, "cgroup.kill", "1");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: plain kill(2) of a process inside a cgroup of ours.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
                 }
-                if fs::remove_dir(dir).is_ok() || !dir.exists() || Instant::now() > deadline {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
             }
         }
+        if fs::remove_dir(dir).is_ok() || !dir.exists() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -403,8 +414,9 @@ fn write(dir: &Path, file: &str, value: &str) -> bool {
     fs::write(dir.join(file), value).is_ok()
 }
 
-/// Removes empty `safe-coder-PID-N` cgroups left by a process that no longer runs (a
-/// crash or SIGKILL skips `Drop`). Non-empty ones are left alone.
+/// Reaps the `safe-coder-PID-N` cgroups of a Safe Coder that no longer runs (a crash or
+/// SIGKILL skips `Drop`): whatever still runs in them is killed, then they are removed.
+/// Runs whenever a sandbox's cgroup is created, so the next start cleans up.
 fn remove_stale(parent: &Path) {
     let Ok(entries) = fs::read_dir(parent) else {
         return;
@@ -417,10 +429,16 @@ fn remove_stale(parent: &Path) {
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = fs::remove_dir(entry.path());
+        if pid != std::process::id() && !owner_alive(pid) {
+            kill_and_remove(&entry.path());
         }
     }
+}
+
+/// Whether the process that made a cgroup still runs. A pid reused by another program
+/// counts as alive (its cgroup is then left alone): only a dead owner is reaped.
+fn owner_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 #[cfg(test)]
@@ -431,6 +449,42 @@ mod tests {
     fn unescapes_mountinfo_paths() {
         assert_eq!(unescape("/a\\040b"), "/a b");
         assert_eq!(unescape("/plain"), "/plain");
+    }
+
+    /// A cgroup left by a Safe Coder that was SIGKILLed, with a process still in it, is
+    /// reaped by the next sandbox: the process is killed and the directory removed.
+    #[test]
+    fn the_next_start_reaps_what_a_crash_left() {
+        let layout = layout();
+        let parent = layout
+            .v2
+            .as_ref()
+            .map(|(dir, _)| dir.clone())
+            .or_else(|| layout.v1_pids.clone())
+            .or_else(|| layout.v1_memory.clone());
+        let Some(parent) = parent else {
+            if std::env::var_os("SAFE_CODER_REQUIRE_SANDBOX").is_some() {
+                panic!("no writable cgroup here, and SAFE_CODER_REQUIRE_SANDBOX is set");
+            }
+            eprintln!("skipped: no writable cgroup on this machine");
+            return;
+        };
+        // A pid that no longer runs: a finished child's.
+        let mut gone = std::process::Command::new("true").spawn().expect("spawn");
+        let dead = gone.id();
+        gone.wait().expect("wait");
+        let stale = parent.join(format!("safe-coder-{dead}-0"));
+        fs::create_dir(&stale).expect("stale cgroup");
+        let mut leftover = std::process::Command::new("sleep")
+            .arg("8675309")
+            .spawn()
+            .expect("spawn sleep");
+        fs::write(stale.join("cgroup.procs"), leftover.id().to_string()).expect("join");
+        let fresh = Cgroup::create(64 * 1024 * 1024, 1.0, 16);
+        let status = leftover.wait().expect("wait for the leftover");
+        assert!(!status.success(), "the leftover was killed: {status}");
+        assert!(!stale.exists(), "the stale cgroup was removed");
+        drop(fresh);
     }
 
     #[test]

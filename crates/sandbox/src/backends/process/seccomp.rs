@@ -119,9 +119,30 @@ fn compile(
         .map_err(|e: seccompiler::BackendError| SeccompBuildError(e.to_string()))
 }
 
-/// The deny-list filter (`EPERM`).
+/// The deny-list filter (`EPERM`) of the bubblewrap path: there no host socket is
+/// mounted, so Unix sockets (the sandbox's own) stay allowed.
 pub fn deny_filter() -> Result<BpfProgram, SeccompBuildError> {
+    deny_filter_with(false)
+}
+
+/// The deny-list filter of the in-process mechanism, which also refuses creating
+/// `AF_UNIX` sockets. There the host's file system is visible (read-only), and Landlock
+/// does not cover `connect`: any pathname socket (a tmux server, Docker's, D-Bus, an SSH
+/// or GPG agent) would be a way out. A socket's address lives in memory a filter cannot
+/// read, so the filter refuses `socket(AF_UNIX, ...)` itself; `socketpair` (pipes
+/// between the command's own processes) still works.
+pub fn deny_filter_without_unix_sockets() -> Result<BpfProgram, SeccompBuildError> {
+    deny_filter_with(true)
+}
+
+fn deny_filter_with(deny_unix_sockets: bool) -> Result<BpfProgram, SeccompBuildError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    if deny_unix_sockets {
+        rules.insert(
+            libc::SYS_socket,
+            vec![masked(0, 0xffff_ffff, libc::AF_UNIX as u64)?],
+        );
+    }
     for &nr in DENIED {
         rules.insert(nr, Vec::new());
     }
@@ -221,6 +242,8 @@ mod tests {
     fn filters_compile_to_bpf() {
         let deny = deny_filter().expect("deny filter");
         assert!(deny.len() > 20 && deny.len() < 4096);
+        let stricter = deny_filter_without_unix_sockets().expect("in-process deny filter");
+        assert!(stricter.len() > deny.len());
         let clone3 = clone3_filter().expect("clone3 filter");
         assert!(!clone3.is_empty());
         assert_eq!(program_bytes(&deny).len(), deny.len() * 8);

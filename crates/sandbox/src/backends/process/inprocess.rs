@@ -1,14 +1,28 @@
 //! The in-process mechanism of the `process` backend, for machines without bubblewrap:
-//! between fork and exec the child enters new user, network, IPC and UTS namespaces,
-//! restricts itself with Landlock (read-only system, read-write project and private
-//! temp dir, nothing else; no TCP; no signals or abstract sockets outside its domain)
-//! and loads the same seccomp filters as the bubblewrap path.
+//! between fork and exec the child enters new user, PID, network, IPC and UTS
+//! namespaces, restricts itself with Landlock (read-only system and toolchains,
+//! read-write project and private temp dir, nothing else; no TCP; no signals or
+//! abstract sockets outside its domain) and loads the seccomp filters of the bubblewrap
+//! path plus a refusal of `AF_UNIX` sockets (Landlock does not cover `connect`, and the
+//! host's sockets are in its view).
 //!
-//! Weaker than bubblewrap in three ways (docs/sandbox-process.md): no PID namespace (so
-//! `/proc` is not readable at all instead of showing the sandbox's own processes), no
-//! private `/tmp` (a private temp dir with `TMPDIR`/`HOME` pointing at it instead), and
-//! processes that leave the process group survive a group kill until the sandbox is
-//! dropped (its cgroup is killed then).
+//! Lifetime, as under bubblewrap: the child forks once more after entering the PID
+//! namespace. The first process (the "shim", the one Safe Coder waits for) only waits
+//! and passes on the exit status; its child, `bash`, is PID 1 of the namespace, so when
+//! the command ends every process it started ends with it (daemons, double forks,
+//! `setsid`). The shim dies with Safe Coder (`PR_SET_PDEATHSIG`) and bash with the shim,
+//! so a SIGKILL of Safe Coder takes the whole namespace down too.
+//!
+//! Where the host forbids unprivileged user namespaces (Ubuntu's AppArmor switch, see
+//! `userns.rs`), the mechanism runs without namespaces when Landlock can block TCP
+//! (ABI 4). There is no PID namespace then: the shim is a child subreaper instead, so
+//! what the command orphans is adopted by the shim, which kills it all when the command
+//! ends. (A timeout's group kill takes the shim too; what left the group then lives
+//! until the sandbox's cgroup is killed at close, or the next start after a crash.)
+//!
+//! Still weaker than bubblewrap (docs/sandbox-process.md): no mount namespace, so `/proc`
+//! is not readable at all (instead of showing the sandbox's own processes) and `/tmp` is
+//! a private temp dir with `TMPDIR`/`HOME` pointing at it, not a private mount.
 
 use std::ffi::CString;
 use std::fs;
@@ -85,7 +99,15 @@ pub(crate) fn support() -> Result<Support, String> {
                     landlock_abi: abi,
                     namespaces,
                 };
-                command(&support, tmp.path(), tmp.path(), "true", &RulesetCache::default(), None)
+                command(
+                    &support,
+                    tmp.path(),
+                    tmp.path(),
+                    &[],
+                    "true",
+                    &RulesetCache::default(),
+                    None,
+                )
                     .ok()
                     .and_then(|mut c| {
                         c.stdin(Stdio::null())
@@ -201,7 +223,7 @@ fn filters() -> Result<&'static Programs, SandboxError> {
     };
     FILTERS
         .get_or_init(|| {
-            let deny = seccomp::deny_filter().map_err(|e| e.to_string())?;
+            let deny = seccomp::deny_filter_without_unix_sockets().map_err(|e| e.to_string())?;
             let clone3 = seccomp::clone3_filter().map_err(|e| e.to_string())?;
             Ok((convert(deny), convert(clone3)))
         })
@@ -226,6 +248,7 @@ impl RulesetCache {
         support: &Support,
         workdir: &Path,
         tmp: &Path,
+        extra_read_only: &[PathBuf],
     ) -> Result<Arc<OwnedFd>, SandboxError> {
         let mut slot = match self.0.lock() {
             Ok(g) => g,
@@ -236,13 +259,18 @@ impl RulesetCache {
                 return Ok(fd.clone());
             }
         }
-        let fd = Arc::new(ruleset(support, workdir, tmp)?);
+        let fd = Arc::new(ruleset(support, workdir, tmp, extra_read_only)?);
         *slot = Some((workdir.to_path_buf(), fd.clone()));
         Ok(fd)
     }
 }
 
-fn ruleset(support: &Support, workdir: &Path, tmp: &Path) -> Result<OwnedFd, SandboxError> {
+fn ruleset(
+    support: &Support,
+    workdir: &Path,
+    tmp: &Path,
+    extra_read_only: &[PathBuf],
+) -> Result<OwnedFd, SandboxError> {
     let abi = match support.landlock_abi {
         1 => ABI::V1,
         2 => ABI::V2,
@@ -270,6 +298,11 @@ fn ruleset(support: &Support, workdir: &Path, tmp: &Path) -> Result<OwnedFd, San
         .create()
         .map_err(landlock_error)?
         .add_rules(path_beneath_rules(read_only_paths(), read))
+        .map_err(landlock_error)?
+        .add_rules(path_beneath_rules(
+            extra_read_only.iter().filter(|p| p.exists()),
+            read,
+        ))
         .map_err(landlock_error)?
         .add_rules(path_beneath_rules(
             [
@@ -307,17 +340,19 @@ fn write_child(path: &CString, data: &[u8]) -> io::Result<()> {
 }
 
 /// `bash -c script` in `workdir`, confined in-process. `tmp` is the sandbox's private
-/// temp directory (HOME is `tmp/home`).
+/// temp directory (HOME is `tmp/home`); `extra_read_only` are host directories shown
+/// read-only (the user's toolchains).
 pub(crate) fn command(
     support: &Support,
     workdir: &Path,
     tmp: &Path,
+    extra_read_only: &[PathBuf],
     script: &str,
     rulesets: &RulesetCache,
     setup: Option<super::ChildSetup>,
 ) -> Result<Command, SandboxError> {
     let (deny, clone3) = filters()?;
-    let ruleset = rulesets.get(support, workdir, tmp)?;
+    let ruleset = rulesets.get(support, workdir, tmp, extra_read_only)?;
     let bash = ["/usr/bin/bash", "/bin/bash"]
         .iter()
         .map(PathBuf::from)
@@ -344,6 +379,8 @@ pub(crate) fn command(
         c("/proc/self/gid_map")?,
     );
     let hostname = b"safe-coder";
+    // The shim checks that Safe Coder did not die before PR_SET_PDEATHSIG took hold.
+    let parent = std::process::id() as libc::pid_t;
     if let Some(setup) = setup {
         // SAFETY: ChildSetup closures are async-signal-safe by contract.
         unsafe {
@@ -351,12 +388,13 @@ pub(crate) fn command(
         }
     }
     // SAFETY: the closure makes only async-signal-safe system calls (unshare, open,
-    // write, close, sethostname, prctl, landlock_restrict_self, seccomp) on memory
-    // prepared before the fork.
+    // write, close, sethostname, prctl, clone, waitpid, landlock_restrict_self,
+    // seccomp) on memory prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
             if namespaces {
                 let flags = libc::CLONE_NEWUSER
+                    | libc::CLONE_NEWPID
                     | libc::CLONE_NEWNET
                     | libc::CLONE_NEWIPC
                     | libc::CLONE_NEWUTS;
@@ -367,6 +405,9 @@ pub(crate) fn command(
                 write_child(&uid_file, &uid_map)?;
                 write_child(&gid_file, &gid_map)?;
                 libc::sethostname(hostname.as_ptr().cast(), hostname.len());
+                fork_shim(parent, Shim::PidNamespace)?;
+            } else {
+                fork_shim(parent, Shim::Subreaper)?;
             }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
@@ -393,4 +434,230 @@ pub(crate) fn command(
         });
     }
     Ok(cmd)
+}
+
+/// What the shim does for the command's lifetime.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shim {
+    /// After `unshare(CLONE_NEWPID)`: the shim's child is PID 1 of the namespace, and the
+    /// kernel kills the rest of the namespace when it exits.
+    PidNamespace,
+    /// No namespaces allowed here: the shim is a child subreaper, so everything the
+    /// command orphans (daemons, double forks, `setsid`) becomes the shim's child, and
+    /// the shim kills it all when the command ends.
+    Subreaper,
+}
+
+/// Forks the process that goes on to exec the command (this call returns in it), while
+/// the calling process becomes the shim that waits for it and never returns. Runs
+/// between fork and exec: raw system calls only (a raw `clone`, not glibc's `fork`,
+/// whose handlers take locks another thread of Safe Coder may have held at the first
+/// fork).
+///
+/// # Safety
+/// Only between fork and exec, in the child std spawned.
+unsafe fn fork_shim(parent: libc::pid_t, kind: Shim) -> io::Result<()> {
+    // SAFETY: raw system calls on plain values, in the single-threaded child.
+    unsafe {
+        // The shim dies with Safe Coder (also on SIGKILL)...
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            // ...which may have died before the line above.
+            libc::_exit(137);
+        }
+        if kind == Shim::Subreaper && libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let pid = libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        );
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            // The command: dies with the shim. As PID 1 of a namespace, its exit makes
+            // the kernel kill every other process of the namespace.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            return Ok(());
+        }
+        shim(pid as libc::pid_t, kind)
+    }
+}
+
+/// Waits for the command and exits as it did; as a subreaper, first kills whatever the
+/// command left behind. Holds no descriptor: the command's output pipe must close when
+/// the command's processes are gone, and std's spawn waits for its exec-error pipe to
+/// close.
+///
+/// # Safety
+/// Only between fork and exec.
+unsafe fn shim(child: libc::pid_t, kind: Shim) -> ! {
+    // SAFETY: raw system calls on plain values, a local status word and a stack buffer.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) != 0 {
+            for fd in 0..4096 {
+                libc::close(fd);
+            }
+        }
+        let status = loop {
+            let mut st: libc::c_int = 0;
+            let r = libc::waitpid(-1, &mut st, 0);
+            if r == child {
+                break st;
+            }
+            if r < 0 && *libc::__errno_location() != libc::EINTR {
+                libc::_exit(127);
+            }
+            // An orphan the subreaper adopted ended: keep waiting for the command.
+        };
+        if kind == Shim::Subreaper {
+            kill_adopted();
+        }
+        if libc::WIFEXITED(status) {
+            libc::_exit(libc::WEXITSTATUS(status));
+        }
+        if libc::WIFSIGNALED(status) {
+            // Die of the same signal, so the caller sees "killed by a signal".
+            let sig = libc::WTERMSIG(status);
+            libc::signal(sig, libc::SIG_DFL);
+            libc::kill(libc::getpid(), sig);
+            libc::_exit(128 + sig);
+        }
+        libc::_exit(127)
+    }
+}
+
+/// Kills every child of the calling subreaper, again and again as their own orphans
+/// are adopted, until it has none. Children are listed from
+/// `/proc/thread-self/children`; if that cannot be read, it gives up (the sandbox's
+/// cgroup still kills them when the sandbox closes).
+///
+/// # Safety
+/// Only between fork and exec (raw system calls, no allocation).
+unsafe fn kill_adopted() {
+    // SAFETY: raw system calls on a constant path and a stack buffer.
+    unsafe {
+        let mut buf = [0u8; 4096];
+        loop {
+            let fd = libc::open(
+                c"/proc/thread-self/children".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            );
+            if fd < 0 {
+                return;
+            }
+            let mut pid: libc::pid_t = 0;
+            loop {
+                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                if n <= 0 {
+                    break;
+                }
+                for &b in &buf[..n as usize] {
+                    if b.is_ascii_digit() {
+                        pid = pid
+                            .saturating_mul(10)
+                            .saturating_add((b - b'0') as libc::pid_t);
+                    } else {
+                        if pid > 0 {
+                            libc::kill(pid, libc::SIGKILL);
+                        }
+                        pid = 0;
+                    }
+                }
+            }
+            if pid > 0 {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            libc::close(fd);
+            // Wait for one to go (its orphans are adopted meanwhile); none left: done.
+            let r = libc::waitpid(-1, std::ptr::null_mut(), 0);
+            if r < 0 && *libc::__errno_location() != libc::EINTR {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker_processes(marker: &str) -> usize {
+        fs::read_dir("/proc")
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| {
+                        fs::read(e.path().join("cmdline"))
+                            .map(|c| String::from_utf8_lossy(&c).contains(marker))
+                            .unwrap_or(false)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// On a host that forbids user namespaces (no PID namespace), the subreaper shim
+    /// still kills what a command leaves behind when it ends.
+    #[test]
+    fn without_namespaces_the_subreaper_kills_what_a_command_leaves() {
+        let abi = landlock_abi();
+        if abi < 1 {
+            assert!(
+                std::env::var_os("SAFE_CODER_REQUIRE_SANDBOX").is_none(),
+                "Landlock is required here"
+            );
+            eprintln!("skipped: no Landlock in this kernel");
+            return;
+        }
+        let support = Support {
+            landlock_abi: abi,
+            namespaces: false,
+        };
+        let tmp = PrivateTmp::create().expect("temp dir");
+        let work = tempfile::tempdir().expect("work dir");
+        let work = work.path().canonicalize().expect("canonical");
+        let marker = format!("{}", 7_500_000 + std::process::id() % 100_000);
+        let script = format!(
+            "setsid sleep {marker}1 > /dev/null 2>&1 & \
+             (sleep {marker}2 > /dev/null 2>&1 &) ; \
+             setsid bash -c 'sleep {marker}3 & sleep {marker}4' > /dev/null 2>&1 & \
+             sleep 0.3; exit 7"
+        );
+        let mut cmd = command(
+            &support,
+            &work,
+            tmp.path(),
+            &[],
+            &script,
+            &RulesetCache::default(),
+            None,
+        )
+        .expect("command");
+        let status = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run");
+        assert_eq!(status.code(), Some(7), "the shim passes the exit code on");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while marker_processes(&marker) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} processes outlived their command",
+                marker_processes(&marker)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }
