@@ -437,7 +437,7 @@ impl Agent {
                         "Not run: the arguments of this {name} call are not valid JSON ({}). Send the call again with a JSON object as its arguments.",
                         raw.chars().take(200).collect::<String>()
                     ),
-                    ToolOutcome::Denied,
+                    ToolOutcome::Error,
                 )),
                 None => ToolRegistry::builtin()
                     .prepare(name, input)
