@@ -77,6 +77,7 @@ pub fn client(resolved: &Resolved) -> Result<Box<dyn ModelClient>> {
         model: resolved.model.clone(),
         max_tokens: resolved.max_tokens,
         retry: RetryPolicy::default(),
+        ..ProviderConfig::new(resolved.provider)
     };
     Ok(safe_coder_llm::client(config)?)
 }

@@ -352,6 +352,7 @@ impl Agent {
                     reason,
                 }),
                 StreamEvent::ToolCallStarted { .. } => {}
+                StreamEvent::Warning { message } => events.emit(Event::Notice { message }),
             };
             let response = match self.client.stream(&request, &mut on_stream, cancel).await {
                 Ok(r) => r,
@@ -370,7 +371,7 @@ impl Agent {
             self.record_usage(response.usage, events);
             let text = response.message.text();
             events.emit(Event::AssistantMessage { text: text.clone() });
-            let calls: Vec<(String, String, serde_json::Value)> = response
+            let calls: Vec<(String, String, safe_coder_protocol::ToolInput)> = response
                 .message
                 .tool_uses()
                 .map(|(id, name, input)| (id.to_string(), name.to_string(), input.clone()))
@@ -401,7 +402,7 @@ impl Agent {
     /// Runs one reply's tool calls in order, then commits what they changed.
     async fn run_tools(
         &mut self,
-        calls: &[(String, String, serde_json::Value)],
+        calls: &[(String, String, safe_coder_protocol::ToolInput)],
         approver: &dyn Approver,
         events: &dyn EventSink,
         cancel: &CancellationToken,
@@ -413,7 +414,8 @@ impl Agent {
         let mut may_have_changed = false;
         let mut cancelled = false;
 
-        for (id, name, input) in calls {
+        for (id, name, tool_input) in calls {
+            let input = &tool_input.to_value();
             if cancelled || cancel.is_cancelled() {
                 cancelled = true;
                 results.push(ContentBlock::ToolResult {
@@ -430,9 +432,9 @@ impl Agent {
             });
             let mut started = Instant::now();
 
-            let authorized = match safe_coder_llm::invalid_tool_input(input) {
-                Some(raw) => Err(format!(
-                    "Not run: the arguments of this {name} call are not valid JSON ({}). Send the call again with a JSON object as its arguments.",
+            let authorized = match tool_input.invalid() {
+                Some((raw, error)) => Err(format!(
+                    "Not run: the arguments of this {name} call are not a valid JSON object ({error}): {}. Send the call again with a JSON object as its arguments.",
                     raw.chars().take(200).collect::<String>()
                 )),
                 None => self.authorize(id, name, input, approver, events).await,

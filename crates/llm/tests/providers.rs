@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use safe_coder_llm::{
-    client, invalid_tool_input, CancellationToken, ContentBlock, LlmError, Message, ModelClient,
-    ModelRequest, ModelResponse, ProviderConfig, ProviderKind, RetryPolicy, Role, StopReason,
-    StreamEvent, ToolSpec,
+    client, CancellationToken, ContentBlock, LlmError, Message, ModelClient, ModelRequest,
+    ModelResponse, ProviderConfig, ProviderKind, RetryPolicy, Role, StopReason, StreamEvent,
+    ToolInput, ToolSpec,
 };
 use safe_coder_test_support::{Fault, MockServer, Reply, Script, ToolCall, Wire};
 use serde_json::{json, Value};
@@ -38,6 +38,7 @@ fn config(kind: ProviderKind, base_url: String) -> ProviderConfig {
         model: "mock-model".to_string(),
         max_tokens: 1024,
         retry: fast_retries(),
+        ..ProviderConfig::new(kind)
     }
 }
 
@@ -174,7 +175,7 @@ async fn multi_turn_tool_scenario(kind: ProviderKind) {
     assert_eq!(first.message.role, Role::Assistant);
     assert_eq!(first.message.text(), "I will write the file, then run it.");
     assert_eq!(streamed_text(&events), first.message.text(), "{kind}");
-    let calls: Vec<(String, String, Value)> = first
+    let calls: Vec<(String, String, ToolInput)> = first
         .message
         .tool_uses()
         .map(|(id, name, input)| (id.to_string(), name.to_string(), input.clone()))
@@ -318,7 +319,10 @@ async fn multi_turn_tool_scenario(kind: ProviderKind) {
             assert_eq!(msgs[3]["content"], "result of write_file");
             assert_eq!(msgs[4]["tool_call_id"], calls[1].0.as_str());
             assert_eq!(msgs[4]["content"], "Error: result of bash");
-            assert_eq!(msgs[5]["content"], Value::Null);
+            // A tool-only assistant message carries "" (llama.cpp rejects null).
+            assert_eq!(msgs[5]["content"], "");
+            // Tools are offered with an explicit tool_choice.
+            assert_eq!(reqs[0].body["tool_choice"], "auto");
             assert_eq!(msgs[6]["tool_call_id"], read_id.as_str());
         }
         ProviderKind::Ollama => {
@@ -700,16 +704,14 @@ async fn invalid_tool_arguments_become_an_input_the_core_can_answer() {
         let mut messages = vec![Message::user_text("hi")];
         let (result, _) = run(client.as_ref(), &request(messages.clone())).await;
         let response = result.unwrap_or_else(|e| panic!("{kind}: {e}"));
-        let inputs: Vec<Value> = response
+        let inputs: Vec<ToolInput> = response
             .message
             .tool_uses()
             .map(|(_, _, v)| v.clone())
             .collect();
-        assert_eq!(
-            invalid_tool_input(&inputs[0]),
-            Some("{\"command\": \"ls"),
-            "{kind}"
-        );
+        let (raw, error) = inputs[0].invalid().expect("invalid input");
+        assert_eq!(raw, "{\"command\": \"ls", "{kind}");
+        assert!(error.contains("EOF"), "{kind}: {error}");
         assert_eq!(inputs[1], json!({"path": "a"}));
         // The reply with the bad call and an error result can be sent back.
         messages.push(response.message.clone());
@@ -723,6 +725,25 @@ async fn invalid_tool_arguments_become_an_input_the_core_can_answer() {
             "ok"
         );
         assert_eq!(server.remaining(), 0);
+        // No marker of ours reaches the model: OpenAI gets the text the model sent,
+        // Anthropic and Ollama (which want an object) get `{}`.
+        let sent = server.model_requests()[1].body.to_string();
+        assert!(!sent.contains("__invalid"), "{kind}: {sent}");
+        let history = &server.model_requests()[1].body["messages"];
+        let assistant = history
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["role"] == "assistant"))
+            .expect("assistant message");
+        match kind {
+            ProviderKind::OpenAi => assert_eq!(
+                assistant["tool_calls"][0]["function"]["arguments"],
+                "{\"command\": \"ls"
+            ),
+            ProviderKind::Anthropic => assert_eq!(assistant["content"][0]["input"], json!({})),
+            ProviderKind::Ollama => {
+                assert_eq!(assistant["tool_calls"][0]["function"]["arguments"], json!({}))
+            }
+        }
     }
 }
 
