@@ -145,7 +145,9 @@ mod tests {
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].0, "t1");
         assert_eq!(calls[0].2, ToolInput::Json(json!({"path": "a.txt"})));
-        assert!(matches!(&events[..], [StreamEvent::Warning { message }] if message.contains("joined")));
+        assert!(
+            matches!(&events[..], [StreamEvent::Warning { message }] if message.contains("joined"))
+        );
     }
 
     #[test]

@@ -93,7 +93,10 @@ pub enum LlmError {
 
     /// The reply grew past the size cap (not retried).
     #[error("the {provider} reply was larger than {limit} bytes and was refused: check the server, or raise SAFE_CODER_MAX_REPLY_BYTES")]
-    ReplyTooLarge { provider: ProviderKind, limit: usize },
+    ReplyTooLarge {
+        provider: ProviderKind,
+        limit: usize,
+    },
 
     /// Another 4xx: the request itself was refused (not retried).
     #[error("the {provider} API rejected the request (HTTP {status}: {detail}): check the model name and the base URL, or report this as a bug")]

@@ -158,7 +158,10 @@ pub(crate) trait StreamState: Send {
 
 /// The function the request must call, if the config forces one for this request: only
 /// the first request of a user turn (its last message is the user's own text).
-pub(crate) fn forced_function<'a>(request: &ModelRequest, config: &'a ProviderConfig) -> Option<&'a str> {
+pub(crate) fn forced_function<'a>(
+    request: &ModelRequest,
+    config: &'a ProviderConfig,
+) -> Option<&'a str> {
     let ToolChoice::Function(name) = &config.tool_choice else {
         return None;
     };

@@ -14,7 +14,7 @@ pub use approval::{ApprovalDecision, ApprovalMode, ApprovalRequest, ApprovalSubj
 pub use changes::{ChangeKind, ChangeSet, FileChange};
 pub use event::{Event, ToolOutcome};
 pub use message::{
-    ContentBlock, Message, ModelRequest, ModelResponse, Role, StopReason, StreamEvent, ToolInput, ToolSpec,
-    Usage,
+    ContentBlock, Message, ModelRequest, ModelResponse, Role, StopReason, StreamEvent, ToolInput,
+    ToolSpec, Usage,
 };
 pub use status::{SandboxState, SandboxStatus};

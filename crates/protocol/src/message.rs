@@ -303,12 +303,18 @@ mod tests {
     fn tool_input_parsing() {
         assert_eq!(ToolInput::parse(""), ToolInput::Json(json!({})));
         assert_eq!(ToolInput::parse("  "), ToolInput::Json(json!({})));
-        assert_eq!(ToolInput::parse("{\"a\":1}"), ToolInput::Json(json!({"a": 1})));
+        assert_eq!(
+            ToolInput::parse("{\"a\":1}"),
+            ToolInput::Json(json!({"a": 1}))
+        );
         let bad = ToolInput::parse("{\"a\":");
         let (raw, error) = bad.invalid().expect("invalid");
         assert_eq!(raw, "{\"a\":");
         assert!(error.contains("EOF"), "{error}");
-        let (raw, error) = ToolInput::parse("[1]").invalid().map(|(r, e)| (r.to_string(), e.to_string())).expect("invalid");
+        let (raw, error) = ToolInput::parse("[1]")
+            .invalid()
+            .map(|(r, e)| (r.to_string(), e.to_string()))
+            .expect("invalid");
         assert_eq!(raw, "[1]");
         assert_eq!(error, "expected a JSON object, got an array");
         assert_eq!(ToolInput::parse("[1]").to_string(), "[1]");
