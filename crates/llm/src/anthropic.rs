@@ -83,6 +83,7 @@ impl Wire for Anthropic {
                 })
                 .collect(),
             tool_choice,
+            temperature: config.temperature,
             messages,
         })
     }
@@ -155,6 +156,9 @@ struct Body<'a> {
     tools: Vec<Tool<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_choice: Option<Value>,
+    /// Anthropic has no seed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
     messages: Vec<Msg<'a>>,
 }
 

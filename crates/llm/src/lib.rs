@@ -235,7 +235,7 @@ impl ToolChoice {
 }
 
 /// Everything needed to talk to one provider.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq)]
 pub struct ProviderConfig {
     pub kind: ProviderKind,
     /// In the ecosystem's convention (see [`ProviderKind::default_base_url`]); a
@@ -247,6 +247,10 @@ pub struct ProviderConfig {
     pub retry: RetryPolicy,
     pub limits: StreamLimits,
     pub tool_choice: ToolChoice,
+    /// Sampling temperature; `None` leaves the server's default.
+    pub temperature: Option<f64>,
+    /// Sampling seed (OpenAI-compatible servers and Ollama); `None` sends none.
+    pub seed: Option<u64>,
 }
 
 /// Environment variables read by [`ProviderConfig::new`] (documented in
@@ -255,12 +259,15 @@ pub const ENV_TOOL_CHOICE: &str = "SAFE_CODER_TOOL_CHOICE";
 pub const ENV_STREAM_IDLE_SECS: &str = "SAFE_CODER_STREAM_IDLE_TIMEOUT_SECS";
 pub const ENV_STREAM_MAX_SECS: &str = "SAFE_CODER_STREAM_MAX_SECS";
 pub const ENV_MAX_REPLY_BYTES: &str = "SAFE_CODER_MAX_REPLY_BYTES";
+pub const ENV_TEMPERATURE: &str = "SAFE_CODER_TEMPERATURE";
+pub const ENV_SEED: &str = "SAFE_CODER_SEED";
 
 impl ProviderConfig {
     /// The provider's defaults (base URL, model, 8192 output tokens, default retries,
-    /// default [`StreamLimits`], `tool_choice` auto), then the overrides of
-    /// [`ENV_TOOL_CHOICE`], [`ENV_STREAM_IDLE_SECS`], [`ENV_STREAM_MAX_SECS`] and
-    /// [`ENV_MAX_REPLY_BYTES`] where set to a valid value.
+    /// default [`StreamLimits`], `tool_choice` auto, the server's sampling), then the
+    /// overrides of [`ENV_TOOL_CHOICE`], [`ENV_STREAM_IDLE_SECS`],
+    /// [`ENV_STREAM_MAX_SECS`], [`ENV_MAX_REPLY_BYTES`], [`ENV_TEMPERATURE`] and
+    /// [`ENV_SEED`] where set to a valid value.
     pub fn new(kind: ProviderKind) -> Self {
         let mut config = ProviderConfig {
             kind,
@@ -271,6 +278,8 @@ impl ProviderConfig {
             retry: RetryPolicy::default(),
             limits: StreamLimits::default(),
             tool_choice: ToolChoice::Auto,
+            temperature: None,
+            seed: None,
         };
         config.apply_env(|name| std::env::var(name).ok());
         config
@@ -300,6 +309,15 @@ impl ProviderConfig {
         {
             self.limits.max_reply_bytes = n;
         }
+        if let Some(t) = get(ENV_TEMPERATURE)
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|t| t.is_finite() && *t >= 0.0)
+        {
+            self.temperature = Some(t);
+        }
+        if let Some(seed) = get(ENV_SEED).and_then(|v| v.trim().parse::<u64>().ok()) {
+            self.seed = Some(seed);
+        }
     }
 }
 
@@ -315,6 +333,8 @@ impl fmt::Debug for ProviderConfig {
             .field("retry", &self.retry)
             .field("limits", &self.limits)
             .field("tool_choice", &self.tool_choice)
+            .field("temperature", &self.temperature)
+            .field("seed", &self.seed)
             .finish()
     }
 }
@@ -392,8 +412,12 @@ mod tests {
             ENV_STREAM_IDLE_SECS => Some("1.5".into()),
             ENV_STREAM_MAX_SECS => Some("nonsense".into()),
             ENV_MAX_REPLY_BYTES => Some("4096".into()),
+            ENV_TEMPERATURE => Some("0".into()),
+            ENV_SEED => Some("42".into()),
             _ => None,
         });
+        assert_eq!(config.temperature, Some(0.0));
+        assert_eq!(config.seed, Some(42));
         assert_eq!(config.tool_choice, ToolChoice::Function("read_file".into()));
         assert_eq!(config.limits.idle_timeout, Duration::from_millis(1500));
         assert_eq!(

@@ -36,7 +36,7 @@ impl Wire for Ollama {
         request: &ModelRequest,
         model: &str,
         max_tokens: u32,
-        _: &ProviderConfig,
+        config: &ProviderConfig,
         stream: bool,
     ) -> serde_json::Result<Vec<u8>> {
         let mut messages = Vec::with_capacity(request.messages.len() + 1);
@@ -123,6 +123,8 @@ impl Wire for Ollama {
             stream,
             options: Options {
                 num_predict: max_tokens,
+                temperature: config.temperature,
+                seed: config.seed,
             },
         })
     }
@@ -151,6 +153,10 @@ struct Body<'a> {
 #[derive(Serialize)]
 struct Options {
     num_predict: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
 }
 
 #[derive(Serialize)]

@@ -80,6 +80,8 @@ impl Wire for OpenAi {
             }),
             max_tokens: (!official).then_some(max_tokens),
             max_completion_tokens: official.then_some(max_tokens),
+            temperature: config.temperature,
+            seed: config.seed,
             stream,
             stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
@@ -142,6 +144,10 @@ struct Body<'a> {
     max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
     stream: bool,
     /// Only with `stream: true` (OpenAI refuses it otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
