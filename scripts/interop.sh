@@ -93,7 +93,11 @@ log "starting llama.cpp's server on 127.0.0.1:$PORT with $MODEL"
 SERVER_PID=$!
 
 deadline=$((SECONDS + READY_TIMEOUT))
-until curl -fsS "http://127.0.0.1:$PORT/v1/models" >/dev/null 2>&1; do
+ready() {
+  "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+    "http://127.0.0.1:$PORT/v1/models" >/dev/null 2>&1
+}
+until ready; do
   if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     log "the server exited before it was ready; its log:"
     cat "$SERVER_LOG" >&2
@@ -111,7 +115,7 @@ log "server ready"
 status=0
 SAFE_CODER_INTEROP_OPENAI_URL="http://127.0.0.1:$PORT/v1" \
   SAFE_CODER_INTEROP_SERVER_LOG="$SERVER_LOG" \
-  cargo test -p safe-coder-cli --test interop -- --ignored --test-threads=1 || status=$?
+  cargo test --locked -p safe-coder-cli --test interop -- --ignored --test-threads=1 || status=$?
 if [ "$status" -ne 0 ]; then
   log "the suite failed; the server's log:"
   tail -n 200 "$SERVER_LOG" >&2
