@@ -330,7 +330,11 @@ impl<W: Wire> HttpClient<W> {
             };
             if fell_back {
                 fell_back = false;
-                let empty_again = matches!(&outcome, Err(Failure::Retry(t)) if t.kind == TransientKind::EmptyBody);
+                let empty_again = match &outcome {
+                    Err(Failure::Retry(t)) => t.kind == TransientKind::EmptyBody,
+                    Ok(response) => is_empty_reply(response),
+                    Err(Failure::Fatal(_)) => false,
+                };
                 if !empty_again && !self.non_streaming.swap(true, Ordering::Relaxed) {
                     on_event(StreamEvent::Warning {
                         message: format!(
@@ -351,10 +355,20 @@ impl<W: Wire> HttpClient<W> {
                     }
                     empty_retried = true;
                     retries += 1;
+                    // A proxy in front of a server that fails under streaming (LiteLLM
+                    // before llama.cpp) turns the empty 200 into an empty reply: the
+                    // second try goes without streaming.
+                    let reason = if streaming {
+                        streaming = false;
+                        fell_back = true;
+                        "the model sent an empty reply (no text, no tool call); asking again without streaming"
+                    } else {
+                        "the model sent an empty reply (no text, no tool call)"
+                    };
                     on_event(StreamEvent::Retrying {
                         attempt: retries,
                         delay_ms: 0,
-                        reason: "the model sent an empty reply (no text, no tool call)".into(),
+                        reason: reason.into(),
                     });
                     continue;
                 }

@@ -1182,6 +1182,15 @@ async fn an_empty_reply_is_asked_again_once_then_is_an_error() {
         );
         assert_eq!(retries(&events).len(), 1, "{kind}");
         assert_eq!(server.remaining(), 0);
+        // The second try went without streaming (LiteLLM turns a server's failure
+        // under streaming into an empty reply), and that is remembered.
+        let streamed: Vec<Option<bool>> = server
+            .model_requests()
+            .iter()
+            .map(|r| r.body["stream"].as_bool())
+            .collect();
+        assert_eq!(streamed, vec![Some(true), Some(false)], "{kind}");
+        assert_eq!(warnings(&events).len(), 1, "{kind}: {events:?}");
 
         let (server, result, _) = one_shot(
             kind,
