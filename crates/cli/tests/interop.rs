@@ -1,8 +1,10 @@
 //! Interop: the real `safe-coder` binary against a real OpenAI-compatible server that
 //! nobody here wrote (llama.cpp's server from PyPI's llama-cpp-python, serving
-//! SmolLM2-135M-Instruct). `scripts/interop.sh` sets the server up and runs this binary
-//! with `SAFE_CODER_INTEROP_OPENAI_URL` (and `SAFE_CODER_INTEROP_SERVER_LOG`, the
-//! server's log) set. See docs/interop.md.
+//! SmolLM2-135M-Instruct), and on the Anthropic wire through LiteLLM's proxy in front of
+//! it. `scripts/interop.sh` sets both up and runs this binary with
+//! `SAFE_CODER_INTEROP_OPENAI_URL`, `SAFE_CODER_INTEROP_ANTHROPIC_URL` and their logs
+//! (`SAFE_CODER_INTEROP_SERVER_LOG`, `SAFE_CODER_INTEROP_PROXY_LOG`) set. See
+//! docs/interop.md.
 //!
 //! The tests assert the client's behaviour — valid requests (no HTTP 500 in the server's
 //! log), errors reported as errors, exit codes, cancellation — never the model's words.
@@ -28,60 +30,80 @@ use safe_coder_llm::{
 };
 use serde_json::Value;
 
+/// Which wire reaches the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// The OpenAI wire, straight to llama.cpp's server.
+    LlamaCpp,
+    /// The Anthropic wire, through LiteLLM's proxy to llama.cpp's server.
+    LiteLlm,
+}
+
 /// The real server under test.
 struct Interop {
-    /// The OpenAI-style base URL, ending in `/v1`.
+    via: Via,
+    /// The base URL as a user would configure it.
     url: String,
-    /// The server's log, if the runner gave it.
-    log: Option<PathBuf>,
-    /// How much of the log existed when the test began.
-    log_start: usize,
+    /// The logs to check (llama.cpp's, and LiteLLM's), with their length when the test
+    /// began.
+    logs: Vec<(PathBuf, usize)>,
 }
 
 impl Interop {
     /// The server named by the environment; `None` (after saying why) when there is none,
     /// a panic when CI requires it.
-    fn get() -> Option<Interop> {
-        let url = std::env::var("SAFE_CODER_INTEROP_OPENAI_URL")
-            .ok()
-            .filter(|u| !u.trim().is_empty());
+    fn get(via: Via) -> Option<Interop> {
+        let var = match via {
+            Via::LlamaCpp => "SAFE_CODER_INTEROP_OPENAI_URL",
+            Via::LiteLlm => "SAFE_CODER_INTEROP_ANTHROPIC_URL",
+        };
+        let url = std::env::var(var).ok().filter(|u| !u.trim().is_empty());
         let Some(url) = url else {
-            let why = "SAFE_CODER_INTEROP_OPENAI_URL is not set: run scripts/interop.sh, which starts a real llama.cpp server and sets it";
+            let why = format!("{var} is not set: run scripts/interop.sh, which starts the real servers and sets it");
             if std::env::var("SAFE_CODER_REQUIRE_SANDBOX").as_deref() == Ok("1") {
                 panic!("{why} (SAFE_CODER_REQUIRE_SANDBOX=1: interop tests may not skip)");
             }
             eprintln!("skipping: {why}");
             return None;
         };
-        let log = std::env::var_os("SAFE_CODER_INTEROP_SERVER_LOG").map(PathBuf::from);
-        let log_start = log
-            .as_ref()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map_or(0, |m| m.len() as usize);
+        let mut names = vec!["SAFE_CODER_INTEROP_SERVER_LOG"];
+        if via == Via::LiteLlm {
+            names.push("SAFE_CODER_INTEROP_PROXY_LOG");
+        }
+        let logs = names
+            .into_iter()
+            .filter_map(std::env::var_os)
+            .map(PathBuf::from)
+            .map(|p| {
+                let len = std::fs::metadata(&p).map_or(0, |m| m.len() as usize);
+                (p, len)
+            })
+            .collect();
         let server = Interop {
+            via,
             url: url.trim_end_matches('/').to_string(),
-            log,
-            log_start,
+            logs,
         };
         assert!(
             server.alive(),
-            "the server at {} does not answer GET /v1/models",
+            "the server at {} does not answer",
             server.url
         );
         Some(server)
     }
 
-    /// What the server logged since the test began.
+    /// What the servers logged since the test began.
     fn log_since_start(&self) -> String {
-        let Some(path) = &self.log else {
-            return String::new();
-        };
-        let text = std::fs::read(path).unwrap_or_default();
-        String::from_utf8_lossy(&text[self.log_start.min(text.len())..]).into_owned()
+        let mut out = String::new();
+        for (path, start) in &self.logs {
+            let text = std::fs::read(path).unwrap_or_default();
+            out.push_str(&String::from_utf8_lossy(&text[(*start).min(text.len())..]));
+        }
+        out
     }
 
-    /// The chat requests the server answered since the test began, as uvicorn's access
-    /// log lines (`"POST /v1/chat/completions HTTP/1.1" 200 OK`).
+    /// The chat requests llama.cpp's server answered since the test began, as uvicorn's
+    /// access log lines (`"POST /v1/chat/completions HTTP/1.1" 200 OK`).
     fn chat_requests(&self) -> Vec<String> {
         self.log_since_start()
             .lines()
@@ -90,35 +112,38 @@ impl Interop {
             .collect()
     }
 
-    /// No request of this test made the server fail, and it still answers.
+    /// No request of this test made a server fail, and it still answers.
     fn assert_healthy(&self) {
         let log = self.log_since_start();
         for line in log.lines() {
             assert!(
                 !line.contains("HTTP/1.1\" 5"),
-                "the server failed on a request of this test: {line}\nits log:\n{log}"
+                "a server failed on a request of this test: {line}\nthe logs:\n{log}"
             );
         }
         assert!(
             self.alive(),
-            "the server stopped answering; its log:\n{log}"
+            "the server stopped answering; the logs:\n{log}"
         );
     }
 
-    /// `GET /v1/models` answers 200.
+    /// The server answers 200 (llama.cpp: `GET /v1/models`; LiteLLM: its liveness).
     fn alive(&self) -> bool {
         let rest = self
             .url
             .strip_prefix("http://")
             .expect("an http:// URL (loopback)");
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let (authority, base_path) = rest.split_once('/').unwrap_or((rest, ""));
+        let path = match self.via {
+            Via::LlamaCpp => format!("/{base_path}/models"),
+            Via::LiteLlm => "/health/liveliness".to_string(),
+        };
         let Ok(mut conn) = TcpStream::connect(authority) else {
             return false;
         };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-        let request = format!(
-            "GET /{path}/models HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-        );
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
         if conn.write_all(request.as_bytes()).is_err() {
             return false;
         }
@@ -127,15 +152,19 @@ impl Interop {
         status.contains(" 200 ")
     }
 
-    /// A user's world configured for this server: provider `openai` at its URL, small
-    /// replies, few turns, no approvals, the `copy` backend.
+    /// A user's world configured for this server: its provider and URL, small replies,
+    /// few turns, no approvals, the `copy` backend.
     fn world(&self, max_tokens: u32) -> World {
+        let provider = match self.via {
+            Via::LlamaCpp => "openai",
+            Via::LiteLlm => "anthropic",
+        };
         let world = World::new();
         std::fs::create_dir_all(world.config_dir()).expect("config dir");
         std::fs::write(
             world.config_dir().join("config.toml"),
             format!(
-                "[llm]\nprovider = \"openai\"\nbase_url = \"{}\"\nmodel = \"smollm2\"\nmax_tokens = {max_tokens}\n\n[agent]\nmax_turns = 3\napproval_mode = \"yolo\"\n\n[isolation]\nbackend = \"copy\"\n",
+                "[llm]\nprovider = \"{provider}\"\nbase_url = \"{}\"\napi_key = \"interop-key\"\nmodel = \"smollm2\"\nmax_tokens = {max_tokens}\n\n[agent]\nmax_turns = 3\napproval_mode = \"yolo\"\n\n[isolation]\nbackend = \"copy\"\n",
                 self.url
             ),
         )
@@ -200,7 +229,9 @@ fn reported_errors(out: &Output, events: &[Value]) -> String {
 #[tokio::test]
 #[ignore = "needs a real model server: run scripts/interop.sh"]
 async fn a_plain_reply_streams_in_pieces() {
-    let Some(server) = Interop::get() else { return };
+    let Some(server) = Interop::get(Via::LlamaCpp) else {
+        return;
+    };
     // No tools: the server streams (with tools and `tool_choice: "auto"` it cannot).
     let mut config = ProviderConfig::new(ProviderKind::OpenAi);
     config.base_url = server.url.clone();
@@ -242,10 +273,10 @@ async fn a_plain_reply_streams_in_pieces() {
     server.assert_healthy();
 }
 
-#[test]
-#[ignore = "needs a real model server: run scripts/interop.sh"]
-fn exec_runs_a_forced_tool_call_and_sends_its_result_back() {
-    let Some(server) = Interop::get() else { return };
+fn exec_runs_a_forced_tool_call_and_sends_its_result_back(via: Via) {
+    let Some(server) = Interop::get(via) else {
+        return;
+    };
     let world = server.world(96);
     let (out, events) = exec_json(
         &world,
@@ -265,6 +296,19 @@ fn exec_runs_a_forced_tool_call_and_sends_its_result_back() {
         server.chat_requests()
     );
     server.assert_healthy();
+    if via == Via::LiteLlm {
+        // LiteLLM splits the streamed call into one block per token, all with one id:
+        // the client joined them and said so.
+        let notices: Vec<&str> = of_type(&events, "notice")
+            .iter()
+            .filter_map(|e| e["message"].as_str())
+            .collect();
+        assert!(
+            notices.iter().any(|n| n.contains("joined into one")),
+            "{notices:?}\n{}",
+            describe(&out)
+        );
+    }
     // The turn ends with an answer, or with an error the client reports as one.
     if out.status.success() {
         assert!(
@@ -279,10 +323,10 @@ fn exec_runs_a_forced_tool_call_and_sends_its_result_back() {
     }
 }
 
-#[test]
-#[ignore = "needs a real model server: run scripts/interop.sh"]
-fn invalid_tool_arguments_go_back_to_the_model_as_an_error() {
-    let Some(server) = Interop::get() else { return };
+fn invalid_tool_arguments_go_back_to_the_model_as_an_error(via: Via) {
+    let Some(server) = Interop::get(via) else {
+        return;
+    };
     // Four output tokens cut the forced call's arguments: they are not valid JSON.
     let world = server.world(4);
     let (out, events) = exec_json(
@@ -307,10 +351,10 @@ fn invalid_tool_arguments_go_back_to_the_model_as_an_error() {
     server.assert_healthy();
 }
 
-#[test]
-#[ignore = "needs a real model server: run scripts/interop.sh"]
-fn a_prompt_larger_than_the_window_is_a_clear_error() {
-    let Some(server) = Interop::get() else { return };
+fn a_prompt_larger_than_the_window_is_a_clear_error(via: Via) {
+    let Some(server) = Interop::get(via) else {
+        return;
+    };
     let world = server.world(96);
     // Far more than 2048 tokens.
     let prompt = "Please summarise the following words. ".to_string()
@@ -327,11 +371,11 @@ fn a_prompt_larger_than_the_window_is_a_clear_error() {
     server.assert_healthy();
 }
 
-#[test]
-#[ignore = "needs a real model server: run scripts/interop.sh"]
-fn sigint_mid_reply_cancels_the_turn_and_exits() {
-    let Some(server) = Interop::get() else { return };
-    let world = server.world(1500);
+fn sigint_mid_reply_cancels_the_turn_and_exits(via: Via) {
+    let Some(server) = Interop::get(via) else {
+        return;
+    };
+    let world = server.world(300);
     let mut child = cmd(&world, None)
         .args([
             "exec",
@@ -382,10 +426,10 @@ fn sigint_mid_reply_cancels_the_turn_and_exits() {
     server.assert_healthy();
 }
 
-#[test]
-#[ignore = "needs a real model server: run scripts/interop.sh"]
-fn chat_answers_two_questions_after_a_tool_call() {
-    let Some(server) = Interop::get() else { return };
+fn chat_answers_two_questions_after_a_tool_call(via: Via) {
+    let Some(server) = Interop::get(via) else {
+        return;
+    };
     let world = server.world(64);
     let mut child = cmd(&world, Some("read_file"))
         .args(["chat", "--no-tui"])
@@ -410,3 +454,35 @@ fn chat_answers_two_questions_after_a_tool_call() {
     assert!(!text.contains("HTTP 500"), "{}", describe(&out));
     server.assert_healthy();
 }
+
+/// One `#[test]` per wire for each scenario above.
+macro_rules! on_both_wires {
+    ($($name:ident),* $(,)?) => {
+        mod openai_wire {
+            $(
+                #[test]
+                #[ignore = "needs a real model server: run scripts/interop.sh"]
+                fn $name() {
+                    super::$name(super::Via::LlamaCpp);
+                }
+            )*
+        }
+        mod anthropic_wire_through_litellm {
+            $(
+                #[test]
+                #[ignore = "needs a real model server: run scripts/interop.sh"]
+                fn $name() {
+                    super::$name(super::Via::LiteLlm);
+                }
+            )*
+        }
+    };
+}
+
+on_both_wires!(
+    exec_runs_a_forced_tool_call_and_sends_its_result_back,
+    invalid_tool_arguments_go_back_to_the_model_as_an_error,
+    a_prompt_larger_than_the_window_is_a_clear_error,
+    sigint_mid_reply_cancels_the_turn_and_exits,
+    chat_answers_two_questions_after_a_tool_call,
+);

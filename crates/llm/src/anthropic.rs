@@ -47,8 +47,13 @@ impl Wire for Anthropic {
         stream: bool,
     ) -> serde_json::Result<Vec<u8>> {
         let mut messages: Vec<Msg> = request.messages.iter().filter_map(message).collect();
+        let cache = config.prompt_cache_enabled();
         // A second cache breakpoint on the newest block caches the conversation so far.
-        if let Some(last) = messages.last_mut().and_then(|m| m.content.last_mut()) {
+        if let Some(last) = messages
+            .last_mut()
+            .and_then(|m| m.content.last_mut())
+            .filter(|_| cache)
+        {
             last.set_cache_control();
         }
         // Sent explicitly: a proxy in front of an OpenAI-compatible server (LiteLLM)
@@ -65,13 +70,19 @@ impl Wire for Anthropic {
             max_tokens,
             stream,
             // A cache breakpoint on the system prompt: it (and the tools before it) is
-            // the same on every turn.
+            // the same on every turn. Without caching, the plain string: a proxy to an
+            // OpenAI-compatible server (LiteLLM) turns blocks into content parts, which
+            // llama.cpp's server refuses for a system message (HTTP 500).
             system: (!request.system.is_empty()).then(|| {
-                [SystemBlock {
-                    kind: "text",
-                    text: &request.system,
-                    cache_control: EPHEMERAL,
-                }]
+                if cache {
+                    System::Blocks([SystemBlock {
+                        kind: "text",
+                        text: &request.system,
+                        cache_control: EPHEMERAL,
+                    }])
+                } else {
+                    System::Text(&request.system)
+                }
             }),
             tools: request
                 .tools
@@ -151,7 +162,7 @@ struct Body<'a> {
     max_tokens: u32,
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<[SystemBlock<'a>; 1]>,
+    system: Option<System<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tools: Vec<Tool<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -160,6 +171,13 @@ struct Body<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     messages: Vec<Msg<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum System<'a> {
+    Text(&'a str),
+    Blocks([SystemBlock<'a>; 1]),
 }
 
 #[derive(Serialize)]
@@ -674,5 +692,20 @@ mod tests {
         assert_eq!(msgs[2]["content"][0]["is_error"], true);
         assert_eq!(msgs[2]["content"][1]["text"], "and also");
         assert_eq!(msgs[2]["content"][1]["cache_control"]["type"], "ephemeral");
+        // Elsewhere than api.anthropic.com, no caching unless asked.
+        let mut other = config.clone();
+        other.base_url = "http://127.0.0.1:4000".into();
+        let body: Value = serde_json::from_slice(
+            &Anthropic::body(&request, "claude-x", 77, &other, true).expect("body"),
+        )
+        .expect("JSON");
+        assert_eq!(body["system"], "sys");
+        assert!(!body.to_string().contains("cache_control"));
+        other.prompt_cache = Some(true);
+        let body: Value = serde_json::from_slice(
+            &Anthropic::body(&request, "claude-x", 77, &other, true).expect("body"),
+        )
+        .expect("JSON");
+        assert_eq!(body["system"][0]["cache_control"]["type"], "ephemeral");
     }
 }

@@ -251,6 +251,10 @@ pub struct ProviderConfig {
     pub temperature: Option<f64>,
     /// Sampling seed (OpenAI-compatible servers and Ollama); `None` sends none.
     pub seed: Option<u64>,
+    /// Anthropic prompt caching (`cache_control` breakpoints, the system prompt as a
+    /// block); `None`: on for `api.anthropic.com` only, since proxies in front of other
+    /// servers turn the blocks into content parts some servers refuse.
+    pub prompt_cache: Option<bool>,
 }
 
 /// Environment variables read by [`ProviderConfig::new`] (documented in
@@ -261,13 +265,14 @@ pub const ENV_STREAM_MAX_SECS: &str = "SAFE_CODER_STREAM_MAX_SECS";
 pub const ENV_MAX_REPLY_BYTES: &str = "SAFE_CODER_MAX_REPLY_BYTES";
 pub const ENV_TEMPERATURE: &str = "SAFE_CODER_TEMPERATURE";
 pub const ENV_SEED: &str = "SAFE_CODER_SEED";
+pub const ENV_PROMPT_CACHE: &str = "SAFE_CODER_PROMPT_CACHE";
 
 impl ProviderConfig {
     /// The provider's defaults (base URL, model, 8192 output tokens, default retries,
     /// default [`StreamLimits`], `tool_choice` auto, the server's sampling), then the
     /// overrides of [`ENV_TOOL_CHOICE`], [`ENV_STREAM_IDLE_SECS`],
-    /// [`ENV_STREAM_MAX_SECS`], [`ENV_MAX_REPLY_BYTES`], [`ENV_TEMPERATURE`] and
-    /// [`ENV_SEED`] where set to a valid value.
+    /// [`ENV_STREAM_MAX_SECS`], [`ENV_MAX_REPLY_BYTES`], [`ENV_TEMPERATURE`],
+    /// [`ENV_SEED`] and [`ENV_PROMPT_CACHE`] where set to a valid value.
     pub fn new(kind: ProviderKind) -> Self {
         let mut config = ProviderConfig {
             kind,
@@ -280,6 +285,7 @@ impl ProviderConfig {
             tool_choice: ToolChoice::Auto,
             temperature: None,
             seed: None,
+            prompt_cache: None,
         };
         config.apply_env(|name| std::env::var(name).ok());
         config
@@ -318,6 +324,17 @@ impl ProviderConfig {
         if let Some(seed) = get(ENV_SEED).and_then(|v| v.trim().parse::<u64>().ok()) {
             self.seed = Some(seed);
         }
+        match get(ENV_PROMPT_CACHE).as_deref().map(str::trim) {
+            Some("1" | "true" | "on") => self.prompt_cache = Some(true),
+            Some("0" | "false" | "off") => self.prompt_cache = Some(false),
+            _ => {}
+        }
+    }
+
+    /// Whether Anthropic requests carry `cache_control` (see [`Self::prompt_cache`]).
+    pub fn prompt_cache_enabled(&self) -> bool {
+        self.prompt_cache
+            .unwrap_or_else(|| self.base_url.contains("://api.anthropic.com"))
     }
 }
 
@@ -335,6 +352,7 @@ impl fmt::Debug for ProviderConfig {
             .field("tool_choice", &self.tool_choice)
             .field("temperature", &self.temperature)
             .field("seed", &self.seed)
+            .field("prompt_cache", &self.prompt_cache)
             .finish()
     }
 }
