@@ -153,8 +153,8 @@ impl Interop {
     }
 
     /// A user's world configured for this server: its provider and URL, small replies,
-    /// few turns, no approvals, the `copy` backend.
-    fn world(&self, max_tokens: u32) -> World {
+    /// at most `max_turns` model requests a turn, no approvals, the `copy` backend.
+    fn world(&self, max_tokens: u32, max_turns: u32) -> World {
         let provider = match self.via {
             Via::LlamaCpp => "openai",
             Via::LiteLlm => "anthropic",
@@ -164,7 +164,7 @@ impl Interop {
         std::fs::write(
             world.config_dir().join("config.toml"),
             format!(
-                "[llm]\nprovider = \"{provider}\"\nbase_url = \"{}\"\napi_key = \"interop-key\"\nmodel = \"smollm2\"\nmax_tokens = {max_tokens}\n\n[agent]\nmax_turns = 3\napproval_mode = \"yolo\"\n\n[isolation]\nbackend = \"copy\"\n",
+                "[llm]\nprovider = \"{provider}\"\nbase_url = \"{}\"\napi_key = \"interop-key\"\nmodel = \"smollm2\"\nmax_tokens = {max_tokens}\n\n[agent]\nmax_turns = {max_turns}\napproval_mode = \"yolo\"\n\n[isolation]\nbackend = \"copy\"\n",
                 self.url
             ),
         )
@@ -273,11 +273,14 @@ async fn a_plain_reply_streams_in_pieces() {
     server.assert_healthy();
 }
 
-fn exec_runs_a_forced_tool_call_and_sends_its_result_back(via: Via) {
+#[test]
+#[ignore = "needs a real model server: run scripts/interop.sh"]
+fn exec_runs_a_forced_tool_call_and_sends_its_result_back() {
+    let via = Via::LlamaCpp;
     let Some(server) = Interop::get(via) else {
         return;
     };
-    let world = server.world(96);
+    let world = server.world(96, 3);
     let (out, events) = exec_json(
         &world,
         Some("read_file"),
@@ -296,19 +299,6 @@ fn exec_runs_a_forced_tool_call_and_sends_its_result_back(via: Via) {
         server.chat_requests()
     );
     server.assert_healthy();
-    if via == Via::LiteLlm {
-        // LiteLLM splits the streamed call into one block per token, all with one id:
-        // the client joined them and said so.
-        let notices: Vec<&str> = of_type(&events, "notice")
-            .iter()
-            .filter_map(|e| e["message"].as_str())
-            .collect();
-        assert!(
-            notices.iter().any(|n| n.contains("joined into one")),
-            "{notices:?}\n{}",
-            describe(&out)
-        );
-    }
     // The turn ends with an answer, or with an error the client reports as one.
     if out.status.success() {
         assert!(
@@ -323,12 +313,14 @@ fn exec_runs_a_forced_tool_call_and_sends_its_result_back(via: Via) {
     }
 }
 
-fn invalid_tool_arguments_go_back_to_the_model_as_an_error(via: Via) {
-    let Some(server) = Interop::get(via) else {
+#[test]
+#[ignore = "needs a real model server: run scripts/interop.sh"]
+fn invalid_tool_arguments_go_back_to_the_model_as_an_error() {
+    let Some(server) = Interop::get(Via::LlamaCpp) else {
         return;
     };
     // Four output tokens cut the forced call's arguments: they are not valid JSON.
-    let world = server.world(4);
+    let world = server.world(4, 3);
     let (out, events) = exec_json(
         &world,
         Some("read_file"),
@@ -355,7 +347,7 @@ fn a_prompt_larger_than_the_window_is_a_clear_error(via: Via) {
     let Some(server) = Interop::get(via) else {
         return;
     };
-    let world = server.world(96);
+    let world = server.world(96, 3);
     // Far more than 2048 tokens.
     let prompt = "Please summarise the following words. ".to_string()
         + &"lighthouse harbour anchor compass ".repeat(800);
@@ -375,7 +367,7 @@ fn sigint_mid_reply_cancels_the_turn_and_exits(via: Via) {
     let Some(server) = Interop::get(via) else {
         return;
     };
-    let world = server.world(300);
+    let world = server.world(300, 3);
     let mut child = cmd(&world, None)
         .args([
             "exec",
@@ -426,11 +418,13 @@ fn sigint_mid_reply_cancels_the_turn_and_exits(via: Via) {
     server.assert_healthy();
 }
 
-fn chat_answers_two_questions_after_a_tool_call(via: Via) {
-    let Some(server) = Interop::get(via) else {
+#[test]
+#[ignore = "needs a real model server: run scripts/interop.sh"]
+fn chat_answers_two_questions_after_a_tool_call() {
+    let Some(server) = Interop::get(Via::LlamaCpp) else {
         return;
     };
-    let world = server.world(64);
+    let world = server.world(64, 3);
     let mut child = cmd(&world, Some("read_file"))
         .args(["chat", "--no-tui"])
         .stdin(Stdio::piped())
@@ -480,9 +474,61 @@ macro_rules! on_both_wires {
 }
 
 on_both_wires!(
-    exec_runs_a_forced_tool_call_and_sends_its_result_back,
-    invalid_tool_arguments_go_back_to_the_model_as_an_error,
     a_prompt_larger_than_the_window_is_a_clear_error,
     sigint_mid_reply_cancels_the_turn_and_exits,
-    chat_answers_two_questions_after_a_tool_call,
 );
+
+/// The Anthropic wire through LiteLLM: the forced call arrives as one `tool_use` block
+/// per token, all with one id, and the client joins them into one valid call. The turn
+/// is limited to that one request: LiteLLM drops the `content` key of a tool-only
+/// assistant message when it translates the follow-up, which llama.cpp's chat template
+/// then fails on (HTTP 500) — a limit of that pair, not of this client (docs/interop.md).
+#[test]
+#[ignore = "needs a real model server: run scripts/interop.sh"]
+fn anthropic_wire_joins_a_tool_call_split_by_litellm() {
+    let Some(server) = Interop::get(Via::LiteLlm) else {
+        return;
+    };
+    let world = server.world(96, 1);
+    let (out, events) = exec_json(
+        &world,
+        Some("read_file"),
+        "Read the file notes.txt and tell me the launch code.",
+    );
+    let notices: Vec<&str> = of_type(&events, "notice")
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert!(
+        notices.iter().any(|n| n.contains("joined into one")),
+        "{notices:?}\n{}",
+        describe(&out)
+    );
+    let started = of_type(&events, "tool_call_started");
+    assert_eq!(
+        started.len(),
+        1,
+        "one call, not one per token: {}",
+        describe(&out)
+    );
+    assert_eq!(started[0]["name"], "read_file");
+    assert!(
+        started[0]["input"].is_object(),
+        "the joined arguments are a JSON object: {}",
+        describe(&out)
+    );
+    let finished = of_type(&events, "tool_call_finished");
+    assert!(
+        finished.iter().all(|e| e["outcome"] != "denied"),
+        "{}",
+        describe(&out)
+    );
+    // One model request was allowed: the turn ends at the turn limit, reported.
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        reported_errors(&out, &events).contains("turn"),
+        "{}",
+        describe(&out)
+    );
+    server.assert_healthy();
+}
