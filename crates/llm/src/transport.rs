@@ -47,6 +47,9 @@ pub(crate) struct Transient {
     /// Said in `Retrying` events and in the final error.
     pub detail: String,
     pub retry_after: Option<Duration>,
+    /// The request went out on a pooled connection the server had closed: worth one
+    /// immediate, silent retry on a fresh connection.
+    pub stale_connection: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +70,7 @@ impl Failure {
             kind,
             detail: detail.into(),
             retry_after: None,
+            stale_connection: false,
         })
     }
 
@@ -310,6 +314,7 @@ impl<W: Wire> HttpClient<W> {
         // Whether this request fell back to a non-streamed request after an empty 200.
         let mut fell_back = false;
         let mut empty_retried = false;
+        let mut stale_retried = false;
         let mut retries = 0u32;
         loop {
             if cancel.is_cancelled() {
@@ -374,6 +379,11 @@ impl<W: Wire> HttpClient<W> {
                 }
                 Ok(response) => return Ok(response),
                 Err(Failure::Fatal(e)) => return Err(e),
+                // Nothing was streamed: no `Retrying` event, no backoff.
+                Err(Failure::Retry(t)) if t.stale_connection && !stale_retried => {
+                    stale_retried = true;
+                    continue;
+                }
                 Err(Failure::Retry(t)) if t.kind == TransientKind::EmptyBody && streaming => {
                     // Ask again at once without streaming: the server's real error (a
                     // context overflow, a template failure) then arrives as a status.
@@ -672,7 +682,15 @@ impl<W: Wire> HttpClient<W> {
         } else {
             error_chain(e)
         };
-        Failure::retry(TransientKind::Connect, detail)
+        // hyper's IncompleteMessage: the server closed a kept-alive connection (after
+        // an error, or at its idle timeout) just as the request went out on it.
+        let stale_connection = detail.contains("connection closed before message completed");
+        Failure::Retry(Transient {
+            kind: TransientKind::Connect,
+            detail,
+            retry_after: None,
+            stale_connection,
+        })
     }
 
     fn status_failure(
@@ -717,11 +735,13 @@ impl<W: Wire> HttpClient<W> {
                 kind: TransientKind::RateLimited,
                 detail,
                 retry_after,
+                stale_connection: false,
             }),
             408 | 409 | 425 | 500..=599 => Failure::Retry(Transient {
                 kind: TransientKind::Server,
                 detail,
                 retry_after,
+                stale_connection: false,
             }),
             _ if about_model => Failure::Fatal(LlmError::ModelNotFound {
                 provider,

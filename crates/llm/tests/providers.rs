@@ -1043,6 +1043,9 @@ async fn an_empty_200_under_streaming_is_asked_again_without_streaming_and_remem
     assert_eq!(streamed, vec![true, false, false]);
     // OpenAI refuses stream_options without streaming.
     assert!(reqs[1].body.get("stream_options").is_none());
+    // The fallback went out on the connection the empty reply had broken, was dropped,
+    // and was sent again at once on a new one, silently.
+    assert_eq!(server.connections(), 2);
 }
 
 #[tokio::test]

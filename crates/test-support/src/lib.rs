@@ -138,7 +138,8 @@ pub struct Quirks {
     pub ignore_tools_without_tool_choice: bool,
     /// OpenAI: a streamed request with tools is answered HTTP 200 with an empty body (a
     /// server-side error after the headers); the same request without streaming gets
-    /// the scripted reply.
+    /// the scripted reply. As with uvicorn, the connection is then broken: the next
+    /// request sent on it is dropped unanswered.
     pub empty_stream_with_tools: bool,
     /// Anthropic and OpenAI: each tool call is split into one block (or index) per
     /// argument piece, all with the call's id (LiteLLM's `/v1/messages`).
@@ -587,6 +588,11 @@ fn serve_connection(stream: TcpStream, state: &State) -> io::Result<()> {
         let close = req.wants_close();
         let received_us = state.started.elapsed().as_micros() as u64;
         let (response, index) = wire::respond(state, &req, received_us);
+        // The empty streamed 200 of `empty_stream_with_tools` leaves the connection
+        // broken, as uvicorn does after an error inside a stream: the next request on
+        // it is read and dropped unanswered.
+        let broken = state.script.quirks.empty_stream_with_tools
+            && matches!(&response, http::Response::Stream { pieces, end: http::StreamEnd::Complete, .. } if pieces.is_empty());
         let written = http::write_response(&mut writer, response, delay, &state.stop);
         let responded_us = state.started.elapsed().as_micros() as u64;
         if let Some(r) = lock(&state.requests).get_mut(index) {
@@ -594,6 +600,11 @@ fn serve_connection(stream: TcpStream, state: &State) -> io::Result<()> {
         }
         let after = written?;
         if close || after == http::After::Close {
+            let _ = writer.shutdown(std::net::Shutdown::Both);
+            return Ok(());
+        }
+        if broken {
+            let _ = http::read_request(&mut reader);
             let _ = writer.shutdown(std::net::Shutdown::Both);
             return Ok(());
         }
