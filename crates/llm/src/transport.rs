@@ -445,7 +445,8 @@ impl<W: Wire> HttpClient<W> {
     /// Asks the server for the model's context window, where its API says it.
     async fn discover(&self, http: &reqwest::Client) -> Option<u64> {
         let get_json = |url: String| async move {
-            let mut response = http.get(&url).send().await.ok()?;
+            // With the key: a server started with one (vLLM `--api-key`) wants it here too.
+            let mut response = W::headers(http.get(&url), &self.config).send().await.ok()?;
             if !response.status().is_success() {
                 return None;
             }
@@ -473,13 +474,13 @@ impl<W: Wire> HttpClient<W> {
                 models_window(&models, &self.config.model)
             }
             ProviderKind::Ollama => {
-                let mut response = http
-                    .post(format!("{}/api/show", self.base))
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(serde_json::json!({ "model": self.config.model }).to_string())
-                    .send()
-                    .await
-                    .ok()?;
+                let mut response =
+                    W::headers(http.post(format!("{}/api/show", self.base)), &self.config)
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(serde_json::json!({ "model": self.config.model }).to_string())
+                        .send()
+                        .await
+                        .ok()?;
                 if !response.status().is_success() {
                     return None;
                 }
