@@ -333,14 +333,15 @@ impl<W: Wire> HttpClient<W> {
                 _ = cancel.cancelled() => return Err(LlmError::Cancelled),
                 outcome = self.attempt(http, body, model, streaming, &mut *on_event) => outcome,
             };
-            if fell_back {
+            // A stale connection says nothing yet about the fallback: it is sent again.
+            let stale = matches!(&outcome, Err(Failure::Retry(t)) if t.stale_connection);
+            if fell_back && !(stale && !stale_retried) {
                 fell_back = false;
-                let empty_again = match &outcome {
-                    Err(Failure::Retry(t)) => t.kind == TransientKind::EmptyBody,
-                    Ok(response) => is_empty_reply(response),
-                    Err(Failure::Fatal(_)) => false,
-                };
-                if !empty_again && !self.non_streaming.swap(true, Ordering::Relaxed) {
+                // Remembered only when the non-streamed request got a real reply where
+                // the streamed one got nothing; after an error (a context overflow) the
+                // next request streams again.
+                let worked = matches!(&outcome, Ok(response) if !is_empty_reply(response));
+                if worked && !self.non_streaming.swap(true, Ordering::Relaxed) {
                     on_event(StreamEvent::Warning {
                         message: format!(
                             "the {} server at {} answered a streamed request with an empty reply; Safe Coder asks it without streaming from now on",

@@ -1071,6 +1071,13 @@ async fn after_the_fallback_the_servers_real_error_is_reported() {
     assert!(text.contains("context window of 100 tokens"), "{text}");
     assert!(!text.contains("/compress"), "no front-end advice: {text}");
     assert_eq!(server.remaining(), 1);
+    // An error is no proof that streaming is the problem: the second request streamed.
+    let streamed: Vec<bool> = server
+        .model_requests()
+        .iter()
+        .map(|r| r.body["stream"].as_bool().unwrap_or(false))
+        .collect();
+    assert_eq!(streamed, vec![true, false, true, false]);
 }
 
 #[tokio::test]
