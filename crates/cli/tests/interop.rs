@@ -331,7 +331,7 @@ fn invalid_tool_arguments_go_back_to_the_model_as_an_error() {
         finished.iter().any(|e| e["outcome"] == "denied"
             && e["output"]
                 .as_str()
-                .is_some_and(|o| o.contains("not a valid JSON object"))),
+                .is_some_and(|o| o.contains("not valid JSON"))),
         "the cut arguments were refused with the reason: {}",
         describe(&out)
     );

@@ -434,7 +434,7 @@ impl Agent {
 
             let authorized = match tool_input.invalid() {
                 Some((raw, error)) => Err(format!(
-                    "Not run: the arguments of this {name} call are not a valid JSON object ({error}): {}. Send the call again with a JSON object as its arguments.",
+                    "Not run: the arguments of this {name} call are not valid JSON for a tool call ({error}): {}. Send the call again with a JSON object as its arguments.",
                     raw.chars().take(200).collect::<String>()
                 )),
                 None => self.authorize(id, name, input, approver, events).await,
