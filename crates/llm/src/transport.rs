@@ -334,8 +334,9 @@ impl<W: Wire> HttpClient<W> {
                 outcome = self.attempt(http, body, model, streaming, &mut *on_event) => outcome,
             };
             // A stale connection says nothing yet about the fallback: it is sent again.
-            let stale = matches!(&outcome, Err(Failure::Retry(t)) if t.stale_connection);
-            if fell_back && !(stale && !stale_retried) {
+            let resent =
+                !stale_retried && matches!(&outcome, Err(Failure::Retry(t)) if t.stale_connection);
+            if fell_back && !resent {
                 fell_back = false;
                 // Remembered only when the non-streamed request got a real reply where
                 // the streamed one got nothing; after an error (a context overflow) the
