@@ -78,6 +78,7 @@ pub fn provider_config(resolved: &Resolved) -> ProviderConfig {
         model: resolved.model.clone(),
         max_tokens: resolved.max_tokens,
         retry: RetryPolicy::default(),
+        ..ProviderConfig::new(resolved.provider)
     }
 }
 

@@ -346,6 +346,7 @@ impl Agent {
                     reason,
                 }),
                 StreamEvent::ToolCallStarted { .. } => {}
+                StreamEvent::Warning { message } => events.emit(Event::Notice { message }),
             };
             let response = match self.client.stream(&request, &mut on_stream, cancel).await {
                 Ok(r) => r,
@@ -364,7 +365,7 @@ impl Agent {
             self.record_usage(response.usage, events);
             let text = response.message.text();
             events.emit(Event::AssistantMessage { text: text.clone() });
-            let calls: Vec<(String, String, serde_json::Value)> = response
+            let calls: Vec<(String, String, safe_coder_protocol::ToolInput)> = response
                 .message
                 .tool_uses()
                 .map(|(id, name, input)| (id.to_string(), name.to_string(), input.clone()))
@@ -407,7 +408,7 @@ impl Agent {
     /// Runs one reply's tool calls in order, then commits what they changed.
     async fn run_tools(
         &mut self,
-        calls: &[(String, String, serde_json::Value)],
+        calls: &[(String, String, safe_coder_protocol::ToolInput)],
         approver: &dyn Approver,
         events: &dyn EventSink,
         cancel: &CancellationToken,
@@ -419,7 +420,8 @@ impl Agent {
         let mut may_have_changed = false;
         let mut cancelled = false;
 
-        for (id, name, input) in calls {
+        for (id, name, tool_input) in calls {
+            let input = &tool_input.to_value();
             if cancelled || cancel.is_cancelled() {
                 cancelled = true;
                 results.push(ContentBlock::ToolResult {
@@ -431,10 +433,10 @@ impl Agent {
             }
             // Unknown tools and bad arguments are the model's to fix: they are reported
             // to it without asking the user, since nothing would run.
-            let prepared = match safe_coder_llm::invalid_tool_input(input) {
-                Some(raw) => Err((
+            let prepared = match tool_input.invalid() {
+                Some((raw, error)) => Err((
                     format!(
-                        "Not run: the arguments of this {name} call are not valid JSON ({}). Send the call again with a JSON object as its arguments.",
+                        "Not run: the arguments of this {name} call are not valid JSON for a tool call ({error}): {}. Send the call again with a JSON object as its arguments.",
                         raw.chars().take(200).collect::<String>()
                     ),
                     ToolOutcome::Error,

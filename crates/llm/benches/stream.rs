@@ -51,7 +51,7 @@ fn request_with(turns: usize, result_bytes: usize) -> ModelRequest {
                 ContentBlock::ToolUse {
                     id: id.clone(),
                     name: "write_file".into(),
-                    input: json!({"path": "hello.txt", "content": "hello\n"}),
+                    input: json!({"path": "hello.txt", "content": "hello\n"}).into(),
                 },
             ],
         });
@@ -128,6 +128,7 @@ fn main() {
                 model: "mock-model".into(),
                 max_tokens: 4096,
                 retry: RetryPolicy::default(),
+                ..ProviderConfig::new(kind)
             };
             rt.block_on(async {
             // Cold: making the client plus its first request (TLS setup, pool, connect).

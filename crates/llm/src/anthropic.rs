@@ -9,13 +9,15 @@ use reqwest::RequestBuilder;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use crate::calls::{into_blocks, RawCall};
 use crate::sse::SseDecoder;
 use crate::transport::{
-    generic_error_info, one_line, ErrorInfo, Failure, OnEvent, StreamState, TransientKind, Wire,
+    forced_function, generic_error_info, one_line, ErrorInfo, Failure, OnEvent, StreamState,
+    TransientKind, Wire,
 };
 use crate::{
-    parse_tool_input, ContentBlock, LlmError, Message, ModelRequest, ModelResponse, ProviderConfig,
-    ProviderKind, Role, StopReason, StreamEvent, Usage,
+    ContentBlock, LlmError, Message, ModelRequest, ModelResponse, ProviderConfig, ProviderKind,
+    Role, StopReason, StreamEvent, ToolChoice, Usage,
 };
 
 pub(crate) const API_VERSION: &str = "2023-06-01";
@@ -41,25 +43,46 @@ impl Wire for Anthropic {
         request: &ModelRequest,
         model: &str,
         max_tokens: u32,
-        _: &ProviderConfig,
+        config: &ProviderConfig,
+        stream: bool,
     ) -> serde_json::Result<Vec<u8>> {
         let mut messages: Vec<Msg> = request.messages.iter().filter_map(message).collect();
+        let cache = config.prompt_cache_enabled();
         // A second cache breakpoint on the newest block caches the conversation so far.
-        if let Some(last) = messages.last_mut().and_then(|m| m.content.last_mut()) {
+        if let Some(last) = messages
+            .last_mut()
+            .and_then(|m| m.content.last_mut())
+            .filter(|_| cache)
+        {
             last.set_cache_control();
         }
+        // Sent explicitly: a proxy in front of an OpenAI-compatible server (LiteLLM)
+        // would otherwise send none, which some servers take as "none".
+        let tool_choice = (!request.tools.is_empty()).then(|| {
+            match (forced_function(request, config), &config.tool_choice) {
+                (Some(name), _) => json!({"type": "tool", "name": name}),
+                (None, ToolChoice::Required) => json!({"type": "any"}),
+                (None, _) => json!({"type": "auto"}),
+            }
+        });
         serde_json::to_vec(&Body {
             model,
             max_tokens,
-            stream: true,
+            stream,
             // A cache breakpoint on the system prompt: it (and the tools before it) is
-            // the same on every turn.
+            // the same on every turn. Without caching, the plain string: a proxy to an
+            // OpenAI-compatible server (LiteLLM) turns blocks into content parts, which
+            // llama.cpp's server refuses for a system message (HTTP 500).
             system: (!request.system.is_empty()).then(|| {
-                [SystemBlock {
-                    kind: "text",
-                    text: &request.system,
-                    cache_control: EPHEMERAL,
-                }]
+                if cache {
+                    System::Blocks([SystemBlock {
+                        kind: "text",
+                        text: &request.system,
+                        cache_control: EPHEMERAL,
+                    }])
+                } else {
+                    System::Text(&request.system)
+                }
             }),
             tools: request
                 .tools
@@ -70,6 +93,8 @@ impl Wire for Anthropic {
                     input_schema: &t.input_schema,
                 })
                 .collect(),
+            tool_choice,
+            temperature: config.temperature,
             messages,
         })
     }
@@ -127,7 +152,7 @@ impl Wire for Anthropic {
             .and_then(Value::as_str)
             .map(str::to_string);
         state.done = true;
-        state.finish()
+        state.finish(on_event)
     }
 }
 
@@ -137,10 +162,22 @@ struct Body<'a> {
     max_tokens: u32,
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<[SystemBlock<'a>; 1]>,
+    system: Option<System<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tools: Vec<Tool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
+    /// Anthropic has no seed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
     messages: Vec<Msg<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum System<'a> {
+    Text(&'a str),
+    Blocks([SystemBlock<'a>; 1]),
 }
 
 #[derive(Serialize)]
@@ -207,7 +244,9 @@ impl WireBlock<'_> {
     }
 }
 
-/// The input sent for a call whose input is not an object (the API wants one).
+/// The input sent for a call whose arguments were not a JSON object: the API accepts
+/// only an object, so the model's text cannot go back as it was; the core's error
+/// result for the call quotes it with the parse error.
 static EMPTY_INPUT: LazyLock<Value> = LazyLock::new(|| Value::Object(Map::new()));
 
 /// One protocol message as an Anthropic message, or `None` if nothing of it can be
@@ -239,10 +278,9 @@ fn message(msg: &Message) -> Option<Msg<'_>> {
             ContentBlock::ToolUse { id, name, input } => content.push(WireBlock::ToolUse {
                 id,
                 name,
-                input: if input.is_object() {
-                    input
-                } else {
-                    &EMPTY_INPUT
+                input: match input.as_json() {
+                    Some(v) if v.is_object() => v,
+                    _ => &EMPTY_INPUT,
                 },
                 cache_control: None,
             }),
@@ -287,6 +325,7 @@ pub(crate) struct AnthropicStream {
     stop: Option<String>,
     started: bool,
     done: bool,
+    progress: u64,
 }
 
 impl AnthropicStream {
@@ -317,6 +356,9 @@ impl AnthropicStream {
             ))
         })?;
         let kind = value.get("type").and_then(Value::as_str).unwrap_or(name);
+        if kind != "ping" {
+            self.progress += 1;
+        }
         match kind {
             "message_start" => {
                 self.started = true;
@@ -444,7 +486,12 @@ impl StreamState for AnthropicStream {
             stop: None,
             started: false,
             done: false,
+            progress: 0,
         }
+    }
+
+    fn progress(&self) -> u64 {
+        self.progress
     }
 
     fn feed(&mut self, bytes: &[u8], on_event: OnEvent<'_>) -> Result<bool, Failure> {
@@ -458,7 +505,7 @@ impl StreamState for AnthropicStream {
         Ok(false)
     }
 
-    fn finish(self) -> Result<ModelResponse, Failure> {
+    fn finish(self, on_event: OnEvent<'_>) -> Result<ModelResponse, Failure> {
         if !self.done {
             return Err(Failure::cut(if self.started {
                 "the stream ended before message_stop"
@@ -466,7 +513,10 @@ impl StreamState for AnthropicStream {
                 "the stream ended before message_start"
             }));
         }
+        // Text first, then the calls (the order the other wires produce; the API
+        // accepts text and tool_use blocks in any order).
         let mut content = Vec::new();
+        let mut calls = Vec::new();
         for block in self.blocks.into_values() {
             match block {
                 Block::Text(text) => {
@@ -474,14 +524,15 @@ impl StreamState for AnthropicStream {
                         content.push(ContentBlock::Text { text });
                     }
                 }
-                Block::Tool { id, name, json, .. } => content.push(ContentBlock::ToolUse {
+                Block::Tool { id, name, json, .. } => calls.push(RawCall {
                     id,
                     name,
-                    input: parse_tool_input(&json),
+                    arguments: json,
                 }),
                 Block::Other => {}
             }
         }
+        content.extend(into_blocks(calls, on_event));
         let stop_reason = match self.stop.as_deref() {
             Some("end_turn") | Some("stop_sequence") | None => StopReason::EndTurn,
             Some("tool_use") => StopReason::ToolUse,
@@ -533,7 +584,7 @@ mod tests {
         let calls: Vec<_> = response.message.tool_uses().collect();
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].0, "toolu_1");
-        assert_eq!(calls[0].2, &json!({"command": "ls"}));
+        assert_eq!(calls[0].2.as_json(), Some(&json!({"command": "ls"})));
         assert_eq!(response.stop_reason, StopReason::ToolUse);
         assert_eq!(response.usage.input_tokens, 30);
         assert_eq!(response.usage.output_tokens, 42);
@@ -605,7 +656,7 @@ mod tests {
                         ContentBlock::ToolUse {
                             id: "t1".into(),
                             name: "bash".into(),
-                            input: json!({"command": "ls"}),
+                            input: json!({"command": "ls"}).into(),
                         },
                     ],
                 },
@@ -628,7 +679,7 @@ mod tests {
         };
         let config = ProviderConfig::new(ProviderKind::Anthropic);
         let body: Value = serde_json::from_slice(
-            &Anthropic::body(&request, "claude-x", 77, &config).expect("body"),
+            &Anthropic::body(&request, "claude-x", 77, &config, true).expect("body"),
         )
         .expect("JSON");
         assert_eq!(body["max_tokens"], 77);
@@ -641,5 +692,20 @@ mod tests {
         assert_eq!(msgs[2]["content"][0]["is_error"], true);
         assert_eq!(msgs[2]["content"][1]["text"], "and also");
         assert_eq!(msgs[2]["content"][1]["cache_control"]["type"], "ephemeral");
+        // Elsewhere than api.anthropic.com, no caching unless asked.
+        let mut other = config.clone();
+        other.base_url = "http://127.0.0.1:4000".into();
+        let body: Value = serde_json::from_slice(
+            &Anthropic::body(&request, "claude-x", 77, &other, true).expect("body"),
+        )
+        .expect("JSON");
+        assert_eq!(body["system"], "sys");
+        assert!(!body.to_string().contains("cache_control"));
+        other.prompt_cache = Some(true);
+        let body: Value = serde_json::from_slice(
+            &Anthropic::body(&request, "claude-x", 77, &other, true).expect("body"),
+        )
+        .expect("JSON");
+        assert_eq!(body["system"][0]["cache_control"]["type"], "ephemeral");
     }
 }

@@ -73,11 +73,29 @@ pub enum LlmError {
         model: String,
     },
 
-    /// The conversation no longer fits the model's context window (not retried).
-    #[error("the conversation is too long for the model ({detail}): run /compress or start a new session")]
-    ContextTooLong {
+    /// The conversation no longer fits the model's context window (not retried). The
+    /// message gives no front-end advice: each front end matches this variant and says
+    /// what fits it (compact the conversation, start a new session, shorten the prompt).
+    #[error("the conversation is too long for the model's context window{}: {detail}", window.map(|n| format!(" of {n} tokens")).unwrap_or_default())]
+    ContextOverflow {
         provider: ProviderKind,
+        /// The window, when the server's error named it.
+        window: Option<u64>,
         detail: String,
+    },
+
+    /// The model sent nothing (no text, no tool call, no output tokens) on both tries.
+    #[error("the {provider} model `{model}` sent an empty reply twice: try again, or choose another model with --model")]
+    EmptyReply {
+        provider: ProviderKind,
+        model: String,
+    },
+
+    /// The reply grew past the size cap (not retried).
+    #[error("the {provider} reply was larger than {limit} bytes and was refused: check the server, or raise SAFE_CODER_MAX_REPLY_BYTES")]
+    ReplyTooLarge {
+        provider: ProviderKind,
+        limit: usize,
     },
 
     /// Another 4xx: the request itself was refused (not retried).

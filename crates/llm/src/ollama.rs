@@ -8,16 +8,17 @@ use std::sync::LazyLock;
 
 use reqwest::RequestBuilder;
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
+use crate::calls::{into_blocks, new_call_id, RawCall};
 use crate::ndjson::NdjsonDecoder;
 use crate::openai::result_text;
 use crate::transport::{
     generic_error_info, one_line, ErrorInfo, Failure, OnEvent, StreamState, TransientKind, Wire,
 };
 use crate::{
-    parse_tool_input, ContentBlock, ModelRequest, ModelResponse, ProviderConfig, ProviderKind,
-    Role, StopReason, StreamEvent, Usage,
+    ContentBlock, ModelRequest, ModelResponse, ProviderConfig, ProviderKind, Role, StopReason,
+    StreamEvent, Usage,
 };
 
 pub(crate) struct Ollama;
@@ -35,7 +36,8 @@ impl Wire for Ollama {
         request: &ModelRequest,
         model: &str,
         max_tokens: u32,
-        _: &ProviderConfig,
+        config: &ProviderConfig,
+        stream: bool,
     ) -> serde_json::Result<Vec<u8>> {
         let mut messages = Vec::with_capacity(request.messages.len() + 1);
         if !request.system.is_empty() {
@@ -82,10 +84,11 @@ impl Wire for Ollama {
                             WireCall {
                                 function: WireFunction {
                                     name,
-                                    arguments: if input.is_object() {
-                                        input
-                                    } else {
-                                        &EMPTY_INPUT
+                                    // Ollama wants an object: invalid arguments
+                                    // go back as `{}`, the error result quotes them.
+                                    arguments: match input.as_json() {
+                                        Some(v) if v.is_object() => v,
+                                        _ => &EMPTY_INPUT,
                                     },
                                 },
                             }
@@ -117,9 +120,11 @@ impl Wire for Ollama {
                     },
                 })
                 .collect(),
-            stream: true,
+            stream,
             options: Options {
                 num_predict: max_tokens,
+                temperature: config.temperature,
+                seed: config.seed,
             },
         })
     }
@@ -131,7 +136,7 @@ impl Wire for Ollama {
     fn parse_full(body: &[u8], on_event: OnEvent<'_>) -> Result<ModelResponse, Failure> {
         let mut state = OllamaStream::new();
         state.feed(body, &mut *on_event)?;
-        state.finish()
+        state.finish(on_event)
     }
 }
 
@@ -148,6 +153,10 @@ struct Body<'a> {
 #[derive(Serialize)]
 struct Options {
     num_predict: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -202,11 +211,12 @@ static EMPTY_INPUT: LazyLock<Value> = LazyLock::new(|| Value::Object(Map::new())
 pub(crate) struct OllamaStream {
     lines: NdjsonDecoder,
     text: String,
-    calls: Vec<(String, String, Value)>,
+    calls: Vec<RawCall>,
     usage: Usage,
     done_reason: Option<String>,
     started: bool,
     done: bool,
+    progress: u64,
 }
 
 impl OllamaStream {
@@ -225,6 +235,7 @@ impl OllamaStream {
             ));
         }
         self.started = true;
+        self.progress += 1;
         if let Some(message) = value.get("message") {
             if let Some(piece) = message.get("content").and_then(Value::as_str) {
                 if !piece.is_empty() {
@@ -242,11 +253,10 @@ impl OllamaStream {
                         .and_then(Value::as_str)
                         .unwrap_or_default()
                         .to_string();
-                    let input = match function.get("arguments") {
-                        Some(Value::Object(m)) => Value::Object(m.clone()),
-                        Some(Value::String(raw)) => parse_tool_input(raw),
-                        None | Some(Value::Null) => json!({}),
-                        Some(other) => parse_tool_input(&other.to_string()),
+                    let arguments = match function.get("arguments") {
+                        Some(Value::String(raw)) => raw.clone(),
+                        None | Some(Value::Null) => String::new(),
+                        Some(other) => other.to_string(),
                     };
                     // Recent servers may send an id; otherwise one is made up.
                     let id = call
@@ -254,12 +264,16 @@ impl OllamaStream {
                         .and_then(Value::as_str)
                         .filter(|s| !s.is_empty())
                         .map(str::to_string)
-                        .unwrap_or_else(|| format!("call_{:016x}", fastrand::u64(..)));
+                        .unwrap_or_else(new_call_id);
                     on_event(StreamEvent::ToolCallStarted {
                         id: id.clone(),
                         name: name.clone(),
                     });
-                    self.calls.push((id, name, input));
+                    self.calls.push(RawCall {
+                        id,
+                        name,
+                        arguments,
+                    });
                 }
             }
         }
@@ -291,7 +305,12 @@ impl StreamState for OllamaStream {
             done_reason: None,
             started: false,
             done: false,
+            progress: 0,
         }
+    }
+
+    fn progress(&self) -> u64 {
+        self.progress
     }
 
     fn feed(&mut self, bytes: &[u8], on_event: OnEvent<'_>) -> Result<bool, Failure> {
@@ -305,7 +324,7 @@ impl StreamState for OllamaStream {
         Ok(false)
     }
 
-    fn finish(mut self) -> Result<ModelResponse, Failure> {
+    fn finish(mut self, on_event: OnEvent<'_>) -> Result<ModelResponse, Failure> {
         if !self.done {
             // A last line without its newline still counts if it is complete.
             if let Some(tail) = self.lines.finish() {
@@ -327,9 +346,7 @@ impl StreamState for OllamaStream {
             content.push(ContentBlock::Text { text: self.text });
         }
         let has_calls = !self.calls.is_empty();
-        for (id, name, input) in self.calls {
-            content.push(ContentBlock::ToolUse { id, name, input });
-        }
+        content.extend(into_blocks(self.calls, on_event));
         let stop_reason = match self.done_reason.as_deref() {
             Some("length") => StopReason::MaxTokens,
             _ if has_calls => StopReason::ToolUse,
@@ -350,6 +367,7 @@ impl StreamState for OllamaStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const STREAM: &str = concat!(
         "{\"model\":\"m\",\"created_at\":\"2025-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"Hé\"},\"done\":false}\n",
@@ -374,8 +392,8 @@ mod tests {
                 assert_eq!(calls.len(), 2);
                 assert!(calls[0].0.starts_with("call_"));
                 assert_ne!(calls[0].0, calls[1].0);
-                assert_eq!(calls[0].2, &json!({"command": "ls"}));
-                assert_eq!(crate::invalid_tool_input(calls[1].2), Some("{\"path\":"));
+                assert_eq!(calls[0].2.as_json(), Some(&json!({"command": "ls"})));
+                assert_eq!(calls[1].2.invalid().map(|(raw, _)| raw), Some("{\"path\":"));
                 assert_eq!(response.stop_reason, StopReason::ToolUse);
                 assert_eq!(response.usage.input_tokens, 26);
                 assert_eq!(response.usage.output_tokens, 298);

@@ -2,6 +2,11 @@
 //! with the base ending in `/v1`; SSE chunks whose `delta` carries text and `tool_calls`
 //! fragments keyed by `index`; usage in the last chunk (`stream_options.include_usage`);
 //! `data: [DONE]` at the end.
+//!
+//! Compatible servers are stricter or looser than OpenAI in places (docs/interop.md):
+//! an assistant message that only calls tools carries `content: ""` (llama.cpp's server
+//! rejects `null` and a missing key with HTTP 500), and `tool_choice` is always sent with
+//! tools (it treats a missing one as "none").
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -10,13 +15,15 @@ use reqwest::RequestBuilder;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::calls::{into_blocks, new_call_id, RawCall};
 use crate::sse::SseDecoder;
 use crate::transport::{
-    generic_error_info, one_line, ErrorInfo, Failure, OnEvent, StreamState, TransientKind, Wire,
+    forced_function, generic_error_info, one_line, ErrorInfo, Failure, OnEvent, StreamState,
+    TransientKind, Wire,
 };
 use crate::{
-    invalid_tool_input, parse_tool_input, ContentBlock, Message, ModelRequest, ModelResponse,
-    ProviderConfig, ProviderKind, Role, StopReason, StreamEvent, Usage,
+    ContentBlock, Message, ModelRequest, ModelResponse, ProviderConfig, ProviderKind, Role,
+    StopReason, StreamEvent, ToolChoice, Usage,
 };
 
 pub(crate) struct OpenAi;
@@ -35,6 +42,7 @@ impl Wire for OpenAi {
         model: &str,
         max_tokens: u32,
         config: &ProviderConfig,
+        stream: bool,
     ) -> serde_json::Result<Vec<u8>> {
         let mut messages = Vec::with_capacity(request.messages.len() + 1);
         if !request.system.is_empty() {
@@ -63,12 +71,21 @@ impl Wire for OpenAi {
                     },
                 })
                 .collect(),
+            tool_choice: (!request.tools.is_empty()).then(|| {
+                match (forced_function(request, config), &config.tool_choice) {
+                    (Some(name), _) => json!({"type": "function", "function": {"name": name}}),
+                    (None, ToolChoice::Required) => json!("required"),
+                    (None, _) => json!("auto"),
+                }
+            }),
             max_tokens: (!official).then_some(max_tokens),
             max_completion_tokens: official.then_some(max_tokens),
-            stream: true,
-            stream_options: StreamOptions {
+            temperature: config.temperature,
+            seed: config.seed,
+            stream,
+            stream_options: stream.then_some(StreamOptions {
                 include_usage: true,
-            },
+            }),
         })
     }
 
@@ -110,7 +127,7 @@ impl Wire for OpenAi {
             .and_then(Value::as_str)
             .map(str::to_string);
         state.done = true;
-        state.finish()
+        state.finish(on_event)
     }
 }
 
@@ -120,12 +137,21 @@ struct Body<'a> {
     messages: Vec<Msg<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tools: Vec<Tool<'a>>,
+    /// Sent whenever tools are: `"auto"` unless the config asks otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
     stream: bool,
-    stream_options: StreamOptions,
+    /// Only with `stream: true` (OpenAI refuses it otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
 }
 
 #[derive(Serialize)]
@@ -156,9 +182,10 @@ enum Msg<'a> {
     User {
         content: Cow<'a, str>,
     },
-    /// `content` is `null` when the assistant only called tools.
+    /// `content` is `""` (never `null` or absent) when the assistant only called tools:
+    /// llama.cpp's server answers HTTP 500 to both.
     Assistant {
-        content: Option<Cow<'a, str>>,
+        content: Cow<'a, str>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         tool_calls: Vec<WireCall<'a>>,
     },
@@ -247,10 +274,7 @@ fn push_message<'a>(out: &mut Vec<Msg<'a>>, msg: &'a Message) {
                     function: WireFunction {
                         name,
                         // Invalid arguments go back as the model wrote them.
-                        arguments: match invalid_tool_input(input) {
-                            Some(raw) => raw.to_string(),
-                            None => input.to_string(),
-                        },
+                        arguments: input.arguments_text().into_owned(),
                     },
                 })
                 .collect();
@@ -258,7 +282,7 @@ fn push_message<'a>(out: &mut Vec<Msg<'a>>, msg: &'a Message) {
                 return;
             }
             out.push(Msg::Assistant {
-                content: (!text.is_empty()).then_some(text),
+                content: text,
                 tool_calls,
             });
         }
@@ -281,6 +305,7 @@ pub(crate) struct OpenAiStream {
     usage: Usage,
     started: bool,
     done: bool,
+    progress: u64,
 }
 
 impl OpenAiStream {
@@ -331,7 +356,7 @@ impl OpenAiStream {
         }
         if !call.announced && !call.name.is_empty() {
             if call.id.is_empty() {
-                call.id = format!("call_{:016x}", fastrand::u64(..));
+                call.id = new_call_id();
             }
             call.announced = true;
             on_event(StreamEvent::ToolCallStarted {
@@ -356,6 +381,7 @@ impl OpenAiStream {
             return Err(stream_error(err));
         }
         self.started = true;
+        self.progress += 1;
         if let Some(usage) = value.get("usage").filter(|u| u.is_object()) {
             self.read_usage(usage);
         }
@@ -421,7 +447,12 @@ impl StreamState for OpenAiStream {
             usage: Usage::default(),
             started: false,
             done: false,
+            progress: 0,
         }
+    }
+
+    fn progress(&self) -> u64 {
+        self.progress
     }
 
     fn feed(&mut self, bytes: &[u8], on_event: OnEvent<'_>) -> Result<bool, Failure> {
@@ -435,7 +466,7 @@ impl StreamState for OpenAiStream {
         Ok(false)
     }
 
-    fn finish(self) -> Result<ModelResponse, Failure> {
+    fn finish(self, on_event: OnEvent<'_>) -> Result<ModelResponse, Failure> {
         if !self.done {
             return Err(Failure::cut(if self.started {
                 "the stream ended before data: [DONE]"
@@ -448,18 +479,16 @@ impl StreamState for OpenAiStream {
             content.push(ContentBlock::Text { text: self.text });
         }
         let has_calls = !self.calls.is_empty();
-        for call in self.calls.into_values() {
-            let id = if call.id.is_empty() {
-                format!("call_{:016x}", fastrand::u64(..))
-            } else {
-                call.id
-            };
-            content.push(ContentBlock::ToolUse {
-                id,
-                name: call.name,
-                input: parse_tool_input(&call.arguments),
-            });
-        }
+        let calls = self
+            .calls
+            .into_values()
+            .map(|c| RawCall {
+                id: c.id,
+                name: c.name,
+                arguments: c.arguments,
+            })
+            .collect();
+        content.extend(into_blocks(calls, on_event));
         let stop_reason = match self.finish_reason.as_deref() {
             Some("length") => StopReason::MaxTokens,
             _ if has_calls => StopReason::ToolUse,
@@ -524,9 +553,9 @@ mod tests {
         let calls: Vec<_> = response.message.tool_uses().collect();
         assert_eq!(calls.len(), 2);
         assert_eq!((calls[0].0, calls[0].1), ("call_a", "read_file"));
-        assert_eq!(calls[0].2, &json!({"path": "a"}));
+        assert_eq!(calls[0].2.as_json(), Some(&json!({"path": "a"})));
         assert_eq!((calls[1].0, calls[1].1), ("call_b", "bash"));
-        assert_eq!(calls[1].2, &json!({"command": "ls"}));
+        assert_eq!(calls[1].2.as_json(), Some(&json!({"command": "ls"})));
         assert_eq!(response.stop_reason, StopReason::ToolUse);
         assert_eq!(response.usage.input_tokens, 11);
         assert_eq!(response.usage.output_tokens, 22);
@@ -580,7 +609,7 @@ mod tests {
         let response = decode(&[s.as_bytes()]).0.expect("complete");
         let calls: Vec<_> = response.message.tool_uses().collect();
         assert_eq!(calls.len(), 2);
-        assert_eq!(calls[1].2, &json!({"k": 1}));
+        assert_eq!(calls[1].2.as_json(), Some(&json!({"k": 1})));
         assert_eq!(response.stop_reason, StopReason::ToolUse);
     }
 
@@ -595,7 +624,7 @@ mod tests {
         };
         let mut config = ProviderConfig::new(ProviderKind::OpenAi);
         let encode = |config: &ProviderConfig| -> Value {
-            serde_json::from_slice(&OpenAi::body(&request, "m", 10, config).expect("body"))
+            serde_json::from_slice(&OpenAi::body(&request, "m", 10, config, true).expect("body"))
                 .expect("JSON")
         };
         let body = encode(&config);

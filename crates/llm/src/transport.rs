@@ -3,8 +3,9 @@
 //! the retry loop with backoff, `retry-after` and cancellation.
 
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,8 +15,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    LlmError, ModelClient, ModelRequest, ModelResponse, ProviderConfig, ProviderKind, StreamEvent,
-    MAX_RETRY_AFTER,
+    LlmError, ModelClient, ModelRequest, ModelResponse, ProviderConfig, ProviderKind, Role,
+    StreamEvent, ToolChoice, MAX_RETRY_AFTER,
 };
 
 /// The callback type every layer passes down.
@@ -28,10 +29,8 @@ const BODY_GRACE: Duration = Duration::from_secs(10);
 const DRAIN_GRACE: Duration = Duration::from_millis(100);
 /// Error bodies are read up to this size.
 const MAX_ERROR_BODY: usize = 64 * 1024;
-/// A non-streamed JSON reply is read up to this size.
-const MAX_FULL_BODY: usize = 32 * 1024 * 1024;
-/// A stream that stays silent this long is treated as cut.
-const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the context-window questions may take in all.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A failure of one attempt.
 #[derive(Debug)]
@@ -48,6 +47,9 @@ pub(crate) struct Transient {
     /// Said in `Retrying` events and in the final error.
     pub detail: String,
     pub retry_after: Option<Duration>,
+    /// The request went out on a pooled connection the server had closed: worth one
+    /// immediate, silent retry on a fresh connection.
+    pub stale_connection: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +59,9 @@ pub(crate) enum TransientKind {
     Connect,
     StreamCut,
     Malformed,
+    /// HTTP 200 whose body ended before its first byte: how llama.cpp's server (and
+    /// others) report an error raised after a streamed reply has begun.
+    EmptyBody,
 }
 
 impl Failure {
@@ -65,6 +70,7 @@ impl Failure {
             kind,
             detail: detail.into(),
             retry_after: None,
+            stale_connection: false,
         })
     }
 
@@ -100,6 +106,7 @@ pub(crate) trait Wire: Send + Sync + 'static {
         model: &str,
         max_tokens: u32,
         config: &ProviderConfig,
+        stream: bool,
     ) -> serde_json::Result<Vec<u8>>;
     fn error_info(body: &str) -> ErrorInfo;
     /// Decodes a reply the server sent as one JSON document although a stream was
@@ -136,22 +143,58 @@ pub(crate) fn decode_pieces<S: StreamState>(
             Err(e) => return (Err(e), events),
         }
     }
-    (state.finish(), events)
+    let result = state.finish(&mut on_event);
+    (result, events)
 }
 
 pub(crate) trait StreamState: Send {
     fn new() -> Self;
     /// Feeds received bytes; `Ok(true)` once the final event was seen.
     fn feed(&mut self, bytes: &[u8], on_event: OnEvent<'_>) -> Result<bool, Failure>;
-    /// The complete reply, or a failure if the stream ended early.
-    fn finish(self) -> Result<ModelResponse, Failure>;
+    /// How many events that carry content or state have been decoded; keep-alive
+    /// comments and pings do not count. The idle timeout is measured between changes of
+    /// this number, so a server that only sends keep-alives is cut.
+    fn progress(&self) -> u64;
+    /// The complete reply, or a failure if the stream ended early. Repairs of the
+    /// reply (duplicate tool-call ids) are reported through `on_event`.
+    fn finish(self, on_event: OnEvent<'_>) -> Result<ModelResponse, Failure>;
+}
+
+/// The function the request must call, if the config forces one for this request: only
+/// the first request of a user turn (its last message is the user's own text).
+pub(crate) fn forced_function<'a>(
+    request: &ModelRequest,
+    config: &'a ProviderConfig,
+) -> Option<&'a str> {
+    let ToolChoice::Function(name) = &config.tool_choice else {
+        return None;
+    };
+    if request.tools.is_empty() {
+        return None;
+    }
+    let last = request.messages.last()?;
+    let user_text = last.role == Role::User
+        && !last
+            .content
+            .iter()
+            .any(|b| matches!(b, crate::ContentBlock::ToolResult { .. }));
+    user_text.then_some(name.as_str())
 }
 
 pub(crate) struct HttpClient<W> {
     config: ProviderConfig,
+    /// The base URL without a trailing `/`.
+    base: String,
     url: String,
     loopback: bool,
     http: OnceLock<reqwest::Client>,
+    /// Set once the server answered a streamed request with an empty HTTP 200 and the
+    /// same request without streaming worked: from then on this client does not stream.
+    non_streaming: AtomicBool,
+    /// What the server said about the context window, asked once.
+    discovered_window: tokio::sync::OnceCell<Option<u64>>,
+    /// A window named by a context-overflow error (0: none yet).
+    learned_window: AtomicU64,
     _wire: PhantomData<fn() -> W>,
 }
 
@@ -195,9 +238,13 @@ impl<W: Wire> HttpClient<W> {
             host == "localhost" || host.starts_with("127.") || host == "[::1]" || host == "::1";
         Ok(HttpClient {
             url: format!("{base}{}", W::PATH),
+            base,
             config,
             loopback,
             http: OnceLock::new(),
+            non_streaming: AtomicBool::new(false),
+            discovered_window: tokio::sync::OnceCell::new(),
+            learned_window: AtomicU64::new(0),
             _wire: PhantomData,
         })
     }
@@ -208,7 +255,6 @@ impl<W: Wire> HttpClient<W> {
         }
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .read_timeout(READ_IDLE_TIMEOUT)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("safe-coder/", env!("CARGO_PKG_VERSION")));
@@ -236,31 +282,123 @@ impl<W: Wire> HttpClient<W> {
         } else {
             request.model.as_str()
         };
-        let max_tokens = if request.max_tokens == 0 {
+        let mut max_tokens = if request.max_tokens == 0 {
             self.config.max_tokens
         } else {
             request.max_tokens
         };
-        let body =
-            W::body(request, model, max_tokens, &self.config).map_err(|e| LlmError::Encode {
-                provider: W::KIND,
-                detail: e.to_string(),
-            })?;
-        let body = Bytes::from(body);
+        let encode = |max_tokens: u32, stream: bool| {
+            W::body(request, model, max_tokens, &self.config, stream)
+                .map(Bytes::from)
+                .map_err(|e| LlmError::Encode {
+                    provider: W::KIND,
+                    detail: e.to_string(),
+                })
+        };
+        let mut streamed_body = encode(max_tokens, true)?;
         let http = self.http()?;
+        let window = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(LlmError::Cancelled),
+            window = self.context_window_inner(http) => window,
+        };
+        if let Some(window) = window {
+            let clamped = clamp_max_tokens(max_tokens, window, streamed_body.len());
+            if clamped != max_tokens {
+                max_tokens = clamped;
+                streamed_body = encode(max_tokens, true)?;
+            }
+        }
+        let mut plain_body: Option<Bytes> = None;
+        let mut streaming = !self.non_streaming.load(Ordering::Relaxed);
+        // Whether this request fell back to a non-streamed request after an empty 200.
+        let mut fell_back = false;
+        let mut empty_retried = false;
+        let mut stale_retried = false;
         let mut retries = 0u32;
         loop {
             if cancel.is_cancelled() {
                 return Err(LlmError::Cancelled);
             }
+            let body = if streaming {
+                streamed_body.clone()
+            } else {
+                match &plain_body {
+                    Some(b) => b.clone(),
+                    None => plain_body.insert(encode(max_tokens, false)?).clone(),
+                }
+            };
             let outcome = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Err(LlmError::Cancelled),
-                outcome = self.attempt(http, body.clone(), model, &mut *on_event) => outcome,
+                outcome = self.attempt(http, body, model, streaming, &mut *on_event) => outcome,
             };
+            // A stale connection says nothing yet about the fallback: it is sent again.
+            let resent =
+                !stale_retried && matches!(&outcome, Err(Failure::Retry(t)) if t.stale_connection);
+            if fell_back && !resent {
+                fell_back = false;
+                // Remembered only when the non-streamed request got a real reply where
+                // the streamed one got nothing; after an error (a context overflow) the
+                // next request streams again.
+                let worked = matches!(&outcome, Ok(response) if !is_empty_reply(response));
+                if worked && !self.non_streaming.swap(true, Ordering::Relaxed) {
+                    on_event(StreamEvent::Warning {
+                        message: format!(
+                            "the {} server at {} answered a streamed request with an empty reply; Safe Coder asks it without streaming from now on",
+                            W::KIND,
+                            self.base
+                        ),
+                    });
+                }
+            }
             let transient = match outcome {
+                Ok(response) if is_empty_reply(&response) => {
+                    if empty_retried {
+                        return Err(LlmError::EmptyReply {
+                            provider: W::KIND,
+                            model: model.to_string(),
+                        });
+                    }
+                    empty_retried = true;
+                    retries += 1;
+                    // A proxy in front of a server that fails under streaming (LiteLLM
+                    // before llama.cpp) turns the empty 200 into an empty reply: the
+                    // second try goes without streaming.
+                    let reason = if streaming {
+                        streaming = false;
+                        fell_back = true;
+                        "the model sent an empty reply (no text, no tool call); asking again without streaming"
+                    } else {
+                        "the model sent an empty reply (no text, no tool call)"
+                    };
+                    on_event(StreamEvent::Retrying {
+                        attempt: retries,
+                        delay_ms: 0,
+                        reason: reason.into(),
+                    });
+                    continue;
+                }
                 Ok(response) => return Ok(response),
                 Err(Failure::Fatal(e)) => return Err(e),
+                // Nothing was streamed: no `Retrying` event, no backoff.
+                Err(Failure::Retry(t)) if t.stale_connection && !stale_retried => {
+                    stale_retried = true;
+                    continue;
+                }
+                Err(Failure::Retry(t)) if t.kind == TransientKind::EmptyBody && streaming => {
+                    // Ask again at once without streaming: the server's real error (a
+                    // context overflow, a template failure) then arrives as a status.
+                    streaming = false;
+                    fell_back = true;
+                    retries += 1;
+                    on_event(StreamEvent::Retrying {
+                        attempt: retries,
+                        delay_ms: 0,
+                        reason: format!("{}; asking again without streaming", t.detail),
+                    });
+                    continue;
+                }
                 Err(Failure::Retry(t)) => t,
             };
             let attempts = retries + 1;
@@ -288,6 +426,75 @@ impl<W: Wire> HttpClient<W> {
         }
     }
 
+    /// The context window: what the server said when asked (once), else what an
+    /// overflow error named.
+    async fn context_window_inner(&self, http: &reqwest::Client) -> Option<u64> {
+        let discovered = *self
+            .discovered_window
+            .get_or_init(|| async {
+                tokio::time::timeout(DISCOVERY_TIMEOUT, self.discover(http))
+                    .await
+                    .ok()
+                    .flatten()
+            })
+            .await;
+        discovered.or(match self.learned_window.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        })
+    }
+
+    /// Asks the server for the model's context window, where its API says it.
+    async fn discover(&self, http: &reqwest::Client) -> Option<u64> {
+        let get_json = |url: String| async move {
+            // With the key: a server started with one (vLLM `--api-key`) wants it here too.
+            let mut response = W::headers(http.get(&url), &self.config).send().await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            serde_json::from_str::<Value>(&read_limited(&mut response, 8 * 1024 * 1024).await).ok()
+        };
+        match W::KIND {
+            ProviderKind::Anthropic => None,
+            ProviderKind::OpenAi => {
+                if self.base.contains("://api.openai.com") {
+                    return None;
+                }
+                // llama.cpp's own server: `/props` at the root (the base minus `/v1`)
+                // has the runtime `n_ctx`.
+                let root = self.base.strip_suffix("/v1").unwrap_or(&self.base);
+                if let Some(props) = get_json(format!("{root}/props")).await {
+                    let n = props
+                        .pointer("/default_generation_settings/n_ctx")
+                        .or_else(|| props.get("n_ctx"))
+                        .and_then(Value::as_u64);
+                    if n.is_some() {
+                        return n;
+                    }
+                }
+                let models = get_json(format!("{}/models", self.base)).await?;
+                models_window(&models, &self.config.model)
+            }
+            ProviderKind::Ollama => {
+                let mut response =
+                    W::headers(http.post(format!("{}/api/show", self.base)), &self.config)
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(serde_json::json!({ "model": self.config.model }).to_string())
+                        .send()
+                        .await
+                        .ok()?;
+                if !response.status().is_success() {
+                    return None;
+                }
+                // `/api/show` carries the tokenizer's vocabulary on some models: allow
+                // a large body.
+                let text = read_limited(&mut response, 16 * 1024 * 1024).await;
+                let show: Value = serde_json::from_str(&text).ok()?;
+                ollama_window(&show)
+            }
+        }
+    }
+
     fn final_error(&self, t: Transient, attempts: u32) -> LlmError {
         let provider = W::KIND;
         let detail = t.detail;
@@ -308,7 +515,7 @@ impl<W: Wire> HttpClient<W> {
                 attempts,
                 detail,
             },
-            TransientKind::StreamCut => LlmError::StreamCut {
+            TransientKind::StreamCut | TransientKind::EmptyBody => LlmError::StreamCut {
                 provider,
                 attempts,
                 detail,
@@ -326,14 +533,26 @@ impl<W: Wire> HttpClient<W> {
         http: &reqwest::Client,
         body: Bytes,
         model: &str,
+        streaming: bool,
         on_event: OnEvent<'_>,
     ) -> Result<ModelResponse, Failure> {
+        let limits = self.config.limits;
+        let deadline = Instant::now() + limits.overall_timeout;
+        let over_time = || {
+            Failure::cut(format!(
+                "the reply took longer than the {} s cap per reply",
+                limits.overall_timeout.as_secs()
+            ))
+        };
         let rb = http
             .post(&self.url)
             .header(CONTENT_TYPE, "application/json")
             .body(body);
         let rb = W::headers(rb, &self.config);
-        let mut response = rb.send().await.map_err(|e| self.send_failure(&e))?;
+        let mut response = tokio::time::timeout(limits.overall_timeout, rb.send())
+            .await
+            .map_err(|_| over_time())?
+            .map_err(|e| self.send_failure(&e))?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             let retry_after = retry_after(response.headers());
@@ -356,14 +575,44 @@ impl<W: Wire> HttpClient<W> {
         }
         let is_json = content_type.starts_with("application/json");
         if is_json && W::KIND != ProviderKind::Ollama {
-            let bytes = read_full(&mut response).await?;
+            let bytes = self.read_full(&mut response, deadline).await?;
+            if bytes.is_empty() {
+                return Err(empty_body(streaming));
+            }
             return W::parse_full(&bytes, on_event);
         }
         let mut state = W::State::new();
+        let mut received = 0usize;
+        let mut progress = 0u64;
+        let mut last_progress = Instant::now();
         loop {
-            match response.chunk().await {
+            let now = Instant::now();
+            let idle_left = limits
+                .idle_timeout
+                .saturating_sub(now.duration_since(last_progress));
+            let wait = idle_left.min(deadline.saturating_duration_since(now));
+            let chunk = match tokio::time::timeout(wait, response.chunk()).await {
+                Ok(chunk) => chunk,
+                Err(_) if Instant::now() >= deadline => return Err(over_time()),
+                Err(_) => {
+                    return Err(Failure::cut(format!(
+                        "the server sent nothing but keep-alives (if anything) for {} s",
+                        limits.idle_timeout.as_secs()
+                    )))
+                }
+            };
+            match chunk {
                 Ok(Some(bytes)) => {
-                    if state.feed(&bytes, &mut *on_event)? {
+                    received += bytes.len();
+                    if received > limits.max_reply_bytes {
+                        return Err(self.too_large());
+                    }
+                    let done = state.feed(&bytes, &mut *on_event)?;
+                    if state.progress() != progress {
+                        progress = state.progress();
+                        last_progress = Instant::now();
+                    }
+                    if done {
                         drain(&mut response).await;
                         break;
                     }
@@ -377,7 +626,50 @@ impl<W: Wire> HttpClient<W> {
                 }
             }
         }
-        state.finish()
+        if received == 0 {
+            return Err(empty_body(streaming));
+        }
+        state.finish(on_event)
+    }
+
+    fn too_large(&self) -> Failure {
+        Failure::Fatal(LlmError::ReplyTooLarge {
+            provider: W::KIND,
+            limit: self.config.limits.max_reply_bytes,
+        })
+    }
+
+    /// A non-streamed reply, within the idle timeout, the deadline and the size cap.
+    async fn read_full(
+        &self,
+        response: &mut reqwest::Response,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, Failure> {
+        let limits = self.config.limits;
+        let mut buf = Vec::new();
+        loop {
+            let wait = limits
+                .idle_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let chunk = tokio::time::timeout(wait, response.chunk())
+                .await
+                .map_err(|_| Failure::cut("the reply body stopped arriving"))?;
+            match chunk {
+                Ok(Some(chunk)) => {
+                    buf.extend_from_slice(&chunk);
+                    if buf.len() > limits.max_reply_bytes {
+                        return Err(self.too_large());
+                    }
+                }
+                Ok(None) => return Ok(buf),
+                Err(e) => {
+                    return Err(Failure::cut(format!(
+                        "the connection broke mid-reply: {}",
+                        error_chain(&e)
+                    )))
+                }
+            }
+        }
     }
 
     fn send_failure(&self, e: &reqwest::Error) -> Failure {
@@ -393,7 +685,15 @@ impl<W: Wire> HttpClient<W> {
         } else {
             error_chain(e)
         };
-        Failure::retry(TransientKind::Connect, detail)
+        // hyper's IncompleteMessage: the server closed a kept-alive connection (after
+        // an error, or at its idle timeout) just as the request went out on it.
+        let stale_connection = detail.contains("connection closed before message completed");
+        Failure::Retry(Transient {
+            kind: TransientKind::Connect,
+            detail,
+            retry_after: None,
+            stale_connection,
+        })
     }
 
     fn status_failure(
@@ -438,11 +738,13 @@ impl<W: Wire> HttpClient<W> {
                 kind: TransientKind::RateLimited,
                 detail,
                 retry_after,
+                stale_connection: false,
             }),
             408 | 409 | 425 | 500..=599 => Failure::Retry(Transient {
                 kind: TransientKind::Server,
                 detail,
                 retry_after,
+                stale_connection: false,
             }),
             _ if about_model => Failure::Fatal(LlmError::ModelNotFound {
                 provider,
@@ -454,10 +756,17 @@ impl<W: Wire> HttpClient<W> {
                     model: model.to_string(),
                 })
             }
-            _ if is_context_too_long(&info) => Failure::Fatal(LlmError::ContextTooLong {
-                provider,
-                detail: message,
-            }),
+            _ if is_context_too_long(&info) => {
+                let window = window_in_message(&info.message);
+                if let Some(n) = window {
+                    self.learned_window.store(n, Ordering::Relaxed);
+                }
+                Failure::Fatal(LlmError::ContextOverflow {
+                    provider,
+                    window,
+                    detail: message,
+                })
+            }
             _ => Failure::Fatal(LlmError::BadRequest {
                 provider,
                 status,
@@ -485,6 +794,114 @@ impl<W: Wire> ModelClient for HttpClient<W> {
     fn kind(&self) -> ProviderKind {
         W::KIND
     }
+
+    async fn context_window(&self) -> Option<u64> {
+        let http = self.http().ok()?;
+        self.context_window_inner(http).await
+    }
+}
+
+/// An empty HTTP 200: under streaming, the sign of a server-side error (asked again
+/// without streaming); without, a server failure.
+fn empty_body(streaming: bool) -> Failure {
+    Failure::retry(
+        if streaming {
+            TransientKind::EmptyBody
+        } else {
+            TransientKind::Server
+        },
+        "the server answered HTTP 200 with an empty body",
+    )
+}
+
+/// No text, no tool call, no output tokens.
+fn is_empty_reply(response: &ModelResponse) -> bool {
+    response.message.content.is_empty() && response.usage.output_tokens == 0
+}
+
+/// `max_tokens` within what the window leaves after the prompt (estimated at four bytes
+/// a token of the request body), but never below a quarter of the window: the estimate
+/// is rough, and a prompt that does not fit gets the server's own error.
+pub(crate) fn clamp_max_tokens(max_tokens: u32, window: u64, body_len: usize) -> u32 {
+    let prompt = (body_len as u64).div_ceil(4);
+    let room = window.saturating_sub(prompt).max(window / 4).max(1);
+    max_tokens.min(u32::try_from(room).unwrap_or(u32::MAX))
+}
+
+/// The context window in an OpenAI-compatible `/v1/models` listing: the entry of
+/// `model` (or the only entry), under the names servers use for it.
+pub(crate) fn models_window(models: &Value, model: &str) -> Option<u64> {
+    let data = models.get("data")?.as_array()?;
+    let entry = data
+        .iter()
+        .find(|m| m.get("id").and_then(Value::as_str) == Some(model))
+        .or(if data.len() == 1 { data.first() } else { None })?;
+    [
+        "/context_length",
+        "/context_window",
+        "/max_model_len",
+        "/max_context_length",
+        "/top_provider/context_length",
+        "/meta/n_ctx",
+        "/meta/n_ctx_train",
+    ]
+    .iter()
+    .find_map(|p| entry.pointer(p).and_then(Value::as_u64))
+    .filter(|n| *n > 0)
+}
+
+/// Ollama's `/api/show`: the model's `num_ctx` parameter if set, else the architecture's
+/// `*.context_length`.
+pub(crate) fn ollama_window(show: &Value) -> Option<u64> {
+    if let Some(params) = show.get("parameters").and_then(Value::as_str) {
+        for line in params.lines() {
+            let mut parts = line.split_whitespace();
+            if parts.next() == Some("num_ctx") {
+                if let Some(n) = parts.next().and_then(|n| n.parse::<u64>().ok()) {
+                    return Some(n);
+                }
+            }
+        }
+    }
+    show.get("model_info")?
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.ends_with(".context_length"))
+        .and_then(|(_, v)| v.as_u64())
+}
+
+/// The window named in a context-overflow message, in the phrasings of OpenAI, vLLM,
+/// llama.cpp, llama-cpp-python and Anthropic.
+pub(crate) fn window_in_message(message: &str) -> Option<u64> {
+    let lower = message.to_ascii_lowercase();
+    let number_after = |marker: &str| -> Option<u64> {
+        let at = lower.find(marker)? + marker.len();
+        let digits: String = lower[at..]
+            .chars()
+            .skip_while(|c| *c == ' ' || *c == '(')
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().ok().filter(|n| *n > 0)
+    };
+    for marker in [
+        "context window of",
+        "maximum context length is",
+        "available context size",
+        "n_ctx:",
+        "n_ctx =",
+    ] {
+        if let Some(n) = number_after(marker) {
+            return Some(n);
+        }
+    }
+    // Anthropic: "prompt is too long: 210000 tokens > 200000 maximum".
+    let at = lower.find("> ")?;
+    let rest = &lower[at + 2..];
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    if rest[digits.len()..].trim_start().starts_with("maximum") {
+        return digits.parse().ok();
+    }
+    None
 }
 
 fn is_unknown_model(info: &ErrorInfo, model: &str) -> bool {
@@ -506,6 +923,7 @@ fn is_context_too_long(info: &ErrorInfo) -> bool {
     let msg = info.message.to_ascii_lowercase();
     info.code == "context_length_exceeded"
         || msg.contains("prompt is too long")
+        || msg.contains("context size")
         || msg.contains("context length")
         || msg.contains("context window")
         || msg.contains("maximum context")
@@ -539,27 +957,6 @@ async fn read_limited(response: &mut reqwest::Response, limit: usize) -> String 
     };
     let _ = tokio::time::timeout(BODY_GRACE, read).await;
     String::from_utf8_lossy(&buf).into_owned()
-}
-
-async fn read_full(response: &mut reqwest::Response) -> Result<Vec<u8>, Failure> {
-    let mut buf = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                buf.extend_from_slice(&chunk);
-                if buf.len() > MAX_FULL_BODY {
-                    return Err(Failure::malformed("the reply body is larger than 32 MiB"));
-                }
-            }
-            Ok(None) => return Ok(buf),
-            Err(e) => {
-                return Err(Failure::cut(format!(
-                    "the connection broke mid-reply: {}",
-                    error_chain(&e)
-                )))
-            }
-        }
-    }
 }
 
 /// Reads what is left of the body after the final event so the connection can be

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use safe_coder_llm::{
-    client, invalid_tool_input, CancellationToken, ContentBlock, LlmError, Message, ModelClient,
-    ModelRequest, ModelResponse, ProviderConfig, ProviderKind, RetryPolicy, Role, StopReason,
-    StreamEvent, ToolSpec,
+    client, CancellationToken, ContentBlock, LlmError, Message, ModelClient, ModelRequest,
+    ModelResponse, ProviderConfig, ProviderKind, RetryPolicy, Role, StopReason, StreamEvent,
+    StreamLimits, ToolChoice, ToolInput, ToolSpec,
 };
-use safe_coder_test_support::{Fault, MockServer, Reply, Script, ToolCall, Wire};
+use safe_coder_test_support::{Fault, MockServer, Quirks, Reply, Script, ToolCall, Wire};
 use serde_json::{json, Value};
 
 const KEY: &str = "test-key-123";
@@ -38,6 +38,7 @@ fn config(kind: ProviderKind, base_url: String) -> ProviderConfig {
         model: "mock-model".to_string(),
         max_tokens: 1024,
         retry: fast_retries(),
+        ..ProviderConfig::new(kind)
     }
 }
 
@@ -174,7 +175,7 @@ async fn multi_turn_tool_scenario(kind: ProviderKind) {
     assert_eq!(first.message.role, Role::Assistant);
     assert_eq!(first.message.text(), "I will write the file, then run it.");
     assert_eq!(streamed_text(&events), first.message.text(), "{kind}");
-    let calls: Vec<(String, String, Value)> = first
+    let calls: Vec<(String, String, ToolInput)> = first
         .message
         .tool_uses()
         .map(|(id, name, input)| (id.to_string(), name.to_string(), input.clone()))
@@ -259,7 +260,9 @@ async fn multi_turn_tool_scenario(kind: ProviderKind) {
             assert_eq!(h.header("anthropic-version"), Some("2023-06-01"));
             assert_eq!(h.path, "/v1/messages");
             assert_eq!(last["max_tokens"], 1024);
-            assert_eq!(last["system"][0]["text"], "You are a careful coding agent.");
+            // Not api.anthropic.com: no cache_control, the system prompt as a string.
+            assert_eq!(last["system"], "You are a careful coding agent.");
+            assert!(!last.to_string().contains("cache_control"));
             assert_eq!(last["tools"][0]["name"], "write_file");
             assert_eq!(last["tools"][0]["input_schema"]["required"][0], "path");
             let msgs = last["messages"].as_array().expect("messages");
@@ -318,7 +321,10 @@ async fn multi_turn_tool_scenario(kind: ProviderKind) {
             assert_eq!(msgs[3]["content"], "result of write_file");
             assert_eq!(msgs[4]["tool_call_id"], calls[1].0.as_str());
             assert_eq!(msgs[4]["content"], "Error: result of bash");
-            assert_eq!(msgs[5]["content"], Value::Null);
+            // A tool-only assistant message carries "" (llama.cpp rejects null).
+            assert_eq!(msgs[5]["content"], "");
+            // Tools are offered with an explicit tool_choice.
+            assert_eq!(reqs[0].body["tool_choice"], "auto");
             assert_eq!(msgs[6]["tool_call_id"], read_id.as_str());
         }
         ProviderKind::Ollama => {
@@ -700,16 +706,14 @@ async fn invalid_tool_arguments_become_an_input_the_core_can_answer() {
         let mut messages = vec![Message::user_text("hi")];
         let (result, _) = run(client.as_ref(), &request(messages.clone())).await;
         let response = result.unwrap_or_else(|e| panic!("{kind}: {e}"));
-        let inputs: Vec<Value> = response
+        let inputs: Vec<ToolInput> = response
             .message
             .tool_uses()
             .map(|(_, _, v)| v.clone())
             .collect();
-        assert_eq!(
-            invalid_tool_input(&inputs[0]),
-            Some("{\"command\": \"ls"),
-            "{kind}"
-        );
+        let (raw, error) = inputs[0].invalid().expect("invalid input");
+        assert_eq!(raw, "{\"command\": \"ls", "{kind}");
+        assert!(error.contains("EOF"), "{kind}: {error}");
         assert_eq!(inputs[1], json!({"path": "a"}));
         // The reply with the bad call and an error result can be sent back.
         messages.push(response.message.clone());
@@ -723,6 +727,28 @@ async fn invalid_tool_arguments_become_an_input_the_core_can_answer() {
             "ok"
         );
         assert_eq!(server.remaining(), 0);
+        // No marker of ours reaches the model: OpenAI gets the text the model sent,
+        // Anthropic and Ollama (which want an object) get `{}`.
+        let sent = server.model_requests()[1].body.to_string();
+        assert!(!sent.contains("__invalid"), "{kind}: {sent}");
+        let history = &server.model_requests()[1].body["messages"];
+        let assistant = history
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["role"] == "assistant"))
+            .expect("assistant message");
+        match kind {
+            ProviderKind::OpenAi => assert_eq!(
+                assistant["tool_calls"][0]["function"]["arguments"],
+                "{\"command\": \"ls"
+            ),
+            ProviderKind::Anthropic => assert_eq!(assistant["content"][0]["input"], json!({})),
+            ProviderKind::Ollama => {
+                assert_eq!(
+                    assistant["tool_calls"][0]["function"]["arguments"],
+                    json!({})
+                )
+            }
+        }
     }
 }
 
@@ -869,5 +895,397 @@ async fn slow_streams_in_tiny_pieces_are_assembled() {
         assert!(deltas >= 16, "{kind}: {deltas} deltas");
         let call = response.message.tool_uses().next().expect("call");
         assert_eq!(call.2, &json!({"path": "src/main.rs"}));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Real servers' quirks (docs/interop.md) and stream limits.
+
+fn start_with(
+    kind: ProviderKind,
+    script: Script,
+    adjust: impl FnOnce(&mut ProviderConfig),
+) -> (MockServer, Box<dyn ModelClient>) {
+    let server = MockServer::start(wire(kind), script).expect("mock server starts");
+    let mut cfg = config(kind, server.base_url());
+    adjust(&mut cfg);
+    let client = client(cfg).expect("client");
+    (server, client)
+}
+
+fn warnings(events: &[StreamEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Warning { message } => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn tool_only_messages_and_tool_choice_suit_a_strict_server() {
+    // llama.cpp's server: `content: null` is a 500, tools without tool_choice are ignored.
+    let quirks = Quirks {
+        reject_null_content: true,
+        ignore_tools_without_tool_choice: true,
+        ..Quirks::default()
+    };
+    for kind in [ProviderKind::OpenAi, ProviderKind::Anthropic] {
+        let script = Script::new(vec![
+            Reply::tool_calls(vec![ToolCall::new("read_file", json!({"path": "a"}))]),
+            Reply::text("done"),
+            Reply::text("and again"),
+        ])
+        .with_quirks(quirks.clone());
+        let (server, client) = start(kind, script);
+        let mut messages = vec![Message::user_text("read a")];
+        let (first, _) = run(client.as_ref(), &request(messages.clone())).await;
+        let first = first.unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(
+            first.message.tool_uses().count(),
+            1,
+            "{kind}: tools were offered"
+        );
+        messages.push(first.message.clone());
+        messages.push(results_for(&first, ""));
+        let (second, _) = run(client.as_ref(), &request(messages.clone())).await;
+        assert_eq!(
+            second
+                .unwrap_or_else(|e| panic!("{kind}: {e}"))
+                .message
+                .text(),
+            "done"
+        );
+        // A later question resends the same history: it must still be accepted.
+        messages.push(Message::assistant_text("done"));
+        messages.push(Message::user_text("again?"));
+        let (third, _) = run(client.as_ref(), &request(messages)).await;
+        assert_eq!(
+            third
+                .unwrap_or_else(|e| panic!("{kind}: {e}"))
+                .message
+                .text(),
+            "and again"
+        );
+        assert!(server.model_requests()[0].body.get("tool_choice").is_some());
+    }
+}
+
+#[tokio::test]
+async fn a_forced_function_applies_to_the_first_request_of_a_turn() {
+    for kind in [ProviderKind::OpenAi, ProviderKind::Anthropic] {
+        let script = Script::new(vec![
+            Reply::tool_calls(vec![ToolCall::new("read_file", json!({"path": "a"}))]),
+            Reply::text("done"),
+        ]);
+        let (server, client) = start_with(kind, script, |c| {
+            c.tool_choice = ToolChoice::Function("read_file".into());
+        });
+        let mut messages = vec![Message::user_text("read a")];
+        let (first, _) = run(client.as_ref(), &request(messages.clone())).await;
+        let first = first.unwrap_or_else(|e| panic!("{kind}: {e}"));
+        messages.push(first.message.clone());
+        messages.push(results_for(&first, ""));
+        run(client.as_ref(), &request(messages))
+            .await
+            .0
+            .expect("follow-up");
+        let reqs = server.model_requests();
+        match kind {
+            ProviderKind::OpenAi => {
+                assert_eq!(
+                    reqs[0].body["tool_choice"],
+                    json!({"type": "function", "function": {"name": "read_file"}})
+                );
+                assert_eq!(reqs[1].body["tool_choice"], "auto");
+            }
+            _ => {
+                assert_eq!(
+                    reqs[0].body["tool_choice"],
+                    json!({"type": "tool", "name": "read_file"})
+                );
+                assert_eq!(reqs[1].body["tool_choice"], json!({"type": "auto"}));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_empty_200_under_streaming_is_asked_again_without_streaming_and_remembered() {
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![ToolCall::new("read_file", json!({"path": "a"}))]),
+        Reply::text("done"),
+    ])
+    .with_quirks(Quirks {
+        empty_stream_with_tools: true,
+        ..Quirks::default()
+    });
+    let (server, client) = start(ProviderKind::OpenAi, script);
+    let mut messages = vec![Message::user_text("read a")];
+    let (first, events) = run(client.as_ref(), &request(messages.clone())).await;
+    let first = first.expect("the non-streamed request gets the reply");
+    assert_eq!(first.message.tool_uses().count(), 1);
+    assert_eq!(retries(&events).len(), 1, "{events:?}");
+    let warned = warnings(&events);
+    assert_eq!(warned.len(), 1, "{events:?}");
+    assert!(warned[0].contains("without streaming"), "{}", warned[0]);
+    messages.push(first.message.clone());
+    messages.push(results_for(&first, ""));
+    let (second, events) = run(client.as_ref(), &request(messages)).await;
+    assert_eq!(second.expect("second").message.text(), "done");
+    assert!(retries(&events).is_empty(), "remembered: {events:?}");
+    let reqs = server.model_requests();
+    let streamed: Vec<bool> = reqs
+        .iter()
+        .map(|r| r.body["stream"].as_bool().unwrap_or(false))
+        .collect();
+    assert_eq!(streamed, vec![true, false, false]);
+    // OpenAI refuses stream_options without streaming.
+    assert!(reqs[1].body.get("stream_options").is_none());
+    // The fallback went out on the connection the empty reply had broken, was dropped,
+    // and was sent again at once on a new one, silently.
+    assert_eq!(server.connections(), 2);
+}
+
+#[tokio::test]
+async fn after_the_fallback_the_servers_real_error_is_reported() {
+    // A prompt larger than the window: streamed, the server fails with an empty 200;
+    // asked without streaming, it says why (HTTP 400).
+    let script = Script::new(vec![Reply::text("never")]).with_quirks(Quirks {
+        empty_stream_with_tools: true,
+        context_window: Some(100),
+        ..Quirks::default()
+    });
+    let (server, client) = start(ProviderKind::OpenAi, script);
+    let (result, _) = run(client.as_ref(), &request(vec![Message::user_text("hi")])).await;
+    match result {
+        Err(LlmError::ContextOverflow { window, .. }) => assert_eq!(window, Some(100)),
+        other => panic!("{other:?}"),
+    }
+    let err = run(client.as_ref(), &request(vec![Message::user_text("hi")]))
+        .await
+        .0
+        .expect_err("still too long");
+    let text = err.to_string();
+    assert!(text.contains("context window of 100 tokens"), "{text}");
+    assert!(!text.contains("/compress"), "no front-end advice: {text}");
+    assert_eq!(server.remaining(), 1);
+    // An error is no proof that streaming is the problem: the second request streamed.
+    let streamed: Vec<bool> = server
+        .model_requests()
+        .iter()
+        .map(|r| r.body["stream"].as_bool().unwrap_or(false))
+        .collect();
+    assert_eq!(streamed, vec![true, false, true, false]);
+}
+
+#[tokio::test]
+async fn max_tokens_is_clamped_to_the_window_the_server_states() {
+    for kind in ProviderKind::ALL {
+        let script = Script::new(vec![Reply::text("ok")]).with_quirks(Quirks {
+            context_window: Some(3000),
+            ..Quirks::default()
+        });
+        let (server, client) = start_with(kind, script, |c| c.max_tokens = 8192);
+        let mut req = request(vec![Message::user_text("hi")]);
+        req.max_tokens = 0;
+        let expected = match kind {
+            ProviderKind::Anthropic => None,
+            _ => Some(3000),
+        };
+        assert_eq!(client.context_window().await, expected, "{kind}");
+        let (result, _) = run(client.as_ref(), &req).await;
+        let body = &server.model_requests()[0].body;
+        let asked = body
+            .get("max_tokens")
+            .or_else(|| body.pointer("/options/num_predict"))
+            .and_then(Value::as_u64)
+            .expect("max_tokens");
+        if expected.is_some() {
+            assert!(asked < 3000, "{kind}: {asked}");
+            assert_eq!(result.expect("fits").message.text(), "ok");
+        } else {
+            // Anthropic's API does not state the window: the mock refuses, and the
+            // error names the window.
+            assert_eq!(asked, 8192);
+            let err = result.expect_err("too long");
+            assert!(
+                matches!(
+                    err,
+                    LlmError::ContextOverflow {
+                        window: Some(3000),
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            assert_eq!(client.context_window().await, Some(3000), "learned");
+        }
+    }
+}
+
+#[tokio::test]
+async fn tool_calls_split_under_one_id_are_joined_with_a_warning() {
+    for kind in [ProviderKind::Anthropic, ProviderKind::OpenAi] {
+        let script = Script::new(vec![
+            Reply::tool_calls(vec![
+                ToolCall::new("read_file", json!({"path": "src/main.rs"})),
+                ToolCall::new("bash", json!({"command": "ls -la"})),
+            ]),
+            Reply::text("done"),
+        ])
+        .with_delta_chars(4)
+        .with_quirks(Quirks {
+            split_tool_calls: true,
+            ..Quirks::default()
+        });
+        let (server, client) = start(kind, script);
+        let mut messages = vec![Message::user_text("look")];
+        let (first, events) = run(client.as_ref(), &request(messages.clone())).await;
+        let first = first.unwrap_or_else(|e| panic!("{kind}: {e}"));
+        let calls: Vec<_> = first.message.tool_uses().collect();
+        assert_eq!(calls.len(), 2, "{kind}: {calls:?}");
+        assert_eq!(*calls[0].2, json!({"path": "src/main.rs"}));
+        assert_eq!(*calls[1].2, json!({"command": "ls -la"}));
+        assert_eq!(warnings(&events).len(), 2, "{kind}: {events:?}");
+        messages.push(first.message.clone());
+        messages.push(results_for(&first, ""));
+        // The repaired history passes the API's unique-id check.
+        let (second, _) = run(client.as_ref(), &request(messages)).await;
+        assert_eq!(
+            second
+                .unwrap_or_else(|e| panic!("{kind}: {e}"))
+                .message
+                .text(),
+            "done"
+        );
+        assert_eq!(server.remaining(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_reply_cut_at_the_token_limit_says_so_on_every_wire() {
+    for kind in ProviderKind::ALL {
+        let (_server, result, _) = one_shot(
+            kind,
+            vec![Reply::Truncated {
+                text: "Half a sen".into(),
+            }],
+        )
+        .await;
+        let response = result.unwrap_or_else(|e| panic!("{kind}: {e}"));
+        assert_eq!(response.stop_reason, StopReason::MaxTokens, "{kind}");
+        assert_eq!(response.message.text(), "Half a sen");
+    }
+}
+
+#[tokio::test]
+async fn an_empty_reply_is_asked_again_once_then_is_an_error() {
+    for kind in ProviderKind::ALL {
+        let (server, result, events) =
+            one_shot(kind, vec![Reply::Empty, Reply::text("there")]).await;
+        assert_eq!(
+            result
+                .unwrap_or_else(|e| panic!("{kind}: {e}"))
+                .message
+                .text(),
+            "there"
+        );
+        assert_eq!(retries(&events).len(), 1, "{kind}");
+        assert_eq!(server.remaining(), 0);
+        // The second try went without streaming (LiteLLM turns a server's failure
+        // under streaming into an empty reply), and that is remembered.
+        let streamed: Vec<Option<bool>> = server
+            .model_requests()
+            .iter()
+            .map(|r| r.body["stream"].as_bool())
+            .collect();
+        assert_eq!(streamed, vec![Some(true), Some(false)], "{kind}");
+        assert_eq!(warnings(&events).len(), 1, "{kind}: {events:?}");
+
+        let (server, result, _) = one_shot(
+            kind,
+            vec![Reply::Empty, Reply::Empty, Reply::text("unused")],
+        )
+        .await;
+        let err = result.expect_err("empty twice");
+        assert!(
+            matches!(err, LlmError::EmptyReply { .. }),
+            "{kind}: {err:?}"
+        );
+        assert!(err.to_string().contains("empty reply"), "{err}");
+        assert_eq!(server.remaining(), 1, "{kind}: asked exactly twice");
+    }
+}
+
+fn limited(idle_ms: u64, overall_ms: u64, max_bytes: usize) -> impl FnOnce(&mut ProviderConfig) {
+    move |c: &mut ProviderConfig| {
+        c.retry = RetryPolicy::none();
+        c.limits = StreamLimits {
+            idle_timeout: Duration::from_millis(idle_ms),
+            overall_timeout: Duration::from_millis(overall_ms),
+            max_reply_bytes: max_bytes,
+        };
+    }
+}
+
+#[tokio::test]
+async fn a_stream_that_stalls_after_its_headers_is_cut() {
+    for kind in ProviderKind::ALL {
+        let script = Script::new(vec![Reply::fault(Fault::StallAfterHeaders)]);
+        let (_server, client) = start_with(kind, script, limited(300, 60_000, 1 << 20));
+        let (result, _) = run(client.as_ref(), &request(vec![Message::user_text("hi")])).await;
+        assert!(
+            matches!(&result, Err(LlmError::StreamCut { detail, .. }) if detail.contains("keep-alives")),
+            "{kind}: {result:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn keep_alives_alone_do_not_keep_a_stream_alive_and_the_cut_is_retried() {
+    for kind in ProviderKind::ALL {
+        let script = Script::new(vec![Reply::fault(Fault::KeepAliveOnly), Reply::text("ok")]);
+        let (_server, client) = start_with(kind, script, |c| {
+            limited(300, 60_000, 1 << 20)(c);
+            c.retry = fast_retries();
+        });
+        let (result, events) = run(client.as_ref(), &request(vec![Message::user_text("hi")])).await;
+        assert_eq!(
+            result
+                .unwrap_or_else(|e| panic!("{kind}: {e}"))
+                .message
+                .text(),
+            "ok"
+        );
+        assert_eq!(retries(&events).len(), 1, "{kind}");
+        assert_eq!(streamed_text(&events), "ok");
+    }
+}
+
+#[tokio::test]
+async fn an_endless_stream_is_cut_by_the_overall_cap() {
+    for kind in ProviderKind::ALL {
+        let script = Script::new(vec![Reply::fault(Fault::Endless { interval_ms: 10 })]);
+        let (_server, client) = start_with(kind, script, limited(5_000, 500, 64 << 20));
+        let (result, _) = run(client.as_ref(), &request(vec![Message::user_text("hi")])).await;
+        assert!(
+            matches!(&result, Err(LlmError::StreamCut { detail, .. }) if detail.contains("cap")),
+            "{kind}: {result:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reply_larger_than_the_cap_is_refused() {
+    for kind in ProviderKind::ALL {
+        let script = Script::new(vec![Reply::fault(Fault::Endless { interval_ms: 0 })]);
+        let (_server, client) = start_with(kind, script, limited(5_000, 60_000, 256 * 1024));
+        let (result, _) = run(client.as_ref(), &request(vec![Message::user_text("hi")])).await;
+        assert!(
+            matches!(result, Err(LlmError::ReplyTooLarge { limit: 262_144, .. })),
+            "{kind}: {result:?}"
+        );
     }
 }

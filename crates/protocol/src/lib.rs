@@ -19,8 +19,8 @@ pub use approval::{
 pub use changes::{steers_next_session, ChangeKind, ChangeSet, FileChange, LeftOutPath};
 pub use event::{Event, SyncOutcome, ToolOutcome};
 pub use message::{
-    ContentBlock, Message, ModelRequest, ModelResponse, Role, StopReason, StreamEvent, ToolSpec,
-    Usage,
+    ContentBlock, Message, ModelRequest, ModelResponse, Role, StopReason, StreamEvent, ToolInput,
+    ToolSpec, Usage,
 };
 pub use op::{Op, ReviewDecision};
 pub use status::{SandboxState, SandboxStatus};

@@ -48,7 +48,7 @@ fn message(n: usize) -> Message {
                 ContentBlock::ToolUse {
                     id: format!("toolu_{n:08}"),
                     name: "read_file".to_string(),
-                    input: json!({"path": "src/parse.rs", "offset": 1, "limit": 200}),
+                    input: json!({"path": "src/parse.rs", "offset": 1, "limit": 200}).into(),
                 },
             ],
         },

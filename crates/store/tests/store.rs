@@ -39,12 +39,12 @@ fn conversation() -> Vec<Message> {
                 ContentBlock::ToolUse {
                     id: "toolu_1".to_string(),
                     name: "read_file".to_string(),
-                    input: json!({"path": "src/lib.rs", "offset": 1, "limit": 50}),
+                    input: json!({"path": "src/lib.rs", "offset": 1, "limit": 50}).into(),
                 },
                 ContentBlock::ToolUse {
                     id: "toolu_2".to_string(),
                     name: "bash".to_string(),
-                    input: json!({"command": "cargo test 2>&1 | tail -n 5"}),
+                    input: json!({"command": "cargo test 2>&1 | tail -n 5"}).into(),
                 },
             ],
         },

@@ -164,6 +164,14 @@ pub(crate) enum Response {
         pieces: Vec<Vec<u8>>,
         end: StreamEnd,
     },
+    /// A chunked 200 that sends `first`, then `repeat` every `interval`, until the peer
+    /// goes away or the server stops: a never-ending stream.
+    Endless {
+        headers: Vec<(String, String)>,
+        first: Vec<Vec<u8>>,
+        repeat: Vec<u8>,
+        interval: Duration,
+    },
 }
 
 pub(crate) fn reason(status: u16) -> &'static str {
@@ -247,6 +255,37 @@ pub(crate) fn write_response(
                     Ok(After::KeepAlive)
                 }
             }
+        }
+        Response::Endless {
+            headers,
+            first,
+            repeat,
+            interval,
+        } => {
+            let mut out = head(200, &headers, "transfer-encoding: chunked\r\n");
+            for piece in &first {
+                push_chunk(&mut out, piece);
+            }
+            stream.write_all(&out)?;
+            stream.flush()?;
+            let mut chunk = Vec::new();
+            push_chunk(&mut chunk, &repeat);
+            // Many repeats per write when there is no pause, so the flood is fast.
+            let batch = if interval.is_zero() {
+                chunk.repeat(64)
+            } else {
+                chunk
+            };
+            while !stop.load(Ordering::Relaxed) {
+                if stream.write_all(&batch).is_err() {
+                    break;
+                }
+                if !interval.is_zero() {
+                    std::thread::sleep(interval);
+                }
+            }
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            Ok(After::Close)
         }
         Response::Stream {
             headers,

@@ -119,6 +119,36 @@ pub struct Script {
     /// If set, only this API key is accepted (otherwise any non-empty key is).
     #[serde(default)]
     pub api_key: Option<String>,
+    /// Opt-in behaviours of real servers that differ from the documented APIs.
+    #[serde(default)]
+    pub quirks: Quirks,
+}
+
+/// Behaviours of real OpenAI-compatible servers and proxies (llama.cpp's server through
+/// llama-cpp-python, LiteLLM) that a client must survive; all off by default. See
+/// docs/interop.md for where each was seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Quirks {
+    /// OpenAI: an assistant message whose `content` is `null` or missing is refused
+    /// with HTTP 500 "Input should be a valid string" (llama.cpp's server).
+    pub reject_null_content: bool,
+    /// OpenAI and Anthropic: without `tool_choice` the tools are ignored (the server
+    /// treats a missing one as "none"): a scripted tool call comes back as text only.
+    pub ignore_tools_without_tool_choice: bool,
+    /// OpenAI: a streamed request with tools is answered HTTP 200 with an empty body (a
+    /// server-side error after the headers); the same request without streaming gets
+    /// the scripted reply. As with uvicorn, the connection is then broken: the next
+    /// request sent on it is dropped unanswered.
+    pub empty_stream_with_tools: bool,
+    /// Anthropic and OpenAI: each tool call is split into one block (or index) per
+    /// argument piece, all with the call's id (LiteLLM's `/v1/messages`).
+    pub split_tool_calls: bool,
+    /// The model's context window: served by OpenAI's `/v1/models` (`context_length`)
+    /// and llama.cpp's `/props` (`n_ctx`), and Ollama's `/api/show` (`num_ctx`); a
+    /// request whose `max_tokens` plus prompt estimate exceeds it is refused with the
+    /// API's context-length error (HTTP 400).
+    pub context_window: Option<u64>,
 }
 
 fn default_delta_chars() -> usize {
@@ -140,6 +170,7 @@ impl Script {
             delta_chars: default_delta_chars(),
             model: String::new(),
             api_key: None,
+            quirks: Quirks::default(),
         }
     }
 
@@ -178,6 +209,11 @@ impl Script {
         self.api_key = Some(key.into());
         self
     }
+
+    pub fn with_quirks(mut self, quirks: Quirks) -> Self {
+        self.quirks = quirks;
+        self
+    }
 }
 
 /// One scripted answer to one model request.
@@ -193,6 +229,11 @@ pub enum Reply {
         text: Option<String>,
         calls: Vec<ToolCall>,
     },
+    /// Text cut at the output limit: stop reason `max_tokens` (Anthropic) / `length`
+    /// (OpenAI, Ollama).
+    Truncated { text: String },
+    /// Nothing at all: no text, no tool call, zero output tokens, a normal stop.
+    Empty,
     /// A failure; it consumes one request like any reply.
     Fault(Fault),
     /// A verbatim HTTP response, for shapes the other variants do not cover.
@@ -284,6 +325,17 @@ pub enum Fault {
     NotFoundModel,
     /// The stream starts, then nothing more is sent until the client goes away.
     Stall,
+    /// The headers are sent, then nothing at all until the client goes away.
+    StallAfterHeaders,
+    /// The stream starts, then only keep-alives (SSE comments and Anthropic `ping`
+    /// events, blank NDJSON lines) every 20 ms, forever.
+    KeepAliveOnly,
+    /// The stream starts, then text deltas every `interval_ms` (0: as fast as the
+    /// connection takes them) forever, never the final event.
+    Endless {
+        #[serde(default)]
+        interval_ms: u64,
+    },
 }
 
 /// One request as the server received it.
@@ -536,6 +588,11 @@ fn serve_connection(stream: TcpStream, state: &State) -> io::Result<()> {
         let close = req.wants_close();
         let received_us = state.started.elapsed().as_micros() as u64;
         let (response, index) = wire::respond(state, &req, received_us);
+        // The empty streamed 200 of `empty_stream_with_tools` leaves the connection
+        // broken, as uvicorn does after an error inside a stream: the next request on
+        // it is read and dropped unanswered.
+        let broken = state.script.quirks.empty_stream_with_tools
+            && matches!(&response, http::Response::Stream { pieces, end: http::StreamEnd::Complete, .. } if pieces.is_empty());
         let written = http::write_response(&mut writer, response, delay, &state.stop);
         let responded_us = state.started.elapsed().as_micros() as u64;
         if let Some(r) = lock(&state.requests).get_mut(index) {
@@ -543,6 +600,11 @@ fn serve_connection(stream: TcpStream, state: &State) -> io::Result<()> {
         }
         let after = written?;
         if close || after == http::After::Close {
+            let _ = writer.shutdown(std::net::Shutdown::Both);
+            return Ok(());
+        }
+        if broken {
+            let _ = http::read_request(&mut reader);
             let _ = writer.shutdown(std::net::Shutdown::Both);
             return Ok(());
         }

@@ -46,6 +46,23 @@ fn route(state: &State, req: &Request, body: &Value) -> Response {
         | (Wire::OpenAi, "GET", "/v1/models")
         | (Wire::Ollama, "GET", "/api/tags") => models(state),
         (Wire::Ollama, "GET", "/api/version") => json_response(200, &json!({"version": "0.12.0"})),
+        (Wire::OpenAi, "GET", "/props") if state.script.quirks.context_window.is_some() => {
+            let n = state.script.quirks.context_window.unwrap_or_default();
+            json_response(
+                200,
+                &json!({"default_generation_settings": {"n_ctx": n}, "total_slots": 1}),
+            )
+        }
+        (Wire::Ollama, "POST", "/api/show") => match state.script.quirks.context_window {
+            Some(n) => json_response(
+                200,
+                &json!({"parameters": format!("num_ctx {n}\nstop \"<|im_end|>\""),
+                        "model_info": {"general.architecture": "llama",
+                                       "llama.context_length": 131_072},
+                        "capabilities": ["completion", "tools"]}),
+            ),
+            None => ollama_error(404, "model not found"),
+        },
         (Wire::Ollama, "GET" | "HEAD", "/") => Response::Full {
             status: 200,
             headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
@@ -102,10 +119,14 @@ fn models(state: &State) -> Response {
                       "created_at": "2025-01-01T00:00:00Z"}],
             "has_more": false, "first_id": model, "last_id": model
         }),
-        Wire::OpenAi => json!({
-            "object": "list",
-            "data": [{"id": model, "object": "model", "created": 1_735_689_600, "owned_by": "mock"}]
-        }),
+        Wire::OpenAi => {
+            let mut entry = json!({"id": model, "object": "model", "created": 1_735_689_600,
+                                   "owned_by": "mock"});
+            if let Some(n) = state.script.quirks.context_window {
+                entry["context_length"] = json!(n);
+            }
+            json!({"object": "list", "data": [entry]})
+        }
         Wire::Ollama => json!({
             "models": [{"name": model, "model": model, "modified_at": "2025-01-01T00:00:00Z",
                         "size": 0, "digest": "0000", "details": {"format": "gguf"}}]
@@ -117,6 +138,66 @@ fn models(state: &State) -> Response {
 fn model_request(state: &State, req: &Request, body: &Value) -> Response {
     if let Some(rejection) = validate(state, req, body) {
         return rejection;
+    }
+    let quirks = &state.script.quirks;
+    let has_tools = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty());
+    let streamed = match state.wire {
+        Wire::Anthropic | Wire::OpenAi => body.get("stream").and_then(Value::as_bool) == Some(true),
+        Wire::Ollama => body.get("stream").and_then(Value::as_bool) != Some(false),
+    };
+    if state.wire == Wire::OpenAi {
+        if quirks.reject_null_content {
+            if let Some(i) = null_content(body) {
+                return openai_error(
+                    500,
+                    &format!("1 validation error for ChatCompletionRequestAssistantMessage\nmessages.{i}.content\n  Input should be a valid string [type=string_type, input_value=None, input_type=NoneType]"),
+                    "internal_server_error",
+                    None,
+                    None,
+                );
+            }
+        }
+        if quirks.empty_stream_with_tools && streamed && has_tools {
+            // The reply is not consumed: the request failed on the server.
+            return Response::Stream {
+                headers: stream_headers(Wire::OpenAi),
+                pieces: Vec::new(),
+                end: StreamEnd::Complete,
+            };
+        }
+    }
+    if let Some(window) = quirks.context_window {
+        let asked = body
+            .get("max_tokens")
+            .or_else(|| body.get("max_completion_tokens"))
+            .or_else(|| body.pointer("/options/num_predict"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let prompt = (req.body.len() as u64 / 4).max(1);
+        if prompt + asked > window {
+            let msg = format!("This model's maximum context length is {window} tokens. However, you requested {} tokens ({prompt} in the messages, {asked} in the completion). Please reduce the length of the messages or completion.", prompt + asked);
+            return match state.wire {
+                Wire::Anthropic => anthropic_error(
+                    400,
+                    "invalid_request_error",
+                    &format!(
+                        "prompt is too long: {} tokens > {window} maximum",
+                        prompt + asked
+                    ),
+                ),
+                Wire::OpenAi => openai_error(
+                    400,
+                    &msg,
+                    "invalid_request_error",
+                    Some("messages"),
+                    Some("context_length_exceeded"),
+                ),
+                Wire::Ollama => ollama_error(400, &msg),
+            };
+        }
     }
     let Some(reply) = lock(&state.replies).pop_front() else {
         let n = state.served.load(Ordering::Relaxed) + 1;
@@ -131,10 +212,21 @@ fn model_request(state: &State, req: &Request, body: &Value) -> Response {
         };
     };
     let n = state.served.fetch_add(1, Ordering::Relaxed) + 1;
-    let stream = match state.wire {
-        // Anthropic and OpenAI default to a single JSON body, Ollama to streaming.
-        Wire::Anthropic | Wire::OpenAi => body.get("stream").and_then(Value::as_bool) == Some(true),
-        Wire::Ollama => body.get("stream").and_then(Value::as_bool) != Some(false),
+    // Anthropic and OpenAI default to a single JSON body, Ollama to streaming.
+    let stream = streamed;
+    let tool_choice = body.get("tool_choice").filter(|c| !c.is_null());
+    let tools_ignored = quirks.ignore_tools_without_tool_choice
+        && (tool_choice.is_none()
+            || tool_choice.and_then(Value::as_str) == Some("none")
+            || tool_choice
+                .and_then(|c| c.get("type"))
+                .and_then(Value::as_str)
+                == Some("none"));
+    let reply = match reply {
+        Reply::ToolCalls { text, .. } if tools_ignored => Reply::Text {
+            text: text.unwrap_or_else(|| "I would call a tool, but none was offered.".into()),
+        },
+        other => other,
     };
     let ctx = Ctx {
         wire: state.wire,
@@ -148,8 +240,17 @@ fn model_request(state: &State, req: &Request, body: &Value) -> Response {
         n,
         noise: state.script.noise,
         delta_chars: state.script.delta_chars,
+        split_calls: quirks.split_tool_calls,
     };
     render(&ctx, &reply)
+}
+
+/// The index of the first assistant message whose `content` is `null` or missing.
+fn null_content(body: &Value) -> Option<usize> {
+    body.get("messages")?.as_array()?.iter().position(|m| {
+        m.get("role").and_then(Value::as_str) == Some("assistant")
+            && m.get("content").is_none_or(Value::is_null)
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -274,6 +375,13 @@ fn validate_anthropic(state: &State, req: &Request, body: &Value) -> Option<Resp
         } else {
             Vec::new()
         };
+        for (k, id) in pending.iter().enumerate() {
+            if pending[..k].contains(id) {
+                return invalid(&format!(
+                    "messages.{i}.content.{k}: `tool_use` ids must be unique"
+                ));
+            }
+        }
     }
     None
 }
@@ -475,7 +583,9 @@ fn json_response(status: u16, body: &Value) -> Response {
 
 fn with_header(mut response: Response, name: &str, value: String) -> Response {
     match &mut response {
-        Response::Full { headers, .. } | Response::Stream { headers, .. } => {
+        Response::Full { headers, .. }
+        | Response::Stream { headers, .. }
+        | Response::Endless { headers, .. } => {
             headers.push((name.to_string(), value));
         }
     }
@@ -535,18 +645,47 @@ struct Ctx {
     n: u64,
     noise: bool,
     delta_chars: usize,
+    /// [`crate::Quirks::split_tool_calls`].
+    split_calls: bool,
 }
 
 /// A reply reduced to what every wire format needs.
 struct Plan<'a> {
     text: Option<&'a str>,
     calls: &'a [ToolCall],
+    /// Cut at the output limit.
+    truncated: bool,
 }
 
 impl Plan<'_> {
     fn output_tokens(&self) -> u64 {
+        if self.text.is_none() && self.calls.is_empty() {
+            return 0;
+        }
         let args: usize = self.calls.iter().map(|c| arguments(c).len()).sum();
         (self.text.map_or(0, str::len) + args) as u64 / 4 + 1
+    }
+
+    /// Anthropic's stop reason.
+    fn anthropic_stop(&self) -> &'static str {
+        if self.truncated {
+            "max_tokens"
+        } else if self.calls.is_empty() {
+            "end_turn"
+        } else {
+            "tool_use"
+        }
+    }
+
+    /// OpenAI's `finish_reason` (Ollama's `done_reason` is `stop` or `length`).
+    fn openai_finish(&self) -> &'static str {
+        if self.truncated {
+            "length"
+        } else if self.calls.is_empty() {
+            "stop"
+        } else {
+            "tool_calls"
+        }
     }
 }
 
@@ -585,6 +724,23 @@ fn render(ctx: &Ctx, reply: &Reply) -> Response {
             &Plan {
                 text: Some(text),
                 calls: &[],
+                truncated: false,
+            },
+        ),
+        Reply::Truncated { text } => render_plan(
+            ctx,
+            &Plan {
+                text: Some(text),
+                calls: &[],
+                truncated: true,
+            },
+        ),
+        Reply::Empty => render_plan(
+            ctx,
+            &Plan {
+                text: None,
+                calls: &[],
+                truncated: false,
             },
         ),
         Reply::ToolCalls { text, calls } => render_plan(
@@ -592,6 +748,7 @@ fn render(ctx: &Ctx, reply: &Reply) -> Response {
             &Plan {
                 text: text.as_deref(),
                 calls,
+                truncated: false,
             },
         ),
         Reply::Raw {
@@ -710,6 +867,28 @@ fn anthropic_stream(ctx: &Ctx, plan: &Plan) -> Vec<Vec<u8>> {
         index += 1;
     }
     for (i, call) in plan.calls.iter().enumerate() {
+        if ctx.split_calls {
+            // LiteLLM: one tool_use block per argument piece, all with one id.
+            for piece in split(&arguments(call), ctx.delta_chars) {
+                out.push(sse(
+                    "content_block_start",
+                    &json!({"type": "content_block_start", "index": index,
+                            "content_block": {"type": "tool_use", "id": anthropic_tool_id(ctx.n, i),
+                                              "name": call.name, "input": {}}}),
+                ));
+                out.push(sse(
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": piece}}),
+                ));
+                out.push(sse(
+                    "content_block_stop",
+                    &json!({"type": "content_block_stop", "index": index}),
+                ));
+                index += 1;
+            }
+            continue;
+        }
         out.push(sse(
             "content_block_start",
             &json!({"type": "content_block_start", "index": index,
@@ -738,11 +917,7 @@ fn anthropic_stream(ctx: &Ctx, plan: &Plan) -> Vec<Vec<u8>> {
         ));
         index += 1;
     }
-    let stop = if plan.calls.is_empty() {
-        "end_turn"
-    } else {
-        "tool_use"
-    };
+    let stop = plan.anthropic_stop();
     out.push(sse(
         "message_delta",
         &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
@@ -795,16 +970,32 @@ fn openai_stream(ctx: &Ctx, plan: &Plan) -> Vec<Vec<u8>> {
             out.push(chunk(json!({"content": piece}), Value::Null));
         }
     }
+    let mut next_index = 0;
     for (i, call) in plan.calls.iter().enumerate() {
+        if ctx.split_calls {
+            // One index per argument piece, all with the call's id.
+            for piece in split(&arguments(call), ctx.delta_chars) {
+                out.push(chunk(
+                    json!({"tool_calls": [{"index": next_index, "id": openai_tool_id(ctx.n, i),
+                                           "type": "function",
+                                           "function": {"name": call.name, "arguments": piece}}]}),
+                    Value::Null,
+                ));
+                next_index += 1;
+            }
+            continue;
+        }
+        let i_wire = next_index;
+        next_index += 1;
         out.push(chunk(
-            json!({"tool_calls": [{"index": i, "id": openai_tool_id(ctx.n, i), "type": "function",
+            json!({"tool_calls": [{"index": i_wire, "id": openai_tool_id(ctx.n, i), "type": "function",
                                    "function": {"name": call.name, "arguments": ""}}]}),
             Value::Null,
         ));
         let args = arguments(call);
         for piece in split(&args, ctx.delta_chars) {
             out.push(chunk(
-                json!({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}),
+                json!({"tool_calls": [{"index": i_wire, "function": {"arguments": piece}}]}),
                 Value::Null,
             ));
             if ctx.noise {
@@ -812,11 +1003,7 @@ fn openai_stream(ctx: &Ctx, plan: &Plan) -> Vec<Vec<u8>> {
             }
         }
     }
-    let finish = if plan.calls.is_empty() {
-        "stop"
-    } else {
-        "tool_calls"
-    };
+    let finish = plan.openai_finish();
     out.push(chunk(json!({}), json!(finish)));
     if ctx.include_usage {
         let completion = plan.output_tokens();
@@ -905,7 +1092,7 @@ fn ollama_stream(ctx: &Ctx, plan: &Plan) -> Vec<Vec<u8>> {
 
 fn ollama_final(ctx: &Ctx, plan: &Plan, at: &str, message: Value) -> Value {
     json!({"model": ctx.model, "created_at": at, "message": message,
-           "done_reason": "stop", "done": true, "total_duration": 12_345_678u64,
+           "done_reason": if plan.truncated { "length" } else { "stop" }, "done": true, "total_duration": 12_345_678u64,
            "load_duration": 1_234_567u64, "prompt_eval_count": ctx.input_tokens,
            "prompt_eval_duration": 2_345_678u64, "eval_count": plan.output_tokens(),
            "eval_duration": 3_456_789u64})
@@ -927,11 +1114,7 @@ fn full_body(ctx: &Ctx, plan: &Plan) -> Value {
                                     "name": call.name, "input": input}),
                 );
             }
-            let stop = if plan.calls.is_empty() {
-                "end_turn"
-            } else {
-                "tool_use"
-            };
+            let stop = plan.anthropic_stop();
             json!({"id": format!("msg_01Mock{:04}", ctx.n), "type": "message",
                    "role": "assistant", "model": ctx.model, "content": content,
                    "stop_reason": stop, "stop_sequence": null,
@@ -953,11 +1136,7 @@ fn full_body(ctx: &Ctx, plan: &Plan) -> Value {
                     .collect();
                 message["tool_calls"] = Value::Array(calls);
             }
-            let finish = if plan.calls.is_empty() {
-                "stop"
-            } else {
-                "tool_calls"
-            };
+            let finish = plan.openai_finish();
             json!({"id": format!("chatcmpl-Mock{:04}", ctx.n), "object": "chat.completion",
                    "created": unix_now(), "model": ctx.model, "system_fingerprint": "fp_mock",
                    "choices": [{"index": 0, "message": message, "logprobs": null,
@@ -1077,6 +1256,7 @@ fn render_fault(ctx: &Ctx, fault: &Fault) -> Response {
             let plan = Plan {
                 text: Some(PARTIAL_TEXT),
                 calls: &[],
+                truncated: false,
             };
             let body = full_body(ctx, &plan).to_string().into_bytes();
             let half = body.len() / 2;
@@ -1095,11 +1275,60 @@ fn render_fault(ctx: &Ctx, fault: &Fault) -> Response {
                 },
             }
         }
-        Fault::Stall if !ctx.stream => Response::Stream {
+        Fault::Stall | Fault::StallAfterHeaders if !ctx.stream => Response::Stream {
             headers: vec![("content-type".into(), "application/json".into())],
             pieces: Vec::new(),
             end: StreamEnd::Stall,
         },
+        Fault::StallAfterHeaders => Response::Stream {
+            headers: stream_headers(ctx.wire),
+            pieces: Vec::new(),
+            end: StreamEnd::Stall,
+        },
+        Fault::KeepAliveOnly | Fault::Endless { .. } => {
+            let plan = Plan {
+                text: Some(PARTIAL_TEXT),
+                calls: &[],
+                truncated: false,
+            };
+            let all = stream_pieces(ctx, &plan);
+            // The opening event(s) and the start of the text, never the end.
+            let first: Vec<Vec<u8>> = all[..all.len().min(3)].to_vec();
+            let (repeat, interval) = match fault {
+                Fault::Endless { interval_ms } => (
+                    match ctx.wire {
+                        Wire::Anthropic => sse(
+                            "content_block_delta",
+                            &json!({"type": "content_block_delta", "index": 0,
+                                    "delta": {"type": "text_delta", "text": "and on "}}),
+                        ),
+                        Wire::OpenAi => sse_data(&json!({"id": "chatcmpl-endless",
+                            "object": "chat.completion.chunk", "created": 0, "model": ctx.model,
+                            "choices": [{"index": 0, "delta": {"content": "and on "},
+                                         "finish_reason": null}]})),
+                        Wire::Ollama => ndjson(&json!({"model": ctx.model,
+                            "created_at": rfc3339_now(),
+                            "message": {"role": "assistant", "content": "and on "},
+                            "done": false})),
+                    },
+                    std::time::Duration::from_millis(*interval_ms),
+                ),
+                _ => (
+                    match ctx.wire {
+                        Wire::Anthropic => sse("ping", &json!({"type": "ping"})),
+                        Wire::OpenAi => b": keep-alive\n\n".to_vec(),
+                        Wire::Ollama => b"\n".to_vec(),
+                    },
+                    std::time::Duration::from_millis(20),
+                ),
+            };
+            Response::Endless {
+                headers: stream_headers(ctx.wire),
+                first,
+                repeat,
+                interval,
+            }
+        }
         Fault::Overloaded
         | Fault::CutMidStream
         | Fault::TruncatedStream
@@ -1108,6 +1337,7 @@ fn render_fault(ctx: &Ctx, fault: &Fault) -> Response {
             let plan = Plan {
                 text: Some(PARTIAL_TEXT),
                 calls: &[],
+                truncated: false,
             };
             let all = stream_pieces(ctx, &plan);
             // Enough to have started the text, never the final event.

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 
-use safe_coder_test_support::{Fault, MockServer, Reply, Script, ToolCall, Wire};
+use safe_coder_test_support::{Fault, MockServer, Quirks, Reply, Script, ToolCall, Wire};
 use serde_json::{json, Value};
 
 struct Answer {
@@ -490,4 +490,177 @@ fn the_binary_serves_a_script_file() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(a.json()["message"]["content"], "from the binary");
+}
+
+fn openai_body(messages: Value, tools: bool, extra: Value) -> Value {
+    let mut body = json!({"model": "m", "messages": messages});
+    if tools {
+        body["tools"] = json!([{"type": "function", "function": {
+            "name": "read_file", "parameters": {"type": "object"}}}]);
+    }
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
+#[test]
+fn quirks_behave_like_the_real_servers() {
+    let read = || Reply::tool_calls(vec![ToolCall::new("read_file", json!({"path": "a"}))]);
+    let quirks = Quirks {
+        reject_null_content: true,
+        ignore_tools_without_tool_choice: true,
+        empty_stream_with_tools: true,
+        ..Quirks::default()
+    };
+    let server = MockServer::start(
+        Wire::OpenAi,
+        Script::new(vec![read(), read()]).with_quirks(quirks),
+    )
+    .expect("server");
+    // `content: null` on an assistant message: HTTP 500, nothing consumed.
+    let history = json!([{"role": "user", "content": "hi"},
+                         {"role": "assistant", "content": null, "tool_calls": []}]);
+    let a = call(
+        &server,
+        OPENAI_HEADERS,
+        &openai_body(history, false, json!({})),
+    );
+    assert_eq!(a.status, 500);
+    assert!(
+        a.body.contains("Input should be a valid string"),
+        "{}",
+        a.body
+    );
+    // Streamed with tools: HTTP 200 and an empty body, nothing consumed.
+    let user = json!([{"role": "user", "content": "hi"}]);
+    let a = call(
+        &server,
+        OPENAI_HEADERS,
+        &openai_body(
+            user.clone(),
+            true,
+            json!({"stream": true, "tool_choice": "auto"}),
+        ),
+    );
+    assert_eq!((a.status, a.body.as_str()), (200, ""));
+    assert_eq!(server.remaining(), 2);
+    // Without tool_choice the tools are ignored: the call comes back as text.
+    let a = call(
+        &server,
+        OPENAI_HEADERS,
+        &openai_body(user.clone(), true, json!({})),
+    );
+    let message = &a.json()["choices"][0]["message"];
+    assert!(message.get("tool_calls").is_none(), "{message}");
+    assert!(message["content"].is_string());
+    // With it, the call.
+    let a = call(
+        &server,
+        OPENAI_HEADERS,
+        &openai_body(user, true, json!({"tool_choice": "auto"})),
+    );
+    assert_eq!(a.json()["choices"][0]["finish_reason"], "tool_calls");
+}
+
+#[test]
+fn split_calls_repeat_one_id_per_piece() {
+    let quirks = Quirks {
+        split_tool_calls: true,
+        ..Quirks::default()
+    };
+    let call_reply = || Reply::tool_calls(vec![ToolCall::new("read_file", json!({"path": "abc"}))]);
+    let server = MockServer::start(
+        Wire::Anthropic,
+        Script::new(vec![call_reply()])
+            .with_delta_chars(3)
+            .with_quirks(quirks),
+    )
+    .expect("server");
+    let a = call(
+        &server,
+        ANTHROPIC_HEADERS,
+        &json!({"model": "m", "max_tokens": 10, "stream": true,
+                "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    let ids: Vec<String> = a
+        .sse_data()
+        .iter()
+        .filter_map(|e| e.pointer("/content_block/id").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect();
+    assert!(ids.len() > 2, "one block per piece: {ids:?}");
+    assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
+}
+
+#[test]
+fn the_context_window_is_stated_and_enforced() {
+    let quirks = Quirks {
+        context_window: Some(100),
+        ..Quirks::default()
+    };
+    let server = MockServer::start(
+        Wire::OpenAi,
+        Script::new(vec![Reply::text("ok")]).with_quirks(quirks),
+    )
+    .expect("server");
+    let mut conn = TcpStream::connect(server.addr()).expect("connect");
+    send(&mut conn, "GET", "/props", &[], &Value::Null);
+    let props = read_answer(&mut BufReader::new(conn)).json();
+    assert_eq!(props["default_generation_settings"]["n_ctx"], 100);
+    let mut conn = TcpStream::connect(server.addr()).expect("connect");
+    send(&mut conn, "GET", "/v1/models", &[], &Value::Null);
+    let models = read_answer(&mut BufReader::new(conn)).json();
+    assert_eq!(models["data"][0]["context_length"], 100);
+    let user = json!([{"role": "user", "content": "hi"}]);
+    let a = call(
+        &server,
+        OPENAI_HEADERS,
+        &openai_body(user.clone(), false, json!({"max_tokens": 500})),
+    );
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["error"]["code"], "context_length_exceeded");
+    let a = call(
+        &server,
+        OPENAI_HEADERS,
+        &openai_body(user, false, json!({"max_tokens": 10})),
+    );
+    assert_eq!(a.status, 200);
+}
+
+#[test]
+fn truncated_and_empty_replies_have_the_real_stop_reasons() {
+    for (wire, headers) in [
+        (Wire::Anthropic, ANTHROPIC_HEADERS),
+        (Wire::OpenAi, OPENAI_HEADERS),
+    ] {
+        let server = MockServer::start(
+            wire,
+            Script::new(vec![
+                Reply::Truncated {
+                    text: "Half".into(),
+                },
+                Reply::Empty,
+            ]),
+        )
+        .expect("server");
+        let body = json!({"model": "m", "max_tokens": 10,
+                          "messages": [{"role": "user", "content": "hi"}]});
+        let cut = call(&server, headers, &body).json();
+        let empty = call(&server, headers, &body).json();
+        match wire {
+            Wire::Anthropic => {
+                assert_eq!(cut["stop_reason"], "max_tokens");
+                assert_eq!(empty["content"], json!([]));
+                assert_eq!(empty["usage"]["output_tokens"], 0);
+            }
+            _ => {
+                assert_eq!(cut["choices"][0]["finish_reason"], "length");
+                assert!(empty["choices"][0]["message"]["content"].is_null());
+                assert_eq!(empty["usage"]["completion_tokens"], 0);
+            }
+        }
+    }
 }
