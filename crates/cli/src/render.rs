@@ -78,6 +78,7 @@ pub fn event_text(event: &Event, verbose: bool) -> Option<String> {
             session_id,
             applied,
             conflicts,
+            held_back,
             session_kept,
         } => sync_finished_text(
             *outcome,
@@ -85,6 +86,7 @@ pub fn event_text(event: &Event, verbose: bool) -> Option<String> {
             session_id,
             applied,
             conflicts,
+            held_back,
             *session_kept,
         ),
         _ => return None,

@@ -298,6 +298,7 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
                     &record.id,
                     &applied,
                     &result.report.conflicts,
+                    &result.held_back,
                     !result.finished,
                 )
             );

@@ -64,6 +64,9 @@ pub struct AgentOptions {
     pub compact_threshold: f64,
     /// Tool results longer than this are cut in the history, with a note.
     pub max_tool_result_chars: usize,
+    /// What the user can do when the conversation no longer fits the model, in the
+    /// words of the front end (`/compress` in chat; nothing to type in `exec`).
+    pub overflow_advice: String,
 }
 
 impl Default for AgentOptions {
@@ -77,6 +80,7 @@ impl Default for AgentOptions {
             context_window: 200_000,
             compact_threshold: 0.8,
             max_tool_result_chars: 40_000,
+            overflow_advice: "run /compress, or /clear to start over".into(),
         }
     }
 }
@@ -100,6 +104,8 @@ pub struct Agent {
     messages: Vec<Message>,
     always_allowed: HashSet<String>,
     stats: LiveStats,
+    /// Whether the server was asked for its context window yet.
+    window_checked: bool,
 }
 
 impl Agent {
@@ -117,6 +123,7 @@ impl Agent {
             messages: Vec::new(),
             always_allowed: HashSet::new(),
             stats: LiveStats::default(),
+            window_checked: false,
         }
     }
 
@@ -318,6 +325,13 @@ impl Agent {
         events: &dyn EventSink,
         cancel: &CancellationToken,
     ) -> Result<TurnOutcome, CoreError> {
+        if !self.window_checked {
+            self.window_checked = true;
+            // A window the server states is the truth; the configured one is a guess.
+            if let Some(w) = self.client.context_window().await {
+                self.options.context_window = w;
+            }
+        }
         if self.over_threshold() {
             if let Err(e) = self.compact(events, cancel).await {
                 if matches!(e, CoreError::Model(LlmError::Cancelled)) {
@@ -329,8 +343,10 @@ impl Agent {
                 });
             }
         }
+        let last_user_text = user_text.clone();
         self.push(Message::user_text(user_text));
         events.emit(Event::TurnStarted);
+        let mut overflow_compacted = false;
 
         for _ in 0..self.options.max_turns {
             let request = self.build_request(self.system_prompt(), true);
@@ -348,12 +364,36 @@ impl Agent {
                 StreamEvent::ToolCallStarted { .. } => {}
                 StreamEvent::Warning { message } => events.emit(Event::Notice { message }),
             };
-            let response = match self.client.stream(&request, &mut on_stream, cancel).await {
+            let result = self.client.stream(&request, &mut on_stream, cancel).await;
+            if let Err(LlmError::ContextOverflow { window, .. }) = &result {
+                // Too long for the model: compact once and ask again, as the user would.
+                if let Some(w) = window {
+                    self.options.context_window = *w;
+                }
+                if !overflow_compacted && self.messages.len() > 2 {
+                    overflow_compacted = true;
+                    events.emit(Event::Notice {
+                        message: "The conversation no longer fits the model: compacting it and asking again.".into(),
+                    });
+                    if self.compact(events, cancel).await.is_ok() {
+                        // The user's request is kept verbatim after the summary.
+                        self.push(Message::user_text(last_user_text.clone()));
+                        continue;
+                    }
+                }
+            }
+            let response = match result {
                 Ok(r) => r,
                 Err(LlmError::Cancelled) => {
                     self.push(Message::assistant_text("(the user cancelled this turn)"));
                     events.emit(Event::TurnCancelled);
                     return Ok(TurnOutcome::Cancelled);
+                }
+                Err(e @ LlmError::ContextOverflow { .. }) => {
+                    events.emit(Event::TurnFailed {
+                        message: format!("{e}; {}", self.options.overflow_advice),
+                    });
+                    return Err(e.into());
                 }
                 Err(e) => {
                     events.emit(Event::TurnFailed {

@@ -21,6 +21,7 @@ use crate::conversation::{diffs_of, outcome_of, CurrentCancel, Emitter, Queued};
 use crate::recorder::Recorder;
 use crate::session::Session;
 use crate::settings::Settings;
+use crate::workspace::ReviewResult;
 
 /// How long a `!cmd` may run.
 const SHELL_TIMEOUT: Duration = Duration::from_secs(600);
@@ -513,7 +514,7 @@ impl Runner {
             } else {
                 false
             };
-            self.sync_finished(outcome, Vec::new(), Vec::new(), kept);
+            self.sync_finished(outcome, Default::default(), kept);
             return false;
         }
         self.events.emit(Event::ChangeSummary {
@@ -553,12 +554,7 @@ impl Runner {
         match self.apply(decision, ending).await {
             Ok(result) => {
                 let kept = !result.finished && (ending || outcome == SyncOutcome::Kept);
-                self.sync_finished(
-                    outcome,
-                    result.report.applied,
-                    result.report.conflicts,
-                    kept,
-                );
+                self.sync_finished(outcome, result, kept);
             }
             Err(e) => self.events.error(format!(
                 "the sync failed ({e}); the agent's work stays in session {}",
@@ -580,19 +576,14 @@ impl Runner {
         }
     }
 
-    fn sync_finished(
-        &self,
-        outcome: SyncOutcome,
-        applied: Vec<String>,
-        conflicts: Vec<String>,
-        session_kept: bool,
-    ) {
+    fn sync_finished(&self, outcome: SyncOutcome, result: ReviewResult, session_kept: bool) {
         self.events.emit(Event::SyncFinished {
             outcome,
             project: self.session.project.display().to_string(),
             session_id: self.session.id.clone(),
-            applied,
-            conflicts,
+            applied: result.report.applied,
+            conflicts: result.report.conflicts,
+            held_back: result.held_back,
             session_kept,
         });
     }

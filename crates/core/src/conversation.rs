@@ -272,6 +272,11 @@ pub async fn start(settings: Settings, start: Start) -> Result<Conversation, Sta
         memory: memory.system_prompt_section(),
         context_window: settings.context_window,
         compact_threshold: settings.compact_threshold,
+        overflow_advice: if settings.headless {
+            "give a shorter task, or one that reads less at once".into()
+        } else {
+            AgentOptions::default().overflow_advice
+        },
         ..AgentOptions::default()
     };
     if let Some(record) = &opened.restored {

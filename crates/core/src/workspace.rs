@@ -24,11 +24,14 @@ pub enum Workspace {
 }
 
 /// What applying a review verdict did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReviewResult {
     pub report: SyncReport,
     /// Nothing unsynced remains: the session can be closed.
     pub finished: bool,
+    /// Flagged files (they steer the next session, or are symlinks) that "accept all"
+    /// did not sync: they need to be picked by name (a second confirmation).
+    pub held_back: Vec<String>,
 }
 
 fn empty_report() -> SyncReport {
@@ -133,19 +136,42 @@ impl Workspace {
             return Ok(ReviewResult {
                 report: empty_report(),
                 finished: true,
+                held_back: Vec::new(),
             });
         };
+        // "Accept all" never syncs a file that steers the next session or a symlink:
+        // those wait in the session until the user picks them by name.
+        if matches!(decision, ReviewDecision::AcceptAll) {
+            let changes = self.pending_changes(repo)?;
+            let (flagged, rest): (Vec<_>, Vec<_>) =
+                changes.files.iter().partition(|f| f.needs_second_look());
+            if !flagged.is_empty() {
+                let paths = rest.iter().map(|f| f.path.clone()).collect();
+                let mut result = self.apply_review(
+                    repo,
+                    &ReviewDecision::Pick {
+                        paths,
+                        keep_rest: true,
+                    },
+                    ending,
+                )?;
+                result.held_back = flagged.iter().map(|f| f.path.clone()).collect();
+                return Ok(result);
+            }
+        }
         let report = match decision {
             ReviewDecision::Keep => {
                 return Ok(ReviewResult {
                     report: empty_report(),
                     finished: false,
+                    held_back: Vec::new(),
                 })
             }
             ReviewDecision::RejectAll if ending => {
                 return Ok(ReviewResult {
                     report: empty_report(),
                     finished: true,
+                    held_back: Vec::new(),
                 })
             }
             ReviewDecision::RejectAll => {
@@ -157,7 +183,11 @@ impl Workspace {
                 let report = sync::sync_back(repo, project, Some(paths))?;
                 if *keep_rest {
                     let finished = ending && sync::pending(repo, project)?.is_empty();
-                    return Ok(ReviewResult { report, finished });
+                    return Ok(ReviewResult {
+                        report,
+                        finished,
+                        held_back: Vec::new(),
+                    });
                 }
                 // Rejected files go back to the base in the session, so they are not
                 // offered again; the history keeps the agent's version.
@@ -166,7 +196,11 @@ impl Workspace {
             }
         };
         let finished = ending && report.conflicts.is_empty();
-        Ok(ReviewResult { report, finished })
+        Ok(ReviewResult {
+            report,
+            finished,
+            held_back: Vec::new(),
+        })
     }
 }
 

@@ -31,6 +31,7 @@ pub fn sync_finished_text(
     session_id: &str,
     applied: &[String],
     conflicts: &[String],
+    held_back: &[String],
     session_kept: bool,
 ) -> String {
     let mut text = match outcome {
@@ -48,6 +49,11 @@ pub fn sync_finished_text(
     for c in conflicts {
         text.push_str(&format!(
             "\n⚠ {c}: changed on the host since the session began; the agent's version stays in session {session_id} (`safe-coder sessions sync {session_id} --theirs {c}` takes it)"
+        ));
+    }
+    for h in held_back {
+        text.push_str(&format!(
+            "\n⚠ {h}: steers the next session (or is a symlink), so \"accept all\" left it in session {session_id}; sync it by name: `safe-coder sessions sync {session_id} --files {h}`"
         ));
     }
     if session_kept && outcome == SyncOutcome::Synced {

@@ -143,6 +143,10 @@ pub enum Event {
         session_id: String,
         applied: Vec<String>,
         conflicts: Vec<String>,
+        /// Flagged files (they steer the next session, or are symlinks) that "accept
+        /// all" left in the session: they are synced only when picked by name.
+        #[serde(default)]
+        held_back: Vec<String>,
         session_kept: bool,
     },
     /// The live state of the sandbox (sent about once a second when asked for).

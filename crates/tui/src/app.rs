@@ -685,6 +685,7 @@ impl App {
                 session_id,
                 applied,
                 conflicts,
+                held_back,
                 session_kept,
             } => {
                 self.push_notice(display::sync_finished_text(
@@ -693,6 +694,7 @@ impl App {
                     &session_id,
                     &applied,
                     &conflicts,
+                    &held_back,
                     session_kept,
                 ));
             }
