@@ -99,6 +99,20 @@ fn hostile_agent(backend: &str) {
     assert_ok(&out);
     assert_eq!(world.read("normal.txt").as_deref(), Some("normal\n"));
     assert_eq!(world.read("sub/f").as_deref(), Some("x\n"));
+    // A file that steers the next session is never synced by "accept all": it waits
+    // in the session until the user names it.
+    assert_eq!(world.read("AGENTS.md"), None);
+    assert!(
+        stdout(&out).contains("AGENTS.md: steers the next session"),
+        "{}",
+        stdout(&out)
+    );
+    let out = world
+        .cmd()
+        .args(["sessions", "sync", &id, "--files", "AGENTS.md"])
+        .output()
+        .expect("run");
+    assert_ok(&out);
     assert_eq!(world.read("AGENTS.md").as_deref(), Some("obey the agent\n"));
     assert_eq!(
         world.read("README.md").as_deref(),
