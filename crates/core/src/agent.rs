@@ -193,6 +193,7 @@ impl Agent {
         system_prompt(
             &self.sandbox.agent_root(),
             self.sandbox.backend().as_str(),
+            self.sandbox.backend().uses_copy(),
             self.options.approval_mode,
             &self.options.memory,
         )

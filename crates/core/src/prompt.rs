@@ -1,8 +1,15 @@
 use safe_coder_protocol::ApprovalMode;
 
 /// The system prompt: who the agent is, where it works, the approval mode, and the
-/// user's memory files (already formatted by the caller).
-pub fn system_prompt(agent_root: &str, backend: &str, mode: ApprovalMode, memory: &str) -> String {
+/// user's memory files (already formatted by the caller). `syncs_back`: the agent works
+/// on a copy that reaches the user's files only through their review.
+pub fn system_prompt(
+    agent_root: &str,
+    backend: &str,
+    syncs_back: bool,
+    mode: ApprovalMode,
+    memory: &str,
+) -> String {
     let mut p = format!(
         "You are Safe Coder, an AI coding agent working in a terminal on the user's project.\n\
          The project root is {agent_root}. Tool paths are relative to it (absolute paths inside it also work); \
@@ -11,10 +18,10 @@ pub fn system_prompt(agent_root: &str, backend: &str, mode: ApprovalMode, memory
          that the user can inspect and roll back{}.\n\
          Use the tools to read files before editing them, make precise edits with edit_file, and run \
          commands with bash to build and test. Keep answers short and say what you changed.\n",
-        if backend == "direct" {
-            ""
-        } else {
+        if syncs_back {
             ", and the user's own files change only when they accept your changes at the end"
+        } else {
+            ""
         }
     );
     if mode == ApprovalMode::Plan {
