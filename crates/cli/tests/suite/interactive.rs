@@ -389,3 +389,81 @@ fn a_mid_session_sync_is_not_offered_again_at_exit() {
     assert!(last_summary.starts_with("1 file(s):"), "{text}");
     assert!(!last_summary.contains("first.txt"), "{text}");
 }
+
+/// Every session id in this world, synced or not.
+fn all_session_ids(world: &World) -> Vec<String> {
+    let out = world
+        .cmd()
+        .args(["sessions", "list", "--all", "--json"])
+        .output()
+        .expect("run");
+    assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+/// Issue 8: line mode and `exec` say the same thing about a session's start, its
+/// changes and its sync, because both render the same events with the same words.
+#[test]
+fn line_mode_and_exec_report_a_session_in_the_same_words() {
+    let script = || {
+        Script::new(vec![
+            Reply::tool_calls(vec![call(
+                "write_file",
+                json!({"path": "same.txt", "content": "s\n"}),
+            )]),
+            Reply::text("wrote it"),
+        ])
+    };
+    // The lines that describe the session, with its id and project made neutral.
+    let lines = |text: &str, world: &World| -> Vec<String> {
+        let id = all_session_ids(world).pop().expect("a session");
+        let project = world
+            .project
+            .canonicalize()
+            .expect("project")
+            .display()
+            .to_string();
+        // A question answered from a pipe leaves no newline: look inside lines too.
+        text.lines()
+            .filter_map(|l| match l.find("✓ Changes synced") {
+                Some(at) => Some(&l[at..]),
+                None if l.starts_with("Session ")
+                    || l.starts_with("Changed ")
+                    || l.starts_with("  - ") =>
+                {
+                    Some(l)
+                }
+                None => None,
+            })
+            .map(|l| l.replace(&id, "ID").replace(&project, "PROJECT"))
+            .collect()
+    };
+
+    let world = World::new();
+    let server = MockServer::start(Wire::Anthropic, script()).expect("server");
+    let out = world.exec(
+        &server,
+        &["--backend", "copy", "--sync", "accept", "write same"],
+    );
+    assert_ok(&out);
+    let exec_lines = lines(&stderr(&out), &world);
+
+    let world = World::new();
+    let server = MockServer::start(Wire::Anthropic, script()).expect("server");
+    let out = chat(
+        &world,
+        &server,
+        &["--backend", "copy", "--approval-mode", "yolo"],
+        "write same\nexit\na\n",
+    );
+    assert_ok(&out);
+    let chat_lines = lines(&stdout(&out), &world);
+
+    assert_eq!(exec_lines.len(), 4, "{exec_lines:#?}");
+    assert_eq!(exec_lines, chat_lines);
+}
