@@ -73,7 +73,7 @@ impl Default for AgentOptions {
     fn default() -> Self {
         AgentOptions {
             model: String::new(),
-            max_tokens: 8192,
+            max_tokens: safe_coder_llm::DEFAULT_MAX_TOKENS,
             max_turns: 100,
             approval_mode: ApprovalMode::Default,
             memory: String::new(),

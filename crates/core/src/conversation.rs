@@ -476,9 +476,9 @@ fn session_config(settings: &Settings) -> SessionConfig {
         backend: settings.backend,
         exclude: settings.exclude.clone(),
         limits: limits_of(settings),
-        provider: settings.provider.kind.as_str().to_string(),
+        provider: settings.provider.kind,
         model: settings.provider.model.clone(),
-        approval_mode: settings.approval_mode.to_string(),
+        approval_mode: settings.approval_mode,
     }
 }
 

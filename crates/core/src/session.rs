@@ -44,9 +44,9 @@ pub struct SessionConfig {
     pub backend: Option<BackendKind>,
     pub exclude: Vec<String>,
     pub limits: SessionLimits,
-    pub provider: String,
+    pub provider: safe_coder_llm::ProviderKind,
     pub model: String,
-    pub approval_mode: String,
+    pub approval_mode: safe_coder_protocol::ApprovalMode,
 }
 
 /// What a session's sandbox and history are opened with.
@@ -199,9 +199,9 @@ impl Session {
                 backend: backend.as_str().to_string(),
                 session_dir: dir.display().to_string(),
                 base_commit: Some(base),
-                provider: config.provider.clone(),
+                provider: config.provider.as_str().to_string(),
                 model: config.model.clone(),
-                approval_mode: config.approval_mode.clone(),
+                approval_mode: config.approval_mode.as_str().to_string(),
             })?;
         }
         let sandbox = open_sandbox(backend, workspace.work_tree(), &config.limits)?;

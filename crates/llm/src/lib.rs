@@ -53,6 +53,9 @@ pub use safe_coder_protocol::{
 };
 pub use tokio_util::sync::CancellationToken;
 
+/// Output tokens asked for per reply when the config names no other number.
+pub const DEFAULT_MAX_TOKENS: u32 = 8192;
+
 /// A model API. Serialised as `anthropic`, `openai`, `ollama` (`as_str`); with the
 /// `clap` feature it is also a `clap::ValueEnum` (`--provider`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -288,7 +291,7 @@ impl ProviderConfig {
             base_url: kind.default_base_url().to_string(),
             api_key: None,
             model: kind.default_model().to_string(),
-            max_tokens: 8192,
+            max_tokens: DEFAULT_MAX_TOKENS,
             retry: RetryPolicy::default(),
             limits: StreamLimits::default(),
             tool_choice: ToolChoice::Auto,
