@@ -7,7 +7,8 @@
 //! - `safe-coder --version`: wall time and peak RSS.
 //!
 //! Run: `cargo bench -p safe-coder-cli --bench exec` (add `-- direct copy process` to
-//! pick backends; `SAFE_CODER_BENCH_RUNS=N` for more runs).
+//! pick backends; `SAFE_CODER_BENCH_RUNS=N` for more runs; `SAFE_CODER_BENCH_BIN=PATH`
+//! measures another build of the binary, e.g. the previous commit's, side by side).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,6 +16,13 @@ use std::time::{Duration, Instant};
 
 use safe_coder_test_support::{MockServer, Reply, Script, ToolCall, Wire};
 use serde_json::json;
+
+/// The binary under test: this build's, or `SAFE_CODER_BENCH_BIN` (to measure an older
+/// build side by side with this one in the same run of the machine).
+fn binary() -> String {
+    std::env::var("SAFE_CODER_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_safe-coder").to_string())
+}
 
 fn scenario() -> Script {
     let c = ToolCall::new;
@@ -109,7 +117,7 @@ fn seed_project(dir: &Path) {
 }
 
 fn bench_exec(backend: &str, runs: usize) {
-    let bin = env!("CARGO_BIN_EXE_safe-coder");
+    let bin = binary();
     let mut walls = Vec::new();
     let mut rss = Vec::new();
     let mut per_turn = Vec::new();
@@ -120,7 +128,7 @@ fn bench_exec(backend: &str, runs: usize) {
         std::fs::create_dir_all(&home).expect("home");
         seed_project(&project);
         let server = MockServer::start(Wire::Anthropic, scenario()).expect("server");
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(&bin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", &home)
@@ -182,11 +190,11 @@ fn bench_exec(backend: &str, runs: usize) {
 }
 
 fn bench_version(runs: usize) {
-    let bin = env!("CARGO_BIN_EXE_safe-coder");
+    let bin = binary();
     let mut walls = Vec::new();
     let mut rss = Vec::new();
     for _ in 0..runs {
-        let r = run(Command::new(bin).arg("--version"));
+        let r = run(Command::new(&bin).arg("--version"));
         walls.push(r.wall.as_secs_f64() * 1e3);
         rss.push(r.max_rss_kb as f64 / 1024.0);
     }
@@ -234,14 +242,14 @@ fn time_to_prompt(cmd: &mut Command) -> f64 {
 /// `chat` start to prompt ready with 1,000 stored sessions, and resuming a session of
 /// 1,000 messages (issue 5's targets: ≤ 50 ms and ≤ 100 ms).
 fn bench_chat_start(runs: usize) {
-    let bin = env!("CARGO_BIN_EXE_safe-coder");
+    let bin = binary();
     let root = tempfile::tempdir().expect("tmp");
     let home = root.path().join("home");
     let project = root.path().join("project");
     std::fs::create_dir_all(&home).expect("home");
     seed_project(&project);
     let chat = |extra: &[&str]| {
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(&bin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", &home)
