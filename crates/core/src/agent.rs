@@ -562,12 +562,25 @@ impl Agent {
                 let paths = if full_scan { None } else { Some(touched) };
                 let msg = message.clone();
                 let res = tokio::task::spawn_blocking(move || {
-                    repo.commit_changes(&msg, paths.as_deref())
+                    repo.commit_changes_reporting(&msg, paths.as_deref())
                 })
                 .await;
                 match res {
-                    Ok(Ok(Some(commit))) => events.emit(Event::Committed { message, commit }),
-                    Ok(Ok(None)) => {}
+                    Ok(Ok(outcome)) => {
+                        if let Some(commit) = outcome.commit {
+                            events.emit(Event::Committed { message, commit });
+                        }
+                        // Said once per path and session: what the history cannot hold.
+                        for left in outcome.newly_left_out {
+                            events.emit(Event::Notice {
+                                message: format!(
+                                    "not in the session history (so never synced): {}: {}",
+                                    safe_coder_protocol::display::escape_for_terminal(&left.path),
+                                    left.reason
+                                ),
+                            });
+                        }
+                    }
                     Ok(Err(e)) => events.emit(Event::Error {
                         message: format!("could not record the commit: {e}"),
                     }),

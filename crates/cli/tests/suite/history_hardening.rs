@@ -76,6 +76,13 @@ fn hostile_agent(backend: &str) {
     ] {
         assert!(err.contains(line), "the summary has {line:?}:\n{err}");
     }
+    // Said as it happened, once, not only at review.
+    assert_eq!(
+        err.matches("not in the session history (so never synced): sub/.git:")
+            .count(),
+        1,
+        "{err}"
+    );
     assert!(
         !err.contains("a\x1b[2K"),
         "a raw escape reached the terminal"
