@@ -90,8 +90,8 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
                     Event::ReviewRequested { changes, .. } => {
                         syncable = changes.files.iter().filter(|f| !f.conflict).map(|f| f.path.clone()).collect();
                     }
-                    Event::SyncFinished { outcome, project, session_id, applied, conflicts, held_back, session_kept } => {
-                        last_sync = Some(sync_finished_text(*outcome, project, session_id, applied, conflicts, held_back, *session_kept));
+                    Event::SyncFinished { .. } => {
+                        last_sync = sync_finished_text(&event);
                     }
                     Event::SessionEnded { session_id, kept } => {
                         ended = Some((session_id.clone(), *kept));

@@ -72,23 +72,7 @@ pub fn event_text(event: &Event, verbose: bool) -> Option<String> {
                 changes.summary_text().trim_end()
             )
         }
-        Event::SyncFinished {
-            outcome,
-            project,
-            session_id,
-            applied,
-            conflicts,
-            held_back,
-            session_kept,
-        } => sync_finished_text(
-            *outcome,
-            project,
-            session_id,
-            applied,
-            conflicts,
-            held_back,
-            *session_kept,
-        ),
+        e @ Event::SyncFinished { .. } => return sync_finished_text(e),
         _ => return None,
     })
 }

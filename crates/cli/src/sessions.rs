@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use safe_coder_core::session::{owner_alive, SessionFiles};
 use safe_coder_protocol::display::{escape_for_terminal, sync_finished_text};
-use safe_coder_protocol::{ReviewDecision, SyncOutcome};
+use safe_coder_protocol::{Event, ReviewDecision, SyncOutcome};
 use safe_coder_store::{ListFilter, SessionRecord, Store};
 
 use crate::config::Dirs;
@@ -290,18 +290,17 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
                 .into_iter()
                 .filter(|p| pending.contains(p))
                 .collect();
-            println!(
-                "{}",
-                sync_finished_text(
-                    outcome,
-                    &record.project,
-                    &record.id,
-                    &applied,
-                    &result.report.conflicts,
-                    &result.held_back,
-                    !result.finished,
-                )
-            );
+            let finished = Event::SyncFinished {
+                outcome,
+                project: record.project.clone(),
+                session_id: record.id.clone(),
+                applied,
+                conflicts: result.report.conflicts,
+                held_back: result.held_back,
+                not_written: result.report.reasons,
+                session_kept: !result.finished,
+            };
+            println!("{}", sync_finished_text(&finished).unwrap_or_default());
             if !result.finished && outcome != SyncOutcome::Kept {
                 println!(
                     "Still in session {id}: `safe-coder sessions show {id}` lists what is left.",

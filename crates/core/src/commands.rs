@@ -584,6 +584,7 @@ impl Runner {
             applied: result.report.applied,
             conflicts: result.report.conflicts,
             held_back: result.held_back,
+            not_written: result.report.reasons,
             session_kept,
         });
     }

@@ -2,7 +2,7 @@
 //! the TUI say the same thing about a session's start and its sync. Plain text, no
 //! terminal codes; each front end styles it.
 
-use crate::SyncOutcome;
+use crate::{Event, SyncOutcome};
 
 /// The one-line backend note: what was chosen and why, without the list of backends
 /// passed over (that is for `sandbox doctor` and `-v`).
@@ -24,16 +24,22 @@ pub fn session_started_line(session_id: &str, backend: &str, note: &str, verbose
     }
 }
 
-/// What a review did, in a few lines.
-pub fn sync_finished_text(
-    outcome: SyncOutcome,
-    project: &str,
-    session_id: &str,
-    applied: &[String],
-    conflicts: &[String],
-    held_back: &[String],
-    session_kept: bool,
-) -> String {
+/// What a review did, in a few lines: the text of an [`Event::SyncFinished`] (`None` for
+/// any other event).
+pub fn sync_finished_text(event: &Event) -> Option<String> {
+    let Event::SyncFinished {
+        outcome,
+        project,
+        session_id,
+        applied,
+        conflicts,
+        held_back,
+        not_written,
+        session_kept,
+    } = event
+    else {
+        return None;
+    };
     let mut text = match outcome {
         SyncOutcome::NoChanges => "No changes.".to_string(),
         SyncOutcome::InPlace => format!("The changes are already in {project} (direct backend)."),
@@ -46,20 +52,38 @@ pub fn sync_finished_text(
             applied.len()
         ),
     };
+    let why = |path: &str, fallback: &str| -> String {
+        not_written
+            .get(path)
+            .cloned()
+            .unwrap_or_else(|| fallback.to_string())
+    };
     for c in conflicts {
         text.push_str(&format!(
-            "\n⚠ {c}: changed on the host since the session began; the agent's version stays in session {session_id} (`safe-coder sessions sync {session_id} --theirs {c}` takes it)"
+            "\n⚠ {}: {}; the agent's version stays in session {session_id} (`safe-coder sessions sync {session_id} --theirs {}` takes it)",
+            escape_for_terminal(c),
+            why(c, "changed on the host since the session began"),
+            escape_for_terminal(c)
         ));
+    }
+    for (path, reason) in not_written {
+        if !conflicts.contains(path) {
+            text.push_str(&format!(
+                "\n⚠ {}: not written: {reason}; it stays in session {session_id}",
+                escape_for_terminal(path)
+            ));
+        }
     }
     for h in held_back {
         text.push_str(&format!(
-            "\n⚠ {h}: steers the next session (or is a symlink), so \"accept all\" left it in session {session_id}; sync it by name: `safe-coder sessions sync {session_id} --files {h}`"
+            "\n⚠ {h}: steers the next session (or is a symlink), so \"accept all\" left it in session {session_id}; sync it by name: `safe-coder sessions sync {session_id} --files {h}`",
+            h = escape_for_terminal(h)
         ));
     }
-    if session_kept && outcome == SyncOutcome::Synced {
+    if *session_kept && *outcome == SyncOutcome::Synced {
         text.push_str(&format!("\nSession {session_id} keeps the unsynced work."));
     }
-    text
+    Some(text)
 }
 
 /// `text` with terminal control characters made visible (`\x1b`, `\r`, `\u{202e}`…),

@@ -147,6 +147,11 @@ pub enum Event {
         /// all" left in the session: they are synced only when picked by name.
         #[serde(default)]
         held_back: Vec<String>,
+        /// Why each conflict, and each accepted file that could not be written (a
+        /// directory or symlink in the way, a file changed since review), was not
+        /// written: one sentence each.
+        #[serde(default)]
+        not_written: BTreeMap<String, String>,
         session_kept: bool,
     },
     /// The live state of the sandbox (sent about once a second when asked for).

@@ -679,24 +679,10 @@ impl App {
                     self.push_notice(changes.summary_text().trim_end().to_string());
                 }
             }
-            Event::SyncFinished {
-                outcome,
-                project,
-                session_id,
-                applied,
-                conflicts,
-                held_back,
-                session_kept,
-            } => {
-                self.push_notice(display::sync_finished_text(
-                    outcome,
-                    &project,
-                    &session_id,
-                    &applied,
-                    &conflicts,
-                    &held_back,
-                    session_kept,
-                ));
+            e @ Event::SyncFinished { .. } => {
+                if let Some(text) = display::sync_finished_text(&e) {
+                    self.push_notice(text);
+                }
             }
         }
     }

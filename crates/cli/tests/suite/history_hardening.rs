@@ -228,3 +228,36 @@ fn memory_links_to_secrets_or_devices_never_reach_the_model() {
     );
     assert!(err.contains("not a regular file"), "{err}");
 }
+
+/// A directory the user made where the agent's file goes is reported as what it is,
+/// not as "changed on the host", and the agent's file stays in the session.
+#[test]
+fn a_directory_in_the_way_is_reported_as_such_at_sync() {
+    let world = World::new();
+    world.write("keep.txt", "k\n");
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![safe_coder_test_support::ToolCall::new(
+            "write_file",
+            json!({"path": "late.txt", "content": "agent\n"}),
+        )]),
+        Reply::text("done"),
+    ]);
+    let server = MockServer::start(Wire::Anthropic, script).expect("server");
+    let out = world.exec(&server, &["--backend", "copy", "late"]);
+    assert_ok(&out);
+    let id = session_id(&world);
+    std::fs::create_dir_all(world.project.join("late.txt/inside")).expect("mkdir");
+    let out = world
+        .cmd()
+        .args(["sessions", "sync", &id, "--accept-all"])
+        .output()
+        .expect("run");
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.contains("late.txt:"))
+        .unwrap_or_else(|| panic!("no line about late.txt:\n{text}"));
+    assert!(line.contains("director"), "{line}");
+    assert!(!line.contains("changed on the host"), "{line}");
+    assert!(world.project.join("late.txt/inside").is_dir());
+}
