@@ -323,6 +323,12 @@ impl SessionFiles {
         Ok(result)
     }
 
+    /// `sessions sync --theirs/--ours`: see [`Workspace::resolve`]. Call
+    /// [`SessionFiles::change_set`] first: a file is written only as the user last saw it.
+    pub fn resolve(&self, theirs: &[String], ours: &[String]) -> Result<SyncReport, SessionError> {
+        self.workspace.resolve(&self.repo, theirs, ours)
+    }
+
     /// Drops the session's work (`sessions discard`).
     pub fn discard(&self) {
         self.set_state(SessionState::Discarded);

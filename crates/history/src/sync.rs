@@ -336,6 +336,24 @@ pub fn sync_back(
     project: &Path,
     accepted: Option<&[String]>,
 ) -> Result<SyncReport, HistoryError> {
+    sync_back_with(repo, project, accepted, &[])
+}
+
+/// [`sync_back`], where the paths of `force` are written even when they changed on the
+/// host since the session began (the user chose the agent's version over theirs:
+/// `sessions sync --theirs`). Everything else holds as in [`sync_back`]: a forced path
+/// must be accepted, nothing in the way on the host is replaced, and a file changed in
+/// the sandbox since it was reviewed is still skipped.
+pub fn sync_back_with(
+    repo: &SessionRepo,
+    project: &Path,
+    accepted: Option<&[String]>,
+    force: &[String],
+) -> Result<SyncReport, HistoryError> {
+    let force: HashSet<String> = force
+        .iter()
+        .map(|p| clean_rel(p).unwrap_or_else(|| p.clone()))
+        .collect();
     let project = fs::canonicalize(project)
         .ctx(|| format!("cannot resolve the project {}", project.display()))?;
     let scan = repo.scan(false)?;
@@ -401,7 +419,7 @@ pub fn sync_back(
             report.applied.push(f.path.clone());
             continue;
         }
-        if is_conflict(p) {
+        if is_conflict(p) && !force.contains(&f.path) {
             report.conflicts.push(f.path.clone());
             report
                 .reasons

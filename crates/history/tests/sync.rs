@@ -5,7 +5,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use common::*;
-use safe_coder_history::sync::{mark_conflicts, pending, sync_back};
+use safe_coder_history::sync::{mark_conflicts, pending, sync_back, sync_back_with};
 use safe_coder_history::SessionRepo;
 
 struct Fixture {
@@ -169,6 +169,31 @@ fn conflicting_host_edit_survives() {
         pending(&f.repo, &f.project).unwrap(),
         vec!["new/dir/added.rs", "src/lib.rs", "src/main.rs"]
     );
+}
+
+#[test]
+fn forcing_a_conflict_takes_the_agents_version_and_nothing_else() {
+    need_git!();
+    let f = fixture();
+    agent_changes(&f);
+    write(&f.project, "src/main.rs", "fn main() { user(); }\n");
+    write(&f.project, "src/lib.rs", "user kept working here\n");
+
+    // Forced but not accepted: nothing is written.
+    let only = vec!["README.md".to_string()];
+    let force = vec!["src/main.rs".to_string()];
+    let r = sync_back_with(&f.repo, &f.project, Some(&only), &force).unwrap();
+    assert_eq!(r.applied, vec!["README.md"]);
+    assert_eq!(read(&f.project, "src/main.rs"), "fn main() { user(); }\n");
+
+    // Forced and accepted: the agent's version replaces the user's; the other
+    // conflict still stands.
+    let r = sync_back_with(&f.repo, &f.project, None, &force).unwrap();
+    assert!(r.applied.contains(&"src/main.rs".to_string()), "{r:?}");
+    assert_eq!(r.conflicts, vec!["src/lib.rs"]);
+    assert_eq!(read(&f.project, "src/main.rs"), "fn main() { agent(); }\n");
+    assert_eq!(read(&f.project, "src/lib.rs"), "user kept working here\n");
+    assert_eq!(pending(&f.repo, &f.project).unwrap(), vec!["src/lib.rs"]);
 }
 
 #[test]

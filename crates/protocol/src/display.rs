@@ -47,7 +47,7 @@ pub fn sync_finished_text(
     };
     for c in conflicts {
         text.push_str(&format!(
-            "\n⚠ {c}: changed on the host since the session began; the agent's version stays in session {session_id} (`safe-coder sessions sync {session_id} --theirs {c}` takes it)"
+            "\n⚠ {c}: changed on the host since the session began; the agent's version stays in session {session_id} (`safe-coder sessions diff {session_id} {c}` shows it; `safe-coder sessions sync {session_id} --theirs {c}` takes it, `--ours {c}` keeps yours)"
         ));
     }
     if session_kept && outcome == SyncOutcome::Synced {
