@@ -306,3 +306,48 @@ fn a_sessions_title_is_its_first_prompt_even_after_a_shell_command() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
     assert_eq!(v[0]["title"].as_str(), Some("say hello to the team"), "{v}");
 }
+
+#[test]
+fn the_backend_note_is_one_short_line_and_doctor_has_the_reasons() {
+    let world = World::new();
+    let server = MockServer::start(
+        Wire::Anthropic,
+        Script::new(vec![Reply::text("hi"), Reply::text("hi")]),
+    )
+    .expect("server");
+    let session_line = |out: &Output| -> String {
+        let err = stderr(out);
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("Session ")).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        lines[0].to_string()
+    };
+    // `auto` always passes over a backend (firecracker is not built in).
+    let out = world.exec(&server, &["say hi"]);
+    assert_ok(&out);
+    let short = session_line(&out);
+    assert!(!short.contains("passed over"), "{short}");
+    assert!(short.chars().count() <= 120, "one short line: {short}");
+    let out = world.exec(&server, &["-v", "say hi"]);
+    assert_ok(&out);
+    let long = session_line(&out);
+    assert!(long.contains("passed over firecracker"), "{long}");
+    // `sandbox doctor` gives every backend's reason.
+    let out = world
+        .cmd()
+        .args(["sandbox", "doctor"])
+        .output()
+        .expect("run");
+    assert_ok(&out);
+    let doctor = stdout(&out);
+    for b in [
+        "firecracker",
+        "qemu",
+        "docker",
+        "process",
+        "copy",
+        "direct",
+        "auto →",
+    ] {
+        assert!(doctor.contains(b), "{b}: {doctor}");
+    }
+}
