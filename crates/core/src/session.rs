@@ -1,4 +1,4 @@
-//! A session's life (DESIGN §5): the session directory under the data dir, the sandbox,
+//! A session's life (docs/sessions.md): the session directory under the data dir, the sandbox,
 //! the git history, the store record, review and sync back, and recovery after a crash.
 //!
 //! Layout of `<data_dir>/sessions/<id>/`:
