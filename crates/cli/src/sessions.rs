@@ -373,16 +373,15 @@ fn holds_work(store: &Arc<Mutex<Store>>, record: &SessionRecord) -> bool {
     if !dir.exists() {
         return false;
     }
-    match SessionFiles::open(record, store.clone()).and_then(|f| {
-        if f.workspace.syncs_back() {
-            f.change_set().map(|c| !c.is_empty())
-        } else {
-            Ok(true)
-        }
-    }) {
-        Ok(work) => work,
-        Err(_) => true,
-    }
+    SessionFiles::open(record, store.clone())
+        .and_then(|f| {
+            if f.workspace.syncs_back() {
+                f.change_set().map(|c| !c.is_empty())
+            } else {
+                Ok(true)
+            }
+        })
+        .unwrap_or(true)
 }
 
 /// Why a session has no files left, in the user's words.

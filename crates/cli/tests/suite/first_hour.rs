@@ -146,7 +146,7 @@ fn conflicts_are_settled_with_theirs_and_ours_and_every_view_agrees() {
     assert_ok(&out);
     let text = stdout(&out);
     assert!(text.contains("(2 file(s))"), "{text}");
-    assert!(text.contains(&format!("--theirs a.txt")), "{text}");
+    assert!(text.contains("--theirs a.txt"), "{text}");
     assert_eq!(world.read("new.txt").as_deref(), Some("new\n"));
     assert_eq!(world.read("a.txt").as_deref(), Some("user a\n"));
 
