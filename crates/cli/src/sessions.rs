@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use safe_coder_core::session::{owner_alive, SessionFiles};
+use safe_coder_history::sync::MergeOutcome;
 use safe_coder_protocol::display::{escape_for_terminal, sync_finished_text};
 use safe_coder_protocol::{ReviewDecision, SyncOutcome};
 use safe_coder_store::{ListFilter, SessionRecord, Store};
@@ -50,6 +51,11 @@ pub enum SessionsCmd {
         /// the session (its history keeps it).
         #[arg(long, num_args = 1.., value_name = "PATH")]
         ours: Vec<String>,
+        /// Merge your changes and the agent's to these files (a three-way merge from the
+        /// session start) into the session's version, when they do not overlap; then see
+        /// the result with `sessions diff` and take it with --theirs.
+        #[arg(long, num_args = 1.., value_name = "PATH")]
+        merge: Vec<String>,
     },
     /// Drop a session and its unsynced work.
     Discard { id: String },
@@ -250,6 +256,7 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
             reject_rest,
             theirs,
             ours,
+            merge,
         } => {
             let record = find(&store, &id)?;
             let session = open_session(&store, &record)?;
@@ -263,7 +270,7 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
             }
             print!("{}", escape_for_terminal(&changes.summary_text()));
             let is_pending = |f: &String| changes.files.iter().any(|c| &c.path == f);
-            for f in files.iter().chain(&theirs).chain(&ours) {
+            for f in files.iter().chain(&theirs).chain(&ours).chain(&merge) {
                 if !is_pending(f) {
                     bail!("{f} is not among the session's pending changes; `safe-coder sessions show {}` lists them", record.id);
                 }
@@ -271,12 +278,27 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
             if let Some(both) = theirs.iter().find(|p| ours.contains(p)) {
                 bail!("{both} is given to both --theirs and --ours: choose one");
             }
+            for p in &merge {
+                let shown = escape_for_terminal(p);
+                match session.merge(p)? {
+                    MergeOutcome::Merged => println!(
+                        "{shown}: your changes and the agent's merged cleanly into the session's version; see it with `safe-coder sessions diff {id} {shown}`, take it with `safe-coder sessions sync {id} --theirs {shown}`",
+                        id = record.id
+                    ),
+                    MergeOutcome::Conflicts(n) => println!(
+                        "{shown}: {n} place(s) changed on both sides, so nothing was merged: take one side with --theirs or --ours"
+                    ),
+                    MergeOutcome::NotNeeded => {
+                        println!("{shown}: not a conflict, so there is nothing to merge")
+                    }
+                }
+            }
             // Settle the files the user named first; the rest follows the decision.
             let settled = session.resolve(&theirs, &ours)?;
             for (p, why) in &settled.reasons {
                 println!("{}: {}", escape_for_terminal(p), escape_for_terminal(why));
             }
-            let settled_any = !theirs.is_empty() || !ours.is_empty();
+            let settled_any = !theirs.is_empty() || !ours.is_empty() || !merge.is_empty();
             let decision = if accept_all {
                 ReviewDecision::AcceptAll
             } else if !files.is_empty() {

@@ -329,6 +329,14 @@ impl SessionFiles {
         self.workspace.resolve(&self.repo, theirs, ours)
     }
 
+    /// `sessions sync --merge`: see [`Workspace::merge`].
+    pub fn merge(
+        &self,
+        path: &str,
+    ) -> Result<safe_coder_history::sync::MergeOutcome, SessionError> {
+        self.workspace.merge(&self.repo, path)
+    }
+
     /// Drops the session's work (`sessions discard`).
     pub fn discard(&self) {
         self.set_state(SessionState::Discarded);

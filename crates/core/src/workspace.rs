@@ -205,6 +205,24 @@ impl Workspace {
     }
 }
 
+impl Workspace {
+    /// `sessions sync --merge`: a three-way merge of the host's and the agent's version
+    /// of a conflicting file, kept in the session only when clean (see
+    /// [`sync::merge_into_session`]); the project is not touched.
+    pub fn merge(
+        &self,
+        repo: &SessionRepo,
+        path: &str,
+    ) -> Result<sync::MergeOutcome, SessionError> {
+        let Workspace::SandboxCopy { project, .. } = self else {
+            return Err(SessionError::Other(
+                "a direct session changed the project in place: there is nothing to merge".into(),
+            ));
+        };
+        Ok(sync::merge_into_session(repo, project, path)?)
+    }
+}
+
 /// Reverts, in the sandbox, every pending change that was neither accepted nor held
 /// back by a conflict.
 fn reject_others(

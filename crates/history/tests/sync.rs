@@ -246,3 +246,48 @@ fn uncommitted_agent_work_is_synced_and_nothing_escapes_the_project() {
     assert!(r.applied.is_empty());
     assert_eq!(read(&f.project, ".git/config"), "[core]\n");
 }
+
+#[test]
+fn a_three_way_merge_goes_into_the_session_only_when_clean() {
+    use safe_coder_history::sync::{merge_into_session, MergeOutcome};
+    need_git!();
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("project");
+    fs::create_dir(&project).unwrap();
+    write(&project, "notes.txt", "one\ntwo\nthree\nfour\nfive\n");
+    write(&project, "same.txt", "a\nb\n");
+    write(&project, "quiet.txt", "q\n");
+    let repo = SessionRepo::create_sandbox_copy(&project, &tmp.path().join("work"), &[]).unwrap();
+    let w = repo.work_tree().to_path_buf();
+    write(&w, "notes.txt", "ONE\ntwo\nthree\nfour\nfive\n");
+    write(&w, "same.txt", "agent\nb\n");
+    write(&w, "quiet.txt", "agent q\n");
+    repo.commit_changes("Agent executed: write_file", None)
+        .unwrap();
+    // The user changes other lines of notes.txt, and the same line of same.txt.
+    write(&project, "notes.txt", "one\ntwo\nthree\nfour\nFIVE\n");
+    write(&project, "same.txt", "user\nb\n");
+
+    assert_eq!(
+        merge_into_session(&repo, &project, "notes.txt").unwrap(),
+        MergeOutcome::Merged
+    );
+    // In the session only; the host waits for a sync that the user asks for.
+    assert_eq!(read(&w, "notes.txt"), "ONE\ntwo\nthree\nfour\nFIVE\n");
+    assert_eq!(read(&project, "notes.txt"), "one\ntwo\nthree\nfour\nFIVE\n");
+    let force = vec!["notes.txt".to_string()];
+    let _ = repo.change_set().unwrap();
+    sync_back_with(&repo, &project, Some(&force), &force).unwrap();
+    assert_eq!(read(&project, "notes.txt"), "ONE\ntwo\nthree\nfour\nFIVE\n");
+
+    assert_eq!(
+        merge_into_session(&repo, &project, "same.txt").unwrap(),
+        MergeOutcome::Conflicts(1)
+    );
+    assert_eq!(read(&w, "same.txt"), "agent\nb\n");
+    assert_eq!(read(&project, "same.txt"), "user\nb\n");
+    assert_eq!(
+        merge_into_session(&repo, &project, "quiet.txt").unwrap(),
+        MergeOutcome::NotNeeded
+    );
+}

@@ -351,3 +351,64 @@ fn the_backend_note_is_one_short_line_and_doctor_has_the_reasons() {
         assert!(doctor.contains(b), "{b}: {doctor}");
     }
 }
+
+#[test]
+fn merge_joins_both_sides_in_the_session_then_theirs_writes_it() {
+    let world = World::new();
+    world.write("notes.txt", "one\ntwo\nthree\nfour\nfive\n");
+    world.write("same.txt", "a\nb\n");
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![
+            call(
+                "edit_file",
+                json!({"path": "notes.txt", "old_string": "one", "new_string": "ONE"}),
+            ),
+            call(
+                "write_file",
+                json!({"path": "same.txt", "content": "agent\nb\n"}),
+            ),
+        ]),
+        Reply::text("edited"),
+    ]);
+    let server = MockServer::start(Wire::Anthropic, script).expect("server");
+    assert_ok(&world.exec(&server, &["--backend", "copy", "edit"]));
+    let id = listed(&world).remove(0);
+    world.write("notes.txt", "one\ntwo\nthree\nfour\nFIVE\n");
+    world.write("same.txt", "user\nb\n");
+
+    let out = sessions(&world, &["sync", &id, "--merge", "notes.txt", "same.txt"]);
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(
+        text.contains("notes.txt: your changes and the agent's merged cleanly"),
+        "{text}"
+    );
+    assert!(
+        text.contains("same.txt: 1 place(s) changed on both sides"),
+        "{text}"
+    );
+    // Nothing reached the host yet; the session shows the merged file.
+    assert_eq!(
+        world.read("notes.txt").as_deref(),
+        Some("one\ntwo\nthree\nfour\nFIVE\n")
+    );
+    assert_eq!(world.read("same.txt").as_deref(), Some("user\nb\n"));
+    let out = sessions(&world, &["diff", &id, "notes.txt"]);
+    assert!(
+        stdout(&out).contains("+ONE") && stdout(&out).contains("+FIVE"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = sessions(
+        &world,
+        &["sync", &id, "--theirs", "notes.txt", "--ours", "same.txt"],
+    );
+    assert_ok(&out);
+    assert_eq!(
+        world.read("notes.txt").as_deref(),
+        Some("ONE\ntwo\nthree\nfour\nFIVE\n")
+    );
+    assert_eq!(world.read("same.txt").as_deref(), Some("user\nb\n"));
+    assert!(listed(&world).is_empty());
+}
