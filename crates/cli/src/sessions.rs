@@ -332,7 +332,7 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
                     crate::chat_line::ask_review(&input, &changes, &diffs).await
                 })
             } else {
-                bail!("say what to sync: --accept-all, or --files PATH... (the other files stay in the session; add --reject-rest to drop them); for a conflict, --theirs PATH takes the agent's version and --ours PATH keeps yours");
+                bail!("say what to sync: --accept-all, or --files PATH... (the other files stay in the session; add --reject-rest to drop them); for a conflict, --theirs PATH takes the agent's version, --ours PATH keeps yours, --merge PATH joins both when they do not overlap");
             };
             let outcome = match &decision {
                 ReviewDecision::AcceptAll | ReviewDecision::Pick { .. } => SyncOutcome::Synced,
