@@ -327,3 +327,43 @@ fn tui_shell_command_spins_cancels_and_shows_its_exit_status() {
     tmux.wait_for("nothing unsynced remains");
     assert!(server.model_requests().is_empty());
 }
+
+#[test]
+fn tui_unreachable_url_fails_the_turn_and_quit_still_works() {
+    if !Tmux::available("tui_unreachable_url_fails_the_turn_and_quit_still_works") {
+        return;
+    }
+    let world = World::new();
+    // A port nothing listens on: every attempt is refused, then the turn fails.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let url = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let args: Vec<String> = [
+        "chat",
+        "--path",
+        &world.project.display().to_string(),
+        "--backend",
+        "copy",
+        "--provider",
+        "anthropic",
+        "--base-url",
+        &url,
+        "--api-key",
+        "k-123456789",
+        "--model",
+        "m",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let tmux = Tmux::start(&world, &args);
+    tmux.wait_for("Type a message");
+    tmux.keys(&["hello", "Enter"]);
+    tmux.wait_for("could not reach the anthropic API");
+    let screen = tmux.wait_for("● Ready");
+    assert!(!screen.contains("Cancelling…"), "{screen}");
+    tmux.keys(&["/quit", "Enter"]);
+    tmux.wait_for("No changes.");
+    tmux.keys(&["q"]);
+    tmux.wait_for("nothing unsynced remains");
+}
