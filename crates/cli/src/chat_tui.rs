@@ -95,7 +95,8 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
                     }
                     Event::SessionEnded { session_id, kept } => {
                         ended = Some((session_id.clone(), *kept));
-                        let text = last_sync.take().unwrap_or_else(|| "Session ended.".into());
+                        // Shown in the UI, and printed to the shell again after it closes.
+                        let text = last_sync.clone().unwrap_or_else(|| "Session ended.".into());
                         let _ = to_ui.send(UiInput::SyncResult(text));
                         break;
                     }
@@ -107,7 +108,13 @@ pub async fn run(args: AgentArgs, resume: Option<String>) -> Result<()> {
     }
     drop(to_ui);
     let _ = ui.await;
-    conv.close().await;
+    if ended.is_some() {
+        // `close` would wait for the end of the event stream, which the status feed
+        // keeps open; after `SessionEnded` only the tasks are left to wait for.
+        conv.join().await;
+    } else {
+        conv.close().await;
+    }
     // After the TUI is gone, say on the shell what became of the session.
     match ended {
         Some((id, true)) => println!(

@@ -52,7 +52,7 @@ pub async fn run(args: AgentArgs, json: bool, sync: SyncChoice, prompt: String) 
     let prepared = setup::prepare(&args)?;
     let mut settings = setup::settings(&prepared)?;
     settings.headless = true;
-    // DESIGN §6: on a sandboxed backend nothing reaches the project without a sync, so
+    // On a sandboxed backend nothing reaches the project without a sync, so
     // the agent's tools run inside the sandbox unless the user chose a stricter mode.
     let chosen = prepared.resolved.approval_mode_source.is_explicit();
     if !chosen && settings.backend.is_none_or(|b| b.uses_copy()) {

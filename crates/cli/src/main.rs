@@ -1,4 +1,4 @@
-//! `safe-coder`: the command line (DESIGN §1).
+//! `safe-coder`: the command line (README.md, "Commands").
 
 mod chat_line;
 mod chat_tui;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use safe_coder_core::session::{owner_alive, SessionFiles};
+use safe_coder_history::sync::MergeOutcome;
 use safe_coder_protocol::display::{escape_for_terminal, sync_finished_text};
 use safe_coder_protocol::{Event, ReviewDecision, SyncOutcome};
 use safe_coder_store::{ListFilter, SessionRecord, Store};
@@ -42,6 +43,19 @@ pub enum SessionsCmd {
         /// With --files: drop the changes to every other file.
         #[arg(long, requires = "files")]
         reject_rest: bool,
+        /// Take the agent's version of these files, even where the file changed on the
+        /// host since the session began (a conflict); your version is replaced.
+        #[arg(long, num_args = 1.., value_name = "PATH")]
+        theirs: Vec<String>,
+        /// Keep your version of these files: the agent's change to them is dropped from
+        /// the session (its history keeps it).
+        #[arg(long, num_args = 1.., value_name = "PATH")]
+        ours: Vec<String>,
+        /// Merge your changes and the agent's to these files (a three-way merge from the
+        /// session start) into the session's version, when they do not overlap; then see
+        /// the result with `sessions diff` and take it with --theirs.
+        #[arg(long, num_args = 1.., value_name = "PATH")]
+        merge: Vec<String>,
     },
     /// Drop a session and its unsynced work.
     Discard { id: String },
@@ -128,6 +142,14 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
                 } else {
                     ListFilter::unsynced()
                 })?
+            };
+            let records: Vec<SessionRecord> = if all {
+                records
+            } else {
+                records
+                    .into_iter()
+                    .filter(|r| holds_work(&store, r))
+                    .collect()
             };
             if json {
                 let rows: Vec<serde_json::Value> = records
@@ -232,9 +254,14 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
             accept_all,
             files,
             reject_rest,
+            theirs,
+            ours,
+            merge,
         } => {
             let record = find(&store, &id)?;
             let session = open_session(&store, &record)?;
+            // The one pending set `show` lists and `diff` shows; it is also what the
+            // writes below are checked against (a file is written only as shown).
             let changes = session.change_set()?;
             if changes.is_empty() {
                 session.review(&ReviewDecision::RejectAll, true)?;
@@ -242,17 +269,48 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
                 return Ok(());
             }
             print!("{}", escape_for_terminal(&changes.summary_text()));
+            let is_pending = |f: &String| changes.files.iter().any(|c| &c.path == f);
+            for f in files.iter().chain(&theirs).chain(&ours).chain(&merge) {
+                if !is_pending(f) {
+                    bail!("{f} is not among the session's pending changes; `safe-coder sessions show {}` lists them", record.id);
+                }
+            }
+            if let Some(both) = theirs.iter().find(|p| ours.contains(p)) {
+                bail!("{both} is given to both --theirs and --ours: choose one");
+            }
+            for p in &merge {
+                let shown = escape_for_terminal(p);
+                match session.merge(p)? {
+                    MergeOutcome::Merged => println!(
+                        "{shown}: your changes and the agent's merged cleanly into the session's version; see it with `safe-coder sessions diff {id} {shown}`, take it with `safe-coder sessions sync {id} --theirs {shown}`",
+                        id = record.id
+                    ),
+                    MergeOutcome::Conflicts(n) => println!(
+                        "{shown}: {n} place(s) changed on both sides, so nothing was merged: take one side with --theirs or --ours"
+                    ),
+                    MergeOutcome::NotNeeded => {
+                        println!("{shown}: not a conflict, so there is nothing to merge")
+                    }
+                }
+            }
+            // Settle the files the user named first; the rest follows the decision.
+            let settled = session.resolve(&theirs, &ours)?;
+            for (p, why) in &settled.reasons {
+                println!("{}: {}", escape_for_terminal(p), escape_for_terminal(why));
+            }
+            let settled_any = !theirs.is_empty() || !ours.is_empty() || !merge.is_empty();
             let decision = if accept_all {
                 ReviewDecision::AcceptAll
             } else if !files.is_empty() {
-                for f in &files {
-                    if !changes.files.iter().any(|c| &c.path == f) {
-                        bail!("{f} is not among the session's pending changes; `safe-coder sessions show {}` lists them", record.id);
-                    }
-                }
                 ReviewDecision::Pick {
                     paths: files,
                     keep_rest: !reject_rest,
+                }
+            } else if settled_any {
+                // Only the named files: everything else stays in the session.
+                ReviewDecision::Pick {
+                    paths: Vec::new(),
+                    keep_rest: true,
                 }
             } else if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
                 // Ask, as at the end of a chat.
@@ -274,22 +332,22 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
                     crate::chat_line::ask_review(&input, &changes, &diffs).await
                 })
             } else {
-                bail!("say what to sync: --accept-all, or --files PATH... (the other files stay in the session; add --reject-rest to drop them)");
+                bail!("say what to sync: --accept-all, or --files PATH... (the other files stay in the session; add --reject-rest to drop them); for a conflict, --theirs PATH takes the agent's version, --ours PATH keeps yours, --merge PATH joins both when they do not overlap");
             };
             let outcome = match &decision {
                 ReviewDecision::AcceptAll | ReviewDecision::Pick { .. } => SyncOutcome::Synced,
                 ReviewDecision::RejectAll => SyncOutcome::Rejected,
                 ReviewDecision::Keep => SyncOutcome::Kept,
             };
-            let pending: Vec<String> = changes.files.iter().map(|f| f.path.clone()).collect();
             let result = session.review(&decision, true)?;
-            // Only what this sync wrote counts as synced, not files synced before.
-            let applied: Vec<String> = result
-                .report
-                .applied
-                .into_iter()
-                .filter(|p| pending.contains(p))
-                .collect();
+            // Only what this sync wrote counts as synced, not files synced before; a
+            // file kept with --ours was not synced either.
+            let mut applied: Vec<String> = settled.applied;
+            for p in result.report.applied {
+                if is_pending(&p) && !applied.contains(&p) && !ours.contains(&p) {
+                    applied.push(p);
+                }
+            }
             let finished = Event::SyncFinished {
                 outcome,
                 project: record.project.clone(),
@@ -301,6 +359,12 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
                 session_kept: !result.finished,
             };
             println!("{}", sync_finished_text(&finished).unwrap_or_default());
+            if !ours.is_empty() {
+                println!(
+                    "Kept your version of {} file(s); the agent's change to them is dropped from the session.",
+                    ours.len()
+                );
+            }
             if !result.finished && outcome != SyncOutcome::Kept {
                 println!(
                     "Still in session {id}: `safe-coder sessions show {id}` lists what is left.",
@@ -316,6 +380,30 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a session listed as unsynced really holds work. A session that ended
+/// normally was reviewed, so it does, and a running one is its owner's business (its
+/// history is not touched from here); one left behind by a crash or a kill may have
+/// changed nothing, which only its change set can tell. Only those are checked, so
+/// the list stays cheap; when in doubt it is listed.
+fn holds_work(store: &Arc<Mutex<Store>>, record: &SessionRecord) -> bool {
+    let dir = std::path::Path::new(&record.session_dir);
+    if record.state.as_str() != "active" || owner_alive(dir) {
+        return true;
+    }
+    if !dir.exists() {
+        return false;
+    }
+    SessionFiles::open(record, store.clone())
+        .and_then(|f| {
+            if f.workspace.syncs_back() {
+                f.change_set().map(|c| !c.is_empty())
+            } else {
+                Ok(true)
+            }
+        })
+        .unwrap_or(true)
 }
 
 /// Why a session has no files left, in the user's words.

@@ -9,7 +9,7 @@ pub trait Approver: Send + Sync {
 }
 
 /// For `exec`: nothing can be asked, so a call that needs asking is refused with a
-/// result that says so (DESIGN §6), naming the least permissive mode that would have
+/// result that says so (docs/approval-modes.md), naming the least permissive mode that would have
 /// let the call run.
 pub struct HeadlessApprover {
     pub mode: ApprovalMode,

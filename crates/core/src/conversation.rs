@@ -301,7 +301,12 @@ pub async fn start(settings: Settings, start: Start) -> Result<Conversation, Sta
         provider: settings.provider.kind.as_str().to_string(),
         model: agent.options().model.clone(),
         approval_mode: agent.options().approval_mode,
-        resumed_messages: opened.messages.len(),
+        // Counted as `/stats` counts: tool results are not messages of their own.
+        resumed_messages: opened
+            .messages
+            .iter()
+            .filter(|m| !m.is_tool_results())
+            .count(),
     });
     if !opened.messages.is_empty() {
         events.emit(Event::ConversationRestored {

@@ -1,4 +1,4 @@
-//! A session's life (DESIGN §5): the session directory under the data dir, the sandbox,
+//! A session's life (docs/sessions.md): the session directory under the data dir, the sandbox,
 //! the git history, the store record, review and sync back, and recovery after a crash.
 //!
 //! Layout of `<data_dir>/sessions/<id>/`:
@@ -321,6 +321,20 @@ impl SessionFiles {
             }
         }
         Ok(result)
+    }
+
+    /// `sessions sync --theirs/--ours`: see [`Workspace::resolve`]. Call
+    /// [`SessionFiles::change_set`] first: a file is written only as the user last saw it.
+    pub fn resolve(&self, theirs: &[String], ours: &[String]) -> Result<SyncReport, SessionError> {
+        self.workspace.resolve(&self.repo, theirs, ours)
+    }
+
+    /// `sessions sync --merge`: see [`Workspace::merge`].
+    pub fn merge(
+        &self,
+        path: &str,
+    ) -> Result<safe_coder_history::sync::MergeOutcome, SessionError> {
+        self.workspace.merge(&self.repo, path)
     }
 
     /// Drops the session's work (`sessions discard`).

@@ -204,6 +204,59 @@ impl Workspace {
     }
 }
 
+impl Workspace {
+    /// Settles files by the user's word, conflicts above all: for each path of `theirs`
+    /// the agent's version is written over the host's, even if the host file changed
+    /// since the session began (through the same checked writer as every sync); for
+    /// each path of `ours` the host's version stays and the agent's change is dropped
+    /// from the session (reverted to the session start and committed), so it is no longer
+    /// pending. The report lists `theirs` that were written under `applied`.
+    pub fn resolve(
+        &self,
+        repo: &SessionRepo,
+        theirs: &[String],
+        ours: &[String],
+    ) -> Result<SyncReport, SessionError> {
+        let Workspace::SandboxCopy { project, .. } = self else {
+            return Err(SessionError::Other(
+                "a direct session changed the project in place: there is nothing to take or keep"
+                    .into(),
+            ));
+        };
+        let mut report = if theirs.is_empty() {
+            empty_report()
+        } else {
+            sync::sync_back_with(repo, project, Some(theirs), theirs)?
+        };
+        // Paths not named were merely "not accepted": they are not news to the user.
+        report.skipped.retain(|p| theirs.contains(p));
+        for p in ours {
+            // Commits "Restore P to the session start"; the history keeps the agent's
+            // version in the commit before.
+            repo.restore(Some(p))?;
+        }
+        Ok(report)
+    }
+}
+
+impl Workspace {
+    /// `sessions sync --merge`: a three-way merge of the host's and the agent's version
+    /// of a conflicting file, kept in the session only when clean (see
+    /// [`sync::merge_into_session`]); the project is not touched.
+    pub fn merge(
+        &self,
+        repo: &SessionRepo,
+        path: &str,
+    ) -> Result<sync::MergeOutcome, SessionError> {
+        let Workspace::SandboxCopy { project, .. } = self else {
+            return Err(SessionError::Other(
+                "a direct session changed the project in place: there is nothing to merge".into(),
+            ));
+        };
+        Ok(sync::merge_into_session(repo, project, path)?)
+    }
+}
+
 /// Reverts, in the sandbox, every pending change that was neither accepted nor held
 /// back by a conflict.
 fn reject_others(

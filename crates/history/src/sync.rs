@@ -336,6 +336,24 @@ pub fn sync_back(
     project: &Path,
     accepted: Option<&[String]>,
 ) -> Result<SyncReport, HistoryError> {
+    sync_back_with(repo, project, accepted, &[])
+}
+
+/// [`sync_back`], where the paths of `force` are written even when they changed on the
+/// host since the session began (the user chose the agent's version over theirs:
+/// `sessions sync --theirs`). Everything else holds as in [`sync_back`]: a forced path
+/// must be accepted, nothing in the way on the host is replaced, and a file changed in
+/// the sandbox since it was reviewed is still skipped.
+pub fn sync_back_with(
+    repo: &SessionRepo,
+    project: &Path,
+    accepted: Option<&[String]>,
+    force: &[String],
+) -> Result<SyncReport, HistoryError> {
+    let force: HashSet<String> = force
+        .iter()
+        .map(|p| clean_rel(p).unwrap_or_else(|| p.clone()))
+        .collect();
     let project = fs::canonicalize(project)
         .ctx(|| format!("cannot resolve the project {}", project.display()))?;
     let scan = repo.scan(false)?;
@@ -401,7 +419,7 @@ pub fn sync_back(
             report.applied.push(f.path.clone());
             continue;
         }
-        if is_conflict(p) {
+        if is_conflict(p) && !force.contains(&f.path) {
             report.conflicts.push(f.path.clone());
             report
                 .reasons
@@ -681,4 +699,164 @@ fn ensure_parents(project: &Path, rel: &str) -> Result<(), HistoryError> {
         }
     }
     Ok(())
+}
+
+/// What [`merge_into_session`] did with one file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MergeOutcome {
+    /// Both sides' changes merged without a conflict; the session's file now holds the
+    /// result (committed), for the user to review and take with `--theirs`.
+    Merged,
+    /// The two sides changed the same lines (this many conflicting hunks): nothing was
+    /// written.
+    Conflicts(usize),
+    /// Not a conflict (the host file is still as the session began, or already equals
+    /// the agent's version): nothing to merge.
+    NotNeeded,
+}
+
+/// A three-way merge of one conflicting file into the session (`sessions sync --merge`):
+/// `git merge-file` of the host's version and the agent's, from the session start.
+/// Only a clean merge is kept, and only **in the session**: the project is not touched,
+/// so the user sees the result (`sessions diff`) before a sync writes it. Only regular
+/// files can be merged; the agent's version is read from the session's objects (checked
+/// against its id), never from the work tree, and the merged file is written beside the
+/// agent's without following a symlink.
+pub fn merge_into_session(
+    repo: &SessionRepo,
+    project: &Path,
+    rel: &str,
+) -> Result<MergeOutcome, HistoryError> {
+    let rel = clean_rel(rel).ok_or_else(|| HistoryError::BadPath(rel.to_string()))?;
+    let project = fs::canonicalize(project)
+        .ctx(|| format!("cannot resolve the project {}", project.display()))?;
+    let scan = repo.scan(false)?;
+    let agent = agent_states(&scan.raw)
+        .get(rel.as_str())
+        .cloned()
+        .unwrap_or(State::Absent);
+    let base = tree_state(repo.base_entries(std::slice::from_ref(&rel))?.get(&rel));
+    let not_files = || {
+        HistoryError::Io {
+        context: format!("cannot merge {rel}"),
+        source: std::io::Error::other(
+            "only a regular file changed on both sides can be merged: take one side with --theirs or --ours",
+        ),
+    }
+    };
+    if unsafe_reason(&project, &rel).is_some() || unsafe_reason(repo.work_tree(), &rel).is_some() {
+        return Err(not_files());
+    }
+    let host = host_state(&project.join(&rel))?;
+    if host == base || host == agent {
+        return Ok(MergeOutcome::NotNeeded);
+    }
+    let (
+        State::File { id: base_id, .. },
+        State::File {
+            id: agent_id,
+            exec: agent_exec,
+        },
+        State::File { id: host_id, .. },
+    ) = (&base, &agent, &host)
+    else {
+        return Err(not_files());
+    };
+    // A private directory for the three inputs, removed whatever happens.
+    let dir = repo
+        .git_dir()
+        .join(format!("merge.safe-coder-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir(&dir).ctx(|| format!("cannot create {}", dir.display()))?;
+    struct Gone(PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(dir.clone());
+    let mut blobs = BlobReader::start(repo)?;
+    let mut write_blob = |id: &str, name: &str| -> Result<PathBuf, HistoryError> {
+        let path = dir.join(name);
+        let mut out = File::create(&path).ctx(|| format!("cannot write {}", path.display()))?;
+        blobs.copy(id, &rel, &mut out)?;
+        Ok(path)
+    };
+    let base_file = write_blob(base_id, "base")?;
+    let agent_file = write_blob(agent_id, "agent")?;
+    let host_file = dir.join("host");
+    {
+        let mut input = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(project.join(&rel))
+            .ctx(|| format!("cannot read {}", project.join(&rel).display()))?;
+        let mut bytes = Vec::new();
+        input
+            .read_to_end(&mut bytes)
+            .ctx(|| format!("cannot read {}", project.join(&rel).display()))?;
+        if &crate::blob_id(&bytes) != host_id {
+            return Err(HistoryError::ChangedDuringCopy {
+                path: project.join(&rel),
+            });
+        }
+        fs::write(&host_file, &bytes).ctx(|| format!("cannot write {}", host_file.display()))?;
+    }
+    let (host_s, base_s, agent_s) = (
+        host_file.to_string_lossy().into_owned(),
+        base_file.to_string_lossy().into_owned(),
+        agent_file.to_string_lossy().into_owned(),
+    );
+    let (clean, merged, stderr) = repo.git().run_status(
+        &[
+            "merge-file",
+            "-p",
+            "-L",
+            "yours",
+            "-L",
+            "session start",
+            "-L",
+            "agent",
+            &host_s,
+            &base_s,
+            &agent_s,
+        ],
+        None,
+    )?;
+    if !clean {
+        let err = String::from_utf8_lossy(&stderr).trim().to_string();
+        if !err.is_empty() {
+            return Err(HistoryError::Git {
+                command: "merge-file".into(),
+                stderr: err,
+            });
+        }
+        let hunks = merged
+            .split(|&b| b == b'\n')
+            .filter(|l| l.starts_with(b"<<<<<<< "))
+            .count();
+        return Ok(MergeOutcome::Conflicts(hunks.max(1)));
+    }
+    // Into the session's copy, atomically, never through a link the agent left there.
+    let target = repo.work_tree().join(&rel);
+    match fs::symlink_metadata(&target) {
+        Ok(m) if m.is_file() => {}
+        _ => return Err(not_files()),
+    }
+    let tmp_path = temp_path(&target);
+    let _ = fs::remove_file(&tmp_path);
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if *agent_exec { 0o755 } else { 0o644 })
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp_path)
+        .ctx(|| format!("cannot write {}", tmp_path.display()))?;
+    let tmp = Temp(Some(tmp_path.clone()));
+    out.write_all(&merged)
+        .ctx(|| format!("cannot write {}", tmp_path.display()))?;
+    drop_checked(out).ctx(|| format!("cannot write {}", tmp_path.display()))?;
+    tmp.commit(&target)?;
+    repo.commit_changes(&format!("Merged the host's changes into {rel}"), None)?;
+    Ok(MergeOutcome::Merged)
 }

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use common::*;
-use safe_coder_history::sync::{mark_conflicts, pending, sync_back};
+use safe_coder_history::sync::{mark_conflicts, pending, sync_back, sync_back_with};
 use safe_coder_history::SessionRepo;
 
 struct Fixture {
@@ -172,6 +172,31 @@ fn conflicting_host_edit_survives() {
 }
 
 #[test]
+fn forcing_a_conflict_takes_the_agents_version_and_nothing_else() {
+    need_git!();
+    let f = fixture();
+    agent_changes(&f);
+    write(&f.project, "src/main.rs", "fn main() { user(); }\n");
+    write(&f.project, "src/lib.rs", "user kept working here\n");
+
+    // Forced but not accepted: nothing is written.
+    let only = vec!["README.md".to_string()];
+    let force = vec!["src/main.rs".to_string()];
+    let r = sync_back_with(&f.repo, &f.project, Some(&only), &force).unwrap();
+    assert_eq!(r.applied, vec!["README.md"]);
+    assert_eq!(read(&f.project, "src/main.rs"), "fn main() { user(); }\n");
+
+    // Forced and accepted: the agent's version replaces the user's; the other
+    // conflict still stands.
+    let r = sync_back_with(&f.repo, &f.project, None, &force).unwrap();
+    assert!(r.applied.contains(&"src/main.rs".to_string()), "{r:?}");
+    assert_eq!(r.conflicts, vec!["src/lib.rs"]);
+    assert_eq!(read(&f.project, "src/main.rs"), "fn main() { agent(); }\n");
+    assert_eq!(read(&f.project, "src/lib.rs"), "user kept working here\n");
+    assert_eq!(pending(&f.repo, &f.project).unwrap(), vec!["src/lib.rs"]);
+}
+
+#[test]
 fn interrupted_sync_finishes_when_run_again() {
     need_git!();
     let f = fixture();
@@ -220,4 +245,49 @@ fn uncommitted_agent_work_is_synced_and_nothing_escapes_the_project() {
     let r = sync_back(&f.repo, &f.project, Some(&evil)).unwrap();
     assert!(r.applied.is_empty());
     assert_eq!(read(&f.project, ".git/config"), "[core]\n");
+}
+
+#[test]
+fn a_three_way_merge_goes_into_the_session_only_when_clean() {
+    use safe_coder_history::sync::{merge_into_session, MergeOutcome};
+    need_git!();
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("project");
+    fs::create_dir(&project).unwrap();
+    write(&project, "notes.txt", "one\ntwo\nthree\nfour\nfive\n");
+    write(&project, "same.txt", "a\nb\n");
+    write(&project, "quiet.txt", "q\n");
+    let repo = SessionRepo::create_sandbox_copy(&project, &tmp.path().join("work"), &[]).unwrap();
+    let w = repo.work_tree().to_path_buf();
+    write(&w, "notes.txt", "ONE\ntwo\nthree\nfour\nfive\n");
+    write(&w, "same.txt", "agent\nb\n");
+    write(&w, "quiet.txt", "agent q\n");
+    repo.commit_changes("Agent executed: write_file", None)
+        .unwrap();
+    // The user changes other lines of notes.txt, and the same line of same.txt.
+    write(&project, "notes.txt", "one\ntwo\nthree\nfour\nFIVE\n");
+    write(&project, "same.txt", "user\nb\n");
+
+    assert_eq!(
+        merge_into_session(&repo, &project, "notes.txt").unwrap(),
+        MergeOutcome::Merged
+    );
+    // In the session only; the host waits for a sync that the user asks for.
+    assert_eq!(read(&w, "notes.txt"), "ONE\ntwo\nthree\nfour\nFIVE\n");
+    assert_eq!(read(&project, "notes.txt"), "one\ntwo\nthree\nfour\nFIVE\n");
+    let force = vec!["notes.txt".to_string()];
+    let _ = repo.change_set().unwrap();
+    sync_back_with(&repo, &project, Some(&force), &force).unwrap();
+    assert_eq!(read(&project, "notes.txt"), "ONE\ntwo\nthree\nfour\nFIVE\n");
+
+    assert_eq!(
+        merge_into_session(&repo, &project, "same.txt").unwrap(),
+        MergeOutcome::Conflicts(1)
+    );
+    assert_eq!(read(&w, "same.txt"), "agent\nb\n");
+    assert_eq!(read(&project, "same.txt"), "user\nb\n");
+    assert_eq!(
+        merge_into_session(&repo, &project, "quiet.txt").unwrap(),
+        MergeOutcome::NotNeeded
+    );
 }

@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-/// How much the agent may do without asking (DESIGN §6).
+/// How much the agent may do without asking (docs/approval-modes.md).
 ///
 /// Ordered from the strictest to the loosest (`plan < default < auto-edit < yolo`), so
 /// "is this looser than that" is a comparison. With the `clap` feature it is also a
@@ -115,7 +115,7 @@ pub enum Gate {
 }
 
 impl ApprovalMode {
-    /// The approval rule (DESIGN §6), a function of the mode and the call's effect only:
+    /// The approval rule (docs/approval-modes.md), a function of the mode and the call's effect only:
     ///
     /// | mode | read-only | writes files | runs commands |
     /// |---|---|---|---|
@@ -176,7 +176,7 @@ pub enum ApprovalDecision {
 mod tests {
     use super::*;
 
-    /// Every mode × effect combination, written out (DESIGN §6).
+    /// Every mode × effect combination, written out.
     #[test]
     fn approval_is_a_function_of_mode_and_effect() {
         use ApprovalMode::*;

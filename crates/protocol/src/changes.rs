@@ -104,7 +104,7 @@ impl ChangeSet {
         self.files.is_empty()
     }
 
-    /// The summary users know from spec/02, every name escaped (see [`crate::text`]):
+    /// The change summary shown at review, every name escaped (see [`crate::text`]):
     ///
     /// ```text
     /// Changed 2 file(s):

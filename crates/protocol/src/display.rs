@@ -4,10 +4,12 @@
 
 use crate::{Event, SyncOutcome};
 
-/// The one-line backend note: what was chosen and why, without the list of backends
-/// passed over (that is for `sandbox doctor` and `-v`).
+/// The one-line backend note: what was chosen and its first reason ("auto chose
+/// process: confiner: bubblewrap"), without the probe's details or the backends passed
+/// over (those are for `sandbox doctor` and `-v`). Each note's clauses are separated by
+/// "; ", so the first clause is the short form.
 pub fn short_backend_note(note: &str) -> &str {
-    note.split("; passed over").next().unwrap_or(note).trim()
+    note.split("; ").next().unwrap_or(note).trim()
 }
 
 /// `Session ID on the B backend (why)`.
@@ -60,10 +62,9 @@ pub fn sync_finished_text(event: &Event) -> Option<String> {
     };
     for c in conflicts {
         text.push_str(&format!(
-            "\n⚠ {}: {}; the agent's version stays in session {session_id} (`safe-coder sessions sync {session_id} --theirs {}` takes it)",
-            escape_for_terminal(c),
+            "\n⚠ {c}: {}; the agent's version stays in session {session_id} (`safe-coder sessions diff {session_id} {c}` shows it; `safe-coder sessions sync {session_id} --theirs {c}` takes it, `--ours {c}` keeps yours)",
             why(c, "changed on the host since the session began"),
-            escape_for_terminal(c)
+            c = escape_for_terminal(c)
         ));
     }
     for (path, reason) in not_written {
@@ -132,4 +133,24 @@ pub fn shell_result(
         None => shown.push_str("(killed)\n"),
     }
     shown.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_short_backend_note_is_its_first_clause() {
+        let note = "auto chose process: confiner: bubblewrap; bubblewrap 0.8.0 (/usr/bin/bwrap) runs a namespaced sandbox with seccomp; memory: cgroup v1; passed over firecracker (not built)";
+        assert_eq!(
+            short_backend_note(note),
+            "auto chose process: confiner: bubblewrap"
+        );
+        assert_eq!(
+            session_started_line("s1", "process", note, false),
+            "Session s1 on the process backend (auto chose process: confiner: bubblewrap)"
+        );
+        assert!(session_started_line("s1", "process", note, true).contains("passed over"));
+        assert_eq!(short_backend_note("no isolation"), "no isolation");
+    }
 }

@@ -65,6 +65,29 @@ impl Message {
         out
     }
 
+    /// Whether this is only the results of tool calls (a `User` message the user did
+    /// not write). `/stats` and a resumed session's count leave these out.
+    pub fn is_tool_results(&self) -> bool {
+        self.role == Role::User
+            && !self.content.is_empty()
+            && self
+                .content
+                .iter()
+                .all(|b| matches!(b, ContentBlock::ToolResult { .. }))
+    }
+
+    /// The results in this message: `(tool_use_id, is_error)`.
+    pub fn tool_results(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.content.iter().filter_map(|b| match b {
+            ContentBlock::ToolResult {
+                tool_use_id,
+                is_error,
+                ..
+            } => Some((tool_use_id.as_str(), *is_error)),
+            _ => None,
+        })
+    }
+
     /// The tool calls in this message, in order: `(id, name, input)`.
     pub fn tool_uses(&self) -> impl Iterator<Item = (&str, &str, &ToolInput)> {
         self.content.iter().filter_map(|b| match b {

@@ -51,7 +51,7 @@ pub trait CommandConfiner: Send + Sync + 'static {
 
 /// How long to wait for the output pipe to close once the command itself has exited:
 /// only background processes that still hold the pipe can keep it open that long, and
-/// they are then killed (DESIGN §3: nothing outlives its command holding the output).
+/// they are then killed (nothing outlives its command holding the output).
 const EXIT_GRACE: Duration = Duration::from_millis(250);
 
 /// How long to wait for the pipe to close after killing the process group. Something

@@ -46,7 +46,7 @@ pub fn open(
     backends::open(kind, spec)
 }
 
-/// The isolation backends (DESIGN §4). Serialised as its lower-case name (`as_str`);
+/// The isolation backends (docs/backends.md). Serialised as its lower-case name (`as_str`);
 /// `demo` is accepted for `copy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

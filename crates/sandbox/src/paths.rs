@@ -123,7 +123,7 @@ pub enum PathError {
     LeavesRoot(String),
 }
 
-/// The one lexical path rule (DESIGN §3), shared by the tools and by `@path`
+/// The one lexical path rule, shared by the tools and by `@path`
 /// references: turns `path` into a project-relative path with `/` separators (`"."` for
 /// the root itself).
 ///

@@ -1,5 +1,5 @@
 //! Backend selection: what each backend needs and whether this machine has it (`probe`),
-//! the `auto` choice (the strongest that works here, DESIGN §4), and the report of
+//! the `auto` choice (the strongest that works here), and the report of
 //! `safe-coder sandbox doctor`.
 //!
 //! Each backend's own `probe.rs` answers; probes are cheap: file and `PATH` checks, plus

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ParseStateError;
 
-/// Where a session is in its life (DESIGN §5).
+/// Where a session is in its life (docs/sessions.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionState {

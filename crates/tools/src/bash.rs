@@ -1,4 +1,4 @@
-//! `bash`: run a command in the sandbox (DESIGN §3).
+//! `bash`: run a command in the sandbox.
 
 use std::time::Duration;
 

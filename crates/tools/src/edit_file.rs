@@ -1,4 +1,4 @@
-//! `edit_file`: replace an exact piece of text in a file (DESIGN §3).
+//! `edit_file`: replace an exact piece of text in a file.
 
 use async_trait::async_trait;
 use safe_coder_protocol::{ApprovalSubject, Effect, ToolSpec};

@@ -1,4 +1,4 @@
-//! The agent's tools (DESIGN §3) over any [`Sandbox`], and the [`ToolRegistry`] that
+//! The agent's tools over any [`Sandbox`], and the [`ToolRegistry`] that
 //! is the only place the rest of Safe Coder learns about them.
 //!
 //! Each tool is one module ([`read_file`], [`write_file`], [`edit_file`], [`bash`])

@@ -1,4 +1,4 @@
-//! `read_file`: numbered lines of a text file (DESIGN §3).
+//! `read_file`: numbered lines of a text file.
 
 use async_trait::async_trait;
 use safe_coder_protocol::{Effect, ToolSpec};

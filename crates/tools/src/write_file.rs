@@ -1,4 +1,4 @@
-//! `write_file`: create a file or replace its whole content (DESIGN §3).
+//! `write_file`: create a file or replace its whole content.
 
 use async_trait::async_trait;
 use safe_coder_protocol::{ApprovalSubject, Effect, ToolSpec};

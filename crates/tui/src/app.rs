@@ -449,7 +449,11 @@ impl App {
                 ));
             }
             Event::ConversationRestored { messages } => {
-                for m in messages {
+                // How each earlier call ended, from the results sent back to the model.
+                let failed: std::collections::HashMap<&str, bool> =
+                    messages.iter().flat_map(|m| m.tool_results()).collect();
+                let mut tools = Vec::new();
+                for m in &messages {
                     let text = m.text();
                     if !text.trim().is_empty() {
                         self.push(match m.role {
@@ -458,17 +462,36 @@ impl App {
                         });
                     }
                     for (id, name, input) in m.tool_uses() {
+                        let state = match failed.get(id) {
+                            Some(true) => ToolState::Error,
+                            _ => ToolState::Ok,
+                        };
+                        tools.push(RecentTool {
+                            id: id.to_string(),
+                            name: name.to_string(),
+                            state,
+                            duration_ms: 0,
+                        });
                         self.push(EntryKind::Tool(ToolEntry {
                             id: id.to_string(),
                             name: name.to_string(),
-                            summary: fit_summary(&input.to_string()),
-                            state: ToolState::Ok,
+                            summary: fit_summary(&restored_summary(input)),
+                            state,
                             output: String::new(),
                             duration_ms: 0,
                         }));
                     }
                 }
-                self.push_notice("(the conversation so far, restored)");
+                // The recent-tools panel lists the newest first.
+                for t in tools {
+                    self.recent.push_front(t);
+                }
+                self.recent.truncate(RECENT_TOOLS);
+                // Counted as `/stats` counts: tool results are not messages of their own.
+                let count = messages.iter().filter(|m| !m.is_tool_results()).count();
+                self.push_notice(format!(
+                    "Resumed with {count} message(s): the conversation so far is above."
+                ));
             }
             Event::SettingsChanged {
                 model,
@@ -1149,6 +1172,18 @@ fn common_prefix(list: &[String]) -> Option<String> {
         );
     }
     Some(first[..len].to_string())
+}
+
+/// A one-line summary of a restored call (no live event carries one): the path or the
+/// command it was given, else its input as JSON.
+fn restored_summary(input: &safe_coder_protocol::ToolInput) -> String {
+    let Some(json) = input.as_json() else {
+        return String::new();
+    };
+    ["command", "path"]
+        .iter()
+        .find_map(|k| json.get(*k).and_then(|v| v.as_str()).map(str::to_string))
+        .unwrap_or_else(|| json.to_string())
 }
 
 /// The tool's one-line summary of a call (the event's `summary`), with its whitespace

@@ -1,4 +1,4 @@
-//! Colours. `Cyberpunk` is the neon palette of spec/01; `Plain` uses no colour at all
+//! Colours. `Cyberpunk` is the neon palette; `Plain` uses no colour at all
 //! (only bold/reverse), for `NO_COLOR` and for terminals that render colour badly.
 
 use ratatui::style::{Color, Modifier, Style};

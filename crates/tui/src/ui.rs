@@ -443,11 +443,13 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
         ));
     }
     if let Some(u) = app.usage {
+        // At most 28 columns ("Tokens: 999.9k in/999.9k out"): the panel's inner width,
+        // so the line is never cut.
         lines.push(kv(
-            "   ",
+            "",
             "Tokens: ",
             format!(
-                "{} in / {} out",
+                "{} in/{} out",
                 fmt_count(u.input_tokens),
                 fmt_count(u.output_tokens)
             ),

@@ -203,3 +203,58 @@ fn cyberpunk_theme_uses_colour_and_pulses_while_busy() {
         "the busy border colour cycles on each tick"
     );
 }
+
+#[test]
+fn the_token_line_is_never_cut() {
+    let mut app = app(Theme::Plain);
+    conversation(&mut app);
+    let big = safe_coder_protocol::Usage {
+        input_tokens: 999_900,
+        output_tokens: 999_900,
+    };
+    ev(
+        &mut app,
+        Event::Usage {
+            last: big,
+            total: big,
+        },
+    );
+    // The narrowest layout that still has the sandbox panel.
+    let s = screen(&app, 80, 24);
+    assert!(s.contains("Tokens: 999.9k in/999.9k out"), "{s}");
+}
+
+#[test]
+fn a_restored_conversation_is_shown_with_its_tools_and_counted_like_stats() {
+    use safe_coder_protocol::{ContentBlock, Message, Role, ToolInput};
+    let mut app = app(Theme::Plain);
+    let messages = vec![
+        Message::user_text("remember the word pineapple"),
+        Message {
+            role: Role::Assistant,
+            content: vec![ContentBlock::ToolUse {
+                id: "t1".into(),
+                name: "write_file".into(),
+                input: ToolInput::Json(json!({"path": "notes.txt", "content": "pineapple"})),
+            }],
+        },
+        Message {
+            role: Role::User,
+            content: vec![ContentBlock::ToolResult {
+                tool_use_id: "t1".into(),
+                content: "wrote 9 bytes".into(),
+                is_error: false,
+            }],
+        },
+        Message::assistant_text("Noted: pineapple."),
+    ];
+    ev(&mut app, Event::ConversationRestored { messages });
+    let s = screen(&app, 120, 30);
+    assert!(s.contains("remember the word pineapple"), "{s}");
+    assert!(s.contains("Noted: pineapple."), "{s}");
+    assert!(s.contains("notes.txt"), "{s}");
+    // Three messages, as `/stats` counts them (the tool result is not one).
+    assert!(s.contains("Resumed with 3 message(s)"), "{s}");
+    // The recent-tools panel lists the call too (the conversation shows it once).
+    assert!(s.matches("write_file").count() >= 2, "{s}");
+}

@@ -184,6 +184,9 @@ fn unauthorized_is_one_clear_sentence() {
         !err.contains("test-key-123456"),
         "the key must never be printed: {err}"
     );
+    // Each fatal error is printed once.
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
     assert_eq!(server.model_requests().len(), 1, "401 is not retried");
 }
 

@@ -1,4 +1,4 @@
-//! The `direct` backend: no isolation. The agent works in the project itself (spec/03);
+//! The `direct` backend: no isolation. The agent works in the project itself;
 //! its commands run on the host with the user's rights, in the project directory, with
 //! the allow-listed environment. History is kept by a shadow repository outside the
 //! project (the `history` crate), not here.
