@@ -141,7 +141,9 @@ impl Interop {
         let Ok(mut conn) = TcpStream::connect(authority) else {
             return false;
         };
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+        // A server still finishing a reply whose client left (SIGINT tests) answers late
+        // on a busy machine.
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
         let request =
             format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
         if conn.write_all(request.as_bytes()).is_err() {
@@ -217,7 +219,10 @@ fn describe(out: &Output) -> String {
 
 /// Errors the client reported, in `--json` events and on stderr.
 fn reported_errors(out: &Output, events: &[Value]) -> String {
-    let mut text: String = of_type(events, "error")
+    // Errors that end a turn arrive as `turn_failed`, the others as `error`.
+    let mut all = of_type(events, "error");
+    all.extend(of_type(events, "turn_failed"));
+    let mut text: String = all
         .iter()
         .filter_map(|e| e["message"].as_str())
         .collect::<Vec<_>>()
@@ -328,7 +333,7 @@ fn invalid_tool_arguments_go_back_to_the_model_as_an_error() {
     );
     let finished = of_type(&events, "tool_call_finished");
     assert!(
-        finished.iter().any(|e| e["outcome"] == "denied"
+        finished.iter().any(|e| e["outcome"] == "error"
             && e["output"]
                 .as_str()
                 .is_some_and(|o| o.contains("not valid JSON"))),
