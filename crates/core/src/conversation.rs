@@ -364,8 +364,8 @@ pub async fn start(settings: Settings, start: Start) -> Result<Conversation, Sta
         }
     }));
 
-    // The status feed.
-    if let Some(every) = settings.status_interval {
+    // The status feed; it ends with the conversation loop.
+    let status_feed = settings.status_interval.map(|every| {
         let sandbox = session.sandbox.clone();
         let events = events.clone();
         tokio::spawn(async move {
@@ -376,8 +376,8 @@ pub async fn start(settings: Settings, start: Start) -> Result<Conversation, Sta
                 }
                 tokio::time::sleep(every).await;
             }
-        });
-    }
+        })
+    });
 
     let approvals = if settings.headless {
         Approvals::Headless(CountingHeadless {
@@ -406,7 +406,13 @@ pub async fn start(settings: Settings, start: Start) -> Result<Conversation, Sta
         started: Instant::now(),
         titled: resumed,
     };
-    tasks.push(tokio::spawn(run_loop(runner, approvals)));
+    tasks.push(tokio::spawn(async move {
+        run_loop(runner, approvals).await;
+        // Nothing follows `SessionEnded`: the stream ends once the op sender is gone.
+        if let Some(feed) = status_feed {
+            feed.abort();
+        }
+    }));
     Ok(Conversation {
         ops: ops_tx,
         events: event_rx,
