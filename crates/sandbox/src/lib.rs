@@ -21,6 +21,7 @@ pub use tokio_util::sync::CancellationToken;
 mod backends;
 pub mod env;
 mod host;
+pub mod interactive;
 pub mod paths;
 pub mod select;
 mod spec;
@@ -29,6 +30,9 @@ pub mod which;
 
 pub use backends::process;
 pub use host::CommandConfiner;
+pub use interactive::{
+    Bind, ChildControl, InteractiveChild, InteractiveRequest, Mount, RunExit, TermSize,
+};
 pub use paths::{normalize_in_root, resolve_in_root, PathError};
 pub use process::ProcessConfiner;
 pub use select::{choose, doctor_report, probe, probe_all, BackendProbe};
@@ -204,6 +208,22 @@ pub trait Sandbox: Send + Sync {
 
     /// Stop whatever runs in the sandbox (VM, container). Files stay for sync.
     async fn stop(&self) -> Result<(), SandboxError>;
+
+    /// Starts one long-running program in the sandbox's project root with a terminal of
+    /// its own (`safe-coder run`; the contract is in docs/run.md): the allow-listed
+    /// environment plus `env_extra`, no network but the sandbox's loopback, the
+    /// request's binds and mounts shown, nothing else of the home directory. A backend
+    /// that cannot do this keeps this default.
+    async fn spawn_interactive(
+        &self,
+        request: InteractiveRequest,
+    ) -> Result<InteractiveChild, SandboxError> {
+        let _ = request;
+        Err(SandboxError::Unavailable(format!(
+            "the {} backend does not support interactive commands (safe-coder run) yet; use --backend process",
+            self.backend().as_str()
+        )))
+    }
 }
 
 /// A shared sandbox is a sandbox: `&Arc<dyn Sandbox>` goes wherever `&dyn Sandbox` or a
@@ -256,5 +276,12 @@ impl<S: Sandbox + ?Sized> Sandbox for std::sync::Arc<S> {
 
     async fn stop(&self) -> Result<(), SandboxError> {
         (**self).stop().await
+    }
+
+    async fn spawn_interactive(
+        &self,
+        request: InteractiveRequest,
+    ) -> Result<InteractiveChild, SandboxError> {
+        (**self).spawn_interactive(request).await
     }
 }

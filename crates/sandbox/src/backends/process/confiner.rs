@@ -12,7 +12,7 @@ use crate::host::CommandConfiner;
 use crate::{Limits, Mechanism, SandboxError};
 
 #[derive(Debug)]
-enum Confinement {
+pub(super) enum Confinement {
     Bwrap(&'static bwrap::Bwrap),
     InProcess {
         support: inprocess::Support,
@@ -25,9 +25,9 @@ enum Confinement {
 /// confiner per sandbox: its cgroup holds every command of the session.
 #[derive(Debug)]
 pub struct ProcessConfiner {
-    confinement: Confinement,
-    limits: SandboxLimits,
-    toolchains: Toolchains,
+    pub(super) confinement: Confinement,
+    pub(super) limits: SandboxLimits,
+    pub(super) toolchains: Toolchains,
 }
 
 impl ProcessConfiner {
