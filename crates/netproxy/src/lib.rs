@@ -110,8 +110,7 @@ impl Rule {
         let host_ok = match &self.host {
             HostPattern::Exact(h) => h.eq_ignore_ascii_case(host),
             HostPattern::Suffix(s) => {
-                host.len() > s.len()
-                    && host.to_ascii_lowercase().ends_with(s.as_str())
+                host.len() > s.len() && host.to_ascii_lowercase().ends_with(s.as_str())
             }
         };
         port_ok && host_ok
@@ -388,9 +387,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let (host, port) = match &request {
-        Request::Connect { host, port } | Request::Http { host, port, .. } => {
-            (host.clone(), *port)
-        }
+        Request::Connect { host, port } | Request::Http { host, port, .. } => (host.clone(), *port),
     };
     if !allow.allows(&host, port) {
         let refusal = Refusal { host, port };
@@ -434,8 +431,8 @@ mod tests {
 
     #[test]
     fn allow_list_entries() {
-        let list = AllowList::parse(&["api.openai.com", "127.0.0.1:8080,*.example.com:8443"])
-            .unwrap();
+        let list =
+            AllowList::parse(&["api.openai.com", "127.0.0.1:8080,*.example.com:8443"]).unwrap();
         assert!(list.allows("api.openai.com", 443));
         assert!(list.allows("API.OpenAI.com", 80));
         assert!(!list.allows("api.openai.com", 8443));
@@ -452,7 +449,9 @@ mod tests {
         let v6 = AllowList::parse(&["[::1]:9000", "::1"]).unwrap();
         assert!(v6.allows("::1", 9000));
         assert!(v6.allows("[::1]", 443));
-        for bad in ["", "a:b", "host:0", "http://x", "*", "a b", "[::1", "*.x*.y"] {
+        for bad in [
+            "", "a:b", "host:0", "http://x", "*", "a b", "[::1", "*.x*.y",
+        ] {
             assert!(Rule::parse(bad).is_err(), "{bad:?} must be refused");
         }
     }
@@ -535,7 +534,10 @@ mod tests {
         )
         .await;
         assert!(plain.starts_with("HTTP/1.1 200 OK"), "{plain}");
-        assert!(plain.ends_with("upstream saw: GET /hello HTTP/1.1"), "{plain}");
+        assert!(
+            plain.ends_with("upstream saw: GET /hello HTTP/1.1"),
+            "{plain}"
+        );
 
         let tunnel = ask(
             &sock,
@@ -546,12 +548,22 @@ mod tests {
             tunnel.starts_with("HTTP/1.1 200 Connection established\r\n\r\nHTTP/1.1 200 OK"),
             "{tunnel}"
         );
-        assert!(tunnel.ends_with("upstream saw: GET /in-tunnel HTTP/1.1"), "{tunnel}");
+        assert!(
+            tunnel.ends_with("upstream saw: GET /in-tunnel HTTP/1.1"),
+            "{tunnel}"
+        );
 
         let other = addr.port().wrapping_add(1).max(1);
-        let refused = ask(&sock, &format!("CONNECT 127.0.0.1:{other} HTTP/1.1\r\n\r\n")).await;
+        let refused = ask(
+            &sock,
+            &format!("CONNECT 127.0.0.1:{other} HTTP/1.1\r\n\r\n"),
+        )
+        .await;
         assert!(refused.starts_with("HTTP/1.1 403 Forbidden"), "{refused}");
-        assert!(refused.contains("not on the network allow-list"), "{refused}");
+        assert!(
+            refused.contains("not on the network allow-list"),
+            "{refused}"
+        );
         let refused = ask(
             &sock,
             "GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n",

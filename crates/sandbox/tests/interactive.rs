@@ -118,7 +118,11 @@ async fn a_pty_that_takes_ctrl_c_and_resizes() {
             "{m:?}: {}",
             screen.seen
         );
-        assert!(!screen.seen.contains("home=/root"), "{m:?}: {}", screen.seen);
+        assert!(
+            !screen.seen.contains("home=/root"),
+            "{m:?}: {}",
+            screen.seen
+        );
         control
             .resize(TermSize {
                 rows: 41,
@@ -163,7 +167,11 @@ async fn without_a_pty_and_without_network() {
         let exit = control.wait().await.expect("wait");
         screen.wait_for("tcp-");
         assert!(screen.seen.contains("not-a-tty"), "{m:?}: {}", screen.seen);
-        assert!(screen.seen.contains("tcp-refused"), "{m:?}: {}", screen.seen);
+        assert!(
+            screen.seen.contains("tcp-refused"),
+            "{m:?}: {}",
+            screen.seen
+        );
         assert_eq!(exit.code, Some(5));
         assert_eq!(
             std::fs::read_to_string(tmp.path().join("out.txt")).expect("written"),
