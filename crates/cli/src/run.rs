@@ -223,37 +223,45 @@ pub async fn run(args: RunArgs) -> Result<u8> {
     let _ = conv.ops.send(Op::Run { run: request });
     let _ = conv.ops.send(Op::Shutdown);
 
-    let mut input = stdin_bytes();
+    // Typed bytes go to the command while it runs, and become lines for the review
+    // afterwards (the review is asked while this loop waits for the answer).
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (line_tx, line_rx) = mpsc::unbounded_channel::<String>();
     let lines = LineInput::from_receiver(line_rx);
-    let mut pending_line = Vec::<u8>::new();
-    let mut running = false;
+    let pump = {
+        let mut input = stdin_bytes();
+        let ops = conv.ops.clone();
+        let running = running.clone();
+        tokio::spawn(async move {
+            let mut pending = Vec::<u8>::new();
+            while let Some(bytes) = input.recv().await {
+                let end = bytes.is_empty();
+                if running.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = ops.send(Op::TerminalInput { data: bytes });
+                } else {
+                    pending.extend_from_slice(&bytes);
+                    while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=i).collect();
+                        let text = String::from_utf8_lossy(&line)
+                            .trim_end_matches(['\n', '\r'])
+                            .to_string();
+                        let _ = line_tx.send(text);
+                    }
+                }
+                if end {
+                    break;
+                }
+            }
+        })
+    };
     let mut raw: Option<RawMode> = None;
     let mut exit_code: u8 = 0;
     let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut input_open = true;
     loop {
         let event = tokio::select! {
             e = conv.events.recv() => e,
-            bytes = input.recv(), if input_open => {
-                let Some(bytes) = bytes else { input_open = false; continue };
-                if bytes.is_empty() {
-                    input_open = false;
-                }
-                if running {
-                    let _ = conv.ops.send(Op::TerminalInput { data: bytes });
-                } else {
-                    pending_line.extend_from_slice(&bytes);
-                    while let Some(i) = pending_line.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = pending_line.drain(..=i).collect();
-                        let text = String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string();
-                        let _ = line_tx.send(text);
-                    }
-                }
-                continue;
-            }
             _ = winch.recv() => {
                 if let Some((rows, cols)) = terminal_size() {
                     let _ = conv.ops.send(Op::TerminalResize { rows, cols });
@@ -286,7 +294,7 @@ pub async fn run(args: RunArgs) -> Result<u8> {
                         format!("   network: only {}", allow_net.join(", "))
                     });
                 }
-                running = true;
+                running.store(true, std::sync::atomic::Ordering::SeqCst);
                 if interactive {
                     raw = RawMode::enable(0);
                 }
@@ -307,7 +315,7 @@ pub async fn run(args: RunArgs) -> Result<u8> {
                 signal,
                 ..
             } => {
-                running = false;
+                running.store(false, std::sync::atomic::Ordering::SeqCst);
                 drop(raw.take());
                 exit_code = match (code, signal) {
                     (Some(c), _) => (*c).clamp(0, 255) as u8,
@@ -338,7 +346,8 @@ pub async fn run(args: RunArgs) -> Result<u8> {
             }
             Event::Error { .. } => exit_code = exit_code.max(1),
             // Lines would tear a full-screen program: shown at its exit instead.
-            Event::Committed { .. } | Event::NetworkRefused { .. } if running && interactive => {}
+            Event::Committed { .. } | Event::NetworkRefused { .. }
+                if interactive && running.load(std::sync::atomic::Ordering::SeqCst) => {}
             other if !args.json => {
                 if let Some(text) = render::event_text(other, false) {
                     eprint_line(&text);
@@ -348,6 +357,7 @@ pub async fn run(args: RunArgs) -> Result<u8> {
         }
     }
     drop(raw);
+    pump.abort();
     conv.join().await;
     Ok(exit_code)
 }

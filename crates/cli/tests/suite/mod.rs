@@ -4,4 +4,5 @@ mod exec;
 mod first_hour;
 mod history_hardening;
 mod interactive;
+mod run;
 mod tui;
