@@ -223,37 +223,18 @@ pub async fn run(args: RunArgs) -> Result<u8> {
     let _ = conv.ops.send(Op::Run { run: request });
     let _ = conv.ops.send(Op::Shutdown);
 
-    // Typed bytes go to the command while it runs, and become lines for the review
-    // afterwards (the review is asked while this loop waits for the answer).
-    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Typed bytes go to the command while it runs (what was typed before it started
+    // waits for it, the end of input included), and become lines for the review
+    // afterwards (the review is asked while the event loop waits for the answer).
+    let (phase, phase_rx) = tokio::sync::watch::channel(Phase::Before);
     let (line_tx, line_rx) = mpsc::unbounded_channel::<String>();
     let lines = LineInput::from_receiver(line_rx);
-    let pump = {
-        let mut input = stdin_bytes();
-        let ops = conv.ops.clone();
-        let running = running.clone();
-        tokio::spawn(async move {
-            let mut pending = Vec::<u8>::new();
-            while let Some(bytes) = input.recv().await {
-                let end = bytes.is_empty();
-                if running.load(std::sync::atomic::Ordering::SeqCst) {
-                    let _ = ops.send(Op::TerminalInput { data: bytes });
-                } else {
-                    pending.extend_from_slice(&bytes);
-                    while let Some(i) = pending.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = pending.drain(..=i).collect();
-                        let text = String::from_utf8_lossy(&line)
-                            .trim_end_matches(['\n', '\r'])
-                            .to_string();
-                        let _ = line_tx.send(text);
-                    }
-                }
-                if end {
-                    break;
-                }
-            }
-        })
-    };
+    let pump = tokio::spawn(pump_input(
+        stdin_bytes(),
+        phase_rx,
+        conv.ops.clone(),
+        line_tx,
+    ));
     let mut raw: Option<RawMode> = None;
     let mut exit_code: u8 = 0;
     let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
@@ -294,7 +275,7 @@ pub async fn run(args: RunArgs) -> Result<u8> {
                         format!("   network: only {}", allow_net.join(", "))
                     });
                 }
-                running.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = phase.send(Phase::Running);
                 if interactive {
                     raw = RawMode::enable(0);
                 }
@@ -315,7 +296,7 @@ pub async fn run(args: RunArgs) -> Result<u8> {
                 signal,
                 ..
             } => {
-                running.store(false, std::sync::atomic::Ordering::SeqCst);
+                let _ = phase.send(Phase::After);
                 drop(raw.take());
                 exit_code = match (code, signal) {
                     (Some(c), _) => (*c).clamp(0, 255) as u8,
@@ -329,11 +310,20 @@ pub async fn run(args: RunArgs) -> Result<u8> {
                 }
             }
             Event::ReviewRequested { changes, diffs, .. } => {
+                // A command that never started: what is typed now answers the review.
+                if *phase.borrow() == Phase::Before {
+                    let _ = phase.send(Phase::After);
+                }
                 let decision = match args.sync {
                     Some(SyncChoice::Accept) => ReviewDecision::AcceptAll,
                     Some(SyncChoice::Reject) => ReviewDecision::RejectAll,
                     Some(SyncChoice::Keep) => ReviewDecision::Keep,
-                    None if interactive => ask_review(&lines, changes, diffs).await,
+                    // A SIGTERM or SIGHUP while asking keeps everything for later.
+                    None if interactive => tokio::select! {
+                        d = ask_review(&lines, changes, diffs) => d,
+                        _ = term.recv() => ReviewDecision::Keep,
+                        _ = hup.recv() => ReviewDecision::Keep,
+                    },
                     None => ReviewDecision::Keep,
                 };
                 let _ = conv.ops.send(Op::Review { decision });
@@ -347,7 +337,7 @@ pub async fn run(args: RunArgs) -> Result<u8> {
             Event::Error { .. } => exit_code = exit_code.max(1),
             // Lines would tear a full-screen program: shown at its exit instead.
             Event::Committed { .. } | Event::NetworkRefused { .. }
-                if interactive && running.load(std::sync::atomic::Ordering::SeqCst) => {}
+                if interactive && *phase.borrow() == Phase::Running => {}
             other if !args.json => {
                 if let Some(text) = render::event_text(other, false) {
                     eprint_line(&text);
@@ -360,6 +350,66 @@ pub async fn run(args: RunArgs) -> Result<u8> {
     pump.abort();
     conv.join().await;
     Ok(exit_code)
+}
+
+/// Where typed bytes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Before,
+    Running,
+    After,
+}
+
+async fn pump_input(
+    mut input: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut phase: tokio::sync::watch::Receiver<Phase>,
+    ops: mpsc::UnboundedSender<Op>,
+    lines: mpsc::UnboundedSender<String>,
+) {
+    let mut queued: Vec<Vec<u8>> = Vec::new();
+    let mut pending = Vec::<u8>::new();
+    let mut eof = false;
+    loop {
+        tokio::select! {
+            bytes = input.recv(), if !eof => match bytes {
+                Some(b) => {
+                    eof = b.is_empty();
+                    queued.push(b);
+                }
+                None => eof = true,
+            },
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+        }
+        let now = *phase.borrow();
+        match now {
+            Phase::Before => {}
+            Phase::Running => {
+                for data in queued.drain(..) {
+                    let _ = ops.send(Op::TerminalInput { data });
+                }
+            }
+            Phase::After => {
+                for b in queued.drain(..) {
+                    pending.extend_from_slice(&b);
+                }
+                while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=i).collect();
+                    let text = String::from_utf8_lossy(&line)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string();
+                    let _ = lines.send(text);
+                }
+                if eof {
+                    // Dropping `lines` answers the review's questions with "end of input".
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// `safe-coder __net-forward --port P --socket S -- CMD...`, inside the sandbox: listens

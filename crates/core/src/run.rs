@@ -409,6 +409,11 @@ impl Runner {
                     Ok(None) | Err(_) => eof = true,
                 },
                 msg = input.recv() => match msg {
+                    // The end of the user's input: without a PTY, the command reads EOF.
+                    Some(TermIn::Data(d)) if d.is_empty() => {
+                        // SAFETY: shutdown on an open descriptor; on a PTY it fails harmlessly.
+                        unsafe { libc::shutdown(fd.get_ref().as_raw_fd(), libc::SHUT_WR) };
+                    }
                     Some(TermIn::Data(d)) => {
                         if exit.is_none() {
                             let _ = write_terminal(&fd, &d).await;

@@ -5,4 +5,5 @@ mod first_hour;
 mod history_hardening;
 mod interactive;
 mod run;
+mod run_agents;
 mod tui;
