@@ -414,11 +414,10 @@ impl Runner {
                         // SAFETY: shutdown on an open descriptor; on a PTY it fails harmlessly.
                         unsafe { libc::shutdown(fd.get_ref().as_raw_fd(), libc::SHUT_WR) };
                     }
-                    Some(TermIn::Data(d)) => {
-                        if exit.is_none() {
-                            let _ = write_terminal(&fd, &d).await;
-                        }
+                    Some(TermIn::Data(d)) if exit.is_none() => {
+                        let _ = write_terminal(&fd, &d).await;
                     }
+                    Some(TermIn::Data(_)) => {}
                     Some(TermIn::Resize(rows, cols)) => {
                         let _ = control.resize(TermSize { rows, cols });
                     }

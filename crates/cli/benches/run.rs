@@ -1,0 +1,117 @@
+//! What `safe-coder run` adds to starting a command (issue 15: at most 20 ms on the
+//! process backend): the time from launching until the command's first output line,
+//! for `bash -c 'echo started'` run bare, and the same under `safe-coder run
+//! --backend process` on a 50-file project (session dir, sandbox copy and first commit,
+//! bubblewrap, the terminal pass-through). Median of many runs each; the whole run
+//! (review and session teardown included) is shown too.
+//!
+//! Run: `cargo bench -p safe-coder-cli --bench run` (`SAFE_CODER_BENCH_RUNS=N`).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Time to the line `started` on stdout, and to the exit.
+fn time(mut cmd: Command) -> (Duration, Duration) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("spawn");
+    let out = child.stdout.take().expect("stdout");
+    let mut first = None;
+    for line in BufReader::new(out).lines() {
+        let line = line.expect("line");
+        if line.trim() == "started" && first.is_none() {
+            first = Some(start.elapsed());
+        }
+    }
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    (
+        first.expect("the command printed `started`"),
+        start.elapsed(),
+    )
+}
+
+fn main() {
+    let runs: usize = std::env::var("SAFE_CODER_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let root = tempfile::tempdir().expect("tempdir");
+    let project = root.path().join("project");
+    for i in 0..50 {
+        let dir = project.join(format!("src/m{}", i % 5));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join(format!("f{i}.rs")),
+            format!("pub fn f{i}() {{}}\n").repeat(20),
+        )
+        .expect("write");
+    }
+    let home = root.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let bin = env!("CARGO_BIN_EXE_safe-coder");
+    let bare = || {
+        let mut c = Command::new("bash");
+        c.args(["-c", "echo started"]).current_dir(&project);
+        c
+    };
+    let run = || {
+        let mut c = Command::new(bin);
+        c.args([
+            "run",
+            "--backend",
+            "process",
+            "--sync",
+            "reject",
+            "--",
+            "bash",
+            "-c",
+            "echo started",
+        ])
+        .current_dir(&project)
+        .env("HOME", &home)
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("XDG_CONFIG_HOME");
+        c
+    };
+    for _ in 0..3 {
+        time(bare());
+        time(run());
+    }
+    let (mut b_first, mut r_first, mut r_total) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        b_first.push(time(bare()).0);
+        let (f, t) = time(run());
+        r_first.push(f);
+        r_total.push(t);
+    }
+    let (b, r, t) = (median(b_first), median(r_first), median(r_total));
+    println!("{runs} runs each, median time to the command's first line:");
+    println!("  bash -c 'echo started' bare          {:7.1} ms", ms(b));
+    println!(
+        "  the same under safe-coder run        {:7.1} ms  (+{:.1} ms)",
+        ms(r),
+        ms(r) - ms(b)
+    );
+    println!("  whole run (review, teardown)         {:7.1} ms", ms(t));
+    println!(
+        "target: at most 20 ms added to start: {}",
+        if ms(r) - ms(b) <= 20.0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+}
