@@ -59,6 +59,9 @@ pub fn show(resolved: &Resolved) -> String {
     let _ = writeln!(out, "cpus = {}", r.cpus);
     let _ = writeln!(out, "max_file_mb = {}", r.max_file_mb);
     let _ = writeln!(out, "env_passthrough = {:?}", r.env_passthrough);
+    if !r.network_allow.is_empty() {
+        let _ = writeln!(out, "[network]\nallow = {:?}", r.network_allow);
+    }
     if r.docker != DockerSection::default() {
         let _ = writeln!(out, "[docker]\n{:?}", r.docker);
     }
