@@ -664,3 +664,94 @@ fn truncated_and_empty_replies_have_the_real_stop_reasons() {
         }
     }
 }
+
+/// The Responses API (what the Codex CLI speaks): the real event sequence with sequence
+/// numbers, the text in deltas, the function call's arguments in deltas, the final
+/// response with both items and usage; a tool output for an unknown call is refused.
+#[test]
+fn responses_stream_has_the_real_event_sequence() {
+    let server = MockServer::start(
+        Wire::Responses,
+        Script {
+            delta_chars: 4,
+            ..Script::new(vec![
+                two_calls(),
+                Reply::Truncated {
+                    text: "cut here".into(),
+                },
+            ])
+        },
+    )
+    .expect("server");
+    let body = json!({"model": "m", "stream": true, "input": "hi",
+                      "tools": [{"type": "function", "name": "read_file", "parameters": {}},
+                                {"type": "web_search"}]});
+    let a = call(&server, OPENAI_HEADERS, &body);
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        a.header("content-type"),
+        Some("text/event-stream; charset=utf-8")
+    );
+    let names = a.sse_names();
+    assert_eq!(names.first().map(String::as_str), Some("response.created"));
+    assert_eq!(names.last().map(String::as_str), Some("response.completed"));
+    let events = a.sse_data();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["sequence_number"], i, "{e}");
+        assert_eq!(e["type"].as_str(), Some(names[i].as_str()));
+    }
+    let text: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(text, "Looking.");
+    let done: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_item.done")
+        .collect();
+    assert_eq!(done.len(), 3);
+    assert_eq!(done[1]["item"]["type"], "function_call");
+    assert_eq!(done[1]["item"]["name"], "read_file");
+    assert_eq!(done[1]["item"]["arguments"], r#"{"path":"a.txt"}"#);
+    let args: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.function_call_arguments.delta" && e["output_index"] == 2)
+        .map(|e| e["delta"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(args, r#"{"command":"ls -la"}"#);
+    let completed = events.last().expect("completed");
+    assert_eq!(completed["response"]["status"], "completed");
+    assert_eq!(
+        completed["response"]["output"].as_array().map(Vec::len),
+        Some(3)
+    );
+    assert!(completed["response"]["usage"]["output_tokens"].as_u64() > Some(0));
+
+    // The answer to a call that was never made is refused, as the API does.
+    let bad = json!({"model": "m", "stream": true,
+                     "input": [{"type": "function_call_output", "call_id": "call_nope", "output": "x"}]});
+    let a = call(&server, OPENAI_HEADERS, &bad);
+    assert_eq!(a.status, 400);
+    assert!(
+        a.body
+            .contains("No tool call found for function call output with call_id call_nope"),
+        "{}",
+        a.body
+    );
+    let a = call(&server, &[], &body);
+    assert_eq!(a.status, 401);
+
+    // Cut at the output limit: `response.incomplete`, not `completed`.
+    let a = call(&server, OPENAI_HEADERS, &body);
+    let names = a.sse_names();
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("response.incomplete")
+    );
+    let last = a.sse_data().pop().expect("event");
+    assert_eq!(
+        last["response"]["incomplete_details"]["reason"],
+        "max_output_tokens"
+    );
+}
