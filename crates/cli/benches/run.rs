@@ -3,7 +3,8 @@
 //! for `bash -c 'echo started'` run bare, and the same under `safe-coder run
 //! --backend process` on a 50-file project (session dir, sandbox copy and first commit,
 //! bubblewrap, the terminal pass-through). Median of many runs each; the whole run
-//! (review and session teardown included) is shown too.
+//! (review and session teardown included) is shown too, and `--backend copy` (the same
+//! session without bubblewrap) to tell the session's share from the sandbox's.
 //!
 //! Run: `cargo bench -p safe-coder-cli --bench run` (`SAFE_CODER_BENCH_RUNS=N`).
 
@@ -88,22 +89,35 @@ fn main() {
     };
     for _ in 0..3 {
         time(bare());
-        time(run());
+        time(run("process"));
+        time(run("copy"));
     }
-    let (mut b_first, mut r_first, mut r_total) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut b_first, mut r_first, mut r_total, mut c_first) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         b_first.push(time(bare()).0);
-        let (f, t) = time(run());
+        let (f, t) = time(run("process"));
         r_first.push(f);
         r_total.push(t);
+        c_first.push(time(run("copy")).0);
     }
-    let (b, r, t) = (median(b_first), median(r_first), median(r_total));
+    let (b, r, t, c) = (
+        median(b_first),
+        median(r_first),
+        median(r_total),
+        median(c_first),
+    );
     println!("{runs} runs each, median time to the command's first line:");
     println!("  bash -c 'echo started' bare          {:7.1} ms", ms(b));
     println!(
         "  the same under safe-coder run        {:7.1} ms  (+{:.1} ms)",
         ms(r),
         ms(r) - ms(b)
+    );
+    println!(
+        "  the same with --backend copy         {:7.1} ms  (+{:.1} ms: the session alone)",
+        ms(c),
+        ms(c) - ms(b)
     );
     println!("  whole run (review, teardown)         {:7.1} ms", ms(t));
     println!(

@@ -25,6 +25,8 @@ pub use compact::estimate_tokens;
 pub use conversation::{start, start_run, Conversation, StartError};
 pub use prompt::system_prompt;
 pub use recorder::Recorder;
+#[doc(hidden)]
+pub use run::fingerprint as work_tree_fingerprint;
 pub use run::FORWARDER_PORT;
 pub use settings::{Price, Settings, Start};
 pub use workspace::{ReviewResult, SyncReport, Workspace};

@@ -89,8 +89,10 @@ impl ModelClient for NoModel {
     }
 }
 
-/// A cheap summary of the work tree: paths, sizes, modification times and modes.
-fn fingerprint(root: &Path) -> u64 {
+/// A cheap summary of the work tree: paths, sizes, modification times and modes (one
+/// `lstat` per entry). Public for `benches/watch.rs`, which measures what it costs.
+#[doc(hidden)]
+pub fn fingerprint(root: &Path) -> u64 {
     use std::hash::{Hash, Hasher};
     use std::os::unix::fs::MetadataExt;
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -119,19 +121,17 @@ fn fingerprint(root: &Path) -> u64 {
 /// Commits after a quiet period following changes.
 struct Watcher {
     root: PathBuf,
-    last: u64,
+    last: Option<u64>,
     changed_at: Option<Instant>,
 }
 
 impl Watcher {
-    async fn new(root: PathBuf) -> Watcher {
-        let r = root.clone();
-        let last = tokio::task::spawn_blocking(move || fingerprint(&r))
-            .await
-            .unwrap_or(0);
+    /// The first look is taken at the first tick, after the command started (not on
+    /// the path to its start).
+    fn new(root: PathBuf) -> Watcher {
         Watcher {
             root,
-            last,
+            last: None,
             changed_at: None,
         }
     }
@@ -139,11 +139,16 @@ impl Watcher {
     /// Whether a commit is due now.
     async fn due(&mut self) -> bool {
         let r = self.root.clone();
-        let now = tokio::task::spawn_blocking(move || fingerprint(&r))
-            .await
-            .unwrap_or(self.last);
-        if now != self.last {
-            self.last = now;
+        let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&r)).await else {
+            return false;
+        };
+        let Some(last) = self.last.replace(now) else {
+            // The command may have changed files before this first look: one commit
+            // attempt after a quiet period (it commits nothing if nothing changed).
+            self.changed_at = Some(Instant::now());
+            return false;
+        };
+        if now != last {
             self.changed_at = Some(Instant::now());
             return false;
         }
@@ -389,7 +394,7 @@ impl Runner {
         let (tx, mut input) = mpsc::unbounded_channel();
         self.terminal.set(Some(tx));
         let message = format!("Agent executed: run {command}");
-        let mut watcher = Watcher::new(self.session.workspace.work_tree().to_path_buf()).await;
+        let mut watcher = Watcher::new(self.session.workspace.work_tree().to_path_buf());
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = vec![0u8; 64 * 1024];
