@@ -202,6 +202,12 @@ impl Proxy {
             Err(e) => return Err(listen_err(e)),
         }
         let listener = UnixListener::bind(path).map_err(listen_err)?;
+        // Only this user may use it (the sandbox runs as this user).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(listen_err)?;
+        }
         let (tx, refusals) = mpsc::unbounded_channel();
         let allow = std::sync::Arc::new(allow);
         let task = tokio::spawn(async move {
@@ -581,6 +587,9 @@ mod tests {
             proxy.refused().await.map(|r| r.to_string()),
             Some("example.com:80".to_string())
         );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "only this user may use the proxy");
         drop(proxy);
         assert!(!sock.exists(), "the socket is removed with the proxy");
     }
