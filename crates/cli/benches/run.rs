@@ -68,12 +68,12 @@ fn main() {
         c.args(["-c", "echo started"]).current_dir(&project);
         c
     };
-    let run = || {
+    let run = |backend: &str| {
         let mut c = Command::new(bin);
         c.args([
             "run",
             "--backend",
-            "process",
+            backend,
             "--sync",
             "reject",
             "--",
