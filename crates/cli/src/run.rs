@@ -236,6 +236,7 @@ pub async fn run(args: RunArgs) -> Result<u8> {
         line_tx,
     ));
     let mut raw: Option<RawMode> = None;
+    let mut held: Vec<String> = Vec::new();
     let mut exit_code: u8 = 0;
     let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -307,6 +308,9 @@ pub async fn run(args: RunArgs) -> Result<u8> {
                     if let Some(text) = run_finished_text(&event) {
                         eprint_line(&format!("\n{text}"));
                     }
+                    for line in held.drain(..) {
+                        eprint_line(&line);
+                    }
                 }
             }
             Event::ReviewRequested { changes, diffs, .. } => {
@@ -329,6 +333,13 @@ pub async fn run(args: RunArgs) -> Result<u8> {
                 let _ = conv.ops.send(Op::Review { decision });
             }
             Event::SessionEnded { .. } => break,
+            // Lines would tear a full-screen program: held until it exits.
+            Event::Error { message }
+                if !args.json && interactive && *phase.borrow() == Phase::Running =>
+            {
+                held.push(format!("error: {message}"));
+                exit_code = exit_code.max(1);
+            }
             Event::Error { message } if !args.json => {
                 drop(raw.take());
                 eprint_line(&format!("error: {message}"));
