@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use safe_coder_protocol::{ChangeKind, ChangeSet, FileChange, LeftOutPath};
 
 use crate::beneath::{open_beneath, Opened};
+use crate::borrow::Borrowed;
 use crate::error::{HistoryError, IoContext};
 use crate::git::{ensure_git, Git};
 use crate::objects::{self, is_hex_id, CommitFields, Oid};
 use crate::paths::{clean_rel, rel_to_root};
-use crate::snapshot::{self, write_ref};
+use crate::snapshot::{self, write_ref, SnapshotStats};
 use crate::stage;
 use crate::{INITIAL_MESSAGE, SHADOW_MESSAGE};
 
@@ -64,6 +65,8 @@ pub struct SessionRepo {
     /// The `direct` backend's shadow repository: nested repositories are the user's own
     /// and stay untracked instead of being tracked as plain files.
     shadow: bool,
+    /// What the first snapshot did, when this value created it.
+    start: Option<SnapshotStats>,
 }
 
 /// Short id as shown in messages (`Rollback to 1a2b3c4`).
@@ -97,6 +100,19 @@ impl SessionRepo {
         git_dir: Option<&Path>,
         excludes: &[String],
     ) -> Result<SessionRepo, HistoryError> {
+        Self::create_sandbox_copy_with(project, work_tree, git_dir, excludes, true)
+    }
+
+    /// [`SessionRepo::create_sandbox_copy_at`]; `borrow_git == false` hashes every file
+    /// even when the project is a git repository whose index already knows them (tests
+    /// and benchmarks compare both; see [`SessionRepo::start_stats`]).
+    pub fn create_sandbox_copy_with(
+        project: &Path,
+        work_tree: &Path,
+        git_dir: Option<&Path>,
+        excludes: &[String],
+        borrow_git: bool,
+    ) -> Result<SessionRepo, HistoryError> {
         ensure_git()?;
         if !project.is_dir() {
             return Err(HistoryError::NoProject(project.to_path_buf()));
@@ -127,24 +143,35 @@ impl SessionRepo {
             None => work_tree.join(".git"),
         };
         let worktree_config = external.then_some(work_tree.as_path());
+        let borrowed = borrow_git.then(|| Borrowed::discover(&project)).flatten();
         let made = snapshot::init_git_dir(&git_dir, &excludes, worktree_config).and_then(|_| {
             let source = snapshot::Source::Copy {
                 work_tree: &work_tree,
                 excludes: &excludes,
             };
-            snapshot::write_snapshot(&project, source, &git_dir, INITIAL_MESSAGE)
+            snapshot::write_snapshot(
+                &project,
+                source,
+                &git_dir,
+                INITIAL_MESSAGE,
+                borrowed.as_ref(),
+            )
         });
-        if let Err(e) = made {
-            // A half-made copy is worth nothing; the project was only read.
-            let _ = fs::remove_dir_all(&work_tree);
-            let _ = fs::remove_dir_all(&git_dir);
-            return Err(e);
-        }
+        let stats = match made {
+            Ok((_, stats)) => stats,
+            Err(e) => {
+                // A half-made copy is worth nothing; the project was only read.
+                let _ = fs::remove_dir_all(&work_tree);
+                let _ = fs::remove_dir_all(&git_dir);
+                return Err(e);
+            }
+        };
         Ok(SessionRepo {
             work_tree,
             git_dir,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             shadow: false,
+            start: Some(stats),
         })
     }
 
@@ -157,6 +184,17 @@ impl SessionRepo {
         project: &Path,
         git_dir: &Path,
         excludes: &[String],
+    ) -> Result<SessionRepo, HistoryError> {
+        Self::create_shadow_with(project, git_dir, excludes, true)
+    }
+
+    /// [`SessionRepo::create_shadow`]; `borrow_git` as in
+    /// [`SessionRepo::create_sandbox_copy_with`].
+    pub fn create_shadow_with(
+        project: &Path,
+        git_dir: &Path,
+        excludes: &[String],
+        borrow_git: bool,
     ) -> Result<SessionRepo, HistoryError> {
         ensure_git()?;
         if !project.is_dir() {
@@ -174,11 +212,12 @@ impl SessionRepo {
         snapshot::init_git_dir(&git_dir, &excludes, Some(&project))?;
         fs::write(git_dir.join(SHADOW_MARK), "")
             .ctx(|| format!("cannot write {}", git_dir.display()))?;
-        let repo = SessionRepo {
+        let mut repo = SessionRepo {
             work_tree: project,
             git_dir,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             shadow: true,
+            start: None,
         };
         // git decides which files count (the .gitignore files, info/exclude); the
         // snapshot itself is written directly, like a sandbox copy's.
@@ -191,7 +230,17 @@ impl SessionRepo {
             .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
             .collect();
         let source = snapshot::Source::InPlace { files };
-        snapshot::write_snapshot(&repo.work_tree, source, &repo.git_dir, SHADOW_MESSAGE)?;
+        let borrowed = borrow_git
+            .then(|| Borrowed::discover(&repo.work_tree))
+            .flatten();
+        let (_, stats) = snapshot::write_snapshot(
+            &repo.work_tree,
+            source,
+            &repo.git_dir,
+            SHADOW_MESSAGE,
+            borrowed.as_ref(),
+        )?;
+        repo.start = Some(stats);
         Ok(repo)
     }
 
@@ -209,6 +258,7 @@ impl SessionRepo {
             git_dir,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             shadow: false,
+            start: None,
         };
         repo.shadow = repo.git_dir.join(SHADOW_MARK).exists() || {
             // A shadow made before the mark existed: its first commit says so.
@@ -225,6 +275,12 @@ impl SessionRepo {
     pub fn with_max_file_bytes(mut self, bytes: u64) -> SessionRepo {
         self.max_file_bytes = bytes.max(1);
         self
+    }
+
+    /// What the first snapshot did (files, how many were borrowed from the user's git,
+    /// reflinks), when this value created the repository; `None` after [`Self::open`].
+    pub fn start_stats(&self) -> Option<SnapshotStats> {
+        self.start
     }
 
     pub fn max_file_bytes(&self) -> u64 {
