@@ -641,6 +641,7 @@ mod tests {
         let mut cmd = command(
             &support,
             &work,
+            &work,
             tmp.path(),
             &[],
             &script,
