@@ -21,6 +21,7 @@ mod repo;
 mod snapshot;
 mod stage;
 pub mod sync;
+mod upper;
 
 pub use error::HistoryError;
 pub use labels::SNAPSHOT_PREFIX;

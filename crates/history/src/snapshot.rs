@@ -114,6 +114,13 @@ pub(crate) enum Source<'a> {
     },
     /// Snapshot these files of the project in place (the shadow repository).
     InPlace { files: Vec<PathBuf> },
+    /// Walk the project like `Copy` but copy nothing: it is an overlay workspace's
+    /// lower layer. The paths the walk leaves out (`.git`, excluded, unstorable) are
+    /// added to `hidden`, for the caller to hide from the merged tree.
+    Layered {
+        excludes: &'a [String],
+        hidden: &'a std::sync::Mutex<Vec<PathBuf>>,
+    },
 }
 
 /// What the first snapshot did, for the session's start line and the benchmarks.
@@ -144,9 +151,19 @@ pub(crate) fn write_snapshot(
             excludes,
         } => (
             Some(work_tree),
-            walk(project, &Excludes::new(excludes)?, &left, borrowed)?,
+            walk(project, &Excludes::new(excludes)?, &left, borrowed, None)?,
         ),
         Source::InPlace { files } => (None, classify(project, files, &left, borrowed)?),
+        Source::Layered { excludes, hidden } => (
+            None,
+            walk(
+                project,
+                &Excludes::new(excludes)?,
+                &left,
+                borrowed,
+                Some(hidden),
+            )?,
+        ),
     };
     let borrowed_count = files.iter().filter(|f| f.known.is_some()).count();
     if let Some(b) = borrowed.filter(|_| borrowed_count > 0) {
@@ -453,7 +470,13 @@ fn walk(
     ex: &Excludes,
     left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
     borrowed: Option<&Borrowed>,
+    hidden: Option<&std::sync::Mutex<Vec<PathBuf>>>,
 ) -> Result<Walked, HistoryError> {
+    let hide = |rel: &Path| {
+        if let Some(Ok(mut h)) = hidden.map(|h| h.lock()) {
+            h.push(rel.to_path_buf());
+        }
+    };
     let mut dirs = Vec::new();
     let mut files = Vec::new();
     let mut links = Vec::new();
@@ -464,12 +487,14 @@ fn walk(
         .filter_entry(|e| {
             let rel = e.path().strip_prefix(project).unwrap_or(e.path());
             if e.file_name() == ".git" || ex.is_excluded(rel) {
+                hide(rel);
                 return false;
             }
             if let Some(why) = unstorable_name(e.file_name().as_bytes()) {
                 if let Ok(mut l) = left.lock() {
                     l.push((rel.to_path_buf(), why));
                 }
+                hide(rel);
                 return false;
             }
             true
