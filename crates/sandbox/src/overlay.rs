@@ -242,6 +242,12 @@ fn write_proc(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `SAFE_CODER_WORKSPACE=copy` asks for the copy workspace even where an
+/// overlay works (tests exercise both; a user can rule the overlay out).
+pub fn forced_copy() -> bool {
+    std::env::var("SAFE_CODER_WORKSPACE").is_ok_and(|v| v.trim() == "copy")
+}
+
 /// Whether an overlay workspace can be mounted here, tried once per process in a
 /// temporary directory under `scratch` (the data dir, so the upper layer's filesystem
 /// is the one sessions use). `Err` says why not.
