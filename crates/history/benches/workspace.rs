@@ -88,7 +88,6 @@ fn project(trees: &Path, name: &str, files: usize, total: usize) -> PathBuf {
         fs::write(root.join(format!("untracked{i}.txt")), "new\n").unwrap();
     }
     fs::write(root.join(".ready"), "").unwrap();
-    git(&root, &["status", "--porcelain"]);
     root
 }
 
