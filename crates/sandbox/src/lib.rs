@@ -21,6 +21,7 @@ pub use tokio_util::sync::CancellationToken;
 mod backends;
 pub mod env;
 mod host;
+pub mod overlay;
 pub mod paths;
 pub mod select;
 mod spec;

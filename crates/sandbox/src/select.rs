@@ -94,5 +94,18 @@ pub fn doctor_report() -> String {
         Ok((kind, _)) => out.push_str(&format!("auto → {}\n", kind.as_str())),
         Err(e) => out.push_str(&format!("auto → none: {e}\n")),
     }
+    out.push_str(&workspace_line(&std::env::temp_dir()));
     out
+}
+
+/// The doctor's line on the workspace of `copy` and `process` sessions: the overlay
+/// (tried here, under `scratch`) or, saying why not, the copy it falls back to.
+pub fn workspace_line(scratch: &std::path::Path) -> String {
+    if crate::overlay::forced_copy() {
+        return "workspace: copy (SAFE_CODER_WORKSPACE=copy)\n".to_string();
+    }
+    match crate::overlay::overlay_probe(scratch) {
+        Ok(()) => "workspace: overlay (the project read-only below, the session's writes above; nothing copied)\n".to_string(),
+        Err(e) => format!("workspace: copy, with reflinks where the filesystem has them ({e})\n"),
+    }
 }

@@ -61,6 +61,10 @@ pub struct SandboxSpec {
     /// `process`: insist on one mechanism instead of the best that works here (tests
     /// and benchmarks compare both).
     pub mechanism: Option<Mechanism>,
+    /// A mounted overlay workspace (`crate::overlay`): the work tree is its merged tree
+    /// and `workdir` is not used. `copy` and `process` honour it; a container or VM
+    /// backend can take the layers from [`crate::overlay::OverlayMount::layers`].
+    pub overlay: Option<std::sync::Arc<crate::overlay::OverlayMount>>,
 }
 
 impl SandboxSpec {
@@ -73,6 +77,7 @@ impl SandboxSpec {
             env_passthrough: Vec::new(),
             home_toolchains: true,
             mechanism: None,
+            overlay: None,
         }
     }
 }
