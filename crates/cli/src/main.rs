@@ -197,10 +197,7 @@ fn main() -> ExitCode {
         ),
         Command::Sandbox {
             action: SandboxCmd::Doctor,
-        } => {
-            print!("{}", safe_coder_sandbox::select::doctor_report());
-            Ok(())
-        }
+        } => setup::doctor_report().map(|report| print!("{report}")),
         Command::Sessions { action } => {
             sessions::run(action.unwrap_or(sessions::SessionsCmd::List {
                 json: false,
