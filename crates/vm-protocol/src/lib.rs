@@ -8,11 +8,15 @@
 //! - [`Request`] / [`Response`]: exec with streamed output, cancel, files under
 //!   [`WORKSPACE`], changed files since a mark, usage, shutdown. Every request has an id
 //!   and several may be in flight, so a cancel reaches a running exec.
+//! - [`client::AgentClient`] (feature `tokio`): a connection with many requests in
+//!   flight, replies routed by id.
 //! - [`hybrid`]: connecting to a guest port through Firecracker's (and
 //!   `vhost-device-vsock`'s) hybrid vsock Unix socket.
 //!
 //! The wire format is documented in `docs/vm-protocol.md`.
 
+#[cfg(feature = "tokio")]
+pub mod client;
 pub mod frame;
 pub mod handshake;
 pub mod hybrid;
