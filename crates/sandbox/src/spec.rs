@@ -135,6 +135,9 @@ pub struct VmSpec {
     /// `vhost-device-vsock` on `PATH` or in `$SAFE_CODER_CACHE/cargo/bin`.
     pub vhost_vsock_bin: Option<PathBuf>,
     pub accel: Accel,
+    /// How long a VM may take until its agent answers; `None` = 120 s (or
+    /// `SAFE_CODER_VM_READY_SECS`). Tests shorten it.
+    pub ready_timeout: Option<std::time::Duration>,
 }
 
 impl VmSpec {
@@ -158,6 +161,7 @@ impl Default for VmSpec {
             firecracker_bin: None,
             vhost_vsock_bin: None,
             accel: Accel::Auto,
+            ready_timeout: None,
         }
     }
 }

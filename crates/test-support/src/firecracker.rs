@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,7 +70,7 @@ enum Phase {
 }
 
 struct Guest {
-    child: Child,
+    pid: i32,
     dir: PathBuf,
 }
 
@@ -223,13 +223,13 @@ impl Drop for FakeFirecracker {
 }
 
 fn stop_guest(s: &mut State) {
-    if let Some(mut g) = s.guest.take() {
-        // SAFETY: kill(2) on our own child (SIGCONT first, in case it was paused).
+    if let Some(g) = s.guest.take() {
+        // SAFETY: kill(2) on our own child (SIGCONT first, in case it was paused); its
+        // waiter thread reaps it.
         unsafe {
-            libc_kill(g.child.id() as i32, libc::SIGCONT);
+            libc_kill(g.pid, libc::SIGCONT);
+            libc_kill(g.pid, libc::SIGKILL);
         }
-        let _ = g.child.kill();
-        let _ = g.child.wait();
         let _ = std::fs::remove_dir_all(&g.dir);
     }
 }
@@ -499,7 +499,7 @@ fn handle(
             if let Some(g) = &s.guest {
                 // SAFETY: kill(2) on our own child.
                 unsafe {
-                    libc_kill(g.child.id() as i32, sig);
+                    libc_kill(g.pid, sig);
                 }
             }
             Ok(None)
@@ -584,7 +584,7 @@ fn handle(
                 if let Some(g) = &s.guest {
                     // SAFETY: kill(2) on our own child.
                     unsafe {
-                        libc_kill(g.child.id() as i32, libc::SIGSTOP);
+                        libc_kill(g.pid, libc::SIGSTOP);
                     }
                 }
             }
@@ -637,26 +637,38 @@ fn start_guest(
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| fault(format!("Cannot start the guest agent {}: {e}", g.argv[0])))?;
-        s.guest = Some(Guest { child, dir: dir.clone() });
-        // The guest powers off when the agent exits.
-        let state = state.clone();
+        // The child is spawned and waited for by a thread of its own: PDEATHSIG is tied
+        // to the thread that forks, and the API's connection threads are short-lived.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter_state = state.clone();
         let exit = config.exit_with_guest;
-        std::thread::spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(50));
-            let Ok(mut s) = state.lock() else { return };
-            let Some(g) = s.guest.as_mut() else { return };
-            if let Ok(Some(_)) = g.child.try_wait() {
-                s.guest = None;
-                s.phase = Phase::Off;
-                if exit {
-                    std::process::exit(0);
+        std::thread::spawn(move || {
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
                 }
-                return;
+            };
+            let pid = child.id() as i32;
+            let _ = tx.send(Ok(pid));
+            let _ = child.wait();
+            // The guest powered off.
+            if let Ok(mut s) = waiter_state.lock() {
+                if s.guest.as_ref().map(|g| g.pid) == Some(pid) {
+                    s.guest = None;
+                    s.phase = Phase::Off;
+                }
+            }
+            if exit {
+                std::process::exit(0);
             }
         });
+        let pid = rx
+            .recv()
+            .map_err(|_| fault("The guest agent's waiter died."))?
+            .map_err(|e| fault(format!("Cannot start the guest agent {}: {e}", g.argv[0])))?;
+        s.guest = Some(Guest { pid, dir: dir.clone() });
     }
     let state = state.clone();
     std::thread::spawn(move || {

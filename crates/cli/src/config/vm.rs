@@ -82,6 +82,7 @@ impl VmSection {
             firecracker_bin: self.firecracker_bin.clone(),
             vhost_vsock_bin: self.vhost_vsock_bin.clone(),
             accel: self.accel.map_or(d.accel, |a| a.0),
+            ready_timeout: None,
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Serves a fake Firecracker API on PATH (see `safe_coder_test_support::firecracker`)
 //! until its guest powers off or it is killed. The guest agent to run is named by
-//! `SAFE_CODER_FAKE_FC_AGENT` (a path; without it the guest never answers); requests
+//! `SAFE_CODER_FAKE_FC_AGENT` (a path; without it the guest never answers) with the
+//! words of `SAFE_CODER_FAKE_FC_AGENT_ARGS` before `--listen ...`; requests
 //! are appended as JSON lines to `SAFE_CODER_FAKE_FC_LOG` when set.
 
 use std::path::PathBuf;
@@ -26,7 +27,13 @@ fn main() -> ExitCode {
         guest: std::env::var("SAFE_CODER_FAKE_FC_AGENT")
             .ok()
             .filter(|a| !a.is_empty())
-            .map(|a| FakeGuest { argv: vec![a] }),
+            .map(|a| {
+                let mut argv = vec![a];
+                if let Ok(extra) = std::env::var("SAFE_CODER_FAKE_FC_AGENT_ARGS") {
+                    argv.extend(extra.split_whitespace().map(String::from));
+                }
+                FakeGuest { argv }
+            }),
         log: std::env::var_os("SAFE_CODER_FAKE_FC_LOG").map(PathBuf::from),
         exit_with_guest: true,
     };

@@ -26,7 +26,7 @@ use super::{block_on_own_runtime, ready_timeout, Started, Vmm};
 use crate::{SandboxError, VmSpec};
 
 /// The kernel command line under Firecracker (its serial console is its stdout).
-pub(crate) const FC_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=1 pci=off";
+pub(crate) const FC_CMDLINE: &str = "console=ttyS0 quiet reboot=k panic=1 pci=off root=/dev/vda ro";
 
 pub(crate) struct FirecrackerVmm {
     proc: Arc<Supervised>,
@@ -168,7 +168,7 @@ pub(crate) fn start(vm: &VmSpec, image: &GuestImage, run_dir: &Path) -> Result<S
         vmm.kill();
         return Err(other(e));
     }
-    wait_ready(&vmm, &uds, ready_timeout())?;
+    wait_ready(&vmm, &uds, ready_timeout(vm))?;
     let booted = t.elapsed();
     let t = Instant::now();
     let saved = save(&api, &snap);

@@ -50,7 +50,10 @@ pub use limits::vm_limits;
 /// took up to 20 s; past this the session fails with what the guest printed last.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub(crate) fn ready_timeout() -> Duration {
+pub(crate) fn ready_timeout(vm: &crate::VmSpec) -> Duration {
+    if let Some(t) = vm.ready_timeout {
+        return t;
+    }
     std::env::var("SAFE_CODER_VM_READY_SECS")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())

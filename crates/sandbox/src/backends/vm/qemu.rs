@@ -24,10 +24,11 @@ pub(crate) const VHOST_VSOCK_BIN: &str = "vhost-device-vsock";
 /// The guest's vsock context id (each VM has its own vsock backend, so one id serves).
 pub(crate) const GUEST_CID: u32 = 3;
 
-/// The kernel command line: serial console, no reboot (a guest panic ends QEMU), and the
-/// TSC frequency TCG cannot calibrate.
+/// The kernel command line: serial console, no reboot (a guest panic ends QEMU), the
+/// TSC frequency TCG cannot calibrate, and the root disk read-only (the agent's init
+/// then keeps `/workspace` and `/tmp` in RAM; one snapshot serves every session).
 pub(crate) const KERNEL_CMDLINE: &str =
-    "console=ttyS0 quiet reboot=t panic=-1 tsc_early_khz=2000000 i8042.noaux i8042.nokbd";
+    "console=ttyS0 quiet reboot=t panic=-1 tsc_early_khz=2000000 root=/dev/vda ro";
 
 pub(crate) fn find_qemu() -> Option<PathBuf> {
     crate::which::find_executable(QEMU_BIN)

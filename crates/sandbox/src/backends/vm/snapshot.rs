@@ -105,7 +105,7 @@ pub(crate) fn start(
         let t = Instant::now();
         let vmm = launch(vm, image, &q, run_dir, kvm, Transport::Vsock, None, Some(&vhost))?;
         let endpoint = Endpoint::HybridVsock(vmm.proc.paths.vsock.clone());
-        wait_ready(&vmm, &endpoint, ready_timeout())?;
+        wait_ready(&vmm, &endpoint, ready_timeout(vm))?;
         return Ok(Started {
             how: format!("booted under {accel} in {:.1} s", t.elapsed().as_secs_f64()),
             vmm: Box::new(vmm),
@@ -137,7 +137,7 @@ pub(crate) fn start(
     let t = Instant::now();
     let vmm = launch(vm, image, &q, run_dir, kvm, Transport::Serial, None, None)?;
     let endpoint = Endpoint::Serial(vmm.proc.paths.serial.clone());
-    wait_ready(&vmm, &endpoint, ready_timeout())?;
+    wait_ready(&vmm, &endpoint, ready_timeout(vm))?;
     let booted = t.elapsed();
     let t = Instant::now();
     let saved = save(&vmm, &dir);
