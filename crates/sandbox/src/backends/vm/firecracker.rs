@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::agent_client::{AgentClient, Endpoint};
 use super::fc_api::FirecrackerApi;
-use super::image::{image_dir, GuestImage};
+use super::image::{snapshots_dir, GuestImage};
 use super::supervised::Supervised;
 use super::{block_on_own_runtime, ready_timeout, Started, Vmm};
 use crate::{SandboxError, VmSpec};
@@ -57,9 +57,7 @@ fn snapshot_dir(vm: &VmSpec, image: &GuestImage, bin: &Path) -> PathBuf {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (image.fingerprint(), vm.memory_mb, vm.vcpus, bin, FC_CMDLINE).hash(&mut h);
-    image_dir(vm)
-        .join("snapshots")
-        .join(format!("firecracker-{:016x}", h.finish()))
+    snapshots_dir(vm, image).join(format!("firecracker-{:016x}", h.finish()))
 }
 
 fn other(e: impl std::fmt::Display) -> SandboxError {

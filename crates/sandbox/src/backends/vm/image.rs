@@ -32,6 +32,26 @@ pub fn image_dir(vm: &VmSpec) -> PathBuf {
     vm.data_dir.join("vm")
 }
 
+/// Where saved VM states live: beside the image's root filesystem when that directory
+/// is writable (so every data dir using one image, e.g. the test suites', shares them),
+/// else `<data_dir>/vm/snapshots`.
+pub fn snapshots_dir(vm: &VmSpec, image: &GuestImage) -> PathBuf {
+    if let Some(dir) = image.rootfs.parent() {
+        let s = dir.join("snapshots");
+        if std::fs::create_dir_all(&s).is_ok() && writable(&s) {
+            return s;
+        }
+    }
+    image_dir(vm).join("snapshots")
+}
+
+fn writable(dir: &Path) -> bool {
+    let probe = dir.join(format!(".write-test-{}", std::process::id()));
+    let ok = std::fs::write(&probe, b"").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
 impl GuestImage {
     /// The image in force, or one sentence saying what is missing and how to build it.
     pub fn locate(vm: &VmSpec) -> Result<GuestImage, String> {

@@ -50,6 +50,9 @@ pub use limits::vm_limits;
 /// took up to 20 s; past this the session fails with what the guest printed last.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How often a running command's changes are brought to the host tree.
+const LIVE_PULL: Duration = Duration::from_secs(1);
+
 pub(crate) fn ready_timeout(vm: &crate::VmSpec) -> Duration {
     if let Some(t) = vm.ready_timeout {
         return t;
@@ -383,12 +386,20 @@ impl Sandbox for VmSandbox {
         req.timeout_ms = Some(request.timeout.as_millis().min(u128::from(u64::MAX)) as u64);
         req.output_limit = Some(request.max_output_bytes as u64);
         req.merge_stderr = true;
+        // While the command runs, what it wrote so far comes back every second, so the
+        // host tree (and a crash) never lags a long command by more than that.
         let ran = self
             .watched(async {
-                client
-                    .exec(req, request.max_output_bytes, &cancel)
-                    .await
-                    .map_err(|e| SandboxError::Other(e.to_string()))
+                let run = client.exec(req, request.max_output_bytes, &cancel);
+                tokio::pin!(run);
+                let mut tick = tokio::time::interval(LIVE_PULL);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        r = &mut run => break r.map_err(|e| SandboxError::Other(e.to_string())),
+                        _ = tick.tick() => { sync.pull(&client).await?; }
+                    }
+                }
             })
             .await;
         // Whatever the command did before it ended (also on timeout or cancel) comes back.

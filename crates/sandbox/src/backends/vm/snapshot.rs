@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::agent_client::{AgentClient, Endpoint};
-use super::image::{image_dir, GuestImage};
+use super::image::{snapshots_dir, GuestImage};
 use super::qemu::{self, QemuLaunch, QemuProcess, Transport};
 use super::qmp::Qmp;
 use super::{block_on_own_runtime, ready_timeout, Started, Vmm};
@@ -78,9 +78,7 @@ fn snapshot_mode(vm: &VmSpec, image: &GuestImage) -> bool {
 pub(crate) fn snapshot_dir(vm: &VmSpec, image: &GuestImage, kvm: bool) -> PathBuf {
     let mut h = DefaultHasher::new();
     (image.fingerprint(), vm.memory_mb, vm.vcpus, kvm, qemu::KERNEL_CMDLINE).hash(&mut h);
-    image_dir(vm)
-        .join("snapshots")
-        .join(format!("qemu-{:016x}", h.finish()))
+    snapshots_dir(vm, image).join(format!("qemu-{:016x}", h.finish()))
 }
 
 fn unavailable(e: String) -> SandboxError {
