@@ -5,3 +5,4 @@ mod first_hour;
 mod history_hardening;
 mod interactive;
 mod tui;
+mod vm;
