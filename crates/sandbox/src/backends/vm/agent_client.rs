@@ -17,7 +17,10 @@ use safe_coder_vm_protocol::{
     hello, software, AgentError, Change, ExecExit, ExecRequest, Frame, Request, RequestId,
     Response, UsageReport, AGENT_PORT,
 };
-use tokio::net::unix::OwnedWriteHalf;
+use std::os::fd::{AsFd, OwnedFd};
+
+use tokio::io::WriteHalf;
+use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +33,8 @@ pub enum AgentClientError {
     Handshake(#[from] safe_coder_vm_protocol::HandshakeError),
     #[error(transparent)]
     Frame(#[from] safe_coder_vm_protocol::FrameError),
+    #[error("the connection to the guest agent failed ({0}); check that the VM is still running")]
+    Io(#[from] std::io::Error),
     /// The agent answered with an error.
     #[error("{0}")]
     Agent(AgentError),
@@ -43,7 +48,9 @@ type Waiters = Arc<Mutex<HashMap<RequestId, mpsc::UnboundedSender<Frame<Response
 
 /// A connected, handshaken agent.
 pub(crate) struct AgentClient {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    // `tokio::io::split`, not `into_split`: dropping this half must not shut the
+    // socket down, since a duplicate of its fd lives on (see [`AgentClient::from_fd`]).
+    writer: tokio::sync::Mutex<WriteHalf<UnixStream>>,
     waiters: Waiters,
     next_id: AtomicU64,
     /// Why the connection ended, once it has.
@@ -90,8 +97,14 @@ impl Endpoint {
 }
 
 impl AgentClient {
-    /// Connects to the agent and says hello.
-    pub async fn connect(endpoint: &Endpoint) -> Result<AgentClient, AgentClientError> {
+    /// Connects to the agent, says hello when `handshake` (a restored VM's agent is
+    /// still in the session it had when it was saved, so it is not greeted again), and
+    /// returns the client with a duplicate of the connection's fd: the connection
+    /// outlives this client (and its runtime) through it.
+    pub async fn connect(
+        endpoint: &Endpoint,
+        handshake: bool,
+    ) -> Result<(AgentClient, OwnedFd), AgentClientError> {
         let mut stream = match endpoint {
             Endpoint::HybridVsock(uds) => connect_hybrid(uds, AGENT_PORT).await?,
             Endpoint::Serial(path) => tokio::net::UnixStream::connect(path).await.map_err(|source| {
@@ -101,8 +114,23 @@ impl AgentClient {
                 }
             })?,
         };
-        host_handshake(&mut stream, &hello(&software("safe-coder"))).await?;
-        let (mut read, write) = stream.into_split();
+        if handshake {
+            host_handshake(&mut stream, &hello(&software("safe-coder"))).await?;
+        }
+        let fd = stream.as_fd().try_clone_to_owned()?;
+        Ok((Self::from_stream(stream), fd))
+    }
+
+    /// A client on an already greeted connection (a duplicate of `fd`), on the current
+    /// runtime.
+    pub fn from_fd(fd: &OwnedFd) -> Result<AgentClient, AgentClientError> {
+        let std = std::os::unix::net::UnixStream::from(fd.try_clone()?);
+        std.set_nonblocking(true)?;
+        Ok(Self::from_stream(UnixStream::from_std(std)?))
+    }
+
+    fn from_stream(stream: UnixStream) -> AgentClient {
+        let (mut read, write) = tokio::io::split(stream);
         let waiters: Waiters = Arc::default();
         let gone: Arc<Mutex<Option<String>>> = Arc::default();
         let reader = tokio::spawn({
@@ -130,13 +158,13 @@ impl AgentClient {
                 }
             }
         });
-        Ok(AgentClient {
+        AgentClient {
             writer: tokio::sync::Mutex::new(write),
             waiters,
             next_id: AtomicU64::new(1),
             gone,
             reader,
-        })
+        }
     }
 
     /// Connects, retrying while nothing listens yet (the guest is still booting), until
@@ -144,14 +172,17 @@ impl AgentClient {
     pub async fn connect_when_ready(
         endpoint: &Endpoint,
         timeout: Duration,
+        handshake: bool,
         alive: impl Fn() -> Result<(), String>,
-    ) -> Result<AgentClient, String> {
+    ) -> Result<(AgentClient, OwnedFd), String> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = String::from("the VM's vsock socket was never created");
         loop {
             alive()?;
             if endpoint.path().exists() {
-                match tokio::time::timeout(Duration::from_secs(5), Self::connect(endpoint)).await {
+                match tokio::time::timeout(Duration::from_secs(5), Self::connect(endpoint, handshake))
+                    .await
+                {
                     Ok(Ok(c)) => return Ok(c),
                     // A version mismatch will not go away by retrying.
                     Ok(Err(e @ AgentClientError::Handshake(_))) => return Err(e.to_string()),

@@ -95,13 +95,19 @@ fn spawn(bin: &Path, run_dir: &Path) -> Result<(FirecrackerVmm, FirecrackerApi),
     ))
 }
 
-fn wait_ready(vmm: &FirecrackerVmm, uds: &Path, timeout: Duration) -> Result<(), SandboxError> {
+fn wait_ready(
+    vmm: &FirecrackerVmm,
+    uds: &Path,
+    timeout: Duration,
+) -> Result<std::os::fd::OwnedFd, SandboxError> {
     let proc = vmm.proc.clone();
     let ep = Endpoint::HybridVsock(uds.to_path_buf());
     let r = block_on_own_runtime(move || {
         Box::pin(async move {
-            let c = AgentClient::connect_when_ready(&ep, timeout, || proc.alive()).await?;
-            c.ping().await.map_err(|e| e.to_string())
+            // Firecracker resets vsock connections on a snapshot, so each start greets.
+            let (c, fd) = AgentClient::connect_when_ready(&ep, timeout, true, || proc.alive()).await?;
+            c.ping().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(fd)
         })
     })?;
     r.map_err(|e| {
@@ -132,8 +138,9 @@ pub(crate) fn start(vm: &VmSpec, image: &GuestImage, run_dir: &Path) -> Result<S
             .map_err(other)
             .and_then(|()| wait_ready(&vmm, &uds, Duration::from_secs(30)));
         match loaded {
-            Ok(()) => {
+            Ok(conn) => {
                 return Ok(Started {
+                    conn,
                     how: format!(
                         "restored from a Firecracker snapshot in {:.2} s",
                         t.elapsed().as_secs_f64()
@@ -166,11 +173,18 @@ pub(crate) fn start(vm: &VmSpec, image: &GuestImage, run_dir: &Path) -> Result<S
         vmm.kill();
         return Err(other(e));
     }
-    wait_ready(&vmm, &uds, ready_timeout(vm))?;
+    let conn = wait_ready(&vmm, &uds, ready_timeout(vm))?;
     let booted = t.elapsed();
     let t = Instant::now();
     let saved = save(&api, &snap);
+    // A snapshot may reset the guest's vsock connections: greet the agent again.
+    let conn = if saved.is_ok() {
+        wait_ready(&vmm, &uds, Duration::from_secs(30))?
+    } else {
+        conn
+    };
     Ok(Started {
+        conn,
         how: match saved {
             Ok(()) => format!(
                 "booted by Firecracker in {:.2} s, snapshot saved in {:.2} s",

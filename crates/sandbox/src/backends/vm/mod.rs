@@ -81,6 +81,9 @@ pub(crate) trait Vmm: Send + Sync {
 pub(crate) struct Started {
     pub vmm: Box<dyn Vmm>,
     pub endpoint: Endpoint,
+    /// The greeted connection to the agent (a duplicate fd): the sandbox keeps using it,
+    /// since a virtio-serial port has no notion of a new connection.
+    pub conn: std::os::fd::OwnedFd,
     /// E.g. "restored from a snapshot in 0.8 s" (shown in the backend note).
     pub how: String,
 }
@@ -169,6 +172,8 @@ pub(crate) struct VmSandbox {
     id: String,
     host: HostSandbox,
     endpoint: Endpoint,
+    /// The agent connection made at start, kept open for the VM's life.
+    conn: Mutex<Option<std::os::fd::OwnedFd>>,
     vmm: Mutex<Option<Box<dyn Vmm>>>,
     run_dir: PathBuf,
     /// The connection of the runtime that uses the sandbox (made on first use).
@@ -205,14 +210,19 @@ impl VmSandbox {
         };
         // The first upload of the work tree, on a runtime of its own (see
         // `block_on_own_runtime`); the index and mark it leaves are plain data.
-        let endpoint = started.endpoint.clone();
+        let conn = match started.conn.try_clone() {
+            Ok(c) => c,
+            Err(e) => {
+                started.vmm.kill();
+                let _ = std::fs::remove_dir_all(&run_dir);
+                return Err(SandboxError::Other(format!("cannot keep the agent's connection: {e}")));
+            }
+        };
         let root = workdir.clone();
         let pushed = block_on_own_runtime(move || {
             Box::pin(async move {
                 let client = Arc::new(
-                    AgentClient::connect(&endpoint)
-                        .await
-                        .map_err(|e| SandboxError::Other(e.to_string()))?,
+                    AgentClient::from_fd(&conn).map_err(|e| SandboxError::Other(e.to_string()))?,
                 );
                 let mut sync = WorkspaceSync::new(root);
                 sync.push(&client).await?;
@@ -235,6 +245,7 @@ impl VmSandbox {
             id,
             host,
             endpoint: started.endpoint,
+            conn: Mutex::new(Some(started.conn)),
             vmm: Mutex::new(Some(started.vmm)),
             run_dir,
             client: tokio::sync::Mutex::new(None),
@@ -284,10 +295,22 @@ impl VmSandbox {
             }
         }
         self.vm_alive().map_err(|e| self.failed(e))?;
-        let c = tokio::time::timeout(Duration::from_secs(10), AgentClient::connect(&self.endpoint))
-            .await
-            .map_err(|_| self.failed("the guest agent did not answer in 10 s".into()))?
-            .map_err(|e| self.failed(e.to_string()))?;
+        if g.is_some() {
+            // The kept connection broke while the VM runs: the agent died.
+            return Err(self.failed("the guest agent closed its connection".into()));
+        }
+        let kept = self.conn.lock().ok().and_then(|c| c.as_ref().map(AgentClient::from_fd));
+        let c = match kept {
+            Some(c) => c.map_err(|e| self.failed(e.to_string()))?,
+            None => {
+                let connect = AgentClient::connect(&self.endpoint, true);
+                tokio::time::timeout(Duration::from_secs(10), connect)
+                    .await
+                    .map_err(|_| self.failed("the guest agent did not answer in 10 s".into()))?
+                    .map_err(|e| self.failed(e.to_string()))?
+                    .0
+            }
+        };
         let c = Arc::new(c);
         *g = Some(c.clone());
         Ok(c)
@@ -442,6 +465,9 @@ impl Sandbox for VmSandbox {
                 }
             })
             .await;
+        }
+        if let Ok(mut c) = self.conn.lock() {
+            c.take();
         }
         let _ = std::fs::remove_dir_all(&self.run_dir);
         self.set_state(SandboxState::Stopped);

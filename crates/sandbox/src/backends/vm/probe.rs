@@ -196,7 +196,7 @@ fn trial_in(
             .build()
             .map_err(|e| e.to_string())?;
         rt.block_on(async move {
-            let client = AgentClient::connect_when_ready(&endpoint, TRIAL_BOOT, || p.alive())
+            let (client, _conn) = AgentClient::connect_when_ready(&endpoint, TRIAL_BOOT, true, || p.alive())
                 .await
                 .map_err(|e| format!("a guest did not boot under KVM within {} s: {e}", TRIAL_BOOT.as_secs()))?;
             let load = "for i in 1 2 3 4 5 6 7 8; do (head -c 4000000 /dev/urandom | sha256sum | gzip -c > /dev/null) & done; wait; echo kvm-ok";

@@ -18,6 +18,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,8 +104,9 @@ pub(crate) fn start(
         let t = Instant::now();
         let vmm = launch(vm, image, &q, run_dir, kvm, Transport::Vsock, None, Some(&vhost))?;
         let endpoint = Endpoint::HybridVsock(vmm.proc.paths.vsock.clone());
-        wait_ready(&vmm, &endpoint, ready_timeout(vm))?;
+        let conn = wait_ready(&vmm, &endpoint, ready_timeout(vm), true)?;
         return Ok(Started {
+            conn,
             how: format!("booted under {accel} in {:.1} s", t.elapsed().as_secs_f64()),
             vmm: Box::new(vmm),
             endpoint,
@@ -115,8 +117,9 @@ pub(crate) fn start(
     if state.is_file() {
         let t = Instant::now();
         match restore(vm, image, &q, run_dir, kvm, &state) {
-            Ok((vmm, endpoint)) => {
+            Ok((vmm, endpoint, conn)) => {
                 return Ok(Started {
+                    conn,
                     how: format!(
                         "restored under {accel} from a snapshot in {:.2} s",
                         t.elapsed().as_secs_f64()
@@ -135,11 +138,12 @@ pub(crate) fn start(
     let t = Instant::now();
     let vmm = launch(vm, image, &q, run_dir, kvm, Transport::Serial, None, None)?;
     let endpoint = Endpoint::Serial(vmm.proc.paths.serial.clone());
-    wait_ready(&vmm, &endpoint, ready_timeout(vm))?;
+    let conn = wait_ready(&vmm, &endpoint, ready_timeout(vm), true)?;
     let booted = t.elapsed();
     let t = Instant::now();
     let saved = save(&vmm, &dir);
     Ok(Started {
+        conn,
         how: match saved {
             Ok(()) => format!(
                 "booted under {accel} in {:.1} s, and saved a snapshot in {:.1} s for the next sessions",
@@ -197,13 +201,20 @@ fn launch(
 
 /// Waits until the agent answers a handshake and a ping, then lets go of the
 /// connection. A VMM that dies ends the wait at once.
-fn wait_ready(vmm: &QemuVmm, endpoint: &Endpoint, timeout: Duration) -> Result<(), SandboxError> {
+fn wait_ready(
+    vmm: &QemuVmm,
+    endpoint: &Endpoint,
+    timeout: Duration,
+    handshake: bool,
+) -> Result<OwnedFd, SandboxError> {
     let proc = vmm.proc.clone();
     let ep = endpoint.clone();
     let r = block_on_own_runtime(move || {
         Box::pin(async move {
-            let c = AgentClient::connect_when_ready(&ep, timeout, || proc.alive()).await?;
-            c.ping().await.map_err(|e| e.to_string())
+            let (c, fd) =
+                AgentClient::connect_when_ready(&ep, timeout, handshake, || proc.alive()).await?;
+            c.ping().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(fd)
         })
     })?;
     r.map_err(|e| {
@@ -228,7 +239,7 @@ fn restore(
     run_dir: &Path,
     kvm: bool,
     state: &Path,
-) -> Result<(QemuVmm, Endpoint), String> {
+) -> Result<(QemuVmm, Endpoint, OwnedFd), String> {
     let vmm = launch(vm, image, q, run_dir, kvm, Transport::Serial, Some(state), None)
         .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + RESTORE_TIMEOUT;
@@ -240,8 +251,9 @@ fn restore(
         return Err(e);
     }
     let endpoint = Endpoint::Serial(vmm.proc.paths.serial.clone());
-    wait_ready(&vmm, &endpoint, RESTORE_TIMEOUT).map_err(|e| e.to_string())?;
-    Ok((vmm, endpoint))
+    // The saved agent is inside the session it had with the first host: no new hello.
+    let conn = wait_ready(&vmm, &endpoint, RESTORE_TIMEOUT, false).map_err(|e| e.to_string())?;
+    Ok((vmm, endpoint, conn))
 }
 
 /// Saves the running VM's state into `dir/state` (written to a temp file, then
