@@ -219,7 +219,8 @@ fn doctor_names_what_each_vm_backend_lacks() {
     let q = line("qemu");
     assert!(q.starts_with('✗'), "{q}");
     assert!(
-        q.contains("qemu-system-x86_64 is not installed") || q.contains("vhost-device-vsock"),
+        q.contains("qemu-system-x86_64 is not installed")
+            || q.contains("safe-coder sandbox image build --backend qemu"),
         "{q}"
     );
     assert!(!text.contains("auto → qemu") && !text.contains("auto → firecracker"), "{text}");

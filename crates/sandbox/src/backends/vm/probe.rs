@@ -143,16 +143,17 @@ pub(crate) fn kvm_verdict(vm: &VmSpec, image: &GuestImage) -> KvmVerdict {
             "KVM could not be tried: qemu-system-x86_64 is not installed".into(),
         );
     };
-    let Some(vhost) = qemu::find_vhost_vsock(vm) else {
+    let vhost = qemu::find_vhost_vsock(vm);
+    if vhost.is_none() && !image.has_feature("serial-agent") {
         return KvmVerdict::Broken(
             "KVM could not be tried: vhost-device-vsock is not installed".into(),
         );
-    };
+    }
     let key = verdict_key(&q, image);
     if let Some(v) = cached_verdict(vm, &key) {
         return v;
     }
-    let verdict = match trial(vm, image, &q, &vhost) {
+    let verdict = match trial(vm, image, &q, vhost.as_deref()) {
         Ok(()) => KvmVerdict::Works,
         Err(e) => KvmVerdict::Broken(e),
     };
@@ -161,7 +162,7 @@ pub(crate) fn kvm_verdict(vm: &VmSpec, image: &GuestImage) -> KvmVerdict {
 }
 
 /// Boots the image under KVM and runs a load that context-switches FPU state.
-fn trial(vm: &VmSpec, image: &GuestImage, q: &Path, vhost: &Path) -> Result<(), String> {
+fn trial(vm: &VmSpec, image: &GuestImage, q: &Path, vhost: Option<&Path>) -> Result<(), String> {
     let dir = super::runtime_dir(&format!("kvm-{}", super::new_id()))
         .map_err(|e| format!("cannot create a directory for the KVM trial: {e}"))?;
     let result = trial_in(vm, image, q, vhost, &dir);
@@ -173,9 +174,15 @@ fn trial_in(
     vm: &VmSpec,
     image: &GuestImage,
     q: &Path,
-    vhost: &Path,
+    vhost: Option<&Path>,
     dir: &Path,
 ) -> Result<(), String> {
+    // The serial port where the image's agent serves one (no vhost-device-vsock needed).
+    let transport = if image.has_feature("serial-agent") {
+        qemu::Transport::Serial
+    } else {
+        qemu::Transport::Vsock
+    };
     let launch = QemuLaunch {
         qemu: q,
         image,
@@ -185,10 +192,13 @@ fn trial_in(
         dir,
         network: false,
         incoming: None,
-        transport: qemu::Transport::Vsock,
+        transport,
     };
-    let proc = Arc::new(QemuProcess::start(&launch, Some(vhost))?);
-    let endpoint = Endpoint::HybridVsock(proc.paths.vsock.clone());
+    let proc = Arc::new(QemuProcess::start(&launch, vhost)?);
+    let endpoint = match transport {
+        qemu::Transport::Serial => Endpoint::Serial(proc.paths.serial.clone()),
+        qemu::Transport::Vsock => Endpoint::HybridVsock(proc.paths.vsock.clone()),
+    };
     let p = proc.clone();
     let result = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -278,7 +288,12 @@ fn probe_qemu_inner(vm: &VmSpec, need_kvm: bool) -> BackendProbe {
             "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into(),
         );
     };
-    if qemu::find_vhost_vsock(vm).is_none() {
+    let image = match common(kind, vm) {
+        Ok(i) => i,
+        Err(p) => return p,
+    };
+    // Only a VM booted with vsock needs it (snapshot mode talks over a serial port).
+    if !super::snapshot::snapshot_mode(vm, &image) && qemu::find_vhost_vsock(vm).is_none() {
         return unavailable(
             kind,
             format!(
@@ -290,10 +305,6 @@ fn probe_qemu_inner(vm: &VmSpec, need_kvm: bool) -> BackendProbe {
             ),
         );
     }
-    let image = match common(kind, vm) {
-        Ok(i) => i,
-        Err(p) => return p,
-    };
     let limits = super::vm_limits(vm);
     match vm.accel {
         Accel::Tcg if need_kvm => unavailable(
@@ -405,8 +416,15 @@ mod tests {
         let q = probe_qemu(&vm);
         assert!(!q.available);
         if qemu::find_qemu().is_some() {
-            assert!(q.reason.contains("vhost-device-vsock"), "{}", q.reason);
+            assert!(q.reason.contains(super::super::BUILD_COMMAND), "{}", q.reason);
         }
+        // An image without the serial agent needs vhost-device-vsock, which is missing.
+        dummy(&vm, "");
+        let q = probe_qemu(&vm);
+        if qemu::find_qemu().is_some() {
+            assert!(q.reason.contains("vhost-device-vsock is not installed"), "{}", q.reason);
+        }
+        std::fs::remove_dir_all(image_dir(&vm)).unwrap();
         // With binaries that exist, the image is what is missing.
         let fake = dir.path().join("bin");
         std::fs::write(&fake, "").unwrap();
@@ -421,6 +439,30 @@ mod tests {
             assert!(fc.reason.contains(super::super::BUILD_COMMAND), "{}", fc.reason);
         } else {
             assert!(fc.reason.contains("/dev/kvm"), "{}", fc.reason);
+        }
+    }
+
+    fn dummy(vm: &VmSpec, features: &str) {
+        let d = image_dir(vm);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("vmlinux"), "k").unwrap();
+        std::fs::write(d.join("rootfs.ext4"), "r").unwrap();
+        std::fs::write(d.join("features"), features).unwrap();
+    }
+
+    #[test]
+    fn tcg_qemu_is_offered_by_name_but_never_to_auto() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vm = spec(dir.path());
+        dummy(&vm, "serial-agent\n");
+        vm.accel = Accel::Tcg;
+        let named = probe_qemu(&vm);
+        let auto = probe_qemu_for_auto(&vm);
+        assert!(!auto.available, "{}", auto.reason);
+        if qemu::find_qemu().is_some() {
+            assert!(named.available, "{}", named.reason);
+            assert!(named.reason.contains("TCG"), "{}", named.reason);
+            assert!(auto.reason.contains("--backend qemu"), "{}", auto.reason);
         }
     }
 

@@ -69,7 +69,7 @@ impl Vmm for QemuVmm {
 }
 
 /// Whether this VM can be saved and restored.
-fn snapshot_mode(vm: &VmSpec, image: &GuestImage) -> bool {
+pub(crate) fn snapshot_mode(vm: &VmSpec, image: &GuestImage) -> bool {
     !vm.network
         && image.has_feature("serial-agent")
         && std::env::var("SAFE_CODER_VM_SNAPSHOT").map_or(true, |v| v != "0")
