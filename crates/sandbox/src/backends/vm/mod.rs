@@ -101,6 +101,7 @@ fn runtime_dir(id: &str) -> Result<PathBuf, SandboxError> {
         .map(PathBuf::from)
         .filter(|p| p.is_dir() && p.as_os_str().len() < 60)
         .unwrap_or_else(|| PathBuf::from("/tmp"));
+    sweep_stale(&base);
     let dir = base.join(format!("safe-coder-vm-{id}"));
     std::fs::DirBuilder::new()
         .mode(0o700)
@@ -109,7 +110,34 @@ fn runtime_dir(id: &str) -> Result<PathBuf, SandboxError> {
             path: dir.display().to_string(),
             source,
         })?;
+    let _ = std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string());
     Ok(dir)
+}
+
+/// The process that made a runtime directory.
+const OWNER_FILE: &str = "owner.pid";
+
+/// Removes the runtime directories of processes that are gone (a `kill -9` leaves its
+/// sockets behind; its VM died with it).
+fn sweep_stale(base: &Path) {
+    let Ok(rd) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if !e.file_name().to_string_lossy().starts_with("safe-coder-vm-") {
+            continue;
+        }
+        let owner = std::fs::read_to_string(e.path().join(OWNER_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        let Some(pid) = owner else { continue };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn new_id() -> String {
