@@ -3,8 +3,10 @@
 //! Stage 1, in the initramfs (`/init` is this binary, next to [`INITRAMFS_MARKER`]):
 //! mount `/proc`, `/sys`, `/dev`; load the kernel modules listed in [`MODULES_LIST`]
 //! (dependencies first, as the image builder ordered them) with their parameters from
-//! the kernel command line; mount the root disk (`root=`, default `/dev/vda`; `ro`
-//! mounts it read-only); free the initramfs; switch root; exec [`AGENT_PATH`] `--init`.
+//! the kernel command line; mount the root disk (`root=`, default `/dev/vda`) —
+//! writable if it can be, else (`ro`, or a read-only drive) read-only under a tmpfs
+//! overlay so the guest's writes stay in RAM; free the initramfs; switch root; exec
+//! [`AGENT_PATH`] `--init`.
 //!
 //! Stage 2, in the root filesystem: mount what a Debian userland expects (`/proc`,
 //! `/sys`, `/dev`, `/dev/pts`, `/dev/shm`, `/tmp`, `/run`), set the clock from
@@ -181,18 +183,27 @@ pub fn stage1() -> io::Result<std::convert::Infallible> {
     }
     let ro = cmd.iter().any(|w| w == "ro");
     let fstype = param(&cmd, "rootfstype").unwrap_or("ext4").to_string();
-    mount(
-        &root,
-        "/newroot",
-        &fstype,
-        if ro { libc::MS_RDONLY } else { 0 },
-        "",
-    )?;
+    // A writable disk is the root itself. A read-only one (`ro`, or a drive the VMM
+    // attached read-only, which is how one image serves every session) gets a tmpfs
+    // overlay: the guest can write anywhere, and its writes stay in RAM.
+    if ro || mount(&root, "/newroot", &fstype, 0, "").is_err() {
+        mount(&root, "/lower", &fstype, libc::MS_RDONLY, "")?;
+        mount("tmpfs", "/rw", "tmpfs", 0, "mode=755")?;
+        fs::create_dir_all("/rw/upper")?;
+        fs::create_dir_all("/rw/work")?;
+        mount(
+            "overlay",
+            "/newroot",
+            "overlay",
+            0,
+            "lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work",
+        )?;
+    }
     // Free the initramfs (it stays in RAM otherwise), as switch_root does.
     if let Ok(rd) = fs::read_dir("/") {
         for e in rd.flatten() {
             let n = e.file_name();
-            if ["newroot", "dev", "proc", "sys"]
+            if ["newroot", "dev", "proc", "sys", "lower", "rw"]
                 .iter()
                 .any(|k| n.as_bytes() == k.as_bytes())
             {

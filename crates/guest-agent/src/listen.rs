@@ -130,3 +130,55 @@ impl Listener {
         }
     }
 }
+
+/// The name of the virtio-serial port the host may give the agent (QEMU's snapshot
+/// mode: a vhost-user vsock device cannot be migrated, a virtio-serial port can).
+pub const SERIAL_PORT_NAME: &str = "safe-coder.agent";
+
+/// The `/dev/vportNpM` whose `/sys/class/virtio-ports/*/name` is `name` (there is no
+/// udev in the guest to make `/dev/virtio-ports/<name>`).
+pub fn find_serial_port(name: &str) -> Option<PathBuf> {
+    let rd = std::fs::read_dir("/sys/class/virtio-ports").ok()?;
+    for e in rd.flatten() {
+        let port_name = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
+        if port_name.trim() == name {
+            return Some(PathBuf::from("/dev").join(e.file_name()));
+        }
+    }
+    None
+}
+
+/// Serves the protocol on a virtio-serial port, one host connection after another.
+/// The port is a byte stream without connections: while no host is attached, reads
+/// end at once and `poll` says `POLLHUP`, so the agent waits for `POLLIN` (a host that
+/// attached and sent its hello), serves until the stream ends, and waits again.
+pub fn serve_serial(path: &std::path::Path, agent: Arc<Agent>) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let port = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)?;
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: port.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if pfd.revents & libc::POLLIN != 0 {
+            serve_connection(Arc::clone(&agent), port.try_clone()?);
+        } else {
+            // No host attached: look again shortly.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use safe_coder_guest_agent::listen::{Address, Listener};
 use safe_coder_guest_agent::server::Agent;
-use safe_coder_guest_agent::{init, reaper, SOFTWARE_NAME};
+use safe_coder_guest_agent::{init, listen, reaper, SOFTWARE_NAME};
 use safe_coder_vm_protocol::{software, Hello, AGENT_PORT, PROTOCOL_VERSION};
 
 fn usage() -> ! {
@@ -44,9 +44,34 @@ fn serve(addr: &Address, workspace: &Path, protocol: u32, as_init: bool) -> anyh
     );
     reaper::global();
     let listener = Listener::bind(addr).with_context(|| format!("cannot listen on {addr:?}"))?;
+    if as_init {
+        serve_serial_port(&agent);
+    }
     println!("{}", init::READY_LINE);
     listener.serve(agent).context("accepting connections")?;
     Ok(())
+}
+
+/// In the guest, also serves the virtio-serial port `safe-coder.agent` when the host
+/// gave one (its module is loaded by then, so the port is there or absent for good).
+fn serve_serial_port(agent: &Arc<Agent>) {
+    let Some(port) = listen::find_serial_port(listen::SERIAL_PORT_NAME) else {
+        return;
+    };
+    let agent = Arc::clone(agent);
+    let spawned = std::thread::Builder::new()
+        .name("serial".into())
+        .spawn(move || {
+            if let Err(e) = listen::serve_serial(&port, agent) {
+                eprintln!(
+                    "{SOFTWARE_NAME}: virtio-serial port {}: {e}",
+                    port.display()
+                );
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("{SOFTWARE_NAME}: cannot serve the virtio-serial port: {e}");
+    }
 }
 
 fn run_init() -> anyhow::Result<()> {

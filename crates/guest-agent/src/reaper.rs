@@ -11,8 +11,17 @@ use std::time::Duration;
 type Callback = Box<dyn FnOnce(i32) + Send>;
 
 pub struct Reaper {
-    waiting: Mutex<HashMap<i32, Callback>>,
+    waiting: Mutex<State>,
     children: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    callbacks: HashMap<i32, Callback>,
+    /// Children started so far: the reaper sleeps only if none was started since its
+    /// last `waitpid` (else a start between its `ECHILD` and its sleep would be missed
+    /// and the exit reported up to a second late).
+    started: u64,
 }
 
 static REAPER: OnceLock<Reaper> = OnceLock::new();
@@ -23,7 +32,7 @@ pub fn global() -> &'static Reaper {
     let r = REAPER.get_or_init(|| {
         started = true;
         Reaper {
-            waiting: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(State::default()),
             children: Condvar::new(),
         }
     });
@@ -38,7 +47,7 @@ pub fn global() -> &'static Reaper {
 }
 
 impl Reaper {
-    fn lock(&self) -> MutexGuard<'_, HashMap<i32, Callback>> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         match self.waiting.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -54,7 +63,8 @@ impl Reaper {
     ) -> Result<i32, E> {
         let mut waiting = self.lock();
         let pid = start()?;
-        waiting.insert(pid, Box::new(on_exit));
+        waiting.callbacks.insert(pid, Box::new(on_exit));
+        waiting.started += 1;
         drop(waiting);
         self.children.notify_all();
         Ok(pid)
@@ -62,11 +72,12 @@ impl Reaper {
 
     fn run(&self) {
         loop {
+            let seen = self.lock().started;
             let mut status = 0;
             // SAFETY: waitpid with a valid out-pointer.
             let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
             if pid > 0 {
-                let callback = self.lock().remove(&pid);
+                let callback = self.lock().callbacks.remove(&pid);
                 if let Some(cb) = callback {
                     cb(status);
                 }
@@ -79,7 +90,9 @@ impl Reaper {
             // ECHILD: no children now. Sleep until one is started; orphans adopted
             // meanwhile are cleared at the next wake-up.
             let guard = self.lock();
-            let _ = self.children.wait_timeout(guard, Duration::from_secs(1));
+            if guard.started == seen {
+                let _ = self.children.wait_timeout(guard, Duration::from_secs(1));
+            }
         }
     }
 }

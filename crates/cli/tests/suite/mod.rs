@@ -6,3 +6,4 @@ mod history_hardening;
 mod interactive;
 mod tui;
 mod vm;
+mod vm_image;
