@@ -216,6 +216,8 @@ fn save(api: &FirecrackerApi, dir: &Path) -> Result<(), String> {
     if done.is_err() {
         let _ = std::fs::remove_file(&state);
         let _ = std::fs::remove_file(&mem);
+    } else if let Some(parent) = dir.parent() {
+        super::image::prune_snapshots(parent, "firecracker-", 3);
     }
     done
 }

@@ -45,6 +45,24 @@ pub fn snapshots_dir(vm: &VmSpec, image: &GuestImage) -> PathBuf {
     image_dir(vm).join("snapshots")
 }
 
+/// Keeps the `keep` most recently saved states of one VMM (`prefix`: `qemu-`,
+/// `firecracker-`) in `dir` and removes the rest: states of an image that was rebuilt,
+/// or of a VM size no longer used, would otherwise pile up (~70 MB each).
+pub fn prune_snapshots(dir: &Path, prefix: &str, keep: usize) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut all: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    all.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, p) in all.into_iter().skip(keep) {
+        let _ = std::fs::remove_dir_all(p);
+    }
+}
+
 fn writable(dir: &Path) -> bool {
     let probe = dir.join(format!(".write-test-{}", std::process::id()));
     let ok = std::fs::write(&probe, b"").is_ok();

@@ -267,8 +267,14 @@ fn save(vmm: &QemuVmm, dir: &Path) -> Result<(), String> {
     // The VM goes on either way.
     let resumed = qmp.execute("cont", None).map_err(|e| e.to_string());
     match saved.and(resumed) {
-        Ok(_) => std::fs::rename(&tmp, dir.join("state"))
-            .map_err(|e| format!("cannot store the snapshot: {e}")),
+        Ok(_) => {
+            std::fs::rename(&tmp, dir.join("state"))
+                .map_err(|e| format!("cannot store the snapshot: {e}"))?;
+            if let Some(parent) = dir.parent() {
+                super::image::prune_snapshots(parent, "qemu-", 3);
+            }
+            Ok(())
+        }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             Err(e)
