@@ -609,7 +609,9 @@ impl Runner {
         let stopped = self.session.sandbox.stop().await;
         match (&lines, stopped) {
             (Some((_, after)), Ok(())) => self.events.notice(after.clone()),
-            (_, Err(e)) => self.events.error(format!("stopping the sandbox failed: {e}")),
+            (_, Err(e)) => self
+                .events
+                .error(format!("stopping the sandbox failed: {e}")),
             _ => {}
         }
         self.recorder.flush().await;

@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use safe_coder_sandbox::vm::fc_api::{FirecrackerApi, FirecrackerApiError};
 use safe_coder_sandbox::{
-    Accel, BackendKind, CancellationToken, ExecRequest, Sandbox, SandboxSpec, SandboxState,
-    VmSpec,
+    Accel, BackendKind, CancellationToken, ExecRequest, Sandbox, SandboxSpec, SandboxState, VmSpec,
 };
 use safe_coder_test_support::firecracker::{FakeFirecracker, FakeFirecrackerConfig};
 use vmsupport::*;
@@ -34,10 +33,12 @@ fn boot_and_snapshot_sequences_are_exactly_the_published_api() {
     let fake = FakeFirecracker::start(&sock, FakeFirecrackerConfig::default()).expect("fake");
     let api = FirecrackerApi::new(&sock);
     api.machine_config(2, 512).expect("machine-config");
-    api.boot_source(&kernel, None, "console=ttyS0").expect("boot-source");
+    api.boot_source(&kernel, None, "console=ttyS0")
+        .expect("boot-source");
     api.drive("rootfs", &rootfs, true, true).expect("drive");
     api.vsock(3, &dir.path().join("v.sock")).expect("vsock");
-    api.metrics(&dir.path().join("metrics.json")).expect("metrics");
+    api.metrics(&dir.path().join("metrics.json"))
+        .expect("metrics");
     api.instance_start().expect("start");
     api.action("FlushMetrics").expect("flush");
     api.pause().expect("pause");
@@ -65,7 +66,10 @@ fn boot_and_snapshot_sequences_are_exactly_the_published_api() {
         serde_json::json!({"vcpu_count": 2, "mem_size_mib": 512, "smt": false})
     );
     assert_eq!(bodies[2].body["is_read_only"], serde_json::json!(true));
-    assert_eq!(bodies[5].body, serde_json::json!({"action_type": "InstanceStart"}));
+    assert_eq!(
+        bodies[5].body,
+        serde_json::json!({"action_type": "InstanceStart"})
+    );
     assert!(std::fs::read_to_string(dir.path().join("metrics.json"))
         .expect("metrics")
         .contains("utc_timestamp_ms"));
@@ -96,28 +100,35 @@ fn faults_come_back_with_firecrackers_message() {
         FirecrackerApiError::Fault { status, fault, .. } => (status, fault),
         other => panic!("not a fault: {other}"),
     };
-    let (status, msg) = fault(api.instance_start().unwrap_err());
+    let (status, msg) = fault(api.instance_start().expect_err("must fail"));
     assert_eq!(status, 400);
     assert!(msg.contains("without kernel configuration"), "{msg}");
-    let (_, msg) = fault(api.machine_config(0, 512).unwrap_err());
+    let (_, msg) = fault(api.machine_config(0, 512).expect_err("must fail"));
     assert!(msg.contains("vCPU number is invalid"), "{msg}");
     let (_, msg) = fault(
         api.boot_source(&dir.path().join("missing"), None, "")
-            .unwrap_err(),
+            .expect_err("must fail"),
     );
     assert!(msg.contains("No such file"), "{msg}");
     // A snapshot load after configuring boot resources is refused.
     api.boot_source(&kernel, None, "").expect("boot-source");
     let e = api
         .snapshot_load(&kernel, &kernel, &dir.path().join("v.sock"))
-        .unwrap_err();
-    assert!(e.to_string().contains("not allowed after configuring"), "{e}");
-    assert!(e.to_string().starts_with("Firecracker refused PUT /snapshot/load (400)"), "{e}");
-    let (_, msg) = fault(api.pause().unwrap_err());
+        .expect_err("must fail");
+    assert!(
+        e.to_string().contains("not allowed after configuring"),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("Firecracker refused PUT /snapshot/load (400)"),
+        "{e}"
+    );
+    let (_, msg) = fault(api.pause().expect_err("must fail"));
     assert!(msg.contains("before starting"), "{msg}");
     // No API at all: the error says so.
     let none = FirecrackerApi::new(dir.path().join("nothing.sock"));
-    let e = none.instance_start().unwrap_err().to_string();
+    let e = none.instance_start().expect_err("must fail").to_string();
     assert!(e.contains("is firecracker running?"), "{e}");
 }
 
@@ -193,7 +204,10 @@ async fn firecracker_backend_end_to_end_with_snapshot_restore() {
 
     let sb = safe_coder_sandbox::open(BackendKind::Firecracker, spec(&fc)).expect("open");
     assert_eq!(sb.backend(), BackendKind::Firecracker);
-    assert_eq!(sb.host_workdir(), Some(fc.work.canonicalize().expect("canon").as_path()));
+    assert_eq!(
+        sb.host_workdir(),
+        Some(fc.work.canonicalize().expect("canon").as_path())
+    );
     let detail = sb.backend_detail().expect("detail");
     assert!(detail.contains("booted by Firecracker"), "{detail}");
     let seq = fc_log(&fc.log);
@@ -210,7 +224,10 @@ async fn firecracker_backend_end_to_end_with_snapshot_restore() {
         "{seq:?}"
     );
     // Then the snapshot for the next session.
-    assert_eq!(&seq[6..9], ["PATCH /vm 204", "PUT /snapshot/create 204", "PATCH /vm 204"]);
+    assert_eq!(
+        &seq[6..9],
+        ["PATCH /vm 204", "PUT /snapshot/create 204", "PATCH /vm 204"]
+    );
 
     // The project went in; the command's changes come back to the host tree.
     let out = sb
@@ -224,12 +241,25 @@ async fn firecracker_backend_end_to_end_with_snapshot_restore() {
         .await
         .expect("exec");
     assert_eq!(out.exit_code, Some(0), "{}", out.output);
-    assert!(out.output.contains("from the host") && out.output.contains("fn x()"), "{}", out.output);
-    assert_eq!(std::fs::read_to_string(fc.work.join("b.txt")).expect("b"), "new\n");
-    assert_eq!(std::fs::read_to_string(fc.work.join("d/e/f.txt")).expect("f"), "deep\n");
+    assert!(
+        out.output.contains("from the host") && out.output.contains("fn x()"),
+        "{}",
+        out.output
+    );
+    assert_eq!(
+        std::fs::read_to_string(fc.work.join("b.txt")).expect("b"),
+        "new\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(fc.work.join("d/e/f.txt")).expect("f"),
+        "deep\n"
+    );
     assert!(!fc.work.join("del.txt").exists());
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(fc.work.join("run.sh")).expect("run.sh").permissions().mode();
+    let mode = std::fs::metadata(fc.work.join("run.sh"))
+        .expect("run.sh")
+        .permissions()
+        .mode();
     assert!(mode & 0o111 != 0, "{mode:o}");
     assert_eq!(
         std::fs::read_link(fc.work.join("link")).expect("link"),
@@ -237,9 +267,14 @@ async fn firecracker_backend_end_to_end_with_snapshot_restore() {
     );
 
     // A file tool writes the host copy; the next command sees it.
-    sb.write_file("tool.txt", b"written by a tool\n").await.expect("write");
+    sb.write_file("tool.txt", b"written by a tool\n")
+        .await
+        .expect("write");
     let out = sb
-        .exec(req("cat tool.txt; echo $HOME $PATH", 30_000), CancellationToken::new())
+        .exec(
+            req("cat tool.txt; echo $HOME $PATH", 30_000),
+            CancellationToken::new(),
+        )
         .await
         .expect("exec");
     assert!(out.output.contains("written by a tool"), "{}", out.output);
@@ -247,13 +282,26 @@ async fn firecracker_backend_end_to_end_with_snapshot_restore() {
     std::fs::write(fc.work.join("a.txt"), "rolled back\n").expect("edit");
     std::fs::remove_file(fc.work.join("b.txt")).expect("rm");
     let out = sb
-        .exec(req("cat a.txt; test -e b.txt && echo still-there || echo gone", 30_000), CancellationToken::new())
+        .exec(
+            req(
+                "cat a.txt; test -e b.txt && echo still-there || echo gone",
+                30_000,
+            ),
+            CancellationToken::new(),
+        )
         .await
         .expect("exec");
-    assert!(out.output.contains("rolled back") && out.output.contains("gone"), "{}", out.output);
+    assert!(
+        out.output.contains("rolled back") && out.output.contains("gone"),
+        "{}",
+        out.output
+    );
 
     // Exit codes, timeout, cancel.
-    let out = sb.exec(req("exit 7", 30_000), CancellationToken::new()).await.expect("exec");
+    let out = sb
+        .exec(req("exit 7", 30_000), CancellationToken::new())
+        .await
+        .expect("exec");
     assert_eq!(out.exit_code, Some(7));
     let out = sb
         .exec(req("echo before; sleep 30", 300), CancellationToken::new())
@@ -267,7 +315,10 @@ async fn firecracker_backend_end_to_end_with_snapshot_restore() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         c2.cancel();
     });
-    let out = sb.exec(req("sleep 30", 60_000), cancel).await.expect("exec");
+    let out = sb
+        .exec(req("sleep 30", 60_000), cancel)
+        .await
+        .expect("exec");
     assert!(out.cancelled && out.exit_code.is_none(), "{out:?}");
 
     // Status from the agent.
@@ -283,25 +334,37 @@ async fn firecracker_backend_end_to_end_with_snapshot_restore() {
     assert!(after.starts_with("✓ Stopped VM "), "{after}");
     sb.stop().await.expect("stop");
     assert_eq!(sb.status().await.state, SandboxState::Stopped);
-    assert!(sb.exec(req("true", 1000), CancellationToken::new()).await.is_err());
+    assert!(sb
+        .exec(req("true", 1000), CancellationToken::new())
+        .await
+        .is_err());
 
     // The next session is restored from the snapshot the first one saved.
     let before = fc_log(&fc.log).len();
     let sb2 = safe_coder_sandbox::open(BackendKind::Firecracker, spec(&fc)).expect("open 2");
     let detail = sb2.backend_detail().expect("detail");
-    assert!(detail.contains("restored from a Firecracker snapshot"), "{detail}");
+    assert!(
+        detail.contains("restored from a Firecracker snapshot"),
+        "{detail}"
+    );
     assert_eq!(fc_log(&fc.log)[before..], ["PUT /snapshot/load 204"]);
     let out = sb2
         .exec(req("cat a.txt tool.txt", 30_000), CancellationToken::new())
         .await
         .expect("exec");
-    assert!(out.output.contains("rolled back") && out.output.contains("written by a tool"), "{}", out.output);
+    assert!(
+        out.output.contains("rolled back") && out.output.contains("written by a tool"),
+        "{}",
+        out.output
+    );
     sb2.stop().await.expect("stop");
 }
 
 #[test]
 fn an_agent_of_another_protocol_version_is_named() {
-    let Some(fc) = setup("--protocol 99", true) else { return };
+    let Some(fc) = setup("--protocol 99", true) else {
+        return;
+    };
     let e = match safe_coder_sandbox::open(BackendKind::Firecracker, spec(&fc)) {
         Ok(_) => panic!("a version mismatch must fail"),
         Err(e) => e.to_string(),

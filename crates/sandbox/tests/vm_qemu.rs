@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use safe_coder_sandbox::{
-    Accel, BackendKind, CancellationToken, ExecRequest, Sandbox, SandboxSpec, SandboxState,
-    VmSpec,
+    Accel, BackendKind, CancellationToken, ExecRequest, Sandbox, SandboxSpec, SandboxState, VmSpec,
 };
 use vmsupport::*;
 
@@ -74,15 +73,31 @@ async fn qemu_session_runs_commands_in_the_guest_and_restores_from_a_snapshot() 
         .await
         .expect("exec");
     assert_eq!(out.exit_code, Some(0), "{}", out.output);
-    assert!(out.output.contains("hello from the guest"), "{}", out.output);
+    assert!(
+        out.output.contains("hello from the guest"),
+        "{}",
+        out.output
+    );
     assert!(out.output.contains("/workspace"), "{}", out.output);
-    assert_eq!(std::fs::read_to_string(work.join("made.txt")).expect("made"), "made\n");
-    assert_eq!(std::fs::read_to_string(work.join("a/b/c.txt")).expect("deep"), "deep\n");
+    assert_eq!(
+        std::fs::read_to_string(work.join("made.txt")).expect("made"),
+        "made\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.join("a/b/c.txt")).expect("deep"),
+        "deep\n"
+    );
     assert!(!work.join("gone.txt").exists());
 
     // Timeout and cancel kill the command's whole tree in the guest.
     let out = sb
-        .exec(req("(sleep 100; echo child-lived > child.txt) & sleep 100", 1500), CancellationToken::new())
+        .exec(
+            req(
+                "(sleep 100; echo child-lived > child.txt) & sleep 100",
+                1500,
+            ),
+            CancellationToken::new(),
+        )
         .await
         .expect("exec");
     assert!(out.timed_out, "{out:?}");
@@ -92,10 +107,16 @@ async fn qemu_session_runs_commands_in_the_guest_and_restores_from_a_snapshot() 
         tokio::time::sleep(Duration::from_millis(1000)).await;
         c2.cancel();
     });
-    let out = sb.exec(req("sleep 100", 60_000), cancel).await.expect("exec");
+    let out = sb
+        .exec(req("sleep 100", 60_000), cancel)
+        .await
+        .expect("exec");
     assert!(out.cancelled, "{out:?}");
     let out = sb
-        .exec(req("pgrep -c sleep || true", 30_000), CancellationToken::new())
+        .exec(
+            req("pgrep -c sleep || true", 30_000),
+            CancellationToken::new(),
+        )
         .await
         .expect("exec");
     assert_eq!(out.output.trim(), "0", "nothing survives: {}", out.output);
@@ -103,13 +124,19 @@ async fn qemu_session_runs_commands_in_the_guest_and_restores_from_a_snapshot() 
     // A memory hog dies at the VM's size; the VM and the agent go on.
     let out = sb
         .exec(
-            req("python3 -c 'x = bytearray(2048 * 1024 * 1024); print(len(x))'", 120_000),
+            req(
+                "python3 -c 'x = bytearray(2048 * 1024 * 1024); print(len(x))'",
+                120_000,
+            ),
             CancellationToken::new(),
         )
         .await
         .expect("exec");
     assert_ne!(out.exit_code, Some(0), "{out:?}");
-    let out = sb.exec(req("echo alive", 30_000), CancellationToken::new()).await.expect("exec");
+    let out = sb
+        .exec(req("echo alive", 30_000), CancellationToken::new())
+        .await
+        .expect("exec");
     assert!(out.output.contains("alive"), "{out:?}");
 
     let status = sb.status().await;
@@ -125,10 +152,14 @@ async fn qemu_session_runs_commands_in_the_guest_and_restores_from_a_snapshot() 
     let work2 = dir.path().join("work2");
     std::fs::create_dir_all(&work2).expect("work2");
     std::fs::write(work2.join("x.txt"), "second\n").expect("seed");
-    let sb2 = safe_coder_sandbox::open(BackendKind::Qemu, spec(&image, &data, &work2)).expect("open 2");
+    let sb2 =
+        safe_coder_sandbox::open(BackendKind::Qemu, spec(&image, &data, &work2)).expect("open 2");
     let detail = sb2.backend_detail().unwrap_or_default();
     eprintln!("second session: {detail}");
-    if std::fs::read_to_string(image.join("features")).unwrap_or_default().contains("serial-agent") {
+    if std::fs::read_to_string(image.join("features"))
+        .unwrap_or_default()
+        .contains("serial-agent")
+    {
         assert!(detail.contains("restored"), "{detail}");
     }
     let out = sb2
@@ -136,6 +167,10 @@ async fn qemu_session_runs_commands_in_the_guest_and_restores_from_a_snapshot() 
         .await
         .expect("exec");
     assert!(out.output.contains("second"), "{}", out.output);
-    assert!(!out.output.contains("made.txt"), "a fresh workspace: {}", out.output);
+    assert!(
+        !out.output.contains("made.txt"),
+        "a fresh workspace: {}",
+        out.output
+    );
     sb2.stop().await.expect("stop");
 }

@@ -101,8 +101,10 @@ fn fault(msg: impl Into<String>) -> Fault {
     Fault(400, msg.into())
 }
 
-const NOT_AFTER_START: &str = "The requested operation is not supported after starting the microVM.";
-const NOT_BEFORE_START: &str = "The requested operation is not supported before starting the microVM.";
+const NOT_AFTER_START: &str =
+    "The requested operation is not supported after starting the microVM.";
+const NOT_BEFORE_START: &str =
+    "The requested operation is not supported before starting the microVM.";
 
 fn deser_err(msg: String) -> Fault {
     fault(format!(
@@ -202,7 +204,10 @@ impl FakeFirecracker {
 
     /// Every request so far, in order.
     pub fn requests(&self) -> Vec<FcRequest> {
-        self.state.lock().map(|s| s.requests.clone()).unwrap_or_default()
+        self.state
+            .lock()
+            .map(|s| s.requests.clone())
+            .unwrap_or_default()
     }
 
     /// `METHOD path` of every request so far, e.g. `PUT /machine-config 204`.
@@ -243,8 +248,14 @@ unsafe fn libc_kill(pid: i32, sig: i32) -> i32 {
     unsafe { libc::kill(pid, sig) }
 }
 
-fn serve_connection(conn: UnixStream, state: &Arc<Mutex<State>>, config: &Arc<FakeFirecrackerConfig>) {
-    let Ok(mut writer) = conn.try_clone() else { return };
+fn serve_connection(
+    conn: UnixStream,
+    state: &Arc<Mutex<State>>,
+    config: &Arc<FakeFirecrackerConfig>,
+) {
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(conn);
     loop {
         let req = match read_request(&mut reader) {
@@ -280,7 +291,11 @@ fn serve_connection(conn: UnixStream, state: &Arc<Mutex<State>>, config: &Arc<Fa
             status,
         };
         if let Some(log) = &config.log {
-            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+            {
                 let line = json!({"method": record.method, "path": record.path, "body": record.body, "status": status});
                 let _ = writeln!(f, "{line}");
             }
@@ -339,14 +354,17 @@ fn handle(
         ("GET", "/machine-config") => Ok(Some(s.machine.clone())),
         ("PUT", "/machine-config") => {
             pre_boot(&s)?;
-            let o = check(body, &[
-                ("vcpu_count", Ty::Int, true),
-                ("mem_size_mib", Ty::Int, true),
-                ("smt", Ty::Bool, false),
-                ("track_dirty_pages", Ty::Bool, false),
-                ("cpu_template", Ty::Str, false),
-                ("huge_pages", Ty::Str, false),
-            ])?;
+            let o = check(
+                body,
+                &[
+                    ("vcpu_count", Ty::Int, true),
+                    ("mem_size_mib", Ty::Int, true),
+                    ("smt", Ty::Bool, false),
+                    ("track_dirty_pages", Ty::Bool, false),
+                    ("cpu_template", Ty::Str, false),
+                    ("huge_pages", Ty::Str, false),
+                ],
+            )?;
             let vcpus = o["vcpu_count"].as_u64().unwrap_or(0);
             if !(1..=32).contains(&vcpus) {
                 return Err(fault("The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled."));
@@ -360,12 +378,18 @@ fn handle(
         }
         ("PUT", "/boot-source") => {
             pre_boot(&s)?;
-            let o = check(body, &[
-                ("kernel_image_path", Ty::Str, true),
-                ("initrd_path", Ty::Str, false),
-                ("boot_args", Ty::Str, false),
-            ])?;
-            existing_file(o["kernel_image_path"].as_str().unwrap_or(""), "Cannot open kernel image")?;
+            let o = check(
+                body,
+                &[
+                    ("kernel_image_path", Ty::Str, true),
+                    ("initrd_path", Ty::Str, false),
+                    ("boot_args", Ty::Str, false),
+                ],
+            )?;
+            existing_file(
+                o["kernel_image_path"].as_str().unwrap_or(""),
+                "Cannot open kernel image",
+            )?;
             if let Some(i) = o.get("initrd_path").and_then(|v| v.as_str()) {
                 existing_file(i, "Cannot open initrd image")?;
             }
@@ -376,23 +400,35 @@ fn handle(
         ("PUT", p) if p.starts_with("/drives/") => {
             pre_boot(&s)?;
             let id = &p["/drives/".len()..];
-            let o = check(body, &[
-                ("drive_id", Ty::Str, true),
-                ("is_root_device", Ty::Bool, true),
-                ("path_on_host", Ty::Str, false),
-                ("is_read_only", Ty::Bool, false),
-                ("partuuid", Ty::Str, false),
-                ("cache_type", Ty::Str, false),
-                ("io_engine", Ty::Str, false),
-                ("rate_limiter", Ty::Obj, false),
-                ("socket", Ty::Str, false),
-            ])?;
+            let o = check(
+                body,
+                &[
+                    ("drive_id", Ty::Str, true),
+                    ("is_root_device", Ty::Bool, true),
+                    ("path_on_host", Ty::Str, false),
+                    ("is_read_only", Ty::Bool, false),
+                    ("partuuid", Ty::Str, false),
+                    ("cache_type", Ty::Str, false),
+                    ("io_engine", Ty::Str, false),
+                    ("rate_limiter", Ty::Obj, false),
+                    ("socket", Ty::Str, false),
+                ],
+            )?;
             if o["drive_id"].as_str() != Some(id) {
-                return Err(fault("The id from the path does not match the id from the body!"));
+                return Err(fault(
+                    "The id from the path does not match the id from the body!",
+                ));
             }
-            existing_file(o.get("path_on_host").and_then(|v| v.as_str()).unwrap_or(""), "Unable to open the block device backing file")?;
+            existing_file(
+                o.get("path_on_host").and_then(|v| v.as_str()).unwrap_or(""),
+                "Unable to open the block device backing file",
+            )?;
             let root = o["is_root_device"].as_bool() == Some(true);
-            if root && s.drives.iter().any(|(d, v)| d != id && v["is_root_device"] == json!(true)) {
+            if root
+                && s.drives
+                    .iter()
+                    .any(|(d, v)| d != id && v["is_root_device"] == json!(true))
+            {
                 return Err(fault("A root block device already exists!"));
             }
             s.drives.insert(id.to_string(), Value::Object(o));
@@ -401,14 +437,19 @@ fn handle(
         }
         ("PUT", "/vsock") => {
             pre_boot(&s)?;
-            let o = check(body, &[
-                ("guest_cid", Ty::Int, true),
-                ("uds_path", Ty::Str, true),
-                ("vsock_id", Ty::Str, false),
-            ])?;
+            let o = check(
+                body,
+                &[
+                    ("guest_cid", Ty::Int, true),
+                    ("uds_path", Ty::Str, true),
+                    ("vsock_id", Ty::Str, false),
+                ],
+            )?;
             let cid = o["guest_cid"].as_u64().unwrap_or(0);
             if cid < 3 {
-                return Err(fault(format!("Invalid guest CID {cid}: CIDs 0, 1 and 2 are reserved.")));
+                return Err(fault(format!(
+                    "Invalid guest CID {cid}: CIDs 0, 1 and 2 are reserved."
+                )));
             }
             s.vsock = Some((cid, PathBuf::from(o["uds_path"].as_str().unwrap_or(""))));
             s.configured = true;
@@ -429,13 +470,16 @@ fn handle(
             Ok(None)
         }
         ("PUT", "/logger") => {
-            check(body, &[
-                ("level", Ty::Str, false),
-                ("log_path", Ty::Str, false),
-                ("show_level", Ty::Bool, false),
-                ("show_log_origin", Ty::Bool, false),
-                ("module", Ty::Str, false),
-            ])?;
+            check(
+                body,
+                &[
+                    ("level", Ty::Str, false),
+                    ("log_path", Ty::Str, false),
+                    ("show_level", Ty::Bool, false),
+                    ("show_log_origin", Ty::Bool, false),
+                    ("module", Ty::Str, false),
+                ],
+            )?;
             Ok(None)
         }
         ("PUT", "/actions") => {
@@ -505,11 +549,14 @@ fn handle(
             Ok(None)
         }
         ("PUT", "/snapshot/create") => {
-            let o = check(body, &[
-                ("snapshot_path", Ty::Str, true),
-                ("mem_file_path", Ty::Str, true),
-                ("snapshot_type", Ty::Str, false),
-            ])?;
+            let o = check(
+                body,
+                &[
+                    ("snapshot_path", Ty::Str, true),
+                    ("mem_file_path", Ty::Str, true),
+                    ("snapshot_type", Ty::Str, false),
+                ],
+            )?;
             if s.phase != Phase::Paused {
                 return Err(fault("Cannot create a snapshot: the microVM is not paused. Pause it with PATCH /vm first."));
             }
@@ -521,39 +568,58 @@ fn handle(
                 "vsock_cid": s.vsock.as_ref().map(|v| v.0),
                 "vsock_uds": s.vsock.as_ref().map(|v| v.1.display().to_string()),
             });
-            std::fs::write(o["snapshot_path"].as_str().unwrap_or(""), state_json.to_string())
-                .map_err(|e| fault(format!("Cannot write the snapshot file: {e}")))?;
+            std::fs::write(
+                o["snapshot_path"].as_str().unwrap_or(""),
+                state_json.to_string(),
+            )
+            .map_err(|e| fault(format!("Cannot write the snapshot file: {e}")))?;
             // The guest's memory: the fake's guests are snapshotted with an empty
             // workspace, so the memory file only says so.
-            std::fs::write(o["mem_file_path"].as_str().unwrap_or(""), b"fake-firecracker guest memory\n")
-                .map_err(|e| fault(format!("Cannot write the memory file: {e}")))?;
+            std::fs::write(
+                o["mem_file_path"].as_str().unwrap_or(""),
+                b"fake-firecracker guest memory\n",
+            )
+            .map_err(|e| fault(format!("Cannot write the memory file: {e}")))?;
             Ok(None)
         }
         ("PUT", "/snapshot/load") => {
-            let o = check(body, &[
-                ("snapshot_path", Ty::Str, true),
-                ("mem_file_path", Ty::Str, false),
-                ("mem_backend", Ty::Obj, false),
-                ("enable_diff_snapshots", Ty::Bool, false),
-                ("track_dirty_pages", Ty::Bool, false),
-                ("resume_vm", Ty::Bool, false),
-                ("network_overrides", Ty::Obj, false),
-                ("vsock_override", Ty::Obj, false),
-                ("clock_realtime", Ty::Bool, false),
-            ])?;
+            let o = check(
+                body,
+                &[
+                    ("snapshot_path", Ty::Str, true),
+                    ("mem_file_path", Ty::Str, false),
+                    ("mem_backend", Ty::Obj, false),
+                    ("enable_diff_snapshots", Ty::Bool, false),
+                    ("track_dirty_pages", Ty::Bool, false),
+                    ("resume_vm", Ty::Bool, false),
+                    ("network_overrides", Ty::Obj, false),
+                    ("vsock_override", Ty::Obj, false),
+                    ("clock_realtime", Ty::Bool, false),
+                ],
+            )?;
             if s.phase != Phase::NotStarted || s.configured {
                 return Err(fault("Loading a microVM snapshot not allowed after configuring boot-specific resources."));
             }
             let mem = match (o.get("mem_file_path"), o.get("mem_backend")) {
                 (Some(p), None) => p.as_str().unwrap_or("").to_string(),
                 (None, Some(b)) => {
-                    let b = check(b, &[("backend_type", Ty::Str, true), ("backend_path", Ty::Str, true)])?;
+                    let b = check(
+                        b,
+                        &[
+                            ("backend_type", Ty::Str, true),
+                            ("backend_path", Ty::Str, true),
+                        ],
+                    )?;
                     if b["backend_type"] != json!("File") {
                         return Err(fault("The fake supports only the File memory backend."));
                     }
                     b["backend_path"].as_str().unwrap_or("").to_string()
                 }
-                _ => return Err(fault("Either mem_file_path or mem_backend must be specified, and not both.")),
+                _ => {
+                    return Err(fault(
+                        "Either mem_file_path or mem_backend must be specified, and not both.",
+                    ))
+                }
             };
             existing_file(&mem, "Cannot open the memory file")?;
             let snap_path = o["snapshot_path"].as_str().unwrap_or("").to_string();
@@ -590,7 +656,9 @@ fn handle(
             }
             Ok(None)
         }
-        (m, p) => Err(fault(format!("Invalid request method and/or path: {m} {p}."))),
+        (m, p) => Err(fault(format!(
+            "Invalid request method and/or path: {m} {p}."
+        ))),
     }
 }
 
@@ -612,8 +680,12 @@ fn start_guest(
         return Ok(());
     };
     let _ = std::fs::remove_file(&uds);
-    let listener = UnixListener::bind(&uds)
-        .map_err(|e| fault(format!("Cannot create the vsock backend at {}: {e}", uds.display())))?;
+    let listener = UnixListener::bind(&uds).map_err(|e| {
+        fault(format!(
+            "Cannot create the vsock backend at {}: {e}",
+            uds.display()
+        ))
+    })?;
     let dir = PathBuf::from(format!("{}.guest", uds.display()));
     let agent_sock = dir.join("agent.sock");
     if let Some(g) = &config.guest {
@@ -668,7 +740,10 @@ fn start_guest(
             .recv()
             .map_err(|_| fault("The guest agent's waiter died."))?
             .map_err(|e| fault(format!("Cannot start the guest agent {}: {e}", g.argv[0])))?;
-        s.guest = Some(Guest { pid, dir: dir.clone() });
+        s.guest = Some(Guest {
+            pid,
+            dir: dir.clone(),
+        });
     }
     let state = state.clone();
     std::thread::spawn(move || {
@@ -698,7 +773,9 @@ fn hybrid(mut host: UnixStream, agent_sock: &Path, host_port: u32) {
         }
     }
     let text = String::from_utf8_lossy(&line);
-    let port: Option<u32> = text.strip_prefix("CONNECT ").and_then(|p| p.trim().parse().ok());
+    let port: Option<u32> = text
+        .strip_prefix("CONNECT ")
+        .and_then(|p| p.trim().parse().ok());
     if port != Some(1024) {
         return; // nothing listens on that guest port: the connection is closed
     }
@@ -712,10 +789,15 @@ fn hybrid(mut host: UnixStream, agent_sock: &Path, host_port: u32) {
             Err(_) => return,
         }
     };
-    if host.write_all(format!("OK {host_port}\n").as_bytes()).is_err() {
+    if host
+        .write_all(format!("OK {host_port}\n").as_bytes())
+        .is_err()
+    {
         return;
     }
-    let (Ok(mut h2), Ok(mut g2)) = (host.try_clone(), guest.try_clone()) else { return };
+    let (Ok(mut h2), Ok(mut g2)) = (host.try_clone(), guest.try_clone()) else {
+        return;
+    };
     let mut guest = guest;
     let t = std::thread::spawn(move || {
         let _ = io::copy(&mut h2, &mut guest);
@@ -754,35 +836,109 @@ mod tests {
         let kernel = dir.path().join("vmlinux");
         std::fs::write(&kernel, "k").unwrap();
 
-        let (st, b) = call(&sock, "PUT", "/actions", Some(json!({"action_type": "InstanceStart"})));
+        let (st, b) = call(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(json!({"action_type": "InstanceStart"})),
+        );
         assert_eq!(st, 400);
-        assert!(b["fault_message"].as_str().unwrap().contains("without kernel configuration"));
-        let (st, b) = call(&sock, "PUT", "/machine-config", Some(json!({"vcpu_count": 2})));
+        assert!(b["fault_message"]
+            .as_str()
+            .unwrap()
+            .contains("without kernel configuration"));
+        let (st, b) = call(
+            &sock,
+            "PUT",
+            "/machine-config",
+            Some(json!({"vcpu_count": 2})),
+        );
         assert_eq!(st, 400);
-        assert!(b["fault_message"].as_str().unwrap().contains("missing field `mem_size_mib`"), "{b}");
-        let (st, b) = call(&sock, "PUT", "/machine-config", Some(json!({"vcpu_count": 2, "mem_size_mib": 512, "bogus": 1})));
+        assert!(
+            b["fault_message"]
+                .as_str()
+                .unwrap()
+                .contains("missing field `mem_size_mib`"),
+            "{b}"
+        );
+        let (st, b) = call(
+            &sock,
+            "PUT",
+            "/machine-config",
+            Some(json!({"vcpu_count": 2, "mem_size_mib": 512, "bogus": 1})),
+        );
         assert_eq!(st, 400);
-        assert!(b["fault_message"].as_str().unwrap().contains("unknown field `bogus`"), "{b}");
-        let (st, _) = call(&sock, "PUT", "/machine-config", Some(json!({"vcpu_count": 2, "mem_size_mib": 512})));
+        assert!(
+            b["fault_message"]
+                .as_str()
+                .unwrap()
+                .contains("unknown field `bogus`"),
+            "{b}"
+        );
+        let (st, _) = call(
+            &sock,
+            "PUT",
+            "/machine-config",
+            Some(json!({"vcpu_count": 2, "mem_size_mib": 512})),
+        );
         assert_eq!(st, 204);
-        let (st, b) = call(&sock, "PUT", "/drives/rootfs", Some(json!({"drive_id": "other", "is_root_device": true, "path_on_host": kernel})));
+        let (st, b) = call(
+            &sock,
+            "PUT",
+            "/drives/rootfs",
+            Some(json!({"drive_id": "other", "is_root_device": true, "path_on_host": kernel})),
+        );
         assert_eq!(st, 400);
-        assert!(b["fault_message"].as_str().unwrap().contains("does not match"), "{b}");
-        let (st, _) = call(&sock, "PUT", "/boot-source", Some(json!({"kernel_image_path": kernel, "boot_args": "console=ttyS0"})));
+        assert!(
+            b["fault_message"]
+                .as_str()
+                .unwrap()
+                .contains("does not match"),
+            "{b}"
+        );
+        let (st, _) = call(
+            &sock,
+            "PUT",
+            "/boot-source",
+            Some(json!({"kernel_image_path": kernel, "boot_args": "console=ttyS0"})),
+        );
         assert_eq!(st, 204);
         let (st, b) = call(&sock, "PATCH", "/vm", Some(json!({"state": "Paused"})));
         assert_eq!(st, 400, "{b}");
-        let (st, _) = call(&sock, "PUT", "/actions", Some(json!({"action_type": "InstanceStart"})));
+        let (st, _) = call(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(json!({"action_type": "InstanceStart"})),
+        );
         assert_eq!(st, 204);
-        let (st, b) = call(&sock, "PUT", "/machine-config", Some(json!({"vcpu_count": 1, "mem_size_mib": 256})));
-        assert_eq!((st, b["fault_message"].as_str().unwrap()), (400, NOT_AFTER_START));
-        let (st, b) = call(&sock, "PUT", "/snapshot/create", Some(json!({"snapshot_path": dir.path().join("s"), "mem_file_path": dir.path().join("m")})));
+        let (st, b) = call(
+            &sock,
+            "PUT",
+            "/machine-config",
+            Some(json!({"vcpu_count": 1, "mem_size_mib": 256})),
+        );
+        assert_eq!(
+            (st, b["fault_message"].as_str().unwrap()),
+            (400, NOT_AFTER_START)
+        );
+        let (st, b) = call(
+            &sock,
+            "PUT",
+            "/snapshot/create",
+            Some(
+                json!({"snapshot_path": dir.path().join("s"), "mem_file_path": dir.path().join("m")}),
+            ),
+        );
         assert_eq!(st, 400, "not paused: {b}");
         let (st, b) = call(&sock, "GET", "/", None);
         assert_eq!((st, b["state"].as_str()), (200, Some("Running")));
         let (st, b) = call(&sock, "PUT", "/nope", Some(json!({})));
         assert_eq!(st, 400);
-        assert!(b["fault_message"].as_str().unwrap().contains("Invalid request method and/or path"));
+        assert!(b["fault_message"]
+            .as_str()
+            .unwrap()
+            .contains("Invalid request method and/or path"));
         assert_eq!(fc.sequence().len(), 12);
     }
 }

@@ -165,10 +165,7 @@ pub fn restrict_project(
         &mut vm.memory_mb,
         user.vm.memory_mb.unwrap_or(user_mem),
     );
-    let user_vcpus = user
-        .vm
-        .vcpus
-        .unwrap_or(user_cpus.ceil().max(1.0) as u32);
+    let user_vcpus = user.vm.vcpus.unwrap_or(user_cpus.ceil().max(1.0) as u32);
     r.cap("vm.vcpus", &mut vm.vcpus, user_vcpus);
     if vm.network == Some(true) && user.vm.network != Some(true) {
         r.refuse(

@@ -22,9 +22,9 @@ pub struct AccelChoice(pub Accel);
 impl<'de> Deserialize<'de> for AccelChoice {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Accel::parse(&s).map(AccelChoice).ok_or_else(|| {
-            serde::de::Error::custom(format!("must be auto, kvm or tcg, not {s:?}"))
-        })
+        Accel::parse(&s)
+            .map(AccelChoice)
+            .ok_or_else(|| serde::de::Error::custom(format!("must be auto, kvm or tcg, not {s:?}")))
     }
 }
 
@@ -118,7 +118,10 @@ mod tests {
         let e = parse_file_config("[vm]\naccel = \"fast\"\n", Path::new("c.toml"), &mut w)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("vm.accel") && e.contains("auto, kvm or tcg"), "{e}");
+        assert!(
+            e.contains("vm.accel") && e.contains("auto, kvm or tcg"),
+            "{e}"
+        );
         let e = parse_file_config("[vm]\nmemory_mb = 0\n", Path::new("c.toml"), &mut w)
             .unwrap_err()
             .to_string();

@@ -14,10 +14,12 @@ pub struct World {
     pub project: PathBuf,
 }
 
+/// What [`with_world_setup`] runs on each new [`World`].
+type WorldSetup = Option<Box<dyn Fn(&World)>>;
+
 thread_local! {
     /// Run on every [`World`] this thread makes (see [`with_world_setup`]).
-    static WORLD_SETUP: std::cell::RefCell<Option<Box<dyn Fn(&World)>>> =
-        const { std::cell::RefCell::new(None) };
+    static WORLD_SETUP: std::cell::RefCell<WorldSetup> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `body` with `setup` applied to every [`World`] it makes on this thread: how a

@@ -30,7 +30,9 @@ fn skip(test: &str, why: &str) -> bool {
 
 /// A binary built next to `safe-coder` (another package of the workspace).
 fn sibling(name: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_BIN_EXE_safe-coder")).parent()?.join(name);
+    let p = Path::new(env!("CARGO_BIN_EXE_safe-coder"))
+        .parent()?
+        .join(name);
     p.is_file().then_some(p)
 }
 
@@ -42,12 +44,19 @@ fn write_config(world: &World, vm: &str) {
 
 /// The fake Firecracker with the real agent, through a wrapper script per world.
 fn firecracker_ready(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let (Some(fake), Some(agent)) = (sibling("fake-firecracker"), sibling("safe-coder-guest-agent"))
-    else {
+    let (Some(fake), Some(agent)) = (
+        sibling("fake-firecracker"),
+        sibling("safe-coder-guest-agent"),
+    ) else {
         skip(test, "fake-firecracker or safe-coder-guest-agent is not built (cargo build -p safe-coder-test-support -p safe-coder-guest-agent)");
         return None;
     };
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         skip(test, "/dev/kvm is not usable here: the firecracker backend refuses to start without it, fake or not");
         return None;
     }
@@ -90,7 +99,11 @@ fn qemu_image(test: &str) -> Option<PathBuf> {
         eprintln!("{test}: skipped: SAFE_CODER_TEST_VM_IMAGE is not set (scripts/ci/vm-image.sh builds the guest image; scripts/ci/vm.sh runs this with it)");
         return None;
     };
-    let dir = if var.join("vm/vmlinux").is_file() { var.join("vm") } else { var };
+    let dir = if var.join("vm/vmlinux").is_file() {
+        var.join("vm")
+    } else {
+        var
+    };
     if !dir.join("vmlinux").is_file() || !dir.join("rootfs.ext4").is_file() {
         skip(test, &format!("{} holds no guest image", dir.display()));
         return None;
@@ -119,7 +132,9 @@ fn qemu_world(image: &Path) -> impl Fn(&World) + 'static {
 #[test]
 fn firecracker_keep_then_sessions_sync() {
     if let Some((fake, agent)) = firecracker_ready("firecracker_keep_then_sessions_sync") {
-        with_world_setup(firecracker_world(&fake, &agent), || keep_then_sync("firecracker"));
+        with_world_setup(firecracker_world(&fake, &agent), || {
+            keep_then_sync("firecracker")
+        });
     }
 }
 
@@ -134,7 +149,9 @@ fn firecracker_accept_reject_conflict() {
 
 #[test]
 fn firecracker_sigkill_then_sessions_sync_recovers() {
-    if let Some((fake, agent)) = firecracker_ready("firecracker_sigkill_then_sessions_sync_recovers") {
+    if let Some((fake, agent)) =
+        firecracker_ready("firecracker_sigkill_then_sessions_sync_recovers")
+    {
         with_world_setup(firecracker_world(&fake, &agent), || {
             sigkill_then_recover("firecracker")
         });
@@ -190,14 +207,24 @@ fn qemu_bash_is_confined_and_times_out() {
         Reply::text("ok"),
     ]);
     let server = MockServer::start(Wire::Anthropic, script).expect("server");
-    let out = world.exec(&server, &["--backend", "qemu", "--approval-mode", "yolo", "probe"]);
+    let out = world.exec(
+        &server,
+        &["--backend", "qemu", "--approval-mode", "yolo", "probe"],
+    );
     assert_ok(&out);
     let results = tool_results(&server);
     let r = &results[0];
     assert!(!r.contains("home secret") && r.contains("read=1"), "{r}");
     assert!(r.contains("connect=1"), "no network: {r}");
-    let counts: Vec<&str> = r.lines().filter(|l| l.trim().parse::<u32>().is_ok()).collect();
-    assert_eq!(counts, ["0", "0"], "no network device, no key in the environment: {r}");
+    let counts: Vec<&str> = r
+        .lines()
+        .filter(|l| l.trim().parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(
+        counts,
+        ["0", "0"],
+        "no network device, no key in the environment: {r}"
+    );
     let t = &results[1];
     assert!(t.contains("started") && t.contains("timed out"), "{t}");
     let err = stderr(&out);
@@ -209,7 +236,11 @@ fn qemu_bash_is_confined_and_times_out() {
 fn doctor_names_what_each_vm_backend_lacks() {
     let world = World::new();
     write_config(&world, "firecracker_bin = \"/nonexistent/firecracker\"\nvhost_vsock_bin = \"/nonexistent/vhost-device-vsock\"\n");
-    let out = world.cmd().args(["sandbox", "doctor"]).output().expect("run");
+    let out = world
+        .cmd()
+        .args(["sandbox", "doctor"])
+        .output()
+        .expect("run");
     assert_ok(&out);
     let text = stdout(&out);
     let line = |name: &str| {
@@ -219,7 +250,10 @@ fn doctor_names_what_each_vm_backend_lacks() {
             .to_string()
     };
     let fc = line("firecracker");
-    assert!(fc.starts_with('✗') && fc.contains("/nonexistent/firecracker does not exist"), "{fc}");
+    assert!(
+        fc.starts_with('✗') && fc.contains("/nonexistent/firecracker does not exist"),
+        "{fc}"
+    );
     let q = line("qemu");
     assert!(q.starts_with('✗'), "{q}");
     assert!(
@@ -227,18 +261,33 @@ fn doctor_names_what_each_vm_backend_lacks() {
             || q.contains("safe-coder sandbox image build --backend qemu"),
         "{q}"
     );
-    assert!(!text.contains("auto → qemu") && !text.contains("auto → firecracker"), "{text}");
+    assert!(
+        !text.contains("auto → qemu") && !text.contains("auto → firecracker"),
+        "{text}"
+    );
 
     // With the binaries there, the missing image is named with the command that builds it.
-    if let Some((fake, agent)) = sibling("fake-firecracker").zip(sibling("safe-coder-guest-agent")) {
+    if let Some((fake, agent)) = sibling("fake-firecracker").zip(sibling("safe-coder-guest-agent"))
+    {
         let world = World::new();
         firecracker_world(&fake, &agent)(&world);
         std::fs::remove_file(world.data_dir().join("vm/vmlinux")).expect("rm");
-        let out = world.cmd().args(["sandbox", "doctor"]).output().expect("run");
+        let out = world
+            .cmd()
+            .args(["sandbox", "doctor"])
+            .output()
+            .expect("run");
         let text = stdout(&out);
-        let fc = text.lines().find(|l| l.contains(" firecracker ")).unwrap_or("").to_string();
+        let fc = text
+            .lines()
+            .find(|l| l.contains(" firecracker "))
+            .unwrap_or("")
+            .to_string();
         if std::path::Path::new("/dev/kvm").exists() {
-            assert!(fc.contains("safe-coder sandbox image build --backend qemu"), "{text}");
+            assert!(
+                fc.contains("safe-coder sandbox image build --backend qemu"),
+                "{text}"
+            );
         }
     }
 }

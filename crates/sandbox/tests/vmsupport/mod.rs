@@ -76,11 +76,18 @@ pub fn real_image() -> Option<PathBuf> {
         return None;
     };
     let var = PathBuf::from(var);
-    let dir = if var.join("vm/vmlinux").is_file() { var.join("vm") } else { var };
+    let dir = if var.join("vm/vmlinux").is_file() {
+        var.join("vm")
+    } else {
+        var
+    };
     if dir.join("vmlinux").is_file() && dir.join("rootfs.ext4").is_file() {
         Some(dir)
     } else {
-        skip(&format!("SAFE_CODER_TEST_VM_IMAGE={} holds no guest image", dir.display()));
+        skip(&format!(
+            "SAFE_CODER_TEST_VM_IMAGE={} holds no guest image",
+            dir.display()
+        ));
         None
     }
 }

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use safe_coder_vm_protocol::nonblocking::{connect_hybrid, host_handshake, read_frame, write_frame};
+use safe_coder_vm_protocol::nonblocking::{
+    connect_hybrid, host_handshake, read_frame, write_frame,
+};
 use safe_coder_vm_protocol::{
     hello, software, AgentError, Change, ExecExit, ExecRequest, Frame, Request, RequestId,
     Response, UsageReport, AGENT_PORT,
@@ -107,12 +109,14 @@ impl AgentClient {
     ) -> Result<(AgentClient, OwnedFd), AgentClientError> {
         let mut stream = match endpoint {
             Endpoint::HybridVsock(uds) => connect_hybrid(uds, AGENT_PORT).await?,
-            Endpoint::Serial(path) => tokio::net::UnixStream::connect(path).await.map_err(|source| {
-                safe_coder_vm_protocol::HybridError::Connect {
-                    path: path.display().to_string(),
-                    source,
-                }
-            })?,
+            Endpoint::Serial(path) => {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(|source| safe_coder_vm_protocol::HybridError::Connect {
+                        path: path.display().to_string(),
+                        source,
+                    })?
+            }
         };
         if handshake {
             host_handshake(&mut stream, &hello(&software("safe-coder"))).await?;
@@ -180,8 +184,11 @@ impl AgentClient {
         loop {
             alive()?;
             if endpoint.path().exists() {
-                match tokio::time::timeout(Duration::from_secs(5), Self::connect(endpoint, handshake))
-                    .await
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    Self::connect(endpoint, handshake),
+                )
+                .await
                 {
                     Ok(Ok(c)) => return Ok(c),
                     // A version mismatch will not go away by retrying.
@@ -314,10 +321,7 @@ impl AgentClient {
     }
 
     /// The changes since `mark`, and the new mark recorded in the same walk.
-    pub async fn changes_since(
-        &self,
-        mark: u64,
-    ) -> Result<(Vec<Change>, u64), AgentClientError> {
+    pub async fn changes_since(&self, mark: u64) -> Result<(Vec<Change>, u64), AgentClientError> {
         let req = Request::ChangesSince {
             mark,
             set_mark: true,

@@ -291,7 +291,11 @@ impl FirecrackerApi {
 fn fault(method: &'static str, path: &str, resp: &ApiResponse) -> FirecrackerApiError {
     let fault = serde_json::from_slice::<Value>(&resp.body)
         .ok()
-        .and_then(|v| v.get("fault_message").and_then(|m| m.as_str()).map(String::from))
+        .and_then(|v| {
+            v.get("fault_message")
+                .and_then(|m| m.as_str())
+                .map(String::from)
+        })
         .unwrap_or_else(|| String::from_utf8_lossy(&resp.body).trim().to_string());
     FirecrackerApiError::Fault {
         method,

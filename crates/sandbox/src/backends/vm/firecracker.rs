@@ -105,7 +105,8 @@ fn wait_ready(
     let r = block_on_own_runtime(move || {
         Box::pin(async move {
             // Firecracker resets vsock connections on a snapshot, so each start greets.
-            let (c, fd) = AgentClient::connect_when_ready(&ep, timeout, true, || proc.alive()).await?;
+            let (c, fd) =
+                AgentClient::connect_when_ready(&ep, timeout, true, || proc.alive()).await?;
             c.ping().await.map_err(|e| e.to_string())?;
             Ok::<_, String>(fd)
         })
@@ -125,7 +126,11 @@ fn wait_ready(
     })
 }
 
-pub(crate) fn start(vm: &VmSpec, image: &GuestImage, run_dir: &Path) -> Result<Started, SandboxError> {
+pub(crate) fn start(
+    vm: &VmSpec,
+    image: &GuestImage,
+    run_dir: &Path,
+) -> Result<Started, SandboxError> {
     let bin = super::probe::find_firecracker(vm).map_err(SandboxError::Unavailable)?;
     let uds = run_dir.join("vsock.sock");
     let snap = snapshot_dir(vm, image, &bin);
@@ -150,7 +155,10 @@ pub(crate) fn start(vm: &VmSpec, image: &GuestImage, run_dir: &Path) -> Result<S
                 })
             }
             Err(e) => {
-                log::warn!("the Firecracker snapshot in {} did not load ({e}); booting instead", snap.display());
+                log::warn!(
+                    "the Firecracker snapshot in {} did not load ({e}); booting instead",
+                    snap.display()
+                );
                 vmm.kill();
                 let _ = std::fs::remove_dir_all(&snap);
                 for f in ["api.sock", "vsock.sock", "console.log"] {
@@ -205,7 +213,10 @@ pub(crate) fn start(vm: &VmSpec, image: &GuestImage, run_dir: &Path) -> Result<S
 fn save(api: &FirecrackerApi, dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let pid = std::process::id();
-    let (state, mem) = (dir.join(format!("vmstate.tmp-{pid}")), dir.join(format!("memory.tmp-{pid}")));
+    let (state, mem) = (
+        dir.join(format!("vmstate.tmp-{pid}")),
+        dir.join(format!("memory.tmp-{pid}")),
+    );
     api.pause().map_err(|e| e.to_string())?;
     let created = api.snapshot_create(&state, &mem).map_err(|e| e.to_string());
     let resumed = api.resume().map_err(|e| e.to_string());

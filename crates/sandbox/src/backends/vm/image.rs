@@ -57,7 +57,7 @@ pub fn prune_snapshots(dir: &Path, prefix: &str, keep: usize) {
         .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    all.sort_by(|a, b| b.0.cmp(&a.0));
+    all.sort_by_key(|e| std::cmp::Reverse(e.0));
     for (_, p) in all.into_iter().skip(keep) {
         let _ = std::fs::remove_dir_all(p);
     }
@@ -125,9 +125,13 @@ impl GuestImage {
     /// paths, sizes and modification times.
     pub fn fingerprint(&self) -> String {
         let mut parts = Vec::new();
-        for p in [Some(&self.kernel), self.initramfs.as_ref(), Some(&self.rootfs)]
-            .into_iter()
-            .flatten()
+        for p in [
+            Some(&self.kernel),
+            self.initramfs.as_ref(),
+            Some(&self.rootfs),
+        ]
+        .into_iter()
+        .flatten()
         {
             let (len, mtime) = std::fs::metadata(p)
                 .map(|m| {

@@ -124,7 +124,11 @@ fn sweep_stale(base: &Path) {
         return;
     };
     for e in rd.flatten() {
-        if !e.file_name().to_string_lossy().starts_with("safe-coder-vm-") {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("safe-coder-vm-")
+        {
             continue;
         }
         let owner = std::fs::read_to_string(e.path().join(OWNER_FILE))
@@ -145,7 +149,10 @@ fn new_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{:08x}", (t as u64 ^ u64::from(std::process::id()) << 32) as u32)
+    format!(
+        "{:08x}",
+        (t as u64 ^ u64::from(std::process::id()) << 32) as u32
+    )
 }
 
 /// Runs `f` on a fresh current-thread runtime in a thread of its own, so that `open`
@@ -171,8 +178,20 @@ fn block_on_own_runtime<T: Send + 'static>(
 /// homes) mean nothing in the guest and are left out.
 pub(crate) fn guest_env(passthrough: &[String]) -> Vec<(String, String)> {
     const HOST_ONLY: &[&str] = &[
-        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR", "CARGO_HOME", "RUSTUP_HOME",
-        "RUSTUP_TOOLCHAIN", "PYENV_ROOT", "PYENV_VERSION", "GOROOT", "GOPATH", "JAVA_HOME",
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "TMPDIR",
+        "CARGO_HOME",
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+        "PYENV_ROOT",
+        "PYENV_VERSION",
+        "GOROOT",
+        "GOPATH",
+        "JAVA_HOME",
         "NVM_DIR",
     ];
     let mut env: Vec<(String, String)> = crate::env::command_env(passthrough)
@@ -180,7 +199,10 @@ pub(crate) fn guest_env(passthrough: &[String]) -> Vec<(String, String)> {
         .filter(|(k, _)| !HOST_ONLY.contains(&k.as_str()) || passthrough.contains(k))
         .collect();
     for (k, v) in [
-        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ),
         ("HOME", "/root"),
         ("USER", "root"),
         ("LOGNAME", "root"),
@@ -243,7 +265,9 @@ impl VmSandbox {
             Err(e) => {
                 started.vmm.kill();
                 let _ = std::fs::remove_dir_all(&run_dir);
-                return Err(SandboxError::Other(format!("cannot keep the agent's connection: {e}")));
+                return Err(SandboxError::Other(format!(
+                    "cannot keep the agent's connection: {e}"
+                )));
             }
         };
         let root = workdir.clone();
@@ -305,7 +329,10 @@ impl VmSandbox {
     }
 
     fn state(&self) -> SandboxState {
-        self.state.lock().map(|g| *g).unwrap_or(SandboxState::Failed)
+        self.state
+            .lock()
+            .map(|g| *g)
+            .unwrap_or(SandboxState::Failed)
     }
 
     /// The agent connection of this runtime, made (again) when there is none.
@@ -327,7 +354,11 @@ impl VmSandbox {
             // The kept connection broke while the VM runs: the agent died.
             return Err(self.failed("the guest agent closed its connection".into()));
         }
-        let kept = self.conn.lock().ok().and_then(|c| c.as_ref().map(AgentClient::from_fd));
+        let kept = self
+            .conn
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(AgentClient::from_fd));
         let c = match kept {
             Some(c) => c.map_err(|e| self.failed(e.to_string()))?,
             None => {

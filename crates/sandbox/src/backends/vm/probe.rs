@@ -379,14 +379,20 @@ pub fn probe_firecracker(vm: &VmSpec) -> BackendProbe {
         return BackendProbe {
             kind,
             available: true,
-            reason: format!("{} ([vm] accel = \"kvm\": KVM trusted without a trial), {limits}", bin.display()),
+            reason: format!(
+                "{} ([vm] accel = \"kvm\": KVM trusted without a trial), {limits}",
+                bin.display()
+            ),
         };
     }
     match kvm_verdict(vm, &image) {
         KvmVerdict::Works => BackendProbe {
             kind,
             available: true,
-            reason: format!("{} on a KVM that runs the guest image, {limits}", bin.display()),
+            reason: format!(
+                "{} on a KVM that runs the guest image, {limits}",
+                bin.display()
+            ),
         },
         KvmVerdict::Broken(why) => unavailable(kind, why),
     }
@@ -412,17 +418,29 @@ mod tests {
         vm.firecracker_bin = Some(dir.path().join("no-such-fc"));
         let fc = probe_firecracker(&vm);
         assert!(!fc.available);
-        assert!(fc.reason.contains("firecracker_bin") && fc.reason.contains("does not exist"), "{}", fc.reason);
+        assert!(
+            fc.reason.contains("firecracker_bin") && fc.reason.contains("does not exist"),
+            "{}",
+            fc.reason
+        );
         let q = probe_qemu(&vm);
         assert!(!q.available);
         if qemu::find_qemu().is_some() {
-            assert!(q.reason.contains(super::super::BUILD_COMMAND), "{}", q.reason);
+            assert!(
+                q.reason.contains(super::super::BUILD_COMMAND),
+                "{}",
+                q.reason
+            );
         }
         // An image without the serial agent needs vhost-device-vsock, which is missing.
         dummy(&vm, "");
         let q = probe_qemu(&vm);
         if qemu::find_qemu().is_some() {
-            assert!(q.reason.contains("vhost-device-vsock is not installed"), "{}", q.reason);
+            assert!(
+                q.reason.contains("vhost-device-vsock is not installed"),
+                "{}",
+                q.reason
+            );
         }
         std::fs::remove_dir_all(image_dir(&vm)).unwrap();
         // With binaries that exist, the image is what is missing.
@@ -432,11 +450,19 @@ mod tests {
         vm.firecracker_bin = Some(fake);
         let q = probe_qemu(&vm);
         if qemu::find_qemu().is_some() {
-            assert!(q.reason.contains(super::super::BUILD_COMMAND), "{}", q.reason);
+            assert!(
+                q.reason.contains(super::super::BUILD_COMMAND),
+                "{}",
+                q.reason
+            );
         }
         let fc = probe_firecracker(&vm);
         if kvm_access() == KvmAccess::Usable {
-            assert!(fc.reason.contains(super::super::BUILD_COMMAND), "{}", fc.reason);
+            assert!(
+                fc.reason.contains(super::super::BUILD_COMMAND),
+                "{}",
+                fc.reason
+            );
         } else {
             assert!(fc.reason.contains("/dev/kvm"), "{}", fc.reason);
         }
@@ -476,7 +502,11 @@ mod tests {
             cached_verdict(&vm, "k"),
             Some(KvmVerdict::Broken("emulation failure".into()))
         );
-        assert_eq!(cached_verdict(&vm, "other"), None, "another machine or image");
+        assert_eq!(
+            cached_verdict(&vm, "other"),
+            None,
+            "another machine or image"
+        );
         store_verdict(&vm, "k", &KvmVerdict::Works);
         assert_eq!(cached_verdict(&vm, "k"), Some(KvmVerdict::Works));
     }

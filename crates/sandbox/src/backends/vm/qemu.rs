@@ -53,8 +53,7 @@ pub(crate) fn find_vhost_vsock(vm: &VmSpec) -> Option<PathBuf> {
         return p.is_file().then(|| p.clone());
     }
     crate::which::find_executable(VHOST_VSOCK_BIN).or_else(|| {
-        let home_cargo =
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
+        let home_cargo = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
         [ci_cargo_bin(), home_cargo]
             .into_iter()
             .flatten()
@@ -229,7 +228,10 @@ pub(crate) struct QemuProcess {
 
 impl QemuProcess {
     /// Starts `vhost-device-vsock` (for [`Transport::Vsock`]) and QEMU.
-    pub fn start(launch: &QemuLaunch<'_>, vhost_vsock: Option<&Path>) -> Result<QemuProcess, String> {
+    pub fn start(
+        launch: &QemuLaunch<'_>,
+        vhost_vsock: Option<&Path>,
+    ) -> Result<QemuProcess, String> {
         let paths = RuntimePaths::new(launch.dir);
         let vhost = match (launch.transport, vhost_vsock) {
             (Transport::Vsock, Some(bin)) => Some(start_vhost(bin, launch.dir, &paths)?),

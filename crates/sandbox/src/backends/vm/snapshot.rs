@@ -78,7 +78,14 @@ pub(crate) fn snapshot_mode(vm: &VmSpec, image: &GuestImage) -> bool {
 /// Where the saved state of VMs like this one lives.
 pub(crate) fn snapshot_dir(vm: &VmSpec, image: &GuestImage, kvm: bool) -> PathBuf {
     let mut h = DefaultHasher::new();
-    (image.fingerprint(), vm.memory_mb, vm.vcpus, kvm, qemu::KERNEL_CMDLINE).hash(&mut h);
+    (
+        image.fingerprint(),
+        vm.memory_mb,
+        vm.vcpus,
+        kvm,
+        qemu::KERNEL_CMDLINE,
+    )
+        .hash(&mut h);
     snapshots_dir(vm, image).join(format!("qemu-{:016x}", h.finish()))
 }
 
@@ -102,7 +109,16 @@ pub(crate) fn start(
             unavailable("vhost-device-vsock is not installed: `cargo install --locked vhost-device-vsock`, or set [vm] vhost_vsock_bin".into())
         })?;
         let t = Instant::now();
-        let vmm = launch(vm, image, &q, run_dir, kvm, Transport::Vsock, None, Some(&vhost))?;
+        let vmm = launch(
+            vm,
+            image,
+            &q,
+            run_dir,
+            kvm,
+            Transport::Vsock,
+            None,
+            Some(&vhost),
+        )?;
         let endpoint = Endpoint::HybridVsock(vmm.proc.paths.vsock.clone());
         let conn = wait_ready(&vmm, &endpoint, ready_timeout(vm), true)?;
         return Ok(Started {
@@ -129,7 +145,10 @@ pub(crate) fn start(
                 })
             }
             Err(e) => {
-                log::warn!("the VM snapshot {} did not restore ({e}); booting instead", state.display());
+                log::warn!(
+                    "the VM snapshot {} did not restore ({e}); booting instead",
+                    state.display()
+                );
                 let _ = std::fs::remove_file(&state);
                 clear_run_dir(run_dir);
             }
@@ -240,8 +259,17 @@ fn restore(
     kvm: bool,
     state: &Path,
 ) -> Result<(QemuVmm, Endpoint, OwnedFd), String> {
-    let vmm = launch(vm, image, q, run_dir, kvm, Transport::Serial, Some(state), None)
-        .map_err(|e| e.to_string())?;
+    let vmm = launch(
+        vm,
+        image,
+        q,
+        run_dir,
+        kvm,
+        Transport::Serial,
+        Some(state),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
     let deadline = Instant::now() + RESTORE_TIMEOUT;
     let restored = Qmp::connect(&vmm.proc.paths.qmp, deadline)
         .and_then(|mut qmp| qmp.finish_restore(deadline))

@@ -99,7 +99,12 @@ impl Supervised {
             if now >= deadline {
                 return None;
             }
-            guard = self.exit.changed.wait_timeout(guard, deadline - now).ok()?.0;
+            guard = self
+                .exit
+                .changed
+                .wait_timeout(guard, deadline - now)
+                .ok()?
+                .0;
         }
     }
 
@@ -131,7 +136,10 @@ mod tests {
         let mut c = Command::new("sh");
         c.args(["-c", "exit 3"]);
         let s = Supervised::spawn("sh", c).unwrap();
-        assert_eq!(s.wait_timeout(Duration::from_secs(10)).unwrap().code(), Some(3));
+        assert_eq!(
+            s.wait_timeout(Duration::from_secs(10)).unwrap().code(),
+            Some(3)
+        );
         assert!(s.alive().unwrap_err().contains("sh exited"));
 
         let mut c = Command::new("sleep");

@@ -30,6 +30,9 @@ use super::agent_client::{AgentClient, AgentClientError};
 use crate::paths::resolve_in_root;
 use crate::{CancellationToken, SandboxError};
 
+/// A file read from the guest: its path, contents and mode.
+type Pulled = (String, Vec<u8>, u32);
+
 /// Requests in flight at once during a transfer.
 const IN_FLIGHT: usize = 32;
 
@@ -51,7 +54,12 @@ fn entry_of(path: &Path) -> Option<Entry> {
     let m = std::fs::symlink_metadata(path).ok()?;
     let ft = m.file_type();
     let symlink_target = if ft.is_symlink() {
-        Some(std::fs::read_link(path).ok()?.to_string_lossy().into_owned())
+        Some(
+            std::fs::read_link(path)
+                .ok()?
+                .to_string_lossy()
+                .into_owned(),
+        )
     } else if ft.is_file() {
         None
     } else {
@@ -150,7 +158,12 @@ fn fastrand_u32() -> u32 {
 
 /// Writes a pulled file: temp file in the same directory, mode, rename over the target
 /// (a symlink there is replaced, never followed).
-pub(crate) fn place_file(root: &Path, rel: &str, data: &[u8], mode: u32) -> Result<(), SandboxError> {
+pub(crate) fn place_file(
+    root: &Path,
+    rel: &str,
+    data: &[u8],
+    mode: u32,
+) -> Result<(), SandboxError> {
     let (parent, name) = parent_and_name(root, rel)?;
     std::fs::create_dir_all(&parent).map_err(|e| io_err(&parent, e))?;
     let target = parent.join(&name);
@@ -286,13 +299,22 @@ impl WorkspaceSync {
                 .map(|(rel, t)| {
                     let q = super::qmp::shell_quote;
                     let dir = rel.rsplit_once('/').map_or(".", |(d, _)| d);
-                    format!("mkdir -p -- {} && rm -rf -- {} && ln -s -- {} {}", q(dir), q(rel), q(t), q(rel))
+                    format!(
+                        "mkdir -p -- {} && rm -rf -- {} && ln -s -- {} {}",
+                        q(dir),
+                        q(rel),
+                        q(t),
+                        q(rel)
+                    )
                 })
                 .collect();
-            let mut req = ExecRequest::shell(script.join(" && "), vec![(
-                "PATH".to_string(),
-                "/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            )]);
+            let mut req = ExecRequest::shell(
+                script.join(" && "),
+                vec![(
+                    "PATH".to_string(),
+                    "/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+                )],
+            );
             req.timeout_ms = Some(60_000);
             let r = agent
                 .exec(req, 4096, &CancellationToken::new())
@@ -328,7 +350,7 @@ impl WorkspaceSync {
             Err(e) => return Err(agent_err(e)),
         };
         let mut moved = Moved::default();
-        let mut set: JoinSet<Result<(String, Vec<u8>, u32), SandboxError>> = JoinSet::new();
+        let mut set: JoinSet<Result<Pulled, SandboxError>> = JoinSet::new();
         let mut touched = Vec::new();
         for c in changes {
             touched.push(c.path.clone());
@@ -417,7 +439,10 @@ mod tests {
         std::fs::write(outside.join("victim"), "keep").unwrap();
         std::os::unix::fs::symlink(outside.join("victim"), root.join("link")).unwrap();
         place_file(&root, "link", b"new", 0o755).unwrap();
-        assert_eq!(std::fs::read_to_string(outside.join("victim")).unwrap(), "keep");
+        assert_eq!(
+            std::fs::read_to_string(outside.join("victim")).unwrap(),
+            "keep"
+        );
         assert_eq!(std::fs::read_to_string(root.join("link")).unwrap(), "new");
         let m = std::fs::symlink_metadata(root.join("link")).unwrap();
         assert!(m.is_file() && m.permissions().mode() & 0o777 == 0o755);
