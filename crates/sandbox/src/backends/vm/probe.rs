@@ -208,7 +208,11 @@ fn trial_in(
         rt.block_on(async move {
             let (client, _conn) = AgentClient::connect_when_ready(&endpoint, TRIAL_BOOT, true, || p.alive())
                 .await
-                .map_err(|e| format!("a guest did not boot under KVM within {} s: {e}", TRIAL_BOOT.as_secs()))?;
+                .map_err(|e| match e.split_once(": this machine's KVM") {
+                    // QEMU's own words are the reason; the advice is the probe's.
+                    Some((failure, _)) => failure.to_string(),
+                    None => format!("the guest was not ready within {} s under KVM: {e}", TRIAL_BOOT.as_secs()),
+                })?;
             let load = "for i in 1 2 3 4 5 6 7 8; do (head -c 4000000 /dev/urandom | sha256sum | gzip -c > /dev/null) & done; wait; echo kvm-ok";
             let mut req = safe_coder_vm_protocol::ExecRequest::shell(load, super::guest_env(&[]));
             req.timeout_ms = Some(TRIAL_LOAD.as_millis() as u64);
@@ -237,7 +241,7 @@ fn trial_in(
     if let Some(v) = &proc.vhost {
         v.kill();
     }
-    result.map_err(|e| format!("KVM here cannot run a standard guest: {e}"))
+    result.map_err(|e| format!("KVM here cannot run a standard guest ({e})"))
 }
 
 /// Whether QEMU runs the guest under KVM (`true`) or TCG, as `[vm] accel` and the

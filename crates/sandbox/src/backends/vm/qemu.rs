@@ -262,7 +262,7 @@ impl QemuProcess {
             .find(|l| l.contains("KVM internal error") || l.contains("emulation failure"))
         {
             return Err(format!(
-                "KVM failed inside the guest ({}); this machine's KVM cannot run a standard guest, set `[vm] accel = \"tcg\"`",
+                "KVM failed inside the guest ({}): this machine's KVM cannot run a standard guest; set `[vm] accel = \"tcg\"`",
                 line.trim()
             ));
         }
