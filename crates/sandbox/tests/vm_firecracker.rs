@@ -385,3 +385,65 @@ fn a_vm_that_never_becomes_ready_fails_in_bounded_time() {
     // The host tree is untouched.
     assert!(fc.work.exists());
 }
+
+/// Processes whose command line contains `marker`.
+fn pids_with(marker: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(marker) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_agent_fails_the_next_command_clearly_and_keeps_the_files() {
+    let Some(fc) = setup("", true) else { return };
+    std::fs::write(fc.work.join("keep.txt"), "mine\n").expect("seed");
+    let sb = safe_coder_sandbox::open(BackendKind::Firecracker, spec(&fc)).expect("open");
+    let out = sb
+        .exec(
+            req("echo made > made.txt", 30_000),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(out.exit_code, Some(0));
+    // The "guest" dies: its agent is killed (the fake then powers off, as Firecracker
+    // does when its guest dies).
+    let detail = sb.backend_detail().expect("detail");
+    let id = detail.split_whitespace().nth(1).expect("id").to_string();
+    let agents = pids_with(&format!("safe-coder-vm-{id}/vsock.sock.guest"));
+    assert!(!agents.is_empty(), "the agent of VM {id} runs");
+    for pid in agents {
+        // SAFETY: kill(2) of a process this test started (through the backend).
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    let e = sb
+        .exec(req("echo never", 30_000), CancellationToken::new())
+        .await
+        .expect_err("a dead VM cannot run commands");
+    let e = e.to_string();
+    assert!(
+        e.contains("cannot run commands") && e.contains("start a new session"),
+        "{e}"
+    );
+    assert_eq!(sb.status().await.state, SandboxState::Failed);
+    assert_eq!(
+        std::fs::read_to_string(fc.work.join("keep.txt")).expect("kept"),
+        "mine\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(fc.work.join("made.txt")).expect("pulled"),
+        "made\n"
+    );
+    sb.stop().await.expect("stop after a failure");
+}
