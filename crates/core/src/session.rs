@@ -60,6 +60,8 @@ pub struct SessionLimits {
     pub env_passthrough: Vec<String>,
     /// The largest file a commit or a sync handles, in bytes.
     pub max_file_bytes: u64,
+    /// The microVM backends' image, size and binaries (`[vm]`).
+    pub vm: safe_coder_sandbox::VmSpec,
 }
 
 impl Default for SessionLimits {
@@ -70,6 +72,7 @@ impl Default for SessionLimits {
             cpus: l.cpus,
             env_passthrough: Vec::new(),
             max_file_bytes: safe_coder_history::DEFAULT_MAX_FILE_BYTES,
+            vm: safe_coder_sandbox::VmSpec::default(),
         }
     }
 }
@@ -128,6 +131,7 @@ fn open_sandbox(
     spec.limits.memory_mb = limits.memory_mb;
     spec.limits.cpus = limits.cpus;
     spec.env_passthrough = limits.env_passthrough.clone();
+    spec.vm = limits.vm.clone();
     Ok(safe_coder_sandbox::open(backend, spec)?)
 }
 
@@ -153,7 +157,9 @@ impl Session {
         // Probing the backend (which runs bubblewrap once) overlaps with the copy-in,
         // whichever backend `auto` picks; `direct` needs no probe to know its workspace.
         let requested = config.backend;
-        let probe = std::thread::spawn(move || safe_coder_sandbox::select::choose(requested));
+        let vm = config.limits.vm.clone();
+        let probe =
+            std::thread::spawn(move || safe_coder_sandbox::select::choose_with(requested, &vm));
         let id = new_id();
         let dir = sessions_dir(&config.data_dir).join(&id);
         std::fs::create_dir_all(&dir).map_err(|e| {
@@ -228,6 +234,10 @@ impl Session {
             })?;
         }
         let sandbox = open_sandbox(backend, workspace.work_tree(), &repo, &config.limits)?;
+        let note = match sandbox.backend_detail() {
+            Some(detail) => format!("{note}; {detail}"),
+            None => note,
+        };
         let session = Session {
             files: SessionFiles {
                 id,

@@ -29,11 +29,12 @@ pub mod text;
 pub mod which;
 
 pub use backends::process;
+pub use backends::vm;
 pub use host::CommandConfiner;
 pub use paths::{normalize_in_root, resolve_in_root, PathError};
 pub use process::ProcessConfiner;
 pub use select::{choose, doctor_report, probe, probe_all, BackendProbe};
-pub use spec::{Limits, Mechanism, SandboxSpec};
+pub use spec::{Accel, Limits, Mechanism, SandboxSpec, VmSpec};
 pub use text::{decode_text, NotText};
 pub use which::find_executable;
 
@@ -205,6 +206,18 @@ pub trait Sandbox: Send + Sync {
 
     /// Stop whatever runs in the sandbox (VM, container). Files stay for sync.
     async fn stop(&self) -> Result<(), SandboxError>;
+
+    /// The two lines shown around [`Sandbox::stop`] at the end of a session (before,
+    /// after), for backends whose stop is worth telling (a VM); `None` shows nothing.
+    fn stop_lines(&self) -> Option<(String, String)> {
+        None
+    }
+
+    /// What the backend note of the session adds about this sandbox (e.g. a VM's id and
+    /// whether it was booted or restored).
+    fn backend_detail(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A shared sandbox is a sandbox: `&Arc<dyn Sandbox>` goes wherever `&dyn Sandbox` or a
@@ -257,5 +270,13 @@ impl<S: Sandbox + ?Sized> Sandbox for std::sync::Arc<S> {
 
     async fn stop(&self) -> Result<(), SandboxError> {
         (**self).stop().await
+    }
+
+    fn stop_lines(&self) -> Option<(String, String)> {
+        (**self).stop_lines()
+    }
+
+    fn backend_detail(&self) -> Option<String> {
+        (**self).backend_detail()
     }
 }

@@ -5,7 +5,7 @@
 //! Each backend's own `probe.rs` answers; probes are cheap: file and `PATH` checks, plus
 //! one cached bwrap run (and one in-process trial) for `process`.
 
-use crate::{BackendKind, SandboxError};
+use crate::{BackendKind, SandboxError, VmSpec};
 
 /// Whether one backend can run here, and why (or why not).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,23 +26,43 @@ pub const AUTO_ORDER: [BackendKind; 6] = [
     BackendKind::Direct,
 ];
 
-/// Whether `kind` works on this machine. Fast: the only costly check (running bwrap
-/// once for `process`) is cached for the life of the process.
+/// Whether `kind` works on this machine, with the default `[vm]` settings. Fast: the
+/// costly checks (running bwrap once for `process`; booting the guest image once under
+/// KVM for the VM backends) are cached, for the life of the process or in the data dir.
 pub fn probe(kind: BackendKind) -> BackendProbe {
-    crate::backends::probe(kind)
+    probe_with(kind, &VmSpec::default())
+}
+
+/// [`probe`] with the `[vm]` settings in force (image, binaries, acceleration).
+pub fn probe_with(kind: BackendKind, vm: &VmSpec) -> BackendProbe {
+    crate::backends::probe(kind, vm)
 }
 
 /// Every backend in `auto` order.
 pub fn probe_all() -> Vec<BackendProbe> {
-    AUTO_ORDER.iter().map(|&k| probe(k)).collect()
+    probe_all_with(&VmSpec::default())
+}
+
+/// [`probe_all`] with the `[vm]` settings in force.
+pub fn probe_all_with(vm: &VmSpec) -> Vec<BackendProbe> {
+    AUTO_ORDER.iter().map(|&k| probe_with(k, vm)).collect()
 }
 
 /// The backend to use: `requested`, or with `None` (`auto`) the strongest available one.
 /// The note says what was chosen and why stronger backends were passed over. A requested
 /// backend that cannot run here is [`SandboxError::Unavailable`] with the reason.
 pub fn choose(requested: Option<BackendKind>) -> Result<(BackendKind, String), SandboxError> {
+    choose_with(requested, &VmSpec::default())
+}
+
+/// [`choose`] with the `[vm]` settings in force. `auto` passes over `qemu` when it could
+/// only emulate the CPU (TCG): asked for by name, `qemu` runs under TCG.
+pub fn choose_with(
+    requested: Option<BackendKind>,
+    vm: &VmSpec,
+) -> Result<(BackendKind, String), SandboxError> {
     if let Some(kind) = requested {
-        let p = probe(kind);
+        let p = probe_with(kind, vm);
         return if p.available {
             Ok((
                 kind,
@@ -61,7 +81,11 @@ pub fn choose(requested: Option<BackendKind>) -> Result<(BackendKind, String), S
         if kind == BackendKind::Direct {
             break;
         }
-        let p = probe(kind);
+        let p = if kind == BackendKind::Qemu {
+            crate::backends::vm::probe::probe_qemu_for_auto(vm)
+        } else {
+            probe_with(kind, vm)
+        };
         if p.available {
             let mut note = format!("auto chose {}: {}", kind.as_str(), p.reason);
             if !passed.is_empty() {
@@ -81,8 +105,13 @@ pub fn choose(requested: Option<BackendKind>) -> Result<(BackendKind, String), S
 /// What `safe-coder sandbox doctor` prints: one line per backend (✓ or ✗, the name,
 /// the reason) and then what `auto` would choose.
 pub fn doctor_report() -> String {
+    doctor_report_with(&VmSpec::default())
+}
+
+/// [`doctor_report`] with the `[vm]` settings in force.
+pub fn doctor_report_with(vm: &VmSpec) -> String {
     let mut out = String::new();
-    for p in probe_all() {
+    for p in probe_all_with(vm) {
         out.push_str(&format!(
             "{} {:<12} {}\n",
             if p.available { "✓" } else { "✗" },
@@ -90,7 +119,7 @@ pub fn doctor_report() -> String {
             p.reason
         ));
     }
-    match choose(None) {
+    match choose_with(None, vm) {
         Ok((kind, _)) => out.push_str(&format!("auto → {}\n", kind.as_str())),
         Err(e) => out.push_str(&format!("auto → none: {e}\n")),
     }

@@ -74,7 +74,7 @@ fn session_ids(world: &World) -> Vec<String> {
         .collect()
 }
 
-fn keep_then_sync(backend: &str) {
+pub(crate) fn keep_then_sync(backend: &str) {
     let world = World::new();
     seed(&world);
     let server = MockServer::start(Wire::Anthropic, changes_script()).expect("server");
@@ -124,7 +124,7 @@ fn keep_then_sync(backend: &str) {
     assert!(session_ids(&world).is_empty(), "nothing unsynced remains");
 }
 
-fn accept_reject_conflict(backend: &str) {
+pub(crate) fn accept_reject_conflict(backend: &str) {
     // accept
     let world = World::new();
     seed(&world);
@@ -212,7 +212,7 @@ fn accept_reject_conflict(backend: &str) {
     assert!(stdout(&out).contains("+TWO"), "{}", stdout(&out));
 }
 
-fn sigkill_then_recover(backend: &str) {
+pub(crate) fn sigkill_then_recover(backend: &str) {
     let world = World::new();
     seed(&world);
     let script = Script::new(vec![
