@@ -27,12 +27,14 @@ mod spec;
 pub mod text;
 pub mod which;
 
-pub use backends::process;
+pub use backends::{docker, process};
 pub use host::CommandConfiner;
 pub use paths::{normalize_in_root, resolve_in_root, PathError};
 pub use process::ProcessConfiner;
-pub use select::{choose, doctor_report, probe, probe_all, BackendProbe};
-pub use spec::{Limits, Mechanism, SandboxSpec};
+pub use select::{
+    choose, choose_with, doctor_report, doctor_report_with, probe, probe_all, BackendProbe,
+};
+pub use spec::{DockerSpec, Limits, Mechanism, SandboxSpec, DEFAULT_DOCKER_IMAGE};
 pub use text::{decode_text, NotText};
 pub use which::find_executable;
 

@@ -2,7 +2,7 @@
 //! `status.rs`), and the two dispatchers over them: [`open`] (behind
 //! [`crate::open`]) and [`probe`] (behind `select`).
 //!
-//! `firecracker`, `qemu` and `docker` are accepted by the settings but not built yet:
+//! `firecracker` and `qemu` are accepted by the settings but not built yet:
 //! their probe says so (with the facts of this machine that they will need), and
 //! opening them is [`SandboxError::Unavailable`] with that sentence.
 
@@ -13,6 +13,7 @@ use crate::{BackendKind, Sandbox, SandboxError, SandboxSpec};
 
 mod copy;
 mod direct;
+pub mod docker;
 mod not_built;
 pub mod process;
 
@@ -21,19 +22,19 @@ pub(crate) fn open(kind: BackendKind, spec: SandboxSpec) -> Result<Arc<dyn Sandb
         BackendKind::Direct => direct::open(spec),
         BackendKind::Copy => copy::open(spec),
         BackendKind::Process => process::open(spec),
-        BackendKind::Firecracker | BackendKind::Qemu | BackendKind::Docker => {
+        BackendKind::Docker => docker::open(spec),
+        BackendKind::Firecracker | BackendKind::Qemu => {
             Err(SandboxError::Unavailable(not_built::probe(kind).reason))
         }
     }
 }
 
-pub(crate) fn probe(kind: BackendKind) -> BackendProbe {
+pub(crate) fn probe(kind: BackendKind, docker_spec: &crate::DockerSpec) -> BackendProbe {
     match kind {
         BackendKind::Direct => direct::probe(),
         BackendKind::Copy => copy::probe(),
         BackendKind::Process => process::probe::probe(),
-        BackendKind::Firecracker | BackendKind::Qemu | BackendKind::Docker => {
-            not_built::probe(kind)
-        }
+        BackendKind::Docker => docker::probe::probe(docker_spec),
+        BackendKind::Firecracker | BackendKind::Qemu => not_built::probe(kind),
     }
 }
