@@ -157,9 +157,13 @@ impl Session {
         // Probing the backend (which runs bubblewrap once) overlaps with the copy-in,
         // whichever backend `auto` picks; `direct` needs no probe to know its workspace.
         let requested = config.backend;
-        let vm = config.limits.vm.clone();
-        let probe =
-            std::thread::spawn(move || safe_coder_sandbox::select::choose_with(requested, &vm));
+        let settings = safe_coder_sandbox::BackendSettings {
+            vm: config.limits.vm.clone(),
+            ..Default::default()
+        };
+        let probe = std::thread::spawn(move || {
+            safe_coder_sandbox::select::choose_with(requested, &settings)
+        });
         let id = new_id();
         let dir = sessions_dir(&config.data_dir).join(&id);
         std::fs::create_dir_all(&dir).map_err(|e| {
