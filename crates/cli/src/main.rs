@@ -9,6 +9,7 @@ mod render;
 mod run;
 mod sessions;
 mod setup;
+mod vm_image;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -212,6 +213,32 @@ enum Command {
 enum SandboxCmd {
     /// Which backends work on this machine, and why the others do not.
     Doctor,
+    /// Images for the container and microVM backends, built from the package registries.
+    Image {
+        #[command(subcommand)]
+        action: ImageCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCmd {
+    /// Build (or bring up to date) the image a backend runs.
+    Build {
+        /// The backend whose image to build.
+        #[arg(long, value_enum)]
+        backend: ImageBackend,
+        #[command(flatten)]
+        vm: vm_image::VmImageArgs,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ImageBackend {
+    /// The microVM image (kernel, initramfs, root disk with the guest agent), shared by
+    /// the `qemu` and `firecracker` backends.
+    Qemu,
+    /// The same microVM image: the firecracker backend boots it too.
+    Firecracker,
 }
 
 fn main() -> ExitCode {
@@ -293,10 +320,15 @@ fn main() -> ExitCode {
         ),
         Command::Sandbox {
             action: SandboxCmd::Doctor,
-        } => {
-            print!("{}", safe_coder_sandbox::select::doctor_report());
-            Ok(())
-        }
+        } => setup::doctor_report().map(|report| print!("{report}")),
+        Command::Sandbox {
+            action:
+                SandboxCmd::Image {
+                    action: ImageCmd::Build { backend, vm },
+                },
+        } => match backend {
+            ImageBackend::Qemu | ImageBackend::Firecracker => vm_image::build(vm),
+        },
         Command::Sessions { action } => {
             sessions::run(action.unwrap_or(sessions::SessionsCmd::List {
                 json: false,

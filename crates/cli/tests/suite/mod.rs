@@ -7,3 +7,5 @@ mod interactive;
 mod run;
 mod run_agents;
 mod tui;
+mod vm;
+mod vm_image;

@@ -61,7 +61,7 @@ pub(crate) fn spawn(
         }
     }
     let terminal = interactive::open_terminal(request.terminal)?;
-    let setup = confiner.limits.child_setup();
+    let setup = confiner.child_setup();
     let (mut cmd, session) = match &confiner.confinement {
         Confinement::Bwrap(info) => {
             let mut extra: Vec<OsString> = Vec::new();
@@ -118,6 +118,7 @@ pub(crate) fn spawn(
             let mut cmd = inprocess::command(
                 support,
                 workdir,
+                confiner.writable_files(workdir),
                 tmp.path(),
                 &read_only,
                 &format!("exec {}", shell_line(&request.argv)),
