@@ -394,7 +394,15 @@ impl Runner {
         let (tx, mut input) = mpsc::unbounded_channel();
         self.terminal.set(Some(tx));
         let message = format!("Agent executed: run {command}");
-        let mut watcher = Watcher::new(self.session.workspace.work_tree().to_path_buf());
+        // Where this process reaches the files (an overlay workspace's merged tree is
+        // not at the work-tree path on the host).
+        let root = self
+            .session
+            .sandbox
+            .host_workdir()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.session.workspace.work_tree().to_path_buf());
+        let mut watcher = Watcher::new(root);
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = vec![0u8; 64 * 1024];

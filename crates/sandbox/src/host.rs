@@ -476,6 +476,17 @@ impl HostSandbox {
         Some(&self.workdir)
     }
 
+    /// Where commands run: the work tree as the agent sees it (with an overlay
+    /// workspace, its merged path inside the overlay's namespace).
+    pub(crate) fn exec_dir(&self) -> &Path {
+        &self.exec_dir
+    }
+
+    /// The overlay workspace commands join, if the work tree is one.
+    pub(crate) fn overlay(&self) -> Option<&Arc<crate::overlay::OverlayMount>> {
+        self.overlay.as_ref()
+    }
+
     /// The extra variable names commands get (for interactive commands).
     pub(crate) fn env_passthrough(&self) -> &[String] {
         &self.env_passthrough

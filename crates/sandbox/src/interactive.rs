@@ -378,12 +378,19 @@ pub(crate) fn spawn_unconfined(
             host.backend().as_str()
         )));
     }
-    let workdir = host
-        .host_workdir()
-        .ok_or_else(|| SandboxError::Other("the sandbox has no work tree".into()))?;
     let terminal = open_terminal(request.terminal)?;
     let mut cmd = std::process::Command::new(program);
-    cmd.args(&request.argv[1..]).current_dir(workdir);
+    cmd.args(&request.argv[1..]);
+    match host.overlay() {
+        // The overlay workspace's namespace, entered first, as every command does.
+        Some(mount) => {
+            cmd.current_dir("/");
+            mount.enter(&mut cmd);
+        }
+        None => {
+            cmd.current_dir(host.exec_dir());
+        }
+    }
     prepare(
         &mut cmd,
         &terminal,

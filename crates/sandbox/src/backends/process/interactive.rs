@@ -49,9 +49,9 @@ pub(crate) fn spawn(
     if request.argv.is_empty() {
         return Err(SandboxError::Other("no command to run was given".into()));
     }
-    let workdir = host
-        .host_workdir()
-        .ok_or_else(|| SandboxError::Other("the sandbox has no work tree".into()))?;
+    // Where commands run (with an overlay workspace, the merged tree's path in its
+    // namespace, which the confiner's child setup joins).
+    let workdir = host.exec_dir();
     for m in &request.mounts {
         if !m.host.exists() {
             return Err(SandboxError::NotFound(format!(
