@@ -476,6 +476,13 @@ impl HostSandbox {
         Some(&self.workdir)
     }
 
+    /// Where commands run: the work tree as a confined child sees it (inside an overlay
+    /// workspace's namespace, its merged path; not the `/proc/self/fd/N` path this
+    /// process uses for files).
+    pub(crate) fn exec_dir(&self) -> &Path {
+        &self.exec_dir
+    }
+
     /// The extra variable names commands get (for interactive commands).
     pub(crate) fn env_passthrough(&self) -> &[String] {
         &self.env_passthrough

@@ -49,9 +49,7 @@ pub(crate) fn spawn(
     if request.argv.is_empty() {
         return Err(SandboxError::Other("no command to run was given".into()));
     }
-    let workdir = host
-        .host_workdir()
-        .ok_or_else(|| SandboxError::Other("the sandbox has no work tree".into()))?;
+    let workdir = host.exec_dir();
     for m in &request.mounts {
         if !m.host.exists() {
             return Err(SandboxError::NotFound(format!(
