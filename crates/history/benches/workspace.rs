@@ -59,7 +59,11 @@ fn project(trees: &Path, name: &str, files: usize, total: usize) -> PathBuf {
         return root;
     }
     let _ = fs::remove_dir_all(&root);
-    eprintln!("making {} ({files} files, {} MB) once...", root.display(), total >> 20);
+    eprintln!(
+        "making {} ({files} files, {} MB) once...",
+        root.display(),
+        total >> 20
+    );
     let mut rng = Rng(files as u64);
     let avg = total / files;
     for i in 0..files {
@@ -163,8 +167,8 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
         let s = tmp.join(format!("ov{run}"));
         settle();
         let t = Instant::now();
-        let repo = SessionRepo::create_overlay(&layers(project, &s), &s.join("history.git"), &[])
-            .unwrap();
+        let repo =
+            SessionRepo::create_overlay(&layers(project, &s), &s.join("history.git"), &[]).unwrap();
         overlay.push(t.elapsed());
         if run == 0 {
             let st = repo.start_stats().unwrap();
@@ -202,10 +206,16 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
             remove(&s);
         }
     }
-    println!("{label}: `cp -a` of the project (with its .git): {}", stats(cp));
+    println!(
+        "{label}: `cp -a` of the project (with its .git): {}",
+        stats(cp)
+    );
     println!("{label}: overlay workspace start: {}", stats(overlay));
     println!("{label}: overlay session dir right after start: {overlay_disk} KiB");
-    println!("{label}: direct start (shadow, snapshot in place): {}", stats(direct));
+    println!(
+        "{label}: direct start (shadow, snapshot in place): {}",
+        stats(direct)
+    );
     if !copy.is_empty() {
         println!("{label}: copy workspace start (fallback): {}", stats(copy));
     }
@@ -250,11 +260,15 @@ fn bench_sync(project: &Path, tmp: &Path) {
     let mut times = Vec::new();
     for run in 0..5 {
         let s = tmp.join(format!("sync{run}"));
-        let repo = SessionRepo::create_overlay(&layers(project, &s), &s.join("history.git"), &[])
-            .unwrap();
+        let repo =
+            SessionRepo::create_overlay(&layers(project, &s), &s.join("history.git"), &[]).unwrap();
         for i in 0..100 {
             let rel = file_rel(100 + i * 47);
-            fs::write(repo.files().join(&rel), format!("agent version {run} {i}\n")).unwrap();
+            fs::write(
+                repo.files().join(&rel),
+                format!("agent version {run} {i}\n"),
+            )
+            .unwrap();
         }
         repo.commit_changes("Agent executed: bash", None).unwrap();
         let t = Instant::now();
@@ -277,7 +291,10 @@ fn bench_sync(project: &Path, tmp: &Path) {
             .current_dir(project)
             .status();
     }
-    println!("5k: sync back of 100 changed files (overlay): {}", stats(times));
+    println!(
+        "5k: sync back of 100 changed files (overlay): {}",
+        stats(times)
+    );
 }
 
 fn main() {
