@@ -2,7 +2,6 @@
 //! out, against the in-repo mock model server, real git and real files.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use safe_coder_core::{start, Conversation, Settings, Start};

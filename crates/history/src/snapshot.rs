@@ -675,7 +675,7 @@ fn copy_file(
     let mut total = 0u64;
     // A reflinked file whose id is known needs no read at all.
     let skip_read = !hash && cloned && pack.is_none();
-    while !skip_read {
+    while !skip_read && total <= len {
         let n = match input.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
