@@ -479,7 +479,9 @@ impl SessionRepo {
     }
 
     fn commit_fields(&self, id: &str) -> Result<CommitFields, HistoryError> {
-        if let Some((kind, data)) = objects::read_loose(&self.git_dir, id)? {
+        // Loose or in the session's own packs (the first commit is packed): reading it
+        // here saves a git process on every upper-layer commit.
+        if let Some((kind, data)) = objects::read_object(&self.git_dir, id)? {
             if kind == "commit" {
                 return Ok(objects::parse_commit(&data));
             }
