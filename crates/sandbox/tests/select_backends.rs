@@ -65,12 +65,18 @@ fn doctor_prints_every_backend_and_the_auto_choice() {
     let report = doctor_report();
     print!("{report}");
     let lines: Vec<&str> = report.lines().collect();
-    assert_eq!(lines.len(), AUTO_ORDER.len() + 1, "{report}");
+    assert_eq!(lines.len(), AUTO_ORDER.len() + 2, "{report}");
     for (line, kind) in lines.iter().zip(AUTO_ORDER) {
         assert!(line.starts_with('✓') || line.starts_with('✗'), "{line}");
         assert!(line.contains(kind.as_str()), "{line}");
     }
     assert!(lines[AUTO_ORDER.len()].starts_with("auto → "), "{report}");
+    // Which workspace copy and process sessions get: the overlay, or why a copy.
+    let workspace = lines[AUTO_ORDER.len() + 1];
+    assert!(
+        workspace.starts_with("workspace: overlay (") || workspace.starts_with("workspace: copy"),
+        "{report}"
+    );
 }
 
 #[test]

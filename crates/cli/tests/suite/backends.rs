@@ -91,6 +91,24 @@ pub(crate) fn keep_then_sync(backend: &str) {
     assert_ok(&out);
     let err = stderr(&out);
     assert!(err.contains("Changed 4 file(s):"), "{err}");
+    // The start line says which workspace the session got, and it is the one on disk:
+    // an overlay keeps the agent's writes in `upper/`, a copy in `work/`.
+    let ids = session_ids(&world);
+    let dir = world.data_dir().join("sessions").join(&ids[0]);
+    let start = err
+        .lines()
+        .find(|l| l.starts_with("Session "))
+        .unwrap_or("");
+    if err.contains(", overlay workspace") {
+        assert!(dir.join("upper/edit.txt").is_file(), "{start}");
+        assert!(!dir.join("work/edit.txt").exists(), "{start}");
+    } else {
+        assert!(start.contains(", copy workspace"), "{start}");
+        assert!(dir.join("work/edit.txt").is_file(), "{start}");
+    }
+    if std::env::var("SAFE_CODER_WORKSPACE").is_ok_and(|v| v == "copy") {
+        assert!(start.contains(", copy workspace"), "{start}");
+    }
     for f in [
         "new/dir/new.txt (added)",
         "edit.txt (modified)",
