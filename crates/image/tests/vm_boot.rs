@@ -352,6 +352,29 @@ async fn the_image_boots_in_qemu_and_its_agent_answers_over_vsock_and_serial() -
     );
     assert_eq!(usage.cpus, 2);
 
+    // A memory hog is killed by the guest's OOM killer, never the agent (its
+    // oom_score_adj is -1000, the commands' 0).
+    let mut hog = ExecRequest::shell(
+        "python3 -c \"l = []\nwhile True: l.append(bytearray(32 << 20))\"",
+        env(),
+    );
+    hog.timeout_ms = Some(120_000);
+    let t = Instant::now();
+    let (_, _, exit) = client.exec(hog).await?.collect().await?;
+    eprintln!(
+        "RESULT memory_hog_s={:.1} exit={exit:?}",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(!exit.timed_out, "{exit:?}");
+    assert!(
+        exit.signal == Some(9) || exit.code.is_some_and(|c| c != 0),
+        "{exit:?}"
+    );
+    client
+        .ping()
+        .await
+        .context("the agent survived the memory hog")?;
+
     // The same agent on the virtio-serial port (QEMU's snapshot transport).
     let s = tokio::net::UnixStream::connect(&serial)
         .await
