@@ -224,10 +224,7 @@ fn main() -> ExitCode {
         ),
         Command::Sandbox {
             action: SandboxCmd::Doctor,
-        } => {
-            print!("{}", safe_coder_sandbox::select::doctor_report());
-            Ok(())
-        }
+        } => setup::doctor_report().map(|report| print!("{report}")),
         Command::Sandbox {
             action:
                 SandboxCmd::Image {

@@ -602,7 +602,18 @@ impl Runner {
             self.review(true).await;
             self.session.dir.exists() && self.session.workspace.syncs_back()
         };
-        let _ = self.session.sandbox.stop().await;
+        let lines = self.session.sandbox.stop_lines();
+        if let Some((before, _)) = &lines {
+            self.events.notice(before.clone());
+        }
+        let stopped = self.session.sandbox.stop().await;
+        match (&lines, stopped) {
+            (Some((_, after)), Ok(())) => self.events.notice(after.clone()),
+            (_, Err(e)) => self
+                .events
+                .error(format!("stopping the sandbox failed: {e}")),
+            _ => {}
+        }
         self.recorder.flush().await;
         self.events.emit(Event::SessionEnded {
             session_id: self.session.id.clone(),

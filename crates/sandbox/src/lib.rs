@@ -21,18 +21,22 @@ pub use tokio_util::sync::CancellationToken;
 mod backends;
 pub mod env;
 mod host;
+pub mod overlay;
 pub mod paths;
 pub mod select;
 mod spec;
 pub mod text;
 pub mod which;
 
-pub use backends::process;
+pub use backends::{docker, process, vm};
 pub use host::CommandConfiner;
 pub use paths::{normalize_in_root, resolve_in_root, PathError};
 pub use process::ProcessConfiner;
-pub use select::{choose, doctor_report, probe, probe_all, BackendProbe};
-pub use spec::{Limits, Mechanism, SandboxSpec};
+pub use select::{
+    choose, choose_with, doctor_report, doctor_report_with, probe, probe_all, BackendProbe,
+    BackendSettings,
+};
+pub use spec::{Accel, DockerSpec, Limits, Mechanism, SandboxSpec, VmSpec, DEFAULT_DOCKER_IMAGE};
 pub use text::{decode_text, NotText};
 pub use which::find_executable;
 
@@ -204,6 +208,18 @@ pub trait Sandbox: Send + Sync {
 
     /// Stop whatever runs in the sandbox (VM, container). Files stay for sync.
     async fn stop(&self) -> Result<(), SandboxError>;
+
+    /// The two lines shown around [`Sandbox::stop`] at the end of a session (before,
+    /// after), for backends whose stop is worth telling (a VM); `None` shows nothing.
+    fn stop_lines(&self) -> Option<(String, String)> {
+        None
+    }
+
+    /// What the backend note of the session adds about this sandbox (e.g. a VM's id and
+    /// whether it was booted or restored).
+    fn backend_detail(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A shared sandbox is a sandbox: `&Arc<dyn Sandbox>` goes wherever `&dyn Sandbox` or a
@@ -256,5 +272,13 @@ impl<S: Sandbox + ?Sized> Sandbox for std::sync::Arc<S> {
 
     async fn stop(&self) -> Result<(), SandboxError> {
         (**self).stop().await
+    }
+
+    fn stop_lines(&self) -> Option<(String, String)> {
+        (**self).stop_lines()
+    }
+
+    fn backend_detail(&self) -> Option<String> {
+        (**self).backend_detail()
     }
 }

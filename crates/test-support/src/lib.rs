@@ -26,6 +26,7 @@
 //! When the script is exhausted the server answers HTTP 500 with an API-shaped error
 //! whose message says so, so a test that asks for more than it scripted fails clearly.
 
+pub mod firecracker;
 mod http;
 mod wire;
 

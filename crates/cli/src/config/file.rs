@@ -11,6 +11,7 @@ use safe_coder_protocol::ApprovalMode;
 use safe_coder_tui::Theme;
 use serde::{Deserialize, Deserializer};
 
+use super::vm::VmSection;
 use super::{BackendChoice, Defaults};
 
 /// The largest project config file that is read; a larger one is refused with a warning.
@@ -139,19 +140,6 @@ pub struct UiSection {
     pub theme: Option<Theme>,
 }
 
-/// `[vm]`: for the microVM backends.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct VmSection {
-    pub firecracker_bin: Option<PathBuf>,
-    pub kernel_image: Option<PathBuf>,
-    pub rootfs_image: Option<PathBuf>,
-    #[serde(deserialize_with = "positive_u32")]
-    pub vcpu_count: Option<u32>,
-    #[serde(deserialize_with = "positive_u64")]
-    pub mem_size_mib: Option<u64>,
-}
-
 /// `[docker]`: for the container backend.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default)]
@@ -228,11 +216,11 @@ fn whole<'de, D: Deserializer<'de>>(d: D, max: u64) -> Result<u64, D::Error> {
     }
 }
 
-fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(super) fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     whole(d, i64::MAX as u64).map(Some)
 }
 
-fn positive_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+pub(super) fn positive_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     whole(d, u64::from(u32::MAX)).map(|n| Some(n as u32))
 }
 

@@ -74,7 +74,7 @@ fn session_ids(world: &World) -> Vec<String> {
         .collect()
 }
 
-fn keep_then_sync(backend: &str) {
+pub(crate) fn keep_then_sync(backend: &str) {
     let world = World::new();
     seed(&world);
     let server = MockServer::start(Wire::Anthropic, changes_script()).expect("server");
@@ -124,7 +124,7 @@ fn keep_then_sync(backend: &str) {
     assert!(session_ids(&world).is_empty(), "nothing unsynced remains");
 }
 
-fn accept_reject_conflict(backend: &str) {
+pub(crate) fn accept_reject_conflict(backend: &str) {
     // accept
     let world = World::new();
     seed(&world);
@@ -212,7 +212,7 @@ fn accept_reject_conflict(backend: &str) {
     assert!(stdout(&out).contains("+TWO"), "{}", stdout(&out));
 }
 
-fn sigkill_then_recover(backend: &str) {
+pub(crate) fn sigkill_then_recover(backend: &str) {
     let world = World::new();
     seed(&world);
     let script = Script::new(vec![
@@ -246,7 +246,10 @@ fn sigkill_then_recover(backend: &str) {
             .ok()
             .and_then(|mut rd| rd.next())
             .and_then(|e| e.ok())
-            .map(|e| e.path().join("work/more.txt").exists())
+            // In the upper layer of an overlay workspace, or in the copy.
+            .map(|e| {
+                e.path().join("upper/more.txt").exists() || e.path().join("work/more.txt").exists()
+            })
             .unwrap_or(false);
         if found {
             break;

@@ -5,4 +5,5 @@ mod first_hour;
 mod history_hardening;
 mod interactive;
 mod tui;
+mod vm;
 mod vm_image;
