@@ -629,3 +629,18 @@ async fn shutdown_answers_then_kills_commands_and_ends_the_agent() {
         Err(ClientError::Closed | ClientError::Frame(_))
     ));
 }
+
+#[tokio::test]
+async fn an_agent_that_is_not_the_vms_init_leaves_the_clock_alone() {
+    let agent = Agent::start();
+    let c = agent.client().await;
+    match c.set_clock(0).await {
+        Err(ClientError::Agent(e)) => assert_eq!(e.kind, ErrorKind::InvalidRequest, "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(now > 1_600_000_000, "the host clock was not set to 1970");
+}

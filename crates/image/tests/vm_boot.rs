@@ -303,10 +303,23 @@ async fn the_image_boots_in_qemu_and_its_agent_answers_over_vsock_and_serial() -
     .await?;
     assert_eq!(lo.trim(), "ok");
 
-    // The clock came from the kernel command line, not 1970.
+    // The clock came from the kernel command line, not 1970; `set_clock` moves it
+    // (what the host does after restoring a snapshot).
     let (date, _) = run(&client, "date +%s").await?;
     let guest_now: u64 = date.trim().parse()?;
     assert!(guest_now >= now, "guest clock {guest_now} is behind {now}");
+    let later = (now + 86_400 * 365) * 1000;
+    client.set_clock(later).await?;
+    let (date, _) = run(&client, "date +%s").await?;
+    let guest_now: u64 = date.trim().parse()?;
+    assert!(
+        guest_now >= later / 1000 && guest_now < later / 1000 + 600,
+        "guest clock {guest_now} after set_clock({later})"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    client.set_clock(now_ms).await?;
 
     // Files and changed files, in /workspace; the root is writable (RAM overlay over
     // the read-only disk).
