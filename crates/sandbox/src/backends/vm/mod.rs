@@ -50,6 +50,9 @@ pub use limits::vm_limits;
 /// took up to 20 s; past this the session fails with what the guest printed last.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The longest the first upload of the project may take.
+const FIRST_PUSH_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// How often a running command's changes are brought to the host tree.
 const LIVE_PULL: Duration = Duration::from_secs(1);
 
@@ -149,10 +152,13 @@ fn new_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!(
-        "{:08x}",
-        (t as u64 ^ u64::from(std::process::id()) << 32) as u32
-    )
+    // Nanoseconds, the pid and a per-process counter folded into 32 bits: unique among
+    // the VMs of one machine in practice (the runtime directory's creation would fail
+    // on a clash rather than share it).
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mixed = (t as u64) ^ u64::from(std::process::id()).rotate_left(20) ^ u64::from(n) << 40;
+    format!("{:08x}", (mixed ^ (mixed >> 32)) as u32)
 }
 
 /// Runs `f` on a fresh current-thread runtime in a thread of its own, so that `open`
@@ -277,7 +283,16 @@ impl VmSandbox {
                     AgentClient::from_fd(&conn).map_err(|e| SandboxError::Other(e.to_string()))?,
                 );
                 let mut sync = WorkspaceSync::new(root);
-                sync.push(&client).await?;
+                // A VM that dies closes the connection (the push fails at once); one
+                // that hangs (a failed KVM pauses it) is given up on after this.
+                tokio::time::timeout(FIRST_PUSH_TIMEOUT, sync.push(&client))
+                    .await
+                    .map_err(|_| {
+                        SandboxError::Other(format!(
+                            "the guest did not take the project within {} s",
+                            FIRST_PUSH_TIMEOUT.as_secs()
+                        ))
+                    })??;
                 Ok::<_, SandboxError>(sync)
             })
         });
