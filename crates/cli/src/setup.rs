@@ -77,8 +77,11 @@ pub fn doctor_report() -> Result<String> {
         .and_then(|d| d.canonicalize())
         .unwrap_or_else(|_| dirs.config_dir.clone());
     let resolved = config::resolve(&dirs, &project, &Overrides::default())?;
-    let vm = resolved.vm.spec(&dirs.data_dir);
-    Ok(safe_coder_sandbox::select::doctor_report_with(&vm))
+    let settings = safe_coder_sandbox::BackendSettings {
+        vm: resolved.vm.spec(&dirs.data_dir),
+        ..Default::default()
+    };
+    Ok(safe_coder_sandbox::select::doctor_report_with(&settings))
 }
 
 /// The provider settings the model client is made from.

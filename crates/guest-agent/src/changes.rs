@@ -103,7 +103,8 @@ fn walk(root: &Path) -> io::Result<Snapshot> {
                 format!("{prefix}/{name}")
             };
             let path = entry.path();
-            let Ok(md) = fs::symlink_metadata(&path) else {
+            // fstatat on the open directory: no path lookup from the root per file.
+            let Ok(md) = entry.metadata() else {
                 continue;
             };
             let kind = kind_of(md.file_type());

@@ -328,6 +328,23 @@ async fn the_image_boots_in_qemu_and_its_agent_answers_over_vsock_and_serial() -
     assert!(changes[1].stat.as_ref().is_some_and(|s| s.is_executable()));
     assert_eq!(client.read_file("out.txt").await?.0, b"built\n");
 
+    // The cost of change tracking in the guest (a walk with lstat), for the docs.
+    let (_, code) = run(
+        &client,
+        "python3 -c \"import os\nfor i in range(2000):\n d='/workspace/big/d%d' % (i % 40); os.makedirs(d, exist_ok=True); open('%s/f%d' % (d, i), 'w').write('x')\"",
+    )
+    .await?;
+    assert_eq!(code, Some(0));
+    let t = Instant::now();
+    let big = client.set_mark().await?;
+    let mark_ms = t.elapsed().as_secs_f64() * 1000.0;
+    run(&client, "echo y > /workspace/big/d1/f1").await?;
+    let t = Instant::now();
+    let (changes, _) = client.changes_since(big, false).await?;
+    let diff_ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    eprintln!("RESULT changes_2000_files_ms set_mark={mark_ms:.0} changes_since={diff_ms:.0}");
+
     let usage = client.usage().await?;
     assert!(
         usage.memory_total_bytes > 256 << 20 && usage.memory_total_bytes <= mem << 20,

@@ -21,19 +21,22 @@ pub use tokio_util::sync::CancellationToken;
 mod backends;
 pub mod env;
 mod host;
+pub mod overlay;
 pub mod paths;
 pub mod select;
 mod spec;
 pub mod text;
 pub mod which;
 
-pub use backends::process;
-pub use backends::vm;
+pub use backends::{docker, process, vm};
 pub use host::CommandConfiner;
 pub use paths::{normalize_in_root, resolve_in_root, PathError};
 pub use process::ProcessConfiner;
-pub use select::{choose, doctor_report, probe, probe_all, BackendProbe};
-pub use spec::{Accel, Limits, Mechanism, SandboxSpec, VmSpec};
+pub use select::{
+    choose, choose_with, doctor_report, doctor_report_with, probe, probe_all, BackendProbe,
+    BackendSettings,
+};
+pub use spec::{Accel, DockerSpec, Limits, Mechanism, SandboxSpec, VmSpec, DEFAULT_DOCKER_IMAGE};
 pub use text::{decode_text, NotText};
 pub use which::find_executable;
 

@@ -61,9 +61,57 @@ pub struct SandboxSpec {
     /// `process`: insist on one mechanism instead of the best that works here (tests
     /// and benchmarks compare both).
     pub mechanism: Option<Mechanism>,
+    /// A mounted overlay workspace (`crate::overlay`): the work tree is its merged tree
+    /// and `workdir` is not used. `copy` and `process` honour it; a container or VM
+    /// backend can take the layers from [`crate::overlay::OverlayMount::layers`].
+    pub overlay: Option<std::sync::Arc<crate::overlay::OverlayMount>>,
     /// `firecracker` and `qemu`: the guest image, the VM's size and the VMM binaries
     /// (`[vm]` in the config).
     pub vm: VmSpec,
+    /// `docker`: the engine, runtime, image and network, and the session the container
+    /// belongs to (`[docker]`; see docs/docker.md).
+    pub docker: DockerSpec,
+}
+
+/// The image `[docker] image` defaults to: what `safe-coder sandbox image build` builds.
+pub const DEFAULT_DOCKER_IMAGE: &str = "safe-coder-sandbox:bookworm";
+
+/// What the `docker` backend needs beyond [`SandboxSpec`]'s common fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerSpec {
+    /// The engine's socket (`unix:///path` or a path); `None` finds it: `DOCKER_HOST`,
+    /// `/var/run/docker.sock`, then Podman's sockets.
+    pub host: Option<String>,
+    /// The OCI runtime (`runc`, `runsc`, `crun`...); `None` is `auto`: gVisor (`runsc`)
+    /// where the engine offers it, else the engine's default.
+    pub runtime: Option<String>,
+    /// The image the container runs (built locally by `safe-coder sandbox image build`).
+    pub image: String,
+    /// The container's network mode: `none` unless the user allows more.
+    pub network: String,
+    /// Pull a missing image from a registry (off: nothing assumes a registry).
+    pub auto_pull: bool,
+    /// The session the container belongs to: its name and label. `None` (tests,
+    /// benchmarks) gets a random name and the container is removed when the sandbox
+    /// stops.
+    pub session_id: Option<String>,
+    /// The session's directory: while it exists a stopped container is kept for
+    /// resume; once it is gone the container is removed.
+    pub session_dir: Option<PathBuf>,
+}
+
+impl Default for DockerSpec {
+    fn default() -> Self {
+        DockerSpec {
+            host: None,
+            runtime: None,
+            image: DEFAULT_DOCKER_IMAGE.to_string(),
+            network: "none".to_string(),
+            auto_pull: false,
+            session_id: None,
+            session_dir: None,
+        }
+    }
 }
 
 impl SandboxSpec {
@@ -76,7 +124,9 @@ impl SandboxSpec {
             env_passthrough: Vec::new(),
             home_toolchains: true,
             mechanism: None,
+            overlay: None,
             vm: VmSpec::default(),
+            docker: DockerSpec::default(),
         }
     }
 }

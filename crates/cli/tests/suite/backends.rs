@@ -246,7 +246,10 @@ pub(crate) fn sigkill_then_recover(backend: &str) {
             .ok()
             .and_then(|mut rd| rd.next())
             .and_then(|e| e.ok())
-            .map(|e| e.path().join("work/more.txt").exists())
+            // In the upper layer of an overlay workspace, or in the copy.
+            .map(|e| {
+                e.path().join("upper/more.txt").exists() || e.path().join("work/more.txt").exists()
+            })
             .unwrap_or(false);
         if found {
             break;

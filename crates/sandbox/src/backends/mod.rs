@@ -2,19 +2,16 @@
 //! `status.rs`), and the two dispatchers over them: [`open`] (behind
 //! [`crate::open`]) and [`probe`] (behind `select`).
 //!
-//! `docker` is accepted by the settings but not built yet: its probe says so (with the
-//! facts of this machine that it will need), and opening it is
-//! [`SandboxError::Unavailable`] with that sentence. `firecracker` and `qemu` share the
-//! `vm` module: everything but the VMM.
+//! `firecracker` and `qemu` share the `vm` module: everything but the VMM.
 
 use std::sync::Arc;
 
-use crate::select::BackendProbe;
-use crate::{BackendKind, Sandbox, SandboxError, SandboxSpec, VmSpec};
+use crate::select::{BackendProbe, BackendSettings};
+use crate::{BackendKind, Sandbox, SandboxError, SandboxSpec};
 
 mod copy;
 mod direct;
-mod not_built;
+pub mod docker;
 pub mod process;
 pub mod vm;
 
@@ -24,17 +21,17 @@ pub(crate) fn open(kind: BackendKind, spec: SandboxSpec) -> Result<Arc<dyn Sandb
         BackendKind::Copy => copy::open(spec),
         BackendKind::Process => process::open(spec),
         BackendKind::Firecracker | BackendKind::Qemu => vm::open(kind, spec),
-        BackendKind::Docker => Err(SandboxError::Unavailable(not_built::probe(kind).reason)),
+        BackendKind::Docker => docker::open(spec),
     }
 }
 
-pub(crate) fn probe(kind: BackendKind, vm: &VmSpec) -> BackendProbe {
+pub(crate) fn probe(kind: BackendKind, settings: &BackendSettings) -> BackendProbe {
     match kind {
         BackendKind::Direct => direct::probe(),
         BackendKind::Copy => copy::probe(),
         BackendKind::Process => process::probe::probe(),
-        BackendKind::Firecracker => vm::probe::probe_firecracker(vm),
-        BackendKind::Qemu => vm::probe::probe_qemu(vm),
-        BackendKind::Docker => not_built::probe(kind),
+        BackendKind::Firecracker => vm::probe::probe_firecracker(&settings.vm),
+        BackendKind::Qemu => vm::probe::probe_qemu(&settings.vm),
+        BackendKind::Docker => docker::probe::probe(&settings.docker),
     }
 }

@@ -26,7 +26,13 @@ pub(crate) struct CopySandbox {
 }
 
 pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> {
-    let host = HostSandbox::new(BackendKind::Copy, spec.workdir, None, spec.env_passthrough)?;
+    let host = HostSandbox::new(
+        BackendKind::Copy,
+        spec.workdir,
+        None,
+        spec.env_passthrough,
+        spec.overlay,
+    )?;
     Ok(Arc::new(CopySandbox { host }))
 }
 

@@ -31,6 +31,8 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
         spec.workdir,
         None,
         spec.env_passthrough,
+        // `direct` works in the project itself: never an overlay.
+        None,
     )?;
     Ok(Arc::new(DirectSandbox { host }))
 }

@@ -4,11 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use super::limits::{LimitEnforcement, SandboxLimits};
 use super::toolchains::{self, Toolchains};
 use super::{bwrap, inprocess};
 use crate::host::CommandConfiner;
+use crate::overlay::OverlayMount;
 use crate::{Limits, Mechanism, SandboxError};
 
 #[derive(Debug)]
@@ -28,6 +30,8 @@ pub struct ProcessConfiner {
     confinement: Confinement,
     limits: SandboxLimits,
     toolchains: Toolchains,
+    /// The overlay workspace every command joins first (`crate::overlay`).
+    overlay: Option<Arc<OverlayMount>>,
 }
 
 impl ProcessConfiner {
@@ -69,6 +73,7 @@ impl ProcessConfiner {
             confinement,
             limits: SandboxLimits::create(limits),
             toolchains: Toolchains::default(),
+            overlay: None,
         })
     }
 
@@ -76,6 +81,14 @@ impl ProcessConfiner {
     /// sets the variables that tell them where they live (see `toolchains.rs`).
     pub fn with_home_toolchains(mut self) -> Self {
         self.toolchains = toolchains::of_this_user();
+        self
+    }
+
+    /// Runs every command in this overlay workspace: the child joins its namespace
+    /// (after joining the cgroup, before bubblewrap or the in-process mechanism make
+    /// their own), so the merged tree is at the work-tree path they bind.
+    pub fn with_overlay(mut self, overlay: Option<Arc<OverlayMount>>) -> Self {
+        self.overlay = overlay;
         self
     }
 
@@ -132,7 +145,15 @@ impl ProcessConfiner {
                 workdir.display()
             )));
         }
-        let setup = self.limits.child_setup();
+        let mut setup = self.limits.child_setup();
+        if let Some(mount) = &self.overlay {
+            let mut enter = mount.enter_setup();
+            let mut limits = setup;
+            setup = Box::new(move || {
+                limits()?;
+                enter()
+            });
+        }
         let mut cmd = match &self.confinement {
             Confinement::Bwrap(info) => bwrap::command(
                 info,
@@ -148,6 +169,7 @@ impl ProcessConfiner {
             } => inprocess::command(
                 support,
                 workdir,
+                self.overlay.as_ref().map_or(workdir, |m| m.host_root()),
                 tmp.path(),
                 &self.toolchains.dirs,
                 command,

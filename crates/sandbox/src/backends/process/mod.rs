@@ -69,16 +69,18 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
         Some(m) => ProcessConfiner::with_mechanism(spec.limits, m)?,
         None => ProcessConfiner::new(spec.limits)?,
     };
-    let confiner = Arc::new(if spec.home_toolchains {
+    let confiner = if spec.home_toolchains {
         confiner.with_home_toolchains()
     } else {
         confiner
-    });
+    };
+    let confiner = Arc::new(confiner.with_overlay(spec.overlay.clone()));
     let host = HostSandbox::new(
         BackendKind::Process,
         spec.workdir,
         Some(confiner.clone()),
         spec.env_passthrough,
+        spec.overlay,
     )?;
     Ok(Arc::new(ProcessSandbox { host, confiner }))
 }

@@ -306,7 +306,7 @@ impl VmSandbox {
                 )));
             }
         };
-        let host = HostSandbox::new(kind, workdir, None, spec.env_passthrough.clone())?;
+        let host = HostSandbox::new(kind, workdir, None, spec.env_passthrough.clone(), None)?;
         Ok(VmSandbox {
             kind,
             id,

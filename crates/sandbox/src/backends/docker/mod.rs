@@ -1,0 +1,374 @@
+//! The `docker` backend: one container per session through the Docker Engine API
+//! (Docker, or Podman's compatible service), under runc or gVisor (`runsc`). See
+//! docs/docker.md.
+//!
+//! - The sandbox copy is bind-mounted at `/workspace`: the file tools act on it on the
+//!   host (through [`HostSandbox`], with the same symlink and special-file rules as every
+//!   host backend) and the agent sees it at `/workspace`; `bash` runs inside the
+//!   container through the exec API (`exec.rs`).
+//! - The container is created (or a kept one started) when the sandbox opens, and on
+//!   [`Sandbox::stop`] stopped while the session is kept (its directory exists) or removed
+//!   once the session is gone. Containers a killed Safe Coder left are removed when the
+//!   next sandbox opens (`container.rs`), and `sessions discard` removes its session's
+//!   ([`discard_session`]).
+//! - A dead engine mid-session is an error of the command that met it; the session's
+//!   files live on the host and stay.
+//!
+//! Files: `mod.rs` (this), `probe.rs`, `limits.rs`, `status.rs` (as every backend), and
+//! `engine.rs` (socket, client, errors), `container.rs` (shape, labels, leftovers),
+//! `exec.rs` (commands), `image.rs` (presence, pull, import).
+
+mod container;
+mod engine;
+mod exec;
+mod image;
+mod limits;
+pub(crate) mod probe;
+mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bollard::Docker;
+
+pub use engine::DockerError;
+
+use crate::env::command_env;
+use crate::host::HostSandbox;
+use crate::{
+    BackendKind, CancellationToken, DirEntry, DockerSpec, ExecOutput, ExecRequest, FileStat,
+    Limits, Sandbox, SandboxError, SandboxSpec, SandboxStatus,
+};
+
+/// How long opening waits for the engine to answer its first request.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Variables whose values are host paths that mean nothing in the container.
+const HOST_PATHS: &[&str] = &[
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "SHELL",
+    "CARGO_HOME",
+    "RUSTUP_HOME",
+    "RUSTUP_TOOLCHAIN",
+    "PYENV_ROOT",
+    "PYENV_VERSION",
+    "GOROOT",
+    "GOPATH",
+    "JAVA_HOME",
+    "NVM_DIR",
+];
+
+/// A `docker` sandbox: a session's container and the sandbox copy bind-mounted in it.
+pub(crate) struct DockerSandbox {
+    files: HostSandbox,
+    docker: Docker,
+    socket: PathBuf,
+    version: bollard::ClientVersion,
+    container: String,
+    runtime: String,
+    /// While this directory exists the session is kept, and `stop` keeps its container
+    /// (stopped) for resume.
+    keep_while: Option<PathBuf>,
+    limits: Limits,
+    env: Vec<String>,
+    started: Instant,
+    stopped: AtomicBool,
+    cpu: status::CpuSample,
+}
+
+impl std::fmt::Debug for DockerSandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerSandbox")
+            .field("container", &self.container)
+            .field("runtime", &self.runtime)
+            .field("socket", &self.socket)
+            .finish()
+    }
+}
+
+/// The environment of the agent's commands in the container: the allow-list of every
+/// backend, without the host's paths, with the container's own.
+fn container_env(passthrough: &[String]) -> Vec<String> {
+    let mut env: Vec<String> = command_env(passthrough)
+        .into_iter()
+        .filter(|(k, _)| !HOST_PATHS.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    env.push("HOME=/tmp".into());
+    env.push("TMPDIR=/tmp".into());
+    env.push("SHELL=/bin/bash".into());
+    env
+}
+
+fn random_id() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("tmp-{}-{:x}", std::process::id(), t & 0xffff_ffff)
+}
+
+pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> {
+    let files = HostSandbox::new(
+        BackendKind::Docker,
+        spec.workdir.clone(),
+        None,
+        spec.env_passthrough.clone(),
+        None,
+    )?;
+    let workdir = files
+        .host_workdir()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| spec.workdir.clone());
+    let d = spec.docker.clone();
+    let session = d.session_id.clone().unwrap_or_else(random_id);
+    let name = container::name_for(&session);
+    let limits = spec.limits;
+    let (info, runtime, id) = engine::block_on({
+        let d = d.clone();
+        let name = name.clone();
+        async move {
+            let socket = engine::find_socket(d.host.as_deref())?;
+            let (docker, info) = engine::connect(&socket, CONNECT_DEADLINE).await?;
+            let runtime = info.pick_runtime(d.runtime.as_deref())?;
+            image::ensure(&docker, &socket, &d.image, d.auto_pull).await?;
+            container::remove_leftovers(&docker).await;
+            let id = container::create_and_start(
+                &docker,
+                &info,
+                &container::Shape {
+                    name: &name,
+                    session: &session,
+                    session_dir: d.session_dir.as_deref(),
+                    image: &d.image,
+                    runtime: &runtime,
+                    network: &d.network,
+                    workdir: &workdir,
+                    limits,
+                },
+            )
+            .await?;
+            Ok::<_, DockerError>((info, runtime, id))
+        }
+    })??;
+    // A client of its own for the caller's runtime (see engine.rs).
+    let docker = engine::client(&info.socket, &info.version)?;
+    Ok(Arc::new(DockerSandbox {
+        files,
+        docker,
+        socket: info.socket.clone(),
+        version: info.version.clone(),
+        container: id,
+        runtime,
+        keep_while: d.session_dir.clone(),
+        limits,
+        env: container_env(&spec.env_passthrough),
+        started: Instant::now(),
+        stopped: AtomicBool::new(false),
+        cpu: status::CpuSample::default(),
+    }))
+}
+
+impl DockerSandbox {
+    /// Whether the session is kept, so its container is stopped rather than removed.
+    fn kept(&self) -> bool {
+        self.keep_while.as_deref().is_some_and(Path::exists)
+    }
+}
+
+#[async_trait]
+impl Sandbox for DockerSandbox {
+    fn backend(&self) -> BackendKind {
+        BackendKind::Docker
+    }
+
+    fn agent_root(&self) -> String {
+        container::WORKSPACE.to_string()
+    }
+
+    fn host_workdir(&self) -> Option<&Path> {
+        self.files.host_workdir()
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
+        self.files.read_file(path).await
+    }
+
+    async fn write_file(&self, path: &str, data: &[u8]) -> Result<(), SandboxError> {
+        self.files.write_file(path, data).await
+    }
+
+    async fn stat(&self, path: &str) -> Result<Option<FileStat>, SandboxError> {
+        self.files.stat(path).await
+    }
+
+    async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, SandboxError> {
+        self.files.list_dir(path).await
+    }
+
+    async fn exec(
+        &self,
+        request: ExecRequest,
+        cancel: CancellationToken,
+    ) -> Result<ExecOutput, SandboxError> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(SandboxError::Unavailable(
+                "the sandbox has been stopped and runs no more commands".into(),
+            ));
+        }
+        exec::run(
+            &self.docker,
+            &self.container,
+            self.env.clone(),
+            request,
+            cancel,
+        )
+        .await
+    }
+
+    async fn status(&self) -> SandboxStatus {
+        status::current(
+            &self.docker,
+            &self.container,
+            self.limits,
+            self.started.elapsed().as_secs(),
+            self.stopped.load(Ordering::SeqCst),
+            &self.cpu,
+        )
+        .await
+    }
+
+    async fn stop(&self) -> Result<(), SandboxError> {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        if self.kept() {
+            container::stop(&self.docker, &self.container).await?;
+        } else {
+            container::remove(&self.docker, &self.container).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DockerSandbox {
+    /// A sandbox dropped without `stop` (an error path, a test) does not leave its
+    /// container running.
+    fn drop(&mut self) {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let socket = self.socket.clone();
+        let version = self.version.clone();
+        let id = self.container.clone();
+        let kept = self.kept();
+        let _ = engine::block_on(async move {
+            if let Ok(docker) = engine::client(&socket, &version) {
+                let _ = if kept {
+                    container::stop(&docker, &id).await
+                } else {
+                    container::remove(&docker, &id).await
+                };
+            }
+        });
+    }
+}
+
+/// Removes the container of session `session_id` (`sessions discard`). `Ok(false)` when
+/// it had none; no engine at all is `Ok(false)` too (nothing can be left on it).
+pub fn discard_session(spec: &DockerSpec, session_id: &str) -> Result<bool, SandboxError> {
+    let host = spec.host.clone();
+    let session = session_id.to_string();
+    engine::block_on(async move {
+        let Ok(socket) = engine::find_socket(host.as_deref()) else {
+            return Ok(false);
+        };
+        let (docker, _) = match engine::connect(&socket, CONNECT_DEADLINE).await {
+            Ok(c) => c,
+            Err(_) => return Ok(false),
+        };
+        container::remove_session(&docker, &session).await
+    })?
+    .map_err(SandboxError::from)
+}
+
+/// Imports the root filesystem directory `rootfs` into the engine of `spec` as `image`
+/// (`safe-coder sandbox image build`). Returns the engine's description of the engine
+/// and the new image's id.
+pub fn import_rootfs(
+    spec: &DockerSpec,
+    rootfs: &Path,
+    image: &str,
+) -> Result<(String, String), SandboxError> {
+    let host = spec.host.clone();
+    let rootfs = rootfs.to_path_buf();
+    let image = image.to_string();
+    engine::block_on(async move {
+        let socket = engine::find_socket(host.as_deref())?;
+        let (docker, info) = engine::connect(&socket, CONNECT_DEADLINE).await?;
+        let id = image::import_rootfs(&docker, &rootfs, &image).await?;
+        Ok::<_, DockerError>((format!("{} at {}", info.product, info.socket.display()), id))
+    })?
+    .map_err(SandboxError::from)
+}
+
+/// Whether `image` is on the engine of `spec` (for `sandbox image build`: a warm run
+/// skips the import).
+pub fn image_present(spec: &DockerSpec, image: &str) -> Result<bool, SandboxError> {
+    let host = spec.host.clone();
+    let image = image.to_string();
+    engine::block_on(async move {
+        let socket = engine::find_socket(host.as_deref())?;
+        let (docker, _) = engine::connect(&socket, CONNECT_DEADLINE).await?;
+        image::present(&docker, &image).await
+    })?
+    .map_err(SandboxError::from)
+}
+
+/// The runtime a sandbox of `spec` would run under, and the engine's description; or
+/// why the backend cannot run (for tests and benchmarks that pick a runtime).
+pub fn runtime_for(spec: &DockerSpec) -> Result<(String, String), SandboxError> {
+    let owned = spec.clone();
+    engine::block_on(async move {
+        probe::check(&owned)
+            .await
+            .map(|(info, runtime)| (runtime, info.product))
+    })?
+    .map_err(SandboxError::from)
+}
+
+/// A container of Safe Coder on the engine: its session and whether it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionContainer {
+    pub session_id: String,
+    pub running: bool,
+}
+
+/// The containers of Safe Coder on the engine of `spec` (labelled with their session).
+pub fn session_containers(spec: &DockerSpec) -> Result<Vec<SessionContainer>, SandboxError> {
+    let host = spec.host.clone();
+    engine::block_on(async move {
+        let socket = engine::find_socket(host.as_deref())?;
+        let (docker, _) = engine::connect(&socket, CONNECT_DEADLINE).await?;
+        Ok::<_, DockerError>(
+            container::ours(&docker)
+                .await
+                .into_iter()
+                .map(|(_, labels, running)| SessionContainer {
+                    session_id: labels
+                        .get(container::LABEL_SESSION)
+                        .cloned()
+                        .unwrap_or_default(),
+                    running,
+                })
+                .collect(),
+        )
+    })?
+    .map_err(SandboxError::from)
+}
