@@ -315,6 +315,8 @@ pub struct Resolved {
     /// `[isolation] env_passthrough`: variables handed to the agent's commands besides
     /// the built-in allow-list.
     pub env_passthrough: Vec<String>,
+    /// `[network] allow`: hosts `safe-coder run` lets a command reach (docs/run.md).
+    pub network_allow: Vec<String>,
     pub vm: VmSection,
     pub docker: DockerSection,
     pub prices: BTreeMap<String, Price>,
@@ -502,6 +504,7 @@ pub fn resolve(dirs: &Dirs, project: &Path, flags: &Overrides) -> Result<Resolve
             &user.isolation.env_passthrough,
         )
         .unwrap_or_default(),
+        network_allow: files_only(&proj.network.allow, &user.network.allow).unwrap_or_default(),
         vm: merge_vm,
         docker: merge_docker,
         prices,

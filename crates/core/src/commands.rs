@@ -41,6 +41,8 @@ pub(crate) struct Runner {
     pub(crate) started: Instant,
     /// Whether the session has its title (its first prompt).
     pub(crate) titled: bool,
+    /// The input of the command `Op::Run` runs, if any (the dispatcher feeds it).
+    pub(crate) terminal: crate::run::TerminalSlot,
 }
 
 fn short(commit: &str) -> String {
@@ -80,8 +82,13 @@ impl Runner {
             Op::SetModel { model } => self.set_model(model),
             Op::SetApprovalMode { mode } => self.set_approval_mode(mode),
             Op::Review { .. } => self.events.error("no review is open"),
+            Op::Run { run } => self.run_command(run, cancel).await,
             // The dispatcher handles these at once.
-            Op::Interrupt | Op::Approval { .. } | Op::Complete { .. } => {}
+            Op::Interrupt
+            | Op::Approval { .. }
+            | Op::Complete { .. }
+            | Op::TerminalInput { .. }
+            | Op::TerminalResize { .. } => {}
         }
         false
     }

@@ -476,6 +476,11 @@ impl HostSandbox {
         Some(&self.workdir)
     }
 
+    /// The extra variable names commands get (for interactive commands).
+    pub(crate) fn env_passthrough(&self) -> &[String] {
+        &self.env_passthrough
+    }
+
     pub(crate) async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
         self.blocking(path, |p, rel| read_host_file(&p, &rel)).await
     }

@@ -21,6 +21,7 @@ pub use tokio_util::sync::CancellationToken;
 mod backends;
 pub mod env;
 mod host;
+pub mod interactive;
 pub mod overlay;
 pub mod paths;
 pub mod select;
@@ -30,6 +31,9 @@ pub mod which;
 
 pub use backends::{docker, process, vm};
 pub use host::CommandConfiner;
+pub use interactive::{
+    Bind, ChildControl, InteractiveChild, InteractiveRequest, Mount, RunExit, TermSize,
+};
 pub use paths::{normalize_in_root, resolve_in_root, PathError};
 pub use process::ProcessConfiner;
 pub use select::{
@@ -220,6 +224,22 @@ pub trait Sandbox: Send + Sync {
     fn backend_detail(&self) -> Option<String> {
         None
     }
+
+    /// Starts one long-running program in the sandbox's project root with a terminal of
+    /// its own (`safe-coder run`; the contract is in docs/run.md): the allow-listed
+    /// environment plus `env_extra`, no network but the sandbox's loopback, the
+    /// request's binds and mounts shown, nothing else of the home directory. A backend
+    /// that cannot do this keeps this default.
+    async fn spawn_interactive(
+        &self,
+        request: InteractiveRequest,
+    ) -> Result<InteractiveChild, SandboxError> {
+        let _ = request;
+        Err(SandboxError::Unavailable(format!(
+            "the {} backend does not support interactive commands (safe-coder run) yet; use --backend process",
+            self.backend().as_str()
+        )))
+    }
 }
 
 /// A shared sandbox is a sandbox: `&Arc<dyn Sandbox>` goes wherever `&dyn Sandbox` or a
@@ -280,5 +300,12 @@ impl<S: Sandbox + ?Sized> Sandbox for std::sync::Arc<S> {
 
     fn backend_detail(&self) -> Option<String> {
         (**self).backend_detail()
+    }
+
+    async fn spawn_interactive(
+        &self,
+        request: InteractiveRequest,
+    ) -> Result<InteractiveChild, SandboxError> {
+        (**self).spawn_interactive(request).await
     }
 }

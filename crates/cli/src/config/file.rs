@@ -153,6 +153,14 @@ pub struct DockerSection {
     pub runtime: Option<String>,
 }
 
+/// `[network]`: what `safe-coder run` lets a command reach (docs/run.md).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct NetworkSection {
+    /// Hosts (`HOST[:PORT]`, `*.DOMAIN`) reachable through Safe Coder's proxy.
+    pub allow: Option<Vec<String>>,
+}
+
 /// `[trust]` (user file only): projects whose own config may loosen settings.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
@@ -172,6 +180,7 @@ pub struct FileConfig {
     pub pricing: BTreeMap<String, Price>,
     pub vm: VmSection,
     pub docker: DockerSection,
+    pub network: NetworkSection,
     pub trust: Option<TrustSection>,
 }
 

@@ -186,6 +186,16 @@ pub fn restrict_project(
         }
         *names = keep;
     }
+    if let Some(hosts) = &mut proj.network.allow {
+        let allowed = user.network.allow.clone().unwrap_or_default();
+        let (keep, drop): (Vec<String>, Vec<String>) =
+            hosts.drain(..).partition(|h| allowed.contains(h));
+        if !drop.is_empty() {
+            let why = "a project may not open more of the network to the agent";
+            r.refuse("network.allow", format!("{drop:?}"), why);
+        }
+        *hosts = keep;
+    }
     r.sandbox_choice("vm.firecracker_bin", vm.firecracker_bin.take());
     r.sandbox_choice("vm.kernel", vm.kernel.take());
     r.sandbox_choice("vm.rootfs", vm.rootfs.take());

@@ -105,6 +105,8 @@ pub fn provider_name(wire: Wire) -> &'static str {
         Wire::Anthropic => "anthropic",
         Wire::OpenAi => "openai",
         Wire::Ollama => "ollama",
+        // Only agent CLIs under `safe-coder run` (Codex) speak it to the mock server.
+        Wire::Responses => panic!("Safe Coder has no provider for the Responses API"),
     }
 }
 

@@ -81,4 +81,11 @@ impl Sandbox for CopySandbox {
     async fn stop(&self) -> Result<(), SandboxError> {
         self.host.stop().await
     }
+
+    async fn spawn_interactive(
+        &self,
+        request: crate::InteractiveRequest,
+    ) -> Result<crate::InteractiveChild, SandboxError> {
+        crate::interactive::spawn_unconfined(&self.host, &request)
+    }
 }

@@ -82,4 +82,11 @@ impl Sandbox for DirectSandbox {
     async fn stop(&self) -> Result<(), SandboxError> {
         self.host.stop().await
     }
+
+    async fn spawn_interactive(
+        &self,
+        request: crate::InteractiveRequest,
+    ) -> Result<crate::InteractiveChild, SandboxError> {
+        crate::interactive::spawn_unconfined(&self.host, &request)
+    }
 }

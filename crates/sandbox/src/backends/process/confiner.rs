@@ -14,7 +14,7 @@ use crate::overlay::OverlayMount;
 use crate::{Limits, Mechanism, SandboxError};
 
 #[derive(Debug)]
-enum Confinement {
+pub(super) enum Confinement {
     Bwrap(&'static bwrap::Bwrap),
     InProcess {
         support: inprocess::Support,
@@ -27,11 +27,11 @@ enum Confinement {
 /// confiner per sandbox: its cgroup holds every command of the session.
 #[derive(Debug)]
 pub struct ProcessConfiner {
-    confinement: Confinement,
-    limits: SandboxLimits,
-    toolchains: Toolchains,
+    pub(super) confinement: Confinement,
+    pub(super) limits: SandboxLimits,
+    pub(super) toolchains: Toolchains,
     /// The overlay workspace every command joins first (`crate::overlay`).
-    overlay: Option<Arc<OverlayMount>>,
+    pub(super) overlay: Option<Arc<OverlayMount>>,
 }
 
 impl ProcessConfiner {
@@ -136,15 +136,9 @@ impl ProcessConfiner {
         self.limits.cgroup_dirs()
     }
 
-    /// The confined `bash -c command` with `workdir` (an absolute path) as the
-    /// writable project directory. The caller sets stdio, environment and process group.
-    pub fn command(&self, command: &str, workdir: &Path) -> Result<Command, SandboxError> {
-        if !workdir.is_absolute() {
-            return Err(SandboxError::Other(format!(
-                "the work tree '{}' must be an absolute path",
-                workdir.display()
-            )));
-        }
+    /// What every confined child runs before it executes: the limits, then joining the
+    /// overlay workspace's namespace when there is one.
+    pub(super) fn child_setup(&self) -> super::ChildSetup {
         let mut setup = self.limits.child_setup();
         if let Some(mount) = &self.overlay {
             let mut enter = mount.enter_setup();
@@ -154,6 +148,25 @@ impl ProcessConfiner {
                 enter()
             });
         }
+        setup
+    }
+
+    /// The host directory whose files the in-process confiner lets a command write: the
+    /// overlay's host root, or the work tree itself.
+    pub(super) fn writable_files<'a>(&'a self, workdir: &'a Path) -> &'a Path {
+        self.overlay.as_ref().map_or(workdir, |m| m.host_root())
+    }
+
+    /// The confined `bash -c command` with `workdir` (an absolute path) as the
+    /// writable project directory. The caller sets stdio, environment and process group.
+    pub fn command(&self, command: &str, workdir: &Path) -> Result<Command, SandboxError> {
+        if !workdir.is_absolute() {
+            return Err(SandboxError::Other(format!(
+                "the work tree '{}' must be an absolute path",
+                workdir.display()
+            )));
+        }
+        let setup = self.child_setup();
         let mut cmd = match &self.confinement {
             Confinement::Bwrap(info) => bwrap::command(
                 info,
@@ -169,7 +182,7 @@ impl ProcessConfiner {
             } => inprocess::command(
                 support,
                 workdir,
-                self.overlay.as_ref().map_or(workdir, |m| m.host_root()),
+                self.writable_files(workdir),
                 tmp.path(),
                 &self.toolchains.dirs,
                 command,

@@ -31,6 +31,7 @@ mod bwrap;
 mod cgroup;
 mod confiner;
 mod inprocess;
+mod interactive;
 mod limits;
 pub(crate) mod probe;
 mod seccomp;
@@ -133,5 +134,12 @@ impl Sandbox for ProcessSandbox {
 
     async fn stop(&self) -> Result<(), SandboxError> {
         self.host.stop().await
+    }
+
+    async fn spawn_interactive(
+        &self,
+        request: crate::InteractiveRequest,
+    ) -> Result<crate::InteractiveChild, SandboxError> {
+        interactive::spawn(&self.host, &self.confiner, &request)
     }
 }
