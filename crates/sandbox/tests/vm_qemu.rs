@@ -195,7 +195,10 @@ fn a_vm_that_never_becomes_ready_fails_in_bounded_time() {
         Ok(_) => panic!("a bogus kernel cannot boot"),
         Err(e) => e.to_string(),
     };
-    assert!(e.contains("qemu exited") || e.contains("did not become ready"), "{e}");
+    assert!(
+        e.contains("qemu exited") || e.contains("did not become ready"),
+        "{e}"
+    );
 
     // A kernel that boots but no agent ever answers: the root disk is not the image's.
     let empty_root = dir.path().join("empty.ext4");
@@ -207,6 +210,12 @@ fn a_vm_that_never_becomes_ready_fails_in_bounded_time() {
         Ok(_) => panic!("a guest without the agent never becomes ready"),
         Err(e) => e.to_string(),
     };
-    assert!(e.contains("did not become ready within 15 s") || e.contains("qemu exited"), "{e}");
-    assert_eq!(std::fs::read_to_string(work.join("a.txt")).expect("kept"), "mine\n");
+    assert!(
+        e.contains("did not become ready within 15 s") || e.contains("qemu exited"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.join("a.txt")).expect("kept"),
+        "mine\n"
+    );
 }

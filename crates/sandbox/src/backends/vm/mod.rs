@@ -410,6 +410,22 @@ impl VmSandbox {
         ))
     }
 
+    /// An error that came with the agent's connection gone (the agent or the VM died) is
+    /// the VM failing, said as such; other errors (a command that could not start, a
+    /// file the host could not write) pass through.
+    fn lost_agent<T>(
+        &self,
+        client: &AgentClient,
+        r: Result<T, SandboxError>,
+    ) -> Result<T, SandboxError> {
+        match r {
+            Err(e) if client.is_gone() && self.state() != SandboxState::Failed => {
+                Err(self.failed(e.to_string()))
+            }
+            r => r,
+        }
+    }
+
     /// Waits for `fut`, but gives up as soon as the VMM dies (checked twice a second),
     /// so a VM that crashed or hangs in a failed KVM never hangs the session.
     async fn watched<T>(
@@ -478,7 +494,8 @@ impl Sandbox for VmSandbox {
         let client = self.client().await?;
         let mut sync = self.sync.lock().await;
         let begun = Instant::now();
-        self.watched(sync.push(&client)).await?;
+        let pushed = self.watched(sync.push(&client)).await;
+        self.lost_agent(&client, pushed)?;
         let mut req = AgentExec::shell(request.command.clone(), self.env.clone());
         req.timeout_ms = Some(request.timeout.as_millis().min(u128::from(u64::MAX)) as u64);
         req.output_limit = Some(request.max_output_bytes as u64);
@@ -501,8 +518,8 @@ impl Sandbox for VmSandbox {
             .await;
         // Whatever the command did before it ended (also on timeout or cancel) comes back.
         let pulled = self.watched(sync.pull(&client)).await;
-        let ran = ran?;
-        pulled?;
+        let ran = self.lost_agent(&client, ran)?;
+        self.lost_agent(&client, pulled)?;
         Ok(ExecOutput {
             exit_code: if ran.exit.signal.is_some() {
                 None
