@@ -139,6 +139,7 @@ pub(crate) fn start(
         match loaded {
             Ok(conn) => {
                 return Ok(Started {
+                    restored_from: Some(snap.clone()),
                     conn,
                     how: format!(
                         "restored from a Firecracker snapshot in {:.2} s",
@@ -186,6 +187,7 @@ pub(crate) fn start(
         conn
     };
     Ok(Started {
+        restored_from: None,
         conn,
         how: match saved {
             Ok(()) => format!(

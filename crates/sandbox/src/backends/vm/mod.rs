@@ -50,8 +50,9 @@ pub use limits::vm_limits;
 /// took up to 20 s; past this the session fails with what the guest printed last.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The longest the first upload of the project may take.
-const FIRST_PUSH_TIMEOUT: Duration = Duration::from_secs(600);
+/// The longest the first upload of the project may take (a project of a few hundred MB
+/// goes in well within it even under TCG; a guest that stopped answering is given up on).
+const FIRST_PUSH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How often a running command's changes are brought to the host tree.
 const LIVE_PULL: Duration = Duration::from_secs(1);
@@ -89,6 +90,9 @@ pub(crate) struct Started {
     pub conn: std::os::fd::OwnedFd,
     /// E.g. "restored from a snapshot in 0.8 s" (shown in the backend note).
     pub how: String,
+    /// The saved state this VM was restored from, if it was: a restored VM that then
+    /// does not take the project is given up on, the state deleted, and a VM booted.
+    pub restored_from: Option<PathBuf>,
 }
 
 /// Opens a `firecracker` or `qemu` sandbox over `spec.workdir`.
@@ -251,19 +255,43 @@ impl VmSandbox {
             source,
         })?;
         let image = GuestImage::locate(&spec.vm).map_err(SandboxError::Unavailable)?;
+        match Self::open_once(kind, &spec, &workdir, &image) {
+            Err((e, Some(state))) => {
+                // A restored VM that did not take the project: that saved state is bad.
+                log::warn!(
+                    "a VM restored from {} failed ({e}); deleting it and booting",
+                    state.display()
+                );
+                let _ = std::fs::remove_dir_all(&state);
+                Self::open_once(kind, &spec, &workdir, &image).map_err(|(e, _)| e)
+            }
+            r => r.map_err(|(e, _)| e),
+        }
+    }
+
+    /// One start: the VM, then the first push. On failure, the error and, when the VM
+    /// had been restored, the saved state it came from.
+    fn open_once(
+        kind: BackendKind,
+        spec: &SandboxSpec,
+        workdir: &Path,
+        image: &GuestImage,
+    ) -> Result<VmSandbox, (SandboxError, Option<PathBuf>)> {
+        let workdir = workdir.to_path_buf();
         let id = new_id();
-        let run_dir = runtime_dir(&id)?;
+        let run_dir = runtime_dir(&id).map_err(|e| (e, None))?;
         let started = match kind {
-            BackendKind::Firecracker => firecracker::start(&spec.vm, &image, &run_dir),
-            _ => qemu_start(&spec.vm, &image, &run_dir),
+            BackendKind::Firecracker => firecracker::start(&spec.vm, image, &run_dir),
+            _ => qemu_start(&spec.vm, image, &run_dir),
         };
         let started = match started {
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&run_dir);
-                return Err(e);
+                return Err((e, None));
             }
         };
+        let restored_from = started.restored_from.clone();
         // The first upload of the work tree, on a runtime of its own (see
         // `block_on_own_runtime`); the index and mark it leaves are plain data.
         let conn = match started.conn.try_clone() {
@@ -271,9 +299,10 @@ impl VmSandbox {
             Err(e) => {
                 started.vmm.kill();
                 let _ = std::fs::remove_dir_all(&run_dir);
-                return Err(SandboxError::Other(format!(
-                    "cannot keep the agent's connection: {e}"
-                )));
+                return Err((
+                    SandboxError::Other(format!("cannot keep the agent's connection: {e}")),
+                    None,
+                ));
             }
         };
         let root = workdir.clone();
@@ -301,12 +330,16 @@ impl VmSandbox {
             Err(e) => {
                 started.vmm.kill();
                 let _ = std::fs::remove_dir_all(&run_dir);
-                return Err(SandboxError::Other(format!(
-                    "the project could not be copied into the VM: {e}"
-                )));
+                return Err((
+                    SandboxError::Other(format!(
+                        "the project could not be copied into the VM: {e}"
+                    )),
+                    restored_from,
+                ));
             }
         };
-        let host = HostSandbox::new(kind, workdir, None, spec.env_passthrough.clone(), None)?;
+        let host = HostSandbox::new(kind, workdir, None, spec.env_passthrough.clone(), None)
+            .map_err(|e| (e, None))?;
         Ok(VmSandbox {
             kind,
             id,
