@@ -13,17 +13,28 @@ fn probes_come_in_auto_order_with_reasons() {
     }
     assert!(probe(BackendKind::Copy).available);
     assert!(probe(BackendKind::Direct).available);
-    // Not built in this version: unavailable, saying so and what the machine has.
-    for kind in [
-        BackendKind::Firecracker,
-        BackendKind::Qemu,
-        BackendKind::Docker,
-    ] {
-        let p = probe(kind);
-        assert!(!p.available);
-        assert!(p.reason.contains("not built yet"), "{}", p.reason);
+    // The microVM backends, asked with a data dir that has no guest image: unavailable,
+    // naming what is missing (the VMM, KVM, or the image and the command that builds it).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = safe_coder_sandbox::BackendSettings {
+        vm: safe_coder_sandbox::VmSpec {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    for kind in [BackendKind::Firecracker, BackendKind::Qemu] {
+        let p = safe_coder_sandbox::select::probe_with(kind, &settings);
+        assert!(!p.available, "{}", p.reason);
+        assert!(
+            p.reason
+                .contains("safe-coder sandbox image build --backend qemu")
+                || p.reason.contains("not installed")
+                || p.reason.contains("/dev/kvm"),
+            "{}",
+            p.reason
+        );
     }
-    assert!(probe(BackendKind::Qemu).reason.contains("/dev/kvm"));
 }
 
 #[test]
@@ -80,20 +91,22 @@ fn doctor_prints_every_backend_and_the_auto_choice() {
 }
 
 #[test]
-fn opening_a_backend_that_is_not_built_says_so() {
+fn opening_a_vm_without_its_image_names_the_command_that_builds_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for kind in [
-        BackendKind::Firecracker,
-        BackendKind::Qemu,
-        BackendKind::Docker,
-    ] {
-        match safe_coder_sandbox::open(kind, safe_coder_sandbox::SandboxSpec::new(dir.path())) {
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    for kind in [BackendKind::Firecracker, BackendKind::Qemu] {
+        let mut spec = safe_coder_sandbox::SandboxSpec::new(&work);
+        spec.vm.data_dir = dir.path().join("data");
+        match safe_coder_sandbox::open(kind, spec) {
             Err(SandboxError::Unavailable(reason)) => {
-                assert!(reason.contains("not built yet"), "{reason}");
-                assert!(reason.contains(kind.as_str()), "{reason}");
+                assert!(
+                    reason.contains("safe-coder sandbox image build --backend qemu"),
+                    "{reason}"
+                );
             }
             Err(other) => panic!("{kind:?}: expected Unavailable, got {other}"),
-            Ok(_) => panic!("{kind:?} opened, but it is not built"),
+            Ok(_) => panic!("{kind:?} opened without a guest image"),
         }
     }
 }
