@@ -49,4 +49,5 @@ export SAFE_CODER_TEST_ROOTFS_CACHE="$CACHE/images"
 export SAFE_CODER_GUEST_AGENT="$AGENT"
 export SAFE_CODER_VHOST_DEVICE_VSOCK="$VHOST"
 export SAFE_CODER_REQUIRE_SANDBOX=1
-cargo test --locked -p safe-coder-image --test vm_boot -- --nocapture
+# --workspace (not -p): the features scripts/test.sh built with, so nothing rebuilds.
+cargo test --workspace --locked --test vm_boot -- --nocapture
