@@ -26,6 +26,7 @@
 //! shape and reading, `trust` what a project file may say, `write` the `config` command's
 //! edits, `show` `config --show`.
 
+mod docker;
 mod file;
 mod show;
 mod trust;
@@ -461,13 +462,7 @@ pub fn resolve(dirs: &Dirs, project: &Path, flags: &Overrides) -> Result<Resolve
         vcpu_count: files_only(&proj.vm.vcpu_count, &user.vm.vcpu_count),
         mem_size_mib: files_only(&proj.vm.mem_size_mib, &user.vm.mem_size_mib),
     };
-    let merge_docker = DockerSection {
-        image: files_only(&proj.docker.image, &user.docker.image),
-        cpus: files_only(&proj.docker.cpus, &user.docker.cpus),
-        memory_mb: files_only(&proj.docker.memory_mb, &user.docker.memory_mb),
-        auto_pull: files_only(&proj.docker.auto_pull, &user.docker.auto_pull),
-        runtime: files_only(&proj.docker.runtime, &user.docker.runtime),
-    };
+    let merge_docker = DockerSection::merge(&proj.docker, &user.docker);
 
     log::debug!(
         "config: provider {provider}, model {model}, base URL {base_url}, key {}, backend {backend} ({backend_source:?}), approval {approval_mode} ({approval_mode_source:?}), project file {:?}, trusted {trusted}",

@@ -6,6 +6,7 @@ mod config;
 mod exec;
 mod logging;
 mod render;
+mod sandbox_image;
 mod sessions;
 mod setup;
 
@@ -159,6 +160,17 @@ enum Command {
 enum SandboxCmd {
     /// Which backends work on this machine, and why the others do not.
     Doctor,
+    /// The images the container and VM backends run, built locally.
+    Image {
+        #[command(subcommand)]
+        action: ImageCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCmd {
+    /// Build the image from Debian's packages (no container registry needed).
+    Build(sandbox_image::BuildArgs),
 }
 
 fn main() -> ExitCode {
@@ -197,10 +209,13 @@ fn main() -> ExitCode {
         ),
         Command::Sandbox {
             action: SandboxCmd::Doctor,
-        } => {
-            print!("{}", safe_coder_sandbox::select::doctor_report());
-            Ok(())
-        }
+        } => doctor(),
+        Command::Sandbox {
+            action:
+                SandboxCmd::Image {
+                    action: ImageCmd::Build(args),
+                },
+        } => sandbox_image::build(args),
         Command::Sessions { action } => {
             sessions::run(action.unwrap_or(sessions::SessionsCmd::List {
                 json: false,
@@ -234,6 +249,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `sandbox doctor`, with the user's `[docker]` settings for this directory.
+fn doctor() -> anyhow::Result<()> {
+    let dirs = config::Dirs::from_env()?;
+    let here = std::env::current_dir()?;
+    let docker = config::resolve(&dirs, &here, &config::Overrides::default())
+        .map(|r| r.docker.spec())
+        .unwrap_or_default();
+    print!(
+        "{}",
+        safe_coder_sandbox::select::doctor_report_with(&docker)
+    );
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -107,6 +107,7 @@ pub fn settings(p: &Prepared) -> Result<Settings> {
         cpus: r.cpus,
         env_passthrough: r.env_passthrough.clone(),
         max_file_mb: r.max_file_mb,
+        docker: r.docker.spec(),
         provider: provider_config(r),
         max_turns: r.max_turns,
         approval_mode: r.approval_mode,

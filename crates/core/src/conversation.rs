@@ -477,6 +477,7 @@ fn limits_of(settings: &Settings) -> SessionLimits {
         cpus: settings.cpus,
         env_passthrough: settings.env_passthrough.clone(),
         max_file_bytes: settings.max_file_mb.saturating_mul(1024 * 1024),
+        docker: settings.docker.clone(),
     }
 }
 

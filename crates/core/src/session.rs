@@ -58,6 +58,8 @@ pub struct SessionLimits {
     pub env_passthrough: Vec<String>,
     /// The largest file a commit or a sync handles, in bytes.
     pub max_file_bytes: u64,
+    /// `[docker]` settings (the session adds its id and directory).
+    pub docker: safe_coder_sandbox::DockerSpec,
 }
 
 impl Default for SessionLimits {
@@ -68,6 +70,7 @@ impl Default for SessionLimits {
             cpus: l.cpus,
             env_passthrough: Vec::new(),
             max_file_bytes: safe_coder_history::DEFAULT_MAX_FILE_BYTES,
+            docker: safe_coder_sandbox::DockerSpec::default(),
         }
     }
 }
@@ -119,11 +122,17 @@ fn open_sandbox(
     backend: BackendKind,
     work: &Path,
     limits: &SessionLimits,
+    (id, dir): (&str, &Path),
 ) -> Result<Arc<dyn Sandbox>, SessionError> {
     let mut spec = safe_coder_sandbox::SandboxSpec::new(work);
     spec.limits.memory_mb = limits.memory_mb;
     spec.limits.cpus = limits.cpus;
     spec.env_passthrough = limits.env_passthrough.clone();
+    // A container is named and labelled after its session, and kept while its
+    // directory is.
+    spec.docker = limits.docker.clone();
+    spec.docker.session_id = Some(id.to_string());
+    spec.docker.session_dir = Some(dir.to_path_buf());
     Ok(safe_coder_sandbox::open(backend, spec)?)
 }
 
@@ -149,7 +158,9 @@ impl Session {
         // Probing the backend (which runs bubblewrap once) overlaps with the copy-in,
         // whichever backend `auto` picks; `direct` needs no probe to know its workspace.
         let requested = config.backend;
-        let probe = std::thread::spawn(move || safe_coder_sandbox::select::choose(requested));
+        let docker = config.limits.docker.clone();
+        let probe =
+            std::thread::spawn(move || safe_coder_sandbox::select::choose_with(requested, &docker));
         let id = new_id();
         let dir = sessions_dir(&config.data_dir).join(&id);
         std::fs::create_dir_all(&dir).map_err(|e| {
@@ -204,7 +215,12 @@ impl Session {
                 approval_mode: config.approval_mode.as_str().to_string(),
             })?;
         }
-        let sandbox = open_sandbox(backend, workspace.work_tree(), &config.limits)?;
+        let sandbox = open_sandbox(
+            backend,
+            workspace.work_tree(),
+            &config.limits,
+            (&id, &dir),
+        )?;
         let session = Session {
             files: SessionFiles {
                 id,
@@ -229,7 +245,12 @@ impl Session {
         limits: &SessionLimits,
     ) -> Result<Session, SessionError> {
         let files = SessionFiles::open_with(record, store, limits.max_file_bytes)?;
-        let sandbox = open_sandbox(files.backend, files.workspace.work_tree(), limits)?;
+        let sandbox = open_sandbox(
+            files.backend,
+            files.workspace.work_tree(),
+            limits,
+            (&files.id, &files.dir),
+        )?;
         Ok(Session {
             files,
             sandbox,

@@ -35,6 +35,8 @@ pub struct Settings {
     pub env_passthrough: Vec<String>,
     /// The largest file (MiB) a commit or a sync handles; larger ones are reported.
     pub max_file_mb: u64,
+    /// `[docker]`: engine, runtime, image, network and limits of the `docker` backend.
+    pub docker: safe_coder_sandbox::DockerSpec,
     /// The model provider, its model and its output token limit.
     pub provider: ProviderConfig,
     /// Model requests allowed in one user turn.

@@ -61,6 +61,7 @@ impl World {
             cpus: 1.0,
             env_passthrough: Vec::new(),
             max_file_mb: 100,
+            docker: Default::default(),
             provider,
             max_turns: 10,
             approval_mode: mode,

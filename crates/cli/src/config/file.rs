@@ -11,6 +11,7 @@ use safe_coder_protocol::ApprovalMode;
 use safe_coder_tui::Theme;
 use serde::{Deserialize, Deserializer};
 
+pub use super::docker::DockerSection;
 use super::{BackendChoice, Defaults};
 
 /// The largest project config file that is read; a larger one is refused with a warning.
@@ -152,19 +153,6 @@ pub struct VmSection {
     pub mem_size_mib: Option<u64>,
 }
 
-/// `[docker]`: for the container backend.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct DockerSection {
-    pub image: Option<String>,
-    #[serde(deserialize_with = "positive_f64")]
-    pub cpus: Option<f64>,
-    #[serde(deserialize_with = "positive_u64")]
-    pub memory_mb: Option<u64>,
-    pub auto_pull: Option<bool>,
-    pub runtime: Option<String>,
-}
-
 /// `[trust]` (user file only): projects whose own config may loosen settings.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
@@ -228,7 +216,7 @@ fn whole<'de, D: Deserializer<'de>>(d: D, max: u64) -> Result<u64, D::Error> {
     }
 }
 
-fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(super) fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     whole(d, i64::MAX as u64).map(Some)
 }
 
@@ -236,7 +224,7 @@ fn positive_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error
     whole(d, u64::from(u32::MAX)).map(|n| Some(n as u32))
 }
 
-fn positive_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+pub(super) fn positive_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     number(d, "a positive number", |n| n > 0.0 && n.is_finite()).map(Some)
 }
 

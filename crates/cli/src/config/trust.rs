@@ -184,9 +184,14 @@ pub fn restrict_project(
     r.sandbox_choice("vm.firecracker_bin", vm.firecracker_bin.take());
     r.sandbox_choice("vm.kernel_image", vm.kernel_image.take());
     r.sandbox_choice("vm.rootfs_image", vm.rootfs_image.take());
-    r.sandbox_choice("docker.image", docker.image.take());
-    r.sandbox_choice("docker.runtime", docker.runtime.take());
-    r.sandbox_choice("docker.auto_pull", docker.auto_pull.take());
+    let user_pids = user
+        .docker
+        .pids
+        .unwrap_or(safe_coder_sandbox::Limits::default().pids);
+    r.cap("docker.pids", &mut proj.docker.pids, user_pids);
+    super::docker::restrict(&mut proj.docker, |key, value, why| {
+        r.refuse(key, value, why)
+    });
 }
 
 #[cfg(test)]

@@ -58,12 +58,29 @@ pub(crate) async fn ensure(
     }
 }
 
-/// Imports the root filesystem at `rootfs` as `image` (`name:tag`). Returns the engine's
-/// answer (the new image's id).
+/// The label an imported image carries: what its root filesystem was built from (the
+/// image crate's cache key), so a warm `sandbox image build` can skip the import.
+pub(crate) const LABEL_ROOTFS: &str = "dev.safe-coder.rootfs";
+
+/// The [`LABEL_ROOTFS`] of `image`, when it is there and has one.
+pub(crate) async fn rootfs_label(docker: &Docker, image: &str) -> Result<Option<String>, DockerError> {
+    match docker.inspect_image(image).await {
+        Ok(i) => Ok(i
+            .config
+            .and_then(|c| c.labels)
+            .and_then(|l| l.get(LABEL_ROOTFS).cloned())),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(engine_error("look up the image", e)),
+    }
+}
+
+/// Imports the root filesystem at `rootfs` as `image` (`name:tag`), labelled with
+/// `rootfs_key`. Returns the engine's answer (the new image's id).
 pub(crate) async fn import_rootfs(
     docker: &Docker,
     rootfs: &Path,
     image: &str,
+    rootfs_key: &str,
 ) -> Result<String, DockerError> {
     let (repo, tag) = match image.rsplit_once(':') {
         Some((r, t)) if !t.contains('/') => (r, t),
@@ -105,6 +122,11 @@ pub(crate) async fn import_rootfs(
         .repo(repo)
         .tag(tag)
         .message("safe-coder sandbox image build")
+        .changes(vec![
+            format!("LABEL {LABEL_ROOTFS}={rootfs_key}"),
+            "WORKDIR /workspace".to_string(),
+            "CMD [\"/bin/bash\"]".to_string(),
+        ])
         .build();
     let mut stream =
         docker.create_image(Some(options), Some(bollard::body_try_stream(chunks)), None);
