@@ -211,10 +211,9 @@ fn main() -> ExitCode {
             action: SandboxCmd::Doctor,
         } => doctor(),
         Command::Sandbox {
-            action:
-                SandboxCmd::Image {
-                    action: ImageCmd::Build(args),
-                },
+            action: SandboxCmd::Image {
+                action: ImageCmd::Build(args),
+            },
         } => sandbox_image::build(args),
         Command::Sessions { action } => {
             sessions::run(action.unwrap_or(sessions::SessionsCmd::List {

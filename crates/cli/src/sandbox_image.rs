@@ -14,7 +14,13 @@ use crate::config::{self, BackendChoice, Dirs, Overrides};
 #[derive(Args, Debug, Clone)]
 pub struct BuildArgs {
     /// The backend whose image to build.
-    #[arg(long, value_name = "B", value_enum, ignore_case = true, default_value = "docker")]
+    #[arg(
+        long,
+        value_name = "B",
+        value_enum,
+        ignore_case = true,
+        default_value = "docker"
+    )]
     backend: BackendChoice,
     /// Only a shell, coreutils, git and Python (faster to build; what the tests use).
     /// Without it the image also has compilers and make (build-essential).
@@ -50,10 +56,8 @@ fn cache_dir(args: &BuildArgs) -> Result<PathBuf> {
     }
     let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         Some(x) => PathBuf::from(x),
-        None => PathBuf::from(
-            std::env::var_os("HOME").context("set $HOME or pass --cache-dir")?,
-        )
-        .join(".cache"),
+        None => PathBuf::from(std::env::var_os("HOME").context("set $HOME or pass --cache-dir")?)
+            .join(".cache"),
     };
     Ok(base.join("safe-coder").join("images"))
 }
@@ -83,6 +87,8 @@ fn docker(args: BuildArgs) -> Result<()> {
     println!("Importing {} as {image}…", rootfs.display());
     let (engine, id) = safe_coder_sandbox::docker::import_rootfs(&spec, &rootfs, &image, &key)?;
     println!("Built {image} on {engine} ({id}).");
-    println!("Use it with `safe-coder chat --backend docker` (or [isolation] backend = \"docker\").");
+    println!(
+        "Use it with `safe-coder chat --backend docker` (or [isolation] backend = \"docker\")."
+    );
     Ok(())
 }

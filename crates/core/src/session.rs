@@ -215,12 +215,7 @@ impl Session {
                 approval_mode: config.approval_mode.as_str().to_string(),
             })?;
         }
-        let sandbox = open_sandbox(
-            backend,
-            workspace.work_tree(),
-            &config.limits,
-            (&id, &dir),
-        )?;
+        let sandbox = open_sandbox(backend, workspace.work_tree(), &config.limits, (&id, &dir))?;
         let session = Session {
             files: SessionFiles {
                 id,

@@ -79,10 +79,7 @@ impl DockerSection {
 /// Drops from an untrusted project's `[docker]` what would loosen the sandbox or choose
 /// what it runs, calling `refuse(key, value, why)` for each. Limits are capped by the
 /// caller with the user's values.
-pub(super) fn restrict(
-    proj: &mut DockerSection,
-    mut refuse: impl FnMut(&str, String, &str),
-) {
+pub(super) fn restrict(proj: &mut DockerSection, mut refuse: impl FnMut(&str, String, &str)) {
     const CHOICE: &str = "a project may not choose what the sandbox runs";
     if let Some(h) = proj.host.take() {
         refuse("docker.host", format!("{h:?}"), CHOICE);
@@ -138,7 +135,12 @@ mod tests {
         assert_eq!(proj.network, None);
         assert_eq!(
             refused,
-            ["docker.host", "docker.image", "docker.auto_pull", "docker.network"]
+            [
+                "docker.host",
+                "docker.image",
+                "docker.auto_pull",
+                "docker.network"
+            ]
         );
         let mut proj = DockerSection {
             runtime: Some("runc".into()),

@@ -74,30 +74,45 @@ pub(crate) async fn run(
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
-    let exec = docker
-        .create_exec(
-            container,
-            ExecConfig {
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                attach_stdin: Some(false),
-                tty: Some(false),
-                env: Some(env),
-                cmd: Some(vec![
-                    "/bin/bash".into(),
-                    "-c".into(),
-                    WRAPPER.into(),
-                    "safe-coder".into(),
-                    tag.clone(),
-                    request.command.clone(),
-                ]),
-                user: Some(host_user()),
-                working_dir: Some(WORKSPACE.into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| SandboxError::from(engine_error("start the command", e)))?;
+    let config = ExecConfig {
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        attach_stdin: Some(false),
+        tty: Some(false),
+        env: Some(env),
+        cmd: Some(vec![
+            "/bin/bash".into(),
+            "-c".into(),
+            WRAPPER.into(),
+            "safe-coder".into(),
+            tag.clone(),
+            request.command.clone(),
+        ]),
+        user: Some(host_user()),
+        working_dir: Some(WORKSPACE.into()),
+        ..Default::default()
+    };
+    let mut restarted = false;
+    let exec = match docker.create_exec(container, config.clone()).await {
+        Ok(exec) => exec,
+        // The container stopped under us (under gVisor a command that passes the memory
+        // limit takes the whole sandbox down): start it again, once. Its files are on
+        // the host, so nothing is lost but the processes.
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) => {
+            docker
+                .start_container(container, None)
+                .await
+                .map_err(|e| SandboxError::from(engine_error("start the stopped container", e)))?;
+            restarted = true;
+            docker
+                .create_exec(container, config)
+                .await
+                .map_err(|e| SandboxError::from(engine_error("start the command", e)))?
+        }
+        Err(e) => return Err(engine_error("start the command", e).into()),
+    };
     let attached = docker
         .start_exec(
             &exec.id,
@@ -129,6 +144,7 @@ pub(crate) async fn run(
     let mut grace: Option<tokio::time::Instant> = None;
     let mut wrapper_done = false;
     let mut engine_failed: Option<String> = None;
+    let mut container_died = false;
 
     loop {
         let running = killed.is_none() && !wrapper_done;
@@ -166,11 +182,20 @@ pub(crate) async fn run(
                     if state.running == Some(false) && state.exit_code.is_some() {
                         wrapper_done = true;
                         grace = Some(tokio::time::Instant::now() + EXIT_GRACE);
+                    } else if !container_running(docker, container).await {
+                        // The whole container died (gVisor's Sentry at a limit): the
+                        // engine never ends this exec's stream by itself.
+                        container_died = true;
+                        break;
                     }
                 }
             }
             _ = sleep_until(grace.unwrap_or(far)), if grace.is_some() => {
                 if killed.is_none() && wrapper_done {
+                    if !container_running(docker, container).await {
+                        container_died = true;
+                        break;
+                    }
                     // The command is done but background processes still hold its
                     // output: kill them, then wait a little for the stream to end.
                     kill(docker, container, &tag).await;
@@ -192,11 +217,36 @@ pub(crate) async fn run(
             )));
         }
     }
-    let exit_code = match killed {
-        Some(Killed::TimedOut | Killed::Cancelled) => None,
-        _ => exit_code_of(docker, &exec.id).await,
+    let mut exit_code = if container_died {
+        None
+    } else {
+        match killed {
+            Some(Killed::TimedOut | Killed::Cancelled) => None,
+            _ => exit_code_of(docker, &exec.id).await,
+        }
     };
-    let mut text = String::from_utf8_lossy(&captured).into_owned();
+    // A failed command may have taken the container with it (gVisor at a limit).
+    if exit_code != Some(0) && !container_died && !container_running(docker, container).await {
+        container_died = true;
+        exit_code = None;
+    }
+    let mut text = String::new();
+    if restarted {
+        text.push_str(
+            "[the container had stopped (a command passed its memory limit?); it was started again: \
+             the files are kept, running processes were lost]\n",
+        );
+    }
+    text.push_str(&String::from_utf8_lossy(&captured));
+    if container_died {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(
+            "[the container stopped while the command ran (it passed the sandbox's memory or \
+             process limit); the next command starts it again, the files are kept]",
+        );
+    }
     if killed == Some(Killed::Leftovers) {
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
@@ -216,6 +266,15 @@ pub(crate) async fn run(
     })
 }
 
+/// Whether the container still runs (an engine that does not answer counts as running:
+/// the stream will tell).
+async fn container_running(docker: &Docker, container: &str) -> bool {
+    match docker.inspect_container(container, None).await {
+        Ok(c) => c.state.and_then(|s| s.running).unwrap_or(true),
+        Err(_) => true,
+    }
+}
+
 /// The wrapper's exit code (the command's; 128+N when a signal killed it). The engine
 /// may report the end a moment after the stream closed.
 async fn exit_code_of(docker: &Docker, exec: &str) -> Option<i32> {
@@ -231,8 +290,20 @@ async fn exit_code_of(docker: &Docker, exec: &str) -> Option<i32> {
     None
 }
 
-/// Kills the command's process group (see the module doc).
+/// Kills the command's process group (see the module doc). When the killer cannot run
+/// (a fork bomb holds every process the container may have, so not even the engine's
+/// exec can start), the container is restarted: its processes all end, its files stay.
 async fn kill(docker: &Docker, container: &str, tag: &str) {
+    if !kill_group(docker, container, tag).await && container_running(docker, container).await {
+        let options = bollard::query_parameters::RestartContainerOptionsBuilder::default()
+            .t(0)
+            .build();
+        let _ = docker.restart_container(container, Some(options)).await;
+    }
+}
+
+/// Runs the killer; whether it ran and succeeded.
+async fn kill_group(docker: &Docker, container: &str, tag: &str) -> bool {
     let exec = docker
         .create_exec(
             container,
@@ -251,7 +322,7 @@ async fn kill(docker: &Docker, container: &str, tag: &str) {
             },
         )
         .await;
-    let Ok(exec) = exec else { return };
+    let Ok(exec) = exec else { return false };
     if let Ok(StartExecResults::Attached { mut output, .. }) = docker
         .start_exec(
             &exec.id,
@@ -266,4 +337,5 @@ async fn kill(docker: &Docker, container: &str, tag: &str) {
         let end = tokio::time::Instant::now() + KILL_GRACE;
         while let Ok(Some(_)) = tokio::time::timeout_at(end, output.next()).await {}
     }
+    exit_code_of(docker, &exec.id).await == Some(0)
 }

@@ -63,7 +63,10 @@ pub(crate) async fn ensure(
 pub(crate) const LABEL_ROOTFS: &str = "dev.safe-coder.rootfs";
 
 /// The [`LABEL_ROOTFS`] of `image`, when it is there and has one.
-pub(crate) async fn rootfs_label(docker: &Docker, image: &str) -> Result<Option<String>, DockerError> {
+pub(crate) async fn rootfs_label(
+    docker: &Docker,
+    image: &str,
+) -> Result<Option<String>, DockerError> {
     match docker.inspect_image(image).await {
         Ok(i) => Ok(i
             .config
@@ -82,10 +85,6 @@ pub(crate) async fn import_rootfs(
     image: &str,
     rootfs_key: &str,
 ) -> Result<String, DockerError> {
-    let (repo, tag) = match image.rsplit_once(':') {
-        Some((r, t)) if !t.contains('/') => (r, t),
-        _ => (image, "latest"),
-    };
     let mut tar = tokio::process::Command::new("tar")
         .arg("--numeric-owner")
         .arg("-C")
@@ -119,14 +118,11 @@ pub(crate) async fn import_rootfs(
     });
     let options = CreateImageOptionsBuilder::default()
         .from_src("-")
-        .repo(repo)
-        .tag(tag)
+        // The whole name with its tag as `repo`: Podman ignores `tag` on import.
+        .repo(image)
         .message("safe-coder sandbox image build")
-        .changes(vec![
-            format!("LABEL {LABEL_ROOTFS}={rootfs_key}"),
-            "WORKDIR /workspace".to_string(),
-            "CMD [\"/bin/bash\"]".to_string(),
-        ])
+        // One change only: Podman joins several into one value.
+        .changes(vec![format!("LABEL {LABEL_ROOTFS}={rootfs_key}")])
         .build();
     let mut stream =
         docker.create_image(Some(options), Some(bollard::body_try_stream(chunks)), None);
