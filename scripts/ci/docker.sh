@@ -33,10 +33,11 @@ fi
 
 # An engine an earlier, interrupted run of this script left behind (by its pid file).
 stop_pidfile() {
-  local f=$1
-  if [ -s "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then
-    kill "$(cat "$f")" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$(cat "$f")" 2>/dev/null || break; sleep 0.2; done
+  local f=$1 pid
+  pid=$(cat "$f" 2>/dev/null || true)
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
   fi
   rm -f "$f"
 }

@@ -293,6 +293,7 @@ fn limits(t: &Target) {
     let r = tool_results(&server);
     let label = &t.label;
     assert_eq!(r.len(), 4, "{label}: {r:?}");
+    eprintln!("{label}: {r:#?}");
     let gvisor = t.label.ends_with("runsc");
     assert!(
         r[0].contains("hog=137") || (gvisor && r[0].contains("the container stopped")),

@@ -11,9 +11,12 @@
 //! or the command had not started) it kills every process the user owns in the
 //! container except PID 1.
 //!
-//! Background processes that still hold the output keep the stream open after the
-//! command is done: the exec is polled, and once the wrapper has exited they get the
-//! same grace as on the host before they are killed.
+//! When the command is done, the wrapper kills what is left of its process group: as on
+//! the `process` backend, every process of a command ends with it (Podman ends the
+//! stream when the command exits, so leftovers would otherwise fill the process limit
+//! unseen). Processes that left the group (`setsid`) and still hold the output keep
+//! Docker's stream open: the exec is polled, and once the wrapper has exited they get
+//! the same grace as on the host before they are killed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,6 +37,7 @@ const WRAPPER: &str = r#"d=/tmp/.safe-coder; mkdir -p "$d" 2>/dev/null
 setsid /bin/bash -c "$2" </dev/null 2>&1 & p=$!
 echo "$p" > "$d/$1" 2>/dev/null
 wait "$p"; rc=$?
+kill -KILL -- "-$p" 2>/dev/null
 rm -f "$d/$1"
 exit "$rc""#;
 
@@ -60,8 +64,46 @@ enum Killed {
     Leftovers,
 }
 
-/// Runs `request` in `container` with environment `env`.
+/// Runs `request` in `container` with environment `env`. When the engine cannot even
+/// start the command (the container's process limit is full of processes that escaped
+/// their command, Podman's exit code 125), the container is restarted and the command
+/// tried once more.
 pub(crate) async fn run(
+    docker: &Docker,
+    container: &str,
+    env: Vec<String>,
+    request: ExecRequest,
+    cancel: CancellationToken,
+) -> Result<ExecOutput, SandboxError> {
+    let first = run_once(
+        docker,
+        container,
+        env.clone(),
+        request.clone(),
+        cancel.clone(),
+    )
+    .await?;
+    if first.exit_code == Some(125) && first.output.contains("OCI runtime error") {
+        restart(docker, container).await;
+        let mut again = run_once(docker, container, env, request, cancel).await?;
+        again.output.insert_str(
+            0,
+            "[the container could not start the command (its process limit was full); it was \
+             started again: the files are kept, running processes were lost]\n",
+        );
+        return Ok(again);
+    }
+    Ok(first)
+}
+
+async fn restart(docker: &Docker, container: &str) {
+    let options = bollard::query_parameters::RestartContainerOptionsBuilder::default()
+        .t(0)
+        .build();
+    let _ = docker.restart_container(container, Some(options)).await;
+}
+
+async fn run_once(
     docker: &Docker,
     container: &str,
     env: Vec<String>,
@@ -295,10 +337,7 @@ async fn exit_code_of(docker: &Docker, exec: &str) -> Option<i32> {
 /// exec can start), the container is restarted: its processes all end, its files stay.
 async fn kill(docker: &Docker, container: &str, tag: &str) {
     if !kill_group(docker, container, tag).await && container_running(docker, container).await {
-        let options = bollard::query_parameters::RestartContainerOptionsBuilder::default()
-            .t(0)
-            .build();
-        let _ = docker.restart_container(container, Some(options)).await;
+        restart(docker, container).await;
     }
 }
 
