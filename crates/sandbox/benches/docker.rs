@@ -118,12 +118,17 @@ fn main() {
         ..DockerSpec::default()
     };
     let bare = bare();
-    println!("bare `bash -c true` on the host: {:.1} ms (median of {EXECS})", ms(bare));
+    println!(
+        "bare `bash -c true` on the host: {:.1} ms (median of {EXECS})",
+        ms(bare)
+    );
     println!("medians: start of {STARTS} containers, {EXECS}+ commands each engine");
     measure("docker runc", spec(None, Some("runc")), bare);
     measure("docker runsc (gVisor)", spec(None, Some("runsc")), bare);
     match std::env::var("SAFE_CODER_TEST_PODMAN_HOST") {
         Ok(h) if !h.is_empty() => measure("podman (default runtime)", spec(Some(h), None), bare),
-        _ => println!("podman                       skipped: SAFE_CODER_TEST_PODMAN_HOST is not set"),
+        _ => {
+            println!("podman                       skipped: SAFE_CODER_TEST_PODMAN_HOST is not set")
+        }
     }
 }

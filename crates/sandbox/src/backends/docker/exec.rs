@@ -218,18 +218,21 @@ async fn run_once(
             },
             _ = sleep_until(next_poll), if running => {
                 next_poll = tokio::time::Instant::now() + POLL;
-                if let Ok(state) = docker.inspect_exec(&exec.id).await {
+                let done = match docker.inspect_exec(&exec.id).await {
                     // Not running *and* an exit code: done (before it starts, an exec
                     // is not running either, without a code; gVisor starts slowly).
-                    if state.running == Some(false) && state.exit_code.is_some() {
-                        wrapper_done = true;
-                        grace = Some(tokio::time::Instant::now() + EXIT_GRACE);
-                    } else if !container_running(docker, container).await {
-                        // The whole container died (gVisor's Sentry at a limit): the
-                        // engine never ends this exec's stream by itself.
-                        container_died = true;
-                        break;
-                    }
+                    Ok(state) => state.running == Some(false) && state.exit_code.is_some(),
+                    // An exited container forgets its execs.
+                    Err(_) => false,
+                };
+                if done {
+                    wrapper_done = true;
+                    grace = Some(tokio::time::Instant::now() + EXIT_GRACE);
+                } else if !container_running(docker, container).await {
+                    // The whole container died (gVisor's Sentry at a limit): the
+                    // engine never ends this exec's stream by itself.
+                    container_died = true;
+                    break;
                 }
             }
             _ = sleep_until(grace.unwrap_or(far)), if grace.is_some() => {
