@@ -2,6 +2,7 @@
 //! see the user's home or host processes, write outside `/workspace` and `/tmp`, reach
 //! the network, gain privileges; and the limits: a memory hog is killed at the memory
 //! limit, a fork bomb stops at the process limit, and the container survives both.
+#![allow(clippy::unwrap_used)]
 
 mod docker_support;
 

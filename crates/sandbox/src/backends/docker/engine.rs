@@ -286,7 +286,7 @@ impl AtMostBollard for ClientVersion {
     fn min_by_bollard(self) -> ClientVersion {
         let max = bollard::API_DEFAULT_VERSION;
         if (self.major_version, self.minor_version) > (max.major_version, max.minor_version) {
-            max.clone()
+            *max
         } else {
             self
         }

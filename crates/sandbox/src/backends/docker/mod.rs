@@ -166,7 +166,7 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
         files,
         docker,
         socket: info.socket.clone(),
-        version: info.version.clone(),
+        version: info.version,
         container: id,
         runtime,
         keep_while: d.session_dir.clone(),
@@ -268,7 +268,7 @@ impl Drop for DockerSandbox {
             return;
         }
         let socket = self.socket.clone();
-        let version = self.version.clone();
+        let version = self.version;
         let id = self.container.clone();
         let kept = self.kept();
         let _ = engine::block_on(async move {
