@@ -228,7 +228,9 @@ EOF"#,
             // Under gVisor the Sentry itself may hit the limit and take the sandbox
             // down: the bomb stops with it, and the next command starts it again.
             None => assert!(
-                gvisor && out.output.contains("the container stopped"),
+                gvisor
+                    && (out.output.contains("the container stopped")
+                        || out.output.contains("WaitPID")),
                 "{label}: {}",
                 out.output
             ),

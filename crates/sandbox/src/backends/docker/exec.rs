@@ -270,10 +270,25 @@ async fn run_once(
             _ => exit_code_of(docker, &exec.id).await,
         }
     };
-    // A failed command may have taken the container with it (gVisor at a limit).
-    if exit_code != Some(0) && !container_died && !container_running(docker, container).await {
-        container_died = true;
-        exit_code = None;
+    // A failed command may have taken the container with it (gVisor at a limit). The
+    // engine may notice a moment after the stream ended: an abnormal end (no code, or
+    // 128 and above) is given a few looks.
+    if exit_code != Some(0) && !container_died {
+        let looks = if exit_code.is_none_or(|c| c >= 128) {
+            4
+        } else {
+            1
+        };
+        for look in 0..looks {
+            if look > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if !container_running(docker, container).await {
+                container_died = true;
+                exit_code = None;
+                break;
+            }
+        }
     }
     let mut text = String::new();
     if restarted {
