@@ -1,7 +1,9 @@
 //! Backend probing, the `auto` choice and the doctor report.
 
-use safe_coder_sandbox::select::{choose, doctor_report, probe, probe_all, AUTO_ORDER};
-use safe_coder_sandbox::{BackendKind, SandboxError};
+use safe_coder_sandbox::select::{
+    choose, choose_with, doctor_report, probe, probe_all, probe_with, AUTO_ORDER,
+};
+use safe_coder_sandbox::{BackendKind, DockerSpec, SandboxError, SandboxSpec};
 
 #[test]
 fn probes_come_in_auto_order_with_reasons() {
@@ -14,11 +16,7 @@ fn probes_come_in_auto_order_with_reasons() {
     assert!(probe(BackendKind::Copy).available);
     assert!(probe(BackendKind::Direct).available);
     // Not built in this version: unavailable, saying so and what the machine has.
-    for kind in [
-        BackendKind::Firecracker,
-        BackendKind::Qemu,
-        BackendKind::Docker,
-    ] {
+    for kind in [BackendKind::Firecracker, BackendKind::Qemu] {
         let p = probe(kind);
         assert!(!p.available);
         assert!(p.reason.contains("not built yet"), "{}", p.reason);
@@ -26,12 +24,57 @@ fn probes_come_in_auto_order_with_reasons() {
     assert!(probe(BackendKind::Qemu).reason.contains("/dev/kvm"));
 }
 
+/// Docker without an engine at the configured socket: unavailable, naming the fix; and
+/// opening it is the same sentence.
+#[test]
+fn docker_without_an_engine_says_how_to_get_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let docker = DockerSpec {
+        host: Some(format!("unix://{}/no.sock", dir.path().display())),
+        ..DockerSpec::default()
+    };
+    let p = probe_with(BackendKind::Docker, &docker);
+    assert!(!p.available);
+    assert!(
+        p.reason.contains("no container engine socket"),
+        "{}",
+        p.reason
+    );
+    assert!(p.reason.contains("no.sock"), "{}", p.reason);
+    let (kind, note) = choose_with(None, &docker).expect("auto");
+    assert_ne!(kind, BackendKind::Docker);
+    assert!(
+        note.contains("docker (no container engine socket"),
+        "{note}"
+    );
+    let mut spec = SandboxSpec::new(dir.path());
+    spec.docker = docker.clone();
+    match safe_coder_sandbox::open(BackendKind::Docker, spec) {
+        Err(SandboxError::Unavailable(reason)) => {
+            assert!(reason.contains("start dockerd"), "{reason}")
+        }
+        Err(other) => panic!("expected Unavailable, got {other}"),
+        Ok(_) => panic!("docker opened without an engine"),
+    }
+    let tcp = DockerSpec {
+        host: Some("tcp://127.0.0.1:2375".into()),
+        ..DockerSpec::default()
+    };
+    assert!(probe_with(BackendKind::Docker, &tcp)
+        .reason
+        .contains("unix://"));
+}
+
 #[test]
 fn auto_picks_the_strongest_available_and_explains() {
     let (kind, note) = choose(None).expect("copy always works");
     assert_ne!(kind, BackendKind::Direct, "auto never chooses direct");
     let process = probe(BackendKind::Process);
-    if process.available {
+    let docker = probe(BackendKind::Docker);
+    if docker.available {
+        // An engine with the image at the default socket: docker comes before process.
+        assert_eq!(kind, BackendKind::Docker, "{note}");
+    } else if process.available {
         assert_eq!(kind, BackendKind::Process, "{note}");
     } else {
         eprintln!("process unavailable here: {}", process.reason);
@@ -41,8 +84,11 @@ fn auto_picks_the_strongest_available_and_explains() {
         note.starts_with(&format!("auto chose {}", kind.as_str())),
         "{note}"
     );
-    for passed in ["firecracker", "qemu", "docker"] {
+    for passed in ["firecracker", "qemu"] {
         assert!(note.contains(passed), "{note}");
+    }
+    if !docker.available {
+        assert!(note.contains("docker ("), "{note}");
     }
 }
 
@@ -76,11 +122,7 @@ fn doctor_prints_every_backend_and_the_auto_choice() {
 #[test]
 fn opening_a_backend_that_is_not_built_says_so() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for kind in [
-        BackendKind::Firecracker,
-        BackendKind::Qemu,
-        BackendKind::Docker,
-    ] {
+    for kind in [BackendKind::Firecracker, BackendKind::Qemu] {
         match safe_coder_sandbox::open(kind, safe_coder_sandbox::SandboxSpec::new(dir.path())) {
             Err(SandboxError::Unavailable(reason)) => {
                 assert!(reason.contains("not built yet"), "{reason}");
