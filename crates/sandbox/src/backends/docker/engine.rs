@@ -206,7 +206,7 @@ pub(crate) async fn connect(
             .as_deref()
             .and_then(parse_api)
             .unwrap_or(MIN_API);
-        let api = newest_of(api, MIN_API).min_by_bollard();
+        let api = at_most_bollard(newest_of(api, MIN_API));
         let docker = client(socket, &api)?;
         let info = docker
             .info()
@@ -277,19 +277,13 @@ fn newest_of(a: ClientVersion, b: ClientVersion) -> ClientVersion {
     }
 }
 
-trait AtMostBollard {
-    fn min_by_bollard(self) -> ClientVersion;
-}
-
-impl AtMostBollard for ClientVersion {
-    /// Never above the version bollard itself was written for.
-    fn min_by_bollard(self) -> ClientVersion {
-        let max = bollard::API_DEFAULT_VERSION;
-        if (self.major_version, self.minor_version) > (max.major_version, max.minor_version) {
-            *max
-        } else {
-            self
-        }
+/// Never above the version bollard itself was written for.
+fn at_most_bollard(v: ClientVersion) -> ClientVersion {
+    let max = bollard::API_DEFAULT_VERSION;
+    if (v.major_version, v.minor_version) > (max.major_version, max.minor_version) {
+        *max
+    } else {
+        v
     }
 }
 

@@ -64,10 +64,11 @@ enum Killed {
     Leftovers,
 }
 
-/// Runs `request` in `container` with environment `env`. When the engine cannot even
+/// Runs `request` in `container` with environment `env`. When the engine could not even
 /// start the command (the container's process limit is full of processes that escaped
-/// their command, Podman's exit code 125), the container is restarted and the command
-/// tried once more.
+/// their commands: Podman answers with its own error and exit code 125), the container
+/// is restarted so the next command runs; this one is not run again (it may have had
+/// effects), and the result says to retry.
 pub(crate) async fn run(
     docker: &Docker,
     container: &str,
@@ -75,25 +76,19 @@ pub(crate) async fn run(
     request: ExecRequest,
     cancel: CancellationToken,
 ) -> Result<ExecOutput, SandboxError> {
-    let first = run_once(
-        docker,
-        container,
-        env.clone(),
-        request.clone(),
-        cancel.clone(),
-    )
-    .await?;
-    if first.exit_code == Some(125) && first.output.contains("OCI runtime error") {
+    let mut out = run_once(docker, container, env, request, cancel).await?;
+    let not_started = out.exit_code == Some(125)
+        && out.output.starts_with("Error: ")
+        && out.output.contains("OCI runtime error");
+    if not_started {
         restart(docker, container).await;
-        let mut again = run_once(docker, container, env, request, cancel).await?;
-        again.output.insert_str(
-            0,
+        out.output.push_str(
             "[the container could not start the command (its process limit was full); it was \
-             started again: the files are kept, running processes were lost]\n",
+             started again, so run the command again: the files are kept, running processes \
+             were lost]",
         );
-        return Ok(again);
     }
-    Ok(first)
+    Ok(out)
 }
 
 async fn restart(docker: &Docker, container: &str) {
