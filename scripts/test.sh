@@ -6,3 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
+# Sessions run on an overlay workspace wherever it mounts; the copy it falls back to
+# gets the end-to-end lifecycle tests (accept, reject, conflict, SIGKILL recovery) too.
+SAFE_CODER_WORKSPACE=copy cargo test -p safe-coder-cli --test all --locked "$@" backends

@@ -47,6 +47,12 @@ impl LineInput {
         Arc::new(LineInput { rx: Mutex::new(rx) })
     }
 
+    /// Lines from elsewhere (`run` reads stdin itself and hands lines on after the
+    /// command exits).
+    pub fn from_receiver(rx: mpsc::UnboundedReceiver<String>) -> Arc<LineInput> {
+        Arc::new(LineInput { rx: Mutex::new(rx) })
+    }
+
     /// The next line, or `None` at end of input.
     pub async fn next_line(&self) -> Option<String> {
         self.rx.lock().await.recv().await

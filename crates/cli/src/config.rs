@@ -23,13 +23,14 @@
 
 //!
 //! Layout: this file holds the kinds, the defaults and [`resolve`]; `file` the files'
-//! shape and reading, `trust` what a project file may say, `write` the `config` command's
+//! shape and reading, `vm` the `[vm]` table, `trust` what a project file may say, `write` the `config` command's
 //! edits, `show` `config --show`.
 
 mod docker;
 mod file;
 mod show;
 mod trust;
+mod vm;
 mod write;
 
 use std::collections::BTreeMap;
@@ -47,6 +48,7 @@ use serde::{Deserialize, Deserializer};
 pub use file::*;
 pub use show::show;
 pub use trust::{is_trusted, restrict_project};
+pub use vm::VmSection;
 pub use write::{write_user_config, ConfigUpdate};
 
 /// The default of every setting, in one place. Where another crate owns a setting its
@@ -314,6 +316,8 @@ pub struct Resolved {
     /// `[isolation] env_passthrough`: variables handed to the agent's commands besides
     /// the built-in allow-list.
     pub env_passthrough: Vec<String>,
+    /// `[network] allow`: hosts `safe-coder run` lets a command reach (docs/run.md).
+    pub network_allow: Vec<String>,
     pub vm: VmSection,
     pub docker: DockerSection,
     pub prices: BTreeMap<String, Price>,
@@ -455,13 +459,7 @@ pub fn resolve(dirs: &Dirs, project: &Path, flags: &Overrides) -> Result<Resolve
     let context_window = files_only(&proj.context.window_tokens, &user.context.window_tokens)
         .unwrap_or_else(|| default_context_window(&model));
 
-    let merge_vm = VmSection {
-        firecracker_bin: files_only(&proj.vm.firecracker_bin, &user.vm.firecracker_bin),
-        kernel_image: files_only(&proj.vm.kernel_image, &user.vm.kernel_image),
-        rootfs_image: files_only(&proj.vm.rootfs_image, &user.vm.rootfs_image),
-        vcpu_count: files_only(&proj.vm.vcpu_count, &user.vm.vcpu_count),
-        mem_size_mib: files_only(&proj.vm.mem_size_mib, &user.vm.mem_size_mib),
-    };
+    let merge_vm = VmSection::merged(&proj.vm, &user.vm);
     let merge_docker = DockerSection::merge(&proj.docker, &user.docker);
 
     log::debug!(
@@ -501,6 +499,7 @@ pub fn resolve(dirs: &Dirs, project: &Path, flags: &Overrides) -> Result<Resolve
             &user.isolation.env_passthrough,
         )
         .unwrap_or_default(),
+        network_allow: files_only(&proj.network.allow, &user.network.allow).unwrap_or_default(),
         vm: merge_vm,
         docker: merge_docker,
         prices,

@@ -6,9 +6,11 @@ mod config;
 mod exec;
 mod logging;
 mod render;
+mod run;
 mod sandbox_image;
 mod sessions;
 mod setup;
+mod vm_image;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -149,6 +151,58 @@ enum Command {
         #[command(subcommand)]
         action: Option<sessions::SessionsCmd>,
     },
+    /// Run any agent CLI (or command) in the sandbox, with the same history, review and
+    /// sync: `safe-coder run -- codex`, `safe-coder run claude`.
+    ///
+    /// The command gets your terminal (a PTY: full-screen programs, resizes and Ctrl+C
+    /// work), the project's sandbox copy as its working directory, no network unless
+    /// --allow-net (or `[network] allow`) names hosts, and only the environment
+    /// variables named with --env (besides the usual allow-list). The presets claude,
+    /// codex, gemini and aider add their API hosts and key variables. When it exits you
+    /// review and sync its changes. See docs/run.md.
+    #[command(trailing_var_arg = true)]
+    Run {
+        /// The project directory (default: the current directory).
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
+        /// The isolation backend (default: `auto`; interactive commands work on process,
+        /// copy and direct).
+        #[arg(long, value_name = "B", value_enum, ignore_case = true)]
+        backend: Option<config::BackendChoice>,
+        /// Hosts the command may reach through Safe Coder's proxy: HOST, HOST:PORT,
+        /// *.DOMAIN (a HOST alone means ports 443 and 80). Repeat or separate with commas.
+        #[arg(long, value_name = "HOST[:PORT],...")]
+        allow_net: Vec<String>,
+        /// Pass this environment variable to the command (e.g. an API key). Repeatable.
+        #[arg(long = "env", value_name = "NAME")]
+        env: Vec<String>,
+        /// Show a host path inside (a path under your home appears under the sandbox's
+        /// home); `:ro` makes it read-only. Repeatable.
+        #[arg(long = "mount", value_name = "PATH[:ro]")]
+        mounts: Vec<String>,
+        /// Print one JSON event per line on stdout (the command's output goes to stderr).
+        #[arg(long)]
+        json: bool,
+        /// Answer the review without asking (default: ask on a terminal, else keep).
+        #[arg(long, value_enum)]
+        sync: Option<SyncChoice>,
+        /// Do not apply the preset of a known CLI (claude, codex, gemini, aider).
+        #[arg(long)]
+        no_preset: bool,
+        /// The command and its arguments (after `--`), or a preset name.
+        #[arg(required = true, num_args = 1.., value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Inside the sandbox: the network allow-list's forwarder (used by `run`).
+    #[command(name = "__net-forward", hide = true)]
+    NetForward {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(required = true, num_args = 1.., last = true)]
+        command: Vec<String>,
+    },
     /// Isolation backends.
     Sandbox {
         #[command(subcommand)]
@@ -160,7 +214,7 @@ enum Command {
 enum SandboxCmd {
     /// Which backends work on this machine, and why the others do not.
     Doctor,
-    /// The images the container and VM backends run, built locally.
+    /// Images for the container and microVM backends, built from the package registries.
     Image {
         #[command(subcommand)]
         action: ImageCmd,
@@ -169,8 +223,27 @@ enum SandboxCmd {
 
 #[derive(Subcommand, Debug)]
 enum ImageCmd {
-    /// Build the image from Debian's packages (no container registry needed).
-    Build(sandbox_image::BuildArgs),
+    /// Build (or bring up to date) the image a backend runs.
+    Build {
+        /// The backend whose image to build.
+        #[arg(long, value_enum, default_value = "docker")]
+        backend: ImageBackend,
+        #[command(flatten)]
+        vm: vm_image::VmImageArgs,
+        #[command(flatten)]
+        docker: sandbox_image::DockerImageArgs,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ImageBackend {
+    /// The container image: a Debian root filesystem imported into the engine.
+    Docker,
+    /// The microVM image (kernel, initramfs, root disk with the guest agent), shared by
+    /// the `qemu` and `firecracker` backends.
+    Qemu,
+    /// The same microVM image: the firecracker backend boots it too.
+    Firecracker,
 }
 
 fn main() -> ExitCode {
@@ -181,6 +254,49 @@ fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
+        Command::NetForward {
+            port,
+            socket,
+            command,
+        } => return ExitCode::from(run::net_forward(port, socket, command)),
+        Command::Run {
+            path,
+            backend,
+            allow_net,
+            env,
+            mounts,
+            json,
+            sync,
+            no_preset,
+            command,
+        } => {
+            let agent = AgentArgs {
+                path,
+                backend,
+                demo: false,
+                provider: None,
+                model: None,
+                base_url: None,
+                api_key: None,
+                approval_mode: None,
+                verbose: false,
+            };
+            let args = run::RunArgs {
+                agent,
+                allow_net,
+                env,
+                mounts,
+                json,
+                sync,
+                no_preset,
+                command,
+            };
+            match runtime().and_then(|rt| rt.block_on(run::run(args))) {
+                Ok(0) => return ExitCode::SUCCESS,
+                Ok(code) => return ExitCode::from(code),
+                Err(e) => Err(e),
+            }
+        }
         Command::Config {
             provider,
             api_key,
@@ -209,12 +325,21 @@ fn main() -> ExitCode {
         ),
         Command::Sandbox {
             action: SandboxCmd::Doctor,
-        } => doctor(),
+        } => setup::doctor_report().map(|report| print!("{report}")),
         Command::Sandbox {
-            action: SandboxCmd::Image {
-                action: ImageCmd::Build(args),
-            },
-        } => sandbox_image::build(args),
+            action:
+                SandboxCmd::Image {
+                    action:
+                        ImageCmd::Build {
+                            backend,
+                            vm,
+                            docker,
+                        },
+                },
+        } => match backend {
+            ImageBackend::Docker => sandbox_image::build_docker(&vm, docker),
+            ImageBackend::Qemu | ImageBackend::Firecracker => vm_image::build(vm),
+        },
         Command::Sessions { action } => {
             sessions::run(action.unwrap_or(sessions::SessionsCmd::List {
                 json: false,
@@ -248,20 +373,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `sandbox doctor`, with the user's `[docker]` settings for this directory.
-fn doctor() -> anyhow::Result<()> {
-    let dirs = config::Dirs::from_env()?;
-    let here = std::env::current_dir()?;
-    let docker = config::resolve(&dirs, &here, &config::Overrides::default())
-        .map(|r| r.docker.spec())
-        .unwrap_or_default();
-    print!(
-        "{}",
-        safe_coder_sandbox::select::doctor_report_with(&docker)
-    );
-    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

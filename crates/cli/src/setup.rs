@@ -69,6 +69,21 @@ pub fn prepare(args: &AgentArgs) -> Result<Prepared> {
     })
 }
 
+/// What `safe-coder sandbox doctor` prints, with `[vm]` as the config in force in the
+/// current directory says (the user's file when the directory cannot be read).
+pub fn doctor_report() -> Result<String> {
+    let dirs = Dirs::from_env()?;
+    let project = std::env::current_dir()
+        .and_then(|d| d.canonicalize())
+        .unwrap_or_else(|_| dirs.config_dir.clone());
+    let resolved = config::resolve(&dirs, &project, &Overrides::default())?;
+    let settings = safe_coder_sandbox::BackendSettings {
+        vm: resolved.vm.spec(&dirs.data_dir),
+        docker: resolved.docker.spec(),
+    };
+    Ok(safe_coder_sandbox::select::doctor_report_with(&settings))
+}
+
 /// The provider settings the model client is made from.
 pub fn provider_config(resolved: &Resolved) -> ProviderConfig {
     ProviderConfig {
@@ -107,6 +122,7 @@ pub fn settings(p: &Prepared) -> Result<Settings> {
         cpus: r.cpus,
         env_passthrough: r.env_passthrough.clone(),
         max_file_mb: r.max_file_mb,
+        vm: r.vm.spec(&p.dirs.data_dir),
         docker: r.docker.spec(),
         provider: provider_config(r),
         max_turns: r.max_turns,

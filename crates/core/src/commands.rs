@@ -41,6 +41,8 @@ pub(crate) struct Runner {
     pub(crate) started: Instant,
     /// Whether the session has its title (its first prompt).
     pub(crate) titled: bool,
+    /// The input of the command `Op::Run` runs, if any (the dispatcher feeds it).
+    pub(crate) terminal: crate::run::TerminalSlot,
 }
 
 fn short(commit: &str) -> String {
@@ -80,8 +82,13 @@ impl Runner {
             Op::SetModel { model } => self.set_model(model),
             Op::SetApprovalMode { mode } => self.set_approval_mode(mode),
             Op::Review { .. } => self.events.error("no review is open"),
+            Op::Run { run } => self.run_command(run, cancel).await,
             // The dispatcher handles these at once.
-            Op::Interrupt | Op::Approval { .. } | Op::Complete { .. } => {}
+            Op::Interrupt
+            | Op::Approval { .. }
+            | Op::Complete { .. }
+            | Op::TerminalInput { .. }
+            | Op::TerminalResize { .. } => {}
         }
         false
     }
@@ -602,7 +609,18 @@ impl Runner {
             self.review(true).await;
             self.session.dir.exists() && self.session.workspace.syncs_back()
         };
-        let _ = self.session.sandbox.stop().await;
+        let lines = self.session.sandbox.stop_lines();
+        if let Some((before, _)) = &lines {
+            self.events.notice(before.clone());
+        }
+        let stopped = self.session.sandbox.stop().await;
+        match (&lines, stopped) {
+            (Some((_, after)), Ok(())) => self.events.notice(after.clone()),
+            (_, Err(e)) => self
+                .events
+                .error(format!("stopping the sandbox failed: {e}")),
+            _ => {}
+        }
         self.recorder.flush().await;
         self.events.emit(Event::SessionEnded {
             session_id: self.session.id.clone(),

@@ -244,6 +244,22 @@ impl Approvals {
 pub async fn start(settings: Settings, start: Start) -> Result<Conversation, StartError> {
     // A bad provider setting (no key, bad URL) fails before any session is made.
     let client = safe_coder_llm::client(settings.provider.clone())?;
+    start_with(settings, start, client).await
+}
+
+/// A new session for `safe-coder run` (docs/run.md): no model, the command sent with
+/// [`Op::Run`] is the agent. Everything else (session dir, history, store record, the
+/// review and sync at [`Op::Shutdown`]) is as for [`start`].
+pub async fn start_run(settings: Settings) -> Result<Conversation, StartError> {
+    let client = Box::new(crate::run::NoModel(settings.provider.kind));
+    start_with(settings, Start::New, client).await
+}
+
+async fn start_with(
+    settings: Settings,
+    start: Start,
+    client: Box<dyn safe_coder_llm::ModelClient>,
+) -> Result<Conversation, StartError> {
     let path = store_path(&settings.data_dir);
     let store = Store::open(&path).map_err(|source| StartError::Store {
         path: path.display().to_string(),
@@ -321,6 +337,7 @@ pub async fn start(settings: Settings, start: Start) -> Result<Conversation, Sta
     let (queue_tx, queue_rx) = mpsc::unbounded_channel::<Queued>();
     let pending: Pending = Arc::default();
     let cancel = CurrentCancel::default();
+    let terminal = crate::run::TerminalSlot::default();
     let mut tasks = Vec::new();
 
     // The dispatcher.
@@ -330,10 +347,15 @@ pub async fn start(settings: Settings, start: Start) -> Result<Conversation, Sta
         let events = events.clone();
         let sandbox = session.sandbox.clone();
         let custom = custom.clone();
+        let terminal = terminal.clone();
         async move {
             while let Some(op) = ops_rx.recv().await {
                 match op {
                     Op::Interrupt => cancel.cancel(),
+                    Op::TerminalInput { data } => terminal.send(crate::run::TermIn::Data(data)),
+                    Op::TerminalResize { rows, cols } => {
+                        terminal.send(crate::run::TermIn::Resize(rows, cols))
+                    }
                     Op::Approval { call_id, decision } => {
                         let waiting = pending.lock().ok().and_then(|mut p| p.remove(&call_id));
                         match waiting {
@@ -405,6 +427,7 @@ pub async fn start(settings: Settings, start: Start) -> Result<Conversation, Sta
         queue: queue_rx,
         started: Instant::now(),
         titled: resumed,
+        terminal,
     };
     tasks.push(tokio::spawn(async move {
         run_loop(runner, approvals).await;
@@ -477,6 +500,7 @@ fn limits_of(settings: &Settings) -> SessionLimits {
         cpus: settings.cpus,
         env_passthrough: settings.env_passthrough.clone(),
         max_file_bytes: settings.max_file_mb.saturating_mul(1024 * 1024),
+        vm: settings.vm.clone(),
         docker: settings.docker.clone(),
     }
 }

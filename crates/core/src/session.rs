@@ -2,8 +2,10 @@
 //! the git history, the store record, review and sync back, and recovery after a crash.
 //!
 //! Layout of `<data_dir>/sessions/<id>/`:
-//! - `work/`: the sandbox copy (every backend but `direct`), with its history in
-//!   `history.git/` beside it, out of the agent's reach;
+//! - `work/`: the agent's tree (every backend but `direct`), with its history in
+//!   `history.git/` beside it, out of the agent's reach: an overlay mount point (the
+//!   project read-only below, the session's writes in `upper/`, overlayfs's scratch in
+//!   `ovl-work/`) or a copy of the project;
 //! - `shadow.git/`: the shadow repository whose work tree is the project (`direct`);
 //! - `owner.pid`: the process that has the session open, so `sessions list` can tell a
 //!   running session from one left behind by a crash.
@@ -60,6 +62,8 @@ pub struct SessionLimits {
     pub max_file_bytes: u64,
     /// `[docker]` settings (the session adds its id and directory).
     pub docker: safe_coder_sandbox::DockerSpec,
+    /// The microVM backends' image, size and binaries (`[vm]`).
+    pub vm: safe_coder_sandbox::VmSpec,
 }
 
 impl Default for SessionLimits {
@@ -71,6 +75,7 @@ impl Default for SessionLimits {
             env_passthrough: Vec::new(),
             max_file_bytes: safe_coder_history::DEFAULT_MAX_FILE_BYTES,
             docker: safe_coder_sandbox::DockerSpec::default(),
+            vm: safe_coder_sandbox::VmSpec::default(),
         }
     }
 }
@@ -121,13 +126,16 @@ pub fn store_path(data_dir: &Path) -> PathBuf {
 fn open_sandbox(
     backend: BackendKind,
     work: &Path,
+    repo: &SessionRepo,
     limits: &SessionLimits,
     (id, dir): (&str, &Path),
 ) -> Result<Arc<dyn Sandbox>, SessionError> {
     let mut spec = safe_coder_sandbox::SandboxSpec::new(work);
+    spec.overlay = repo.overlay();
     spec.limits.memory_mb = limits.memory_mb;
     spec.limits.cpus = limits.cpus;
     spec.env_passthrough = limits.env_passthrough.clone();
+    spec.vm = limits.vm.clone();
     // A container is named and labelled after its session, and kept while its
     // directory is.
     spec.docker = limits.docker.clone();
@@ -158,9 +166,13 @@ impl Session {
         // Probing the backend (which runs bubblewrap once) overlaps with the copy-in,
         // whichever backend `auto` picks; `direct` needs no probe to know its workspace.
         let requested = config.backend;
-        let docker = config.limits.docker.clone();
-        let probe =
-            std::thread::spawn(move || safe_coder_sandbox::select::choose_with(requested, &docker));
+        let settings = safe_coder_sandbox::BackendSettings {
+            vm: config.limits.vm.clone(),
+            docker: config.limits.docker.clone(),
+        };
+        let probe = std::thread::spawn(move || {
+            safe_coder_sandbox::select::choose_with(requested, &settings)
+        });
         let id = new_id();
         let dir = sessions_dir(&config.data_dir).join(&id);
         std::fs::create_dir_all(&dir).map_err(|e| {
@@ -182,16 +194,16 @@ impl Session {
         }
         // `auto` never picks `direct`, so the workspace is known before the probe ends.
         let planned = requested.unwrap_or(BackendKind::Process);
-        let workspace = Workspace::for_backend(planned, &project, &dir);
+        let mut workspace = Workspace::for_new_session(planned, &project, &dir);
         let made = workspace.create_history(&dir, &exclude);
         let chosen = match probe.join() {
             Ok(result) => result.map_err(SessionError::from),
             Err(_) => Err(SessionError::Other("the backend probe failed".into())),
         };
-        let (repo, (backend, note)) = match (made, chosen) {
-            (Ok(repo), Ok(chosen)) => (repo, chosen),
+        let ((mut repo, mut how), (backend, note)) = match (made, chosen) {
+            (Ok(made), Ok(chosen)) => (made, chosen),
             (made, chosen) => {
-                let _ = std::fs::remove_dir_all(&dir);
+                safe_coder_sandbox::overlay::remove_tree(&dir);
                 chosen?;
                 made?;
                 return Err(SessionError::Other(
@@ -199,6 +211,25 @@ impl Session {
                 ));
             }
         };
+        // `auto` chose a backend that does not run over an overlay (a container, a VM):
+        // it gets a copy instead.
+        let overlay_ok = matches!(backend, BackendKind::Copy | BackendKind::Process);
+        if repo.overlay().is_some() && !overlay_ok {
+            drop(repo);
+            for sub in ["upper", "ovl-work", "work", "history.git"] {
+                safe_coder_sandbox::overlay::remove_tree(&dir.join(sub));
+            }
+            workspace = Workspace::for_backend(backend, &project, &dir);
+            let remade = workspace.create_history(&dir, &exclude);
+            (repo, how) = match remade {
+                Ok(made) => made,
+                Err(e) => {
+                    safe_coder_sandbox::overlay::remove_tree(&dir);
+                    return Err(e);
+                }
+            };
+        }
+        let note = with_workspace(&note, &how);
         let base = repo.base()?;
         {
             let s = store
@@ -215,7 +246,17 @@ impl Session {
                 approval_mode: config.approval_mode.as_str().to_string(),
             })?;
         }
-        let sandbox = open_sandbox(backend, workspace.work_tree(), &config.limits, (&id, &dir))?;
+        let sandbox = open_sandbox(
+            backend,
+            workspace.work_tree(),
+            &repo,
+            &config.limits,
+            (&id, &dir),
+        )?;
+        let note = match sandbox.backend_detail() {
+            Some(detail) => format!("{note}; {detail}"),
+            None => note,
+        };
         let session = Session {
             files: SessionFiles {
                 id,
@@ -243,6 +284,7 @@ impl Session {
         let sandbox = open_sandbox(
             files.backend,
             files.workspace.work_tree(),
+            &files.repo,
             limits,
             (&files.id, &files.dir),
         )?;
@@ -278,7 +320,8 @@ impl SessionFiles {
         let dir = PathBuf::from(&record.session_dir);
         let project = PathBuf::from(&record.project);
         let workspace = Workspace::for_backend(backend, &project, &dir);
-        let repo = SessionRepo::open(workspace.work_tree(), &workspace.git_dir(&dir))?
+        let repo = workspace
+            .open_history(&dir)?
             .with_max_file_bytes(max_file_bytes);
         Ok(SessionFiles {
             id: record.id.clone(),
@@ -362,8 +405,28 @@ impl SessionFiles {
     }
 
     fn remove_dir(&self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // overlayfs leaves its `work/work` without permissions: remove_tree copes.
+        safe_coder_sandbox::overlay::remove_tree(&self.dir);
     }
+}
+
+/// The backend note with how the session's tree was made put into its first clause
+/// (the one the start line shows): "auto chose process: …, overlay workspace; …".
+fn with_workspace(note: &str, how: &str) -> String {
+    let (how_short, how_rest) = match how.split_once("; ") {
+        Some((a, b)) => (a, Some(b)),
+        None => (how, None),
+    };
+    let mut out = match note.split_once("; ") {
+        Some((first, rest)) => format!("{first}, {how_short}; {rest}"),
+        None if note.trim().is_empty() => how_short.to_string(),
+        None => format!("{}, {how_short}", note.trim()),
+    };
+    if let Some(r) = how_rest {
+        out.push_str("; ");
+        out.push_str(r);
+    }
+    out
 }
 
 /// Whether the process that opened a session is still alive.

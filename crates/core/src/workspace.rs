@@ -6,7 +6,11 @@ use std::path::{Path, PathBuf};
 
 use safe_coder_history::{sync, SessionRepo};
 use safe_coder_protocol::{ChangeSet, ReviewDecision};
+use safe_coder_sandbox::overlay::Layers;
 use safe_coder_sandbox::BackendKind;
+
+/// The upper layer of an overlay workspace, in the session dir.
+const UPPER: &str = "upper";
 
 pub use safe_coder_history::sync::SyncReport;
 
@@ -15,9 +19,15 @@ use crate::session::SessionError;
 /// The files a session works on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Workspace {
-    /// A copy of the project in the session dir (`work/`, history in `history.git`
-    /// beside it); the project changes only through an accepted sync.
-    SandboxCopy { project: PathBuf, work: PathBuf },
+    /// The project as the agent's own tree in the session dir (`work/`, history in
+    /// `history.git` beside it); the project changes only through an accepted sync.
+    /// With `layers`, `work/` is an overlay (the project read-only below, the session's
+    /// writes in `upper/`); without, it is a copy.
+    SandboxCopy {
+        project: PathBuf,
+        work: PathBuf,
+        layers: Option<Layers>,
+    },
     /// The project itself; the history is a shadow repository in the session dir
     /// (`shadow.git`), and the user's own `.git` is never touched.
     InPlace { project: PathBuf },
@@ -39,12 +49,39 @@ fn empty_report() -> SyncReport {
 }
 
 impl Workspace {
-    /// The workspace a backend works in, for a session stored in `session_dir`.
+    /// The workspace of a recorded session stored in `session_dir`: an overlay when
+    /// its upper layer is there.
     pub fn for_backend(backend: BackendKind, project: &Path, session_dir: &Path) -> Workspace {
+        let layered = session_dir.join(UPPER).is_dir();
+        Self::with_layers(backend, project, session_dir, layered)
+    }
+
+    /// The workspace a new session on `backend` asks for: an overlay for `copy` and
+    /// `process` (the backends that run over one) unless `SAFE_CODER_WORKSPACE=copy`;
+    /// [`Workspace::create_history`] falls back to a copy where it cannot be mounted.
+    pub fn for_new_session(backend: BackendKind, project: &Path, session_dir: &Path) -> Workspace {
+        let layered = matches!(backend, BackendKind::Copy | BackendKind::Process)
+            && !safe_coder_sandbox::overlay::forced_copy();
+        Self::with_layers(backend, project, session_dir, layered)
+    }
+
+    fn with_layers(
+        backend: BackendKind,
+        project: &Path,
+        session_dir: &Path,
+        layered: bool,
+    ) -> Workspace {
         if backend.uses_copy() {
+            let work = session_dir.join("work");
             Workspace::SandboxCopy {
                 project: project.to_path_buf(),
-                work: session_dir.join("work"),
+                layers: layered.then(|| Layers {
+                    lower: project.to_path_buf(),
+                    upper: session_dir.join(UPPER),
+                    work: session_dir.join("ovl-work"),
+                    merged: work.clone(),
+                }),
+                work,
             }
         } else {
             Workspace::InPlace {
@@ -89,22 +126,53 @@ impl Workspace {
         }
     }
 
-    /// Creates the session history (and the sandbox copy) for a new session.
+    /// Creates the session history (and the sandbox's tree: the overlay, or a copy) for
+    /// a new session. An overlay that cannot be mounted here becomes a copy (`self` says
+    /// so afterwards). Also returns how the tree was made, for the session's start line.
     pub fn create_history(
-        &self,
+        &mut self,
         session_dir: &Path,
         exclude: &[String],
-    ) -> Result<SessionRepo, SessionError> {
-        Ok(match self {
-            Workspace::SandboxCopy { project, work } => SessionRepo::create_sandbox_copy_at(
+    ) -> Result<(SessionRepo, String), SessionError> {
+        let git_dir = session_dir.join("history.git");
+        match self {
+            Workspace::SandboxCopy {
                 project,
                 work,
-                Some(&session_dir.join("history.git")),
-                exclude,
-            )?,
-            Workspace::InPlace { project } => {
-                SessionRepo::create_shadow(project, &session_dir.join("shadow.git"), exclude)?
+                layers,
+            } => {
+                let mut why_not = String::new();
+                if let Some(l) = layers.as_ref() {
+                    match SessionRepo::create_overlay(l, &git_dir, exclude) {
+                        Ok(repo) => return Ok((repo, "overlay workspace".to_string())),
+                        Err(e) => {
+                            why_not = format!("; no overlay: {e}");
+                            *layers = None;
+                        }
+                    }
+                }
+                let repo =
+                    SessionRepo::create_sandbox_copy_at(project, work, Some(&git_dir), exclude)?;
+                let how = match repo.start_stats() {
+                    Some(s) if s.reflinked => "copy workspace (reflinks)",
+                    _ => "copy workspace",
+                };
+                Ok((repo, format!("{how}{why_not}")))
             }
+            Workspace::InPlace { project } => Ok((
+                SessionRepo::create_shadow(project, &session_dir.join("shadow.git"), exclude)?,
+                "in place".to_string(),
+            )),
+        }
+    }
+
+    /// Opens a recorded session's history (remounting an overlay workspace).
+    pub fn open_history(&self, session_dir: &Path) -> Result<SessionRepo, SessionError> {
+        Ok(match self {
+            Workspace::SandboxCopy {
+                layers: Some(l), ..
+            } => SessionRepo::open_overlay(l, &self.git_dir(session_dir))?,
+            _ => SessionRepo::open(self.work_tree(), &self.git_dir(session_dir))?,
         })
     }
 

@@ -30,6 +30,9 @@ pub enum HistoryError {
     Corrupt(String),
     #[error("the session's stored copy of {path} does not match its recorded hash, so nothing of it was written; the session's disk may be damaged: check it, then sync again")]
     StoredCopyMismatch { path: String },
+    /// The overlay workspace could not be mounted (the sentence says why).
+    #[error("{0}")]
+    Workspace(String),
     #[error("{path} changed while it was being copied; try again")]
     ChangedDuringCopy { path: PathBuf },
 }

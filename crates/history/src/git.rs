@@ -44,7 +44,13 @@ const CONFIG: &[&str] = &[
 
 pub(crate) struct Git<'a> {
     pub git_dir: &'a Path,
+    /// The work tree as git sees it (with an overlay workspace, inside its namespace).
     pub work_tree: &'a Path,
+    /// The work tree as this process reads it (the same path, or an overlay's
+    /// `/proc/self/fd/N`).
+    pub files: &'a Path,
+    /// The overlay workspace git joins before it runs.
+    pub overlay: Option<&'a safe_coder_sandbox::overlay::OverlayMount>,
     /// An alternative index file (`GIT_INDEX_FILE`).
     pub index: Option<&'a Path>,
 }
@@ -80,7 +86,16 @@ impl Git<'_> {
         for c in CONFIG {
             cmd.arg("-c").arg(c);
         }
-        cmd.args(args).current_dir(self.work_tree);
+        cmd.args(args);
+        match self.overlay {
+            Some(mount) => {
+                cmd.current_dir("/");
+                mount.enter(&mut cmd);
+            }
+            None => {
+                cmd.current_dir(self.work_tree);
+            }
+        }
         cmd
     }
 

@@ -9,6 +9,7 @@
 //! index, scans, diffs and checkouts.
 
 mod beneath;
+mod borrow;
 mod error;
 mod git;
 mod index;
@@ -20,10 +21,12 @@ mod repo;
 mod snapshot;
 mod stage;
 pub mod sync;
+mod upper;
 
 pub use error::HistoryError;
 pub use labels::SNAPSHOT_PREFIX;
 pub use repo::{CommitInfo, CommitOutcome, SessionRepo, DEFAULT_MAX_FILE_BYTES};
+pub use snapshot::SnapshotStats;
 
 /// Message of the first commit of a sandbox copy.
 pub const INITIAL_MESSAGE: &str = "Initial snapshot - Safe Coder VM";

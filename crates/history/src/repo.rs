@@ -3,16 +3,21 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use safe_coder_sandbox::overlay::{Layers, OverlayMount};
 
 use safe_coder_protocol::{ChangeKind, ChangeSet, FileChange, LeftOutPath};
 
 use crate::beneath::{open_beneath, Opened};
+use crate::borrow::Borrowed;
 use crate::error::{HistoryError, IoContext};
 use crate::git::{ensure_git, Git};
 use crate::objects::{self, is_hex_id, CommitFields, Oid};
 use crate::paths::{clean_rel, rel_to_root};
-use crate::snapshot::{self, write_ref};
+use crate::snapshot::{self, write_ref, SnapshotStats};
 use crate::stage;
+use crate::upper;
 use crate::{INITIAL_MESSAGE, SHADOW_MESSAGE};
 
 /// Trailer on undo commits: the commit whose state the undo restored, so that a
@@ -58,12 +63,20 @@ pub struct CommitInfo {
 /// for the `direct` backend) and its git dir.
 #[derive(Clone, Debug)]
 pub struct SessionRepo {
+    /// The work tree as git and the agent see it.
     work_tree: PathBuf,
+    /// The work tree as this process reads and writes it: `work_tree`, or with an
+    /// overlay workspace the mount's `/proc/self/fd/N` path (never canonicalized).
+    files: PathBuf,
+    /// The overlay workspace, when the work tree is one (see `upper.rs`).
+    overlay: Option<Arc<OverlayMount>>,
     git_dir: PathBuf,
     max_file_bytes: u64,
     /// The `direct` backend's shadow repository: nested repositories are the user's own
     /// and stay untracked instead of being tracked as plain files.
     shadow: bool,
+    /// What the first snapshot did, when this value created it.
+    start: Option<SnapshotStats>,
 }
 
 /// Short id as shown in messages (`Rollback to 1a2b3c4`).
@@ -97,6 +110,19 @@ impl SessionRepo {
         git_dir: Option<&Path>,
         excludes: &[String],
     ) -> Result<SessionRepo, HistoryError> {
+        Self::create_sandbox_copy_with(project, work_tree, git_dir, excludes, true)
+    }
+
+    /// [`SessionRepo::create_sandbox_copy_at`]; `borrow_git == false` hashes every file
+    /// even when the project is a git repository whose index already knows them (tests
+    /// and benchmarks compare both; see [`SessionRepo::start_stats`]).
+    pub fn create_sandbox_copy_with(
+        project: &Path,
+        work_tree: &Path,
+        git_dir: Option<&Path>,
+        excludes: &[String],
+        borrow_git: bool,
+    ) -> Result<SessionRepo, HistoryError> {
         ensure_git()?;
         if !project.is_dir() {
             return Err(HistoryError::NoProject(project.to_path_buf()));
@@ -127,24 +153,134 @@ impl SessionRepo {
             None => work_tree.join(".git"),
         };
         let worktree_config = external.then_some(work_tree.as_path());
+        let borrowed = borrow_git.then(|| Borrowed::discover(&project)).flatten();
         let made = snapshot::init_git_dir(&git_dir, &excludes, worktree_config).and_then(|_| {
             let source = snapshot::Source::Copy {
                 work_tree: &work_tree,
                 excludes: &excludes,
             };
-            snapshot::write_snapshot(&project, source, &git_dir, INITIAL_MESSAGE)
+            snapshot::write_snapshot(
+                &project,
+                source,
+                &git_dir,
+                INITIAL_MESSAGE,
+                borrowed.as_ref(),
+            )
         });
-        if let Err(e) = made {
-            // A half-made copy is worth nothing; the project was only read.
-            let _ = fs::remove_dir_all(&work_tree);
-            let _ = fs::remove_dir_all(&git_dir);
-            return Err(e);
-        }
+        let stats = match made {
+            Ok((_, stats)) => stats,
+            Err(e) => {
+                // A half-made copy is worth nothing; the project was only read.
+                let _ = fs::remove_dir_all(&work_tree);
+                let _ = fs::remove_dir_all(&git_dir);
+                return Err(e);
+            }
+        };
         Ok(SessionRepo {
+            files: work_tree.clone(),
             work_tree,
+            overlay: None,
             git_dir,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             shadow: false,
+            start: Some(stats),
+        })
+    }
+
+    /// An overlay workspace (see `safe_coder_sandbox::overlay`): `layers.lower` is the
+    /// project, read and never written; the agent's work tree is the merged tree at
+    /// `layers.merged`; the session's writes land in `layers.upper`. The first snapshot
+    /// walks the project without copying it (borrowing what the user's git knows), and
+    /// `.git` at any depth, the `excludes` and names git cannot hold are hidden from the
+    /// merged tree by whiteouts, so the agent sees what a copy would hold. Fails when
+    /// the overlay cannot be mounted here; the caller then makes a copy.
+    pub fn create_overlay(
+        layers: &Layers,
+        git_dir: &Path,
+        excludes: &[String],
+    ) -> Result<SessionRepo, HistoryError> {
+        ensure_git()?;
+        if !layers.lower.is_dir() {
+            return Err(HistoryError::NoProject(layers.lower.clone()));
+        }
+        let mut layers = layers.clone();
+        layers.lower = canonical(&layers.lower)?;
+        for dir in [&layers.upper, &layers.merged] {
+            if dir.exists()
+                && fs::read_dir(dir)
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(true)
+            {
+                return Err(HistoryError::NotEmpty(dir.to_path_buf()));
+            }
+        }
+        fs::create_dir_all(git_dir).ctx(|| format!("cannot create {}", git_dir.display()))?;
+        let git_dir = canonical(git_dir)?;
+        let made = (|| {
+            snapshot::init_git_dir(&git_dir, excludes, Some(&layers.merged))?;
+            let hidden = std::sync::Mutex::new(Vec::new());
+            let source = snapshot::Source::Layered {
+                excludes,
+                hidden: &hidden,
+            };
+            let borrowed = Borrowed::discover(&layers.lower);
+            let (_, stats) = snapshot::write_snapshot(
+                &layers.lower,
+                source,
+                &git_dir,
+                INITIAL_MESSAGE,
+                borrowed.as_ref(),
+            )?;
+            fs::create_dir_all(&layers.upper)
+                .ctx(|| format!("cannot create {}", layers.upper.display()))?;
+            for rel in hidden.into_inner().unwrap_or_default() {
+                upper::hide(&layers.upper, &rel)?;
+            }
+            let mount = OverlayMount::mount(layers.clone())
+                .map_err(|e| HistoryError::Workspace(e.to_string()))?;
+            Ok((stats, mount))
+        })();
+        let (stats, mount) = match made {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&git_dir);
+                safe_coder_sandbox::overlay::remove_tree(&layers.upper);
+                safe_coder_sandbox::overlay::remove_tree(&layers.work);
+                return Err(e);
+            }
+        };
+        Ok(SessionRepo {
+            work_tree: layers.merged.clone(),
+            files: mount.host_root().to_path_buf(),
+            overlay: Some(Arc::new(mount)),
+            git_dir,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            shadow: false,
+            start: Some(stats),
+        })
+    }
+
+    /// Reopens an overlay workspace's session (after a restart, a crash or a reboot):
+    /// mounts `layers` again, so the merged tree shows the upper layer's work.
+    pub fn open_overlay(layers: &Layers, git_dir: &Path) -> Result<SessionRepo, HistoryError> {
+        if !git_dir.join("HEAD").is_file() || !git_dir.join("objects").is_dir() {
+            return Err(HistoryError::NotARepo(git_dir.to_path_buf()));
+        }
+        if !layers.lower.is_dir() {
+            return Err(HistoryError::NoProject(layers.lower.clone()));
+        }
+        let mount = OverlayMount::mount(layers.clone())
+            .map_err(|e| HistoryError::Workspace(e.to_string()))?;
+        let git_dir = canonical(git_dir)?;
+        snapshot::ensure_attributes(&git_dir);
+        Ok(SessionRepo {
+            work_tree: layers.merged.clone(),
+            files: mount.host_root().to_path_buf(),
+            overlay: Some(Arc::new(mount)),
+            git_dir,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            shadow: false,
+            start: None,
         })
     }
 
@@ -157,6 +293,17 @@ impl SessionRepo {
         project: &Path,
         git_dir: &Path,
         excludes: &[String],
+    ) -> Result<SessionRepo, HistoryError> {
+        Self::create_shadow_with(project, git_dir, excludes, true)
+    }
+
+    /// [`SessionRepo::create_shadow`]; `borrow_git` as in
+    /// [`SessionRepo::create_sandbox_copy_with`].
+    pub fn create_shadow_with(
+        project: &Path,
+        git_dir: &Path,
+        excludes: &[String],
+        borrow_git: bool,
     ) -> Result<SessionRepo, HistoryError> {
         ensure_git()?;
         if !project.is_dir() {
@@ -174,11 +321,14 @@ impl SessionRepo {
         snapshot::init_git_dir(&git_dir, &excludes, Some(&project))?;
         fs::write(git_dir.join(SHADOW_MARK), "")
             .ctx(|| format!("cannot write {}", git_dir.display()))?;
-        let repo = SessionRepo {
+        let mut repo = SessionRepo {
+            files: project.clone(),
             work_tree: project,
+            overlay: None,
             git_dir,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             shadow: true,
+            start: None,
         };
         // git decides which files count (the .gitignore files, info/exclude); the
         // snapshot itself is written directly, like a sandbox copy's.
@@ -191,7 +341,17 @@ impl SessionRepo {
             .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
             .collect();
         let source = snapshot::Source::InPlace { files };
-        snapshot::write_snapshot(&repo.work_tree, source, &repo.git_dir, SHADOW_MESSAGE)?;
+        let borrowed = borrow_git
+            .then(|| Borrowed::discover(&repo.work_tree))
+            .flatten();
+        let (_, stats) = snapshot::write_snapshot(
+            &repo.work_tree,
+            source,
+            &repo.git_dir,
+            SHADOW_MESSAGE,
+            borrowed.as_ref(),
+        )?;
+        repo.start = Some(stats);
         Ok(repo)
     }
 
@@ -204,11 +364,15 @@ impl SessionRepo {
             return Err(HistoryError::NoProject(work_tree.to_path_buf()));
         }
         let git_dir = canonical(git_dir)?;
+        let work_tree = canonical(work_tree)?;
         let mut repo = SessionRepo {
-            work_tree: canonical(work_tree)?,
+            files: work_tree.clone(),
+            work_tree,
+            overlay: None,
             git_dir,
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             shadow: false,
+            start: None,
         };
         repo.shadow = repo.git_dir.join(SHADOW_MARK).exists() || {
             // A shadow made before the mark existed: its first commit says so.
@@ -227,6 +391,12 @@ impl SessionRepo {
         self
     }
 
+    /// What the first snapshot did (files, how many were borrowed from the user's git,
+    /// reflinks), when this value created the repository; `None` after [`Self::open`].
+    pub fn start_stats(&self) -> Option<SnapshotStats> {
+        self.start
+    }
+
     pub fn max_file_bytes(&self) -> u64 {
         self.max_file_bytes
     }
@@ -239,10 +409,23 @@ impl SessionRepo {
         &self.git_dir
     }
 
+    /// Where this process reaches the work tree's files (see the field).
+    pub fn files(&self) -> &Path {
+        &self.files
+    }
+
+    /// The overlay workspace, when the work tree is one: a sandbox over this session
+    /// must run in it (`SandboxSpec::overlay`).
+    pub fn overlay(&self) -> Option<Arc<OverlayMount>> {
+        self.overlay.clone()
+    }
+
     pub(crate) fn git(&self) -> Git<'_> {
         Git {
             git_dir: &self.git_dir,
             work_tree: &self.work_tree,
+            files: &self.files,
+            overlay: self.overlay.as_deref(),
             index: None,
         }
     }
@@ -369,7 +552,7 @@ impl SessionRepo {
             .into_iter()
             .filter(|l| {
                 !l.path.contains('\u{fffd}')
-                    && fs::symlink_metadata(self.work_tree.join(&l.path)).is_ok()
+                    && fs::symlink_metadata(self.files.join(&l.path)).is_ok()
             })
             .collect()
     }
@@ -435,6 +618,13 @@ impl SessionRepo {
         message: &str,
         touched: Option<&[String]>,
     ) -> Result<CommitOutcome, HistoryError> {
+        if matches!(touched, Some([])) {
+            return Ok(CommitOutcome::default());
+        }
+        // An overlay workspace: the upper layer says what changed, whatever the tools.
+        if let Some(done) = self.upper_commit(message)? {
+            return Ok(done);
+        }
         let left = match touched {
             Some([]) => return Ok(CommitOutcome::default()),
             Some(paths) => {
@@ -463,6 +653,96 @@ impl SessionRepo {
         })
     }
 
+    /// Commits the work tree after a full scan through git (the index brought up to
+    /// date), as rollback, undo and restore need before git rewrites the work tree.
+    fn commit_full(&self, message: &str) -> Result<Option<String>, HistoryError> {
+        let left = self.stage_all(None)?;
+        let commit = self.commit_index(message, false)?;
+        self.note_left_out(left);
+        Ok(commit)
+    }
+
+    /// The tree of the session's work from an overlay workspace's upper layer (the
+    /// base tree with the upper layer applied, see `upper.rs`); `None` without an
+    /// overlay or when the full scan must judge.
+    fn upper_tree(&self) -> Result<Option<Oid>, HistoryError> {
+        let Some(mount) = &self.overlay else {
+            return Ok(None);
+        };
+        let upper_dir = mount.layers().upper.clone();
+        let Some(items) = upper::walk(&upper_dir, self.max_file_bytes)? else {
+            return Ok(None);
+        };
+        let base = self.base()?;
+        let Some(root) = objects::parse_hex(&self.commit_fields(&base)?.tree) else {
+            return Ok(None);
+        };
+        // New files count only when git would not ignore them (tracked ones always).
+        let mut lookup = upper::TreeLookup::new(&self.git_dir, root);
+        let mut new_files = Vec::new();
+        for (rel, item) in &items {
+            if !matches!(item, upper::Item::Gone) && !lookup.has(rel)? {
+                new_files.push(rel.as_bytes().to_vec());
+            }
+        }
+        let ignored: std::collections::HashSet<Vec<u8>> = if new_files.is_empty() {
+            Default::default()
+        } else {
+            let kept: std::collections::HashSet<Vec<u8>> =
+                stage::not_ignored(&self.git(), new_files.clone())?
+                    .into_iter()
+                    .collect();
+            new_files
+                .into_iter()
+                .filter(|f| !kept.contains(f))
+                .collect()
+        };
+        let mut stored: Vec<(String, NewEntry)> = Vec::with_capacity(items.len());
+        for (rel, item) in items {
+            if matches!(item, upper::Item::Gone) {
+                stored.push((rel, None));
+                continue;
+            }
+            if ignored.contains(rel.as_bytes()) {
+                continue;
+            }
+            match upper::store(&self.git_dir, &upper_dir, &rel)? {
+                Some(entry) => stored.push((rel, Some(entry))),
+                None => return Ok(None),
+            }
+        }
+        let changes: Vec<(Vec<&str>, NewEntry)> = stored
+            .iter()
+            .map(|(rel, e)| (rel.split('/').collect(), *e))
+            .collect();
+        let refs: Vec<PathChange<'_>> = changes.iter().map(|(p, s)| (&p[..], *s)).collect();
+        Ok(match self.rewrite_tree(Some(root), &refs)? {
+            Rewritten::Tree(id) => Some(id),
+            Rewritten::Empty => {
+                objects::parse_hex(&objects::write_loose(&self.git_dir, "tree", b"")?)
+            }
+            Rewritten::Fallback => None,
+        })
+    }
+
+    /// Commits what the upper layer holds (see [`Self::upper_tree`]); `None` when
+    /// there is no overlay or the full scan must judge.
+    fn upper_commit(&self, message: &str) -> Result<Option<CommitOutcome>, HistoryError> {
+        let Some(tree) = self.upper_tree()? else {
+            return Ok(None);
+        };
+        let head = self.head()?;
+        if objects::parse_hex(&self.commit_fields(&head)?.tree) == Some(tree) {
+            return Ok(Some(CommitOutcome::default()));
+        }
+        let id = self.write_commit(&objects::hex(&tree), &[&head], message)?;
+        self.set_head(&id)?;
+        Ok(Some(CommitOutcome {
+            commit: Some(id),
+            newly_left_out: Vec::new(),
+        }))
+    }
+
     /// The touched-paths fast path, without running git: hash the touched files into
     /// loose blobs, rewrite the trees along their paths from HEAD's tree, write the
     /// commit and move the branch. The index is left as it was (a cache: the next full
@@ -481,7 +761,7 @@ impl SessionRepo {
         let mut changes: Vec<(Vec<&str>, NewEntry)> = Vec::with_capacity(rels.len());
         for rel in rels {
             let parts: Vec<&str> = rel.split('/').collect();
-            let mut cur = self.work_tree.clone();
+            let mut cur = self.files.clone();
             let mut gone = false;
             for part in &parts[..parts.len() - 1] {
                 cur.push(part);
@@ -495,7 +775,7 @@ impl SessionRepo {
                     Err(_) => return Ok(None),
                 }
             }
-            let path = self.work_tree.join(rel);
+            let path = self.files.join(rel);
             let state = if gone {
                 None
             } else {
@@ -522,7 +802,7 @@ impl SessionRepo {
                     Ok(m) if m.is_file() => {
                         // Read through a descriptor opened without following links,
                         // so a swap after the check above cannot smuggle a host file in.
-                        let Ok(Opened::File(file)) = open_beneath(&self.work_tree, rel.as_bytes())
+                        let Ok(Opened::File(file)) = open_beneath(&self.files, rel.as_bytes())
                         else {
                             return Ok(None);
                         };
@@ -601,10 +881,17 @@ impl SessionRepo {
                 .filter(|(rest, _)| !rest.is_empty())
                 .copied()
                 .collect();
-            if leaves.len() > 1 || (!leaves.is_empty() && !deeper.is_empty()) {
+            if leaves.len() > 1 {
                 return Ok(Rewritten::Fallback);
             }
-            if let Some((_, state)) = leaves.first() {
+            // A removal with changes below it (an overlay's opaque directory): the
+            // entry becomes a tree of exactly those changes, nothing of the old one.
+            let fresh = match (leaves.first(), deeper.is_empty()) {
+                (Some((_, None)), false) => true,
+                (Some(_), false) => return Ok(Rewritten::Fallback),
+                _ => false,
+            };
+            if let Some((_, state)) = leaves.first().filter(|_| !fresh) {
                 match (state, pos) {
                     (None, Some(i)) => {
                         entries.remove(i);
@@ -620,7 +907,7 @@ impl SessionRepo {
                 continue;
             }
             let sub = pos
-                .filter(|&i| entries[i].0 == 0o40000)
+                .filter(|&i| entries[i].0 == 0o40000 && !fresh)
                 .map(|i| entries[i].2);
             match self.rewrite_tree(sub, &deeper)? {
                 Rewritten::Fallback => return Ok(Rewritten::Fallback),
@@ -629,7 +916,7 @@ impl SessionRepo {
                     None => entries.push((0o40000, name.as_bytes().to_vec(), id)),
                 },
                 Rewritten::Empty => {
-                    if let Some(i) = pos.filter(|&i| entries[i].0 == 0o40000) {
+                    if let Some(i) = pos.filter(|&i| entries[i].0 == 0o40000 || fresh) {
                         entries.remove(i);
                     }
                 }
@@ -706,7 +993,7 @@ impl SessionRepo {
     }
 
     fn rollback_with_message(&self, target: &str, message: &str) -> Result<String, HistoryError> {
-        self.commit_changes("Uncommitted changes before rollback", None)?;
+        self.commit_full("Uncommitted changes before rollback")?;
         self.git().run(&["read-tree", "--reset", "-u", target])?;
         let id = self.commit_index(message, true)?;
         id.ok_or_else(|| HistoryError::Corrupt("the rollback was not recorded".into()))
@@ -716,7 +1003,7 @@ impl SessionRepo {
     /// the work tree goes back to that commit's parent, recorded as a new commit.
     /// Repeated undos keep stepping back. `None` at the session's start.
     pub fn undo(&self) -> Result<Option<String>, HistoryError> {
-        self.commit_changes("Uncommitted changes before undo", None)?;
+        self.commit_full("Uncommitted changes before undo")?;
         let head = self.head()?;
         let fields = self.commit_fields(&head)?;
         let state = fields
@@ -756,7 +1043,7 @@ impl SessionRepo {
             ),
             None => None,
         };
-        self.commit_changes("Uncommitted changes before restore", None)?;
+        self.commit_full("Uncommitted changes before restore")?;
         let base = self.base()?;
         let mut args = vec![
             "diff-index",
@@ -781,11 +1068,11 @@ impl SessionRepo {
         for r in &raw {
             if r.status == 'A' {
                 if let Some(clean) = clean_rel(&r.path) {
-                    let p = self.work_tree.join(&clean);
+                    let p = self.files.join(&clean);
                     match fs::symlink_metadata(&p) {
                         Ok(m) if !m.is_dir() => {
                             fs::remove_file(&p).ctx(|| format!("cannot remove {}", p.display()))?;
-                            remove_empty_parents(&self.work_tree, &clean);
+                            remove_empty_parents(&self.files, &clean);
                         }
                         _ => {}
                     }
@@ -847,6 +1134,28 @@ impl SessionRepo {
 
     /// Scans the work tree into a scratch index and compares it with the base.
     pub(crate) fn scan(&self, line_counts: bool) -> Result<Scan, HistoryError> {
+        if let Some(tree) = self.upper_tree()? {
+            let tree = objects::hex(&tree);
+            let base = self.base()?;
+            let mut args = vec!["diff-tree", "-r", "-z", "--raw", "--no-renames"];
+            if line_counts {
+                args.push("--numstat");
+            }
+            args.push(&base);
+            args.push(&tree);
+            let out = self.git().run(&args)?;
+            let mut change_set = build_change_set(&out);
+            let mut left = self.left_out_at_start();
+            left.extend(self.left_out_before());
+            left.sort_by(|a, b| a.path.cmp(&b.path));
+            left.dedup_by(|a, b| a.path == b.path);
+            change_set.left_out = left;
+            return Ok(Scan {
+                raw: parse_diff(&out),
+                change_set,
+                tree,
+            });
+        }
         let (scratch, mut left) = self.scratch_index()?;
         let base = self.base()?;
         let git = Git {
@@ -886,6 +1195,27 @@ impl SessionRepo {
             ),
             None => None,
         };
+        if let Some(tree) = self.upper_tree()? {
+            let tree = objects::hex(&tree);
+            let base = self.base()?;
+            let mut args = vec![
+                "diff-tree",
+                "-r",
+                "-p",
+                "--no-renames",
+                "--no-color",
+                "--no-ext-diff",
+                base.as_str(),
+                tree.as_str(),
+            ];
+            if let Some(r) = rel.as_deref() {
+                args.push("--");
+                args.push(r);
+            }
+            let out = self.git().run(&args)?;
+            let text = String::from_utf8_lossy(&out);
+            return Ok(safe_coder_protocol::text::escape_control_multiline(&text).into_owned());
+        }
         let (scratch, _) = self.scratch_index()?;
         let base = self.base()?;
         let git = Git {

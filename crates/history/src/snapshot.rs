@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha1::{Digest, Sha1};
 
+use crate::borrow::Borrowed;
 use crate::error::{HistoryError, IoContext};
 use crate::index::{self, Entry, Stat, TreeNode};
 use crate::objects::{self, hash_object, hex, Oid};
@@ -90,6 +91,11 @@ pub(crate) fn ensure_attributes(git_dir: &Path) {
 struct Item {
     rel: PathBuf,
     size: u64,
+    /// The project file's stat data when it was listed.
+    stat: Stat,
+    /// Git mode and blob id, when the user's index vouches for the file (borrowed:
+    /// neither hashed nor stored, see `borrow.rs`).
+    known: Option<(u32, Oid)>,
 }
 
 /// What the copy threads report per file.
@@ -108,15 +114,36 @@ pub(crate) enum Source<'a> {
     },
     /// Snapshot these files of the project in place (the shadow repository).
     InPlace { files: Vec<PathBuf> },
+    /// Walk the project like `Copy` but copy nothing: it is an overlay workspace's
+    /// lower layer. The paths the walk leaves out (`.git`, excluded, unstorable) are
+    /// added to `hidden`, for the caller to hide from the merged tree.
+    Layered {
+        excludes: &'a [String],
+        hidden: &'a std::sync::Mutex<Vec<PathBuf>>,
+    },
 }
 
-/// Copies (or reads in place) the project and writes the initial commit; returns its id.
+/// What the first snapshot did, for the session's start line and the benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Regular files in the snapshot.
+    pub files: usize,
+    /// Of those, files whose blob was borrowed from the user's git (not read).
+    pub borrowed: usize,
+    /// Whether the copy shared blocks with the project (`FICLONE`).
+    pub reflinked: bool,
+}
+
+/// Copies (or reads in place) the project and writes the initial commit; returns its
+/// id. With `borrowed`, files the user's git index vouches for are not hashed and their
+/// blobs are read from the user's object store (an alternate).
 pub(crate) fn write_snapshot(
     project: &Path,
     source: Source<'_>,
     git_dir: &Path,
     message: &str,
-) -> Result<String, HistoryError> {
+    borrowed: Option<&Borrowed>,
+) -> Result<(String, SnapshotStats), HistoryError> {
     let left = std::sync::Mutex::new(Vec::new());
     let (work_tree, (dirs, files, links)) = match source {
         Source::Copy {
@@ -124,10 +151,24 @@ pub(crate) fn write_snapshot(
             excludes,
         } => (
             Some(work_tree),
-            walk(project, &Excludes::new(excludes)?, &left)?,
+            walk(project, &Excludes::new(excludes)?, &left, borrowed, None)?,
         ),
-        Source::InPlace { files } => (None, classify(project, files, &left)?),
+        Source::InPlace { files } => (None, classify(project, files, &left, borrowed)?),
+        Source::Layered { excludes, hidden } => (
+            None,
+            walk(
+                project,
+                &Excludes::new(excludes)?,
+                &left,
+                borrowed,
+                Some(hidden),
+            )?,
+        ),
     };
+    let borrowed_count = files.iter().filter(|f| f.known.is_some()).count();
+    if let Some(b) = borrowed.filter(|_| borrowed_count > 0) {
+        b.write_alternates(git_dir)?;
+    }
     note_left_out_at_start(git_dir, &left.into_inner().unwrap_or_default())?;
     let copy_to = |rel: &Path| work_tree.map(|w| w.join(rel));
     if let Some(w) = work_tree {
@@ -141,10 +182,12 @@ pub(crate) fn write_snapshot(
     // so find those duplicates before packing (only same-size files are read twice).
     let mut by_size: HashMap<u64, Vec<usize>> = HashMap::new();
     for (i, f) in files.iter().enumerate() {
-        by_size.entry(f.size).or_default().push(i);
+        if f.known.is_none() {
+            by_size.entry(f.size).or_default().push(i);
+        }
     }
     let mut expected: Vec<Option<Oid>> = vec![None; files.len()];
-    let mut packed = vec![true; files.len()];
+    let mut packed: Vec<bool> = files.iter().map(|f| f.known.is_none()).collect();
     let mut first_seen: HashSet<Oid> = HashSet::new();
     let mut groups: Vec<&Vec<usize>> = by_size.values().filter(|g| g.len() > 1).collect();
     groups.sort_by_key(|g| g[0]);
@@ -170,7 +213,12 @@ pub(crate) fn write_snapshot(
     let mut shares: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); threads];
     for i in order {
         if let Some(lightest) = shares.iter_mut().min_by_key(|s| s.0) {
-            lightest.0 += files[i].size + 4096;
+            // A borrowed file read in place costs nothing; copied, only its bytes.
+            let cost = match (files[i].known, work_tree) {
+                (Some(_), None) => 0,
+                _ => files[i].size,
+            };
+            lightest.0 += cost + 4096;
             lightest.1.push(i);
         }
     }
@@ -190,6 +238,25 @@ pub(crate) fn write_snapshot(
                     let mut out = Vec::with_capacity(share.len());
                     for &i in share {
                         let rel = &files[i].rel;
+                        if let Some((mode, id)) = files[i].known {
+                            let copied = match copy_to(rel) {
+                                None => Copied {
+                                    id,
+                                    mode,
+                                    stat: files[i].stat,
+                                },
+                                Some(dst) => copy_known(
+                                    &project.join(rel),
+                                    &dst,
+                                    &files[i],
+                                    (mode, id),
+                                    &mut buf,
+                                    reflink,
+                                )?,
+                            };
+                            out.push((i, copied));
+                            continue;
+                        }
                         let sink = if packed[i] { Some(&mut pack) } else { None };
                         let copied = copy_file(
                             &project.join(rel),
@@ -198,6 +265,7 @@ pub(crate) fn write_snapshot(
                             sink,
                             &mut buf,
                             reflink,
+                            true,
                         )?;
                         if expected[i].is_some_and(|e| e != copied.id) {
                             return Err(HistoryError::ChangedDuringCopy {
@@ -283,7 +351,43 @@ pub(crate) fn write_snapshot(
     write_ref(git_dir, "refs/heads/main", &commit_hex)?;
     write_ref(git_dir, "refs/safe-coder/base", &commit_hex)?;
     index::write_index(&git_dir.join("index"), &entries, &nodes)?;
-    Ok(commit_hex)
+    let stats = SnapshotStats {
+        files: files.len(),
+        borrowed: borrowed_count,
+        reflinked: work_tree.is_some() && !files.is_empty() && reflink.load(Ordering::Relaxed),
+    };
+    Ok((commit_hex, stats))
+}
+
+/// Copies a file whose blob id the user's index gave: no hashing, no packing. The
+/// source must still carry the stat data it was vouched for once copied, or it changed
+/// meanwhile and the copy might not hold the vouched bytes.
+fn copy_known(
+    src: &Path,
+    dst: &Path,
+    item: &Item,
+    (mode, id): (u32, Oid),
+    buf: &mut [u8],
+    reflink: &AtomicBool,
+) -> Result<Copied, HistoryError> {
+    let copied = copy_file(src, Some(dst), item.size, None, buf, reflink, false)?;
+    let after = fs::symlink_metadata(src).ctx(|| format!("cannot stat {}", src.display()))?;
+    let now = Stat::from_meta(&after);
+    let same = now.mtime_s == item.stat.mtime_s
+        && now.mtime_ns == item.stat.mtime_ns
+        && now.ctime_s == item.stat.ctime_s
+        && now.ctime_ns == item.stat.ctime_ns
+        && now.size == item.stat.size;
+    if !same {
+        return Err(HistoryError::ChangedDuringCopy {
+            path: src.to_path_buf(),
+        });
+    }
+    Ok(Copied {
+        id,
+        mode,
+        stat: copied.stat,
+    })
 }
 
 /// The blob id of the file at `path`, read in a stream (however large it is).
@@ -365,7 +469,14 @@ fn walk(
     project: &Path,
     ex: &Excludes,
     left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
+    borrowed: Option<&Borrowed>,
+    hidden: Option<&std::sync::Mutex<Vec<PathBuf>>>,
 ) -> Result<Walked, HistoryError> {
+    let hide = |rel: &Path| {
+        if let Some(Ok(mut h)) = hidden.map(|h| h.lock()) {
+            h.push(rel.to_path_buf());
+        }
+    };
     let mut dirs = Vec::new();
     let mut files = Vec::new();
     let mut links = Vec::new();
@@ -376,12 +487,14 @@ fn walk(
         .filter_entry(|e| {
             let rel = e.path().strip_prefix(project).unwrap_or(e.path());
             if e.file_name() == ".git" || ex.is_excluded(rel) {
+                hide(rel);
                 return false;
             }
             if let Some(why) = unstorable_name(e.file_name().as_bytes()) {
                 if let Ok(mut l) = left.lock() {
                     l.push((rel.to_path_buf(), why));
                 }
+                hide(rel);
                 return false;
             }
             true
@@ -416,9 +529,12 @@ fn walk(
                         .unwrap_or_else(|| std::io::Error::other("stat failed")),
                 )
             })?;
+            let known = borrowed.and_then(|b| b.unchanged(rel.as_os_str().as_bytes(), &meta));
             files.push(Item {
                 rel,
                 size: meta.len(),
+                stat: Stat::from_meta(&meta),
+                known,
             });
         }
     }
@@ -431,6 +547,7 @@ fn classify(
     project: &Path,
     list: Vec<PathBuf>,
     left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
+    borrowed: Option<&Borrowed>,
 ) -> Result<Walked, HistoryError> {
     let mut files = Vec::new();
     let mut links = Vec::new();
@@ -446,7 +563,15 @@ fn classify(
         let p = project.join(&rel);
         match fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_symlink() => links.push(rel),
-            Ok(m) if m.is_file() => files.push(Item { rel, size: m.len() }),
+            Ok(m) if m.is_file() => {
+                let known = borrowed.and_then(|b| b.unchanged(rel.as_os_str().as_bytes(), &m));
+                files.push(Item {
+                    size: m.len(),
+                    stat: Stat::from_meta(&m),
+                    known,
+                    rel,
+                })
+            }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(HistoryError::io(format!("cannot stat {}", p.display()), e)),
@@ -463,6 +588,7 @@ fn copy_file(
     mut pack: Option<&mut PackWriter>,
     buf: &mut [u8],
     reflink: &AtomicBool,
+    hash: bool,
 ) -> Result<Copied, HistoryError> {
     let mut input = File::open(src).ctx(|| format!("cannot read {}", src.display()))?;
     let meta = input
@@ -497,7 +623,9 @@ fn copy_file(
         p.begin_object(OBJ_BLOB, len)?;
     }
     let mut total = 0u64;
-    loop {
+    // A reflinked file whose id is known needs no read at all.
+    let skip_read = !hash && cloned && pack.is_none();
+    while !skip_read {
         let n = match input.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
@@ -520,12 +648,14 @@ fn copy_file(
             file.write_all(chunk)
                 .ctx(|| format!("cannot write {}", dst.display()))?;
         }
-        sha.update(chunk);
+        if hash {
+            sha.update(chunk);
+        }
         if let Some(p) = pack.as_deref_mut() {
             p.feed(chunk)?;
         }
     }
-    if total != len {
+    if !skip_read && total != len {
         return Err(HistoryError::ChangedDuringCopy {
             path: src.to_path_buf(),
         });

@@ -78,7 +78,7 @@ pub(crate) fn stage(
             },
         );
         if nested_repos_as_files {
-            let files = nested_files(git.work_tree, &dir, &mut left)?;
+            let files = nested_files(git.files, &dir, &mut left)?;
             candidates.extend(not_ignored(git, files)?);
         }
     }
@@ -95,7 +95,7 @@ pub(crate) fn stage(
             left.entry(why.0).or_insert_with(|| why.1.to_string());
             continue;
         }
-        match open_beneath(git.work_tree, p).map_err(|e| io_err(p, e))? {
+        match open_beneath(git.files, p).map_err(|e| io_err(p, e))? {
             Opened::Link(target) => {
                 let id = objects::write_loose(git.git_dir, "blob", &target)?;
                 added.push((0o120000, id, p));
@@ -254,7 +254,10 @@ fn nested_files(
 
 /// `files` without those the project's ignore rules (`.gitignore` files, the
 /// `[isolation] exclude` globs) exclude.
-fn not_ignored(git: &Git<'_>, files: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, HistoryError> {
+pub(crate) fn not_ignored(
+    git: &Git<'_>,
+    files: Vec<Vec<u8>>,
+) -> Result<Vec<Vec<u8>>, HistoryError> {
     if files.is_empty() {
         return Ok(files);
     }

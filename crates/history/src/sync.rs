@@ -25,7 +25,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout};
 
-use safe_coder_protocol::{ChangeSet, FileChange};
+use safe_coder_protocol::{ChangeKind, ChangeSet, FileChange};
 use sha1::{Digest, Sha1};
 
 use crate::error::{HistoryError, IoContext};
@@ -401,9 +401,43 @@ pub fn sync_back_with(
         None => None,
     };
     let agent = agent_states(&scan.raw);
-    let plans = plan(repo, &project, &chosen, &agent, reviewed.as_ref())?;
     let mut blobs: Option<BlobReader> = None;
-    for f in &chosen {
+    // Deletions first, planned and applied before the rest is planned: a directory the
+    // agent replaced by a file (or a file by a directory) is out of the way by then.
+    let (gone, rest): (Vec<FileChange>, Vec<FileChange>) = chosen
+        .into_iter()
+        .partition(|f| f.kind == ChangeKind::Deleted);
+    for batch in [gone, rest] {
+        sync_batch(
+            repo,
+            &project,
+            &batch,
+            &agent,
+            reviewed.as_ref(),
+            &force,
+            &mut blobs,
+            &mut report,
+        )?;
+    }
+    report.applied.sort();
+    report.conflicts.sort();
+    Ok(report)
+}
+
+/// Plans and applies one batch of chosen changes (see [`sync_back_with`]).
+#[allow(clippy::too_many_arguments)]
+fn sync_batch(
+    repo: &SessionRepo,
+    project: &Path,
+    chosen: &[FileChange],
+    agent: &HashMap<&str, State>,
+    reviewed: Option<&HashMap<String, (String, String)>>,
+    force: &HashSet<String>,
+    blobs: &mut Option<BlobReader>,
+    report: &mut SyncReport,
+) -> Result<(), HistoryError> {
+    let plans = plan(repo, project, chosen, agent, reviewed)?;
+    for f in chosen {
         let Some(p) = plans.get(&f.path) else {
             report.skipped.push(f.path.clone());
             continue;
@@ -426,10 +460,10 @@ pub fn sync_back_with(
                 .insert(f.path.clone(), CONFLICT_REASON.to_string());
             continue;
         }
-        apply(repo, &project, &f.path, p, &mut blobs)?;
+        apply(repo, project, &f.path, p, blobs)?;
         report.applied.push(f.path.clone());
     }
-    Ok(report)
+    Ok(())
 }
 
 fn temp_path(host_path: &Path) -> PathBuf {
@@ -588,7 +622,7 @@ fn apply(
             let mut cur = Path::new(rel).parent();
             while let Some(dir) = cur {
                 if dir.as_os_str().is_empty()
-                    || repo.work_tree().join(dir).exists()
+                    || fs::symlink_metadata(repo.files().join(dir)).is_ok_and(|m| m.is_dir())
                     || fs::remove_dir(project.join(dir)).is_err()
                 {
                     break;
@@ -744,7 +778,7 @@ pub fn merge_into_session(
         ),
     }
     };
-    if unsafe_reason(&project, &rel).is_some() || unsafe_reason(repo.work_tree(), &rel).is_some() {
+    if unsafe_reason(&project, &rel).is_some() || unsafe_reason(repo.files(), &rel).is_some() {
         return Err(not_files());
     }
     let host = host_state(&project.join(&rel))?;
@@ -838,7 +872,7 @@ pub fn merge_into_session(
         return Ok(MergeOutcome::Conflicts(hunks.max(1)));
     }
     // Into the session's copy, atomically, never through a link the agent left there.
-    let target = repo.work_tree().join(&rel);
+    let target = repo.files().join(&rel);
     match fs::symlink_metadata(&target) {
         Ok(m) if m.is_file() => {}
         _ => return Err(not_files()),

@@ -4,9 +4,11 @@
 //!
 //! [`rootfs`] builds a Debian tree with debootstrap, once per package set; the docker
 //! backend imports it into the engine, and the microVM image turns it into an ext4 disk
-//! with the guest agent inside.
+//! with the guest agent inside ([`vm`]: kernel, initramfs and root disk of the microVM
+//! backends).
 
 pub mod rootfs;
+pub mod vm;
 
 pub use rootfs::{build_rootfs, RootfsRequest};
 
@@ -27,6 +29,20 @@ pub enum ImageError {
         what: String,
         status: String,
         output: String,
+    },
+    #[error("no static guest agent binary found (looked at {searched}); build it with `scripts/build-guest-agent.sh` or set SAFE_CODER_GUEST_AGENT to its path")]
+    AgentNotFound { searched: String },
+    #[error("the guest agent {} is linked dynamically, but it runs as the initramfs's /init where no libc exists; build it with `scripts/build-guest-agent.sh` (crt-static)", path.display())]
+    AgentNotStatic { path: PathBuf },
+    #[error("the guest kernel could not be prepared: {0}")]
+    Kernel(String),
+    #[error("no VM image in {} yet; build it with `safe-coder sandbox image build --backend qemu`", dir.display())]
+    VmImageMissing { dir: PathBuf },
+    #[error("the VM image in {} has an agent speaking protocol {image_protocol}, but this safe-coder speaks {protocol}; rebuild it with `safe-coder sandbox image build --backend qemu`", dir.display())]
+    VmImageStale {
+        dir: PathBuf,
+        image_protocol: u32,
+        protocol: u32,
     },
     #[error("{}: {source}", path.display())]
     Io {

@@ -87,6 +87,38 @@ pub fn sync_finished_text(event: &Event) -> Option<String> {
     Some(text)
 }
 
+/// The lines shown when `safe-coder run`'s command ended: how it ended, and the network
+/// destinations refused (`None` for any other event).
+pub fn run_finished_text(event: &Event) -> Option<String> {
+    let Event::RunFinished {
+        command,
+        exit_code,
+        signal,
+        refused,
+    } = event
+    else {
+        return None;
+    };
+    let command = escape_for_terminal(command);
+    let mut text = match (exit_code, signal) {
+        (Some(code), _) => format!("■ {command} exited with code {code}"),
+        (None, Some(sig)) => format!("■ {command} was killed by signal {sig}"),
+        (None, None) => format!("■ {command} ended"),
+    };
+    if !refused.is_empty() {
+        let list: Vec<String> = refused
+            .iter()
+            .map(|r| escape_for_terminal(r).into_owned())
+            .collect();
+        text.push_str(&format!(
+            "\n⊘ network: refused {} destination(s) not on the allow-list: {} (allow one with --allow-net HOST:PORT)",
+            list.len(),
+            list.join(", ")
+        ));
+    }
+    Some(text)
+}
+
 /// `text` with terminal control characters made visible (`\x1b`, `\r`, `\u{202e}`…),
 /// so a file name or an output line the agent made cannot erase or hide other lines.
 /// Newlines and tabs are kept.

@@ -162,6 +162,29 @@ pub enum Event {
     Completions {
         items: Vec<String>,
     },
+    /// [`Op::Run`](crate::Op::Run) started the command. `allow_net`: the hosts it may
+    /// reach (none: no network).
+    RunStarted {
+        command: String,
+        allow_net: Vec<String>,
+    },
+    /// Output of the running command's terminal, as it came.
+    TerminalOutput {
+        data: Vec<u8>,
+    },
+    /// The running command tried to reach a destination not on the allow-list.
+    NetworkRefused {
+        host: String,
+        port: u16,
+    },
+    /// The command ended (its work is committed). `refused`: every destination the
+    /// allow-list refused, as `host:port`.
+    RunFinished {
+        command: String,
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        refused: Vec<String>,
+    },
     /// The session is over; the event stream ends after this. `kept`: the session still
     /// holds unsynced work (`safe-coder sessions sync ID`).
     SessionEnded {

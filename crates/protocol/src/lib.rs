@@ -22,5 +22,5 @@ pub use message::{
     ContentBlock, Message, ModelRequest, ModelResponse, Role, StopReason, StreamEvent, ToolInput,
     ToolSpec, Usage,
 };
-pub use op::{Op, ReviewDecision};
+pub use op::{Op, ReviewDecision, RunRequest};
 pub use status::{SandboxState, SandboxStatus};

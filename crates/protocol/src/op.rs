@@ -53,6 +53,22 @@ pub enum Op {
     Complete {
         text: String,
     },
+    /// `safe-coder run`: run an interactive command (an agent CLI) in the sandbox until
+    /// it exits, with the terminal passed through [`Op::TerminalInput`] and
+    /// [`Event::TerminalOutput`](crate::Event::TerminalOutput); see docs/run.md.
+    Run {
+        run: RunRequest,
+    },
+    /// Bytes typed into the running command's terminal (taken at once, like
+    /// [`Op::Interrupt`]).
+    TerminalInput {
+        data: Vec<u8>,
+    },
+    /// The user's terminal changed size: the running command's terminal follows.
+    TerminalResize {
+        rows: u16,
+        cols: u16,
+    },
     /// End the session: the end-of-session review (if anything changed), then
     /// [`Event::SessionEnded`](crate::Event::SessionEnded) and the end of the stream.
     Shutdown,
@@ -75,4 +91,29 @@ pub enum ReviewDecision {
     },
     /// Sync nothing now; the session keeps the changes for `sessions sync`.
     Keep,
+}
+
+/// What [`Op::Run`] runs. Credentials travel by name only: the core reads the values of
+/// `env` from its own environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// Names of variables passed through on purpose (`--env NAME`).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Hosts the command may reach through the proxy (`HOST[:PORT]`, `*.DOMAIN`).
+    #[serde(default)]
+    pub allow_net: Vec<String>,
+    /// Host paths to show inside (`--mount PATH[:ro]`): the path and read-only.
+    #[serde(default)]
+    pub mounts: Vec<(String, bool)>,
+    /// Rows and columns of the terminal to give the command; `None`: no terminal (its
+    /// stdin and output are a socket).
+    #[serde(default)]
+    pub terminal: Option<(u16, u16)>,
+    /// The `safe-coder` binary, shown inside the sandbox to run the network forwarder
+    /// (`safe-coder __net-forward`); needed only with `allow_net`.
+    #[serde(default)]
+    pub forwarder: Option<String>,
 }

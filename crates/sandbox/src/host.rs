@@ -67,7 +67,13 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The shared part of a sandbox over a host directory.
 pub(crate) struct HostSandbox {
     kind: BackendKind,
+    /// Where this process reaches the work tree's files (with an overlay workspace, a
+    /// `/proc/self/fd/N` path into the mount: see `overlay.rs`).
     workdir: PathBuf,
+    /// Where commands run (the work tree as the agent sees it).
+    exec_dir: PathBuf,
+    /// The overlay workspace commands join, if the work tree is one.
+    overlay: Option<Arc<crate::overlay::OverlayMount>>,
     agent_root: String,
     confiner: Option<Arc<dyn CommandConfiner>>,
     /// Extra variable names handed to commands (`SandboxSpec::env_passthrough`).
@@ -83,6 +89,7 @@ impl std::fmt::Debug for HostSandbox {
         f.debug_struct("HostSandbox")
             .field("kind", &self.kind)
             .field("workdir", &self.workdir)
+            .field("overlay", &self.overlay.is_some())
             .field("confined", &self.confiner.is_some())
             .finish()
     }
@@ -90,13 +97,30 @@ impl std::fmt::Debug for HostSandbox {
 
 impl HostSandbox {
     /// A sandbox over `workdir` (canonicalized; it must be an existing directory).
-    /// With a `confiner`, every command is built by it (the `process` backend).
+    /// With a `confiner`, every command is built by it (the `process` backend). With an
+    /// `overlay`, the work tree is its merged tree (`workdir` is ignored): files are
+    /// reached through the mount and commands join its namespace.
     pub(crate) fn new(
         kind: BackendKind,
         workdir: PathBuf,
         confiner: Option<Arc<dyn CommandConfiner>>,
         env_passthrough: Vec<String>,
+        overlay: Option<Arc<crate::overlay::OverlayMount>>,
     ) -> Result<Self, SandboxError> {
+        if let Some(mount) = overlay {
+            return Ok(HostSandbox {
+                kind,
+                agent_root: mount.merged().display().to_string(),
+                workdir: mount.host_root().to_path_buf(),
+                exec_dir: mount.merged().to_path_buf(),
+                overlay: Some(mount),
+                confiner,
+                env_passthrough,
+                started: Instant::now(),
+                stopped: AtomicBool::new(false),
+                running: Mutex::new(HashSet::new()),
+            });
+        }
         let canonical = fs::canonicalize(&workdir).map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound {
                 SandboxError::NotFound(workdir.display().to_string())
@@ -116,7 +140,9 @@ impl HostSandbox {
         Ok(HostSandbox {
             kind,
             agent_root: canonical.display().to_string(),
+            exec_dir: canonical.clone(),
             workdir: canonical,
+            overlay: None,
             confiner,
             env_passthrough,
             started: Instant::now(),
@@ -135,10 +161,20 @@ impl HostSandbox {
 
     fn build_command(&self, command: &str) -> Result<std::process::Command, SandboxError> {
         let mut cmd = match &self.confiner {
-            Some(confiner) => confiner.build(command, &self.workdir)?,
+            // A confiner joins the overlay itself (before its own namespaces).
+            Some(confiner) => confiner.build(command, &self.exec_dir)?,
             None => {
                 let mut cmd = std::process::Command::new("bash");
-                cmd.arg("-c").arg(command).current_dir(&self.workdir);
+                cmd.arg("-c").arg(command);
+                match &self.overlay {
+                    Some(mount) => {
+                        cmd.current_dir("/");
+                        mount.enter(&mut cmd);
+                    }
+                    None => {
+                        cmd.current_dir(&self.workdir);
+                    }
+                }
                 cmd
             }
         };
@@ -440,6 +476,11 @@ impl HostSandbox {
         Some(&self.workdir)
     }
 
+    /// The extra variable names commands get (for interactive commands).
+    pub(crate) fn env_passthrough(&self) -> &[String] {
+        &self.env_passthrough
+    }
+
     pub(crate) async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
         self.blocking(path, |p, rel| read_host_file(&p, &rel)).await
     }
@@ -662,6 +703,7 @@ mod tests {
             dir.path().to_path_buf(),
             Some(Arc::new(EnvConfiner)),
             Vec::new(),
+            None,
         )
         .unwrap();
         let out = sb

@@ -21,20 +21,26 @@ pub use tokio_util::sync::CancellationToken;
 mod backends;
 pub mod env;
 mod host;
+pub mod interactive;
+pub mod overlay;
 pub mod paths;
 pub mod select;
 mod spec;
 pub mod text;
 pub mod which;
 
-pub use backends::{docker, process};
+pub use backends::{docker, process, vm};
 pub use host::CommandConfiner;
+pub use interactive::{
+    Bind, ChildControl, InteractiveChild, InteractiveRequest, Mount, RunExit, TermSize,
+};
 pub use paths::{normalize_in_root, resolve_in_root, PathError};
 pub use process::ProcessConfiner;
 pub use select::{
     choose, choose_with, doctor_report, doctor_report_with, probe, probe_all, BackendProbe,
+    BackendSettings,
 };
-pub use spec::{DockerSpec, Limits, Mechanism, SandboxSpec, DEFAULT_DOCKER_IMAGE};
+pub use spec::{Accel, DockerSpec, Limits, Mechanism, SandboxSpec, VmSpec, DEFAULT_DOCKER_IMAGE};
 pub use text::{decode_text, NotText};
 pub use which::find_executable;
 
@@ -206,6 +212,34 @@ pub trait Sandbox: Send + Sync {
 
     /// Stop whatever runs in the sandbox (VM, container). Files stay for sync.
     async fn stop(&self) -> Result<(), SandboxError>;
+
+    /// The two lines shown around [`Sandbox::stop`] at the end of a session (before,
+    /// after), for backends whose stop is worth telling (a VM); `None` shows nothing.
+    fn stop_lines(&self) -> Option<(String, String)> {
+        None
+    }
+
+    /// What the backend note of the session adds about this sandbox (e.g. a VM's id and
+    /// whether it was booted or restored).
+    fn backend_detail(&self) -> Option<String> {
+        None
+    }
+
+    /// Starts one long-running program in the sandbox's project root with a terminal of
+    /// its own (`safe-coder run`; the contract is in docs/run.md): the allow-listed
+    /// environment plus `env_extra`, no network but the sandbox's loopback, the
+    /// request's binds and mounts shown, nothing else of the home directory. A backend
+    /// that cannot do this keeps this default.
+    async fn spawn_interactive(
+        &self,
+        request: InteractiveRequest,
+    ) -> Result<InteractiveChild, SandboxError> {
+        let _ = request;
+        Err(SandboxError::Unavailable(format!(
+            "the {} backend does not support interactive commands (safe-coder run) yet; use --backend process",
+            self.backend().as_str()
+        )))
+    }
 }
 
 /// A shared sandbox is a sandbox: `&Arc<dyn Sandbox>` goes wherever `&dyn Sandbox` or a
@@ -258,5 +292,20 @@ impl<S: Sandbox + ?Sized> Sandbox for std::sync::Arc<S> {
 
     async fn stop(&self) -> Result<(), SandboxError> {
         (**self).stop().await
+    }
+
+    fn stop_lines(&self) -> Option<(String, String)> {
+        (**self).stop_lines()
+    }
+
+    fn backend_detail(&self) -> Option<String> {
+        (**self).backend_detail()
+    }
+
+    async fn spawn_interactive(
+        &self,
+        request: InteractiveRequest,
+    ) -> Result<InteractiveChild, SandboxError> {
+        (**self).spawn_interactive(request).await
     }
 }

@@ -5,7 +5,15 @@
 //! Each backend's own `probe.rs` answers; probes are cheap: file and `PATH` checks, plus
 //! one cached bwrap run (and one in-process trial) for `process`.
 
-use crate::{BackendKind, DockerSpec, SandboxError};
+use crate::{BackendKind, DockerSpec, SandboxError, VmSpec};
+
+/// The user's settings that decide whether a backend can run here: the `[vm]` image,
+/// binaries and acceleration, and the `[docker]` engine, runtime and image.
+#[derive(Clone, Debug, Default)]
+pub struct BackendSettings {
+    pub vm: VmSpec,
+    pub docker: DockerSpec,
+}
 
 /// Whether one backend can run here, and why (or why not).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,45 +34,50 @@ pub const AUTO_ORDER: [BackendKind; 6] = [
     BackendKind::Direct,
 ];
 
-/// Whether `kind` works on this machine. Fast: the only costly check (running bwrap
-/// once for `process`) is cached for the life of the process; `docker` asks the engine
-/// on its socket (a few milliseconds). With the default `[docker]` settings; see
-/// [`probe_with`].
+/// Whether `kind` works on this machine, with the default settings. Fast: the costly
+/// checks (running bwrap once for `process`; booting the guest image once under KVM for
+/// the VM backends) are cached, for the life of the process or in the data dir; `docker`
+/// asks the engine on its socket (a few milliseconds).
 pub fn probe(kind: BackendKind) -> BackendProbe {
-    probe_with(kind, &DockerSpec::default())
+    probe_with(kind, &BackendSettings::default())
 }
 
-/// [`probe`] with the user's `[docker]` settings (engine socket, runtime, image).
-pub fn probe_with(kind: BackendKind, docker: &DockerSpec) -> BackendProbe {
-    crate::backends::probe(kind, docker)
+/// [`probe`] with the user's `[vm]` and `[docker]` settings.
+pub fn probe_with(kind: BackendKind, settings: &BackendSettings) -> BackendProbe {
+    crate::backends::probe(kind, settings)
 }
 
 /// Every backend in `auto` order.
 pub fn probe_all() -> Vec<BackendProbe> {
-    probe_all_with(&DockerSpec::default())
+    probe_all_with(&BackendSettings::default())
 }
 
-fn probe_all_with(docker: &DockerSpec) -> Vec<BackendProbe> {
-    AUTO_ORDER.iter().map(|&k| probe_with(k, docker)).collect()
+/// [`probe_all`] with the user's `[vm]` and `[docker]` settings.
+pub fn probe_all_with(settings: &BackendSettings) -> Vec<BackendProbe> {
+    AUTO_ORDER
+        .iter()
+        .map(|&k| probe_with(k, settings))
+        .collect()
 }
 
 /// The backend to use: `requested`, or with `None` (`auto`) the strongest available one.
 /// The note says what was chosen and why stronger backends were passed over. A requested
 /// backend that cannot run here is [`SandboxError::Unavailable`] with the reason.
 pub fn choose(requested: Option<BackendKind>) -> Result<(BackendKind, String), SandboxError> {
-    choose_with(requested, &DockerSpec::default())
+    choose_with(requested, &BackendSettings::default())
 }
 
-/// [`choose`] with the user's `[docker]` settings. `auto` takes docker after the
-/// microVM backends (a container shares the host kernel; a VM does not) and before
-/// `process` (the container adds its own root filesystem, cgroup limits and, with
-/// gVisor, a kernel in user space); its reason names the engine and runtime.
+/// [`choose`] with the user's `[vm]` and `[docker]` settings. `auto` passes over `qemu`
+/// when it could only emulate the CPU (TCG): asked for by name, `qemu` runs under TCG.
+/// `auto` takes docker after the microVM backends (a container shares the host kernel;
+/// a VM does not) and before `process` (the container adds its own root filesystem,
+/// cgroup limits and, with gVisor, a kernel in user space).
 pub fn choose_with(
     requested: Option<BackendKind>,
-    docker: &DockerSpec,
+    settings: &BackendSettings,
 ) -> Result<(BackendKind, String), SandboxError> {
     if let Some(kind) = requested {
-        let p = probe_with(kind, docker);
+        let p = probe_with(kind, settings);
         return if p.available {
             Ok((
                 kind,
@@ -83,7 +96,11 @@ pub fn choose_with(
         if kind == BackendKind::Direct {
             break;
         }
-        let p = probe_with(kind, docker);
+        let p = if kind == BackendKind::Qemu {
+            crate::backends::vm::probe::probe_qemu_for_auto(&settings.vm)
+        } else {
+            probe_with(kind, settings)
+        };
         if p.available {
             let mut note = format!("auto chose {}: {}", kind.as_str(), p.reason);
             if !passed.is_empty() {
@@ -103,13 +120,13 @@ pub fn choose_with(
 /// What `safe-coder sandbox doctor` prints: one line per backend (✓ or ✗, the name,
 /// the reason) and then what `auto` would choose.
 pub fn doctor_report() -> String {
-    doctor_report_with(&DockerSpec::default())
+    doctor_report_with(&BackendSettings::default())
 }
 
-/// [`doctor_report`] with the user's `[docker]` settings.
-pub fn doctor_report_with(docker: &DockerSpec) -> String {
+/// [`doctor_report`] with the user's `[vm]` and `[docker]` settings.
+pub fn doctor_report_with(settings: &BackendSettings) -> String {
     let mut out = String::new();
-    for p in probe_all_with(docker) {
+    for p in probe_all_with(settings) {
         out.push_str(&format!(
             "{} {:<12} {}\n",
             if p.available { "✓" } else { "✗" },
@@ -117,9 +134,22 @@ pub fn doctor_report_with(docker: &DockerSpec) -> String {
             p.reason
         ));
     }
-    match choose_with(None, docker) {
+    match choose_with(None, settings) {
         Ok((kind, _)) => out.push_str(&format!("auto → {}\n", kind.as_str())),
         Err(e) => out.push_str(&format!("auto → none: {e}\n")),
     }
+    out.push_str(&workspace_line(&std::env::temp_dir()));
     out
+}
+
+/// The doctor's line on the workspace of `copy` and `process` sessions: the overlay
+/// (tried here, under `scratch`) or, saying why not, the copy it falls back to.
+pub fn workspace_line(scratch: &std::path::Path) -> String {
+    if crate::overlay::forced_copy() {
+        return "workspace: copy (SAFE_CODER_WORKSPACE=copy)\n".to_string();
+    }
+    match crate::overlay::overlay_probe(scratch) {
+        Ok(()) => "workspace: overlay (the project read-only below, the session's writes above; nothing copied)\n".to_string(),
+        Err(e) => format!("workspace: copy, with reflinks where the filesystem has them ({e})\n"),
+    }
 }

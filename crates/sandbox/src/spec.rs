@@ -61,6 +61,13 @@ pub struct SandboxSpec {
     /// `process`: insist on one mechanism instead of the best that works here (tests
     /// and benchmarks compare both).
     pub mechanism: Option<Mechanism>,
+    /// A mounted overlay workspace (`crate::overlay`): the work tree is its merged tree
+    /// and `workdir` is not used. `copy` and `process` honour it; a container or VM
+    /// backend can take the layers from [`crate::overlay::OverlayMount::layers`].
+    pub overlay: Option<std::sync::Arc<crate::overlay::OverlayMount>>,
+    /// `firecracker` and `qemu`: the guest image, the VM's size and the VMM binaries
+    /// (`[vm]` in the config).
+    pub vm: VmSpec,
     /// `docker`: the engine, runtime, image and network, and the session the container
     /// belongs to (`[docker]`; see docs/docker.md).
     pub docker: DockerSpec,
@@ -124,7 +131,106 @@ impl SandboxSpec {
             env_passthrough: Vec::new(),
             home_toolchains: true,
             mechanism: None,
+            overlay: None,
+            vm: VmSpec::default(),
             docker: DockerSpec::default(),
         }
+    }
+}
+
+/// How QEMU runs the guest's CPU (`[vm] accel`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM where a probe showed that a standard guest really runs on it, else TCG.
+    #[default]
+    Auto,
+    /// KVM, even where the probe found it broken.
+    Kvm,
+    /// Software emulation (TCG): slow, but it runs everywhere.
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Auto => "auto",
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Accel> {
+        Some(match s {
+            "auto" => Accel::Auto,
+            "kvm" => Accel::Kvm,
+            "tcg" => Accel::Tcg,
+            _ => return None,
+        })
+    }
+}
+
+/// What the microVM backends (`firecracker`, `qemu`) are built from: `[vm]` in the
+/// config, and the data dir that holds the guest image (`<data_dir>/vm/`, built by
+/// `safe-coder sandbox image build`) and the cached probe verdicts and snapshots.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VmSpec {
+    /// Safe Coder's data dir (`$XDG_DATA_HOME/safe-coder`).
+    pub data_dir: PathBuf,
+    /// The guest kernel (an ELF vmlinux); default `<data_dir>/vm/vmlinux`.
+    pub kernel: Option<PathBuf>,
+    /// The guest root filesystem (ext4 with the agent); default `<data_dir>/vm/rootfs.ext4`.
+    pub rootfs: Option<PathBuf>,
+    /// The guest initramfs; default `<data_dir>/vm/initramfs.cpio.gz`.
+    pub initramfs: Option<PathBuf>,
+    pub memory_mb: u64,
+    pub vcpus: u32,
+    /// Give the guest a network device (off by default: no network).
+    pub network: bool,
+    /// The Firecracker binary; default `firecracker` on `PATH`.
+    pub firecracker_bin: Option<PathBuf>,
+    /// The vhost-user vsock backend for QEMU where `/dev/vhost-vsock` is absent; default
+    /// `vhost-device-vsock` on `PATH` or in `$SAFE_CODER_CACHE/cargo/bin`.
+    pub vhost_vsock_bin: Option<PathBuf>,
+    pub accel: Accel,
+    /// How long a VM may take until its agent answers; `None` = 120 s (or
+    /// `SAFE_CODER_VM_READY_SECS`). Tests shorten it.
+    pub ready_timeout: Option<std::time::Duration>,
+}
+
+impl VmSpec {
+    /// The default VM size (the documents': 512 MiB, 2 vCPUs).
+    pub const DEFAULT_MEMORY_MB: u64 = 512;
+    pub const DEFAULT_VCPUS: u32 = 2;
+}
+
+impl Default for VmSpec {
+    /// The defaults, with the data dir found as the command line finds it
+    /// (`$XDG_DATA_HOME/safe-coder`, else `~/.local/share/safe-coder`).
+    fn default() -> Self {
+        VmSpec {
+            data_dir: default_data_dir(),
+            kernel: None,
+            rootfs: None,
+            initramfs: None,
+            memory_mb: Self::DEFAULT_MEMORY_MB,
+            vcpus: Self::DEFAULT_VCPUS,
+            network: false,
+            firecracker_bin: None,
+            vhost_vsock_bin: None,
+            accel: Accel::Auto,
+            ready_timeout: None,
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("XDG_DATA_HOME") {
+        Some(v) if !v.is_empty() && std::path::Path::new(&v).is_absolute() => {
+            PathBuf::from(v).join("safe-coder")
+        }
+        _ => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+            .join(".local/share/safe-coder"),
     }
 }

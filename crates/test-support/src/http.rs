@@ -4,7 +4,7 @@
 //! Hand-written on std so that the mock works from any context (sync tests, async
 //! tests, benches) without a runtime, and answers in microseconds.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -43,7 +43,7 @@ fn bad(msg: &str) -> io::Error {
 }
 
 /// Reads one request; `Ok(None)` when the peer closed the connection between requests.
-pub(crate) fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
+pub(crate) fn read_request<R: BufRead>(reader: &mut R) -> io::Result<Option<Request>> {
     let mut line = String::new();
     // Skip stray empty lines before a request line (RFC 9112 §2.2 allows it).
     loop {
@@ -108,7 +108,7 @@ pub(crate) fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Opti
     Ok(Some(req))
 }
 
-fn read_chunked(reader: &mut BufReader<TcpStream>) -> io::Result<Vec<u8>> {
+fn read_chunked<R: BufRead>(reader: &mut R) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
     let mut line = String::new();
     loop {

@@ -26,6 +26,7 @@
 //! When the script is exhausted the server answers HTTP 500 with an API-shaped error
 //! whose message says so, so a test that asks for more than it scripted fails clearly.
 
+pub mod firecracker;
 mod http;
 mod wire;
 
@@ -52,6 +53,9 @@ pub enum Wire {
     OpenAi,
     /// Ollama: `POST /api/chat`, NDJSON.
     Ollama,
+    /// OpenAI Responses: `POST /v1/responses`, SSE events (`response.created` ...
+    /// `response.completed`), as the Codex CLI speaks it.
+    Responses,
 }
 
 impl Wire {
@@ -60,6 +64,7 @@ impl Wire {
             Wire::Anthropic => "anthropic",
             Wire::OpenAi => "openai",
             Wire::Ollama => "ollama",
+            Wire::Responses => "responses",
         }
     }
 
@@ -69,6 +74,7 @@ impl Wire {
             Wire::Anthropic => "/v1/messages",
             Wire::OpenAi => "/v1/chat/completions",
             Wire::Ollama => "/api/chat",
+            Wire::Responses => "/v1/responses",
         }
     }
 }
@@ -81,8 +87,9 @@ impl FromStr for Wire {
             "anthropic" => Ok(Wire::Anthropic),
             "openai" => Ok(Wire::OpenAi),
             "ollama" => Ok(Wire::Ollama),
+            "responses" => Ok(Wire::Responses),
             other => Err(format!(
-                "unknown wire format `{other}`: use anthropic, openai or ollama"
+                "unknown wire format `{other}`: use anthropic, openai, ollama or responses"
             )),
         }
     }
@@ -500,7 +507,7 @@ impl MockServer {
     /// `http://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
         match self.state.wire {
-            Wire::OpenAi => format!("http://{}/v1", self.addr),
+            Wire::OpenAi | Wire::Responses => format!("http://{}/v1", self.addr),
             Wire::Anthropic | Wire::Ollama => format!("http://{}", self.addr),
         }
     }

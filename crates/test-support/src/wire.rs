@@ -41,9 +41,10 @@ fn route(state: &State, req: &Request, body: &Value) -> Response {
     match (wire, req.method.as_str(), path) {
         (Wire::Anthropic, "POST", "/v1/messages")
         | (Wire::OpenAi, "POST", "/v1/chat/completions")
-        | (Wire::Ollama, "POST", "/api/chat") => model_request(state, req, body),
+        | (Wire::Ollama, "POST", "/api/chat")
+        | (Wire::Responses, "POST", "/v1/responses") => model_request(state, req, body),
         (Wire::Anthropic, "GET", "/v1/models")
-        | (Wire::OpenAi, "GET", "/v1/models")
+        | (Wire::OpenAi | Wire::Responses, "GET", "/v1/models")
         | (Wire::Ollama, "GET", "/api/tags") => models(state),
         (Wire::Ollama, "GET", "/api/version") => json_response(200, &json!({"version": "0.12.0"})),
         (Wire::OpenAi, "GET", "/props") if state.script.quirks.context_window.is_some() => {
@@ -72,7 +73,7 @@ fn route(state: &State, req: &Request, body: &Value) -> Response {
         (Wire::Anthropic, _, _) => {
             anthropic_error(404, "not_found_error", &format!("Not found: {path}"))
         }
-        (Wire::OpenAi, method, _) => openai_error(
+        (Wire::OpenAi | Wire::Responses, method, _) => openai_error(
             404,
             &format!("Invalid URL ({method} {path})"),
             "invalid_request_error",
@@ -119,7 +120,7 @@ fn models(state: &State) -> Response {
                       "created_at": "2025-01-01T00:00:00Z"}],
             "has_more": false, "first_id": model, "last_id": model
         }),
-        Wire::OpenAi => {
+        Wire::OpenAi | Wire::Responses => {
             let mut entry = json!({"id": model, "object": "model", "created": 1_735_689_600,
                                    "owned_by": "mock"});
             if let Some(n) = state.script.quirks.context_window {
@@ -145,7 +146,9 @@ fn model_request(state: &State, req: &Request, body: &Value) -> Response {
         .and_then(Value::as_array)
         .is_some_and(|t| !t.is_empty());
     let streamed = match state.wire {
-        Wire::Anthropic | Wire::OpenAi => body.get("stream").and_then(Value::as_bool) == Some(true),
+        Wire::Anthropic | Wire::OpenAi | Wire::Responses => {
+            body.get("stream").and_then(Value::as_bool) == Some(true)
+        }
         Wire::Ollama => body.get("stream").and_then(Value::as_bool) != Some(false),
     };
     if state.wire == Wire::OpenAi {
@@ -173,6 +176,7 @@ fn model_request(state: &State, req: &Request, body: &Value) -> Response {
         let asked = body
             .get("max_tokens")
             .or_else(|| body.get("max_completion_tokens"))
+            .or_else(|| body.get("max_output_tokens"))
             .or_else(|| body.pointer("/options/num_predict"))
             .and_then(Value::as_u64)
             .unwrap_or(0);
@@ -188,7 +192,7 @@ fn model_request(state: &State, req: &Request, body: &Value) -> Response {
                         prompt + asked
                     ),
                 ),
-                Wire::OpenAi => openai_error(
+                Wire::OpenAi | Wire::Responses => openai_error(
                     400,
                     &msg,
                     "invalid_request_error",
@@ -207,7 +211,7 @@ fn model_request(state: &State, req: &Request, body: &Value) -> Response {
         );
         return match state.wire {
             Wire::Anthropic => anthropic_error(500, "api_error", &msg),
-            Wire::OpenAi => openai_error(500, &msg, "server_error", None, None),
+            Wire::OpenAi | Wire::Responses => openai_error(500, &msg, "server_error", None, None),
             Wire::Ollama => ollama_error(500, &msg),
         };
     };
@@ -260,6 +264,7 @@ fn validate(state: &State, req: &Request, body: &Value) -> Option<Response> {
     match state.wire {
         Wire::Anthropic => validate_anthropic(state, req, body),
         Wire::OpenAi => validate_openai(state, req, body),
+        Wire::Responses => validate_responses(state, req, body),
         Wire::Ollama => validate_ollama(state, req, body),
     }
 }
@@ -513,6 +518,93 @@ fn validate_openai(state: &State, req: &Request, body: &Value) -> Option<Respons
             Some("messages"),
             None,
         );
+    }
+    None
+}
+
+/// The Responses API: a Bearer key, a model, `input` as text or items, tools with a
+/// `type` (function tools flat, with a `name`), and every `function_call_output` answering
+/// a `function_call` earlier in `input` (the client keeps the history: `store` false).
+fn validate_responses(state: &State, req: &Request, body: &Value) -> Option<Response> {
+    let key = req
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    match key {
+        None => {
+            return Some(openai_error(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                "invalid_request_error",
+                None,
+                None,
+            ))
+        }
+        Some(key) if state.script.api_key.as_deref().is_some_and(|want| want != key) => {
+            return Some(openai_unauthorized(key))
+        }
+        Some(_) => {}
+    }
+    let invalid = |msg: &str, param: Option<&str>| {
+        Some(openai_error(400, msg, "invalid_request_error", param, None))
+    };
+    let Some(obj) = body.as_object() else {
+        return invalid("We could not parse the JSON body of your request.", None);
+    };
+    if !obj.get("model").is_some_and(Value::is_string) {
+        return invalid("Missing required parameter: 'model'.", Some("model"));
+    }
+    if let Some(tools) = obj.get("tools") {
+        let Some(tools) = tools.as_array() else {
+            return invalid(
+                "Invalid type for 'tools': expected an array.",
+                Some("tools"),
+            );
+        };
+        for (i, tool) in tools.iter().enumerate() {
+            match tool.get("type").and_then(Value::as_str) {
+                None => {
+                    return invalid(
+                        &format!("Missing required parameter: 'tools[{i}].type'."),
+                        Some(&format!("tools[{i}].type")),
+                    )
+                }
+                Some("function") if !tool.get("name").is_some_and(Value::is_string) => {
+                    return invalid(
+                        &format!("Missing required parameter: 'tools[{i}].name'."),
+                        Some(&format!("tools[{i}].name")),
+                    )
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    match obj.get("input") {
+        Some(Value::String(_)) => {}
+        Some(Value::Array(items)) => {
+            let mut calls = std::collections::HashSet::new();
+            for item in items {
+                match item.get("type").and_then(Value::as_str) {
+                    Some("function_call") => {
+                        if let Some(id) = item.get("call_id").and_then(Value::as_str) {
+                            calls.insert(id.to_string());
+                        }
+                    }
+                    Some("function_call_output") => {
+                        let id = item.get("call_id").and_then(Value::as_str).unwrap_or("");
+                        if !calls.contains(id) {
+                            return invalid(
+                                &format!("No tool call found for function call output with call_id {id}."),
+                                Some("input"),
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        _ => return invalid("Missing required parameter: 'input'.", Some("input")),
     }
     None
 }
@@ -796,6 +888,14 @@ fn stream_headers(wire: Wire) -> Vec<(String, String)> {
             ("x-request-id".into(), "req_mock".into()),
         ],
         Wire::Ollama => vec![("content-type".into(), "application/x-ndjson".into())],
+        Wire::Responses => vec![
+            (
+                "content-type".into(),
+                "text/event-stream; charset=utf-8".into(),
+            ),
+            ("cache-control".into(), "no-cache".into()),
+            ("x-request-id".into(), "req_mock".into()),
+        ],
     }
 }
 
@@ -804,6 +904,7 @@ fn stream_pieces(ctx: &Ctx, plan: &Plan) -> Vec<Vec<u8>> {
         Wire::Anthropic => anthropic_stream(ctx, plan),
         Wire::OpenAi => openai_stream(ctx, plan),
         Wire::Ollama => ollama_stream(ctx, plan),
+        Wire::Responses => responses_stream(ctx, plan),
     }
 }
 
@@ -1019,6 +1120,182 @@ fn openai_stream(ctx: &Ctx, plan: &Plan) -> Vec<Vec<u8>> {
     out
 }
 
+fn responses_item_id(kind: &str, n: u64, i: usize) -> String {
+    format!("{kind}_Mock{n:04}x{i:02}")
+}
+
+/// A Responses API `response` object with `status` and the plan's output items.
+fn responses_object(ctx: &Ctx, plan: &Plan, status: &str) -> Value {
+    let output_tokens = plan.output_tokens();
+    let mut v = json!({"id": format!("resp_Mock{:04}", ctx.n), "object": "response",
+        "created_at": unix_now(), "status": status, "error": null,
+        "incomplete_details": null, "instructions": null, "max_output_tokens": null,
+        "model": ctx.model, "output": responses_items(ctx, plan),
+        "parallel_tool_calls": true, "previous_response_id": null,
+        "reasoning": {"effort": null, "summary": null}, "store": false,
+        "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto",
+        "tools": [], "top_p": 1.0, "truncation": "disabled",
+        "usage": {"input_tokens": ctx.input_tokens,
+                  "input_tokens_details": {"cached_tokens": 0},
+                  "output_tokens": output_tokens,
+                  "output_tokens_details": {"reasoning_tokens": 0},
+                  "total_tokens": ctx.input_tokens + output_tokens},
+        "user": null, "metadata": {}});
+    if status == "incomplete" {
+        v["incomplete_details"] = json!({"reason": "max_output_tokens"});
+    }
+    if status == "in_progress" {
+        v["output"] = json!([]);
+        v["usage"] = Value::Null;
+    }
+    v
+}
+
+/// A failed `response` object (for `response.failed`).
+fn responses_failed(ctx: &Ctx, code: &str, message: &str) -> Value {
+    json!({"id": format!("resp_Mock{:04}", ctx.n), "object": "response",
+           "created_at": unix_now(), "status": "failed",
+           "error": {"code": code, "message": message},
+           "incomplete_details": null, "model": ctx.model, "output": [], "usage": null})
+}
+
+/// The output items of a finished reply: a message, then one item per function call.
+fn responses_items(ctx: &Ctx, plan: &Plan) -> Vec<Value> {
+    let mut items = Vec::new();
+    if let Some(text) = plan.text {
+        items.push(
+            json!({"id": responses_item_id("msg", ctx.n, 0), "type": "message",
+            "status": "completed", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [],
+                         "logprobs": []}]}),
+        );
+    }
+    for (i, call) in plan.calls.iter().enumerate() {
+        items.push(
+            json!({"id": responses_item_id("fc", ctx.n, i), "type": "function_call",
+            "status": "completed", "name": call.name, "call_id": openai_tool_id(ctx.n, i),
+            "arguments": arguments(call)}),
+        );
+    }
+    items
+}
+
+/// The SSE events of a streamed Responses API reply, each with its `sequence_number`.
+fn responses_stream(ctx: &Ctx, plan: &Plan) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut seq = 0u64;
+    let mut event = |out: &mut Vec<Vec<u8>>, kind: &str, mut data: Value| {
+        data["type"] = json!(kind);
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        out.push(sse(kind, &data));
+    };
+    let started = responses_object(ctx, plan, "in_progress");
+    event(&mut out, "response.created", json!({"response": started}));
+    event(
+        &mut out,
+        "response.in_progress",
+        json!({"response": started}),
+    );
+    if ctx.noise {
+        out.push(b": keep-alive\n\n".to_vec());
+        out.push(sse(
+            "response.mock_unknown_event",
+            &json!({"type": "response.mock_unknown_event", "note": "ignore me"}),
+        ));
+    }
+    let items = responses_items(ctx, plan);
+    let mut index = 0usize;
+    if let Some(text) = plan.text {
+        let item = &items[0];
+        let id = item["id"].clone();
+        let mut open = item.clone();
+        open["status"] = json!("in_progress");
+        open["content"] = json!([]);
+        event(
+            &mut out,
+            "response.output_item.added",
+            json!({"output_index": index, "item": open}),
+        );
+        event(
+            &mut out,
+            "response.content_part.added",
+            json!({"item_id": id, "output_index": index, "content_index": 0,
+                     "part": {"type": "output_text", "text": "", "annotations": []}}),
+        );
+        for piece in split(text, ctx.delta_chars) {
+            event(
+                &mut out,
+                "response.output_text.delta",
+                json!({"item_id": id, "output_index": index, "content_index": 0,
+                         "delta": piece, "logprobs": []}),
+            );
+        }
+        event(
+            &mut out,
+            "response.output_text.done",
+            json!({"item_id": id, "output_index": index, "content_index": 0,
+                     "text": text, "logprobs": []}),
+        );
+        event(
+            &mut out,
+            "response.content_part.done",
+            json!({"item_id": id, "output_index": index, "content_index": 0,
+                     "part": {"type": "output_text", "text": text, "annotations": []}}),
+        );
+        event(
+            &mut out,
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+        );
+        index += 1;
+    }
+    for item in items.iter().filter(|i| i["type"] == "function_call") {
+        let id = item["id"].clone();
+        let args = item["arguments"].as_str().unwrap_or("").to_string();
+        let mut open = item.clone();
+        open["status"] = json!("in_progress");
+        open["arguments"] = json!("");
+        event(
+            &mut out,
+            "response.output_item.added",
+            json!({"output_index": index, "item": open}),
+        );
+        for piece in split(&args, ctx.delta_chars) {
+            event(
+                &mut out,
+                "response.function_call_arguments.delta",
+                json!({"item_id": id, "output_index": index, "delta": piece}),
+            );
+        }
+        event(
+            &mut out,
+            "response.function_call_arguments.done",
+            json!({"item_id": id, "output_index": index, "arguments": args}),
+        );
+        event(
+            &mut out,
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+        );
+        index += 1;
+    }
+    if plan.truncated {
+        event(
+            &mut out,
+            "response.incomplete",
+            json!({"response": responses_object(ctx, plan, "incomplete")}),
+        );
+    } else {
+        event(
+            &mut out,
+            "response.completed",
+            json!({"response": responses_object(ctx, plan, "completed")}),
+        );
+    }
+    out
+}
+
 /// An RFC 3339 UTC timestamp with nanoseconds, as Ollama's `created_at`.
 fn rfc3339_now() -> String {
     let now = SystemTime::now()
@@ -1158,6 +1435,7 @@ fn full_body(ctx: &Ctx, plan: &Plan) -> Value {
             }
             ollama_final(ctx, plan, &rfc3339_now(), message)
         }
+        Wire::Responses => responses_object(ctx, plan, "completed"),
     }
 }
 
@@ -1170,7 +1448,7 @@ fn render_fault(ctx: &Ctx, fault: &Fault) -> Response {
                     "rate_limit_error",
                     "This request would exceed the rate limit for your organization of 50 requests per minute.",
                 ),
-                Wire::OpenAi => with_header(
+                Wire::OpenAi | Wire::Responses => with_header(
                     openai_error(
                         429,
                         "Rate limit reached for requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again later.",
@@ -1190,7 +1468,7 @@ fn render_fault(ctx: &Ctx, fault: &Fault) -> Response {
                 anthropic_error(529, "overloaded_error", "Overloaded")
             }
             Wire::Anthropic => anthropic_error(*status, "api_error", "Internal server error"),
-            Wire::OpenAi => openai_error(
+            Wire::OpenAi | Wire::Responses => openai_error(
                 *status,
                 "The server had an error while processing your request. Sorry about that!",
                 "server_error",
@@ -1201,7 +1479,7 @@ fn render_fault(ctx: &Ctx, fault: &Fault) -> Response {
         },
         Fault::Unauthorized => match ctx.wire {
             Wire::Anthropic => anthropic_error(401, "authentication_error", "invalid x-api-key"),
-            Wire::OpenAi => openai_unauthorized("sk-mock-invalid"),
+            Wire::OpenAi | Wire::Responses => openai_unauthorized("sk-mock-invalid"),
             Wire::Ollama => ollama_error(401, "unauthorized"),
         },
         Fault::Forbidden => match ctx.wire {
@@ -1210,7 +1488,7 @@ fn render_fault(ctx: &Ctx, fault: &Fault) -> Response {
                 "permission_error",
                 "Your API key does not have permission to use the specified resource.",
             ),
-            Wire::OpenAi => openai_error(
+            Wire::OpenAi | Wire::Responses => openai_error(
                 403,
                 "You are not allowed to sample from this model",
                 "invalid_request_error",
@@ -1223,7 +1501,7 @@ fn render_fault(ctx: &Ctx, fault: &Fault) -> Response {
             Wire::Anthropic => {
                 anthropic_error(404, "not_found_error", &format!("model: {}", ctx.model))
             }
-            Wire::OpenAi => openai_error(
+            Wire::OpenAi | Wire::Responses => openai_error(
                 404,
                 &format!(
                     "The model `{}` does not exist or you do not have access to it.",
@@ -1240,7 +1518,7 @@ fn render_fault(ctx: &Ctx, fault: &Fault) -> Response {
         },
         Fault::Overloaded if !ctx.stream => match ctx.wire {
             Wire::Anthropic => anthropic_error(529, "overloaded_error", "Overloaded"),
-            Wire::OpenAi => openai_error(
+            Wire::OpenAi | Wire::Responses => openai_error(
                 503,
                 "The server is overloaded or not ready yet.",
                 "server_error",
@@ -1310,6 +1588,13 @@ fn render_fault(ctx: &Ctx, fault: &Fault) -> Response {
                             "created_at": rfc3339_now(),
                             "message": {"role": "assistant", "content": "and on "},
                             "done": false})),
+                        Wire::Responses => sse(
+                            "response.output_text.delta",
+                            &json!({"type": "response.output_text.delta",
+                                    "item_id": responses_item_id("msg", ctx.n, 0),
+                                    "output_index": 0, "content_index": 0,
+                                    "delta": "and on ", "sequence_number": 0}),
+                        ),
                     },
                     std::time::Duration::from_millis(*interval_ms),
                 ),
@@ -1318,6 +1603,7 @@ fn render_fault(ctx: &Ctx, fault: &Fault) -> Response {
                         Wire::Anthropic => sse("ping", &json!({"type": "ping"})),
                         Wire::OpenAi => b": keep-alive\n\n".to_vec(),
                         Wire::Ollama => b"\n".to_vec(),
+                        Wire::Responses => b": keep-alive\n\n".to_vec(),
                     },
                     std::time::Duration::from_millis(20),
                 ),
@@ -1360,12 +1646,20 @@ fn render_fault(ctx: &Ctx, fault: &Fault) -> Response {
                         "type": "server_error", "param": null, "code": null}})),
                     Wire::Ollama => ndjson(&json!({"error":
                         "server busy, please try again.  maximum pending requests exceeded"})),
+                    Wire::Responses => sse(
+                        "response.failed",
+                        &json!({
+                        "type": "response.failed", "sequence_number": 0,
+                        "response": responses_failed(ctx, "server_error",
+                            "The server is overloaded or not ready yet.")}),
+                    ),
                 }),
                 Fault::MalformedJson => {
                     pieces.push(match ctx.wire {
                         Wire::Anthropic => b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"unterminated\n\n".to_vec(),
                         Wire::OpenAi => b"data: {\"id\":\"chatcmpl-x\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"unterminated\n\n".to_vec(),
                         Wire::Ollama => b"{\"model\":\"m\",\"message\":{\"role\":\"assistant\",\"content\":\"unterminated\n".to_vec(),
+                        Wire::Responses => b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"unterminated\n\n".to_vec(),
                     });
                     // The rest, including the final event: a lenient client would wrongly
                     // take the reply as complete.

@@ -538,6 +538,11 @@ impl App {
             Event::Status { status } => self.status = Some(status),
             Event::Completions { items } => self.apply_completions(items),
             Event::SessionEnded { .. } => {}
+            // `safe-coder run` draws these itself; the TUI never sends `Op::Run`.
+            Event::RunStarted { .. }
+            | Event::TerminalOutput { .. }
+            | Event::NetworkRefused { .. }
+            | Event::RunFinished { .. } => {}
             Event::TurnStarted => {
                 self.busy = Busy::Thinking;
                 self.streaming = None;

@@ -12,6 +12,7 @@ use safe_coder_tui::Theme;
 use serde::{Deserialize, Deserializer};
 
 pub use super::docker::DockerSection;
+use super::vm::VmSection;
 use super::{BackendChoice, Defaults};
 
 /// The largest project config file that is read; a larger one is refused with a warning.
@@ -140,17 +141,12 @@ pub struct UiSection {
     pub theme: Option<Theme>,
 }
 
-/// `[vm]`: for the microVM backends.
+/// `[network]`: what `safe-coder run` lets a command reach (docs/run.md).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default)]
-pub struct VmSection {
-    pub firecracker_bin: Option<PathBuf>,
-    pub kernel_image: Option<PathBuf>,
-    pub rootfs_image: Option<PathBuf>,
-    #[serde(deserialize_with = "positive_u32")]
-    pub vcpu_count: Option<u32>,
-    #[serde(deserialize_with = "positive_u64")]
-    pub mem_size_mib: Option<u64>,
+pub struct NetworkSection {
+    /// Hosts (`HOST[:PORT]`, `*.DOMAIN`) reachable through Safe Coder's proxy.
+    pub allow: Option<Vec<String>>,
 }
 
 /// `[trust]` (user file only): projects whose own config may loosen settings.
@@ -172,6 +168,7 @@ pub struct FileConfig {
     pub pricing: BTreeMap<String, Price>,
     pub vm: VmSection,
     pub docker: DockerSection,
+    pub network: NetworkSection,
     pub trust: Option<TrustSection>,
 }
 
@@ -220,7 +217,7 @@ pub(super) fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64
     whole(d, i64::MAX as u64).map(Some)
 }
 
-fn positive_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+pub(super) fn positive_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     whole(d, u64::from(u32::MAX)).map(|n| Some(n as u32))
 }
 

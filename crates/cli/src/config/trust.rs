@@ -161,15 +161,20 @@ pub fn restrict_project(
     );
     let vm = &mut proj.vm;
     r.cap(
-        "vm.mem_size_mib",
-        &mut vm.mem_size_mib,
-        user.vm.mem_size_mib.unwrap_or(user_mem),
+        "vm.memory_mb",
+        &mut vm.memory_mb,
+        user.vm.memory_mb.unwrap_or(user_mem),
     );
-    let user_vcpus = user
-        .vm
-        .vcpu_count
-        .unwrap_or(user_cpus.ceil().max(1.0) as u32);
-    r.cap("vm.vcpu_count", &mut vm.vcpu_count, user_vcpus);
+    let user_vcpus = user.vm.vcpus.unwrap_or(user_cpus.ceil().max(1.0) as u32);
+    r.cap("vm.vcpus", &mut vm.vcpus, user_vcpus);
+    if vm.network == Some(true) && user.vm.network != Some(true) {
+        r.refuse(
+            "vm.network",
+            "true",
+            "a project may not give the VM a network you did not allow",
+        );
+        vm.network = None;
+    }
 
     if let Some(names) = &mut iso.env_passthrough {
         let allowed = user.isolation.env_passthrough.clone().unwrap_or_default();
@@ -181,9 +186,21 @@ pub fn restrict_project(
         }
         *names = keep;
     }
+    if let Some(hosts) = &mut proj.network.allow {
+        let allowed = user.network.allow.clone().unwrap_or_default();
+        let (keep, drop): (Vec<String>, Vec<String>) =
+            hosts.drain(..).partition(|h| allowed.contains(h));
+        if !drop.is_empty() {
+            let why = "a project may not open more of the network to the agent";
+            r.refuse("network.allow", format!("{drop:?}"), why);
+        }
+        *hosts = keep;
+    }
     r.sandbox_choice("vm.firecracker_bin", vm.firecracker_bin.take());
-    r.sandbox_choice("vm.kernel_image", vm.kernel_image.take());
-    r.sandbox_choice("vm.rootfs_image", vm.rootfs_image.take());
+    r.sandbox_choice("vm.kernel", vm.kernel.take());
+    r.sandbox_choice("vm.rootfs", vm.rootfs.take());
+    r.sandbox_choice("vm.initramfs", vm.initramfs.take());
+    r.sandbox_choice("vm.vhost_vsock_bin", vm.vhost_vsock_bin.take());
     let user_pids = user
         .docker
         .pids

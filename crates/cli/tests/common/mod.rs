@@ -14,6 +14,25 @@ pub struct World {
     pub project: PathBuf,
 }
 
+/// What [`with_world_setup`] runs on each new [`World`].
+type WorldSetup = Option<Box<dyn Fn(&World)>>;
+
+thread_local! {
+    /// Run on every [`World`] this thread makes (see [`with_world_setup`]).
+    static WORLD_SETUP: std::cell::RefCell<WorldSetup> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `body` with `setup` applied to every [`World`] it makes on this thread: how a
+/// backend that needs configuration (a VM's image and binaries) reuses the per-backend
+/// scenarios of `suite/backends.rs`. Each test runs on its own thread, so tests do not
+/// see each other's setup.
+pub fn with_world_setup<T>(setup: impl Fn(&World) + 'static, body: impl FnOnce() -> T) -> T {
+    WORLD_SETUP.with(|s| *s.borrow_mut() = Some(Box::new(setup)));
+    let out = body();
+    WORLD_SETUP.with(|s| *s.borrow_mut() = None);
+    out
+}
+
 impl World {
     pub fn new() -> World {
         let root = tempfile::tempdir().expect("tempdir");
@@ -21,11 +40,17 @@ impl World {
         let project = root.path().join("project");
         std::fs::create_dir_all(&home).expect("home");
         std::fs::create_dir_all(&project).expect("project");
-        World {
+        let world = World {
             root,
             home,
             project,
-        }
+        };
+        WORLD_SETUP.with(|s| {
+            if let Some(f) = s.borrow().as_ref() {
+                f(&world);
+            }
+        });
+        world
     }
 
     pub fn config_dir(&self) -> PathBuf {
@@ -80,6 +105,8 @@ pub fn provider_name(wire: Wire) -> &'static str {
         Wire::Anthropic => "anthropic",
         Wire::OpenAi => "openai",
         Wire::Ollama => "ollama",
+        // Only agent CLIs under `safe-coder run` (Codex) speak it to the mock server.
+        Wire::Responses => panic!("Safe Coder has no provider for the Responses API"),
     }
 }
 

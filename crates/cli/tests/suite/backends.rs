@@ -74,7 +74,7 @@ fn session_ids(world: &World) -> Vec<String> {
         .collect()
 }
 
-fn keep_then_sync(backend: &str) {
+pub(crate) fn keep_then_sync(backend: &str) {
     keep_then_sync_with(&World::new, backend);
 }
 
@@ -130,7 +130,7 @@ pub(crate) fn keep_then_sync_with(new_world: &dyn Fn() -> World, backend: &str) 
     assert!(session_ids(&world).is_empty(), "nothing unsynced remains");
 }
 
-fn accept_reject_conflict(backend: &str) {
+pub(crate) fn accept_reject_conflict(backend: &str) {
     accept_reject_conflict_with(&World::new, backend);
 }
 
@@ -223,7 +223,7 @@ pub(crate) fn accept_reject_conflict_with(new_world: &dyn Fn() -> World, backend
     assert!(stdout(&out).contains("+TWO"), "{}", stdout(&out));
 }
 
-fn sigkill_then_recover(backend: &str) {
+pub(crate) fn sigkill_then_recover(backend: &str) {
     sigkill_then_recover_with(&World::new, backend);
 }
 
@@ -262,7 +262,10 @@ pub(crate) fn sigkill_then_recover_with(new_world: &dyn Fn() -> World, backend: 
             .ok()
             .and_then(|mut rd| rd.next())
             .and_then(|e| e.ok())
-            .map(|e| e.path().join("work/more.txt").exists())
+            // In the upper layer of an overlay workspace, or in the copy.
+            .map(|e| {
+                e.path().join("upper/more.txt").exists() || e.path().join("work/more.txt").exists()
+            })
             .unwrap_or(false);
         if found {
             break;

@@ -5,4 +5,8 @@ mod exec;
 mod first_hour;
 mod history_hardening;
 mod interactive;
+mod run;
+mod run_agents;
 mod tui;
+mod vm;
+mod vm_image;

@@ -1,4 +1,4 @@
-//! `mock-model-server --wire anthropic|openai|ollama --script FILE.json [--port N]`
+//! `mock-model-server --wire anthropic|openai|ollama|responses --script FILE.json [--port N]`
 //!
 //! Serves a scripted conversation (see `safe_coder_test_support::Script`) until killed.
 //! The first line on stdout is `listening on http://127.0.0.1:PORT`; the base URL to
@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use safe_coder_test_support::{MockServer, Script, Wire};
 
 const USAGE: &str =
-    "usage: mock-model-server --wire anthropic|openai|ollama --script FILE.json [--port N]";
+    "usage: mock-model-server --wire anthropic|openai|ollama|responses --script FILE.json [--port N]";
 
 fn main() -> ExitCode {
     match run() {

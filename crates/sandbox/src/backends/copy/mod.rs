@@ -26,7 +26,13 @@ pub(crate) struct CopySandbox {
 }
 
 pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> {
-    let host = HostSandbox::new(BackendKind::Copy, spec.workdir, None, spec.env_passthrough)?;
+    let host = HostSandbox::new(
+        BackendKind::Copy,
+        spec.workdir,
+        None,
+        spec.env_passthrough,
+        spec.overlay,
+    )?;
     Ok(Arc::new(CopySandbox { host }))
 }
 
@@ -74,5 +80,12 @@ impl Sandbox for CopySandbox {
 
     async fn stop(&self) -> Result<(), SandboxError> {
         self.host.stop().await
+    }
+
+    async fn spawn_interactive(
+        &self,
+        request: crate::InteractiveRequest,
+    ) -> Result<crate::InteractiveChild, SandboxError> {
+        crate::interactive::spawn_unconfined(&self.host, &request)
     }
 }

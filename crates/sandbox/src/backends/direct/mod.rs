@@ -31,6 +31,8 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
         spec.workdir,
         None,
         spec.env_passthrough,
+        // `direct` works in the project itself: never an overlay.
+        None,
     )?;
     Ok(Arc::new(DirectSandbox { host }))
 }
@@ -79,5 +81,12 @@ impl Sandbox for DirectSandbox {
 
     async fn stop(&self) -> Result<(), SandboxError> {
         self.host.stop().await
+    }
+
+    async fn spawn_interactive(
+        &self,
+        request: crate::InteractiveRequest,
+    ) -> Result<crate::InteractiveChild, SandboxError> {
+        crate::interactive::spawn_unconfined(&self.host, &request)
     }
 }

@@ -120,6 +120,7 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
         spec.workdir.clone(),
         None,
         spec.env_passthrough.clone(),
+        None,
     )?;
     let workdir = files
         .host_workdir()

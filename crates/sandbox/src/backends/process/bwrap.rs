@@ -206,6 +206,19 @@ pub(crate) fn command(
     script: &str,
     setup: Option<ChildSetup>,
 ) -> Result<Command, SandboxError> {
+    command_with(info, extra_read_only, workdir, script, setup, &[])
+}
+
+/// [`command`] with `extra` bwrap options after the mounts (interactive commands add
+/// their binds and `/dev/tty` there).
+pub(crate) fn command_with(
+    info: &Bwrap,
+    extra_read_only: &[PathBuf],
+    workdir: Option<&Path>,
+    script: &str,
+    setup: Option<ChildSetup>,
+    extra: &[OsString],
+) -> Result<Command, SandboxError> {
     let filters = filters()?;
     let deny = bpf_pipe(&filters.deny)?;
     let clone3 = bpf_pipe(&filters.clone3)?;
@@ -235,6 +248,7 @@ pub(crate) fn command(
     } else {
         cmd.args(["--chdir", "/tmp"]);
     }
+    cmd.args(extra);
     cmd.args([
         "--setenv",
         "HOME",

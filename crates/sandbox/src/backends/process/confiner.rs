@@ -4,15 +4,17 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use super::limits::{LimitEnforcement, SandboxLimits};
 use super::toolchains::{self, Toolchains};
 use super::{bwrap, inprocess};
 use crate::host::CommandConfiner;
+use crate::overlay::OverlayMount;
 use crate::{Limits, Mechanism, SandboxError};
 
 #[derive(Debug)]
-enum Confinement {
+pub(super) enum Confinement {
     Bwrap(&'static bwrap::Bwrap),
     InProcess {
         support: inprocess::Support,
@@ -25,9 +27,11 @@ enum Confinement {
 /// confiner per sandbox: its cgroup holds every command of the session.
 #[derive(Debug)]
 pub struct ProcessConfiner {
-    confinement: Confinement,
-    limits: SandboxLimits,
-    toolchains: Toolchains,
+    pub(super) confinement: Confinement,
+    pub(super) limits: SandboxLimits,
+    pub(super) toolchains: Toolchains,
+    /// The overlay workspace every command joins first (`crate::overlay`).
+    pub(super) overlay: Option<Arc<OverlayMount>>,
 }
 
 impl ProcessConfiner {
@@ -69,6 +73,7 @@ impl ProcessConfiner {
             confinement,
             limits: SandboxLimits::create(limits),
             toolchains: Toolchains::default(),
+            overlay: None,
         })
     }
 
@@ -76,6 +81,14 @@ impl ProcessConfiner {
     /// sets the variables that tell them where they live (see `toolchains.rs`).
     pub fn with_home_toolchains(mut self) -> Self {
         self.toolchains = toolchains::of_this_user();
+        self
+    }
+
+    /// Runs every command in this overlay workspace: the child joins its namespace
+    /// (after joining the cgroup, before bubblewrap or the in-process mechanism make
+    /// their own), so the merged tree is at the work-tree path they bind.
+    pub fn with_overlay(mut self, overlay: Option<Arc<OverlayMount>>) -> Self {
+        self.overlay = overlay;
         self
     }
 
@@ -123,6 +136,27 @@ impl ProcessConfiner {
         self.limits.cgroup_dirs()
     }
 
+    /// What every confined child runs before it executes: the limits, then joining the
+    /// overlay workspace's namespace when there is one.
+    pub(super) fn child_setup(&self) -> super::ChildSetup {
+        let mut setup = self.limits.child_setup();
+        if let Some(mount) = &self.overlay {
+            let mut enter = mount.enter_setup();
+            let mut limits = setup;
+            setup = Box::new(move || {
+                limits()?;
+                enter()
+            });
+        }
+        setup
+    }
+
+    /// The host directory whose files the in-process confiner lets a command write: the
+    /// overlay's host root, or the work tree itself.
+    pub(super) fn writable_files<'a>(&'a self, workdir: &'a Path) -> &'a Path {
+        self.overlay.as_ref().map_or(workdir, |m| m.host_root())
+    }
+
     /// The confined `bash -c command` with `workdir` (an absolute path) as the
     /// writable project directory. The caller sets stdio, environment and process group.
     pub fn command(&self, command: &str, workdir: &Path) -> Result<Command, SandboxError> {
@@ -132,7 +166,7 @@ impl ProcessConfiner {
                 workdir.display()
             )));
         }
-        let setup = self.limits.child_setup();
+        let setup = self.child_setup();
         let mut cmd = match &self.confinement {
             Confinement::Bwrap(info) => bwrap::command(
                 info,
@@ -148,6 +182,7 @@ impl ProcessConfiner {
             } => inprocess::command(
                 support,
                 workdir,
+                self.writable_files(workdir),
                 tmp.path(),
                 &self.toolchains.dirs,
                 command,

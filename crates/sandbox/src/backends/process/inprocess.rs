@@ -103,6 +103,7 @@ pub(crate) fn support() -> Result<Support, String> {
                     &support,
                     tmp.path(),
                     tmp.path(),
+                    tmp.path(),
                     &[],
                     "true",
                     &RulesetCache::default(),
@@ -341,10 +342,14 @@ fn write_child(path: &CString, data: &[u8]) -> io::Result<()> {
 
 /// `bash -c script` in `workdir`, confined in-process. `tmp` is the sandbox's private
 /// temp directory (HOME is `tmp/home`); `extra_read_only` are host directories shown
-/// read-only (the user's toolchains).
+/// read-only (the user's toolchains). `files` is where this process reaches the work
+/// tree (the Landlock rule is made on it): `workdir` itself, or an overlay workspace's
+/// mounted tree when the child joins the overlay's namespace (`crate::overlay`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn command(
     support: &Support,
     workdir: &Path,
+    files: &Path,
     tmp: &Path,
     extra_read_only: &[PathBuf],
     script: &str,
@@ -352,7 +357,7 @@ pub(crate) fn command(
     setup: Option<super::ChildSetup>,
 ) -> Result<Command, SandboxError> {
     let (deny, clone3) = filters()?;
-    let ruleset = rulesets.get(support, workdir, tmp, extra_read_only)?;
+    let ruleset = rulesets.get(support, files, tmp, extra_read_only)?;
     let bash = ["/usr/bin/bash", "/bin/bash"]
         .iter()
         .map(PathBuf::from)
@@ -635,6 +640,7 @@ mod tests {
         );
         let mut cmd = command(
             &support,
+            &work,
             &work,
             tmp.path(),
             &[],

@@ -31,6 +31,7 @@ mod bwrap;
 mod cgroup;
 mod confiner;
 mod inprocess;
+mod interactive;
 mod limits;
 pub(crate) mod probe;
 mod seccomp;
@@ -69,16 +70,18 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
         Some(m) => ProcessConfiner::with_mechanism(spec.limits, m)?,
         None => ProcessConfiner::new(spec.limits)?,
     };
-    let confiner = Arc::new(if spec.home_toolchains {
+    let confiner = if spec.home_toolchains {
         confiner.with_home_toolchains()
     } else {
         confiner
-    });
+    };
+    let confiner = Arc::new(confiner.with_overlay(spec.overlay.clone()));
     let host = HostSandbox::new(
         BackendKind::Process,
         spec.workdir,
         Some(confiner.clone()),
         spec.env_passthrough,
+        spec.overlay,
     )?;
     Ok(Arc::new(ProcessSandbox { host, confiner }))
 }
@@ -131,5 +134,12 @@ impl Sandbox for ProcessSandbox {
 
     async fn stop(&self) -> Result<(), SandboxError> {
         self.host.stop().await
+    }
+
+    async fn spawn_interactive(
+        &self,
+        request: crate::InteractiveRequest,
+    ) -> Result<crate::InteractiveChild, SandboxError> {
+        interactive::spawn(&self.host, &self.confiner, &request)
     }
 }

@@ -1,0 +1,58 @@
+//! `safe-coder sandbox image build --backend qemu|firecracker`: the microVM guest image
+//! (docs/vm-image.md), built by `safe_coder_image::vm` into `<data_dir>/vm/`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use safe_coder_image::vm::{build as build_image, VmImageRequest};
+use safe_coder_image::RootfsRequest;
+
+use crate::config::Dirs;
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct VmImageArgs {
+    /// A smaller root filesystem without compilers (bash, coreutils, git, python3,
+    /// procps, ca-certificates); the default adds build-essential.
+    #[arg(long)]
+    pub minimal: bool,
+    /// Another Debian package for the root filesystem (repeatable).
+    #[arg(long = "package", value_name = "PKG")]
+    pub packages: Vec<String>,
+    /// The static guest agent to put in the image (default: beside this executable, or
+    /// $SAFE_CODER_GUEST_AGENT; `scripts/build-guest-agent.sh` builds it).
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<PathBuf>,
+}
+
+/// Where downloaded kernel packages and root filesystem trees are kept:
+/// `$XDG_CACHE_HOME/safe-coder/images` (default `~/.cache/safe-coder/images`).
+fn cache_dir() -> Result<PathBuf> {
+    match std::env::var_os("XDG_CACHE_HOME").filter(|v| PathBuf::from(v).is_absolute()) {
+        Some(dir) => Ok(PathBuf::from(dir).join("safe-coder/images")),
+        None => {
+            let home = std::env::var_os("HOME").context("neither $XDG_CACHE_HOME nor $HOME is set: set one so Safe Coder knows where to cache images")?;
+            Ok(PathBuf::from(home).join(".cache/safe-coder/images"))
+        }
+    }
+}
+
+pub fn build(args: VmImageArgs) -> Result<()> {
+    let dirs = Dirs::from_env()?;
+    let mut req = VmImageRequest::new(&dirs.data_dir, cache_dir()?);
+    req.rootfs = if args.minimal {
+        RootfsRequest::minimal()
+    } else {
+        RootfsRequest::standard()
+    }
+    .with_packages(args.packages);
+    req.agent = args.agent;
+    let image = build_image(&req, &mut |line| eprintln!("  {line}"))?;
+    println!(
+        "✓ VM image in {} (kernel {}, protocol {}); the qemu and firecracker backends use it",
+        image.dir.display(),
+        image.manifest.kernel_release,
+        image.manifest.protocol
+    );
+    Ok(())
+}

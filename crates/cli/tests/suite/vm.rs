@@ -1,0 +1,293 @@
+//! The microVM backends end to end through the real binary: the same per-backend
+//! scenarios as `process` (`suite/backends.rs`: keep then `sessions sync`,
+//! accept/reject/conflict, SIGKILL then recovery) on `firecracker` (the fake Firecracker
+//! of crates/test-support running the real guest agent on the host) and on `qemu` (a
+//! real microVM under TCG with the guest image), plus, on `qemu`, confinement (no host
+//! home, no network, no provider key) and a command timeout, and `sandbox doctor`.
+//!
+//! The qemu tests need the image: `SAFE_CODER_TEST_VM_IMAGE=<dir>` (scripts/ci/vm-image.sh
+//! builds it; scripts/ci/vm.sh runs these with it). Without it, or without the fake and
+//! agent binaries, a test says why and skips, unless `SAFE_CODER_REQUIRE_SANDBOX=1`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use safe_coder_test_support::{MockServer, Reply, Script, Wire};
+use serde_json::json;
+
+use super::backends::{accept_reject_conflict, keep_then_sync, sigkill_then_recover};
+use crate::common::*;
+
+fn required() -> bool {
+    std::env::var_os("SAFE_CODER_REQUIRE_SANDBOX").is_some()
+}
+
+fn skip(test: &str, why: &str) -> bool {
+    assert!(!required(), "{test}: required but unavailable: {why}");
+    eprintln!("{test}: skipped: {why}");
+    false
+}
+
+/// A binary built next to `safe-coder` (another package of the workspace).
+fn sibling(name: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_BIN_EXE_safe-coder"))
+        .parent()?
+        .join(name);
+    p.is_file().then_some(p)
+}
+
+fn write_config(world: &World, vm: &str) {
+    let dir = world.config_dir();
+    std::fs::create_dir_all(&dir).expect("config dir");
+    std::fs::write(dir.join("config.toml"), format!("[vm]\n{vm}")).expect("config");
+}
+
+/// The fake Firecracker with the real agent, through a wrapper script per world.
+fn firecracker_ready(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let (Some(fake), Some(agent)) = (
+        sibling("fake-firecracker"),
+        sibling("safe-coder-guest-agent"),
+    ) else {
+        skip(test, "fake-firecracker or safe-coder-guest-agent is not built (cargo build -p safe-coder-test-support -p safe-coder-guest-agent)");
+        return None;
+    };
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        skip(test, "/dev/kvm is not usable here: the firecracker backend refuses to start without it, fake or not");
+        return None;
+    }
+    Some((fake, agent))
+}
+
+fn firecracker_world(fake: &Path, agent: &Path) -> impl Fn(&World) + 'static {
+    let (fake, agent) = (fake.to_path_buf(), agent.to_path_buf());
+    move |world: &World| {
+        let script = world.root.path().join("firecracker");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nSAFE_CODER_FAKE_FC_AGENT='{}' exec '{}' \"$@\"\n",
+                agent.display(),
+                fake.display()
+            ),
+        )
+        .expect("script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let vm = world.data_dir().join("vm");
+        std::fs::create_dir_all(&vm).expect("vm dir");
+        std::fs::write(vm.join("vmlinux"), "fake kernel").expect("kernel");
+        std::fs::write(vm.join("rootfs.ext4"), "fake rootfs").expect("rootfs");
+        write_config(
+            world,
+            &format!(
+                "firecracker_bin = \"{}\"\naccel = \"kvm\"\n",
+                script.display()
+            ),
+        );
+    }
+}
+
+/// The guest image from `SAFE_CODER_TEST_VM_IMAGE` (a data dir whose `vm/` holds it, as
+/// scripts/ci/vm-image.sh exports, or the image directory). Unset: a skip even in CI's
+/// whole-suite run, which has no image (scripts/ci/vm.sh sets it).
+fn qemu_image(test: &str) -> Option<PathBuf> {
+    let Some(var) = std::env::var_os("SAFE_CODER_TEST_VM_IMAGE").map(PathBuf::from) else {
+        eprintln!("{test}: skipped: SAFE_CODER_TEST_VM_IMAGE is not set (scripts/ci/vm-image.sh builds the guest image; scripts/ci/vm.sh runs this with it)");
+        return None;
+    };
+    let dir = if var.join("vm/vmlinux").is_file() {
+        var.join("vm")
+    } else {
+        var
+    };
+    if !dir.join("vmlinux").is_file() || !dir.join("rootfs.ext4").is_file() {
+        skip(test, &format!("{} holds no guest image", dir.display()));
+        return None;
+    }
+    Some(dir)
+}
+
+fn qemu_world(image: &Path) -> impl Fn(&World) + 'static {
+    let image = image.to_path_buf();
+    move |world: &World| {
+        let mut vm = format!(
+            "kernel = \"{}\"\nrootfs = \"{}\"\naccel = \"tcg\"\n",
+            image.join("vmlinux").display(),
+            image.join("rootfs.ext4").display()
+        );
+        if image.join("initramfs.cpio.gz").is_file() {
+            vm.push_str(&format!(
+                "initramfs = \"{}\"\n",
+                image.join("initramfs.cpio.gz").display()
+            ));
+        }
+        write_config(world, &vm);
+    }
+}
+
+#[test]
+fn firecracker_keep_then_sessions_sync() {
+    if let Some((fake, agent)) = firecracker_ready("firecracker_keep_then_sessions_sync") {
+        with_world_setup(firecracker_world(&fake, &agent), || {
+            keep_then_sync("firecracker")
+        });
+    }
+}
+
+#[test]
+fn firecracker_accept_reject_conflict() {
+    if let Some((fake, agent)) = firecracker_ready("firecracker_accept_reject_conflict") {
+        with_world_setup(firecracker_world(&fake, &agent), || {
+            accept_reject_conflict("firecracker")
+        });
+    }
+}
+
+#[test]
+fn firecracker_sigkill_then_sessions_sync_recovers() {
+    if let Some((fake, agent)) =
+        firecracker_ready("firecracker_sigkill_then_sessions_sync_recovers")
+    {
+        with_world_setup(firecracker_world(&fake, &agent), || {
+            sigkill_then_recover("firecracker")
+        });
+    }
+}
+
+#[test]
+fn qemu_keep_then_sessions_sync() {
+    if let Some(image) = qemu_image("qemu_keep_then_sessions_sync") {
+        with_world_setup(qemu_world(&image), || keep_then_sync("qemu"));
+    }
+}
+
+#[test]
+fn qemu_accept_reject_conflict() {
+    if let Some(image) = qemu_image("qemu_accept_reject_conflict") {
+        with_world_setup(qemu_world(&image), || accept_reject_conflict("qemu"));
+    }
+}
+
+#[test]
+fn qemu_sigkill_then_sessions_sync_recovers() {
+    if let Some(image) = qemu_image("qemu_sigkill_then_sessions_sync_recovers") {
+        with_world_setup(qemu_world(&image), || sigkill_then_recover("qemu"));
+    }
+}
+
+/// The guest sees no host file, no network, no provider key; a timeout kills the
+/// command; the end of the session prints the VM's shutdown lines.
+#[test]
+fn qemu_bash_is_confined_and_times_out() {
+    let Some(image) = qemu_image("qemu_bash_is_confined_and_times_out") else {
+        return;
+    };
+    let world = World::new();
+    qemu_world(&image)(&world);
+    std::fs::write(world.home.join("secret.txt"), "home secret").expect("w");
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    let probe = format!(
+        "cat {home}/secret.txt; echo read=$?; \
+         (exec 3<>/dev/tcp/10.0.2.2/{port}) 2>/dev/null; echo connect=$?; \
+         ip -o link 2>/dev/null | grep -vc ' lo:' ; \
+         env | grep -c test-key-123456; echo kernel=$(uname -r)",
+        home = world.home.display()
+    );
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![call("bash", json!({ "command": probe }))]),
+        Reply::tool_calls(vec![call(
+            "bash",
+            json!({"command": "echo started; sleep 60", "timeout_ms": 1500}),
+        )]),
+        Reply::text("ok"),
+    ]);
+    let server = MockServer::start(Wire::Anthropic, script).expect("server");
+    let out = world.exec(
+        &server,
+        &["--backend", "qemu", "--approval-mode", "yolo", "probe"],
+    );
+    assert_ok(&out);
+    let results = tool_results(&server);
+    let r = &results[0];
+    assert!(!r.contains("home secret") && r.contains("read=1"), "{r}");
+    assert!(r.contains("connect=1"), "no network: {r}");
+    let counts: Vec<&str> = r
+        .lines()
+        .filter(|l| l.trim().parse::<u32>().is_ok())
+        .collect();
+    assert_eq!(
+        counts,
+        ["0", "0"],
+        "no network device, no key in the environment: {r}"
+    );
+    let t = &results[1];
+    assert!(t.contains("started") && t.contains("timed out"), "{t}");
+    let err = stderr(&out);
+    assert!(err.contains("Stopping VM and cleaning up…"), "{err}");
+    assert!(err.contains("✓ Stopped VM "), "{err}");
+}
+
+#[test]
+fn doctor_names_what_each_vm_backend_lacks() {
+    let world = World::new();
+    write_config(&world, "firecracker_bin = \"/nonexistent/firecracker\"\nvhost_vsock_bin = \"/nonexistent/vhost-device-vsock\"\n");
+    let out = world
+        .cmd()
+        .args(["sandbox", "doctor"])
+        .output()
+        .expect("run");
+    assert_ok(&out);
+    let text = stdout(&out);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.contains(&format!(" {name} ")))
+            .unwrap_or_else(|| panic!("no {name} line: {text}"))
+            .to_string()
+    };
+    let fc = line("firecracker");
+    assert!(
+        fc.starts_with('✗') && fc.contains("/nonexistent/firecracker does not exist"),
+        "{fc}"
+    );
+    let q = line("qemu");
+    assert!(q.starts_with('✗'), "{q}");
+    assert!(
+        q.contains("qemu-system-x86_64 is not installed")
+            || q.contains("safe-coder sandbox image build --backend qemu"),
+        "{q}"
+    );
+    assert!(
+        !text.contains("auto → qemu") && !text.contains("auto → firecracker"),
+        "{text}"
+    );
+
+    // With the binaries there, the missing image is named with the command that builds it.
+    if let Some((fake, agent)) = sibling("fake-firecracker").zip(sibling("safe-coder-guest-agent"))
+    {
+        let world = World::new();
+        firecracker_world(&fake, &agent)(&world);
+        std::fs::remove_file(world.data_dir().join("vm/vmlinux")).expect("rm");
+        let out = world
+            .cmd()
+            .args(["sandbox", "doctor"])
+            .output()
+            .expect("run");
+        let text = stdout(&out);
+        let fc = text
+            .lines()
+            .find(|l| l.contains(" firecracker "))
+            .unwrap_or("")
+            .to_string();
+        if std::path::Path::new("/dev/kvm").exists() {
+            assert!(
+                fc.contains("safe-coder sandbox image build --backend qemu"),
+                "{text}"
+            );
+        }
+    }
+}

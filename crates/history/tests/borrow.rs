@@ -1,0 +1,272 @@
+#![allow(clippy::unwrap_used)]
+//! The first snapshot of a git project borrows what the user's git knows (its index and
+//! objects, read-only): the snapshot is the same as when every file is hashed, the
+//! user's `.git` stays byte-identical, and a session built on borrowed blobs diffs and
+//! syncs like any other.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use safe_coder_history::{sync, SessionRepo};
+
+/// Plain git in the user's repository (as the user would run it).
+fn user_git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.name=U", "-c", "user.email=u@x"])
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A committed repository, then made dirty: a modified file, a staged change, a
+/// deletion, an untracked file, an ignored file and a mode change.
+fn dirty_repo(root: &Path) {
+    sample_project(root);
+    fs::remove_dir_all(root.join(".git")).unwrap();
+    write(root, ".gitignore", "*.log\n");
+    user_git(root, &["init", "-q", "-b", "main"]);
+    user_git(root, &["add", "-A"]);
+    user_git(root, &["commit", "-q", "-m", "one"]);
+    // Let the index be older than the edits below, so they are not "racily clean".
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write(root, "src/main.rs", "fn main() { changed(); }\n");
+    write(root, "src/lib.rs", "pub fn staged() {}\n");
+    user_git(root, &["add", "src/lib.rs"]);
+    write(root, "src/lib.rs", "pub fn staged_then_changed() {}\n");
+    fs::remove_file(root.join("a.txt")).unwrap();
+    write(root, "untracked/new.txt", "new\n");
+    write(root, "logs/y.log", "ignored but copied\n");
+    set_exec(root, "README.md", true);
+}
+
+/// Every file under `.git` with its bytes (the index included).
+fn dot_git(root: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
+    tree_snapshot(&root.join(".git"))
+}
+
+fn base_tree(repo: &SessionRepo) -> String {
+    let base = repo.base().unwrap();
+    git(
+        repo.git_dir(),
+        repo.work_tree(),
+        &["rev-parse", &format!("{base}^{{tree}}")],
+    )
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn sandbox_copy_borrows_the_users_index_and_objects_and_leaves_git_untouched() {
+    need_git!();
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("project");
+    dirty_repo(&project);
+    let before = dot_git(&project);
+
+    let borrowed = SessionRepo::create_sandbox_copy_with(
+        &project,
+        &tmp.path().join("s1/work"),
+        Some(&tmp.path().join("s1/history.git")),
+        &[],
+        true,
+    )
+    .unwrap();
+    let hashed = SessionRepo::create_sandbox_copy_with(
+        &project,
+        &tmp.path().join("s2/work"),
+        Some(&tmp.path().join("s2/history.git")),
+        &[],
+        false,
+    )
+    .unwrap();
+    let stats = borrowed.start_stats().unwrap();
+    assert!(stats.borrowed >= 5, "{stats:?}");
+    assert!(stats.borrowed < stats.files, "{stats:?}");
+    assert_eq!(hashed.start_stats().unwrap().borrowed, 0);
+    // The same snapshot either way: the dirty files were hashed, the rest borrowed.
+    assert_eq!(base_tree(&borrowed), base_tree(&hashed));
+    assert!(
+        fs::read_to_string(borrowed.git_dir().join("objects/info/alternates"))
+            .unwrap()
+            .contains(".git/objects")
+    );
+    git(
+        borrowed.git_dir(),
+        borrowed.work_tree(),
+        &["fsck", "--strict", "--no-progress"],
+    );
+    let status = git(
+        borrowed.git_dir(),
+        borrowed.work_tree(),
+        &["status", "--porcelain"],
+    );
+    assert_eq!(status, "", "the copy matches its first snapshot");
+    assert_eq!(
+        read(borrowed.work_tree(), "src/lib.rs"),
+        "pub fn staged_then_changed() {}\n"
+    );
+
+    // A session on borrowed blobs: change, review, sync back.
+    let w = borrowed.work_tree().to_path_buf();
+    write(&w, "src/main.rs", "fn main() { agent(); }\n");
+    fs::remove_file(w.join("dup1.txt")).unwrap();
+    borrowed
+        .commit_changes("Agent executed: bash", None)
+        .unwrap();
+    let changes = borrowed.change_set().unwrap();
+    let paths: Vec<&str> = changes.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["dup1.txt", "src/main.rs"]);
+    assert!(borrowed.diff(Some("dup1.txt")).unwrap().contains("-same"));
+    let report = sync::sync_back(&borrowed, &project, None).unwrap();
+    assert_eq!(report.conflicts, Vec::<String>::new());
+    assert_eq!(read(&project, "src/main.rs"), "fn main() { agent(); }\n");
+    assert!(!project.join("dup1.txt").exists());
+
+    // Only the accepted sync changed the project; `.git` never.
+    assert_eq!(dot_git(&project), before, "the user's .git changed");
+}
+
+#[test]
+fn shadow_borrows_and_leaves_git_untouched() {
+    need_git!();
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("project");
+    dirty_repo(&project);
+    let before = dot_git(&project);
+    let borrowed =
+        SessionRepo::create_shadow_with(&project, &tmp.path().join("a.git"), &[], true).unwrap();
+    let hashed =
+        SessionRepo::create_shadow_with(&project, &tmp.path().join("b.git"), &[], false).unwrap();
+    assert!(borrowed.start_stats().unwrap().borrowed >= 5);
+    assert_eq!(base_tree(&borrowed), base_tree(&hashed));
+    git(
+        borrowed.git_dir(),
+        borrowed.work_tree(),
+        &["fsck", "--strict", "--no-progress"],
+    );
+    write(&project, "src/main.rs", "fn main() { direct(); }\n");
+    borrowed
+        .commit_changes("Agent executed: bash", None)
+        .unwrap();
+    assert_eq!(borrowed.undo().unwrap().is_some(), true);
+    assert_eq!(read(&project, "src/main.rs"), "fn main() { changed(); }\n");
+    assert_eq!(dot_git(&project), before, "the user's .git changed");
+}
+
+#[test]
+fn a_file_changed_behind_the_index_is_hashed_not_borrowed() {
+    need_git!();
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("project");
+    write(&project, "a.txt", "aaaa\n");
+    write(&project, "b.txt", "bbbb\n");
+    user_git(&project, &["init", "-q"]);
+    user_git(&project, &["add", "-A"]);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // Same size, new bytes: the stat data (mtime, ctime) gives it away.
+    write(&project, "a.txt", "AAAA\n");
+    let repo = SessionRepo::create_sandbox_copy_with(
+        &project,
+        &tmp.path().join("work"),
+        Some(&tmp.path().join("h.git")),
+        &[],
+        true,
+    )
+    .unwrap();
+    assert_eq!(repo.start_stats().unwrap().borrowed, 1);
+    let base = repo.base().unwrap();
+    let shown = git(
+        repo.git_dir(),
+        repo.work_tree(),
+        &["show", &format!("{base}:a.txt")],
+    );
+    assert_eq!(shown, "AAAA\n");
+}
+
+#[test]
+fn a_project_below_the_repository_root_borrows_its_part() {
+    need_git!();
+    let tmp = tempfile::tempdir().unwrap();
+    let top = tmp.path().join("top");
+    write(&top, "outside.txt", "o\n");
+    write(&top, "sub/inside.txt", "i\n");
+    write(&top, "sub/deeper/x.txt", "x\n");
+    user_git(&top, &["init", "-q"]);
+    user_git(&top, &["add", "-A"]);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let before = dot_git(&top);
+    let repo = SessionRepo::create_sandbox_copy_with(
+        &top.join("sub"),
+        &tmp.path().join("work"),
+        Some(&tmp.path().join("h.git")),
+        &[],
+        true,
+    )
+    .unwrap();
+    assert_eq!(repo.start_stats().unwrap().borrowed, 2);
+    let files = git(repo.git_dir(), repo.work_tree(), &["ls-files"]);
+    assert_eq!(files, "deeper/x.txt\ninside.txt\n");
+    git(
+        repo.git_dir(),
+        repo.work_tree(),
+        &["fsck", "--strict", "--no-progress"],
+    );
+    assert_eq!(dot_git(&top), before);
+}
+
+#[test]
+fn index_versions_3_and_4_are_read() {
+    need_git!();
+    for version in ["3", "4"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let project = tmp.path().join("project");
+        for i in 0..40 {
+            write(
+                &project,
+                &format!("dir{}/file{i}.txt", i % 4),
+                &format!("{i}\n"),
+            );
+        }
+        user_git(&project, &["init", "-q"]);
+        user_git(&project, &["add", "-A"]);
+        // Intent-to-add sets an extended flag (version 3 at least).
+        write(&project, "later.txt", "later\n");
+        user_git(&project, &["add", "-N", "later.txt"]);
+        user_git(&project, &["update-index", "--index-version", version]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let repo = SessionRepo::create_sandbox_copy_with(
+            &project,
+            &tmp.path().join("work"),
+            Some(&tmp.path().join("h.git")),
+            &[],
+            true,
+        )
+        .unwrap();
+        let stats = repo.start_stats().unwrap();
+        assert_eq!((stats.files, stats.borrowed), (41, 40), "index v{version}");
+        git(
+            repo.git_dir(),
+            repo.work_tree(),
+            &["fsck", "--strict", "--no-progress"],
+        );
+        let shown = git(
+            repo.git_dir(),
+            repo.work_tree(),
+            &["show", "HEAD:later.txt"],
+        );
+        assert_eq!(shown, "later\n");
+    }
+}

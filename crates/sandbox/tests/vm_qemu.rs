@@ -1,0 +1,176 @@
+//! The `qemu` backend with the real guest image under TCG (`SAFE_CODER_TEST_VM_IMAGE`):
+//! a session boots (or restores the saved state), the project goes in, commands run in
+//! the guest with their changes coming back, timeout and cancel kill the whole tree, a
+//! memory hog dies at the VM's size, status comes from the agent, and stop powers off.
+//! A second session restores the snapshot the first saved.
+//!
+//! Without the image (or QEMU, or vhost-device-vsock) the tests say why and skip,
+//! unless `SAFE_CODER_REQUIRE_SANDBOX=1`.
+
+mod vmsupport;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use safe_coder_sandbox::{
+    Accel, BackendKind, CancellationToken, ExecRequest, Sandbox, SandboxSpec, SandboxState, VmSpec,
+};
+use vmsupport::*;
+
+fn image() -> Option<PathBuf> {
+    let dir = real_image()?;
+    if safe_coder_sandbox::find_executable("qemu-system-x86_64").is_none() {
+        skip("qemu-system-x86_64 is not installed");
+        return None;
+    }
+    Some(dir)
+}
+
+fn spec(image: &Path, data: &Path, work: &Path) -> SandboxSpec {
+    let mut spec = SandboxSpec::new(work);
+    let initramfs = image.join("initramfs.cpio.gz");
+    spec.vm = VmSpec {
+        data_dir: data.to_path_buf(),
+        kernel: Some(image.join("vmlinux")),
+        rootfs: Some(image.join("rootfs.ext4")),
+        initramfs: initramfs.is_file().then_some(initramfs),
+        accel: Accel::Tcg,
+        ..VmSpec::default()
+    };
+    spec
+}
+
+fn req(command: &str, timeout_ms: u64) -> ExecRequest {
+    ExecRequest {
+        command: command.into(),
+        timeout: Duration::from_millis(timeout_ms),
+        max_output_bytes: 1 << 20,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_session_runs_commands_in_the_guest_and_restores_from_a_snapshot() {
+    let Some(image) = image() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(work.join("src")).expect("work");
+    std::fs::write(work.join("src/main.py"), "print('hello from the guest')\n").expect("seed");
+    std::fs::write(work.join("gone.txt"), "bye\n").expect("seed");
+    let data = dir.path().join("data");
+
+    let sb = safe_coder_sandbox::open(BackendKind::Qemu, spec(&image, &data, &work)).expect("open");
+    eprintln!("first session: {}", sb.backend_detail().unwrap_or_default());
+    assert_eq!(sb.agent_root(), "/workspace");
+
+    let out = sb
+        .exec(
+            req(
+                "python3 src/main.py && uname -r && pwd && echo made > made.txt && rm gone.txt && mkdir -p a/b && echo deep > a/b/c.txt && chmod +x src/main.py",
+                60_000,
+            ),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(out.exit_code, Some(0), "{}", out.output);
+    assert!(
+        out.output.contains("hello from the guest"),
+        "{}",
+        out.output
+    );
+    assert!(out.output.contains("/workspace"), "{}", out.output);
+    assert_eq!(
+        std::fs::read_to_string(work.join("made.txt")).expect("made"),
+        "made\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.join("a/b/c.txt")).expect("deep"),
+        "deep\n"
+    );
+    assert!(!work.join("gone.txt").exists());
+
+    // Timeout and cancel kill the command's whole tree in the guest.
+    let out = sb
+        .exec(
+            req(
+                "(sleep 100; echo child-lived > child.txt) & sleep 100",
+                1500,
+            ),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("exec");
+    assert!(out.timed_out, "{out:?}");
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        c2.cancel();
+    });
+    let out = sb
+        .exec(req("sleep 100", 60_000), cancel)
+        .await
+        .expect("exec");
+    assert!(out.cancelled, "{out:?}");
+    let out = sb
+        .exec(
+            req("pgrep -c sleep || true", 30_000),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(out.output.trim(), "0", "nothing survives: {}", out.output);
+
+    // A memory hog dies at the VM's size; the VM and the agent go on.
+    let out = sb
+        .exec(
+            req(
+                "python3 -c 'x = bytearray(2048 * 1024 * 1024); print(len(x))'",
+                120_000,
+            ),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("exec");
+    assert_ne!(out.exit_code, Some(0), "{out:?}");
+    let out = sb
+        .exec(req("echo alive", 30_000), CancellationToken::new())
+        .await
+        .expect("exec");
+    assert!(out.output.contains("alive"), "{out:?}");
+
+    let status = sb.status().await;
+    assert_eq!(status.state, SandboxState::Running);
+    assert_eq!(status.memory_limit_mb, Some(512));
+    let used = status.memory_used_mb.expect("memory from the agent");
+    assert!(used > 0 && used < 512, "{status:?}");
+
+    sb.stop().await.expect("stop");
+    assert_eq!(sb.status().await.state, SandboxState::Stopped);
+
+    // A second session: restored from the saved state when the image supports it.
+    let work2 = dir.path().join("work2");
+    std::fs::create_dir_all(&work2).expect("work2");
+    std::fs::write(work2.join("x.txt"), "second\n").expect("seed");
+    let sb2 =
+        safe_coder_sandbox::open(BackendKind::Qemu, spec(&image, &data, &work2)).expect("open 2");
+    let detail = sb2.backend_detail().unwrap_or_default();
+    eprintln!("second session: {detail}");
+    if std::fs::read_to_string(image.join("features"))
+        .unwrap_or_default()
+        .contains("serial-agent")
+    {
+        assert!(detail.contains("restored"), "{detail}");
+    }
+    let out = sb2
+        .exec(req("cat x.txt; ls", 60_000), CancellationToken::new())
+        .await
+        .expect("exec");
+    assert!(out.output.contains("second"), "{}", out.output);
+    assert!(
+        !out.output.contains("made.txt"),
+        "a fresh workspace: {}",
+        out.output
+    );
+    sb2.stop().await.expect("stop");
+}
