@@ -379,9 +379,10 @@ fn leftovers(t: &Target) {
             .filter(|c| c.session_id == id)
             .collect::<Vec<_>>()
     };
-    assert_eq!(
-        of(&id).len(),
-        1,
+    // Left running, unless another test's session on this engine has swept it
+    // already (tests run in parallel, and every session start sweeps).
+    assert!(
+        of(&id).len() <= 1,
         "{}: the killed session's container",
         t.label
     );
