@@ -423,3 +423,33 @@ fn leftovers(t: &Target) {
         );
     }
 }
+
+/// `auto` takes docker where it works (before `process`), and the container sees the
+/// project: the session's workspace is a copy, not the overlay `process` runs over.
+#[test]
+fn auto_takes_docker_and_the_container_sees_the_project() {
+    let Some(t) = target("runc") else { return };
+    let world = t.world("");
+    world.write("a.txt", "from the project\n");
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![call(
+            "bash",
+            json!({"command": "cat a.txt; pwd; echo made > b.txt"}),
+        )]),
+        Reply::text("ok"),
+    ]);
+    let server = MockServer::start(Wire::Anthropic, script).expect("server");
+    let out = world.exec(
+        &server,
+        &["-v", "--approval-mode", "yolo", "--sync", "accept", "look"],
+    );
+    assert_ok(&out);
+    let err = stderr(&out);
+    assert!(err.contains("auto chose docker"), "{err}");
+    let r = &tool_results(&server)[0];
+    assert!(
+        r.contains("from the project") && r.contains("/workspace"),
+        "{r}"
+    );
+    assert_eq!(world.read("b.txt").as_deref(), Some("made\n"));
+}
