@@ -75,7 +75,13 @@ fn session_ids(world: &World) -> Vec<String> {
 }
 
 pub(crate) fn keep_then_sync(backend: &str) {
-    let world = World::new();
+    keep_then_sync_with(&World::new, backend);
+}
+
+/// [`keep_then_sync`] in worlds made by `new_world` (the docker suite configures the
+/// engine and runtime in each world's user config).
+pub(crate) fn keep_then_sync_with(new_world: &dyn Fn() -> World, backend: &str) {
+    let world = new_world();
     seed(&world);
     let server = MockServer::start(Wire::Anthropic, changes_script()).expect("server");
     let out = world.exec(
@@ -143,8 +149,13 @@ pub(crate) fn keep_then_sync(backend: &str) {
 }
 
 pub(crate) fn accept_reject_conflict(backend: &str) {
+    accept_reject_conflict_with(&World::new, backend);
+}
+
+/// [`accept_reject_conflict`] in worlds made by `new_world`.
+pub(crate) fn accept_reject_conflict_with(new_world: &dyn Fn() -> World, backend: &str) {
     // accept
-    let world = World::new();
+    let world = new_world();
     seed(&world);
     let server = MockServer::start(Wire::OpenAi, changes_script()).expect("server");
     let out = world.exec(
@@ -168,7 +179,7 @@ pub(crate) fn accept_reject_conflict(backend: &str) {
     );
 
     // reject
-    let world = World::new();
+    let world = new_world();
     seed(&world);
     let before = snapshot_tree(&world.project);
     let server = MockServer::start(Wire::OpenAi, changes_script()).expect("server");
@@ -189,7 +200,7 @@ pub(crate) fn accept_reject_conflict(backend: &str) {
     assert!(session_ids(&world).is_empty());
 
     // conflict: the user edits edit.txt while the session holds the agent's version
-    let world = World::new();
+    let world = new_world();
     seed(&world);
     let server = MockServer::start(Wire::Ollama, changes_script()).expect("server");
     let out = world.exec(
@@ -231,7 +242,12 @@ pub(crate) fn accept_reject_conflict(backend: &str) {
 }
 
 pub(crate) fn sigkill_then_recover(backend: &str) {
-    let world = World::new();
+    sigkill_then_recover_with(&World::new, backend);
+}
+
+/// [`sigkill_then_recover`] in a world made by `new_world`.
+pub(crate) fn sigkill_then_recover_with(new_world: &dyn Fn() -> World, backend: &str) {
+    let world = new_world();
     seed(&world);
     let script = Script::new(vec![
         Reply::tool_calls(vec![call(
