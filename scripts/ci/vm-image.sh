@@ -5,9 +5,9 @@
 #
 # Cached under ${SAFE_CODER_CACHE:-$HOME/.cache/safe-coder-ci}: vhost-device-vsock
 # (cargo/bin), the kernel package and the debootstrap tree (images/), the image itself
-# (vm-data/vm/). Cold: about 10 minutes on a busy 2-core machine (debootstrap, cargo
-# install); warm: the agent build and one boot, well under a minute when nothing
-# changed, plus ~10 s to remake the disk when the agent did.
+# (vm-data/vm/). Cold: about 9 minutes on a busy 2-core machine (image 4 min, mostly
+# debootstrap; cargo install ~3 min; agent build; one boot); warm: 20-60 s (the agent
+# build and one boot, plus ~10 s to remake the disk when the agent changed).
 #
 # It exports what the VM tests read, so a later step can reuse the image:
 #   SAFE_CODER_TEST_VM_IMAGE       data dir whose vm/ holds the image
@@ -49,4 +49,5 @@ export SAFE_CODER_TEST_ROOTFS_CACHE="$CACHE/images"
 export SAFE_CODER_GUEST_AGENT="$AGENT"
 export SAFE_CODER_VHOST_DEVICE_VSOCK="$VHOST"
 export SAFE_CODER_REQUIRE_SANDBOX=1
-cargo test --locked -p safe-coder-image --test vm_boot -- --nocapture
+# --workspace (not -p): the features scripts/test.sh built with, so nothing rebuilds.
+cargo test --workspace --locked --test vm_boot -- --nocapture

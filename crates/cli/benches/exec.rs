@@ -131,26 +131,30 @@ fn bench_exec(backend: &str, runs: usize) {
         let mut cmd = Command::new(&bin);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", &home)
-            .args([
-                "exec",
-                "--json",
-                "--provider",
-                "anthropic",
-                "--base-url",
-                &server.base_url(),
-            ])
-            .args([
-                "--api-key",
-                "bench-key-123",
-                "--model",
-                "bench",
-                "--approval-mode",
-                "yolo",
-            ])
-            .args(["--backend", backend, "--sync", "reject", "--path"])
-            .arg(&project)
-            .arg("do the ten steps");
+            .env("HOME", &home);
+        // The docker backend's engine, when it is not at the default socket.
+        if let Some(host) = std::env::var_os("DOCKER_HOST") {
+            cmd.env("DOCKER_HOST", host);
+        }
+        cmd.args([
+            "exec",
+            "--json",
+            "--provider",
+            "anthropic",
+            "--base-url",
+            &server.base_url(),
+        ])
+        .args([
+            "--api-key",
+            "bench-key-123",
+            "--model",
+            "bench",
+            "--approval-mode",
+            "yolo",
+        ])
+        .args(["--backend", backend, "--sync", "reject", "--path"])
+        .arg(&project)
+        .arg("do the ten steps");
         let r = run(&mut cmd);
         walls.push(r.wall.as_secs_f64() * 1e3);
         rss.push(r.max_rss_kb as f64 / 1024.0);

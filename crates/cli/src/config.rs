@@ -26,6 +26,7 @@
 //! shape and reading, `vm` the `[vm]` table, `trust` what a project file may say, `write` the `config` command's
 //! edits, `show` `config --show`.
 
+mod docker;
 mod file;
 mod show;
 mod trust;
@@ -459,13 +460,7 @@ pub fn resolve(dirs: &Dirs, project: &Path, flags: &Overrides) -> Result<Resolve
         .unwrap_or_else(|| default_context_window(&model));
 
     let merge_vm = VmSection::merged(&proj.vm, &user.vm);
-    let merge_docker = DockerSection {
-        image: files_only(&proj.docker.image, &user.docker.image),
-        cpus: files_only(&proj.docker.cpus, &user.docker.cpus),
-        memory_mb: files_only(&proj.docker.memory_mb, &user.docker.memory_mb),
-        auto_pull: files_only(&proj.docker.auto_pull, &user.docker.auto_pull),
-        runtime: files_only(&proj.docker.runtime, &user.docker.runtime),
-    };
+    let merge_docker = DockerSection::merge(&proj.docker, &user.docker);
 
     log::debug!(
         "config: provider {provider}, model {model}, base URL {base_url}, key {}, backend {backend} ({backend_source:?}), approval {approval_mode} ({approval_mode_source:?}), project file {:?}, trusted {trusted}",

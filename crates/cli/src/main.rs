@@ -7,6 +7,7 @@ mod exec;
 mod logging;
 mod render;
 mod run;
+mod sandbox_image;
 mod sessions;
 mod setup;
 mod vm_image;
@@ -225,15 +226,19 @@ enum ImageCmd {
     /// Build (or bring up to date) the image a backend runs.
     Build {
         /// The backend whose image to build.
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, default_value = "docker")]
         backend: ImageBackend,
         #[command(flatten)]
         vm: vm_image::VmImageArgs,
+        #[command(flatten)]
+        docker: sandbox_image::DockerImageArgs,
     },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ImageBackend {
+    /// The container image: a Debian root filesystem imported into the engine.
+    Docker,
     /// The microVM image (kernel, initramfs, root disk with the guest agent), shared by
     /// the `qemu` and `firecracker` backends.
     Qemu,
@@ -324,9 +329,15 @@ fn main() -> ExitCode {
         Command::Sandbox {
             action:
                 SandboxCmd::Image {
-                    action: ImageCmd::Build { backend, vm },
+                    action:
+                        ImageCmd::Build {
+                            backend,
+                            vm,
+                            docker,
+                        },
                 },
         } => match backend {
+            ImageBackend::Docker => sandbox_image::build_docker(&vm, docker),
             ImageBackend::Qemu | ImageBackend::Firecracker => vm_image::build(vm),
         },
         Command::Sessions { action } => {

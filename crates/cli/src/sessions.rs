@@ -376,10 +376,25 @@ pub fn run(cmd: SessionsCmd) -> Result<()> {
             let record = find(&store, &id)?;
             let session = open_session(&store, &record)?;
             session.discard();
+            if record.backend == safe_coder_sandbox::BackendKind::Docker.as_str() {
+                discard_container(&dirs, &record);
+            }
             println!("Discarded session {} and its unsynced work.", record.id);
         }
     }
     Ok(())
+}
+
+/// Removes a discarded docker session's container (kept stopped since the session
+/// ended), on the engine the user's config names for that project.
+fn discard_container(dirs: &Dirs, record: &SessionRecord) {
+    let project = std::path::PathBuf::from(&record.project);
+    let spec = crate::config::resolve(dirs, &project, &crate::config::Overrides::default())
+        .map(|r| r.docker.spec())
+        .unwrap_or_default();
+    if let Err(e) = safe_coder_sandbox::docker::discard_session(&spec, &record.id) {
+        eprintln!("warning: the session's container could not be removed: {e}");
+    }
 }
 
 /// Whether a session listed as unsynced really holds work. A session that ended

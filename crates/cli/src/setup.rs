@@ -79,7 +79,7 @@ pub fn doctor_report() -> Result<String> {
     let resolved = config::resolve(&dirs, &project, &Overrides::default())?;
     let settings = safe_coder_sandbox::BackendSettings {
         vm: resolved.vm.spec(&dirs.data_dir),
-        ..Default::default()
+        docker: resolved.docker.spec(),
     };
     Ok(safe_coder_sandbox::select::doctor_report_with(&settings))
 }
@@ -123,6 +123,7 @@ pub fn settings(p: &Prepared) -> Result<Settings> {
         env_passthrough: r.env_passthrough.clone(),
         max_file_mb: r.max_file_mb,
         vm: r.vm.spec(&p.dirs.data_dir),
+        docker: r.docker.spec(),
         provider: provider_config(r),
         max_turns: r.max_turns,
         approval_mode: r.approval_mode,

@@ -501,6 +501,7 @@ fn limits_of(settings: &Settings) -> SessionLimits {
         env_passthrough: settings.env_passthrough.clone(),
         max_file_bytes: settings.max_file_mb.saturating_mul(1024 * 1024),
         vm: settings.vm.clone(),
+        docker: settings.docker.clone(),
     }
 }
 

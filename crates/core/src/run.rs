@@ -394,15 +394,14 @@ impl Runner {
         let (tx, mut input) = mpsc::unbounded_channel();
         self.terminal.set(Some(tx));
         let message = format!("Agent executed: run {command}");
-        // Where this process reaches the files (an overlay workspace's merged tree is
-        // not at the work-tree path on the host).
-        let root = self
-            .session
-            .sandbox
-            .host_workdir()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.session.workspace.work_tree().to_path_buf());
-        let mut watcher = Watcher::new(root);
+        // An overlay workspace's changes all land in its upper layer (an empty directory
+        // on the host is all its mount point shows this process), and watching only them
+        // costs what changed, not what the project weighs.
+        let watched = match self.session.repo.overlay() {
+            Some(mount) => mount.layers().upper.clone(),
+            None => self.session.workspace.work_tree().to_path_buf(),
+        };
+        let mut watcher = Watcher::new(watched);
         let mut tick = tokio::time::interval(POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = vec![0u8; 64 * 1024];

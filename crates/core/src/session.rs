@@ -60,6 +60,8 @@ pub struct SessionLimits {
     pub env_passthrough: Vec<String>,
     /// The largest file a commit or a sync handles, in bytes.
     pub max_file_bytes: u64,
+    /// `[docker]` settings (the session adds its id and directory).
+    pub docker: safe_coder_sandbox::DockerSpec,
     /// The microVM backends' image, size and binaries (`[vm]`).
     pub vm: safe_coder_sandbox::VmSpec,
 }
@@ -72,6 +74,7 @@ impl Default for SessionLimits {
             cpus: l.cpus,
             env_passthrough: Vec::new(),
             max_file_bytes: safe_coder_history::DEFAULT_MAX_FILE_BYTES,
+            docker: safe_coder_sandbox::DockerSpec::default(),
             vm: safe_coder_sandbox::VmSpec::default(),
         }
     }
@@ -125,6 +128,7 @@ fn open_sandbox(
     work: &Path,
     repo: &SessionRepo,
     limits: &SessionLimits,
+    (id, dir): (&str, &Path),
 ) -> Result<Arc<dyn Sandbox>, SessionError> {
     let mut spec = safe_coder_sandbox::SandboxSpec::new(work);
     spec.overlay = repo.overlay();
@@ -132,6 +136,11 @@ fn open_sandbox(
     spec.limits.cpus = limits.cpus;
     spec.env_passthrough = limits.env_passthrough.clone();
     spec.vm = limits.vm.clone();
+    // A container is named and labelled after its session, and kept while its
+    // directory is.
+    spec.docker = limits.docker.clone();
+    spec.docker.session_id = Some(id.to_string());
+    spec.docker.session_dir = Some(dir.to_path_buf());
     Ok(safe_coder_sandbox::open(backend, spec)?)
 }
 
@@ -159,7 +168,7 @@ impl Session {
         let requested = config.backend;
         let settings = safe_coder_sandbox::BackendSettings {
             vm: config.limits.vm.clone(),
-            ..Default::default()
+            docker: config.limits.docker.clone(),
         };
         let probe = std::thread::spawn(move || {
             safe_coder_sandbox::select::choose_with(requested, &settings)
@@ -237,7 +246,13 @@ impl Session {
                 approval_mode: config.approval_mode.as_str().to_string(),
             })?;
         }
-        let sandbox = open_sandbox(backend, workspace.work_tree(), &repo, &config.limits)?;
+        let sandbox = open_sandbox(
+            backend,
+            workspace.work_tree(),
+            &repo,
+            &config.limits,
+            (&id, &dir),
+        )?;
         let note = match sandbox.backend_detail() {
             Some(detail) => format!("{note}; {detail}"),
             None => note,
@@ -271,6 +286,7 @@ impl Session {
             files.workspace.work_tree(),
             &files.repo,
             limits,
+            (&files.id, &files.dir),
         )?;
         Ok(Session {
             files,

@@ -37,6 +37,8 @@ pub struct Settings {
     pub max_file_mb: u64,
     /// `[vm]`: the microVM backends' image, size and binaries.
     pub vm: safe_coder_sandbox::VmSpec,
+    /// `[docker]`: engine, runtime, image, network and limits of the `docker` backend.
+    pub docker: safe_coder_sandbox::DockerSpec,
     /// The model provider, its model and its output token limit.
     pub provider: ProviderConfig,
     /// Model requests allowed in one user turn.

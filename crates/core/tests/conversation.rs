@@ -61,6 +61,7 @@ impl World {
             env_passthrough: Vec::new(),
             max_file_mb: 100,
             vm: safe_coder_sandbox::VmSpec::default(),
+            docker: Default::default(),
             provider,
             max_turns: 10,
             approval_mode: mode,

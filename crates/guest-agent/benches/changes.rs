@@ -1,5 +1,5 @@
-//! What "changed files since a mark" costs: a full walk of the workspace with `lstat`
-//! (docs/vm-protocol.md has the figures). `cargo bench -p safe-coder-guest-agent`.
+//! What "changed files since a mark" costs, kept by inotify and by a full walk with
+//! `lstat` (docs/vm-protocol.md has the figures). `cargo bench -p safe-coder-guest-agent`.
 
 use std::path::Path;
 use std::time::Instant;
@@ -20,28 +20,35 @@ fn main() {
         tree(dir.path(), files);
         // Let the files age past the racy window, as a project's files have.
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let tracker = Tracker::default();
-        let rounds = 10;
-        let t = Instant::now();
-        let mut mark = 0;
-        for _ in 0..rounds {
-            mark = tracker.set_mark(dir.path()).expect("mark");
+        for (name, tracker) in [
+            ("walk", Tracker::walking()),
+            ("inotify", Tracker::default()),
+        ] {
+            let rounds = 10;
+            let t = Instant::now();
+            let mut mark = 0;
+            for _ in 0..rounds {
+                mark = tracker.set_mark(dir.path()).expect("mark");
+            }
+            let per_mark = t.elapsed() / rounds;
+            for i in 0..10 {
+                let p = dir.path().join(format!("d{i}/new-{name}-{i}.txt"));
+                std::fs::write(p, b"x").expect("write");
+            }
+            let t = Instant::now();
+            let mut n = 0;
+            for _ in 0..rounds {
+                n = tracker
+                    .changes_since(dir.path(), mark, false)
+                    .expect("changes")
+                    .0
+                    .len();
+            }
+            let per_diff = t.elapsed() / rounds;
+            assert_eq!(n, 10);
+            println!(
+                "{files:>6} files, {name:<7}: set_mark {per_mark:>10.2?}  changes_since (10 changed) {per_diff:>10.2?}"
+            );
         }
-        let per_mark = t.elapsed() / rounds;
-        for i in 0..10 {
-            std::fs::write(dir.path().join(format!("d{i}/new{i}.txt")), b"x").expect("write");
-        }
-        let t = Instant::now();
-        let mut n = 0;
-        for _ in 0..rounds {
-            n = tracker
-                .changes_since(dir.path(), mark, false)
-                .expect("changes")
-                .0
-                .len();
-        }
-        let per_diff = t.elapsed() / rounds;
-        assert_eq!(n, 10);
-        println!("{files:>6} files: set_mark {per_mark:>10.2?}  changes_since (10 changed) {per_diff:>10.2?}");
     }
 }

@@ -9,6 +9,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use safe_coder_vm_protocol::{AgentError, DirEntry, ErrorKind, FileKind, FileStat, WORKSPACE};
 
@@ -291,13 +292,16 @@ impl Workspace {
             .or(existing.map(|md| md.mode() & 0o7777))
             .unwrap_or(0o644);
         let parent = target.parent().unwrap_or(&self.root).to_path_buf();
+        // Unique per write: two writes of one file at once must not share a temp file.
+        static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
         let tmp = parent.join(format!(
-            ".{}.sc-tmp-{}",
+            ".{}.sc-tmp-{}-{}",
             target
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            std::process::id()
+            std::process::id(),
+            NEXT_TMP.fetch_add(1, Ordering::Relaxed)
         ));
         let result = (|| -> io::Result<()> {
             let mut f = OpenOptions::new()

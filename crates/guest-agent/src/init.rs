@@ -147,6 +147,9 @@ fn wait_for(path: &str, limit: Duration) -> bool {
 
 /// Ends the VM: sync, then reboot (the VMM exits).
 pub fn power_off() -> ! {
+    // The `done` reply is written; give the VMM's vsock backend a moment to carry it
+    // to the host before the VM disappears.
+    std::thread::sleep(std::time::Duration::from_millis(50));
     // SAFETY: sync and reboot have no memory arguments.
     unsafe {
         libc::sync();

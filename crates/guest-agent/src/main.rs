@@ -38,10 +38,13 @@ fn serve(addr: &Address, workspace: &Path, protocol: u32, as_init: bool) -> anyh
             std::process::exit(0)
         })
     };
-    let agent = Arc::new(
-        Agent::new(workspace, hello, on_shutdown)
-            .with_context(|| format!("workspace {}", workspace.display()))?,
-    );
+    let agent = Agent::new(workspace, hello, on_shutdown)
+        .with_context(|| format!("workspace {}", workspace.display()))?;
+    let agent = Arc::new(if as_init {
+        agent.owning_the_clock()
+    } else {
+        agent
+    });
     reaper::global();
     let listener = Listener::bind(addr).with_context(|| format!("cannot listen on {addr:?}"))?;
     if as_init {

@@ -39,6 +39,8 @@ pub struct Agent {
     running: Mutex<HashSet<i32>>,
     shutting_down: AtomicBool,
     on_shutdown: ShutdownAction,
+    /// Whether `set_clock` may set the clock (only as the VM's init).
+    owns_clock: bool,
 }
 
 impl Agent {
@@ -51,7 +53,14 @@ impl Agent {
             running: Mutex::new(HashSet::new()),
             shutting_down: AtomicBool::new(false),
             on_shutdown,
+            owns_clock: false,
         })
+    }
+
+    /// Lets `set_clock` set the system clock: for the agent that is the VM's init.
+    pub fn owning_the_clock(mut self) -> Self {
+        self.owns_clock = true;
+        self
     }
 
     /// Kills every running exec's tree.
@@ -259,6 +268,7 @@ fn dispatch(
                     Request::Usage => Ok(Response::Usage(usage::report(
                         lock(&agent.running).len() as u32,
                     ))),
+                    Request::SetClock { unix_ms } => set_clock(agent.owns_clock, unix_ms),
                     Request::Ping
                     | Request::Cancel { .. }
                     | Request::Exec(_)
@@ -271,4 +281,26 @@ fn dispatch(
             });
         }
     }
+}
+
+fn set_clock(owns_clock: bool, unix_ms: u64) -> Result<Response, AgentError> {
+    if !owns_clock {
+        return Err(AgentError::new(
+            ErrorKind::InvalidRequest,
+            "this agent is not a VM's init and leaves the clock alone",
+        ));
+    }
+    let ts = libc::timespec {
+        tv_sec: (unix_ms / 1000) as libc::time_t,
+        tv_nsec: ((unix_ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    // SAFETY: clock_settime with a valid timespec.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(AgentError::new(
+            ErrorKind::Io,
+            format!("cannot set the clock: {e}"),
+        ));
+    }
+    Ok(Response::Done)
 }

@@ -28,23 +28,23 @@ impl Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let ws = tempfile::tempdir().expect("workspace");
         let socket = dir.path().join("agent.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_safe-coder-guest-agent"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_safe-coder-guest-agent"))
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .arg("--workspace")
             .arg(ws.path())
             .arg("--protocol")
             .arg(protocol.to_string())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .expect("start the agent");
-        // The socket appears once the agent listens (bounded wait, not a timing check).
-        for _ in 0..500 {
-            if socket.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // The agent prints its ready line once it listens (the socket file alone
+        // appears a moment before `listen`).
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("ready line");
+        assert_eq!(line.trim(), safe_coder_guest_agent::init::READY_LINE);
         Agent {
             child,
             socket,
@@ -628,4 +628,19 @@ async fn shutdown_answers_then_kills_commands_and_ends_the_agent() {
         c.ping().await,
         Err(ClientError::Closed | ClientError::Frame(_))
     ));
+}
+
+#[tokio::test]
+async fn an_agent_that_is_not_the_vms_init_leaves_the_clock_alone() {
+    let agent = Agent::start();
+    let c = agent.client().await;
+    match c.set_clock(0).await {
+        Err(ClientError::Agent(e)) => assert_eq!(e.kind, ErrorKind::InvalidRequest, "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(now > 1_600_000_000, "the host clock was not set to 1970");
 }

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use sha1::{Digest, Sha1};
 
 use crate::error::{HistoryError, IoContext};
+use crate::index::Stat;
 use crate::objects::Oid;
 
 /// Largest index read (a 1,000,000-file index is about 100 MB).
@@ -90,28 +91,24 @@ impl Borrowed {
     }
 
     /// The blob id (and git mode) of the project file `rel` when git would call it
-    /// unchanged: `meta` (from `lstat`) matches the user's index entry.
-    pub(crate) fn unchanged(&self, rel: &[u8], meta: &fs::Metadata) -> Option<(u32, Oid)> {
+    /// unchanged: its stat data (from `lstat` of a regular file) matches the user's
+    /// index entry.
+    pub(crate) fn unchanged(&self, rel: &[u8], st: &Stat, exec: bool) -> Option<(u32, Oid)> {
         let k = self.entries.get(rel)?;
-        if !meta.is_file() {
-            return None;
-        }
-        let exec = meta.mode() & 0o100 != 0;
         let mode_ok = match k.mode {
             0o100755 => exec,
             0o100644 => !exec,
             _ => false,
         };
-        let same_time = |(s, ns): (u32, u32), ms: i64, mns: i64| {
-            s == ms as u32 && (ns == 0 || ns == mns as u32)
-        };
+        // Git stores nanoseconds only where it was built to; zero means "not recorded".
+        let same_time = |(s, ns): (u32, u32), ms: u32, mns: u32| s == ms && (ns == 0 || ns == mns);
         let matches = mode_ok
-            && k.size == meta.size() as u32
-            && k.ino == meta.ino() as u32
-            && k.uid == meta.uid()
-            && k.gid == meta.gid()
-            && same_time(k.mtime, meta.mtime(), meta.mtime_nsec())
-            && same_time(k.ctime, meta.ctime(), meta.ctime_nsec());
+            && k.size == st.size
+            && k.ino == st.ino
+            && k.uid == st.uid
+            && k.gid == st.gid
+            && same_time(k.mtime, st.mtime_s, st.mtime_ns)
+            && same_time(k.ctime, st.ctime_s, st.ctime_ns);
         // Racily clean: written in the same instant as (or after) the index, so a
         // change within that instant would not show in the stat data.
         let racy = (k.mtime.0 as i64, k.mtime.1 as i64) >= self.index_mtime;

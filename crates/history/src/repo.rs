@@ -153,19 +153,14 @@ impl SessionRepo {
             None => work_tree.join(".git"),
         };
         let worktree_config = external.then_some(work_tree.as_path());
-        let borrowed = borrow_git.then(|| Borrowed::discover(&project)).flatten();
         let made = snapshot::init_git_dir(&git_dir, &excludes, worktree_config).and_then(|_| {
             let source = snapshot::Source::Copy {
                 work_tree: &work_tree,
                 excludes: &excludes,
             };
-            snapshot::write_snapshot(
-                &project,
-                source,
-                &git_dir,
-                INITIAL_MESSAGE,
-                borrowed.as_ref(),
-            )
+            snapshot::write_snapshot(&project, source, &git_dir, INITIAL_MESSAGE, || {
+                borrow_git.then(|| Borrowed::discover(&project)).flatten()
+            })
         });
         let stats = match made {
             Ok((_, stats)) => stats,
@@ -223,13 +218,13 @@ impl SessionRepo {
                 excludes,
                 hidden: &hidden,
             };
-            let borrowed = Borrowed::discover(&layers.lower);
+            let lower = layers.lower.clone();
             let (_, stats) = snapshot::write_snapshot(
                 &layers.lower,
                 source,
                 &git_dir,
                 INITIAL_MESSAGE,
-                borrowed.as_ref(),
+                move || Borrowed::discover(&lower),
             )?;
             fs::create_dir_all(&layers.upper)
                 .ctx(|| format!("cannot create {}", layers.upper.display()))?;
@@ -341,15 +336,13 @@ impl SessionRepo {
             .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
             .collect();
         let source = snapshot::Source::InPlace { files };
-        let borrowed = borrow_git
-            .then(|| Borrowed::discover(&repo.work_tree))
-            .flatten();
+        let project = repo.work_tree.clone();
         let (_, stats) = snapshot::write_snapshot(
             &repo.work_tree,
             source,
             &repo.git_dir,
             SHADOW_MESSAGE,
-            borrowed.as_ref(),
+            move || borrow_git.then(|| Borrowed::discover(&project)).flatten(),
         )?;
         repo.start = Some(stats);
         Ok(repo)
@@ -486,7 +479,9 @@ impl SessionRepo {
     }
 
     fn commit_fields(&self, id: &str) -> Result<CommitFields, HistoryError> {
-        if let Some((kind, data)) = objects::read_loose(&self.git_dir, id)? {
+        // Loose or in the session's own packs (the first commit is packed): reading it
+        // here saves a git process on every upper-layer commit.
+        if let Some((kind, data)) = objects::read_object(&self.git_dir, id)? {
             if kind == "commit" {
                 return Ok(objects::parse_commit(&data));
             }

@@ -93,6 +93,8 @@ struct Item {
     size: u64,
     /// The project file's stat data when it was listed.
     stat: Stat,
+    /// Its executable bit then.
+    exec: bool,
     /// Git mode and blob id, when the user's index vouches for the file (borrowed:
     /// neither hashed nor stored, see `borrow.rs`).
     known: Option<(u32, Oid)>,
@@ -142,32 +144,36 @@ pub(crate) fn write_snapshot(
     source: Source<'_>,
     git_dir: &Path,
     message: &str,
-    borrowed: Option<&Borrowed>,
+    borrow: impl FnOnce() -> Option<Borrowed> + Send,
 ) -> Result<(String, SnapshotStats), HistoryError> {
     let left = std::sync::Mutex::new(Vec::new());
-    let (work_tree, (dirs, files, links)) = match source {
-        Source::Copy {
-            work_tree,
-            excludes,
-        } => (
-            Some(work_tree),
-            walk(project, &Excludes::new(excludes)?, &left, borrowed, None)?,
-        ),
-        Source::InPlace { files } => (None, classify(project, files, &left, borrowed)?),
-        Source::Layered { excludes, hidden } => (
-            None,
-            walk(
-                project,
-                &Excludes::new(excludes)?,
-                &left,
-                borrowed,
-                Some(hidden),
-            )?,
-        ),
-    };
-    let borrowed_count = files.iter().filter(|f| f.known.is_some()).count();
-    if let Some(b) = borrowed.filter(|_| borrowed_count > 0) {
-        b.write_alternates(git_dir)?;
+    // The user's index is read while the project is walked.
+    let (walked, borrowed) = std::thread::scope(|s| {
+        let reader = s.spawn(borrow);
+        let walked = match source {
+            Source::Copy {
+                work_tree,
+                excludes,
+            } => Excludes::new(excludes)
+                .and_then(|ex| walk(project, &ex, &left, None))
+                .map(|w| (Some(work_tree), w)),
+            Source::InPlace { files } => classify(project, files, &left).map(|w| (None, w)),
+            Source::Layered { excludes, hidden } => Excludes::new(excludes)
+                .and_then(|ex| walk(project, &ex, &left, Some(hidden)))
+                .map(|w| (None, w)),
+        };
+        (walked, reader.join().ok().flatten())
+    });
+    let (work_tree, (dirs, mut files, links)) = walked?;
+    let mut borrowed_count = 0;
+    if let Some(b) = &borrowed {
+        for f in files.iter_mut() {
+            f.known = b.unchanged(f.rel.as_os_str().as_bytes(), &f.stat, f.exec);
+            borrowed_count += usize::from(f.known.is_some());
+        }
+        if borrowed_count > 0 {
+            b.write_alternates(git_dir)?;
+        }
     }
     note_left_out_at_start(git_dir, &left.into_inner().unwrap_or_default())?;
     let copy_to = |rel: &Path| work_tree.map(|w| w.join(rel));
@@ -463,82 +469,129 @@ fn unstorable(rel: &Path) -> Option<(PathBuf, &'static str)> {
 }
 
 /// Directories, regular files and symlinks of `project` (relative paths), without
-/// `.git` entries at any depth and without excluded ones. Sockets, FIFOs and device
-/// files are skipped.
+/// `.git` entries at any depth and without excluded ones (added to `hidden` when given).
+/// Sockets, FIFOs and device files are skipped. Two threads share the directories;
+/// each file costs one `fstatat` relative to its directory.
 fn walk(
     project: &Path,
     ex: &Excludes,
     left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
-    borrowed: Option<&Borrowed>,
     hidden: Option<&std::sync::Mutex<Vec<PathBuf>>>,
 ) -> Result<Walked, HistoryError> {
-    let hide = |rel: &Path| {
-        if let Some(Ok(mut h)) = hidden.map(|h| h.lock()) {
-            h.push(rel.to_path_buf());
-        }
-    };
-    let mut dirs = Vec::new();
-    let mut files = Vec::new();
-    let mut links = Vec::new();
-    let it = walkdir::WalkDir::new(project)
-        .follow_links(false)
-        .min_depth(1)
-        .into_iter()
-        .filter_entry(|e| {
-            let rel = e.path().strip_prefix(project).unwrap_or(e.path());
-            if e.file_name() == ".git" || ex.is_excluded(rel) {
-                hide(rel);
-                return false;
-            }
-            if let Some(why) = unstorable_name(e.file_name().as_bytes()) {
-                if let Ok(mut l) = left.lock() {
-                    l.push((rel.to_path_buf(), why));
-                }
-                hide(rel);
-                return false;
-            }
-            true
-        });
-    for entry in it {
-        let entry = entry.map_err(|e| {
-            let path = e
-                .path()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| project.display().to_string());
-            HistoryError::io(
-                format!("cannot read {path}"),
-                e.into_io_error()
-                    .unwrap_or_else(|| std::io::Error::other("filesystem loop")),
-            )
-        })?;
-        let rel = entry
-            .path()
-            .strip_prefix(project)
-            .unwrap_or(entry.path())
-            .to_path_buf();
-        let ft = entry.file_type();
-        if ft.is_dir() {
-            dirs.push(rel);
-        } else if ft.is_symlink() {
-            links.push(rel);
-        } else if ft.is_file() {
-            let meta = entry.metadata().map_err(|e| {
-                HistoryError::io(
-                    format!("cannot stat {}", entry.path().display()),
-                    e.into_io_error()
-                        .unwrap_or_else(|| std::io::Error::other("stat failed")),
-                )
-            })?;
-            let known = borrowed.and_then(|b| b.unchanged(rel.as_os_str().as_bytes(), &meta));
-            files.push(Item {
-                rel,
-                size: meta.len(),
-                stat: Stat::from_meta(&meta),
-                known,
-            });
+    use std::sync::{Condvar, Mutex, MutexGuard};
+    struct Queue {
+        dirs: Vec<PathBuf>,
+        busy: usize,
+        failed: Option<HistoryError>,
+    }
+    fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+        match m.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
         }
     }
-    Ok((dirs, files, links))
+    let queue = Mutex::new(Queue {
+        dirs: vec![PathBuf::new()],
+        busy: 0,
+        failed: None,
+    });
+    let ready = Condvar::new();
+    let hide = |rel: &Path| {
+        if let Some(h) = hidden {
+            lock(h).push(rel.to_path_buf());
+        }
+    };
+    // One directory: its entries sorted into the three lists, subdirectories queued.
+    let visit =
+        |rel: &Path, out: &mut Walked, more: &mut Vec<PathBuf>| -> Result<(), HistoryError> {
+            let dir = project.join(rel);
+            let rd = fs::read_dir(&dir).ctx(|| format!("cannot read {}", dir.display()))?;
+            for entry in rd {
+                let entry = entry.ctx(|| format!("cannot read {}", dir.display()))?;
+                let name = entry.file_name();
+                let child = rel.join(&name);
+                if name == ".git" || ex.is_excluded(&child) {
+                    hide(&child);
+                    continue;
+                }
+                if let Some(why) = unstorable_name(name.as_bytes()) {
+                    lock(left).push((child.clone(), why));
+                    hide(&child);
+                    continue;
+                }
+                let ft = entry
+                    .file_type()
+                    .ctx(|| format!("cannot stat {}", entry.path().display()))?;
+                if ft.is_dir() {
+                    out.0.push(child.clone());
+                    more.push(child);
+                } else if ft.is_symlink() {
+                    out.2.push(child);
+                } else if ft.is_file() {
+                    // `DirEntry::metadata` is an `fstatat` on the open directory.
+                    let meta = entry
+                        .metadata()
+                        .ctx(|| format!("cannot stat {}", entry.path().display()))?;
+                    out.1.push(Item {
+                        rel: child,
+                        size: meta.len(),
+                        stat: Stat::from_meta(&meta),
+                        exec: meta.permissions().mode() & 0o100 != 0,
+                        known: None,
+                    });
+                }
+            }
+            Ok(())
+        };
+    let worker = || -> Walked {
+        let mut out: Walked = (Vec::new(), Vec::new(), Vec::new());
+        let mut q = lock(&queue);
+        loop {
+            if q.failed.is_some() {
+                break;
+            }
+            let Some(rel) = q.dirs.pop() else {
+                if q.busy == 0 {
+                    break;
+                }
+                q = match ready.wait(q) {
+                    Ok(q) => q,
+                    Err(p) => p.into_inner(),
+                };
+                continue;
+            };
+            q.busy += 1;
+            drop(q);
+            let mut more = Vec::new();
+            let done = visit(&rel, &mut out, &mut more);
+            q = lock(&queue);
+            q.busy -= 1;
+            match done {
+                Ok(()) => q.dirs.extend(more),
+                Err(e) => {
+                    q.failed.get_or_insert(e);
+                }
+            }
+            ready.notify_all();
+        }
+        ready.notify_all();
+        out
+    };
+    let parts: Vec<Walked> = std::thread::scope(|s| {
+        let helper = s.spawn(worker);
+        let mine = worker();
+        vec![mine, helper.join().unwrap_or_default()]
+    });
+    if let Some(e) = lock(&queue).failed.take() {
+        return Err(e);
+    }
+    let mut all: Walked = (Vec::new(), Vec::new(), Vec::new());
+    for (d, f, l) in parts {
+        all.0.extend(d);
+        all.1.extend(f);
+        all.2.extend(l);
+    }
+    Ok(all)
 }
 
 /// Sorts a list of project files (from `git ls-files`) into regular files and
@@ -547,7 +600,6 @@ fn classify(
     project: &Path,
     list: Vec<PathBuf>,
     left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
-    borrowed: Option<&Borrowed>,
 ) -> Result<Walked, HistoryError> {
     let mut files = Vec::new();
     let mut links = Vec::new();
@@ -563,15 +615,13 @@ fn classify(
         let p = project.join(&rel);
         match fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_symlink() => links.push(rel),
-            Ok(m) if m.is_file() => {
-                let known = borrowed.and_then(|b| b.unchanged(rel.as_os_str().as_bytes(), &m));
-                files.push(Item {
-                    size: m.len(),
-                    stat: Stat::from_meta(&m),
-                    known,
-                    rel,
-                })
-            }
+            Ok(m) if m.is_file() => files.push(Item {
+                size: m.len(),
+                stat: Stat::from_meta(&m),
+                exec: m.permissions().mode() & 0o100 != 0,
+                known: None,
+                rel,
+            }),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(HistoryError::io(format!("cannot stat {}", p.display()), e)),
@@ -625,7 +675,7 @@ fn copy_file(
     let mut total = 0u64;
     // A reflinked file whose id is known needs no read at all.
     let skip_read = !hash && cloned && pack.is_none();
-    while !skip_read {
+    while !skip_read && total <= len {
         let n = match input.read(buf) {
             Ok(0) => break,
             Ok(n) => n,

@@ -170,12 +170,15 @@ pub(crate) fn store(
     Ok(objects::parse_hex(&id).map(|id| (mode, id)))
 }
 
+/// A tree's entries: (mode, name, id).
+type Entries = Vec<(u32, Vec<u8>, Oid)>;
+
 /// Whether `rel` names an entry of the tree `root` (read from the session's own
 /// objects; trees are never borrowed). Caches the trees it reads.
 pub(crate) struct TreeLookup<'a> {
     git_dir: &'a Path,
     root: Oid,
-    cache: HashMap<String, Option<Vec<(u32, Vec<u8>, Oid)>>>,
+    cache: HashMap<String, Option<Entries>>,
 }
 
 impl<'a> TreeLookup<'a> {
@@ -187,7 +190,7 @@ impl<'a> TreeLookup<'a> {
         }
     }
 
-    fn entries(&mut self, dir: &str) -> Result<Option<Vec<(u32, Vec<u8>, Oid)>>, HistoryError> {
+    fn entries(&mut self, dir: &str) -> Result<Option<Entries>, HistoryError> {
         if let Some(e) = self.cache.get(dir) {
             return Ok(e.clone());
         }

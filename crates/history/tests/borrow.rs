@@ -161,7 +161,7 @@ fn shadow_borrows_and_leaves_git_untouched() {
     borrowed
         .commit_changes("Agent executed: bash", None)
         .unwrap();
-    assert_eq!(borrowed.undo().unwrap().is_some(), true);
+    assert!(borrowed.undo().unwrap().is_some());
     assert_eq!(read(&project, "src/main.rs"), "fn main() { changed(); }\n");
     assert_eq!(dot_git(&project), before, "the user's .git changed");
 }

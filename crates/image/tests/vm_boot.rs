@@ -303,10 +303,23 @@ async fn the_image_boots_in_qemu_and_its_agent_answers_over_vsock_and_serial() -
     .await?;
     assert_eq!(lo.trim(), "ok");
 
-    // The clock came from the kernel command line, not 1970.
+    // The clock came from the kernel command line, not 1970; `set_clock` moves it
+    // (what the host does after restoring a snapshot).
     let (date, _) = run(&client, "date +%s").await?;
     let guest_now: u64 = date.trim().parse()?;
     assert!(guest_now >= now, "guest clock {guest_now} is behind {now}");
+    let later = (now + 86_400 * 365) * 1000;
+    client.set_clock(later).await?;
+    let (date, _) = run(&client, "date +%s").await?;
+    let guest_now: u64 = date.trim().parse()?;
+    assert!(
+        guest_now >= later / 1000 && guest_now < later / 1000 + 600,
+        "guest clock {guest_now} after set_clock({later})"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    client.set_clock(now_ms).await?;
 
     // Files and changed files, in /workspace; the root is writable (RAM overlay over
     // the read-only disk).
@@ -351,6 +364,29 @@ async fn the_image_boots_in_qemu_and_its_agent_answers_over_vsock_and_serial() -
         "{usage:?}"
     );
     assert_eq!(usage.cpus, 2);
+
+    // A memory hog is killed by the guest's OOM killer, never the agent (its
+    // oom_score_adj is -1000, the commands' 0).
+    let mut hog = ExecRequest::shell(
+        "python3 -c \"l = []\nwhile True: l.append(bytearray(32 << 20))\"",
+        env(),
+    );
+    hog.timeout_ms = Some(120_000);
+    let t = Instant::now();
+    let (_, _, exit) = client.exec(hog).await?.collect().await?;
+    eprintln!(
+        "RESULT memory_hog_s={:.1} exit={exit:?}",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(!exit.timed_out, "{exit:?}");
+    assert!(
+        exit.signal == Some(9) || exit.code.is_some_and(|c| c != 0),
+        "{exit:?}"
+    );
+    client
+        .ping()
+        .await
+        .context("the agent survived the memory hog")?;
 
     // The same agent on the virtio-serial port (QEMU's snapshot transport).
     let s = tokio::net::UnixStream::connect(&serial)

@@ -476,8 +476,9 @@ impl HostSandbox {
         Some(&self.workdir)
     }
 
-    /// Where commands run: the work tree as the agent sees it (with an overlay
-    /// workspace, its merged path inside the overlay's namespace).
+    /// Where commands run: the work tree as a confined child sees it (inside an overlay
+    /// workspace's namespace, its merged path; not the `/proc/self/fd/N` path this
+    /// process uses for files).
     pub(crate) fn exec_dir(&self) -> &Path {
         &self.exec_dir
     }

@@ -77,7 +77,7 @@ pub struct SandboxSpec {
 pub const DEFAULT_DOCKER_IMAGE: &str = "safe-coder-sandbox:bookworm";
 
 /// What the `docker` backend needs beyond [`SandboxSpec`]'s common fields.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DockerSpec {
     /// The engine's socket (`unix:///path` or a path); `None` finds it: `DOCKER_HOST`,
     /// `/var/run/docker.sock`, then Podman's sockets.
@@ -91,6 +91,10 @@ pub struct DockerSpec {
     pub network: String,
     /// Pull a missing image from a registry (off: nothing assumes a registry).
     pub auto_pull: bool,
+    /// `[docker]` limits that replace [`SandboxSpec::limits`]' for the container.
+    pub memory_mb: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
     /// The session the container belongs to: its name and label. `None` (tests,
     /// benchmarks) gets a random name and the container is removed when the sandbox
     /// stops.
@@ -108,6 +112,9 @@ impl Default for DockerSpec {
             image: DEFAULT_DOCKER_IMAGE.to_string(),
             network: "none".to_string(),
             auto_pull: false,
+            memory_mb: None,
+            cpus: None,
+            pids: None,
             session_id: None,
             session_dir: None,
         }

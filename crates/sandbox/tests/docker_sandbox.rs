@@ -2,6 +2,7 @@
 //! (Docker with runc and with gVisor, Podman; see `docker_support`): files through the
 //! bind mount, commands through the exec API, timeouts and cancels that kill the
 //! command's whole tree, and the container's life with the session.
+#![allow(clippy::unwrap_used)]
 
 mod docker_support;
 

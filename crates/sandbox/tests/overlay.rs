@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The overlay workspace: the project read-only below, the session's writes in the upper
 //! layer, the merged tree where the agent works — through the file operations of the
 //! `Sandbox` trait and through commands, on `copy` and on each `process` mechanism.

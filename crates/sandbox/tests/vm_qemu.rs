@@ -174,3 +174,48 @@ async fn qemu_session_runs_commands_in_the_guest_and_restores_from_a_snapshot() 
     );
     sb2.stop().await.expect("stop");
 }
+
+/// A VM that cannot boot (the kernel is not a kernel) fails the start with QEMU's own
+/// words, at once; one whose guest never answers fails after the ready timeout. Either
+/// way the work tree is untouched.
+#[test]
+fn a_vm_that_never_becomes_ready_fails_in_bounded_time() {
+    let Some(image) = image() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    std::fs::write(work.join("a.txt"), "mine\n").expect("seed");
+    let data = dir.path().join("data");
+    let bogus = dir.path().join("not-a-kernel");
+    std::fs::write(&bogus, "this is not a kernel\n").expect("bogus");
+    let mut s = spec(&image, &data, &work);
+    s.vm.kernel = Some(bogus);
+    s.vm.ready_timeout = Some(Duration::from_secs(20));
+    let e = match safe_coder_sandbox::open(BackendKind::Qemu, s) {
+        Ok(_) => panic!("a bogus kernel cannot boot"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("qemu exited") || e.contains("did not become ready"),
+        "{e}"
+    );
+
+    // A kernel that boots but no agent ever answers: the root disk is not the image's.
+    let empty_root = dir.path().join("empty.ext4");
+    std::fs::write(&empty_root, vec![0u8; 1 << 20]).expect("empty");
+    let mut s = spec(&image, &data, &work);
+    s.vm.rootfs = Some(empty_root);
+    s.vm.ready_timeout = Some(Duration::from_secs(15));
+    let e = match safe_coder_sandbox::open(BackendKind::Qemu, s) {
+        Ok(_) => panic!("a guest without the agent never becomes ready"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("did not become ready within 15 s") || e.contains("qemu exited"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.join("a.txt")).expect("kept"),
+        "mine\n"
+    );
+}

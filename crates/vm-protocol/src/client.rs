@@ -276,6 +276,11 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> AgentClient<S> {
         }
     }
 
+    /// Sets the guest's clock to `unix_ms` (milliseconds since the epoch).
+    pub async fn set_clock(&self, unix_ms: u64) -> Result<(), ClientError> {
+        self.expect_done(&Request::SetClock { unix_ms }, &[]).await
+    }
+
     pub async fn usage(&self) -> Result<UsageReport, ClientError> {
         match self.request(&Request::Usage, &[]).await?.body {
             Response::Usage(u) => Ok(u),

@@ -29,8 +29,10 @@ pub use handshake::{agent_handshake, hello, host_handshake, HandshakeError};
 pub use hybrid::HybridError;
 pub use messages::*;
 
-/// The version both sides must speak. Bump it on any change to [`Request`],
-/// [`Response`] or the frame format; the handshake's [`Hello`] never changes.
+/// The version both sides must speak. Bump it on any change an older peer would
+/// misread (a changed message or frame format); a new request is not one, since an
+/// agent that predates it answers `invalid_request`. The handshake's [`Hello`] never
+/// changes.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The vsock port the guest agent listens on (any CID).

@@ -65,6 +65,12 @@ pub enum Request {
     },
     /// Memory and CPU use of the guest. Answered by [`Response::Usage`].
     Usage,
+    /// Sets the guest's wall clock (QEMU's microvm has no RTC, and a VM restored from a
+    /// snapshot wakes at the time of the snapshot). Answered by [`Response::Done`]; an
+    /// agent that is not the VM's init (tests on the host) refuses it, so it never
+    /// changes a host's clock. Added after version 1 shipped without a version bump:
+    /// an agent that predates it answers `invalid_request`.
+    SetClock { unix_ms: u64 },
     /// Answered by [`Response::Done`]; then the agent kills every command, syncs the
     /// disks and powers the VM off (or exits, when it is not PID 1).
     Shutdown,

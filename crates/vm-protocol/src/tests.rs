@@ -49,6 +49,9 @@ fn all_requests() -> Vec<Request> {
             set_mark: true,
         },
         Request::Usage,
+        Request::SetClock {
+            unix_ms: 1_796_000_000_123,
+        },
         Request::Shutdown,
     ]
 }

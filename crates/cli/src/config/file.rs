@@ -11,6 +11,7 @@ use safe_coder_protocol::ApprovalMode;
 use safe_coder_tui::Theme;
 use serde::{Deserialize, Deserializer};
 
+pub use super::docker::DockerSection;
 use super::vm::VmSection;
 use super::{BackendChoice, Defaults};
 
@@ -140,19 +141,6 @@ pub struct UiSection {
     pub theme: Option<Theme>,
 }
 
-/// `[docker]`: for the container backend.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct DockerSection {
-    pub image: Option<String>,
-    #[serde(deserialize_with = "positive_f64")]
-    pub cpus: Option<f64>,
-    #[serde(deserialize_with = "positive_u64")]
-    pub memory_mb: Option<u64>,
-    pub auto_pull: Option<bool>,
-    pub runtime: Option<String>,
-}
-
 /// `[network]`: what `safe-coder run` lets a command reach (docs/run.md).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default)]
@@ -233,7 +221,7 @@ pub(super) fn positive_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32
     whole(d, u64::from(u32::MAX)).map(|n| Some(n as u32))
 }
 
-fn positive_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+pub(super) fn positive_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
     number(d, "a positive number", |n| n > 0.0 && n.is_finite()).map(Some)
 }
 

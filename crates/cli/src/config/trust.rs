@@ -201,9 +201,14 @@ pub fn restrict_project(
     r.sandbox_choice("vm.rootfs", vm.rootfs.take());
     r.sandbox_choice("vm.initramfs", vm.initramfs.take());
     r.sandbox_choice("vm.vhost_vsock_bin", vm.vhost_vsock_bin.take());
-    r.sandbox_choice("docker.image", docker.image.take());
-    r.sandbox_choice("docker.runtime", docker.runtime.take());
-    r.sandbox_choice("docker.auto_pull", docker.auto_pull.take());
+    let user_pids = user
+        .docker
+        .pids
+        .unwrap_or(safe_coder_sandbox::Limits::default().pids);
+    r.cap("docker.pids", &mut proj.docker.pids, user_pids);
+    super::docker::restrict(&mut proj.docker, |key, value, why| {
+        r.refuse(key, value, why)
+    });
 }
 
 #[cfg(test)]

@@ -75,7 +75,13 @@ fn session_ids(world: &World) -> Vec<String> {
 }
 
 pub(crate) fn keep_then_sync(backend: &str) {
-    let world = World::new();
+    keep_then_sync_with(&World::new, backend);
+}
+
+/// [`keep_then_sync`] in worlds made by `new_world` (the docker suite configures the
+/// engine and runtime in each world's user config).
+pub(crate) fn keep_then_sync_with(new_world: &dyn Fn() -> World, backend: &str) {
+    let world = new_world();
     seed(&world);
     let server = MockServer::start(Wire::Anthropic, changes_script()).expect("server");
     let out = world.exec(
@@ -91,6 +97,24 @@ pub(crate) fn keep_then_sync(backend: &str) {
     assert_ok(&out);
     let err = stderr(&out);
     assert!(err.contains("Changed 4 file(s):"), "{err}");
+    // The start line says which workspace the session got, and it is the one on disk:
+    // an overlay keeps the agent's writes in `upper/`, a copy in `work/`.
+    let ids = session_ids(&world);
+    let dir = world.data_dir().join("sessions").join(&ids[0]);
+    let start = err
+        .lines()
+        .find(|l| l.starts_with("Session "))
+        .unwrap_or("");
+    if err.contains(", overlay workspace") {
+        assert!(dir.join("upper/edit.txt").is_file(), "{start}");
+        assert!(!dir.join("work/edit.txt").exists(), "{start}");
+    } else {
+        assert!(start.contains(", copy workspace"), "{start}");
+        assert!(dir.join("work/edit.txt").is_file(), "{start}");
+    }
+    if std::env::var("SAFE_CODER_WORKSPACE").is_ok_and(|v| v == "copy") {
+        assert!(start.contains(", copy workspace"), "{start}");
+    }
     for f in [
         "new/dir/new.txt (added)",
         "edit.txt (modified)",
@@ -125,8 +149,13 @@ pub(crate) fn keep_then_sync(backend: &str) {
 }
 
 pub(crate) fn accept_reject_conflict(backend: &str) {
+    accept_reject_conflict_with(&World::new, backend);
+}
+
+/// [`accept_reject_conflict`] in worlds made by `new_world`.
+pub(crate) fn accept_reject_conflict_with(new_world: &dyn Fn() -> World, backend: &str) {
     // accept
-    let world = World::new();
+    let world = new_world();
     seed(&world);
     let server = MockServer::start(Wire::OpenAi, changes_script()).expect("server");
     let out = world.exec(
@@ -150,7 +179,7 @@ pub(crate) fn accept_reject_conflict(backend: &str) {
     );
 
     // reject
-    let world = World::new();
+    let world = new_world();
     seed(&world);
     let before = snapshot_tree(&world.project);
     let server = MockServer::start(Wire::OpenAi, changes_script()).expect("server");
@@ -171,7 +200,7 @@ pub(crate) fn accept_reject_conflict(backend: &str) {
     assert!(session_ids(&world).is_empty());
 
     // conflict: the user edits edit.txt while the session holds the agent's version
-    let world = World::new();
+    let world = new_world();
     seed(&world);
     let server = MockServer::start(Wire::Ollama, changes_script()).expect("server");
     let out = world.exec(
@@ -213,7 +242,12 @@ pub(crate) fn accept_reject_conflict(backend: &str) {
 }
 
 pub(crate) fn sigkill_then_recover(backend: &str) {
-    let world = World::new();
+    sigkill_then_recover_with(&World::new, backend);
+}
+
+/// [`sigkill_then_recover`] in a world made by `new_world`.
+pub(crate) fn sigkill_then_recover_with(new_world: &dyn Fn() -> World, backend: &str) {
+    let world = new_world();
     seed(&world);
     let script = Script::new(vec![
         Reply::tool_calls(vec![call(

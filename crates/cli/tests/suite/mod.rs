@@ -1,5 +1,6 @@
 mod backends;
 mod config;
+mod docker;
 mod exec;
 mod first_hour;
 mod history_hardening;

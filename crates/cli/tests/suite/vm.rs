@@ -291,3 +291,51 @@ fn doctor_names_what_each_vm_backend_lacks() {
         }
     }
 }
+
+/// The multi-turn tool scenario (write, read, edit, bash, final answer) with an
+/// accepted sync: the file tools act on the host copy, bash in the guest sees them.
+fn tool_scenario_then_accept(backend: &str) {
+    let world = World::new();
+    world.write("README.md", "# demo\n");
+    let server = MockServer::start(Wire::Anthropic, tool_scenario()).expect("server");
+    let out = world.exec(
+        &server,
+        &[
+            "--backend",
+            backend,
+            "--sync",
+            "accept",
+            "--approval-mode",
+            "yolo",
+            "make hello.txt",
+        ],
+    );
+    assert_ok(&out);
+    assert!(stdout(&out).contains("All done"), "{}", stdout(&out));
+    assert_eq!(
+        world.read("hello.txt").as_deref(),
+        Some("hello safe coder\nsecond line\n")
+    );
+    let results = tool_results(&server);
+    assert!(
+        results[3].contains("hello safe coder") && results[3].contains("done-bash"),
+        "bash in the guest sees the edit: {}",
+        results[3]
+    );
+}
+
+#[test]
+fn firecracker_tool_scenario_then_accept() {
+    if let Some((fake, agent)) = firecracker_ready("firecracker_tool_scenario_then_accept") {
+        with_world_setup(firecracker_world(&fake, &agent), || {
+            tool_scenario_then_accept("firecracker")
+        });
+    }
+}
+
+#[test]
+fn qemu_tool_scenario_then_accept() {
+    if let Some(image) = qemu_image("qemu_tool_scenario_then_accept") {
+        with_world_setup(qemu_world(&image), || tool_scenario_then_accept("qemu"));
+    }
+}

@@ -148,14 +148,11 @@ pub(crate) async fn create_and_start(
             .and_then(|s| s.running)
             .unwrap_or(false);
         let id = existing.id.unwrap_or_else(|| shape.name.to_string());
-        if !running {
-            match docker.start_container(&id, None).await {
-                Ok(()) => return Ok(id),
-                Err(e) => log_remove(docker, &id, &e.to_string()).await,
-            }
-        } else {
-            log_remove(docker, &id, "left running by a previous process").await;
+        if !running && docker.start_container(&id, None).await.is_ok() {
+            return Ok(id);
         }
+        // Running (its processes are a dead session's) or not startable: start afresh.
+        let _ = remove(docker, &id).await;
     }
     let options = CreateContainerOptionsBuilder::default()
         .name(shape.name)
@@ -169,10 +166,6 @@ pub(crate) async fn create_and_start(
         return Err(engine_error("start the container", e));
     }
     Ok(created.id)
-}
-
-async fn log_remove(docker: &Docker, id: &str, _why: &str) {
-    let _ = remove(docker, id).await;
 }
 
 /// Removes a container and whatever runs in it. A container already gone is fine.

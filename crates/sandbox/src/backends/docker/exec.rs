@@ -11,9 +11,12 @@
 //! or the command had not started) it kills every process the user owns in the
 //! container except PID 1.
 //!
-//! Background processes that still hold the output keep the stream open after the
-//! command is done: the exec is polled, and once the wrapper has exited they get the
-//! same grace as on the host before they are killed.
+//! When the command is done, the wrapper kills what is left of its process group: as on
+//! the `process` backend, every process of a command ends with it (Podman ends the
+//! stream when the command exits, so leftovers would otherwise fill the process limit
+//! unseen). Processes that left the group (`setsid`) and still hold the output keep
+//! Docker's stream open: the exec is polled, and once the wrapper has exited they get
+//! the same grace as on the host before they are killed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,6 +37,7 @@ const WRAPPER: &str = r#"d=/tmp/.safe-coder; mkdir -p "$d" 2>/dev/null
 setsid /bin/bash -c "$2" </dev/null 2>&1 & p=$!
 echo "$p" > "$d/$1" 2>/dev/null
 wait "$p"; rc=$?
+kill -KILL -- "-$p" 2>/dev/null
 rm -f "$d/$1"
 exit "$rc""#;
 
@@ -60,8 +64,41 @@ enum Killed {
     Leftovers,
 }
 
-/// Runs `request` in `container` with environment `env`.
+/// Runs `request` in `container` with environment `env`. When the engine could not even
+/// start the command (the container's process limit is full of processes that escaped
+/// their commands: Podman answers with its own error and exit code 125), the container
+/// is restarted so the next command runs; this one is not run again (it may have had
+/// effects), and the result says to retry.
 pub(crate) async fn run(
+    docker: &Docker,
+    container: &str,
+    env: Vec<String>,
+    request: ExecRequest,
+    cancel: CancellationToken,
+) -> Result<ExecOutput, SandboxError> {
+    let mut out = run_once(docker, container, env, request, cancel).await?;
+    let not_started = out.exit_code == Some(125)
+        && out.output.starts_with("Error: ")
+        && out.output.contains("OCI runtime error");
+    if not_started {
+        restart(docker, container).await;
+        out.output.push_str(
+            "[the container could not start the command (its process limit was full); it was \
+             started again, so run the command again: the files are kept, running processes \
+             were lost]",
+        );
+    }
+    Ok(out)
+}
+
+async fn restart(docker: &Docker, container: &str) {
+    let options = bollard::query_parameters::RestartContainerOptionsBuilder::default()
+        .t(0)
+        .build();
+    let _ = docker.restart_container(container, Some(options)).await;
+}
+
+async fn run_once(
     docker: &Docker,
     container: &str,
     env: Vec<String>,
@@ -74,30 +111,45 @@ pub(crate) async fn run(
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
-    let exec = docker
-        .create_exec(
-            container,
-            ExecConfig {
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                attach_stdin: Some(false),
-                tty: Some(false),
-                env: Some(env),
-                cmd: Some(vec![
-                    "/bin/bash".into(),
-                    "-c".into(),
-                    WRAPPER.into(),
-                    "safe-coder".into(),
-                    tag.clone(),
-                    request.command.clone(),
-                ]),
-                user: Some(host_user()),
-                working_dir: Some(WORKSPACE.into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| SandboxError::from(engine_error("start the command", e)))?;
+    let config = ExecConfig {
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        attach_stdin: Some(false),
+        tty: Some(false),
+        env: Some(env),
+        cmd: Some(vec![
+            "/bin/bash".into(),
+            "-c".into(),
+            WRAPPER.into(),
+            "safe-coder".into(),
+            tag.clone(),
+            request.command.clone(),
+        ]),
+        user: Some(host_user()),
+        working_dir: Some(WORKSPACE.into()),
+        ..Default::default()
+    };
+    let mut restarted = false;
+    let exec = match docker.create_exec(container, config.clone()).await {
+        Ok(exec) => exec,
+        // The container stopped under us (under gVisor a command that passes the memory
+        // limit takes the whole sandbox down): start it again, once. Its files are on
+        // the host, so nothing is lost but the processes.
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) => {
+            docker
+                .start_container(container, None)
+                .await
+                .map_err(|e| SandboxError::from(engine_error("start the stopped container", e)))?;
+            restarted = true;
+            docker
+                .create_exec(container, config)
+                .await
+                .map_err(|e| SandboxError::from(engine_error("start the command", e)))?
+        }
+        Err(e) => return Err(engine_error("start the command", e).into()),
+    };
     let attached = docker
         .start_exec(
             &exec.id,
@@ -129,6 +181,7 @@ pub(crate) async fn run(
     let mut grace: Option<tokio::time::Instant> = None;
     let mut wrapper_done = false;
     let mut engine_failed: Option<String> = None;
+    let mut container_died = false;
 
     loop {
         let running = killed.is_none() && !wrapper_done;
@@ -160,17 +213,29 @@ pub(crate) async fn run(
             },
             _ = sleep_until(next_poll), if running => {
                 next_poll = tokio::time::Instant::now() + POLL;
-                if let Ok(state) = docker.inspect_exec(&exec.id).await {
+                let done = match docker.inspect_exec(&exec.id).await {
                     // Not running *and* an exit code: done (before it starts, an exec
                     // is not running either, without a code; gVisor starts slowly).
-                    if state.running == Some(false) && state.exit_code.is_some() {
-                        wrapper_done = true;
-                        grace = Some(tokio::time::Instant::now() + EXIT_GRACE);
-                    }
+                    Ok(state) => state.running == Some(false) && state.exit_code.is_some(),
+                    // An exited container forgets its execs.
+                    Err(_) => false,
+                };
+                if done {
+                    wrapper_done = true;
+                    grace = Some(tokio::time::Instant::now() + EXIT_GRACE);
+                } else if !container_running(docker, container).await {
+                    // The whole container died (gVisor's Sentry at a limit): the
+                    // engine never ends this exec's stream by itself.
+                    container_died = true;
+                    break;
                 }
             }
             _ = sleep_until(grace.unwrap_or(far)), if grace.is_some() => {
                 if killed.is_none() && wrapper_done {
+                    if !container_running(docker, container).await {
+                        container_died = true;
+                        break;
+                    }
                     // The command is done but background processes still hold its
                     // output: kill them, then wait a little for the stream to end.
                     kill(docker, container, &tag).await;
@@ -192,11 +257,51 @@ pub(crate) async fn run(
             )));
         }
     }
-    let exit_code = match killed {
-        Some(Killed::TimedOut | Killed::Cancelled) => None,
-        _ => exit_code_of(docker, &exec.id).await,
+    let mut exit_code = if container_died {
+        None
+    } else {
+        match killed {
+            Some(Killed::TimedOut | Killed::Cancelled) => None,
+            _ => exit_code_of(docker, &exec.id).await,
+        }
     };
-    let mut text = String::from_utf8_lossy(&captured).into_owned();
+    // A failed command may have taken the container with it (gVisor at a limit). The
+    // engine may notice a moment after the stream ended: an abnormal end (no code, or
+    // 128 and above) is given a few looks.
+    if exit_code != Some(0) && !container_died {
+        let looks = if exit_code.is_none_or(|c| c >= 128) {
+            4
+        } else {
+            1
+        };
+        for look in 0..looks {
+            if look > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if !container_running(docker, container).await {
+                container_died = true;
+                exit_code = None;
+                break;
+            }
+        }
+    }
+    let mut text = String::new();
+    if restarted {
+        text.push_str(
+            "[the container had stopped (a command passed its memory limit?); it was started again: \
+             the files are kept, running processes were lost]\n",
+        );
+    }
+    text.push_str(&String::from_utf8_lossy(&captured));
+    if container_died {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(
+            "[the container stopped while the command ran (it passed the sandbox's memory or \
+             process limit); the next command starts it again, the files are kept]",
+        );
+    }
     if killed == Some(Killed::Leftovers) {
         if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
@@ -216,6 +321,15 @@ pub(crate) async fn run(
     })
 }
 
+/// Whether the container still runs (an engine that does not answer counts as running:
+/// the stream will tell).
+async fn container_running(docker: &Docker, container: &str) -> bool {
+    match docker.inspect_container(container, None).await {
+        Ok(c) => c.state.and_then(|s| s.running).unwrap_or(true),
+        Err(_) => true,
+    }
+}
+
 /// The wrapper's exit code (the command's; 128+N when a signal killed it). The engine
 /// may report the end a moment after the stream closed.
 async fn exit_code_of(docker: &Docker, exec: &str) -> Option<i32> {
@@ -231,8 +345,17 @@ async fn exit_code_of(docker: &Docker, exec: &str) -> Option<i32> {
     None
 }
 
-/// Kills the command's process group (see the module doc).
+/// Kills the command's process group (see the module doc). When the killer cannot run
+/// (a fork bomb holds every process the container may have, so not even the engine's
+/// exec can start), the container is restarted: its processes all end, its files stay.
 async fn kill(docker: &Docker, container: &str, tag: &str) {
+    if !kill_group(docker, container, tag).await && container_running(docker, container).await {
+        restart(docker, container).await;
+    }
+}
+
+/// Runs the killer; whether it ran and succeeded.
+async fn kill_group(docker: &Docker, container: &str, tag: &str) -> bool {
     let exec = docker
         .create_exec(
             container,
@@ -251,7 +374,7 @@ async fn kill(docker: &Docker, container: &str, tag: &str) {
             },
         )
         .await;
-    let Ok(exec) = exec else { return };
+    let Ok(exec) = exec else { return false };
     if let Ok(StartExecResults::Attached { mut output, .. }) = docker
         .start_exec(
             &exec.id,
@@ -266,4 +389,5 @@ async fn kill(docker: &Docker, container: &str, tag: &str) {
         let end = tokio::time::Instant::now() + KILL_GRACE;
         while let Ok(Some(_)) = tokio::time::timeout_at(end, output.next()).await {}
     }
+    exit_code_of(docker, &exec.id).await == Some(0)
 }

@@ -58,17 +58,33 @@ pub(crate) async fn ensure(
     }
 }
 
-/// Imports the root filesystem at `rootfs` as `image` (`name:tag`). Returns the engine's
-/// answer (the new image's id).
+/// The label an imported image carries: what its root filesystem was built from (the
+/// image crate's cache key), so a warm `sandbox image build` can skip the import.
+pub(crate) const LABEL_ROOTFS: &str = "dev.safe-coder.rootfs";
+
+/// The [`LABEL_ROOTFS`] of `image`, when it is there and has one.
+pub(crate) async fn rootfs_label(
+    docker: &Docker,
+    image: &str,
+) -> Result<Option<String>, DockerError> {
+    match docker.inspect_image(image).await {
+        Ok(i) => Ok(i
+            .config
+            .and_then(|c| c.labels)
+            .and_then(|l| l.get(LABEL_ROOTFS).cloned())),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(engine_error("look up the image", e)),
+    }
+}
+
+/// Imports the root filesystem at `rootfs` as `image` (`name:tag`), labelled with
+/// `rootfs_key`. Returns the engine's answer (the new image's id).
 pub(crate) async fn import_rootfs(
     docker: &Docker,
     rootfs: &Path,
     image: &str,
+    rootfs_key: &str,
 ) -> Result<String, DockerError> {
-    let (repo, tag) = match image.rsplit_once(':') {
-        Some((r, t)) if !t.contains('/') => (r, t),
-        _ => (image, "latest"),
-    };
     let mut tar = tokio::process::Command::new("tar")
         .arg("--numeric-owner")
         .arg("-C")
@@ -102,9 +118,11 @@ pub(crate) async fn import_rootfs(
     });
     let options = CreateImageOptionsBuilder::default()
         .from_src("-")
-        .repo(repo)
-        .tag(tag)
+        // The whole name with its tag as `repo`: Podman ignores `tag` on import.
+        .repo(image)
         .message("safe-coder sandbox image build")
+        // One change only: Podman joins several into one value.
+        .changes(vec![format!("LABEL {LABEL_ROOTFS}={rootfs_key}")])
         .build();
     let mut stream =
         docker.create_image(Some(options), Some(bollard::body_try_stream(chunks)), None);

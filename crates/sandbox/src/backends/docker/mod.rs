@@ -129,7 +129,11 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
     let d = spec.docker.clone();
     let session = d.session_id.clone().unwrap_or_else(random_id);
     let name = container::name_for(&session);
-    let limits = spec.limits;
+    let limits = Limits {
+        memory_mb: d.memory_mb.unwrap_or(spec.limits.memory_mb),
+        cpus: d.cpus.unwrap_or(spec.limits.cpus),
+        pids: d.pids.unwrap_or(spec.limits.pids),
+    };
     let (info, runtime, id) = engine::block_on({
         let d = d.clone();
         let name = name.clone();
@@ -163,7 +167,7 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
         files,
         docker,
         socket: info.socket.clone(),
-        version: info.version.clone(),
+        version: info.version,
         container: id,
         runtime,
         keep_while: d.session_dir.clone(),
@@ -265,7 +269,7 @@ impl Drop for DockerSandbox {
             return;
         }
         let socket = self.socket.clone();
-        let version = self.version.clone();
+        let version = self.version;
         let id = self.container.clone();
         let kept = self.kept();
         let _ = engine::block_on(async move {
@@ -299,34 +303,37 @@ pub fn discard_session(spec: &DockerSpec, session_id: &str) -> Result<bool, Sand
 }
 
 /// Imports the root filesystem directory `rootfs` into the engine of `spec` as `image`
-/// (`safe-coder sandbox image build`). Returns the engine's description of the engine
-/// and the new image's id.
+/// (`safe-coder sandbox image build`), labelled with `rootfs_key` (what the tree was
+/// built from). Returns the engine's description and the new image's id.
 pub fn import_rootfs(
     spec: &DockerSpec,
     rootfs: &Path,
     image: &str,
+    rootfs_key: &str,
 ) -> Result<(String, String), SandboxError> {
     let host = spec.host.clone();
     let rootfs = rootfs.to_path_buf();
     let image = image.to_string();
+    let key = rootfs_key.to_string();
     engine::block_on(async move {
         let socket = engine::find_socket(host.as_deref())?;
         let (docker, info) = engine::connect(&socket, CONNECT_DEADLINE).await?;
-        let id = image::import_rootfs(&docker, &rootfs, &image).await?;
+        let id = image::import_rootfs(&docker, &rootfs, &image, &key).await?;
         Ok::<_, DockerError>((format!("{} at {}", info.product, info.socket.display()), id))
     })?
     .map_err(SandboxError::from)
 }
 
-/// Whether `image` is on the engine of `spec` (for `sandbox image build`: a warm run
-/// skips the import).
-pub fn image_present(spec: &DockerSpec, image: &str) -> Result<bool, SandboxError> {
+/// What the image `image` on the engine of `spec` was built from (its root filesystem's
+/// key), `None` when it is missing or was not built by Safe Coder: a warm
+/// `sandbox image build` skips the import when the key is the same.
+pub fn image_rootfs_key(spec: &DockerSpec, image: &str) -> Result<Option<String>, SandboxError> {
     let host = spec.host.clone();
     let image = image.to_string();
     engine::block_on(async move {
         let socket = engine::find_socket(host.as_deref())?;
         let (docker, _) = engine::connect(&socket, CONNECT_DEADLINE).await?;
-        image::present(&docker, &image).await
+        image::rootfs_label(&docker, &image).await
     })?
     .map_err(SandboxError::from)
 }

@@ -12,7 +12,7 @@ use super::{image, limits};
 use crate::select::BackendProbe;
 use crate::{BackendKind, DockerSpec, Limits};
 
-const PROBE_DEADLINE: Duration = Duration::from_secs(3);
+const PROBE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The engine and runtime a sandbox of `spec` would get, or why there is none.
 pub(crate) async fn check(spec: &DockerSpec) -> Result<(EngineInfo, String), DockerError> {

@@ -145,14 +145,25 @@ pub(crate) struct PrivateTmp(PathBuf);
 impl PrivateTmp {
     pub fn create() -> io::Result<PrivateTmp> {
         static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "safe-coder-tmp-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        fs::DirBuilder::new().mode(0o700).create(dir.join("home"))?;
-        Ok(PrivateTmp(dir))
+        // A killed Safe Coder leaves its directories behind, and a later process may get
+        // the same PID: a name that exists is skipped, never reused (it could be another
+        // user's), so the next one is tried.
+        let mut tries = 0;
+        loop {
+            let dir = std::env::temp_dir().join(format!(
+                "safe-coder-tmp-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {
+                    fs::DirBuilder::new().mode(0o700).create(dir.join("home"))?;
+                    return Ok(PrivateTmp(dir));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 1000 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {

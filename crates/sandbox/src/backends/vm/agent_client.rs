@@ -236,6 +236,13 @@ impl AgentClient {
         let mut w = self.writer.lock().await;
         if let Err(e) = write_frame(&mut *w, id, req, data).await {
             self.forget(id);
+            // A connection that cannot be written to is gone, whether or not the reader
+            // has seen its end yet.
+            if let safe_coder_vm_protocol::FrameError::Io(io) = &e {
+                if let Ok(mut g) = self.gone.lock() {
+                    g.get_or_insert_with(|| io.to_string());
+                }
+            }
             return Err(e.into());
         }
         Ok((id, rx))

@@ -78,14 +78,8 @@ fn spawn(bin: &Path, run_dir: &Path) -> Result<(FirecrackerVmm, FirecrackerApi),
         .stderr(Stdio::from(log2));
     let proc = Supervised::spawn("firecracker", cmd)
         .map_err(|e| other(format!("cannot start {}: {e}", bin.display())))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !api_sock.exists() {
-        proc.alive().map_err(other)?;
-        if Instant::now() >= deadline {
-            return Err(other("firecracker did not create its API socket in 10 s"));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    super::supervised::wait_listening(&proc, &api_sock, "firecracker", Duration::from_secs(10))
+        .map_err(other)?;
     Ok((
         FirecrackerVmm {
             proc: Arc::new(proc),
@@ -145,6 +139,7 @@ pub(crate) fn start(
         match loaded {
             Ok(conn) => {
                 return Ok(Started {
+                    restored_from: Some(snap.clone()),
                     conn,
                     how: format!(
                         "restored from a Firecracker snapshot in {:.2} s",
@@ -192,6 +187,7 @@ pub(crate) fn start(
         conn
     };
     Ok(Started {
+        restored_from: None,
         conn,
         how: match saved {
             Ok(()) => format!(

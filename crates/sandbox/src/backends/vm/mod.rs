@@ -50,6 +50,10 @@ pub use limits::vm_limits;
 /// took up to 20 s; past this the session fails with what the guest printed last.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The longest the first upload of the project may take (a project of a few hundred MB
+/// goes in well within it even under TCG; a guest that stopped answering is given up on).
+const FIRST_PUSH_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How often a running command's changes are brought to the host tree.
 const LIVE_PULL: Duration = Duration::from_secs(1);
 
@@ -86,6 +90,9 @@ pub(crate) struct Started {
     pub conn: std::os::fd::OwnedFd,
     /// E.g. "restored from a snapshot in 0.8 s" (shown in the backend note).
     pub how: String,
+    /// The saved state this VM was restored from, if it was: a restored VM that then
+    /// does not take the project is given up on, the state deleted, and a VM booted.
+    pub restored_from: Option<PathBuf>,
 }
 
 /// Opens a `firecracker` or `qemu` sandbox over `spec.workdir`.
@@ -149,10 +156,13 @@ fn new_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!(
-        "{:08x}",
-        (t as u64 ^ u64::from(std::process::id()) << 32) as u32
-    )
+    // Nanoseconds, the pid and a per-process counter folded into 32 bits: unique among
+    // the VMs of one machine in practice (the runtime directory's creation would fail
+    // on a clash rather than share it).
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mixed = (t as u64) ^ u64::from(std::process::id()).rotate_left(20) ^ u64::from(n) << 40;
+    format!("{:08x}", (mixed ^ (mixed >> 32)) as u32)
 }
 
 /// Runs `f` on a fresh current-thread runtime in a thread of its own, so that `open`
@@ -245,19 +255,43 @@ impl VmSandbox {
             source,
         })?;
         let image = GuestImage::locate(&spec.vm).map_err(SandboxError::Unavailable)?;
+        match Self::open_once(kind, &spec, &workdir, &image) {
+            Err((e, Some(state))) => {
+                // A restored VM that did not take the project: that saved state is bad.
+                log::warn!(
+                    "a VM restored from {} failed ({e}); deleting it and booting",
+                    state.display()
+                );
+                let _ = std::fs::remove_dir_all(&state);
+                Self::open_once(kind, &spec, &workdir, &image).map_err(|(e, _)| e)
+            }
+            r => r.map_err(|(e, _)| e),
+        }
+    }
+
+    /// One start: the VM, then the first push. On failure, the error and, when the VM
+    /// had been restored, the saved state it came from.
+    fn open_once(
+        kind: BackendKind,
+        spec: &SandboxSpec,
+        workdir: &Path,
+        image: &GuestImage,
+    ) -> Result<VmSandbox, (SandboxError, Option<PathBuf>)> {
+        let workdir = workdir.to_path_buf();
         let id = new_id();
-        let run_dir = runtime_dir(&id)?;
+        let run_dir = runtime_dir(&id).map_err(|e| (e, None))?;
         let started = match kind {
-            BackendKind::Firecracker => firecracker::start(&spec.vm, &image, &run_dir),
-            _ => qemu_start(&spec.vm, &image, &run_dir),
+            BackendKind::Firecracker => firecracker::start(&spec.vm, image, &run_dir),
+            _ => qemu_start(&spec.vm, image, &run_dir),
         };
         let started = match started {
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&run_dir);
-                return Err(e);
+                return Err((e, None));
             }
         };
+        let restored_from = started.restored_from.clone();
         // The first upload of the work tree, on a runtime of its own (see
         // `block_on_own_runtime`); the index and mark it leaves are plain data.
         let conn = match started.conn.try_clone() {
@@ -265,9 +299,10 @@ impl VmSandbox {
             Err(e) => {
                 started.vmm.kill();
                 let _ = std::fs::remove_dir_all(&run_dir);
-                return Err(SandboxError::Other(format!(
-                    "cannot keep the agent's connection: {e}"
-                )));
+                return Err((
+                    SandboxError::Other(format!("cannot keep the agent's connection: {e}")),
+                    None,
+                ));
             }
         };
         let root = workdir.clone();
@@ -277,7 +312,16 @@ impl VmSandbox {
                     AgentClient::from_fd(&conn).map_err(|e| SandboxError::Other(e.to_string()))?,
                 );
                 let mut sync = WorkspaceSync::new(root);
-                sync.push(&client).await?;
+                // A VM that dies closes the connection (the push fails at once); one
+                // that hangs (a failed KVM pauses it) is given up on after this.
+                tokio::time::timeout(FIRST_PUSH_TIMEOUT, sync.push(&client))
+                    .await
+                    .map_err(|_| {
+                        SandboxError::Other(format!(
+                            "the guest did not take the project within {} s",
+                            FIRST_PUSH_TIMEOUT.as_secs()
+                        ))
+                    })??;
                 Ok::<_, SandboxError>(sync)
             })
         });
@@ -286,12 +330,16 @@ impl VmSandbox {
             Err(e) => {
                 started.vmm.kill();
                 let _ = std::fs::remove_dir_all(&run_dir);
-                return Err(SandboxError::Other(format!(
-                    "the project could not be copied into the VM: {e}"
-                )));
+                return Err((
+                    SandboxError::Other(format!(
+                        "the project could not be copied into the VM: {e}"
+                    )),
+                    restored_from,
+                ));
             }
         };
-        let host = HostSandbox::new(kind, workdir, None, spec.env_passthrough.clone(), None)?;
+        let host = HostSandbox::new(kind, workdir, None, spec.env_passthrough.clone(), None)
+            .map_err(|e| (e, None))?;
         Ok(VmSandbox {
             kind,
             id,
@@ -395,6 +443,22 @@ impl VmSandbox {
         ))
     }
 
+    /// An error that came with the agent's connection gone (the agent or the VM died) is
+    /// the VM failing, said as such; other errors (a command that could not start, a
+    /// file the host could not write) pass through.
+    fn lost_agent<T>(
+        &self,
+        client: &AgentClient,
+        r: Result<T, SandboxError>,
+    ) -> Result<T, SandboxError> {
+        match r {
+            Err(e) if client.is_gone() && self.state() != SandboxState::Failed => {
+                Err(self.failed(e.to_string()))
+            }
+            r => r,
+        }
+    }
+
     /// Waits for `fut`, but gives up as soon as the VMM dies (checked twice a second),
     /// so a VM that crashed or hangs in a failed KVM never hangs the session.
     async fn watched<T>(
@@ -463,7 +527,8 @@ impl Sandbox for VmSandbox {
         let client = self.client().await?;
         let mut sync = self.sync.lock().await;
         let begun = Instant::now();
-        self.watched(sync.push(&client)).await?;
+        let pushed = self.watched(sync.push(&client)).await;
+        self.lost_agent(&client, pushed)?;
         let mut req = AgentExec::shell(request.command.clone(), self.env.clone());
         req.timeout_ms = Some(request.timeout.as_millis().min(u128::from(u64::MAX)) as u64);
         req.output_limit = Some(request.max_output_bytes as u64);
@@ -486,8 +551,8 @@ impl Sandbox for VmSandbox {
             .await;
         // Whatever the command did before it ended (also on timeout or cancel) comes back.
         let pulled = self.watched(sync.pull(&client)).await;
-        let ran = ran?;
-        pulled?;
+        let ran = self.lost_agent(&client, ran)?;
+        self.lost_agent(&client, pulled)?;
         Ok(ExecOutput {
             exit_code: if ran.exit.signal.is_some() {
                 None

@@ -13,7 +13,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::image::GuestImage;
 use super::supervised::Supervised;
@@ -207,14 +207,12 @@ fn start_vhost(bin: &Path, dir: &Path, paths: &RuntimePaths) -> Result<Supervise
         .stderr(log_file(&dir.join("vhost-device-vsock.log"))?);
     let vhost = Supervised::spawn("vhost-device-vsock", cmd)
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !paths.vhost_user.exists() {
-        vhost.alive()?;
-        if Instant::now() >= deadline {
-            return Err("vhost-device-vsock did not create its socket in 10 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    super::supervised::wait_listening(
+        &vhost,
+        &paths.vhost_user,
+        "vhost-device-vsock",
+        Duration::from_secs(10),
+    )?;
     Ok(vhost)
 }
 

@@ -122,6 +122,7 @@ pub(crate) fn start(
         let endpoint = Endpoint::HybridVsock(vmm.proc.paths.vsock.clone());
         let conn = wait_ready(&vmm, &endpoint, ready_timeout(vm), true)?;
         return Ok(Started {
+            restored_from: None,
             conn,
             how: format!("booted under {accel} in {:.1} s", t.elapsed().as_secs_f64()),
             vmm: Box::new(vmm),
@@ -135,6 +136,7 @@ pub(crate) fn start(
         match restore(vm, image, &q, run_dir, kvm, &state) {
             Ok((vmm, endpoint, conn)) => {
                 return Ok(Started {
+                    restored_from: Some(dir.clone()),
                     conn,
                     how: format!(
                         "restored under {accel} from a snapshot in {:.2} s",
@@ -162,6 +164,7 @@ pub(crate) fn start(
     let t = Instant::now();
     let saved = save(&vmm, &dir);
     Ok(Started {
+        restored_from: None,
         conn,
         how: match saved {
             Ok(()) => format!(

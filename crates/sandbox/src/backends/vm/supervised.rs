@@ -6,6 +6,7 @@
 //! blocking thread that happened to spawn it went away.
 
 use std::io;
+use std::path::Path;
 use std::process::{Command, ExitStatus};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -120,6 +121,44 @@ impl Supervised {
     }
 }
 
+/// Whether a Unix socket at `path` is listening (not just bound). A server creates the
+/// socket file at `bind` and accepts only after `listen`; a connect in between is
+/// refused. `/proc/net/unix` shows the listening state (`__SO_ACCEPTCON`, flags
+/// `00010000`) without connecting, which matters for a server that treats a connection
+/// as its one client (`vhost-device-vsock`).
+pub(crate) fn is_listening(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return path.exists();
+    };
+    let want = path.to_string_lossy();
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 8 && f[7] == want && f[3] == "00010000"
+    })
+}
+
+/// Waits until `proc`'s socket at `path` listens; `what` names it in the error.
+pub(crate) fn wait_listening(
+    proc: &Supervised,
+    path: &Path,
+    what: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    while !is_listening(path) {
+        proc.alive()?;
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{what} did not listen on {} within {} s",
+                path.display(),
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
 impl Drop for Supervised {
     fn drop(&mut self) {
         self.kill();
@@ -149,5 +188,16 @@ mod tests {
         s.kill();
         assert!(s.exit_status().is_some());
         assert!(Supervised::spawn("nope", Command::new("/nonexistent/x")).is_err());
+    }
+
+    #[test]
+    fn a_bound_socket_is_not_listening_until_listen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.sock");
+        assert!(!is_listening(&p));
+        let l = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        assert!(is_listening(&p));
+        drop(l);
+        assert!(!is_listening(&p), "the file stays, nobody listens");
     }
 }
