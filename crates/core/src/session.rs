@@ -195,7 +195,8 @@ impl Session {
         // `auto` never picks `direct`, so the workspace is known before the probe ends.
         let planned = requested.unwrap_or(BackendKind::Process);
         let mut workspace = Workspace::for_new_session(planned, &project, &dir);
-        let made = workspace.create_history(&dir, &exclude);
+        let stat_cache = config.data_dir.join("statcache");
+        let made = workspace.create_history(&dir, &exclude, Some(&stat_cache));
         let chosen = match probe.join() {
             Ok(result) => result.map_err(SessionError::from),
             Err(_) => Err(SessionError::Other("the backend probe failed".into())),
@@ -220,7 +221,7 @@ impl Session {
                 safe_coder_sandbox::overlay::remove_tree(&dir.join(sub));
             }
             workspace = Workspace::for_backend(backend, &project, &dir);
-            let remade = workspace.create_history(&dir, &exclude);
+            let remade = workspace.create_history(&dir, &exclude, Some(&stat_cache));
             (repo, how) = match remade {
                 Ok(made) => made,
                 Err(e) => {
