@@ -22,7 +22,7 @@
 //! [`MAX_CACHE_BYTES`]; past a bound the store is dropped and the next session starts
 //! over with one full hash.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -92,7 +92,7 @@ impl StatCache {
         let mut raw = Vec::with_capacity(meta.len() as usize);
         f.read_to_end(&mut raw).ok()?;
         let (packs, entries) = parse(&raw)?;
-        let cache = StatCache {
+        let mut cache = StatCache {
             written: (meta.mtime(), meta.mtime_nsec()),
             entries,
             packs,
@@ -113,6 +113,16 @@ impl StatCache {
                 }
             }
         }
+        // Only ids the linked packs really hold are used: a cache naming a blob the
+        // store lacks would make a snapshot with a missing object.
+        let mut held = HashSet::new();
+        for name in &cache.packs {
+            if !pack_ids(&dst.join(format!("{name}.idx")), &mut held) {
+                held.clear();
+                break;
+            }
+        }
+        cache.entries.retain(|_, k| held.contains(&k.id));
         Some(cache)
     }
 
@@ -141,6 +151,27 @@ impl StatCache {
     pub(crate) fn packs(&self) -> &[String] {
         &self.packs
     }
+}
+
+/// Adds the object ids listed in a version 2 pack index to `ids`; false when the file
+/// is not one.
+fn pack_ids(idx: &Path, ids: &mut HashSet<Oid>) -> bool {
+    let Ok(raw) = fs::read(idx) else {
+        return false;
+    };
+    if raw.len() < 8 + 1024 || &raw[..8] != b"\xfftOc\0\0\0\x02" {
+        return false;
+    }
+    let count = u32::from_be_bytes([raw[1028], raw[1029], raw[1030], raw[1031]]) as usize;
+    let Some(list) = raw.get(1032..1032 + count * 20) else {
+        return false;
+    };
+    for id in list.chunks_exact(20) {
+        let mut o = [0u8; 20];
+        o.copy_from_slice(id);
+        ids.insert(o);
+    }
+    true
 }
 
 fn current_uid() -> u32 {

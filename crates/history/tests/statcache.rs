@@ -287,3 +287,42 @@ fn overlay_session_reuses_the_cache() {
     }
     assert_eq!(trees[0], trees[1]);
 }
+
+/// SHA-1 of `data` (with the system's `sha1sum`), as bytes.
+fn sha1(data: &[u8]) -> Vec<u8> {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    fs::write(tmp.path(), data).unwrap();
+    let out = std::process::Command::new("sha1sum")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let hex = String::from_utf8(out.stdout).unwrap();
+    (0..20)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn entry_naming_a_blob_the_store_lacks_is_not_used() {
+    if !git_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    project(&tmp.path().join("project"));
+    let first = start(tmp.path(), "s1", true);
+    let cache = cache_file(tmp.path());
+    let raw = fs::read(&cache).unwrap();
+    let mut body = raw[..raw.len() - 20].to_vec();
+    // A well-formed, correctly summed cache whose README.md entry names another blob.
+    let key = b"\tREADME.md\0";
+    let at = body.windows(key.len()).position(|w| w == key).unwrap();
+    body[at - 40..at].copy_from_slice(b"0123456789abcdef0123456789abcdef01234567");
+    let sum = sha1(&body);
+    body.extend_from_slice(&sum);
+    fs::write(&cache, &body).unwrap();
+    let second = start(tmp.path(), "s2", true);
+    let s = stats(&second);
+    assert_eq!((s.cached, s.hashed), (87, 1));
+    assert_eq!(tree(&second), tree(&first));
+    assert_complete(&second);
+}
