@@ -169,7 +169,13 @@ impl Workspace {
                 Ok((repo, format!("{how}{why_not}")))
             }
             Workspace::InPlace { project } => Ok((
-                SessionRepo::create_shadow(project, &session_dir.join("shadow.git"), exclude)?,
+                SessionRepo::create_shadow_cached(
+                    project,
+                    &session_dir.join("shadow.git"),
+                    exclude,
+                    true,
+                    stat_cache,
+                )?,
                 "in place".to_string(),
             )),
         }

@@ -332,6 +332,18 @@ impl SessionRepo {
         excludes: &[String],
         borrow_git: bool,
     ) -> Result<SessionRepo, HistoryError> {
+        Self::create_shadow_cached(project, git_dir, excludes, borrow_git, None)
+    }
+
+    /// [`SessionRepo::create_shadow_with`] with a stat cache root, as in
+    /// [`SessionRepo::create_sandbox_copy_cached`].
+    pub fn create_shadow_cached(
+        project: &Path,
+        git_dir: &Path,
+        excludes: &[String],
+        borrow_git: bool,
+        stat_cache: Option<&Path>,
+    ) -> Result<SessionRepo, HistoryError> {
         ensure_git()?;
         if !project.is_dir() {
             return Err(HistoryError::NoProject(project.to_path_buf()));
@@ -375,7 +387,7 @@ impl SessionRepo {
             &repo.git_dir,
             SHADOW_MESSAGE,
             move || borrow_git.then(|| Borrowed::discover(&project)).flatten(),
-            None,
+            stat_cache,
         )?;
         repo.start = Some(stats);
         Ok(repo)

@@ -326,3 +326,36 @@ fn entry_naming_a_blob_the_store_lacks_is_not_used() {
     assert_eq!(tree(&second), tree(&first));
     assert_complete(&second);
 }
+
+#[test]
+fn direct_session_reuses_the_cache() {
+    if !git_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = tmp.path().join("project");
+    project(&proj);
+    let root = tmp.path().join("data/statcache");
+    let shadow = |n: &str| {
+        SessionRepo::create_shadow_cached(&proj, &tmp.path().join(n), &[], true, Some(&root))
+            .unwrap()
+    };
+    let first = shadow("d1.git");
+    assert_eq!(stats(&first).hashed, 88);
+    write(&proj, "README.md", "# DEMO\n");
+    age(&proj.join("README.md"), 100);
+    let second = shadow("d2.git");
+    let s = stats(&second);
+    assert_eq!((s.cached, s.hashed), (87, 1));
+    git(
+        second.git_dir(),
+        &proj,
+        &["fsck", "--full", "--no-dangling"],
+    );
+    let status = git(second.git_dir(), &proj, &["status", "--porcelain"]);
+    assert_eq!(status, "");
+    let fresh =
+        SessionRepo::create_shadow_cached(&proj, &tmp.path().join("f.git"), &[], true, None)
+            .unwrap();
+    assert_eq!(tree(&second), tree(&fresh));
+}
