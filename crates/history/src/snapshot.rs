@@ -156,9 +156,10 @@ pub(crate) fn write_snapshot(
     stat_cache: Option<&Path>,
 ) -> Result<(String, SnapshotStats), HistoryError> {
     let left = std::sync::Mutex::new(Vec::new());
-    // The user's index is read while the project is walked.
-    let (walked, borrowed) = std::thread::scope(|s| {
+    // The user's index (and the stat cache) are read while the project is walked.
+    let (walked, borrowed, cached) = std::thread::scope(|s| {
         let reader = s.spawn(borrow);
+        let cache_reader = stat_cache.map(|root| s.spawn(move || StatCache::read(root, project)));
         let walked = match source {
             Source::Copy {
                 work_tree,
@@ -171,7 +172,8 @@ pub(crate) fn write_snapshot(
                 .and_then(|ex| walk(project, &ex, &left, Some(hidden)))
                 .map(|w| (None, w)),
         };
-        (walked, reader.join().ok().flatten())
+        let cached = cache_reader.and_then(|r| r.join().ok().flatten());
+        (walked, reader.join().ok().flatten(), cached)
     });
     let (work_tree, (dirs, mut files, links)) = walked?;
     let mut borrowed_count = 0;
@@ -186,7 +188,9 @@ pub(crate) fn write_snapshot(
     }
     // A project without git: the stat cache of its previous session, if any.
     let cache_root = stat_cache.filter(|_| borrowed.is_none());
-    let cache = cache_root.and_then(|root| StatCache::load(root, project, git_dir));
+    let cache = cached
+        .filter(|_| cache_root.is_some())
+        .and_then(|c| c.link(git_dir));
     let mut cached_count = 0;
     if let Some(c) = &cache {
         for f in files.iter_mut() {

@@ -65,6 +65,8 @@ pub(crate) struct Record<'a> {
 /// A project's cache, loaded and with its packs linked into the session's store.
 #[derive(Debug)]
 pub(crate) struct StatCache {
+    /// The project's store (`<root>/<key>`).
+    dir: PathBuf,
     /// When the cache file was written (its mtime): entries modified at or after it
     /// are racy.
     written: (i64, i64),
@@ -80,9 +82,9 @@ pub(crate) fn store_dir(root: &Path, project: &Path) -> PathBuf {
 }
 
 impl StatCache {
-    /// Loads the cache of `project` and hard-links its packs into `git_dir`'s
-    /// `objects/pack`. `None` (hash everything) when there is no usable cache.
-    pub(crate) fn load(root: &Path, project: &Path, git_dir: &Path) -> Option<StatCache> {
+    /// Reads and checks the cache of `project` (nothing is trusted yet: see
+    /// [`StatCache::link`]). `None` when there is no sound cache.
+    pub(crate) fn read(root: &Path, project: &Path) -> Option<StatCache> {
         let dir = store_dir(root, project);
         let mut f = File::open(dir.join("cache")).ok()?;
         let meta = f.metadata().ok()?;
@@ -92,19 +94,25 @@ impl StatCache {
         let mut raw = Vec::with_capacity(meta.len() as usize);
         f.read_to_end(&mut raw).ok()?;
         let (packs, entries) = parse(&raw)?;
-        let mut cache = StatCache {
+        Some(StatCache {
+            dir,
             written: (meta.mtime(), meta.mtime_nsec()),
             entries,
             packs,
-        };
+        })
+    }
+
+    /// Hard-links the cache's packs into `git_dir`'s `objects/pack` and keeps only the
+    /// entries whose blob they hold. `None` (hash everything) when a link fails.
+    pub(crate) fn link(mut self, git_dir: &Path) -> Option<StatCache> {
         let dst = git_dir.join("objects/pack");
-        for name in &cache.packs {
+        for name in &self.packs {
             for ext in ["pack", "idx"] {
-                let from = dir.join("pack").join(format!("{name}.{ext}"));
+                let from = self.dir.join("pack").join(format!("{name}.{ext}"));
                 let to = dst.join(format!("{name}.{ext}"));
                 if fs::hard_link(&from, &to).is_err() {
                     // Undo the links made so far: a half-linked store is useless.
-                    for n in &cache.packs {
+                    for n in &self.packs {
                         for ext in ["pack", "idx"] {
                             let _ = fs::remove_file(dst.join(format!("{n}.{ext}")));
                         }
@@ -116,14 +124,14 @@ impl StatCache {
         // Only ids the linked packs really hold are used: a cache naming a blob the
         // store lacks would make a snapshot with a missing object.
         let mut held = HashSet::new();
-        for name in &cache.packs {
+        for name in &self.packs {
             if !pack_ids(&dst.join(format!("{name}.idx")), &mut held) {
                 held.clear();
                 break;
             }
         }
-        cache.entries.retain(|_, k| held.contains(&k.id));
-        Some(cache)
+        self.entries.retain(|_, k| held.contains(&k.id));
+        Some(self)
     }
 
     /// The git mode and blob id of `rel` when its stat data (from `lstat` of a regular
