@@ -359,3 +359,40 @@ fn direct_session_reuses_the_cache() {
             .unwrap();
     assert_eq!(tree(&second), tree(&fresh));
 }
+
+#[test]
+fn git_project_borrows_and_keeps_no_stat_cache() {
+    if !git_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let proj = tmp.path().join("project");
+    project(&proj);
+    for args in [
+        &["init", "-q"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "x",
+        ],
+    ] {
+        let ok = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&proj)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+    for n in ["s1", "s2"] {
+        let s = stats(&start(tmp.path(), n, true));
+        assert_eq!((s.borrowed, s.cached, s.hashed), (88, 0, 0));
+    }
+    assert!(!tmp.path().join("data/statcache").exists());
+}
