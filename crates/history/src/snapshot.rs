@@ -388,7 +388,10 @@ pub(crate) fn write_snapshot(
     write_ref(git_dir, "refs/heads/main", &commit_hex)?;
     write_ref(git_dir, "refs/safe-coder/base", &commit_hex)?;
     index::write_index(&git_dir.join("index"), &entries, &nodes)?;
-    if let Some(root) = cache_root {
+    // Every file came from the cache: it already says all there is to say (entries of
+    // deleted files stay until the next rewrite; they match nothing).
+    let nothing_new = cache.is_some() && cached_count == files.len();
+    if let Some(root) = cache_root.filter(|_| !nothing_new) {
         // The project's stat data as walked (not the copy's), with the blob hashed then
         // or reused: a file changed since the walk has other stat data (or is racy) and
         // is hashed again next time.

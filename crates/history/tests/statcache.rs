@@ -114,9 +114,19 @@ fn second_session_reads_no_unchanged_file() {
         0o600
     );
 
+    let before = (
+        fs::read(&cache).unwrap(),
+        fs::metadata(&cache).unwrap().modified().unwrap(),
+    );
     let second = start(tmp.path(), "s2", true);
     let s2 = stats(&second);
     assert_eq!((s2.files, s2.cached, s2.hashed), (88, 88, 0));
+    // Nothing new: the cache is left as it was (no rewrite, no fsync at start).
+    let after = (
+        fs::read(&cache).unwrap(),
+        fs::metadata(&cache).unwrap().modified().unwrap(),
+    );
+    assert!(before == after, "the cache was rewritten");
     let fresh = start(tmp.path(), "fresh", false);
     assert_eq!(stats(&fresh).hashed, 88);
     assert_eq!(tree(&second), tree(&fresh));
