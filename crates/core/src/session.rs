@@ -10,6 +10,10 @@
 //! - `owner.pid`: the process that has the session open, so `sessions list` can tell a
 //!   running session from one left behind by a crash.
 //!
+//! `<data_dir>/statcache/` is shared by sessions: per project without git, the stat data
+//! and blob ids its last first snapshot hashed, so the next one re-hashes only what
+//! changed (docs/history.md, "The stat cache").
+//!
 //! [`SessionFiles`] is a session's history and workspace without a sandbox: enough for
 //! `sessions show`, `diff`, `sync` and `discard`. A [`Session`] adds the sandbox the
 //! agent's tools run in.
