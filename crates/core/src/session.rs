@@ -10,6 +10,10 @@
 //! - `owner.pid`: the process that has the session open, so `sessions list` can tell a
 //!   running session from one left behind by a crash.
 //!
+//! `<data_dir>/statcache/` is shared by sessions: per project without git, the stat data
+//! and blob ids its last first snapshot hashed, so the next one re-hashes only what
+//! changed (docs/history.md, "The stat cache").
+//!
 //! [`SessionFiles`] is a session's history and workspace without a sandbox: enough for
 //! `sessions show`, `diff`, `sync` and `discard`. A [`Session`] adds the sandbox the
 //! agent's tools run in.
@@ -195,7 +199,8 @@ impl Session {
         // `auto` never picks `direct`, so the workspace is known before the probe ends.
         let planned = requested.unwrap_or(BackendKind::Process);
         let mut workspace = Workspace::for_new_session(planned, &project, &dir);
-        let made = workspace.create_history(&dir, &exclude);
+        let stat_cache = config.data_dir.join("statcache");
+        let made = workspace.create_history(&dir, &exclude, Some(&stat_cache));
         let chosen = match probe.join() {
             Ok(result) => result.map_err(SessionError::from),
             Err(_) => Err(SessionError::Other("the backend probe failed".into())),
@@ -220,7 +225,7 @@ impl Session {
                 safe_coder_sandbox::overlay::remove_tree(&dir.join(sub));
             }
             workspace = Workspace::for_backend(backend, &project, &dir);
-            let remade = workspace.create_history(&dir, &exclude);
+            let remade = workspace.create_history(&dir, &exclude, Some(&stat_cache));
             (repo, how) = match remade {
                 Ok(made) => made,
                 Err(e) => {

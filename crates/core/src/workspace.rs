@@ -129,10 +129,13 @@ impl Workspace {
     /// Creates the session history (and the sandbox's tree: the overlay, or a copy) for
     /// a new session. An overlay that cannot be mounted here becomes a copy (`self` says
     /// so afterwards). Also returns how the tree was made, for the session's start line.
+    /// `stat_cache` (a directory in the data dir) lets a project without git skip
+    /// re-hashing the files its previous session saw unchanged.
     pub fn create_history(
         &mut self,
         session_dir: &Path,
         exclude: &[String],
+        stat_cache: Option<&Path>,
     ) -> Result<(SessionRepo, String), SessionError> {
         let git_dir = session_dir.join("history.git");
         match self {
@@ -143,7 +146,7 @@ impl Workspace {
             } => {
                 let mut why_not = String::new();
                 if let Some(l) = layers.as_ref() {
-                    match SessionRepo::create_overlay(l, &git_dir, exclude) {
+                    match SessionRepo::create_overlay_cached(l, &git_dir, exclude, stat_cache) {
                         Ok(repo) => return Ok((repo, "overlay workspace".to_string())),
                         Err(e) => {
                             why_not = format!("; no overlay: {e}");
@@ -151,8 +154,14 @@ impl Workspace {
                         }
                     }
                 }
-                let repo =
-                    SessionRepo::create_sandbox_copy_at(project, work, Some(&git_dir), exclude)?;
+                let repo = SessionRepo::create_sandbox_copy_cached(
+                    project,
+                    work,
+                    Some(&git_dir),
+                    exclude,
+                    true,
+                    stat_cache,
+                )?;
                 let how = match repo.start_stats() {
                     Some(s) if s.reflinked => "copy workspace (reflinks)",
                     _ => "copy workspace",
@@ -160,7 +169,13 @@ impl Workspace {
                 Ok((repo, format!("{how}{why_not}")))
             }
             Workspace::InPlace { project } => Ok((
-                SessionRepo::create_shadow(project, &session_dir.join("shadow.git"), exclude)?,
+                SessionRepo::create_shadow_cached(
+                    project,
+                    &session_dir.join("shadow.git"),
+                    exclude,
+                    true,
+                    stat_cache,
+                )?,
                 "in place".to_string(),
             )),
         }

@@ -4,7 +4,7 @@
 //! run; the auto-commit after a one-file change; the disk a session uses; sync of 100
 //! changed files.
 //!
-//! cargo bench -p safe-coder-history --bench workspace [-- 5k 50k commit sync]
+//! cargo bench -p safe-coder-history --bench workspace [-- 5k 50k commit sync nogit]
 //!
 //! The git projects (5,000 files / 100 MB and 50,000 files / 1 GB, committed) are made
 //! once under `WORKSPACE_BENCH_TREES` (default: `<tmp>/safe-coder-bench-trees`) and
@@ -221,6 +221,81 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
     }
 }
 
+/// Start of a project without git (the 5k project's files, no `.git`) on the overlay
+/// workspace with the stat cache: the first session (empty cache: every file hashed)
+/// beside the second (cache written by the first: only changed files hashed).
+fn bench_nogit(p5k: &Path, trees: &Path, tmp: &Path) {
+    let project = trees.join("p5k-nogit");
+    if !project.join(".ready").exists() {
+        remove(&project);
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(p5k)
+            .arg(&project)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        remove(&project.join(".git"));
+        // Old enough that no file is racy against the cache.
+        let ok = Command::new("find")
+            .arg(&project)
+            .args([
+                "-type",
+                "f",
+                "-exec",
+                "touch",
+                "-d",
+                "2026-01-01",
+                "{}",
+                "+",
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        fs::write(project.join(".ready"), "").unwrap();
+    }
+    let cache = tmp.join("statcache");
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for run in 0..3 {
+        remove(&cache);
+        for (i, out) in [&mut first, &mut second].into_iter().enumerate() {
+            let s = tmp.join(format!("ng{run}-{i}"));
+            settle();
+            let t = Instant::now();
+            let repo = SessionRepo::create_overlay_cached(
+                &layers(&project, &s),
+                &s.join("history.git"),
+                &[],
+                Some(&cache),
+            )
+            .unwrap();
+            out.push(t.elapsed());
+            if run == 0 {
+                let st = repo.start_stats().unwrap();
+                println!(
+                    "  (nogit session {}: {} files, {} hashed, {} from the stat cache)",
+                    i + 1,
+                    st.files,
+                    st.hashed,
+                    st.cached
+                );
+            }
+            drop(repo);
+            remove(&s);
+        }
+    }
+    println!(
+        "5k without git: overlay start, first session (hash all, write the cache): {}",
+        stats(first)
+    );
+    println!(
+        "5k without git: overlay start, second session (stat cache): {}",
+        stats(second)
+    );
+}
+
 /// Auto-commit after a `bash` call that changed one file, on the overlay workspace.
 fn bench_commit(project: &Path, tmp: &Path) {
     let s = tmp.join("commit");
@@ -318,6 +393,9 @@ fn main() {
     }
     if want("sync") {
         bench_sync(&p5k, tmp.path());
+    }
+    if want("nogit") {
+        bench_nogit(&p5k, &trees, tmp.path());
     }
     if want("50k") || want("commit") {
         let p50k = project(&trees, "p50k", 50_000, 1 << 30);

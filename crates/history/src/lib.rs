@@ -20,6 +20,7 @@ mod paths;
 mod repo;
 mod snapshot;
 mod stage;
+mod statcache;
 pub mod sync;
 mod upper;
 

@@ -164,8 +164,9 @@ impl PackWriter {
         Ok(())
     }
 
-    /// Finishes the pack: the checksum, the `.idx`, both moved into place.
-    pub fn finish(self) -> Result<(), HistoryError> {
+    /// Finishes the pack: the checksum, the `.idx`, both moved into place. Returns the
+    /// pack's name (`pack-<hex>`), or `None` for an empty pack (nothing written).
+    pub fn finish(self) -> Result<Option<String>, HistoryError> {
         let PackWriter {
             mut out,
             tmp_path,
@@ -187,7 +188,7 @@ impl PackWriter {
         drop(out);
         if count == 0 {
             let _ = fs::remove_file(&tmp_path);
-            return Ok(());
+            return Ok(None);
         }
         let name = format!("pack-{}", hex(&checksum));
         let pack_path = pack_dir.join(format!("{name}.pack"));
@@ -231,6 +232,6 @@ impl PackWriter {
         let idx_path = pack_dir.join(format!("{name}.idx"));
         fs::write(&tmp_idx, &idx).ctx(|| format!("cannot write {}", tmp_idx.display()))?;
         fs::rename(&tmp_idx, &idx_path).ctx(|| format!("cannot write {}", idx_path.display()))?;
-        Ok(())
+        Ok(Some(name))
     }
 }

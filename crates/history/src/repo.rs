@@ -123,6 +123,21 @@ impl SessionRepo {
         excludes: &[String],
         borrow_git: bool,
     ) -> Result<SessionRepo, HistoryError> {
+        Self::create_sandbox_copy_cached(project, work_tree, git_dir, excludes, borrow_git, None)
+    }
+
+    /// [`SessionRepo::create_sandbox_copy_with`]; with `stat_cache` (a directory in
+    /// the data dir, e.g. `<data_dir>/statcache`), a project without git reuses the
+    /// blob ids its previous session hashed for every file whose stat data did not
+    /// change, and keeps them for the next one (see `docs/history.md`).
+    pub fn create_sandbox_copy_cached(
+        project: &Path,
+        work_tree: &Path,
+        git_dir: Option<&Path>,
+        excludes: &[String],
+        borrow_git: bool,
+        stat_cache: Option<&Path>,
+    ) -> Result<SessionRepo, HistoryError> {
         ensure_git()?;
         if !project.is_dir() {
             return Err(HistoryError::NoProject(project.to_path_buf()));
@@ -158,9 +173,14 @@ impl SessionRepo {
                 work_tree: &work_tree,
                 excludes: &excludes,
             };
-            snapshot::write_snapshot(&project, source, &git_dir, INITIAL_MESSAGE, || {
-                borrow_git.then(|| Borrowed::discover(&project)).flatten()
-            })
+            snapshot::write_snapshot(
+                &project,
+                source,
+                &git_dir,
+                INITIAL_MESSAGE,
+                || borrow_git.then(|| Borrowed::discover(&project)).flatten(),
+                stat_cache,
+            )
         });
         let stats = match made {
             Ok((_, stats)) => stats,
@@ -194,6 +214,17 @@ impl SessionRepo {
         git_dir: &Path,
         excludes: &[String],
     ) -> Result<SessionRepo, HistoryError> {
+        Self::create_overlay_cached(layers, git_dir, excludes, None)
+    }
+
+    /// [`SessionRepo::create_overlay`] with a stat cache root, as in
+    /// [`SessionRepo::create_sandbox_copy_cached`].
+    pub fn create_overlay_cached(
+        layers: &Layers,
+        git_dir: &Path,
+        excludes: &[String],
+        stat_cache: Option<&Path>,
+    ) -> Result<SessionRepo, HistoryError> {
         ensure_git()?;
         if !layers.lower.is_dir() {
             return Err(HistoryError::NoProject(layers.lower.clone()));
@@ -225,6 +256,7 @@ impl SessionRepo {
                 &git_dir,
                 INITIAL_MESSAGE,
                 move || Borrowed::discover(&lower),
+                stat_cache,
             )?;
             fs::create_dir_all(&layers.upper)
                 .ctx(|| format!("cannot create {}", layers.upper.display()))?;
@@ -300,6 +332,18 @@ impl SessionRepo {
         excludes: &[String],
         borrow_git: bool,
     ) -> Result<SessionRepo, HistoryError> {
+        Self::create_shadow_cached(project, git_dir, excludes, borrow_git, None)
+    }
+
+    /// [`SessionRepo::create_shadow_with`] with a stat cache root, as in
+    /// [`SessionRepo::create_sandbox_copy_cached`].
+    pub fn create_shadow_cached(
+        project: &Path,
+        git_dir: &Path,
+        excludes: &[String],
+        borrow_git: bool,
+        stat_cache: Option<&Path>,
+    ) -> Result<SessionRepo, HistoryError> {
         ensure_git()?;
         if !project.is_dir() {
             return Err(HistoryError::NoProject(project.to_path_buf()));
@@ -343,6 +387,7 @@ impl SessionRepo {
             &repo.git_dir,
             SHADOW_MESSAGE,
             move || borrow_git.then(|| Borrowed::discover(&project)).flatten(),
+            stat_cache,
         )?;
         repo.start = Some(stats);
         Ok(repo)

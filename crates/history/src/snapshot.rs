@@ -20,6 +20,7 @@ use crate::index::{self, Entry, Stat, TreeNode};
 use crate::objects::{self, hash_object, hex, Oid};
 use crate::pack::{PackWriter, OBJ_BLOB, OBJ_COMMIT, OBJ_TREE};
 use crate::paths::{exclude_file_text, unstorable_name, Excludes};
+use crate::statcache::{self, Record, StatCache};
 
 /// Unsets every attribute that would make a blob differ from the file's bytes
 /// (line-ending conversion, filters, ident): `info/attributes` beats `.gitattributes`.
@@ -132,24 +133,33 @@ pub struct SnapshotStats {
     pub files: usize,
     /// Of those, files whose blob was borrowed from the user's git (not read).
     pub borrowed: usize,
+    /// Of those, files whose blob id came from the project's stat cache (a project
+    /// without git whose earlier session hashed them; not read, see `statcache.rs`).
+    pub cached: usize,
+    /// Of those, files read and hashed.
+    pub hashed: usize,
     /// Whether the copy shared blocks with the project (`FICLONE`).
     pub reflinked: bool,
 }
 
 /// Copies (or reads in place) the project and writes the initial commit; returns its
 /// id. With `borrowed`, files the user's git index vouches for are not hashed and their
-/// blobs are read from the user's object store (an alternate).
+/// blobs are read from the user's object store (an alternate). Otherwise, with
+/// `stat_cache` (the stat cache root in the data dir), files whose stat data match the
+/// project's stat cache are not hashed either, and the cache is rewritten afterwards.
 pub(crate) fn write_snapshot(
     project: &Path,
     source: Source<'_>,
     git_dir: &Path,
     message: &str,
     borrow: impl FnOnce() -> Option<Borrowed> + Send,
+    stat_cache: Option<&Path>,
 ) -> Result<(String, SnapshotStats), HistoryError> {
     let left = std::sync::Mutex::new(Vec::new());
-    // The user's index is read while the project is walked.
-    let (walked, borrowed) = std::thread::scope(|s| {
+    // The user's index (and the stat cache) are read while the project is walked.
+    let (walked, borrowed, cached) = std::thread::scope(|s| {
         let reader = s.spawn(borrow);
+        let cache_reader = stat_cache.map(|root| s.spawn(move || StatCache::read(root, project)));
         let walked = match source {
             Source::Copy {
                 work_tree,
@@ -162,7 +172,8 @@ pub(crate) fn write_snapshot(
                 .and_then(|ex| walk(project, &ex, &left, Some(hidden)))
                 .map(|w| (None, w)),
         };
-        (walked, reader.join().ok().flatten())
+        let cached = cache_reader.and_then(|r| r.join().ok().flatten());
+        (walked, reader.join().ok().flatten(), cached)
     });
     let (work_tree, (dirs, mut files, links)) = walked?;
     let mut borrowed_count = 0;
@@ -173,6 +184,18 @@ pub(crate) fn write_snapshot(
         }
         if borrowed_count > 0 {
             b.write_alternates(git_dir)?;
+        }
+    }
+    // A project without git: the stat cache of its previous session, if any.
+    let cache_root = stat_cache.filter(|_| borrowed.is_none());
+    let cache = cached
+        .filter(|_| cache_root.is_some())
+        .and_then(|c| c.link(git_dir));
+    let mut cached_count = 0;
+    if let Some(c) = &cache {
+        for f in files.iter_mut() {
+            f.known = c.unchanged(f.rel.as_os_str().as_bytes(), f.size, &f.stat, f.exec);
+            cached_count += usize::from(f.known.is_some());
         }
     }
     note_left_out_at_start(git_dir, &left.into_inner().unwrap_or_default())?;
@@ -230,14 +253,15 @@ pub(crate) fn write_snapshot(
     }
     let pack_dir = git_dir.join("objects/pack");
     let reflink = AtomicBool::new(true);
-    let results: Vec<Result<Vec<(usize, Copied)>, HistoryError>> = std::thread::scope(|s| {
+    type Share = (Option<String>, Vec<(usize, Copied)>);
+    let results: Vec<Result<Share, HistoryError>> = std::thread::scope(|s| {
         let handles: Vec<_> = shares
             .iter()
             .enumerate()
             .map(|(t, (_, share))| {
                 let (files, expected, packed, pack_dir, reflink, copy_to) =
                     (&files, &expected, &packed, &pack_dir, &reflink, &copy_to);
-                s.spawn(move || -> Result<Vec<(usize, Copied)>, HistoryError> {
+                s.spawn(move || -> Result<Share, HistoryError> {
                     let count = share.iter().filter(|&&i| packed[i]).count() as u32;
                     let mut pack = PackWriter::create(pack_dir, &format!("blobs{t}"), count)?;
                     let mut buf = vec![0u8; 1 << 20];
@@ -280,8 +304,8 @@ pub(crate) fn write_snapshot(
                         }
                         out.push((i, copied));
                     }
-                    pack.finish()?;
-                    Ok(out)
+                    let name = pack.finish()?;
+                    Ok((name, out))
                 })
             })
             .collect();
@@ -296,9 +320,16 @@ pub(crate) fn write_snapshot(
 
     let mut entries: Vec<Entry> = Vec::with_capacity(files.len() + links.len());
     let mut blob_ids: HashSet<Oid> = HashSet::with_capacity(files.len());
+    let mut new_packs: Vec<String> = Vec::new();
+    let mut records: Vec<(usize, u32, Oid)> = Vec::new();
     for r in results {
-        for (i, c) in r? {
+        let (name, done) = r?;
+        new_packs.extend(name);
+        for (i, c) in done {
             blob_ids.insert(c.id);
+            if cache_root.is_some() {
+                records.push((i, c.mode, c.id));
+            }
             entries.push(Entry {
                 path: files[i].rel.as_os_str().as_bytes().to_vec(),
                 mode: c.mode,
@@ -357,9 +388,32 @@ pub(crate) fn write_snapshot(
     write_ref(git_dir, "refs/heads/main", &commit_hex)?;
     write_ref(git_dir, "refs/safe-coder/base", &commit_hex)?;
     index::write_index(&git_dir.join("index"), &entries, &nodes)?;
+    // Every file came from the cache: it already says all there is to say (entries of
+    // deleted files stay until the next rewrite; they match nothing).
+    let nothing_new = cache.is_some() && cached_count == files.len();
+    if let Some(root) = cache_root.filter(|_| !nothing_new) {
+        // The project's stat data as walked (not the copy's), with the blob hashed then
+        // or reused: a file changed since the walk has other stat data (or is racy) and
+        // is hashed again next time.
+        let records: Vec<Record<'_>> = records
+            .iter()
+            .map(|&(i, mode, id)| Record {
+                rel: files[i].rel.as_os_str().as_bytes(),
+                size: files[i].size,
+                stat: files[i].stat,
+                mode,
+                id,
+            })
+            .collect();
+        let old = cache.as_ref().map(|c| c.packs()).unwrap_or_default();
+        // Best effort: without a cache the next session hashes everything, as before.
+        let _ = statcache::save(root, project, git_dir, old, &new_packs, &records);
+    }
     let stats = SnapshotStats {
         files: files.len(),
         borrowed: borrowed_count,
+        cached: cached_count,
+        hashed: files.len() - borrowed_count - cached_count,
         reflinked: work_tree.is_some() && !files.is_empty() && reflink.load(Ordering::Relaxed),
     };
     Ok((commit_hex, stats))

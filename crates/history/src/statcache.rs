@@ -1,0 +1,429 @@
+//! The stat cache of a project without git: what the first snapshot of the previous
+//! session learned (each file's stat data and blob id), kept in the data dir with the
+//! packs holding those blobs, so the next session's first snapshot neither reads nor
+//! hashes nor stores again the files that did not change.
+//!
+//! Layout: `<root>/<sha1 of the canonical project path>/` holds `cache` (the entries)
+//! and `pack/` (the blob packs of earlier sessions). A session hard-links the packs the
+//! cache names into its own `objects/pack` before trusting any entry, so the blobs it
+//! reuses are its own from then on: nothing a later session does to the store (adding
+//! packs, starting over) can take them away, and the store needs no lock. When a link
+//! fails (another file system, a pack removed meanwhile) the cache is not used.
+//!
+//! The file is written atomically (temporary file, `fsync`, rename), mode 0600, starts
+//! with a version line and ends with a SHA-1 of everything before it: a torn, foreign
+//! or tampered-with file fails that check or the strict parser and is ignored, and the
+//! session hashes everything as without a cache. An entry is trusted only when all its
+//! stat data match and the file was modified before the cache was written (git's
+//! "racily clean" rule: a change in the same timestamp tick would not show).
+//!
+//! Bounded: at most [`MAX_PACKS`] packs and [`MAX_STORE_BYTES`] bytes (or twice the
+//! project's bytes, whichever is larger) in the store, and a cache file of at most
+//! [`MAX_CACHE_BYTES`]; past a bound the store is dropped and the next session starts
+//! over with one full hash.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use sha1::{Digest, Sha1};
+
+use crate::index::Stat;
+use crate::objects::{hex, Oid};
+
+const MAGIC: &[u8] = b"safe-coder statcache 1\n";
+/// Packs kept for one project before the store starts over.
+pub(crate) const MAX_PACKS: usize = 16;
+/// Store size allowed whatever the project's size.
+pub(crate) const MAX_STORE_BYTES: u64 = 64 << 20;
+/// Largest cache file read (about 2 million entries).
+pub(crate) const MAX_CACHE_BYTES: u64 = 256 << 20;
+
+/// What the cache knows of one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Known {
+    size: u64,
+    mtime: (u32, u32),
+    ctime: (u32, u32),
+    ino: u32,
+    dev: u32,
+    mode: u32,
+    id: Oid,
+}
+
+/// One file of a finished snapshot, for [`save`].
+pub(crate) struct Record<'a> {
+    pub rel: &'a [u8],
+    pub size: u64,
+    pub stat: Stat,
+    pub mode: u32,
+    pub id: Oid,
+}
+
+/// A project's cache, loaded and with its packs linked into the session's store.
+#[derive(Debug)]
+pub(crate) struct StatCache {
+    /// The project's store (`<root>/<key>`).
+    dir: PathBuf,
+    /// When the cache file was written (its mtime): entries modified at or after it
+    /// are racy.
+    written: (i64, i64),
+    entries: HashMap<Vec<u8>, Known>,
+    /// Pack names (`pack-<hex>`) the entries' blobs are in.
+    packs: Vec<String>,
+}
+
+/// The store of `project` under `root`.
+pub(crate) fn store_dir(root: &Path, project: &Path) -> PathBuf {
+    let key: Oid = Sha1::digest(project.as_os_str().as_encoded_bytes()).into();
+    root.join(hex(&key))
+}
+
+impl StatCache {
+    /// Reads and checks the cache of `project` (nothing is trusted yet: see
+    /// [`StatCache::link`]). `None` when there is no sound cache.
+    pub(crate) fn read(root: &Path, project: &Path) -> Option<StatCache> {
+        let dir = store_dir(root, project);
+        let mut f = File::open(dir.join("cache")).ok()?;
+        let meta = f.metadata().ok()?;
+        if !meta.is_file() || meta.len() > MAX_CACHE_BYTES || meta.uid() != current_uid() {
+            return None;
+        }
+        let mut raw = Vec::with_capacity(meta.len() as usize);
+        f.read_to_end(&mut raw).ok()?;
+        let (packs, entries) = parse(&raw)?;
+        Some(StatCache {
+            dir,
+            written: (meta.mtime(), meta.mtime_nsec()),
+            entries,
+            packs,
+        })
+    }
+
+    /// Hard-links the cache's packs into `git_dir`'s `objects/pack` and keeps only the
+    /// entries whose blob they hold. `None` (hash everything) when a link fails.
+    pub(crate) fn link(mut self, git_dir: &Path) -> Option<StatCache> {
+        let dst = git_dir.join("objects/pack");
+        for name in &self.packs {
+            for ext in ["pack", "idx"] {
+                let from = self.dir.join("pack").join(format!("{name}.{ext}"));
+                let to = dst.join(format!("{name}.{ext}"));
+                if fs::hard_link(&from, &to).is_err() {
+                    // Undo the links made so far: a half-linked store is useless.
+                    for n in &self.packs {
+                        for ext in ["pack", "idx"] {
+                            let _ = fs::remove_file(dst.join(format!("{n}.{ext}")));
+                        }
+                    }
+                    return None;
+                }
+            }
+        }
+        // Only ids the linked packs really hold are used: a cache naming a blob the
+        // store lacks would make a snapshot with a missing object.
+        let mut held = HashSet::new();
+        for name in &self.packs {
+            if !pack_ids(&dst.join(format!("{name}.idx")), &mut held) {
+                held.clear();
+                break;
+            }
+        }
+        self.entries.retain(|_, k| held.contains(&k.id));
+        Some(self)
+    }
+
+    /// The git mode and blob id of `rel` when its stat data (from `lstat` of a regular
+    /// file of `size` bytes) all match the cache and the entry is not racy.
+    pub(crate) fn unchanged(
+        &self,
+        rel: &[u8],
+        size: u64,
+        st: &Stat,
+        exec: bool,
+    ) -> Option<(u32, Oid)> {
+        let k = self.entries.get(rel)?;
+        let mode = if exec { 0o100755 } else { 0o100644 };
+        let matches = k.mode == mode
+            && k.size == size
+            && k.mtime == (st.mtime_s, st.mtime_ns)
+            && k.ctime == (st.ctime_s, st.ctime_ns)
+            && k.ino == st.ino
+            && k.dev == st.dev;
+        let racy = (k.mtime.0 as i64, k.mtime.1 as i64) >= self.written;
+        (matches && !racy).then_some((k.mode, k.id))
+    }
+
+    /// The packs this cache's blobs are in (now also in the session's store).
+    pub(crate) fn packs(&self) -> &[String] {
+        &self.packs
+    }
+}
+
+/// Adds the object ids listed in a version 2 pack index to `ids`; false when the file
+/// is not one.
+fn pack_ids(idx: &Path, ids: &mut HashSet<Oid>) -> bool {
+    let Ok(raw) = fs::read(idx) else {
+        return false;
+    };
+    if raw.len() < 8 + 1024 || &raw[..8] != b"\xfftOc\0\0\0\x02" {
+        return false;
+    }
+    let count = u32::from_be_bytes([raw[1028], raw[1029], raw[1030], raw[1031]]) as usize;
+    let Some(list) = raw.get(1032..1032 + count * 20) else {
+        return false;
+    };
+    for id in list.chunks_exact(20) {
+        let mut o = [0u8; 20];
+        o.copy_from_slice(id);
+        ids.insert(o);
+    }
+    true
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// Writes the cache of `project` after a first snapshot: `records` are its files,
+/// whose blobs are in `old_packs` (linked from the store) or `new_packs` (written by
+/// this session in `git_dir/objects/pack`). Errors are ignored by the caller: a cache
+/// that cannot be written costs the next session a full hash, nothing else.
+pub(crate) fn save(
+    root: &Path,
+    project: &Path,
+    git_dir: &Path,
+    old_packs: &[String],
+    new_packs: &[String],
+    records: &[Record<'_>],
+) -> std::io::Result<()> {
+    let dir = store_dir(root, project);
+    let pack_dir = dir.join("pack");
+    let project_bytes: u64 = records.iter().map(|r| r.size).sum();
+    let src = git_dir.join("objects/pack");
+    let size_of = |d: &Path, n: &str| {
+        ["pack", "idx"]
+            .iter()
+            .map(|e| fs::metadata(d.join(format!("{n}.{e}"))).map_or(0, |m| m.len()))
+            .sum::<u64>()
+    };
+    let mut packs: Vec<String> = old_packs.to_vec();
+    let mut bytes: u64 = old_packs.iter().map(|n| size_of(&src, n)).sum();
+    for n in new_packs {
+        if !packs.contains(n) {
+            bytes += size_of(&src, n);
+            packs.push(n.clone());
+        }
+    }
+    let over = packs.len() > MAX_PACKS || bytes > MAX_STORE_BYTES.max(2 * project_bytes);
+    if over {
+        // Start over: the next session hashes everything once and keeps only its packs.
+        let _ = fs::remove_dir_all(&dir);
+        return Ok(());
+    }
+    fs::create_dir_all(&pack_dir)?;
+    set_private(root);
+    set_private(&dir);
+    set_private(&pack_dir);
+    for n in new_packs {
+        for ext in ["pack", "idx"] {
+            let to = pack_dir.join(format!("{n}.{ext}"));
+            if !to.exists() {
+                fs::hard_link(src.join(format!("{n}.{ext}")), &to)?;
+            }
+        }
+    }
+    // Packs no longer named by the cache (an earlier, replaced cache's) are dropped;
+    // sessions using them hold their own links.
+    if let Ok(rd) = fs::read_dir(&pack_dir) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let stem = Path::new(&name).file_stem().map(|s| s.to_os_string());
+            let keep = stem.is_some_and(|s| packs.iter().any(|p| s == p.as_str()));
+            if !keep {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    let body = serialize(&packs, records);
+    let tmp = dir.join(format!("cache.tmp.{}", std::process::id()));
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        fs::rename(&tmp, dir.join("cache"))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn set_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+}
+
+/// `MAGIC`, `<n packs>\n`, pack names one a line, then per file
+/// `size mtime_s mtime_ns ctime_s ctime_ns ino dev mode id\t<path>\0`, then the SHA-1
+/// of all of that.
+fn serialize(packs: &[String], records: &[Record<'_>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + records.len() * 120);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(format!("{}\n", packs.len()).as_bytes());
+    for p in packs {
+        out.extend_from_slice(p.as_bytes());
+        out.push(b'\n');
+    }
+    for r in records {
+        let s = &r.stat;
+        out.extend_from_slice(
+            format!(
+                "{} {} {} {} {} {} {} {:o} {}\t",
+                r.size,
+                s.mtime_s,
+                s.mtime_ns,
+                s.ctime_s,
+                s.ctime_ns,
+                s.ino,
+                s.dev,
+                r.mode,
+                hex(&r.id)
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(r.rel);
+        out.push(0);
+    }
+    let sum: Oid = Sha1::digest(&out).into();
+    out.extend_from_slice(&sum);
+    out
+}
+
+type Parsed = (Vec<String>, HashMap<Vec<u8>, Known>);
+
+/// The strict inverse of [`serialize`]; `None` for anything else.
+fn parse(raw: &[u8]) -> Option<Parsed> {
+    let body = raw.get(..raw.len().checked_sub(20)?)?;
+    let sum: Oid = Sha1::digest(body).into();
+    if sum[..] != raw[body.len()..] {
+        return None;
+    }
+    let mut rest = body.strip_prefix(MAGIC)?;
+    let line = |rest: &mut &[u8]| -> Option<String> {
+        let nl = rest.iter().position(|&b| b == b'\n')?;
+        let s = std::str::from_utf8(&rest[..nl]).ok()?.to_string();
+        *rest = &rest[nl + 1..];
+        Some(s)
+    };
+    let count: usize = line(&mut rest)?.parse().ok()?;
+    if count > MAX_PACKS {
+        return None;
+    }
+    let mut packs = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name = line(&mut rest)?;
+        let ok = name.len() == 45
+            && name.starts_with("pack-")
+            && name[5..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !ok {
+            return None;
+        }
+        packs.push(name);
+    }
+    let mut entries = HashMap::new();
+    while !rest.is_empty() {
+        let end = rest.iter().position(|&b| b == 0)?;
+        let rec = &rest[..end];
+        rest = &rest[end + 1..];
+        let tab = rec.iter().position(|&b| b == b'\t')?;
+        let path = &rec[tab + 1..];
+        if path.is_empty() || path.starts_with(b"/") {
+            return None;
+        }
+        let fields = std::str::from_utf8(&rec[..tab]).ok()?;
+        let f: Vec<&str> = fields.split(' ').collect();
+        if f.len() != 9 {
+            return None;
+        }
+        let n = |i: usize| f[i].parse::<u32>().ok();
+        let id_hex = f[8];
+        if id_hex.len() != 40 {
+            return None;
+        }
+        let mut id = [0u8; 20];
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(id_hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        let mode = u32::from_str_radix(f[7], 8).ok()?;
+        if mode != 0o100644 && mode != 0o100755 {
+            return None;
+        }
+        let k = Known {
+            size: f[0].parse().ok()?,
+            mtime: (n(1)?, n(2)?),
+            ctime: (n(3)?, n(4)?),
+            ino: n(5)?,
+            dev: n(6)?,
+            mode,
+            id,
+        };
+        entries.insert(path.to_vec(), k);
+    }
+    Some((packs, entries))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn stat() -> Stat {
+        Stat {
+            ctime_s: 5,
+            ctime_ns: 6,
+            mtime_s: 3,
+            mtime_ns: 4,
+            dev: 7,
+            ino: 8,
+            uid: 0,
+            gid: 0,
+            size: 9,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_damage() {
+        let packs = vec![format!("pack-{}", "a".repeat(40))];
+        let recs = [Record {
+            rel: b"dir/f.txt",
+            size: 9,
+            stat: stat(),
+            mode: 0o100755,
+            id: [0xab; 20],
+        }];
+        let raw = serialize(&packs, &recs);
+        let (p, e) = parse(&raw).unwrap();
+        assert_eq!(p, packs);
+        let k = e[&b"dir/f.txt"[..]];
+        assert_eq!(
+            (k.size, k.mtime, k.ctime, k.mode),
+            (9, (3, 4), (5, 6), 0o100755)
+        );
+        assert_eq!(k.id, [0xab; 20]);
+        for i in [0, MAGIC.len() + 3, raw.len() / 2, raw.len() - 1] {
+            let mut bad = raw.clone();
+            bad[i] ^= 1;
+            assert!(parse(&bad).is_none(), "flip at {i} accepted");
+        }
+        assert!(parse(&raw[..raw.len() - 1]).is_none());
+        assert!(parse(b"").is_none());
+    }
+}
