@@ -172,6 +172,20 @@ macro_rules! each_runtime {
                     leftovers(&t);
                 }
             }
+
+            #[test]
+            fn run_syncs_a_commands_changes() {
+                if let Some(t) = target($which) {
+                    run_command(&t);
+                }
+            }
+
+            #[test]
+            fn run_in_a_terminal_resize_and_ctrl_c() {
+                if let Some(t) = target($which) {
+                    run_in_terminal(&t);
+                }
+            }
         }
     )*};
 }
@@ -452,4 +466,127 @@ fn auto_takes_docker_and_the_container_sees_the_project() {
         "{r}"
     );
     assert_eq!(world.read("b.txt").as_deref(), Some("made\n"));
+}
+
+/// `safe-coder run --backend docker`: CMD runs in the container at `/workspace` with the
+/// allow-listed environment and the named variables, its changes are committed as
+/// `Agent executed: run …` and reach the host on an accepted sync, its exit code is
+/// run's; `--allow-net` and `--mount` are refused with a clear error (not yet supported
+/// on docker, docs/run.md).
+fn run_command(t: &Target) {
+    use super::run::{assert_changed_on_host, history, json_events, seed, session_ids, CHANGES};
+    let world = t.world("");
+    seed(&world);
+    let out = world
+        .cmd()
+        .env("RUN_TEST_KEY", "named-secret")
+        .env("RUN_TEST_OTHER", "unnamed-secret")
+        .args(["run", "--backend", "docker", "--json", "--sync", "keep"])
+        .args(["--env", "RUN_TEST_KEY", "--", "bash", "-c"])
+        .arg(format!(
+            "{CHANGES}; echo where=$(pwd) key=$RUN_TEST_KEY other=${{RUN_TEST_OTHER:-unset}}; \
+             test -e /.dockerenv -o -e /run/.containerenv && echo in-container; exit 3"
+        ))
+        .output()
+        .expect("run");
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(3), "{}: {text}", t.label);
+    assert!(text.contains("done-changing"), "{}: {text}", t.label);
+    assert!(
+        text.contains("where=/workspace key=named-secret other=unset"),
+        "{}: {text}",
+        t.label
+    );
+    let events = json_events(&stdout(&out));
+    let finished = events
+        .iter()
+        .find(|e| e["type"] == "run_finished")
+        .unwrap_or_else(|| panic!("{}: no run_finished: {text}", t.label));
+    assert_eq!(finished["exit_code"], 3, "{}", t.label);
+    // Kept, not synced: the project is untouched.
+    assert_eq!(world.read("edit.txt").as_deref(), Some("one\ntwo\n"));
+    let ids = session_ids(&world);
+    assert_eq!(ids.len(), 1, "{}: {ids:?}", t.label);
+    let log = history(&world, &ids[0]);
+    assert!(
+        log.iter()
+            .any(|m| m.starts_with("Agent executed: run bash -c")),
+        "{}: {log:?}",
+        t.label
+    );
+    let sync = world
+        .cmd()
+        .args(["sessions", "sync", &ids[0], "--accept-all"])
+        .output()
+        .expect("sync");
+    assert_ok(&sync);
+    assert_changed_on_host(&world);
+
+    // `--sync accept` applies at once.
+    world.write("edit.txt", "one\ntwo\n");
+    world.write("del.txt", "bye\n");
+    std::fs::remove_dir_all(world.project.join("new")).expect("rm new");
+    let out = world
+        .cmd()
+        .args(["run", "--backend", "docker", "--json", "--sync", "accept"])
+        .args(["--", "bash", "-c", CHANGES])
+        .output()
+        .expect("run");
+    assert_ok(&out);
+    assert_changed_on_host(&world);
+
+    for flag in [["--allow-net", "127.0.0.1:9"], ["--mount", "/etc/hostname"]] {
+        let out = world
+            .cmd()
+            .args(["run", "--backend", "docker", "--json", "--sync", "reject"])
+            .args(flag)
+            .args(["--", "bash", "-c", "echo ran > ran.txt"])
+            .output()
+            .expect("run");
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(
+            text.contains("use --backend process"),
+            "{}: {flag:?}: {text}",
+            t.label
+        );
+        assert!(!world.project.join("ran.txt").exists());
+    }
+}
+
+/// In a real terminal (tmux): CMD in the container has a TTY of the pane's size, a
+/// resize reaches it, `Ctrl+C` goes to it, and Safe Coder goes on to the review.
+fn run_in_terminal(t: &Target) {
+    use super::run::{seed, session_ids, Tmux};
+    let world = t.world("");
+    seed(&world);
+    // In the project: the container sees only the workspace.
+    world.write(
+        "agent.sh",
+        "trap 'echo got-int; exit 130' INT\n\
+         trap 'echo size=$(stty size)' WINCH\n\
+         echo work > work.txt\n\
+         echo start=$(stty size) tty=$(tty)\n\
+         while :; do sleep 0.1; done\n",
+    );
+    let args: Vec<String> = ["run", "--backend", "docker", "--", "bash", "agent.sh"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let Some(tmux) = Tmux::start(&world, &args) else {
+        return;
+    };
+    let screen = tmux.wait_for("start=30 100");
+    assert!(screen.contains("tty=/dev/pts/"), "{}: {screen}", t.label);
+    tmux.run(&["resize-window", "-t", "e2e", "-x", "90", "-y", "25"]);
+    tmux.wait_for("size=25 90");
+    tmux.run(&["send-keys", "-t", "e2e", "C-c"]);
+    tmux.wait_for("got-int");
+    tmux.wait_for("exited with code 130");
+    tmux.wait_for("Sync to the host?");
+    tmux.run(&["send-keys", "-t", "e2e", "k", "Enter"]);
+    let screen = tmux.wait_for("run-exit=");
+    assert!(screen.contains("work.txt (added)"), "{}: {screen}", t.label);
+    assert!(screen.contains("run-exit=130"), "{}: {screen}", t.label);
+    assert!(!world.project.join("work.txt").exists());
+    assert_eq!(session_ids(&world).len(), 1);
 }

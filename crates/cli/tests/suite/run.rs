@@ -24,17 +24,17 @@ fn bubblewrap() -> bool {
         .starts_with("confiner: bubblewrap")
 }
 
-fn seed(world: &World) {
+pub(super) fn seed(world: &World) {
     world.write("edit.txt", "one\ntwo\n");
     world.write("del.txt", "bye\n");
     world.write("keep.txt", "keep\n");
 }
 
 /// The script of a "third-party agent": adds, edits and deletes files.
-const CHANGES: &str = "mkdir -p new && echo made > new/file.txt && \
+pub(super) const CHANGES: &str = "mkdir -p new && echo made > new/file.txt && \
      sed -i s/two/TWO/ edit.txt && rm del.txt && echo done-changing";
 
-fn session_ids(world: &World) -> Vec<String> {
+pub(super) fn session_ids(world: &World) -> Vec<String> {
     let out = world
         .cmd()
         .args(["sessions", "list", "--json"])
@@ -50,7 +50,7 @@ fn session_ids(world: &World) -> Vec<String> {
 }
 
 /// The commit messages of a kept session's history, newest first.
-fn history(world: &World, id: &str) -> Vec<String> {
+pub(super) fn history(world: &World, id: &str) -> Vec<String> {
     let dir = world.data_dir().join("sessions").join(id);
     let git_dir = ["history.git", "work/.git", "shadow.git"]
         .iter()
@@ -69,13 +69,13 @@ fn history(world: &World, id: &str) -> Vec<String> {
         .collect()
 }
 
-fn json_events(out: &str) -> Vec<Value> {
+pub(super) fn json_events(out: &str) -> Vec<Value> {
     out.lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
 
-fn assert_changed_on_host(world: &World) {
+pub(super) fn assert_changed_on_host(world: &World) {
     assert_eq!(world.read("new/file.txt").as_deref(), Some("made\n"));
     assert_eq!(world.read("edit.txt").as_deref(), Some("one\nTWO\n"));
     assert!(!world.project.join("del.txt").exists());
@@ -366,12 +366,12 @@ fn marker_processes(marker: &str) -> usize {
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// A tmux server of its own, running `safe-coder ARGS` in a 100×30 pane.
-struct Tmux {
+pub(super) struct Tmux {
     socket: String,
 }
 
 impl Tmux {
-    fn start(world: &World, args: &[String]) -> Option<Tmux> {
+    pub(super) fn start(world: &World, args: &[String]) -> Option<Tmux> {
         let ok = Command::new("tmux")
             .arg("-V")
             .output()
@@ -416,7 +416,7 @@ impl Tmux {
         Some(tmux)
     }
 
-    fn run(&self, args: &[&str]) -> String {
+    pub(super) fn run(&self, args: &[&str]) -> String {
         let out = Command::new("tmux")
             .arg("-L")
             .arg(&self.socket)
@@ -426,7 +426,7 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn wait_for(&self, text: &str) -> String {
+    pub(super) fn wait_for(&self, text: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let s = self.run(&["capture-pane", "-p", "-t", "e2e", "-S", "-100"]);

@@ -16,12 +16,13 @@
 //!
 //! Files: `mod.rs` (this), `probe.rs`, `limits.rs`, `status.rs` (as every backend), and
 //! `engine.rs` (socket, client, errors), `container.rs` (shape, labels, leftovers),
-//! `exec.rs` (commands), `image.rs` (presence, pull, import).
+//! `exec.rs` (commands), `interactive.rs` (`safe-coder run`), `image.rs` (presence, pull, import).
 
 mod container;
 mod engine;
 mod exec;
 mod image;
+mod interactive;
 mod limits;
 pub(crate) mod probe;
 mod status;
@@ -40,7 +41,8 @@ use crate::env::command_env;
 use crate::host::HostSandbox;
 use crate::{
     BackendKind, CancellationToken, DirEntry, DockerSpec, ExecOutput, ExecRequest, FileStat,
-    Limits, Sandbox, SandboxError, SandboxSpec, SandboxStatus,
+    InteractiveChild, InteractiveRequest, Limits, Sandbox, SandboxError, SandboxSpec,
+    SandboxStatus,
 };
 
 /// How long opening waits for the engine to answer its first request.
@@ -234,6 +236,18 @@ impl Sandbox for DockerSandbox {
             cancel,
         )
         .await
+    }
+
+    async fn spawn_interactive(
+        &self,
+        request: InteractiveRequest,
+    ) -> Result<InteractiveChild, SandboxError> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(SandboxError::Unavailable(
+                "the sandbox has been stopped and runs no more commands".into(),
+            ));
+        }
+        interactive::spawn(&self.docker, &self.container, &self.env, &request).await
     }
 
     async fn status(&self) -> SandboxStatus {
