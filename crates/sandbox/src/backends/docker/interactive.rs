@@ -274,7 +274,7 @@ impl ChildControl for DockerChild {
             *f = true;
         }
         // What CMD left running in its session ends with it, as on every backend.
-        kill_session(&self.docker, &self.container, &self.tag).await;
+        let _ = kill_session(&self.docker, &self.container, &self.tag).await;
         // A signal that ended CMD shows as 128+N, as a shell reports it: the engine does
         // not tell it apart from `exit 128+N`, so it stays a code.
         Ok(RunExit { code, signal: None })
@@ -302,7 +302,17 @@ impl ChildControl for DockerChild {
         let docker = self.docker.clone();
         let container = self.container.clone();
         let tag = self.tag.clone();
-        handle.spawn(async move { kill_session(&docker, &container, &tag).await });
+        handle.spawn(async move {
+            // The killer cannot run (the process limit is full, or the workspace's
+            // directory is gone from under the container): a restart ends every
+            // process in it, and the files stay on the host.
+            if !kill_session(&docker, &container, &tag).await {
+                let options = bollard::query_parameters::RestartContainerOptionsBuilder::default()
+                    .t(0)
+                    .build();
+                let _ = docker.restart_container(&container, Some(options)).await;
+            }
+        });
     }
 }
 
@@ -315,8 +325,8 @@ impl Drop for DockerChild {
     }
 }
 
-/// Runs the killer (see the module doc) and waits for it.
-async fn kill_session(docker: &Docker, container: &str, tag: &str) {
+/// Runs the killer (see the module doc) and waits for it; whether it ran and succeeded.
+async fn kill_session(docker: &Docker, container: &str, tag: &str) -> bool {
     let Ok(exec) = docker
         .create_exec(
             container,
@@ -336,7 +346,7 @@ async fn kill_session(docker: &Docker, container: &str, tag: &str) {
         )
         .await
     else {
-        return;
+        return false;
     };
     if let Ok(StartExecResults::Attached { mut output, .. }) = docker
         .start_exec(
@@ -352,4 +362,13 @@ async fn kill_session(docker: &Docker, container: &str, tag: &str) {
         let end = tokio::time::Instant::now() + Duration::from_secs(3);
         while let Ok(Some(_)) = tokio::time::timeout_at(end, output.next()).await {}
     }
+    // The engine may record the end a moment after the stream closed.
+    for _ in 0..50 {
+        match docker.inspect_exec(&exec.id).await {
+            Ok(s) if s.running == Some(true) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Ok(s) => return s.exit_code == Some(0),
+            Err(_) => return false,
+        }
+    }
+    false
 }
