@@ -18,6 +18,7 @@
 //! `engine.rs` (socket, client, errors), `container.rs` (shape, labels, leftovers),
 //! `exec.rs` (commands), `image.rs` (presence, pull, import).
 
+mod agent;
 mod container;
 mod engine;
 mod exec;
@@ -70,7 +71,11 @@ pub(crate) struct DockerSandbox {
     socket: PathBuf,
     version: bollard::ClientVersion,
     container: String,
+    /// The container's name (its socket directory's name too).
+    name: String,
     runtime: String,
+    /// The resident agent commands go through; `None`: the engine's exec.
+    resident: Option<agent::Resident>,
     /// While this directory exists the session is kept, and `stop` keeps its container
     /// (stopped) for resume.
     keep_while: Option<PathBuf>,
@@ -86,6 +91,7 @@ impl std::fmt::Debug for DockerSandbox {
         f.debug_struct("DockerSandbox")
             .field("container", &self.container)
             .field("runtime", &self.runtime)
+            .field("resident", &self.resident)
             .field("socket", &self.socket)
             .finish()
     }
@@ -134,7 +140,7 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
         cpus: d.cpus.unwrap_or(spec.limits.cpus),
         pids: d.pids.unwrap_or(spec.limits.pids),
     };
-    let (info, runtime, id) = engine::block_on({
+    let (info, runtime, id, resident) = engine::block_on({
         let d = d.clone();
         let name = name.clone();
         async move {
@@ -143,6 +149,8 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
             let runtime = info.pick_runtime(d.runtime.as_deref())?;
             image::ensure(&docker, &socket, &d.image, d.auto_pull).await?;
             container::remove_leftovers(&docker).await;
+            let binary = agent::find_binary().filter(|_| agent::runtime_passes_sockets(&runtime));
+            let run_dir = binary.as_ref().and_then(|_| agent::run_dir(&name));
             let id = container::create_and_start(
                 &docker,
                 &info,
@@ -155,10 +163,17 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
                     network: &d.network,
                     workdir: &workdir,
                     limits,
+                    agent: binary.as_deref().zip(run_dir.as_deref()),
                 },
             )
             .await?;
-            Ok::<_, DockerError>((info, runtime, id))
+            // A kept container made without the agent, or a socket this runtime does not
+            // let out: commands go through the engine's exec.
+            let resident = match &run_dir {
+                Some(dir) if binary.is_some() => agent::Resident::wait_ready(dir).await,
+                _ => None,
+            };
+            Ok::<_, DockerError>((info, runtime, id, resident))
         }
     })??;
     // A client of its own for the caller's runtime (see engine.rs).
@@ -169,7 +184,9 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
         socket: info.socket.clone(),
         version: info.version,
         container: id,
+        name,
         runtime,
+        resident,
         keep_while: d.session_dir.clone(),
         limits,
         env: container_env(&spec.env_passthrough),
@@ -226,6 +243,9 @@ impl Sandbox for DockerSandbox {
                 "the sandbox has been stopped and runs no more commands".into(),
             ));
         }
+        if let Some(resident) = &self.resident {
+            return resident.exec(&self.env, request, cancel).await;
+        }
         exec::run(
             &self.docker,
             &self.container,
@@ -256,6 +276,7 @@ impl Sandbox for DockerSandbox {
             container::stop(&self.docker, &self.container).await?;
         } else {
             container::remove(&self.docker, &self.container).await?;
+            agent::remove_run_dir(&self.name);
         }
         Ok(())
     }
@@ -272,6 +293,9 @@ impl Drop for DockerSandbox {
         let version = self.version;
         let id = self.container.clone();
         let kept = self.kept();
+        if !kept {
+            agent::remove_run_dir(&self.name);
+        }
         let _ = engine::block_on(async move {
             if let Ok(docker) = engine::client(&socket, &version) {
                 let _ = if kept {
@@ -348,6 +372,19 @@ pub fn runtime_for(spec: &DockerSpec) -> Result<(String, String), SandboxError> 
             .map(|(info, runtime)| (runtime, info.product))
     })?
     .map_err(SandboxError::from)
+}
+
+/// The static guest agent the backend would run in its containers (`agent.rs`), if one
+/// is found: `SAFE_CODER_GUEST_AGENT`, next to the executable, or where
+/// `scripts/build-guest-agent.sh` builds it.
+pub fn resident_agent() -> Option<PathBuf> {
+    agent::find_binary()
+}
+
+/// Whether commands under `runtime` can go through the resident agent (its socket
+/// reaches the host): not under gVisor.
+pub fn runtime_passes_sockets(runtime: &str) -> bool {
+    agent::runtime_passes_sockets(runtime)
 }
 
 /// A container of Safe Coder on the engine: its session and whether it runs.
