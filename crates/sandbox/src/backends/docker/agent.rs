@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use safe_coder_vm_protocol::ExecRequest as AgentExec;
 
-use crate::backends::vm::agent_client::{AgentClient, Endpoint};
+use crate::backends::vm::agent_client::{AgentClient, AgentClientError, Endpoint};
 use crate::{CancellationToken, ExecOutput, ExecRequest, SandboxError};
 
 /// Where the agent binary appears in the container (bind-mounted read-only).
@@ -167,14 +167,21 @@ impl Resident {
     /// Runs `request` through the agent: `bash -c` in /workspace with exactly `env`,
     /// stderr merged into stdout, the timeout and cancel killing the command's process
     /// group (the agent gives each command a session of its own).
+    ///
+    /// `Ok(None)` when the command was not started: the agent does not answer (the
+    /// container died: at a limit, `docker stop`) or could not start it (its process
+    /// limit is full). The caller runs it through the engine's exec then, which starts
+    /// a dead container again (and the agent with it) or restarts a full one.
     pub async fn exec(
         &self,
         env: &[String],
         request: ExecRequest,
         cancel: CancellationToken,
-    ) -> Result<ExecOutput, SandboxError> {
+    ) -> Result<Option<ExecOutput>, SandboxError> {
         let begun = Instant::now();
-        let client = self.connect().await?;
+        let Ok(Ok(client)) = tokio::time::timeout(READY_DEADLINE, self.connect()).await else {
+            return Ok(None);
+        };
         let env = env
             .iter()
             .filter_map(|kv| kv.split_once('='))
@@ -184,11 +191,13 @@ impl Resident {
         req.timeout_ms = Some(request.timeout.as_millis().min(u128::from(u64::MAX)) as u64);
         req.output_limit = Some(request.max_output_bytes as u64);
         req.merge_stderr = true;
-        let ran = client
-            .exec(req, request.max_output_bytes, &cancel)
-            .await
-            .map_err(|e| SandboxError::Other(e.to_string()))?;
-        Ok(ExecOutput {
+        let ran = match client.exec(req, request.max_output_bytes, &cancel).await {
+            Ok(ran) => ran,
+            // The agent's answer instead of `exec_started`: nothing ran.
+            Err(AgentClientError::Agent(_)) => return Ok(None),
+            Err(e) => return Err(SandboxError::Other(e.to_string())),
+        };
+        Ok(Some(ExecOutput {
             exit_code: if ran.exit.signal.is_some() {
                 None
             } else {
@@ -199,6 +208,6 @@ impl Resident {
             timed_out: ran.exit.timed_out,
             cancelled: ran.exit.cancelled,
             duration: begun.elapsed(),
-        })
+        }))
     }
 }

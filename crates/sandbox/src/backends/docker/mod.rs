@@ -244,7 +244,12 @@ impl Sandbox for DockerSandbox {
             ));
         }
         if let Some(resident) = &self.resident {
-            return resident.exec(&self.env, request, cancel).await;
+            if let Some(out) = resident
+                .exec(&self.env, request.clone(), cancel.clone())
+                .await?
+            {
+                return Ok(out);
+            }
         }
         exec::run(
             &self.docker,
