@@ -132,7 +132,7 @@ fn main() {
                 unsafe { libc::_exit(0) }
             }
             // SAFETY: installs a handler that only calls an async-signal-safe function.
-            unsafe { libc::signal(libc::SIGTERM, on_term as libc::sighandler_t) };
+            unsafe { libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t) };
         }
         serve(&addr, &workspace, protocol, false)
     };
