@@ -211,3 +211,31 @@ impl Resident {
         }))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_static_agent_and_a_private_run_dir_will_do() {
+        // This test executable is linked dynamically: not usable in an unknown image.
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(!is_static_elf(&me));
+        assert!(!is_static_elf(
+            b"#!/bin/sh\necho not an ELF file at all, long enough to parse........"
+        ));
+        assert!(!runtime_passes_sockets("runsc"));
+        assert!(runtime_passes_sockets("runc"));
+        let name = format!("safe-coder-unit-{}", std::process::id());
+        let dir = run_dir(&name).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        remove_run_dir(&name);
+        assert!(!dir.exists());
+        assert!(run_dir(&"x".repeat(120)).is_none());
+    }
+}

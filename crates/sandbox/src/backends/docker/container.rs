@@ -255,6 +255,9 @@ pub(crate) async fn remove_leftovers(docker: &Docker) -> usize {
             .get(LABEL_SESSION_DIR)
             .is_none_or(|d| !Path::new(d).exists());
         if (running || dir_gone) && remove(docker, &id).await.is_ok() {
+            if let Some(session) = labels.get(LABEL_SESSION) {
+                super::agent::remove_run_dir(&name_for(session));
+            }
             removed += 1;
         }
     }
@@ -268,6 +271,7 @@ pub(crate) async fn remove_session(docker: &Docker, session: &str) -> Result<boo
     for (id, labels, _) in ours(docker).await {
         if labels.get(LABEL_SESSION).map(String::as_str) == Some(session) {
             remove(docker, &id).await?;
+            super::agent::remove_run_dir(&name_for(session));
             found = true;
         }
     }
