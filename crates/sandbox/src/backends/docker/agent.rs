@@ -157,6 +157,8 @@ impl Resident {
         }
     }
 
+    /// A plain Unix socket: the client's `Serial` endpoint is exactly that (a connect,
+    /// no vsock `CONNECT` line).
     async fn connect(&self) -> Result<AgentClient, SandboxError> {
         AgentClient::connect(&Endpoint::Serial(self.socket.clone()), true)
             .await

@@ -5,7 +5,8 @@
 //! - The sandbox copy is bind-mounted at `/workspace`: the file tools act on it on the
 //!   host (through [`HostSandbox`], with the same symlink and special-file rules as every
 //!   host backend) and the agent sees it at `/workspace`; `bash` runs inside the
-//!   container through the exec API (`exec.rs`).
+//!   container through the resident agent where its socket reaches the host
+//!   (`agent.rs`), else through the exec API (`exec.rs`).
 //! - The container is created (or a kept one started) when the sandbox opens, and on
 //!   [`Sandbox::stop`] stopped while the session is kept (its directory exists) or removed
 //!   once the session is gone. Containers a killed Safe Coder left are removed when the
@@ -16,7 +17,8 @@
 //!
 //! Files: `mod.rs` (this), `probe.rs`, `limits.rs`, `status.rs` (as every backend), and
 //! `engine.rs` (socket, client, errors), `container.rs` (shape, labels, leftovers),
-//! `exec.rs` (commands), `image.rs` (presence, pull, import).
+//! `exec.rs` (commands through the exec API), `agent.rs` (commands through the resident
+//! guest agent, PID 1 under runc), `image.rs` (presence, pull, import).
 
 mod agent;
 mod container;
