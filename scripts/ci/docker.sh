@@ -83,6 +83,10 @@ PY
 wait_socket "$DOCKER_SOCK" dockerd "$D/dockerd.log"
 wait_socket "$PODMAN_SOCK" "podman system service" "$D/podman.log"
 
+# The resident agent of the containers (docs/docker.md): the VM image step built it
+# already, so this is a no-op check then.
+SAFE_CODER_GUEST_AGENT=$(nice ./scripts/build-guest-agent.sh)
+export SAFE_CODER_GUEST_AGENT
 bin=target/debug/safe-coder
 [ -x "$bin" ] || cargo build --locked --bin safe-coder
 echo "-- the test image (cached root filesystem; imported once per engine)"

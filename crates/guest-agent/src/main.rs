@@ -123,6 +123,17 @@ fn main() {
         // Outside a VM: adopt what the commands orphan, so they are reaped and killable.
         // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        if pid1 {
+            // PID 1 of a container (the docker backend's resident agent): the kernel
+            // ignores signals PID 1 has no handler for, so `docker stop` would wait for
+            // its SIGKILL. End at once; the kernel then kills the rest of the namespace.
+            extern "C" fn on_term(_: libc::c_int) {
+                // SAFETY: _exit is async-signal-safe.
+                unsafe { libc::_exit(0) }
+            }
+            // SAFETY: installs a handler that only calls an async-signal-safe function.
+            unsafe { libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t) };
+        }
         serve(&addr, &workspace, protocol, false)
     };
     if let Err(e) = result {

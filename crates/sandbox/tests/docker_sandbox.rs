@@ -182,6 +182,75 @@ async fn timeout_kills_the_whole_tree() {
     }
 }
 
+/// Under runc (Docker, Podman) commands go through the resident agent, the container's
+/// PID 1, which is the command's parent; under gVisor through the engine's exec. A
+/// timeout and a cancel kill the command's whole tree on either path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_go_through_the_resident_agent_where_it_can_be_reached() {
+    if safe_coder_sandbox::docker::resident_agent().is_none() {
+        assert!(
+            !docker_support::required(),
+            "the static guest agent must be built here: run scripts/build-guest-agent.sh \
+             or set SAFE_CODER_GUEST_AGENT"
+        );
+        eprintln!("skipped: no static guest agent (scripts/build-guest-agent.sh builds it)");
+        return;
+    }
+    for target in targets() {
+        let (runtime, _) = safe_coder_sandbox::docker::runtime_for(&target.spec).unwrap();
+        let through_agent = safe_coder_sandbox::docker::runtime_passes_sockets(&runtime);
+        let dir = tempfile::tempdir().unwrap();
+        let sb = open(&target, dir.path());
+        let out = run(&*sb, "cat /proc/1/comm; echo ppid=$PPID; pwd", T).await;
+        assert_eq!(out.exit_code, Some(0), "{}: {out:?}", target.label);
+        assert_eq!(
+            // The agent is bind-mounted as /.safe-coder/agent.
+            out.output.starts_with("agent\nppid=1\n"),
+            through_agent,
+            "{} ({runtime}): {}",
+            target.label,
+            out.output
+        );
+        assert!(out.output.ends_with("/workspace\n"), "{}", out.output);
+        let out = run(&*sb, "echo $HOME $TMPDIR; exit 7", T).await;
+        assert_eq!(out.exit_code, Some(7), "{}: {out:?}", target.label);
+        assert_eq!(out.output, "/tmp /tmp\n");
+        let out = run(
+            &*sb,
+            "bash -c 'sleep 311' & (sleep 312 &); sleep 313",
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(out.timed_out, "{}: {out:?}", target.label);
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            trigger.cancel();
+        });
+        let out = sb
+            .exec(
+                ExecRequest {
+                    command: "sleep 314 & bash -c 'sleep 315'".into(),
+                    timeout: T,
+                    max_output_bytes: 1000,
+                },
+                cancel,
+            )
+            .await
+            .unwrap();
+        assert!(out.cancelled, "{}: {out:?}", target.label);
+        let ps = run(&*sb, "ps -eo args", T).await;
+        assert!(
+            !ps.output.contains("sleep 31"),
+            "{}: {}",
+            target.label,
+            ps.output
+        );
+        sb.stop().await.unwrap();
+    }
+}
+
 /// A kept session's container is stopped, started again when the session reopens, and
 /// removed once the session is gone; `discard_session` removes it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,6 +84,9 @@ pub(crate) struct Shape<'a> {
     pub network: &'a str,
     pub workdir: &'a Path,
     pub limits: Limits,
+    /// The resident agent's binary and the session's socket directory on the host: the
+    /// agent is PID 1 then (`agent.rs`), else the bash loop of [`INIT`].
+    pub agent: Option<(&'a Path, &'a Path)>,
 }
 
 /// The user the agent's commands run as: the host user, so files stay theirs.
@@ -104,8 +107,25 @@ fn body(shape: &Shape<'_>, engine: &EngineInfo) -> ContainerCreateBody {
     // The container's only writable place besides /workspace; its size counts against
     // the memory limit.
     tmpfs.insert("/tmp".to_string(), "rw,nosuid,nodev,mode=1777".to_string());
+    let mut binds = vec![format!("{}:{WORKSPACE}:rw", shape.workdir.display())];
+    let cmd = match shape.agent {
+        Some((binary, run_dir)) => {
+            binds.push(format!(
+                "{}:{}:ro",
+                binary.display(),
+                super::agent::AGENT_IN_CONTAINER
+            ));
+            binds.push(format!(
+                "{}:{}:rw",
+                run_dir.display(),
+                super::agent::RUN_IN_CONTAINER
+            ));
+            super::agent::command()
+        }
+        None => vec!["/bin/bash".into(), "-c".into(), INIT.into()],
+    };
     let mut host = HostConfig {
-        binds: Some(vec![format!("{}:{WORKSPACE}:rw", shape.workdir.display())]),
+        binds: Some(binds),
         network_mode: Some(shape.network.to_string()),
         cap_drop: Some(vec!["ALL".to_string()]),
         security_opt: Some(vec!["no-new-privileges".to_string()]),
@@ -117,7 +137,7 @@ fn body(shape: &Shape<'_>, engine: &EngineInfo) -> ContainerCreateBody {
     limits::apply(&mut host, shape.limits, engine.flavor, shape.runtime);
     ContainerCreateBody {
         image: Some(shape.image.to_string()),
-        cmd: Some(vec!["/bin/bash".into(), "-c".into(), INIT.into()]),
+        cmd: Some(cmd),
         user: Some(host_user()),
         working_dir: Some(WORKSPACE.to_string()),
         env: Some(vec![
@@ -235,6 +255,9 @@ pub(crate) async fn remove_leftovers(docker: &Docker) -> usize {
             .get(LABEL_SESSION_DIR)
             .is_none_or(|d| !Path::new(d).exists());
         if (running || dir_gone) && remove(docker, &id).await.is_ok() {
+            if let Some(session) = labels.get(LABEL_SESSION) {
+                super::agent::remove_run_dir(&name_for(session));
+            }
             removed += 1;
         }
     }
@@ -248,6 +271,7 @@ pub(crate) async fn remove_session(docker: &Docker, session: &str) -> Result<boo
     for (id, labels, _) in ours(docker).await {
         if labels.get(LABEL_SESSION).map(String::as_str) == Some(session) {
             remove(docker, &id).await?;
+            super::agent::remove_run_dir(&name_for(session));
             found = true;
         }
     }

@@ -5,7 +5,8 @@
 //! - The sandbox copy is bind-mounted at `/workspace`: the file tools act on it on the
 //!   host (through [`HostSandbox`], with the same symlink and special-file rules as every
 //!   host backend) and the agent sees it at `/workspace`; `bash` runs inside the
-//!   container through the exec API (`exec.rs`).
+//!   container through the resident agent where its socket reaches the host
+//!   (`agent.rs`), else through the exec API (`exec.rs`).
 //! - The container is created (or a kept one started) when the sandbox opens, and on
 //!   [`Sandbox::stop`] stopped while the session is kept (its directory exists) or removed
 //!   once the session is gone. Containers a killed Safe Coder left are removed when the
@@ -16,8 +17,11 @@
 //!
 //! Files: `mod.rs` (this), `probe.rs`, `limits.rs`, `status.rs` (as every backend), and
 //! `engine.rs` (socket, client, errors), `container.rs` (shape, labels, leftovers),
-//! `exec.rs` (commands), `interactive.rs` (`safe-coder run`), `image.rs` (presence, pull, import).
+//! `exec.rs` (commands through the exec API), `agent.rs` (commands through the resident
+//! guest agent, PID 1 under runc), `interactive.rs` (`safe-coder run`), `image.rs`
+//! (presence, pull, import).
 
+mod agent;
 mod container;
 mod engine;
 mod exec;
@@ -72,7 +76,11 @@ pub(crate) struct DockerSandbox {
     socket: PathBuf,
     version: bollard::ClientVersion,
     container: String,
+    /// The container's name (its socket directory's name too).
+    name: String,
     runtime: String,
+    /// The resident agent commands go through; `None`: the engine's exec.
+    resident: Option<agent::Resident>,
     /// While this directory exists the session is kept, and `stop` keeps its container
     /// (stopped) for resume.
     keep_while: Option<PathBuf>,
@@ -88,6 +96,7 @@ impl std::fmt::Debug for DockerSandbox {
         f.debug_struct("DockerSandbox")
             .field("container", &self.container)
             .field("runtime", &self.runtime)
+            .field("resident", &self.resident)
             .field("socket", &self.socket)
             .finish()
     }
@@ -136,7 +145,7 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
         cpus: d.cpus.unwrap_or(spec.limits.cpus),
         pids: d.pids.unwrap_or(spec.limits.pids),
     };
-    let (info, runtime, id) = engine::block_on({
+    let (info, runtime, id, resident) = engine::block_on({
         let d = d.clone();
         let name = name.clone();
         async move {
@@ -145,6 +154,8 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
             let runtime = info.pick_runtime(d.runtime.as_deref())?;
             image::ensure(&docker, &socket, &d.image, d.auto_pull).await?;
             container::remove_leftovers(&docker).await;
+            let binary = agent::find_binary().filter(|_| agent::runtime_passes_sockets(&runtime));
+            let run_dir = binary.as_ref().and_then(|_| agent::run_dir(&name));
             let id = container::create_and_start(
                 &docker,
                 &info,
@@ -157,10 +168,17 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
                     network: &d.network,
                     workdir: &workdir,
                     limits,
+                    agent: binary.as_deref().zip(run_dir.as_deref()),
                 },
             )
             .await?;
-            Ok::<_, DockerError>((info, runtime, id))
+            // A kept container made without the agent, or a socket this runtime does not
+            // let out: commands go through the engine's exec.
+            let resident = match &run_dir {
+                Some(dir) if binary.is_some() => agent::Resident::wait_ready(dir).await,
+                _ => None,
+            };
+            Ok::<_, DockerError>((info, runtime, id, resident))
         }
     })??;
     // A client of its own for the caller's runtime (see engine.rs).
@@ -171,7 +189,9 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
         socket: info.socket.clone(),
         version: info.version,
         container: id,
+        name,
         runtime,
+        resident,
         keep_while: d.session_dir.clone(),
         limits,
         env: container_env(&spec.env_passthrough),
@@ -228,6 +248,14 @@ impl Sandbox for DockerSandbox {
                 "the sandbox has been stopped and runs no more commands".into(),
             ));
         }
+        if let Some(resident) = &self.resident {
+            if let Some(out) = resident
+                .exec(&self.env, request.clone(), cancel.clone())
+                .await?
+            {
+                return Ok(out);
+            }
+        }
         exec::run(
             &self.docker,
             &self.container,
@@ -270,6 +298,7 @@ impl Sandbox for DockerSandbox {
             container::stop(&self.docker, &self.container).await?;
         } else {
             container::remove(&self.docker, &self.container).await?;
+            agent::remove_run_dir(&self.name);
         }
         Ok(())
     }
@@ -286,6 +315,9 @@ impl Drop for DockerSandbox {
         let version = self.version;
         let id = self.container.clone();
         let kept = self.kept();
+        if !kept {
+            agent::remove_run_dir(&self.name);
+        }
         let _ = engine::block_on(async move {
             if let Ok(docker) = engine::client(&socket, &version) {
                 let _ = if kept {
@@ -362,6 +394,19 @@ pub fn runtime_for(spec: &DockerSpec) -> Result<(String, String), SandboxError> 
             .map(|(info, runtime)| (runtime, info.product))
     })?
     .map_err(SandboxError::from)
+}
+
+/// The static guest agent the backend would run in its containers (`agent.rs`), if one
+/// is found: `SAFE_CODER_GUEST_AGENT`, next to the executable, or where
+/// `scripts/build-guest-agent.sh` builds it.
+pub fn resident_agent() -> Option<PathBuf> {
+    agent::find_binary()
+}
+
+/// Whether commands under `runtime` can go through the resident agent (its socket
+/// reaches the host): not under gVisor.
+pub fn runtime_passes_sockets(runtime: &str) -> bool {
+    agent::runtime_passes_sockets(runtime)
 }
 
 /// A container of Safe Coder on the engine: its session and whether it runs.

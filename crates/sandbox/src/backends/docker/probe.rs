@@ -49,8 +49,13 @@ fn describe(info: &EngineInfo, runtime: &str, spec: &DockerSpec) -> String {
     } else {
         ""
     };
+    let commands = match (super::agent::find_binary(), super::agent::runtime_passes_sockets(runtime)) {
+        (Some(_), true) => "commands through the resident agent",
+        (Some(_), false) => "commands through the engine's exec (gVisor keeps the agent's socket inside)",
+        (None, _) => "commands through the engine's exec (no static guest agent found; set SAFE_CODER_GUEST_AGENT)",
+    };
     format!(
-        "{} at {}; runtimes: {}; using {runtime}{gvisor}; image {}; network {}; {}",
+        "{} at {}; runtimes: {}; using {runtime}{gvisor}; {commands}; image {}; network {}; {}",
         info.product,
         info.socket.display(),
         info.runtimes.join(", "),

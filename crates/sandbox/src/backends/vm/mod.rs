@@ -14,7 +14,7 @@
 //! shared parts `agent_client.rs`, `sync.rs`, `image.rs`, `supervised.rs`.
 //! docs/microvm.md describes the design, docs/backends.md the user's view.
 
-mod agent_client;
+pub(crate) mod agent_client;
 pub mod fc_api;
 mod firecracker;
 pub(crate) mod image;
