@@ -181,6 +181,13 @@ macro_rules! each_runtime {
             }
 
             #[test]
+            fn run_shows_mounts_in_a_container_of_its_own() {
+                if let Some(t) = target($which) {
+                    run_with_mounts(&t);
+                }
+            }
+
+            #[test]
             fn run_in_a_terminal_resize_and_ctrl_c() {
                 if let Some(t) = target($which) {
                     run_in_terminal(&t);
@@ -471,8 +478,8 @@ fn auto_takes_docker_and_the_container_sees_the_project() {
 /// `safe-coder run --backend docker`: CMD runs in the container at `/workspace` with the
 /// allow-listed environment and the named variables, its changes are committed as
 /// `Agent executed: run …` and reach the host on an accepted sync, its exit code is
-/// run's; `--allow-net` and `--mount` are refused with a clear error (not yet supported
-/// on docker, docs/run.md).
+/// run's; `--allow-net` is refused with a clear error (not yet supported on docker,
+/// docs/run.md).
 fn run_command(t: &Target) {
     use super::run::{assert_changed_on_host, history, json_events, seed, session_ids, CHANGES};
     let world = t.world("");
@@ -535,7 +542,8 @@ fn run_command(t: &Target) {
     assert_ok(&out);
     assert_changed_on_host(&world);
 
-    for flag in [["--allow-net", "127.0.0.1:9"], ["--mount", "/etc/hostname"]] {
+    {
+        let flag = ["--allow-net", "127.0.0.1:9"];
         let out = world
             .cmd()
             .args(["run", "--backend", "docker", "--json", "--sync", "reject"])
@@ -551,6 +559,91 @@ fn run_command(t: &Target) {
         );
         assert!(!world.project.join("ran.txt").exists());
     }
+}
+
+/// `--mount`: a path under the home appears under the container's home, read-only with
+/// `:ro`; another path at its own place, writable; the run's container is removed when
+/// it ends (the session's own stays, stopped, for the kept session); the workspace is the
+/// session's as without mounts.
+fn run_with_mounts(t: &Target) {
+    use super::run::session_ids;
+    let world = t.world("");
+    let tool = world.home.join(".tool");
+    std::fs::create_dir_all(&tool).expect("tool dir");
+    std::fs::write(tool.join("config"), "from-home\n").expect("config");
+    let shared = world.root.path().join("shared dir");
+    std::fs::create_dir_all(&shared).expect("shared dir");
+    let script = format!(
+        "cat \"$HOME/.tool/config\"; echo x > \"$HOME/.tool/new\" 2>/dev/null && echo ro-written-$((1+1)); \
+         echo made > {shared:?}/out.txt && echo rw-ok-$((1+1)); echo in-ws > ws.txt",
+        shared = shared.display().to_string()
+    );
+    let out = world
+        .cmd()
+        .args(["run", "--backend", "docker", "--json", "--sync", "keep"])
+        .arg("--mount")
+        .arg(format!("{}:ro", tool.display()))
+        .arg("--mount")
+        .arg(&shared)
+        .args(["--", "bash", "-c", &script])
+        .output()
+        .expect("run");
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    let label = &t.label;
+    assert_ok(&out);
+    assert!(text.contains("from-home"), "{label}: {text}");
+    // (The command line is in the output too: the markers are computed.)
+    assert!(!text.contains("ro-written-2"), "{label}: {text}");
+    assert!(!tool.join("new").exists(), "{label}");
+    assert!(text.contains("rw-ok-2"), "{label}: {text}");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("out.txt"))
+            .ok()
+            .as_deref(),
+        Some("made\n"),
+        "{label}"
+    );
+    // The command's change is in the session, not yet in the project.
+    assert!(!world.project.join("ws.txt").exists());
+    let ids = session_ids(&world);
+    assert_eq!(ids.len(), 1, "{label}: {ids:?}");
+    let containers: Vec<_> = safe_coder_sandbox::docker::session_containers(&t.spec())
+        .expect("list")
+        .into_iter()
+        .filter(|c| c.session_id == ids[0])
+        .collect();
+    assert_eq!(
+        containers.len(),
+        1,
+        "{label}: the run's own container was not removed: {containers:?}"
+    );
+    let sync = world
+        .cmd()
+        .args(["sessions", "sync", &ids[0], "--accept-all"])
+        .output()
+        .expect("sync");
+    assert_ok(&sync);
+    assert_eq!(world.read("ws.txt").as_deref(), Some("in-ws\n"), "{label}");
+    // A missing path is one clear error, and nothing runs.
+    let out = world
+        .cmd()
+        .args(["run", "--backend", "docker", "--sync", "reject"])
+        .args([
+            "--mount",
+            "/no/such/dir",
+            "--",
+            "bash",
+            "-c",
+            "echo ran > ran.txt",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        stderr(&out).contains("/no/such/dir"),
+        "{label}: {}",
+        stderr(&out)
+    );
+    assert!(!world.project.join("ran.txt").exists());
 }
 
 /// In a real terminal (tmux): CMD in the container has a TTY of the pane's size, a

@@ -11,10 +11,14 @@
 //!   `/tmp/.safe-coder/run-<n>` and `exec`s CMD. `kill()` runs a second exec that kills
 //!   every process of that session (and its process group).
 //! - `wait()` is the end of the stream, then the exec's exit code (`inspect_exec`).
-//! - The request's binds (the network allow-list's proxy socket) and mounts cannot be
-//!   added to a running container: both are refused with a clear error for now.
+//! - `--mount` paths: a running container takes no new mounts, so a run with mounts gets
+//!   a container of its own (the session's shape, the same `/workspace` bind, plus the
+//!   mounts; `container.rs`), removed when the run ends; `kill()` removes it, which ends
+//!   every process in it at once. A path under the user's home appears under the
+//!   container's home (`/tmp`): `~/.codex` is `/tmp/.codex`; any other at its own path.
 
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,10 +32,34 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::container::{host_user, WORKSPACE};
-use super::engine::engine_error;
-use crate::interactive::{open_terminal, ChildControl, RunExit, TermSize};
-use crate::{InteractiveChild, InteractiveRequest, SandboxError};
+use super::container::{self, host_user, WORKSPACE};
+use super::engine::{engine_error, EngineInfo};
+use super::exec::run_killer;
+use crate::interactive::{open_terminal, ChildControl, Mount, RunExit, TermSize};
+use crate::{InteractiveChild, InteractiveRequest, Limits, SandboxError};
+
+/// The container's home (`HOME`): where a `--mount` under the user's home appears.
+const CONTAINER_HOME: &str = "/tmp";
+/// Paths a `--mount` may not land on or under: the workspace, the agent's, and what the
+/// engine provides.
+const RESERVED: &[&str] = &["/workspace", "/.safe-coder", "/proc", "/sys", "/dev"];
+
+/// What a run needs to make a container of its own: the session container's shape.
+#[derive(Clone, Debug)]
+pub(crate) struct RunShape {
+    pub engine: EngineInfo,
+    pub session: String,
+    pub session_dir: Option<PathBuf>,
+    /// The session container's name (a run's container is named after it).
+    pub name: String,
+    pub image: String,
+    pub runtime: String,
+    pub network: String,
+    pub workdir: PathBuf,
+    pub limits: Limits,
+    /// The static guest agent's binary, when one was found.
+    pub agent: Option<PathBuf>,
+}
 
 /// Records CMD's process id (`$1`: the file's name), sets the TTY's size (`$2`:
 /// `ROWSxCOLS`, or empty without one), then becomes CMD (`$3…`). The size is set from
@@ -53,10 +81,12 @@ rm -f "$f"; exit 0"#;
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// Starts `request` in `container` (see the module doc).
+/// Starts `request` in the session's container, or with `--mount` paths in a container
+/// of its own (see the module doc).
 pub(crate) async fn spawn(
     docker: &Docker,
-    container: &str,
+    session_container: &str,
+    runs: &RunShape,
     env: &[String],
     request: &InteractiveRequest,
 ) -> Result<InteractiveChild, SandboxError> {
@@ -68,12 +98,121 @@ pub(crate) async fn spawn(
             "the docker backend cannot enforce a network allow-list yet (the proxy's socket cannot be added to a running container); drop --allow-net or use --backend process".into(),
         ));
     }
-    if let Some(m) = request.mounts.first() {
-        return Err(SandboxError::Unavailable(format!(
-            "the docker backend cannot show --mount paths yet ({} cannot be added to a running container); drop --mount or use --backend process",
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let mounts = request
+        .mounts
+        .iter()
+        .map(|m| engine_mount(m, home.as_deref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let own = if mounts.is_empty() {
+        None
+    } else {
+        Some(start_run_container(docker, runs, &mounts).await?)
+    };
+    let container = own.as_deref().unwrap_or(session_container);
+    match start(docker, container, env, request).await {
+        Ok((terminal, exec, tag, done)) => Ok(InteractiveChild {
+            terminal,
+            control: Box::new(DockerChild {
+                docker: docker.clone(),
+                container: container.to_string(),
+                own,
+                exec,
+                tag,
+                tty: request.terminal.is_some(),
+                done,
+                finished: Arc::new(Mutex::new(false)),
+            }),
+        }),
+        Err(e) => {
+            if let Some(id) = &own {
+                let _ = container::remove(docker, id).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Where a `--mount` path appears in the container: under the container's home when it
+/// is under the user's home (`~/.codex` → `/tmp/.codex`), else at its own path.
+pub(crate) fn mount_target(host: &Path, home: Option<&Path>) -> PathBuf {
+    match home.and_then(|h| host.strip_prefix(h).ok()) {
+        Some(rel) if !rel.as_os_str().is_empty() => Path::new(CONTAINER_HOME).join(rel),
+        _ => host.to_path_buf(),
+    }
+}
+
+/// A `--mount` as the engine's bind mount; a path that is missing, or that would land
+/// on the container's own places, is one clear error.
+fn engine_mount(m: &Mount, home: Option<&Path>) -> Result<bollard::models::Mount, SandboxError> {
+    if !m.host.exists() {
+        return Err(SandboxError::NotFound(format!(
+            "{} (given with --mount)",
             m.host.display()
         )));
     }
+    let target = mount_target(&m.host, home);
+    let clashes = target == Path::new("/")
+        || target == Path::new(CONTAINER_HOME)
+        || RESERVED.iter().any(|r| target.starts_with(r));
+    if clashes || !target.is_absolute() {
+        return Err(SandboxError::Other(format!(
+            "--mount {} would appear at {} in the container, which is the container's own; mount a path below it instead",
+            m.host.display(),
+            target.display()
+        )));
+    }
+    Ok(bollard::models::Mount {
+        target: Some(target.display().to_string()),
+        source: Some(m.host.display().to_string()),
+        typ: Some(bollard::models::MountType::BIND),
+        read_only: Some(m.read_only),
+        ..Default::default()
+    })
+}
+
+/// Creates and starts a run's own container: the session's shape plus `mounts`.
+async fn start_run_container(
+    docker: &Docker,
+    runs: &RunShape,
+    mounts: &[bollard::models::Mount],
+) -> Result<String, SandboxError> {
+    let name = format!(
+        "{}-run-{}-{}",
+        runs.name,
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let agent = match &runs.agent {
+        Some(binary) => container::Agent::Binary(binary),
+        None => container::Agent::None,
+    };
+    let shape = container::Shape {
+        name: &name,
+        session: &runs.session,
+        session_dir: runs.session_dir.as_deref(),
+        image: &runs.image,
+        runtime: &runs.runtime,
+        network: &runs.network,
+        workdir: &runs.workdir,
+        limits: runs.limits,
+        agent,
+        mounts,
+        run: true,
+    };
+    container::create_run(docker, &runs.engine, &shape)
+        .await
+        .map_err(SandboxError::from)
+}
+
+/// Starts CMD as an exec in `container`: the host end of its terminal, the exec's id,
+/// the tag of its recorded pid, and what says when its stream has ended.
+async fn start(
+    docker: &Docker,
+    container: &str,
+    env: &[String],
+    request: &InteractiveRequest,
+) -> Result<(OwnedFd, String, String, watch::Receiver<bool>), SandboxError> {
     let tty = request.terminal.is_some();
     let tag = format!(
         "run-{}-{}",
@@ -153,18 +292,7 @@ pub(crate) async fn spawn(
     let ours = tokio_stream(pair.child)?;
     let (done_tx, done_rx) = watch::channel(false);
     tokio::spawn(pump(ours, output, input, done_tx));
-    Ok(InteractiveChild {
-        terminal: pair.parent,
-        control: Box::new(DockerChild {
-            docker: docker.clone(),
-            container: container.to_string(),
-            exec: exec.id,
-            tag,
-            tty,
-            done: done_rx,
-            finished: Arc::new(Mutex::new(false)),
-        }),
-    })
+    Ok((pair.parent, exec.id, tag, done_rx))
 }
 
 fn tokio_stream(fd: OwnedFd) -> Result<tokio::net::UnixStream, SandboxError> {
@@ -240,6 +368,8 @@ async fn resize(docker: &Docker, exec: &str, size: TermSize) -> Result<(), Sandb
 struct DockerChild {
     docker: Docker,
     container: String,
+    /// The run's own container (with `--mount`): removed at the end and by `kill()`.
+    own: Option<String>,
     exec: String,
     tag: String,
     tty: bool,
@@ -273,8 +403,16 @@ impl ChildControl for DockerChild {
         if let Ok(mut f) = self.finished.lock() {
             *f = true;
         }
-        // What CMD left running in its session ends with it, as on every backend.
-        let _ = kill_session(&self.docker, &self.container, &self.tag).await;
+        // What CMD left running in its session ends with it, as on every backend (with
+        // the run's own container, everything in it).
+        match &self.own {
+            Some(id) => container::remove(&self.docker, id)
+                .await
+                .map_err(SandboxError::from)?,
+            None => {
+                let _ = run_killer(&self.docker, &self.container, KILLER, &self.tag).await;
+            }
+        }
         // A signal that ended CMD shows as 128+N, as a shell reports it: the engine does
         // not tell it apart from `exit 128+N`, so it stays a code.
         Ok(RunExit { code, signal: None })
@@ -302,11 +440,17 @@ impl ChildControl for DockerChild {
         let docker = self.docker.clone();
         let container = self.container.clone();
         let tag = self.tag.clone();
+        if let Some(own) = self.own.clone() {
+            handle.spawn(async move {
+                let _ = container::remove(&docker, &own).await;
+            });
+            return;
+        }
         handle.spawn(async move {
             // The killer cannot run (the process limit is full, or the workspace's
             // directory is gone from under the container): a restart ends every
             // process in it, and the files stay on the host.
-            if !kill_session(&docker, &container, &tag).await {
+            if !run_killer(&docker, &container, KILLER, &tag).await {
                 let options = bollard::query_parameters::RestartContainerOptionsBuilder::default()
                     .t(0)
                     .build();
@@ -325,50 +469,41 @@ impl Drop for DockerChild {
     }
 }
 
-/// Runs the killer (see the module doc) and waits for it; whether it ran and succeeded.
-async fn kill_session(docker: &Docker, container: &str, tag: &str) -> bool {
-    let Ok(exec) = docker
-        .create_exec(
-            container,
-            ExecConfig {
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                cmd: Some(vec![
-                    "/bin/bash".into(),
-                    "-c".into(),
-                    KILLER.into(),
-                    "safe-coder".into(),
-                    tag.to_string(),
-                ]),
-                user: Some(host_user()),
-                ..Default::default()
-            },
-        )
-        .await
-    else {
-        return false;
-    };
-    if let Ok(StartExecResults::Attached { mut output, .. }) = docker
-        .start_exec(
-            &exec.id,
-            Some(StartExecOptions {
-                detach: false,
-                tty: false,
-                output_capacity: None,
-            }),
-        )
-        .await
-    {
-        let end = tokio::time::Instant::now() + Duration::from_secs(3);
-        while let Ok(Some(_)) = tokio::time::timeout_at(end, output.next()).await {}
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_land_under_the_container_home_or_at_their_path() {
+        let home = Path::new("/home/u");
+        assert_eq!(
+            mount_target(Path::new("/home/u/.codex"), Some(home)),
+            Path::new("/tmp/.codex")
+        );
+        assert_eq!(
+            mount_target(Path::new("/data/x"), Some(home)),
+            Path::new("/data/x")
+        );
+        let dir = std::env::temp_dir();
+        let m = |p: &Path| Mount {
+            host: p.to_path_buf(),
+            read_only: true,
+        };
+        // The home itself would replace the container's /tmp: refused.
+        let e = engine_mount(&m(&dir), Some(&dir)).unwrap_err().to_string();
+        assert!(e.contains("container's own"), "{e}");
+        let e = engine_mount(&m(Path::new("/proc/self")), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("container's own"), "{e}");
+        let e = engine_mount(&m(Path::new("/no/such/path/here")), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--mount"), "{e}");
+        let sub = tempfile::tempdir().unwrap();
+        let ok = engine_mount(&m(sub.path()), None).unwrap();
+        assert_eq!(ok.read_only, Some(true));
+        assert_eq!(ok.target, ok.source);
     }
-    // The engine may record the end a moment after the stream closed.
-    for _ in 0..50 {
-        match docker.inspect_exec(&exec.id).await {
-            Ok(s) if s.running == Some(true) => tokio::time::sleep(Duration::from_millis(10)).await,
-            Ok(s) => return s.exit_code == Some(0),
-            Err(_) => return false,
-        }
-    }
-    false
 }
