@@ -49,6 +49,28 @@ pub struct Mount {
     pub read_only: bool,
 }
 
+/// The network allow-list, for the backend to realise (docs/run.md): the command
+/// reaches `127.0.0.1:port` inside, and whatever connects there is carried to the host
+/// proxy's Unix socket, which enforces the list. The core started the proxy and set the
+/// proxy variables (`HTTPS_PROXY` and its kin) in `env_extra`; each backend brings the
+/// connections out its own way:
+/// - `process`: binds the socket and `forwarder` into the sandbox and runs the command
+///   under `forwarder __net-forward` (which listens on the port);
+/// - docker and the microVMs: start `safe-coder-guest-agent net-forward --port P`
+///   inside with piped stdin/stdout and run `safe_coder_netproxy::mux::serve_host` over
+///   those pipes on the host.
+///
+/// A backend that cannot realise it returns one clear error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkAccess {
+    /// The host proxy's Unix socket (the allow-list is enforced there).
+    pub proxy_socket: PathBuf,
+    /// The loopback port inside the sandbox that HTTP(S)_PROXY points at.
+    pub port: u16,
+    /// The safe-coder binary (the process backend's `__net-forward` forwarder).
+    pub forwarder: PathBuf,
+}
+
 /// What to run.
 #[derive(Clone, Debug, Default)]
 pub struct InteractiveRequest {
@@ -64,6 +86,9 @@ pub struct InteractiveRequest {
     pub binds: Vec<Bind>,
     /// The user's `--mount` paths.
     pub mounts: Vec<Mount>,
+    /// `Some`: the network allow-list (see [`NetworkAccess`]); `None`: no network but
+    /// the sandbox's loopback.
+    pub network: Option<NetworkAccess>,
 }
 
 impl InteractiveRequest {
@@ -372,7 +397,7 @@ pub(crate) fn spawn_unconfined(
     let Some(program) = request.argv.first() else {
         return Err(SandboxError::Other("no command to run was given".into()));
     };
-    if !request.binds.is_empty() {
+    if !request.binds.is_empty() || request.network.is_some() {
         return Err(SandboxError::Unavailable(format!(
             "the {} backend does not isolate the network, so it cannot enforce a network allow-list; use --backend process",
             host.backend().as_str()

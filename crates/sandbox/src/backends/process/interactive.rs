@@ -9,7 +9,12 @@
 //!   takes the PTY as its controlling terminal inside (`setsid --ctty`), so `Ctrl+C`
 //!   typed by the user reaches the command (and what it started), never bwrap;
 //! - binds appear at their exact path; a `--mount` under the user's home appears at the
-//!   same place under the sandbox's home (`/tmp/home`), any other at its own path.
+//!   same place under the sandbox's home (`/tmp/home`), any other at its own path;
+//! - the network allow-list ([`NetworkAccess`](crate::NetworkAccess)): the sandbox has
+//!   only its own loopback; the proxy's socket and the `safe-coder` binary are bound at
+//!   `/run/safe-coder/net.sock` and `/run/safe-coder/safe-coder`, and the command runs
+//!   under `safe-coder __net-forward --port P --socket ... -- CMD`, which listens on
+//!   `127.0.0.1:P` inside and carries each connection to the socket.
 //!
 //! The in-process mechanism has no mount namespace: read-only mounts are shown at their
 //! host path (Landlock read rules); a writable mount or a bind (the network proxy) needs
@@ -22,10 +27,28 @@ use super::confiner::{Confinement, ProcessConfiner};
 use super::{bwrap, inprocess};
 use crate::host::HostSandbox;
 use crate::interactive::{self, prepare, shell_line, spawn_host, Session};
-use crate::{InteractiveChild, InteractiveRequest, SandboxError};
+use crate::{Bind, InteractiveChild, InteractiveRequest, SandboxError};
 
 /// The sandbox's home under bubblewrap (see `bwrap.rs`).
 const SANDBOX_HOME: &str = "/tmp/home";
+/// Where the proxy's socket and the forwarder appear under bubblewrap.
+const INSIDE_DIR: &str = "/run/safe-coder";
+
+/// The command under the forwarder: `FORWARDER __net-forward --port P --socket S -- CMD`
+/// (it listens on the sandbox's loopback and runs CMD as its child).
+fn forwarded_argv(forwarder: &Path, socket: &Path, port: u16, argv: &[String]) -> Vec<String> {
+    let mut out = vec![
+        forwarder.display().to_string(),
+        "__net-forward".to_string(),
+        "--port".to_string(),
+        port.to_string(),
+        "--socket".to_string(),
+        socket.display().to_string(),
+        "--".to_string(),
+    ];
+    out.extend(argv.iter().cloned());
+    out
+}
 
 /// Where `--mount host` appears inside under bubblewrap, given the user's home.
 pub(crate) fn mount_target(host: &Path, home: Option<&Path>) -> PathBuf {
@@ -75,13 +98,34 @@ pub(crate) fn spawn(
                 extra.push(m.host.clone().into_os_string());
                 extra.push(mount_target(&m.host, home.as_deref()).into_os_string());
             }
-            for b in &request.binds {
+            let mut binds = request.binds.clone();
+            let mut argv = request.argv.clone();
+            if let Some(net) = &request.network {
+                let inside = Path::new(INSIDE_DIR);
+                binds.push(Bind {
+                    host: net.proxy_socket.clone(),
+                    inside: inside.join("net.sock"),
+                    read_only: false,
+                });
+                binds.push(Bind {
+                    host: net.forwarder.clone(),
+                    inside: inside.join("safe-coder"),
+                    read_only: true,
+                });
+                argv = forwarded_argv(
+                    &inside.join("safe-coder"),
+                    &inside.join("net.sock"),
+                    net.port,
+                    &argv,
+                );
+            }
+            for b in &binds {
                 let flag = if b.read_only { "--ro-bind" } else { "--bind" };
                 extra.push(flag.into());
                 extra.push(b.host.clone().into_os_string());
                 extra.push(b.inside.clone().into_os_string());
             }
-            let line = shell_line(&request.argv);
+            let line = shell_line(&argv);
             let (script, session) = match (terminal.is_pty, util_setsid()) {
                 (true, Some(setsid)) => (
                     format!("exec {setsid} --ctty --wait -- {line}"),
@@ -100,7 +144,7 @@ pub(crate) fn spawn(
             (cmd, session)
         }
         Confinement::InProcess { support, tmp, .. } => {
-            if !request.binds.is_empty() {
+            if !request.binds.is_empty() || request.network.is_some() {
                 return Err(SandboxError::Unavailable(
                     "the network allow-list needs bubblewrap (the in-process confiner cannot bind the proxy into the sandbox); install bubblewrap (apt-get install bubblewrap)".into(),
                 ));
