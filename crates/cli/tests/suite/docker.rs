@@ -188,6 +188,13 @@ macro_rules! each_runtime {
             }
 
             #[test]
+            fn run_network_allow_list() {
+                if let Some(t) = target($which) {
+                    run_network(&t);
+                }
+            }
+
+            #[test]
             fn run_in_a_terminal_resize_and_ctrl_c() {
                 if let Some(t) = target($which) {
                     run_in_terminal(&t);
@@ -478,8 +485,7 @@ fn auto_takes_docker_and_the_container_sees_the_project() {
 /// `safe-coder run --backend docker`: CMD runs in the container at `/workspace` with the
 /// allow-listed environment and the named variables, its changes are committed as
 /// `Agent executed: run …` and reach the host on an accepted sync, its exit code is
-/// run's; `--allow-net` is refused with a clear error (not yet supported on docker,
-/// docs/run.md).
+/// run's.
 fn run_command(t: &Target) {
     use super::run::{assert_changed_on_host, history, json_events, seed, session_ids, CHANGES};
     let world = t.world("");
@@ -541,24 +547,6 @@ fn run_command(t: &Target) {
         .expect("run");
     assert_ok(&out);
     assert_changed_on_host(&world);
-
-    {
-        let flag = ["--allow-net", "127.0.0.1:9"];
-        let out = world
-            .cmd()
-            .args(["run", "--backend", "docker", "--json", "--sync", "reject"])
-            .args(flag)
-            .args(["--", "bash", "-c", "echo ran > ran.txt"])
-            .output()
-            .expect("run");
-        let text = format!("{}{}", stdout(&out), stderr(&out));
-        assert!(
-            text.contains("use --backend process"),
-            "{}: {flag:?}: {text}",
-            t.label
-        );
-        assert!(!world.project.join("ran.txt").exists());
-    }
 }
 
 /// `--mount`: a path under the home appears under the container's home, read-only with
@@ -644,6 +632,162 @@ fn run_with_mounts(t: &Target) {
         stderr(&out)
     );
     assert!(!world.project.join("ran.txt").exists());
+}
+
+/// A body of every byte value, 1 MiB: large and binary, so that any mistake in the
+/// engine's stream framing or the multiplexer shows.
+fn binary_body() -> Vec<u8> {
+    (0..(1usize << 20)).map(|i| (i % 251) as u8).collect()
+}
+
+/// The checksum the container computes with Python (see `run_network`): the sum of
+/// each byte times its 1-based position, modulo 2^61 (order matters, unlike a plain
+/// sum).
+fn position_sum(data: &[u8]) -> u64 {
+    let m: u128 = 1 << 61;
+    let mut sum: u128 = 0;
+    for (i, b) in data.iter().enumerate() {
+        sum = (sum + (i as u128 + 1) * u128::from(*b)) % m;
+    }
+    sum as u64
+}
+
+/// An HTTP server on the host's loopback that answers every request with `body`.
+fn http_server(body: Vec<u8>) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let body = std::sync::Arc::new(body);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(&body);
+            });
+        }
+    });
+    port
+}
+
+/// `--allow-net` on docker: the allowed hosts (the in-repo mock model server, and a
+/// server of 1 MiB of binary data) answer through `HTTP_PROXY`, to a real client
+/// (Python's urllib) and to raw bytes on a socket; a host not on the list gets 403 and
+/// is reported (a line at exit, a JSON event); a direct TCP connection fails, to the
+/// host's loopback and to the internet. The container keeps `--network none`: the
+/// connections leave it as the bytes of the guest agent's `net-forward` exec.
+fn run_network(t: &Target) {
+    let label = &t.label;
+    let world = t.world("");
+    let model = MockServer::start(
+        Wire::Anthropic,
+        Script::new(vec![Reply::text("hello-through-the-proxy")]),
+    )
+    .expect("server");
+    let big = binary_body();
+    let expected = format!("{:x}", position_sum(&big));
+    let data = http_server(big);
+    let other = http_server(b"hello-from-other".to_vec());
+    let model_port = model.addr().port();
+    let script = format!(
+        r#"echo proxy=$HTTPS_PROXY
+python3 - <<'PY'
+import json, urllib.request, urllib.error
+req = urllib.request.Request("http://127.0.0.1:{model_port}/v1/messages", method="POST",
+    headers={{"content-type": "application/json", "x-api-key": "k", "anthropic-version": "2023-06-01"}},
+    data=json.dumps({{"model": "m", "max_tokens": 10, "messages": [{{"role": "user", "content": "hi"}}]}}).encode())
+print("model:", urllib.request.urlopen(req, timeout=30).read().decode()[:2000])
+try:
+    urllib.request.urlopen("http://127.0.0.1:{other}/", timeout=30).read()
+    print("other-" + "answered")
+except urllib.error.HTTPError as e:
+    print("other-status", e.code)
+PY
+exec 3<>/dev/tcp/127.0.0.1/${{HTTP_PROXY##*:}}
+printf 'GET http://127.0.0.1:{data}/ HTTP/1.1\r\nHost: 127.0.0.1:{data}\r\n\r\n' >&3
+cat <&3 > /tmp/resp; exec 3<&-
+echo data=$(tail -c 1048576 /tmp/resp | python3 -c 'import sys; d=sys.stdin.buffer.read(); print(len(d), format(sum((i+1)*b for i, b in enumerate(d)) % (1<<61), "x"))')
+if (exec 4<>/dev/tcp/127.0.0.1/{model_port}) 2>/dev/null; then echo direct-$((0))open; else echo direct-refused; fi
+if (exec 4<>/dev/tcp/1.1.1.1/80) 2>/dev/null; then echo internet-$((0))open; else echo internet-refused; fi
+"#
+    );
+    let out = world
+        .cmd()
+        .args([
+            "run",
+            "--backend",
+            "docker",
+            "--sync",
+            "reject",
+            "--allow-net",
+        ])
+        .arg(format!("127.0.0.1:{model_port},127.0.0.1:{data}"))
+        .args(["--", "bash", "-c", &script])
+        .output()
+        .expect("run");
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_ok(&out);
+    assert!(text.contains("proxy=http://127.0.0.1:"), "{label}: {text}");
+    assert!(text.contains("hello-through-the-proxy"), "{label}: {text}");
+    assert!(
+        !model.model_requests().is_empty(),
+        "{label}: the mock server got no request"
+    );
+    assert!(text.contains("other-status 403"), "{label}: {text}");
+    // (The script is echoed too: its markers are built at run time.)
+    assert!(!text.contains("other-answered"), "{label}: {text}");
+    assert!(
+        text.contains(&format!("data=1048576 {expected}")),
+        "{label}: the 1 MiB body did not arrive intact: {text}"
+    );
+    assert!(
+        text.contains("direct-refused") && !text.contains("direct-0open"),
+        "{label}: {text}"
+    );
+    assert!(
+        text.contains("internet-refused") && !text.contains("internet-0open"),
+        "{label}: {text}"
+    );
+    assert!(
+        stderr(&out).contains(&format!(
+            "refused 1 destination(s) not on the allow-list: 127.0.0.1:{other}"
+        )),
+        "{label}: {}",
+        stderr(&out)
+    );
+
+    // With --json the refusal is an event.
+    let probe = format!(
+        "import urllib.request as u\ntry:\n    u.urlopen('http://127.0.0.1:{other}/', timeout=30)\nexcept Exception as e:\n    print('refused', e)\n"
+    );
+    let out = world
+        .cmd()
+        .args(["run", "--backend", "docker", "--json", "--sync", "reject"])
+        .args(["--allow-net", &format!("127.0.0.1:{model_port}")])
+        .args(["--", "python3", "-c", &probe])
+        .output()
+        .expect("run");
+    assert_ok(&out);
+    let events = super::run::json_events(&stdout(&out));
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "network_refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{label}: {events:?}");
+    assert_eq!(refused[0]["port"], other, "{label}");
 }
 
 /// In a real terminal (tmux): CMD in the container has a TTY of the pane's size, a

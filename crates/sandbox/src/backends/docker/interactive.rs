@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use super::container::{self, host_user, WORKSPACE};
 use super::engine::{engine_error, EngineInfo};
 use super::exec::run_killer;
+use super::net;
 use crate::interactive::{open_terminal, ChildControl, Mount, RunExit, TermSize};
 use crate::{InteractiveChild, InteractiveRequest, Limits, SandboxError};
 
@@ -59,6 +60,9 @@ pub(crate) struct RunShape {
     pub limits: Limits,
     /// The static guest agent's binary, when one was found.
     pub agent: Option<PathBuf>,
+    /// Whether the session's container has the agent's binary mounted (a kept one made
+    /// before may not).
+    pub session_has_agent: bool,
 }
 
 /// Records CMD's process id (`$1`: the file's name), sets the TTY's size (`$2`:
@@ -93,9 +97,17 @@ pub(crate) async fn spawn(
     if request.argv.is_empty() {
         return Err(SandboxError::Other("no command to run was given".into()));
     }
-    if !request.binds.is_empty() || request.network.is_some() {
+    if let Some(b) = request.binds.first() {
+        // Host paths at exact places are the process backend's way; a container shows
+        // `--mount` paths and realises `network` itself.
+        return Err(SandboxError::Unavailable(format!(
+            "the docker backend does not bind {} into a container; use --backend process",
+            b.host.display()
+        )));
+    }
+    if request.network.is_some() && runs.agent.is_none() {
         return Err(SandboxError::Unavailable(
-            "the docker backend cannot enforce a network allow-list yet (the proxy's socket cannot be added to a running container); drop --allow-net or use --backend process".into(),
+            "the network allow-list on docker needs the static guest agent in the container, and none was found; build it with scripts/build-guest-agent.sh (or set SAFE_CODER_GUEST_AGENT), or use --backend process".into(),
         ));
     }
     let home = std::env::var_os("HOME").map(PathBuf::from);
@@ -104,14 +116,25 @@ pub(crate) async fn spawn(
         .iter()
         .map(|m| engine_mount(m, home.as_deref()))
         .collect::<Result<Vec<_>, _>>()?;
-    let own = if mounts.is_empty() {
-        None
-    } else {
+    // A container of the run's own for mounts, and for the network when the session's
+    // (a kept one made before) lacks the agent's binary.
+    let needs_own = !mounts.is_empty() || (request.network.is_some() && !runs.session_has_agent);
+    let own = if needs_own {
         Some(start_run_container(docker, runs, &mounts).await?)
+    } else {
+        None
     };
     let container = own.as_deref().unwrap_or(session_container);
-    match start(docker, container, env, request).await {
-        Ok((terminal, exec, tag, done)) => Ok(InteractiveChild {
+    let started = async {
+        let forwarder = match &request.network {
+            Some(n) => Some(net::start(docker, container, n.port, n.proxy_socket.clone()).await?),
+            None => None,
+        };
+        let (terminal, exec, tag, done) = start(docker, container, env, request).await?;
+        Ok::<_, SandboxError>((terminal, exec, tag, done, forwarder))
+    };
+    match started.await {
+        Ok((terminal, exec, tag, done, forwarder)) => Ok(InteractiveChild {
             terminal,
             control: Box::new(DockerChild {
                 docker: docker.clone(),
@@ -122,6 +145,7 @@ pub(crate) async fn spawn(
                 tty: request.terminal.is_some(),
                 done,
                 finished: Arc::new(Mutex::new(false)),
+                forwarder,
             }),
         }),
         Err(e) => {
@@ -370,6 +394,8 @@ struct DockerChild {
     container: String,
     /// The run's own container (with `--mount`): removed at the end and by `kill()`.
     own: Option<String>,
+    /// The network allow-list's forwarder (`net.rs`), ended with CMD.
+    forwarder: Option<net::Forwarder>,
     exec: String,
     tag: String,
     tty: bool,
@@ -402,6 +428,9 @@ impl ChildControl for DockerChild {
         }
         if let Ok(mut f) = self.finished.lock() {
             *f = true;
+        }
+        if let Some(f) = &self.forwarder {
+            f.stop();
         }
         // What CMD left running in its session ends with it, as on every backend (with
         // the run's own container, everything in it).
@@ -437,6 +466,9 @@ impl ChildControl for DockerChild {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        if let Some(f) = &self.forwarder {
+            f.stop();
+        }
         let docker = self.docker.clone();
         let container = self.container.clone();
         let tag = self.tag.clone();

@@ -18,8 +18,9 @@
 //! Files: `mod.rs` (this), `probe.rs`, `limits.rs`, `status.rs` (as every backend), and
 //! `engine.rs` (socket, client, errors), `container.rs` (shape, labels, leftovers),
 //! `exec.rs` (commands through the exec API), `agent.rs` (commands through the resident
-//! guest agent, PID 1 under runc), `interactive.rs` (`safe-coder run`), `image.rs`
-//! (presence, pull, import).
+//! guest agent, PID 1 under runc), `interactive.rs` (`safe-coder run`), `net.rs` (its
+//! network allow-list through the agent's `net-forward`), `image.rs` (presence, pull,
+//! import).
 
 mod agent;
 mod container;
@@ -28,6 +29,7 @@ mod exec;
 mod image;
 mod interactive;
 mod limits;
+mod net;
 pub(crate) mod probe;
 mod status;
 
@@ -150,7 +152,7 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
     // The agent's binary goes into every container (`net-forward` for `run
     // --allow-net`); it is PID 1 where its socket reaches the host (runc).
     let binary = agent::find_binary();
-    let (info, runtime, id, resident) = engine::block_on({
+    let (info, runtime, id, resident, has_agent) = engine::block_on({
         let d = d.clone();
         let name = name.clone();
         let session = session.clone();
@@ -171,7 +173,7 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
                 (Some(binary), None) => container::Agent::Binary(binary),
                 (None, _) => container::Agent::None,
             };
-            let (id, _has_agent) = container::create_and_start(
+            let (id, has_agent) = container::create_and_start(
                 &docker,
                 &info,
                 &container::Shape {
@@ -195,7 +197,7 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
                 Some(dir) => agent::Resident::wait_ready(dir).await,
                 None => None,
             };
-            Ok::<_, DockerError>((info, runtime, id, resident))
+            Ok::<_, DockerError>((info, runtime, id, resident, has_agent))
         }
     })??;
     // A client of its own for the caller's runtime (see engine.rs).
@@ -220,6 +222,7 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
             workdir,
             limits,
             agent: binary,
+            session_has_agent: has_agent,
         },
         keep_while: d.session_dir.clone(),
         limits,
