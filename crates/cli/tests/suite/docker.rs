@@ -188,6 +188,13 @@ macro_rules! each_runtime {
             }
 
             #[test]
+            fn a_killed_run_leaves_no_container() {
+                if let Some(t) = target($which) {
+                    run_leftovers(&t);
+                }
+            }
+
+            #[test]
             fn run_network_allow_list() {
                 if let Some(t) = target($which) {
                     run_network(&t);
@@ -632,6 +639,67 @@ fn run_with_mounts(t: &Target) {
         stderr(&out)
     );
     assert!(!world.project.join("ran.txt").exists());
+}
+
+/// A `kill -9` of Safe Coder during a run with `--mount` leaves the session's container
+/// and the run's own running (CMD with them); the next docker session removes both, and
+/// the work CMD did is in the kept session.
+fn run_leftovers(t: &Target) {
+    let label = &t.label;
+    let world = t.world("");
+    let shown = world.root.path().join("shown");
+    std::fs::create_dir_all(&shown).expect("dir");
+    let mut c = world.cmd();
+    c.args(["run", "--backend", "docker", "--sync", "keep", "--mount"])
+        .arg(&shown)
+        .args(["--", "bash", "-c", "echo started > started.txt; sleep 300"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().expect("spawn");
+    let sessions = world.data_dir().join("sessions");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let id = loop {
+        let found = std::fs::read_dir(&sessions)
+            .ok()
+            .and_then(|mut rd| rd.next())
+            .and_then(|e| e.ok())
+            .filter(|e| e.path().join("work/started.txt").exists())
+            .map(|e| e.file_name().to_string_lossy().into_owned());
+        if let Some(id) = found {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "{label}: the run never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let spec = t.spec();
+    let of = |id: &str| {
+        safe_coder_sandbox::docker::session_containers(&spec)
+            .expect("list")
+            .into_iter()
+            .filter(|c| c.session_id == id)
+            .collect::<Vec<_>>()
+    };
+    // The session's container and the run's own (its owner is alive: nobody sweeps them).
+    assert_eq!(of(&id).len(), 2, "{label}: {:?}", of(&id));
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let r = run_bash(t, &world, &["echo next"]);
+    assert!(r[0].contains("next"), "{label}: {r:?}");
+    assert!(
+        of(&id).is_empty(),
+        "{label}: the killed run's containers were not removed: {:?}",
+        of(&id)
+    );
+    let show = world
+        .cmd()
+        .args(["sessions", "diff", &id])
+        .output()
+        .expect("diff");
+    assert!(
+        stdout(&show).contains("started.txt"),
+        "{label}: {}",
+        stdout(&show)
+    );
 }
 
 /// A body of every byte value, 1 MiB: large and binary, so that any mistake in the
