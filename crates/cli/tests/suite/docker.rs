@@ -751,9 +751,55 @@ fn http_server(body: Vec<u8>) -> u16 {
     port
 }
 
-/// `--allow-net` on docker: the allowed hosts (the in-repo mock model server, and a
-/// server of 1 MiB of binary data) answer through `HTTP_PROXY`, to a real client
-/// (Python's urllib) and to raw bytes on a socket; a host not on the list gets 403 and
+/// An HTTP server on the host's loopback that reads each request's body and answers
+/// with its length and [`position_sum`]: what the command sent, as the host got it.
+fn checksum_server() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                let mut got = Vec::new();
+                let end = loop {
+                    if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let mut body = got[end..].to_vec();
+                while body.len() < len {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => body.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!("got={} {:x}", body.len(), position_sum(&body));
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+/// `--allow-net` on docker: the allowed hosts (the in-repo mock model server, a server
+/// of 1 MiB of binary data, one that checks a 1 MiB upload) answer through
+/// `HTTP_PROXY`, to a real client (Python's urllib) and to raw bytes on a socket; a host not on the list gets 403 and
 /// is reported (a line at exit, a JSON event); a direct TCP connection fails, to the
 /// host's loopback and to the internet. The container keeps `--network none`: the
 /// connections leave it as the bytes of the guest agent's `net-forward` exec.
@@ -769,6 +815,7 @@ fn run_network(t: &Target) {
     let expected = format!("{:x}", position_sum(&big));
     let data = http_server(big);
     let other = http_server(b"hello-from-other".to_vec());
+    let sink = checksum_server();
     let model_port = model.addr().port();
     let script = format!(
         r#"echo proxy=$HTTPS_PROXY
@@ -783,6 +830,9 @@ try:
     print("other-" + "answered")
 except urllib.error.HTTPError as e:
     print("other-status", e.code)
+up = bytes((i * 7 + 3) % 256 for i in range(1 << 20))
+print("upload:", urllib.request.urlopen(urllib.request.Request(
+    "http://127.0.0.1:{sink}/", data=up, method="POST"), timeout=60).read().decode())
 PY
 exec 3<>/dev/tcp/127.0.0.1/${{HTTP_PROXY##*:}}
 printf 'GET http://127.0.0.1:{data}/ HTTP/1.1\r\nHost: 127.0.0.1:{data}\r\n\r\n' >&3
@@ -802,7 +852,9 @@ if (exec 4<>/dev/tcp/1.1.1.1/80) 2>/dev/null; then echo internet-$((0))open; els
             "reject",
             "--allow-net",
         ])
-        .arg(format!("127.0.0.1:{model_port},127.0.0.1:{data}"))
+        .arg(format!(
+            "127.0.0.1:{model_port},127.0.0.1:{data},127.0.0.1:{sink}"
+        ))
         .args(["--", "bash", "-c", &script])
         .output()
         .expect("run");
@@ -820,6 +872,13 @@ if (exec 4<>/dev/tcp/1.1.1.1/80) 2>/dev/null; then echo internet-$((0))open; els
     assert!(
         text.contains(&format!("data=1048576 {expected}")),
         "{label}: the 1 MiB body did not arrive intact: {text}"
+    );
+    let up: Vec<u8> = (0..(1usize << 20))
+        .map(|i| ((i * 7 + 3) % 256) as u8)
+        .collect();
+    assert!(
+        text.contains(&format!("upload: got=1048576 {:x}", position_sum(&up))),
+        "{label}: the 1 MiB upload did not arrive intact: {text}"
     );
     assert!(
         text.contains("direct-refused") && !text.contains("direct-0open"),
