@@ -641,36 +641,47 @@ fn run_with_mounts(t: &Target) {
     assert!(!world.project.join("ran.txt").exists());
 }
 
-/// A `kill -9` of Safe Coder during a run with `--mount` leaves the session's container
-/// and the run's own running (CMD with them); the next docker session removes both, and
-/// the work CMD did is in the kept session.
-fn run_leftovers(t: &Target) {
-    let label = &t.label;
-    let world = t.world("");
+/// Starts `safe-coder run --mount <dir> -- bash -c "<marker>; sleep 300"` and returns
+/// the child and its session id once the marker file is in the session's work tree.
+fn start_long_run(t: &Target, world: &World, marker: &str) -> (std::process::Child, String) {
     let shown = world.root.path().join("shown");
     std::fs::create_dir_all(&shown).expect("dir");
     let mut c = world.cmd();
     c.args(["run", "--backend", "docker", "--sync", "keep", "--mount"])
         .arg(&shown)
-        .args(["--", "bash", "-c", "echo started > started.txt; sleep 300"])
+        .args(["--", "bash", "-c"])
+        .arg(format!("echo started > {marker}; sleep 300"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let mut child = c.spawn().expect("spawn");
+    let child = c.spawn().expect("spawn");
     let sessions = world.data_dir().join("sessions");
     let deadline = Instant::now() + Duration::from_secs(120);
-    let id = loop {
+    loop {
         let found = std::fs::read_dir(&sessions)
-            .ok()
-            .and_then(|mut rd| rd.next())
-            .and_then(|e| e.ok())
-            .filter(|e| e.path().join("work/started.txt").exists())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|e| e.path().join("work").join(marker).exists())
             .map(|e| e.file_name().to_string_lossy().into_owned());
         if let Some(id) = found {
-            break id;
+            return (child, id);
         }
-        assert!(Instant::now() < deadline, "{label}: the run never started");
+        assert!(
+            Instant::now() < deadline,
+            "{}: the run never started",
+            t.label
+        );
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+}
+
+/// Stopping a run with `--mount`: SIGTERM kills CMD (the run's own container is
+/// removed, the session's stays for the kept session); a `kill -9` of Safe Coder leaves
+/// both running (CMD with them), and the next docker session removes both; the work CMD
+/// did is in the kept sessions either way.
+fn run_leftovers(t: &Target) {
+    let label = &t.label;
+    let world = t.world("");
     let spec = t.spec();
     let of = |id: &str| {
         safe_coder_sandbox::docker::session_containers(&spec)
@@ -679,7 +690,25 @@ fn run_leftovers(t: &Target) {
             .filter(|c| c.session_id == id)
             .collect::<Vec<_>>()
     };
+
+    let (mut child, id) = start_long_run(t, &world, "first.txt");
     // The session's container and the run's own (its owner is alive: nobody sweeps them).
+    assert_eq!(of(&id).len(), 2, "{label}: {:?}", of(&id));
+    // SAFETY: kill on a child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    assert_eq!(
+        status.code(),
+        Some(137),
+        "{label}: CMD was killed: {status:?}"
+    );
+    let left = of(&id);
+    assert!(
+        left.len() == 1 && !left[0].running,
+        "{label}: only the kept session's container, stopped: {left:?}"
+    );
+
+    let (mut child, id) = start_long_run(t, &world, "second.txt");
     assert_eq!(of(&id).len(), 2, "{label}: {:?}", of(&id));
     child.kill().expect("SIGKILL");
     let _ = child.wait();
@@ -696,7 +725,7 @@ fn run_leftovers(t: &Target) {
         .output()
         .expect("diff");
     assert!(
-        stdout(&show).contains("started.txt"),
+        stdout(&show).contains("second.txt"),
         "{label}: {}",
         stdout(&show)
     );

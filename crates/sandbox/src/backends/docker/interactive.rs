@@ -19,7 +19,7 @@
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ use super::engine::{engine_error, EngineInfo};
 use super::exec::run_killer;
 use super::net;
 use crate::interactive::{open_terminal, ChildControl, Mount, RunExit, TermSize};
-use crate::{InteractiveChild, InteractiveRequest, Limits, SandboxError};
+use crate::{CancellationToken, InteractiveChild, InteractiveRequest, Limits, SandboxError};
 
 /// The container's home (`HOME`): where a `--mount` under the user's home appears.
 const CONTAINER_HOME: &str = "/tmp";
@@ -130,11 +130,11 @@ pub(crate) async fn spawn(
             Some(n) => Some(net::start(docker, container, n.port, n.proxy_socket.clone()).await?),
             None => None,
         };
-        let (terminal, exec, tag, done) = start(docker, container, env, request).await?;
-        Ok::<_, SandboxError>((terminal, exec, tag, done, forwarder))
+        let (terminal, exec, tag, done, stop) = start(docker, container, env, request).await?;
+        Ok::<_, SandboxError>((terminal, exec, tag, done, stop, forwarder))
     };
     match started.await {
-        Ok((terminal, exec, tag, done, forwarder)) => Ok(InteractiveChild {
+        Ok((terminal, exec, tag, done, stop, forwarder)) => Ok(InteractiveChild {
             terminal,
             control: Box::new(DockerChild {
                 docker: docker.clone(),
@@ -146,6 +146,8 @@ pub(crate) async fn spawn(
                 done,
                 finished: Arc::new(Mutex::new(false)),
                 forwarder,
+                killed: Arc::new(AtomicBool::new(false)),
+                stop,
             }),
         }),
         Err(e) => {
@@ -230,13 +232,23 @@ async fn start_run_container(
 }
 
 /// Starts CMD as an exec in `container`: the host end of its terminal, the exec's id,
-/// the tag of its recorded pid, and what says when its stream has ended.
+/// the tag of its recorded pid, what says when its stream has ended, and what ends the
+/// stream's pump.
 async fn start(
     docker: &Docker,
     container: &str,
     env: &[String],
     request: &InteractiveRequest,
-) -> Result<(OwnedFd, String, String, watch::Receiver<bool>), SandboxError> {
+) -> Result<
+    (
+        OwnedFd,
+        String,
+        String,
+        watch::Receiver<bool>,
+        CancellationToken,
+    ),
+    SandboxError,
+> {
     let tty = request.terminal.is_some();
     let tag = format!(
         "run-{}-{}",
@@ -315,8 +327,9 @@ async fn start(
     let pair = open_terminal(None)?;
     let ours = tokio_stream(pair.child)?;
     let (done_tx, done_rx) = watch::channel(false);
-    tokio::spawn(pump(ours, output, input, done_tx));
-    Ok((pair.parent, exec.id, tag, done_rx))
+    let stop = CancellationToken::new();
+    tokio::spawn(pump(ours, output, input, done_tx, stop.clone()));
+    Ok((pair.parent, exec.id, tag, done_rx, stop))
 }
 
 fn tokio_stream(fd: OwnedFd) -> Result<tokio::net::UnixStream, SandboxError> {
@@ -326,8 +339,9 @@ fn tokio_stream(fd: OwnedFd) -> Result<tokio::net::UnixStream, SandboxError> {
         .map_err(|e| SandboxError::Other(format!("could not open the command's terminal: {e}")))
 }
 
-/// Carries bytes both ways until the exec's output ends, then closes our end (the core
-/// reads EOF) and says so on `done`.
+/// Carries bytes both ways until the exec's output ends (or `stop`: the engine does not
+/// always end an exec's stream when its container is removed), then closes our end (the
+/// core reads EOF) and says so on `done`.
 async fn pump(
     ours: tokio::net::UnixStream,
     mut output: std::pin::Pin<
@@ -335,6 +349,7 @@ async fn pump(
     >,
     mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
     done: watch::Sender<bool>,
+    stop: CancellationToken,
 ) {
     let (mut read, mut write) = ours.into_split();
     let to_exec = tokio::spawn(async move {
@@ -354,7 +369,12 @@ async fn pump(
         // Keep the connection until the output is done (closing it may end the exec).
         std::future::pending::<()>().await;
     });
-    while let Some(item) = output.next().await {
+    loop {
+        let item = tokio::select! {
+            item = output.next() => item,
+            _ = stop.cancelled() => break,
+        };
+        let Some(item) = item else { break };
         match item {
             Ok(
                 LogOutput::StdOut { message }
@@ -396,6 +416,10 @@ struct DockerChild {
     own: Option<String>,
     /// The network allow-list's forwarder (`net.rs`), ended with CMD.
     forwarder: Option<net::Forwarder>,
+    /// `kill()` was called (with the run's own container, the exec is then gone).
+    killed: Arc<AtomicBool>,
+    /// Ends the pump of the exec's stream.
+    stop: CancellationToken,
     exec: String,
     tag: String,
     tty: bool,
@@ -414,6 +438,7 @@ impl ChildControl for DockerChild {
         }
         // The engine may record the end a moment after the stream closed.
         let mut code = None;
+        let mut signal = None;
         for _ in 0..200 {
             match self.docker.inspect_exec(&self.exec).await {
                 Ok(state) if state.running == Some(true) => {
@@ -421,6 +446,12 @@ impl ChildControl for DockerChild {
                 }
                 Ok(state) => {
                     code = state.exit_code.map(|c| c as i32);
+                    break;
+                }
+                // `kill()` removed the run's own container, and its execs with it (Docker
+                // answers 404, Podman may answer otherwise).
+                Err(_) if self.own.is_some() && self.killed.load(Ordering::SeqCst) => {
+                    signal = Some(libc::SIGKILL);
                     break;
                 }
                 Err(e) => return Err(engine_error("learn how the command ended", e).into()),
@@ -435,16 +466,18 @@ impl ChildControl for DockerChild {
         // What CMD left running in its session ends with it, as on every backend (with
         // the run's own container, everything in it).
         match &self.own {
-            Some(id) => container::remove(&self.docker, id)
-                .await
-                .map_err(SandboxError::from)?,
+            // Should the engine fail to remove it, the next session's sweep does (its
+            // owner will be dead by then).
+            Some(id) => {
+                let _ = container::remove(&self.docker, id).await;
+            }
             None => {
                 let _ = run_killer(&self.docker, &self.container, KILLER, &self.tag).await;
             }
         }
         // A signal that ended CMD shows as 128+N, as a shell reports it: the engine does
         // not tell it apart from `exit 128+N`, so it stays a code.
-        Ok(RunExit { code, signal: None })
+        Ok(RunExit { code, signal })
     }
 
     fn resize(&self, size: TermSize) -> Result<(), SandboxError> {
@@ -463,6 +496,7 @@ impl ChildControl for DockerChild {
     }
 
     fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -473,8 +507,10 @@ impl ChildControl for DockerChild {
         let container = self.container.clone();
         let tag = self.tag.clone();
         if let Some(own) = self.own.clone() {
+            let stop = self.stop.clone();
             handle.spawn(async move {
                 let _ = container::remove(&docker, &own).await;
+                stop.cancel();
             });
             return;
         }
