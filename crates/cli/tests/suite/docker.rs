@@ -653,7 +653,7 @@ fn start_long_run(t: &Target, world: &World, marker: &str) -> (std::process::Chi
         .arg(format!("echo started > {marker}; sleep 300"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let child = c.spawn().expect("spawn");
+    let mut child = c.spawn().expect("spawn");
     let sessions = world.data_dir().join("sessions");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -666,11 +666,11 @@ fn start_long_run(t: &Target, world: &World, marker: &str) -> (std::process::Chi
         if let Some(id) = found {
             return (child, id);
         }
-        assert!(
-            Instant::now() < deadline,
-            "{}: the run never started",
-            t.label
-        );
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{}: the run never started", t.label);
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
