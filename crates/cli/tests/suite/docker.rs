@@ -643,6 +643,8 @@ fn run_with_mounts(t: &Target) {
 
 /// Starts `safe-coder run --mount <dir> -- bash -c "<marker>; sleep 300"` and returns
 /// the child and its session id once the marker file is in the session's work tree.
+// The child is handed to the caller, who waits for it.
+#[allow(clippy::zombie_processes)]
 fn start_long_run(t: &Target, world: &World, marker: &str) -> (std::process::Child, String) {
     let shown = world.root.path().join("shown");
     std::fs::create_dir_all(&shown).expect("dir");
