@@ -380,24 +380,7 @@ fn rootfs_image(
         std::fs::remove_dir_all(&staging).map_err(ImageError::io(&staging))?;
     }
     progress("assembling the root filesystem");
-    // Hard links: no data copied. Across filesystems `cp -a` copies instead.
-    let linked = Command::new("cp")
-        .arg("-a")
-        .arg("-l")
-        .arg(tree)
-        .arg(&staging)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !linked {
-        let _ = std::fs::remove_dir_all(&staging);
-        run(
-            Command::new("cp").arg("-a").arg(tree).arg(&staging),
-            "copying the root filesystem tree",
-        )?;
-    }
+    crate::rootfs::link_tree(tree, &staging)?;
     let result = (|| {
         // New files only (or unlink first): a hard-linked file is the cached tree's too.
         let replace = |rel: &str, data: &[u8], mode: u32| -> Result<(), ImageError> {
