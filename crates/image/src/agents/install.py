@@ -181,7 +181,7 @@ def pip(venv, pip_version, requirement):
     run(["/usr/bin/python3", "-m", "venv", "--without-pip", venv], env)
     py = os.path.join(venv, "bin", "python")
     run([py, wheel + "/pip", "install", "--quiet", wheel], env)
-    run([py, "-m", "pip", "install", "--progress-bar", "off", requirement], env)
+    run([py, "-m", "pip", "install", "--quiet", "--progress-bar", "off", requirement], env)
     print("installed: " + " ".join(sorted(os.listdir(os.path.join(venv, "bin")))), flush=True)
 
 

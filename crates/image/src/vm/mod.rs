@@ -23,6 +23,7 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 
+use crate::agents::{add_agents, AgentPlan, AgentRequest};
 use crate::rootfs::{build_rootfs, COMPLETE_MARKER};
 use crate::{ImageError, RootfsRequest};
 
@@ -63,6 +64,8 @@ pub struct VmImageRequest {
     pub kernel_package: Option<String>,
     /// Free space in the root filesystem beyond its contents, in MiB.
     pub free_space_mb: u64,
+    /// Agent CLIs to install under `/opt/safe-coder-agents` (crate::agents).
+    pub agents: Vec<AgentRequest>,
 }
 
 impl VmImageRequest {
@@ -75,6 +78,7 @@ impl VmImageRequest {
             agent: None,
             kernel_package: None,
             free_space_mb: 256,
+            agents: Vec::new(),
         }
     }
 }
@@ -100,6 +104,9 @@ pub struct VmManifest {
     pub rootfs_bytes: u64,
     pub features: Vec<String>,
     pub built_at_unix: u64,
+    /// The agent CLIs in `/opt/safe-coder-agents`, `name version (registry package)`.
+    #[serde(default)]
+    pub agents: Vec<String>,
 }
 
 /// A built image.
@@ -451,7 +458,8 @@ pub fn build(req: &VmImageRequest, progress: &mut dyn FnMut(&str)) -> Result<VmI
         Some(p) => p.clone(),
         None => kernel::current_kernel_package()?,
     };
-    let rootfs_key = req.rootfs.cache_key();
+    let plan = AgentPlan::new(&req.agents);
+    let rootfs_key = plan.tree_key(&req.rootfs.cache_key());
     let mut features: Vec<String> = FEATURES.iter().map(|f| f.to_string()).collect();
     features.sort();
 
@@ -500,6 +508,13 @@ pub fn build(req: &VmImageRequest, progress: &mut dyn FnMut(&str)) -> Result<VmI
     write_atomic(&dir.join(INITRAMFS_FILE), &initramfs(&agent, &modules)?)?;
 
     let tree = build_rootfs(&req.rootfs, &cache_dir, progress)?;
+    let (tree, _) = add_agents(
+        &tree,
+        &req.rootfs.cache_key(),
+        &plan,
+        &cache_dir,
+        progress,
+    )?;
     let rootfs_bytes = rootfs_image(
         &tree,
         &agent,
@@ -530,6 +545,7 @@ pub fn build(req: &VmImageRequest, progress: &mut dyn FnMut(&str)) -> Result<VmI
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        agents: plan.versions(),
     };
     write_atomic(
         &dir.join(FEATURES_FILE),
@@ -586,6 +602,7 @@ mod tests {
             rootfs_bytes: 1,
             features: vec!["serial-agent".into()],
             built_at_unix: 0,
+            agents: vec![],
         };
         std::fs::write(
             dir.join(MANIFEST_FILE),
