@@ -19,16 +19,13 @@ pub struct DockerImageArgs {
     /// docker: the image name (default: `[docker] image`, else safe-coder-sandbox:bookworm).
     #[arg(long, value_name = "NAME")]
     image: Option<String>,
-    /// docker: where root filesystems are cached (default: $XDG_CACHE_HOME/safe-coder/images).
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
     /// docker: import again even when the engine has the image built from the same packages.
     #[arg(long)]
     force: bool,
 }
 
-fn cache_dir(args: &DockerImageArgs) -> Result<PathBuf> {
-    if let Some(d) = &args.cache_dir {
+fn cache_dir(common: &VmImageArgs) -> Result<PathBuf> {
+    if let Some(d) = &common.cache_dir {
         return Ok(d.clone());
     }
     let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
@@ -64,7 +61,7 @@ pub fn build_docker(common: &VmImageArgs, args: DockerImageArgs) -> Result<()> {
             return Ok(());
         }
     }
-    let cache = cache_dir(&args)?;
+    let cache = cache_dir(common)?;
     let rootfs = build_rootfs(&request, &cache, &mut |line| eprintln!("  {line}"))?;
     let (rootfs, key) = add_agents(&rootfs, &base_key, &plan, &cache, &mut |line| {
         eprintln!("  {line}")

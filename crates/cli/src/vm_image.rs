@@ -29,6 +29,10 @@ pub struct VmImageArgs {
     /// From the npm registry (with a Node.js 22 from there too) and PyPI.
     #[arg(long = "agent-cli", visible_alias = "cli", value_name = "CLI[@VERSION],...")]
     pub agent_clis: Vec<String>,
+    /// Where root filesystem trees, kernel packages and agent CLI layers are cached
+    /// (default: $XDG_CACHE_HOME/safe-coder/images).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// The agent CLIs an image build installs, printed before it starts.
@@ -56,7 +60,11 @@ fn cache_dir() -> Result<PathBuf> {
 
 pub fn build(args: VmImageArgs) -> Result<()> {
     let dirs = Dirs::from_env()?;
-    let mut req = VmImageRequest::new(&dirs.data_dir, cache_dir()?);
+    let cache = match &args.cache_dir {
+        Some(d) => d.clone(),
+        None => cache_dir()?,
+    };
+    let mut req = VmImageRequest::new(&dirs.data_dir, cache);
     req.rootfs = if args.minimal {
         RootfsRequest::minimal()
     } else {
