@@ -62,6 +62,8 @@ pub enum ImageError {
     },
     #[error("the package registry {registry} cannot be reached ({detail}); check the network, or point the build at a mirror with SAFE_CODER_NPM_REGISTRY (npm) or PIP_INDEX_URL (PyPI), and build again")]
     RegistryUnreachable { registry: String, detail: String },
+    #[error("{what} is not in the registry ({url} has no such version); name a version it publishes, or the CLI alone for the tested one")]
+    NotPublished { what: String, url: String },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

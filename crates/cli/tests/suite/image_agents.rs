@@ -195,6 +195,28 @@ fn docker_image_with_agent_clis_runs_them_under_safe_coder_run() {
         .flatten()
         .any(|base| base.path().join("codex-0.170.0").exists());
     assert!(!cached_codex_0170, "a failed layer is not cached");
+
+    // A version the registry does not publish: said so, with the fix.
+    let out = build(
+        &world,
+        &[
+            "--backend",
+            "docker",
+            "--minimal",
+            "--agent-cli",
+            "codex@0.0.1-none",
+            "--image",
+            &format!("{tag}-unpublished"),
+            "--cache-dir",
+            cache_arg.as_str(),
+        ],
+    );
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("@openai/codex@0.0.1-none is not in the registry"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -11,8 +11,10 @@
 #                                        `pip install REQUIREMENT`
 #
 # Environment: SC_NPM_REGISTRY, SC_PYPI_INDEX (URLs), SC_CA (a CA bundle path).
-# Exit 3 with one line `safe-coder: registry unreachable: URL: WHY` when a registry
-# cannot be reached; any other failure exits 1 with the installer's own output above.
+# Exit 3 with one line `safe-coder: registry unreachable<TAB>REGISTRY<TAB>WHY` when a
+# registry cannot be reached, exit 4 with `safe-coder: not in the registry<TAB>WHAT<TAB>URL`
+# when it does not have the package at that version; any other failure exits 1 with the
+# installer's own output above.
 
 import base64
 import hashlib
@@ -43,7 +45,9 @@ NETWORK_SIGNS = [
 
 
 def unreachable(url, why):
-    print(f"safe-coder: registry unreachable: {url}: {why}", flush=True)
+    # The longest that matches: one registry may sit under the other on a mirror.
+    registry = next((r for r in sorted((NPM, PYPI), key=len, reverse=True) if url.startswith(r)), url)
+    print(f"safe-coder: registry unreachable\t{registry}\t{why} (fetching {url})", flush=True)
     sys.exit(3)
 
 
@@ -52,6 +56,9 @@ def get(url, what):
         with urllib.request.urlopen(url, context=CONTEXT, timeout=120) as r:
             return r.read()
     except urllib.error.HTTPError as e:
+        if e.code == 404:
+            print(f"safe-coder: not in the registry\t{what}\t{url}", flush=True)
+            sys.exit(4)
         print(f"{what}: {url} answered {e.code} {e.reason}", flush=True)
         sys.exit(1)
     except (urllib.error.URLError, OSError) as e:
@@ -140,6 +147,9 @@ def node(dest, node_version, npm_version):
 
 
 def npm(prefix, package, version):
+    # Asked first, once: an unreachable registry fails here at once (npm itself retries
+    # for a minute), and a version the registry does not have says so.
+    get(NPM + urllib.parse.quote(package, safe="@") + "/" + version, f"{package}@{version}")
     os.makedirs(prefix, exist_ok=True)
     env = base_env()
     env.update({"npm_config_registry": NPM, "npm_config_update_notifier": "false",
@@ -169,8 +179,8 @@ def pip_wheel(version):
             with open(path, "wb") as f:
                 f.write(data)
             return path
-    print(f"{PYPI}pip/ lists no {name}", flush=True)
-    sys.exit(1)
+    print(f"safe-coder: not in the registry\tpip {version}\t{PYPI}pip/", flush=True)
+    sys.exit(4)
 
 
 def pip(venv, pip_version, requirement):

@@ -563,11 +563,11 @@ fn install_layer(
             .stderr(Stdio::inherit());
         let mut child = command.spawn().map_err(ImageError::io(&scratch))?;
         let mut tail: Vec<String> = Vec::new();
-        let mut unreachable = None;
+        let mut marker: Option<Vec<String>> = None;
         if let Some(out) = child.stdout.take() {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("safe-coder: registry unreachable: ") {
-                    unreachable = Some(rest.to_string());
+                if line.starts_with("safe-coder: ") && line.contains('\t') {
+                    marker = Some(line.split('\t').skip(1).map(str::to_string).collect());
                 }
                 progress(&line);
                 tail.push(line);
@@ -577,16 +577,26 @@ fn install_layer(
             }
         }
         let status = child.wait().map_err(ImageError::io(&scratch))?;
-        if status.code() == Some(3) {
-            let detail = unreachable.unwrap_or_default();
-            let (registry, why) = match detail.rsplit_once(": ") {
-                Some((r, w)) => (r.to_string(), w.to_string()),
-                None => (detail.clone(), String::new()),
-            };
-            return Err(ImageError::RegistryUnreachable {
-                registry,
-                detail: why,
-            });
+        let field = |i: usize| {
+            marker
+                .as_ref()
+                .and_then(|m| m.get(i).cloned())
+                .unwrap_or_default()
+        };
+        match status.code() {
+            Some(3) => {
+                return Err(ImageError::RegistryUnreachable {
+                    registry: field(0),
+                    detail: field(1),
+                })
+            }
+            Some(4) => {
+                return Err(ImageError::NotPublished {
+                    what: field(0),
+                    url: field(1),
+                })
+            }
+            _ => {}
         }
         if !status.success() {
             return Err(ImageError::Command {
@@ -713,7 +723,8 @@ mod tests {
     }
 
     /// install.py on the host's python3 against a port where nothing listens: one
-    /// marker line and exit 3, which [`install_layer`] turns into `RegistryUnreachable`.
+    /// marker line naming the registry and exit 3, which [`install_layer`] turns into
+    /// `RegistryUnreachable`.
     #[test]
     fn the_installer_says_when_a_registry_cannot_be_reached() {
         if find_tool("python3").is_none() {
@@ -743,9 +754,14 @@ mod tests {
             assert_eq!(out.status.code(), Some(3), "{args:?}: {text}");
             let line = text
                 .lines()
-                .find_map(|l| l.strip_prefix("safe-coder: registry unreachable: "))
+                .find_map(|l| l.strip_prefix("safe-coder: registry unreachable\t"))
                 .unwrap_or_else(|| panic!("no marker line: {text}"));
-            assert!(line.starts_with(&format!("http://127.0.0.1:{dead}/")), "{line}");
+            let registry = if args[0] == "pip" {
+                format!("http://127.0.0.1:{dead}/simple/\t")
+            } else {
+                format!("http://127.0.0.1:{dead}/\t")
+            };
+            assert!(line.starts_with(&registry), "{line}");
             assert!(!dir.path().join("venv-dir").exists(), "nothing installed before the fetch");
         }
     }
