@@ -261,6 +261,7 @@ fn vm_image_with_codex_boots_sized_by_vm_config_and_runs_it() {
     if let Some(v) = vhost {
         vm.push_str(&format!("vhost_vsock_bin = {:?}\n", v.display().to_string()));
     }
+    std::fs::create_dir_all(world.config_dir()).expect("config dir");
     std::fs::write(
         world.config_dir().join("config.toml"),
         format!("[vm]\n{vm}"),
