@@ -13,6 +13,8 @@
 //!   `safe-coder-sandbox:agents-test`; never the backend's default image)
 //! - `SAFE_CODER_TEST_IMAGE_AGENT_CLIS`: the CLIs of the docker image (default
 //!   `codex,gemini,aider`: a native binary from npm, a Node 20+ CLI, a pip venv)
+//! - `SAFE_CODER_TEST_AGENTS_VM_DATA`: a data dir to keep the VM image with Codex in
+//!   (default: the test's temporary home, removed after)
 
 use std::path::PathBuf;
 
@@ -232,11 +234,18 @@ fn vm_image_with_codex_boots_sized_by_vm_config_and_runs_it() {
         eprintln!("{test}: skipped: {why}");
         return;
     }
-    // The image goes to this world's data dir (a temporary directory, removed after).
+    // The image goes to this world's data dir (a temporary directory, removed after),
+    // or to $SAFE_CODER_TEST_AGENTS_VM_DATA (CI keeps it there: a warm run finds it up
+    // to date).
     let world = World::new();
-    let out = build(
-        &world,
-        &[
+    let kept = std::env::var_os("SAFE_CODER_TEST_AGENTS_VM_DATA").map(PathBuf::from);
+    let mut command = world.cmd();
+    if let Some(dir) = &kept {
+        command.env("XDG_DATA_HOME", dir);
+    }
+    let out = command
+        .args(["sandbox", "image", "build"])
+        .args([
             "--backend",
             "qemu",
             "--minimal",
@@ -244,20 +253,33 @@ fn vm_image_with_codex_boots_sized_by_vm_config_and_runs_it() {
             "codex",
             "--cache-dir",
             &cache.display().to_string(),
-        ],
-    );
+        ])
+        .output()
+        .expect("run safe-coder");
     assert_ok(&out);
     assert!(
         stdout(&out).contains("agent CLIs: node 22.") && stdout(&out).contains("codex 0.171.0"),
         "{}",
         stdout(&out)
     );
-    let manifest = std::fs::read_to_string(world.data_dir().join("vm/manifest.json"))
-        .expect("manifest");
+    let image = match &kept {
+        Some(dir) => dir.join("safe-coder/vm"),
+        None => world.data_dir().join("vm"),
+    };
+    let manifest = std::fs::read_to_string(image.join("manifest.json")).expect("manifest");
     assert!(manifest.contains("codex 0.171.0"), "{manifest}");
 
     // The VM's size comes from [vm], as the document's FC_VCPU/FC_MEM did.
     let mut vm = String::from("accel = \"tcg\"\nvcpus = 1\nmemory_mb = 640\n");
+    if kept.is_some() {
+        for (key, file) in [
+            ("kernel", "vmlinux"),
+            ("rootfs", "rootfs.ext4"),
+            ("initramfs", "initramfs.cpio.gz"),
+        ] {
+            vm.push_str(&format!("{key} = {:?}\n", image.join(file).display().to_string()));
+        }
+    }
     if let Some(v) = vhost {
         vm.push_str(&format!("vhost_vsock_bin = {:?}\n", v.display().to_string()));
     }
