@@ -100,11 +100,9 @@ fn docker_image_with_agent_clis_runs_them_under_safe_coder_run() {
         .ok()
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| "codex,gemini,aider".into());
-    let spec = safe_coder_sandbox::DockerSpec {
-        image: tag.clone(),
-        ..safe_coder_sandbox::DockerSpec::default()
-    };
-    if let Err(e) = safe_coder_sandbox::docker::runtime_for(&spec) {
+    // The engine answers (the image itself may not be there yet).
+    let spec = safe_coder_sandbox::DockerSpec::default();
+    if let Err(e) = safe_coder_sandbox::docker::image_rootfs_key(&spec, &tag) {
         assert!(!required(), "{test}: the docker engine must work here: {e}");
         eprintln!("{test}: skipped: {e}");
         return;
