@@ -27,7 +27,11 @@ pub struct VmImageArgs {
     /// Agent CLIs to install in the image: codex, claude, gemini, aider, each optionally
     /// `@VERSION` (exact; default: the tested version), comma-separated or repeated.
     /// From the npm registry (with a Node.js 22 from there too) and PyPI.
-    #[arg(long = "agent-cli", visible_alias = "cli", value_name = "CLI[@VERSION],...")]
+    #[arg(
+        long = "agent-cli",
+        visible_alias = "cli",
+        value_name = "CLI[@VERSION],..."
+    )]
     pub agent_clis: Vec<String>,
     /// Where root filesystem trees, kernel packages and agent CLI layers are cached
     /// (default: $XDG_CACHE_HOME/safe-coder/images).

@@ -95,7 +95,11 @@ fn docker_image_with_agent_clis_runs_them_under_safe_coder_run() {
         .ok()
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| "safe-coder-sandbox:agents-test".into());
-    assert_ne!(tag, safe_coder_sandbox::DEFAULT_DOCKER_IMAGE, "a tag of its own");
+    assert_ne!(
+        tag,
+        safe_coder_sandbox::DEFAULT_DOCKER_IMAGE,
+        "a tag of its own"
+    );
     let clis = std::env::var("SAFE_CODER_TEST_IMAGE_AGENT_CLIS")
         .ok()
         .filter(|t| !t.is_empty())
@@ -130,7 +134,11 @@ fn docker_image_with_agent_clis_runs_them_under_safe_coder_run() {
     // The same set again: nothing installed, nothing imported.
     let again = build(&world, &args);
     assert_ok(&again);
-    assert!(stdout(&again).contains("is up to date"), "{}", stdout(&again));
+    assert!(
+        stdout(&again).contains("is up to date"),
+        "{}",
+        stdout(&again)
+    );
 
     // Inside the container, through the user's path: `safe-coder run --backend docker`.
     std::fs::create_dir_all(world.config_dir()).expect("config dir");
@@ -176,7 +184,14 @@ fn docker_image_with_agent_clis_runs_them_under_safe_coder_run() {
     let out = world
         .cmd()
         .env("SAFE_CODER_NPM_REGISTRY", &registry)
-        .args(["sandbox", "image", "build", "--backend", "docker", "--minimal"])
+        .args([
+            "sandbox",
+            "image",
+            "build",
+            "--backend",
+            "docker",
+            "--minimal",
+        ])
         .args(["--agent-cli", "codex@0.170.0", "--image"])
         .arg(format!("{tag}-unreachable"))
         .args(["--cache-dir", cache_arg.as_str()])
@@ -185,7 +200,9 @@ fn docker_image_with_agent_clis_runs_them_under_safe_coder_run() {
     assert!(!out.status.success(), "{}", stdout(&out));
     let err = stderr(&out);
     assert!(
-        err.contains(&format!("the package registry {registry} cannot be reached")),
+        err.contains(&format!(
+            "the package registry {registry} cannot be reached"
+        )),
         "{err}"
     );
     assert!(err.contains("SAFE_CODER_NPM_REGISTRY"), "{err}");
@@ -275,11 +292,17 @@ fn vm_image_with_codex_boots_sized_by_vm_config_and_runs_it() {
             ("rootfs", "rootfs.ext4"),
             ("initramfs", "initramfs.cpio.gz"),
         ] {
-            vm.push_str(&format!("{key} = {:?}\n", image.join(file).display().to_string()));
+            vm.push_str(&format!(
+                "{key} = {:?}\n",
+                image.join(file).display().to_string()
+            ));
         }
     }
     if let Some(v) = vhost {
-        vm.push_str(&format!("vhost_vsock_bin = {:?}\n", v.display().to_string()));
+        vm.push_str(&format!(
+            "vhost_vsock_bin = {:?}\n",
+            v.display().to_string()
+        ));
     }
     std::fs::create_dir_all(world.config_dir()).expect("config dir");
     std::fs::write(
@@ -315,7 +338,7 @@ fn vm_image_with_codex_boots_sized_by_vm_config_and_runs_it() {
         .unwrap_or_else(|| panic!("no MemTotal: {result}"));
     // The guest kernel keeps some for itself: between 80 % and 100 % of 640 MiB.
     assert!(
-        kb <= 640 * 1024 && kb >= 640 * 1024 * 8 / 10,
+        (640 * 1024 * 8 / 10..=640 * 1024).contains(&kb),
         "MemTotal {kb} kB for memory_mb = 640: {result}"
     );
 }

@@ -203,7 +203,10 @@ pub enum LayerKind {
     /// `npm install` of a package.
     Npm { package: String },
     /// A venv with `pip install package==version`.
-    Pip { package: String, pip_version: String },
+    Pip {
+        package: String,
+        pip_version: String,
+    },
 }
 
 /// One directory under `/opt/safe-coder-agents/`.
@@ -628,10 +631,17 @@ mod tests {
     #[test]
     fn names_alone_get_the_tested_versions_and_exact_versions_are_kept() {
         let a = agents(&["codex,gemini", "aider@0.85.0"]);
-        let got: Vec<(&str, &str)> = a.iter().map(|r| (r.cli.name(), r.version.as_str())).collect();
+        let got: Vec<(&str, &str)> = a
+            .iter()
+            .map(|r| (r.cli.name(), r.version.as_str()))
+            .collect();
         assert_eq!(
             got,
-            [("codex", "0.171.0"), ("gemini", "0.61.0"), ("aider", "0.85.0")]
+            [
+                ("codex", "0.171.0"),
+                ("gemini", "0.61.0"),
+                ("aider", "0.85.0")
+            ]
         );
         assert_eq!(agents(&["claude-code"])[0].cli, AgentCli::Claude);
         assert_eq!(agents(&["Codex, codex@0.171.0"]).len(), 1);
@@ -640,7 +650,10 @@ mod tests {
     #[test]
     fn unknown_names_ranges_and_conflicts_are_refused_with_the_fix() {
         let e = parse_agents(&["cursor"]).expect_err("unknown");
-        assert!(e.to_string().contains("codex, claude, gemini, aider"), "{e}");
+        assert!(
+            e.to_string().contains("codex, claude, gemini, aider"),
+            "{e}"
+        );
         for spec in ["codex@latest", "codex@^0.171", "codex@0.171.x", "aider@1"] {
             let e = parse_agents(&[spec]).expect_err(spec);
             assert!(matches!(e, ImageError::AgentVersion { .. }), "{spec}: {e}");
@@ -669,12 +682,22 @@ mod tests {
         assert_eq!(names, ["node", "claude", "codex", "gemini", "aider"]);
         assert_eq!(
             plan.layers[0].installer_args(),
-            ["node", "/opt/safe-coder-agents/node", NODE_VERSION, NPM_VERSION]
+            [
+                "node",
+                "/opt/safe-coder-agents/node",
+                NODE_VERSION,
+                NPM_VERSION
+            ]
         );
         assert!(plan.layers[2].needs_node() && !plan.layers[0].needs_node());
         assert_eq!(
             plan.layers[2].installer_args(),
-            ["npm", "/opt/safe-coder-agents/codex", "@openai/codex", "0.171.0"]
+            [
+                "npm",
+                "/opt/safe-coder-agents/codex",
+                "@openai/codex",
+                "0.171.0"
+            ]
         );
         let links: Vec<(String, String)> =
             plan.layers.iter().flat_map(|l| l.links.clone()).collect();
@@ -719,7 +742,10 @@ mod tests {
         )
         .expect("found");
         assert_eq!((found, found_key), (tree, key));
-        assert!(lines[0].starts_with("using the root filesystem"), "{lines:?}");
+        assert!(
+            lines[0].starts_with("using the root filesystem"),
+            "{lines:?}"
+        );
     }
 
     /// install.py on the host's python3 against a port where nothing listens: one
@@ -762,7 +788,10 @@ mod tests {
                 format!("http://127.0.0.1:{dead}/\t")
             };
             assert!(line.starts_with(&registry), "{line}");
-            assert!(!dir.path().join("venv-dir").exists(), "nothing installed before the fetch");
+            assert!(
+                !dir.path().join("venv-dir").exists(),
+                "nothing installed before the fetch"
+            );
         }
     }
 }

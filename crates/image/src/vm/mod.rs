@@ -508,13 +508,7 @@ pub fn build(req: &VmImageRequest, progress: &mut dyn FnMut(&str)) -> Result<VmI
     write_atomic(&dir.join(INITRAMFS_FILE), &initramfs(&agent, &modules)?)?;
 
     let tree = build_rootfs(&req.rootfs, &cache_dir, progress)?;
-    let (tree, _) = add_agents(
-        &tree,
-        &req.rootfs.cache_key(),
-        &plan,
-        &cache_dir,
-        progress,
-    )?;
+    let (tree, _) = add_agents(&tree, &req.rootfs.cache_key(), &plan, &cache_dir, progress)?;
     let rootfs_bytes = rootfs_image(
         &tree,
         &agent,
