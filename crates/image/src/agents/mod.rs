@@ -475,6 +475,27 @@ pub fn add_agents(
     Ok((dest, key))
 }
 
+/// Removes the scratch roots of builds that died (their process is gone); a running
+/// build's is left alone.
+fn remove_stale_scratch(cache_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".agents-scratch-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Installs one layer: a hard-linked copy of the base tree (plus Node when the layer
 /// needs it) as a scratch root, install.py run in it under chroot, and the layer's
 /// directory moved out into the cache. The scratch root is removed whatever happens.
@@ -499,6 +520,7 @@ fn install_layer(
     if unsafe { libc::geteuid() } != 0 {
         return Err(ImageError::NeedsRoot);
     }
+    remove_stale_scratch(cache_dir);
     let scratch = cache_dir.join(format!(".agents-scratch-{}", std::process::id()));
     if scratch.exists() {
         std::fs::remove_dir_all(&scratch).map_err(ImageError::io(&scratch))?;
@@ -722,6 +744,23 @@ mod tests {
         );
         assert_eq!(AgentPlan::default().tree_key("abc"), "abc");
         assert_eq!(a.tree_key("abc"), format!("abc-{}", a.key()));
+    }
+
+    #[test]
+    fn a_dead_builds_scratch_root_is_removed_a_live_ones_kept() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let live = cache
+            .path()
+            .join(format!(".agents-scratch-{}", std::process::id()));
+        // A pid above the kernel's maximum (4194304) never runs.
+        let dead = cache.path().join(".agents-scratch-4194305");
+        let other = cache.path().join("rootfs-abc");
+        for d in [&live, &dead, &other] {
+            std::fs::create_dir_all(d.join("etc")).expect("mkdir");
+        }
+        remove_stale_scratch(cache.path());
+        assert!(live.exists() && other.exists());
+        assert!(!dead.exists());
     }
 
     #[test]
