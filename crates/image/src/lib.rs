@@ -46,7 +46,7 @@ pub enum ImageError {
         image_protocol: u32,
         protocol: u32,
     },
-    #[error("unknown agent CLI `{name}`; choose from codex, claude, gemini, aider (e.g. --agent codex,aider)")]
+    #[error("unknown agent CLI `{name}`; choose from codex, claude, gemini, aider (e.g. --agent-cli codex,aider)")]
     AgentUnknown { name: String },
     #[error("`{spec}`: `{version}` is not an exact version; give one (e.g. {example}) or the name alone for the tested version")]
     AgentVersion {
