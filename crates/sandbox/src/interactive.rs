@@ -40,12 +40,17 @@ pub struct Bind {
 }
 
 /// A host path the user asked to show (`--mount PATH[:ro]`). The backend decides where
-/// it appears: on `process`, a path under the user's home appears at the same place
-/// under the sandbox's home (`~/.codex` → `$HOME/.codex` inside), any other path at its
-/// own path.
+/// it appears, from `path`: on `process`, a path under the user's home appears at the
+/// same place under the sandbox's home (`~/.codex` → `$HOME/.codex` inside), any other
+/// path at its own path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
+    /// What is shown: the canonical source (symlinks resolved).
     pub host: PathBuf,
+    /// Where the user named it: absolute and without `.` or `..`, but symlinks kept, so
+    /// a directory reached through a symlink (`~/.codex` → `~/dotfiles/codex`) appears
+    /// where the user and the command name it, not at its target.
+    pub path: PathBuf,
     pub read_only: bool,
 }
 

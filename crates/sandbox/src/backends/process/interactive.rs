@@ -50,12 +50,43 @@ fn forwarded_argv(forwarder: &Path, socket: &Path, port: u16, argv: &[String]) -
     out
 }
 
-/// Where `--mount host` appears inside under bubblewrap, given the user's home.
-pub(crate) fn mount_target(host: &Path, home: Option<&Path>) -> PathBuf {
-    match home.and_then(|h| host.strip_prefix(h).ok()) {
+/// Where a `--mount` the user named `path` appears inside under bubblewrap, given the
+/// user's home (as `HOME` spells it; its canonical form is tried too).
+pub(crate) fn mount_target(path: &Path, home: Option<&Path>) -> PathBuf {
+    let canonical = home.and_then(|h| h.canonicalize().ok());
+    let rel = home
+        .into_iter()
+        .chain(canonical.as_deref())
+        .find_map(|h| path.strip_prefix(h).ok());
+    match rel {
         Some(rel) if !rel.as_os_str().is_empty() => Path::new(SANDBOX_HOME).join(rel),
-        _ => host.to_path_buf(),
+        _ => path.to_path_buf(),
     }
+}
+
+/// Makes `home/rel` a symlink to `target` (replacing an old symlink, never anything
+/// else), for the in-process confiner's mounts.
+fn link_into_home(home: &Path, rel: &Path, target: &Path) -> Result<(), SandboxError> {
+    let link = home.join(rel);
+    let fail = |e: std::io::Error| {
+        SandboxError::Other(format!(
+            "could not show {} in the sandbox's home: {e}",
+            target.display()
+        ))
+    };
+    if let Some(parent) = link.parent() {
+        std::fs::create_dir_all(parent).map_err(fail)?;
+    }
+    match std::fs::symlink_metadata(&link) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(&link).map_err(fail)?,
+        Ok(_) => return Err(SandboxError::Unavailable(format!(
+            "{} already exists in the sandbox's home, so --mount cannot show {} there; remove it",
+            rel.display(),
+            target.display()
+        ))),
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(target, &link).map_err(fail)
 }
 
 fn util_setsid() -> Option<&'static str> {
@@ -79,7 +110,7 @@ pub(crate) fn spawn(
         if !m.host.exists() {
             return Err(SandboxError::NotFound(format!(
                 "{} (given with --mount)",
-                m.host.display()
+                m.path.display()
             )));
         }
     }
@@ -96,7 +127,7 @@ pub(crate) fn spawn(
                 let flag = if m.read_only { "--ro-bind" } else { "--bind" };
                 extra.push(flag.into());
                 extra.push(m.host.clone().into_os_string());
-                extra.push(mount_target(&m.host, home.as_deref()).into_os_string());
+                extra.push(mount_target(&m.path, home.as_deref()).into_os_string());
             }
             let mut binds = request.binds.clone();
             let mut argv = request.argv.clone();
@@ -152,11 +183,20 @@ pub(crate) fn spawn(
             if let Some(m) = request.mounts.iter().find(|m| !m.read_only) {
                 return Err(SandboxError::Unavailable(format!(
                     "a writable --mount ({}) needs bubblewrap; install it (apt-get install bubblewrap) or mount it read-only with :ro",
-                    m.host.display()
+                    m.path.display()
                 )));
             }
             let mut read_only = confiner.toolchains.dirs.clone();
             read_only.extend(request.mounts.iter().map(|m| m.host.clone()));
+            // No mount namespace: a mount is readable at its host path (Landlock), and
+            // one under the user's home also through a symlink at the same place in the
+            // sandbox's home (`~/.codex` → `$HOME/.codex` inside, as under bubblewrap).
+            let home = std::env::var_os("HOME").map(PathBuf::from);
+            for m in &request.mounts {
+                if let Ok(rel) = mount_target(&m.path, home.as_deref()).strip_prefix(SANDBOX_HOME) {
+                    link_into_home(&tmp.path().join("home"), rel, &m.host)?;
+                }
+            }
             // A ruleset of its own: the mounts differ from the agent's commands' rules.
             let rulesets = inprocess::RulesetCache::default();
             let mut cmd = inprocess::command(
