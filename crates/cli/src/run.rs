@@ -468,11 +468,21 @@ async fn pump_input(
     }
 }
 
-/// `safe-coder __net-forward --port P --socket S -- CMD...`, inside the sandbox: listens
-/// on the sandbox's loopback, carries each connection to the proxy's socket, and runs
-/// CMD as its child, exiting as CMD did. It ignores `SIGINT` and `SIGQUIT` (typed at the
-/// terminal, they are for CMD, which gets them with their default meaning back).
-pub fn net_forward(port: u16, socket: PathBuf, command: Vec<String>) -> u8 {
+/// Where `__net-forward` carries the connections.
+pub enum ForwardVia {
+    /// The proxy's Unix socket, bound into the sandbox (bubblewrap).
+    Socket(PathBuf),
+    /// An inherited stream (a socket pair's end) whose other end the host serves with
+    /// `mux::serve_host` (the in-process confiner, which can bind nothing in).
+    Stream(i32),
+}
+
+/// `safe-coder __net-forward --port P (--socket S | --stream-fd N) -- CMD...`, inside the
+/// sandbox: listens on the sandbox's loopback, carries each connection to the proxy
+/// (its socket, or the stream), and runs CMD as its child, exiting as CMD did. It
+/// ignores `SIGINT` and `SIGQUIT` (typed at the terminal, they are for CMD, which gets
+/// them with their default meaning back).
+pub fn net_forward(port: u16, via: ForwardVia, command: Vec<String>) -> u8 {
     let Some(program) = command.first() else {
         eprintln!("safe-coder __net-forward: no command");
         return 2;
@@ -484,7 +494,29 @@ pub fn net_forward(port: u16, socket: PathBuf, command: Vec<String>) -> u8 {
             return 126;
         }
     };
-    std::thread::spawn(move || safe_coder_netproxy::forward::serve(listener, &socket));
+    match via {
+        ForwardVia::Socket(socket) => {
+            std::thread::spawn(move || safe_coder_netproxy::forward::serve(listener, &socket));
+        }
+        ForwardVia::Stream(fd) => {
+            let stream = match inherited_stream(fd) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!(
+                        "safe-coder: the network stream (descriptor {fd}) is not usable: {e}"
+                    );
+                    return 126;
+                }
+            };
+            std::thread::spawn(move || {
+                let (from_host, to_host) = stream;
+                if let Err(e) = safe_coder_netproxy::mux::serve_guest(listener, from_host, to_host)
+                {
+                    eprintln!("safe-coder: the sandbox's network stream broke: {e}");
+                }
+            });
+        }
+    }
     // SAFETY: setting signal dispositions to SIG_IGN / SIG_DFL.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
@@ -518,6 +550,20 @@ pub fn net_forward(port: u16, socket: PathBuf, command: Vec<String>) -> u8 {
             127
         }
     }
+}
+
+/// Takes the inherited descriptor `fd` (kept from CMD: close-on-exec) as the read and
+/// write halves of the network stream.
+fn inherited_stream(fd: i32) -> std::io::Result<(std::fs::File, std::fs::File)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl on a plain number: it fails with EBADF when nothing is open there.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is open (above), was handed to this process for this use
+    // alone, and is owned by this File from here on.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    Ok((file.try_clone()?, file))
 }
 
 #[cfg(test)]

@@ -316,6 +316,8 @@ struct HostChild {
     pgid: i32,
     /// A copy of the PTY master, for resizing.
     pty: Option<OwnedFd>,
+    /// Host tasks serving the command (the network stream), aborted with it.
+    tasks: Vec<tokio::task::AbortHandle>,
 }
 
 #[async_trait]
@@ -358,13 +360,18 @@ impl Drop for HostChild {
         if self.child.id().is_some() {
             self.kill();
         }
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
-/// Spawns a prepared command (see [`prepare`]) as an interactive child.
+/// Spawns a prepared command (see [`prepare`]) as an interactive child; `tasks` serve
+/// it and are aborted when the child is dropped.
 pub(crate) fn spawn_host(
     cmd: std::process::Command,
     terminal: Terminal,
+    tasks: Vec<tokio::task::AbortHandle>,
 ) -> Result<InteractiveChild, SandboxError> {
     let mut cmd = tokio::process::Command::from(cmd);
     let child = cmd.spawn().map_err(|e| {
@@ -390,7 +397,12 @@ pub(crate) fn spawn_host(
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
     Ok(InteractiveChild {
         terminal: parent,
-        control: Box::new(HostChild { child, pgid, pty }),
+        control: Box::new(HostChild {
+            child,
+            pgid,
+            pty,
+            tasks,
+        }),
     })
 }
 
@@ -429,7 +441,7 @@ pub(crate) fn spawn_unconfined(
         Session::LeaderWithTerminal,
         true,
     )?;
-    spawn_host(cmd, terminal)
+    spawn_host(cmd, terminal, Vec::new())
 }
 
 #[cfg(test)]

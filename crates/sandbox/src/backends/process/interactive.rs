@@ -17,10 +17,16 @@
 //!   `127.0.0.1:P` inside and carries each connection to the socket.
 //!
 //! The in-process mechanism has no mount namespace: read-only mounts are shown at their
-//! host path (Landlock read rules); a writable mount or a bind (the network proxy) needs
-//! bubblewrap, and saying so is the answer.
+//! host path (Landlock read rules; one under the user's home also by a symlink in the
+//! sandbox's home); a writable mount needs bubblewrap, and saying so is the answer. The
+//! network allow-list works there too, without binding anything in: the forwarder
+//! (the `safe-coder` binary at its host path) gets one end of a socket pair
+//! (`__net-forward --stream-fd N`) and carries the command's connections over it with
+//! `safe_coder_netproxy::mux`, whose host side connects each to the proxy's socket.
 
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use super::confiner::{Confinement, ProcessConfiner};
@@ -34,20 +40,31 @@ const SANDBOX_HOME: &str = "/tmp/home";
 /// Where the proxy's socket and the forwarder appear under bubblewrap.
 const INSIDE_DIR: &str = "/run/safe-coder";
 
-/// The command under the forwarder: `FORWARDER __net-forward --port P --socket S -- CMD`
-/// (it listens on the sandbox's loopback and runs CMD as its child).
-fn forwarded_argv(forwarder: &Path, socket: &Path, port: u16, argv: &[String]) -> Vec<String> {
+/// The command under the forwarder: `FORWARDER __net-forward --port P VIA -- CMD`, where
+/// VIA is `--socket PATH` (the proxy's socket, bound in) or `--stream-fd N` (a stream
+/// the host carries with `mux`). It listens on the sandbox's loopback and runs CMD as
+/// its child.
+fn forwarded_argv(forwarder: &Path, port: u16, via: [String; 2], argv: &[String]) -> Vec<String> {
     let mut out = vec![
         forwarder.display().to_string(),
         "__net-forward".to_string(),
         "--port".to_string(),
         port.to_string(),
-        "--socket".to_string(),
-        socket.display().to_string(),
-        "--".to_string(),
     ];
+    out.extend(via);
+    out.push("--".to_string());
     out.extend(argv.iter().cloned());
     out
+}
+
+/// A socket pair for the in-process confiner's forwarder: the sandbox's end is passed
+/// into the sandbox (its number on the command line), the host's end carried to the
+/// proxy by `mux::serve_host`.
+fn stream_pair() -> Result<(std::os::unix::net::UnixStream, OwnedFd), SandboxError> {
+    let (host, guest) = std::os::unix::net::UnixStream::pair().map_err(|e| {
+        SandboxError::Other(format!("could not open a stream for the network: {e}"))
+    })?;
+    Ok((host, OwnedFd::from(guest)))
 }
 
 /// Where a `--mount` the user named `path` appears inside under bubblewrap, given the
@@ -79,11 +96,13 @@ fn link_into_home(home: &Path, rel: &Path, target: &Path) -> Result<(), SandboxE
     }
     match std::fs::symlink_metadata(&link) {
         Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(&link).map_err(fail)?,
-        Ok(_) => return Err(SandboxError::Unavailable(format!(
+        Ok(_) => {
+            return Err(SandboxError::Unavailable(format!(
             "{} already exists in the sandbox's home, so --mount cannot show {} there; remove it",
             rel.display(),
             target.display()
-        ))),
+        )))
+        }
         Err(_) => {}
     }
     std::os::unix::fs::symlink(target, &link).map_err(fail)
@@ -116,7 +135,7 @@ pub(crate) fn spawn(
     }
     let terminal = interactive::open_terminal(request.terminal)?;
     let setup = confiner.child_setup();
-    let (mut cmd, session) = match &confiner.confinement {
+    let (mut cmd, session, stream) = match &confiner.confinement {
         Confinement::Bwrap(info) => {
             let mut extra: Vec<OsString> = Vec::new();
             if terminal.is_pty {
@@ -145,8 +164,11 @@ pub(crate) fn spawn(
                 });
                 argv = forwarded_argv(
                     &inside.join("safe-coder"),
-                    &inside.join("net.sock"),
                     net.port,
+                    [
+                        "--socket".to_string(),
+                        inside.join("net.sock").display().to_string(),
+                    ],
                     &argv,
                 );
             }
@@ -172,12 +194,12 @@ pub(crate) fn spawn(
                 Some(setup),
                 &extra,
             )?;
-            (cmd, session)
+            (cmd, session, None)
         }
         Confinement::InProcess { support, tmp, .. } => {
-            if !request.binds.is_empty() || request.network.is_some() {
+            if !request.binds.is_empty() {
                 return Err(SandboxError::Unavailable(
-                    "the network allow-list needs bubblewrap (the in-process confiner cannot bind the proxy into the sandbox); install bubblewrap (apt-get install bubblewrap)".into(),
+                    "the in-process confiner cannot bind paths into the sandbox; install bubblewrap (apt-get install bubblewrap)".into(),
                 ));
             }
             if let Some(m) = request.mounts.iter().find(|m| !m.read_only) {
@@ -197,21 +219,56 @@ pub(crate) fn spawn(
                     link_into_home(&tmp.path().join("home"), rel, &m.host)?;
                 }
             }
-            // A ruleset of its own: the mounts differ from the agent's commands' rules.
-            let rulesets = inprocess::RulesetCache::default();
+            // The network allow-list: no mount namespace to bind the proxy's socket in,
+            // and no `AF_UNIX` socket may be opened inside (seccomp). So the forwarder
+            // (the safe-coder binary, readable and executable by a Landlock rule) gets
+            // one end of a socket pair and carries its connections over it with `mux`;
+            // Landlock lets the sandbox bind and connect to the forwarder's port on its
+            // own loopback only (its network namespace has nothing else).
+            let mut argv = request.argv.clone();
+            let mut stream = None;
+            let rulesets = match &request.network {
+                Some(net) => {
+                    let (host_end, guest_end) = stream_pair()?;
+                    read_only.push(net.forwarder.clone());
+                    argv = forwarded_argv(
+                        &net.forwarder,
+                        net.port,
+                        ["--stream-fd".to_string(), guest_end.as_raw_fd().to_string()],
+                        &argv,
+                    );
+                    stream = Some((host_end, guest_end, net.proxy_socket.clone()));
+                    inprocess::RulesetCache::with_loopback_port(net.port)
+                }
+                // A ruleset of its own: the mounts differ from the agent's commands' rules.
+                None => inprocess::RulesetCache::default(),
+            };
             let mut cmd = inprocess::command(
                 support,
                 workdir,
                 confiner.writable_files(workdir),
                 tmp.path(),
                 &read_only,
-                &format!("exec {}", shell_line(&request.argv)),
+                &format!("exec {}", shell_line(&argv)),
                 &rulesets,
                 Some(setup),
             )?;
+            if let Some((_, guest_end, _)) = &stream {
+                let fd = guest_end.as_raw_fd();
+                // SAFETY: fcntl on a descriptor the child inherited (it stays open until
+                // exec, where it must stay open: the forwarder reads its number).
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }
             // The shim leads the group, so killing the group kills the sandbox.
-            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-            (cmd, Session::LeaderWithTerminal)
+            cmd.process_group(0);
+            (cmd, Session::LeaderWithTerminal, stream)
         }
     };
     cmd.envs(confiner.toolchains.env.iter().map(|(k, v)| (k, v)));
@@ -224,7 +281,35 @@ pub(crate) fn spawn(
         session,
         false,
     )?;
-    spawn_host(cmd, terminal)
+    let Some((host_end, guest_end, proxy_socket)) = stream else {
+        return spawn_host(cmd, terminal, Vec::new());
+    };
+    let carrier = carry_to_proxy(host_end, proxy_socket)?;
+    let child = spawn_host(cmd, terminal, vec![carrier]);
+    // Only the sandbox holds its end now: the stream ends when the sandbox does.
+    drop(guest_end);
+    child
+}
+
+/// Runs `mux::serve_host` on the host's end of the forwarder's stream; it ends with the
+/// stream (the sandbox gone), or is aborted with the child.
+fn carry_to_proxy(
+    host_end: std::os::unix::net::UnixStream,
+    proxy_socket: PathBuf,
+) -> Result<tokio::task::AbortHandle, SandboxError> {
+    let fail =
+        |e: std::io::Error| SandboxError::Other(format!("could not carry the network stream: {e}"));
+    host_end.set_nonblocking(true).map_err(fail)?;
+    let stream = tokio::net::UnixStream::from_std(host_end).map_err(fail)?;
+    let (from_guest, to_guest) = stream.into_split();
+    let task = tokio::spawn(async move {
+        if let Err(e) =
+            safe_coder_netproxy::mux::serve_host(from_guest, to_guest, proxy_socket).await
+        {
+            log::warn!("the sandbox's network stream ended: {e}");
+        }
+    });
+    Ok(task.abort_handle())
 }
 
 #[cfg(test)]
