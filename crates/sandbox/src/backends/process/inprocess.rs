@@ -254,19 +254,27 @@ fn landlock_error(e: impl std::fmt::Display) -> SandboxError {
 #[derive(Debug, Default)]
 pub(crate) struct RulesetCache {
     slot: Mutex<Option<(PathBuf, Arc<OwnedFd>)>>,
+    run: RunRules,
+}
+
+/// What an interactive command (`safe-coder run`) may have beyond an agent's command.
+#[derive(Debug, Default)]
+pub(crate) struct RunRules {
     /// A TCP port of the sandbox's own loopback that it may bind and connect to (the
     /// network allow-list's forwarder listens there); with it, the loopback of the
     /// sandbox's network namespace is brought up. Only with namespaces: without, the
     /// loopback is the host's.
-    loopback_port: Option<u16>,
+    pub loopback_port: Option<u16>,
+    /// Host paths it may write (the user's writable `--mount`s).
+    pub writable: Vec<PathBuf>,
 }
 
 impl RulesetCache {
-    /// Rules that also let the sandbox bind and connect to `port` on its own loopback.
-    pub(crate) fn with_loopback_port(port: u16) -> RulesetCache {
+    /// Rules with `run`'s additions.
+    pub(crate) fn for_run(run: RunRules) -> RulesetCache {
         RulesetCache {
             slot: Mutex::new(None),
-            loopback_port: Some(port),
+            run,
         }
     }
 
@@ -286,13 +294,7 @@ impl RulesetCache {
                 return Ok(fd.clone());
             }
         }
-        let fd = Arc::new(ruleset(
-            support,
-            workdir,
-            tmp,
-            extra_read_only,
-            self.loopback_port,
-        )?);
+        let fd = Arc::new(ruleset(support, workdir, tmp, extra_read_only, &self.run)?);
         *slot = Some((workdir.to_path_buf(), fd.clone()));
         Ok(fd)
     }
@@ -303,7 +305,7 @@ fn ruleset(
     workdir: &Path,
     tmp: &Path,
     extra_read_only: &[PathBuf],
-    loopback_port: Option<u16>,
+    run: &RunRules,
 ) -> Result<OwnedFd, SandboxError> {
     let abi = match support.landlock_abi {
         1 => ABI::V1,
@@ -351,7 +353,13 @@ fn ruleset(
         .map_err(landlock_error)?
         .add_rules(path_beneath_rules([workdir, tmp], all))
         .map_err(landlock_error)?;
-    let created = match loopback_port {
+    let created = created
+        .add_rules(path_beneath_rules(
+            run.writable.iter().filter(|p| p.exists()),
+            all,
+        ))
+        .map_err(landlock_error)?;
+    let created = match run.loopback_port {
         // Only inside a network namespace of its own is the port the sandbox's alone.
         Some(port) if support.landlock_abi >= 4 && support.namespaces => created
             .add_rule(NetPort::new(
@@ -416,12 +424,12 @@ pub(crate) fn command(
         .env_remove("WAYLAND_DISPLAY");
 
     let namespaces = support.namespaces;
-    if rulesets.loopback_port.is_some() && !namespaces {
+    if rulesets.run.loopback_port.is_some() && !namespaces {
         return Err(SandboxError::Unavailable(
             "the network allow-list needs a network namespace of its own for the sandbox, which this machine refuses to unprivileged users (see `safe-coder sandbox doctor`); install bubblewrap (apt-get install bubblewrap) or allow user namespaces".into(),
         ));
     }
-    let loopback = rulesets.loopback_port.is_some();
+    let loopback = rulesets.run.loopback_port.is_some();
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let uid_map = format!("{uid} {uid} 1").into_bytes();

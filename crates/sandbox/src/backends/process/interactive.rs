@@ -16,13 +16,13 @@
 //!   under `safe-coder __net-forward --port P --socket ... -- CMD`, which listens on
 //!   `127.0.0.1:P` inside and carries each connection to the socket.
 //!
-//! The in-process mechanism has no mount namespace: read-only mounts are shown at their
-//! host path (Landlock read rules; one under the user's home also by a symlink in the
-//! sandbox's home); a writable mount needs bubblewrap, and saying so is the answer. The
-//! network allow-list works there too, without binding anything in: the forwarder
-//! (the `safe-coder` binary at its host path) gets one end of a socket pair
-//! (`__net-forward --stream-fd N`) and carries the command's connections over it with
-//! `safe_coder_netproxy::mux`, whose host side connects each to the proxy's socket.
+//! The in-process mechanism has no mount namespace: mounts are reachable at their host
+//! path (Landlock rules, read-only or read-write; one under the user's home also by a
+//! symlink in the sandbox's home). The network allow-list works there too, without
+//! binding anything in: the forwarder (the `safe-coder` binary at its host path) gets
+//! one end of a socket pair (`__net-forward --stream-fd N`) and carries the command's
+//! connections over it with `safe_coder_netproxy::mux`, whose host side connects each
+//! to the proxy's socket.
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -202,17 +202,19 @@ pub(crate) fn spawn(
                     "the in-process confiner cannot bind paths into the sandbox; install bubblewrap (apt-get install bubblewrap)".into(),
                 ));
             }
-            if let Some(m) = request.mounts.iter().find(|m| !m.read_only) {
-                return Err(SandboxError::Unavailable(format!(
-                    "a writable --mount ({}) needs bubblewrap; install it (apt-get install bubblewrap) or mount it read-only with :ro",
-                    m.path.display()
-                )));
-            }
             let mut read_only = confiner.toolchains.dirs.clone();
-            read_only.extend(request.mounts.iter().map(|m| m.host.clone()));
-            // No mount namespace: a mount is readable at its host path (Landlock), and
-            // one under the user's home also through a symlink at the same place in the
-            // sandbox's home (`~/.codex` → `$HOME/.codex` inside, as under bubblewrap).
+            let mut rules = inprocess::RunRules::default();
+            for m in &request.mounts {
+                if m.read_only {
+                    read_only.push(m.host.clone());
+                } else {
+                    rules.writable.push(m.host.clone());
+                }
+            }
+            // No mount namespace: a mount is reachable at its host path (a Landlock
+            // rule, read-only or read-write), and one under the user's home also through
+            // a symlink at the same place in the sandbox's home (`~/.codex` →
+            // `$HOME/.codex` inside, as under bubblewrap).
             let home = std::env::var_os("HOME").map(PathBuf::from);
             for m in &request.mounts {
                 if let Ok(rel) = mount_target(&m.path, home.as_deref()).strip_prefix(SANDBOX_HOME) {
@@ -227,22 +229,21 @@ pub(crate) fn spawn(
             // own loopback only (its network namespace has nothing else).
             let mut argv = request.argv.clone();
             let mut stream = None;
-            let rulesets = match &request.network {
-                Some(net) => {
-                    let (host_end, guest_end) = stream_pair()?;
-                    read_only.push(net.forwarder.clone());
-                    argv = forwarded_argv(
-                        &net.forwarder,
-                        net.port,
-                        ["--stream-fd".to_string(), guest_end.as_raw_fd().to_string()],
-                        &argv,
-                    );
-                    stream = Some((host_end, guest_end, net.proxy_socket.clone()));
-                    inprocess::RulesetCache::with_loopback_port(net.port)
-                }
-                // A ruleset of its own: the mounts differ from the agent's commands' rules.
-                None => inprocess::RulesetCache::default(),
-            };
+            if let Some(net) = &request.network {
+                let (host_end, guest_end) = stream_pair()?;
+                read_only.push(net.forwarder.clone());
+                argv = forwarded_argv(
+                    &net.forwarder,
+                    net.port,
+                    ["--stream-fd".to_string(), guest_end.as_raw_fd().to_string()],
+                    &argv,
+                );
+                stream = Some((host_end, guest_end, net.proxy_socket.clone()));
+                rules.loopback_port = Some(net.port);
+            }
+            // A ruleset of its own: the mounts and the network differ from the agent's
+            // commands' rules.
+            let rulesets = inprocess::RulesetCache::for_run(rules);
             let mut cmd = inprocess::command(
                 support,
                 workdir,
