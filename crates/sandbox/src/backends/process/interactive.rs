@@ -97,11 +97,12 @@ fn link_into_home(home: &Path, rel: &Path, target: &Path) -> Result<(), SandboxE
     match std::fs::symlink_metadata(&link) {
         Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(&link).map_err(fail)?,
         Ok(_) => {
-            return Err(SandboxError::Unavailable(format!(
-            "{} already exists in the sandbox's home, so --mount cannot show {} there; remove it",
-            rel.display(),
-            target.display()
-        )))
+            let why = format!(
+                "{} already exists in the sandbox's home, so --mount cannot show {} there",
+                rel.display(),
+                target.display()
+            );
+            return Err(SandboxError::Unavailable(format!("{why}; remove it")));
         }
         Err(_) => {}
     }
@@ -217,7 +218,8 @@ pub(crate) fn spawn(
             // `$HOME/.codex` inside, as under bubblewrap).
             let home = std::env::var_os("HOME").map(PathBuf::from);
             for m in &request.mounts {
-                if let Ok(rel) = mount_target(&m.path, home.as_deref()).strip_prefix(SANDBOX_HOME) {
+                let inside = mount_target(&m.path, home.as_deref());
+                if let Ok(rel) = inside.strip_prefix(SANDBOX_HOME) {
                     link_into_home(&tmp.path().join("home"), rel, &m.host)?;
                 }
             }
