@@ -11,6 +11,7 @@ pub mod exec;
 pub mod files;
 pub mod init;
 pub mod listen;
+pub mod net_forward;
 pub mod reaper;
 pub mod server;
 pub mod usage;

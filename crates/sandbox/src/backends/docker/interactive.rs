@@ -63,7 +63,7 @@ pub(crate) async fn spawn(
     if request.argv.is_empty() {
         return Err(SandboxError::Other("no command to run was given".into()));
     }
-    if !request.binds.is_empty() {
+    if !request.binds.is_empty() || request.network.is_some() {
         return Err(SandboxError::Unavailable(
             "the docker backend cannot enforce a network allow-list yet (the proxy's socket cannot be added to a running container); drop --allow-net or use --backend process".into(),
         ));
