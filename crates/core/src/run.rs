@@ -274,6 +274,28 @@ impl Runner {
                 return;
             }
         };
+        // Shown where the user named it, the canonical source behind it (a path through a
+        // symlink keeps working inside by the name the user and the command use).
+        let mut mounts = Vec::new();
+        for (p, read_only) in &run.mounts {
+            let path = PathBuf::from(p);
+            match path.canonicalize() {
+                Ok(host) if path.is_absolute() => mounts.push(Mount {
+                    host,
+                    path,
+                    read_only: *read_only,
+                }),
+                Ok(_) => {
+                    self.events
+                        .error(format!("cannot mount {p}: give an absolute path"));
+                    return;
+                }
+                Err(e) => {
+                    self.events.error(format!("cannot mount {p}: {e}"));
+                    return;
+                }
+            }
+        }
         let mut network = None;
         let mut proxy = None;
         let isolated = !matches!(
@@ -312,14 +334,7 @@ impl Runner {
             env_extra,
             terminal: run.terminal.map(|(rows, cols)| TermSize { rows, cols }),
             binds: Vec::new(),
-            mounts: run
-                .mounts
-                .iter()
-                .map(|(p, ro)| Mount {
-                    host: PathBuf::from(p),
-                    read_only: *ro,
-                })
-                .collect(),
+            mounts,
             network,
         };
         let child = match self.session.sandbox.spawn_interactive(request).await {

@@ -244,8 +244,11 @@ where
     for id in ids {
         abort_guest(&map, id);
     }
-    wake(addr);
-    let _ = acceptor.join();
+    // Joined only when it could be woken (else it stays blocked in `accept`, holding
+    // nothing but the listener, until the process ends).
+    if wake(addr) {
+        let _ = acceptor.join();
+    }
     // A connection accepted while the stream ended.
     let ids: Vec<u32> = lock(&map).keys().copied().collect();
     for id in ids {
@@ -254,8 +257,8 @@ where
     result
 }
 
-/// Wakes the acceptor blocked in `accept` (it then sees `stop`).
-fn wake(addr: SocketAddr) {
+/// Wakes the acceptor blocked in `accept` (it then sees `stop`); whether it could.
+fn wake(addr: SocketAddr) -> bool {
     let mut addr = addr;
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr {
@@ -263,7 +266,7 @@ fn wake(addr: SocketAddr) {
             SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    let _ = TcpStream::connect(addr);
+    TcpStream::connect(addr).is_ok()
 }
 
 fn accept_loop<W: Write + Send + 'static>(
@@ -277,7 +280,14 @@ fn accept_loop<W: Write + Send + 'static>(
         if stop.load(Ordering::SeqCst) {
             return;
         }
-        let Ok(tcp) = conn else { continue };
+        let tcp = match conn {
+            Ok(tcp) => tcp,
+            Err(_) => {
+                // Out of descriptors, say: do not spin; connections wait in the backlog.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let (Ok(reader), Ok(writer), Ok(shut)) =
             (tcp.try_clone(), tcp.try_clone(), tcp.try_clone())

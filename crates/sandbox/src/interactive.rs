@@ -40,12 +40,17 @@ pub struct Bind {
 }
 
 /// A host path the user asked to show (`--mount PATH[:ro]`). The backend decides where
-/// it appears: on `process`, a path under the user's home appears at the same place
-/// under the sandbox's home (`~/.codex` → `$HOME/.codex` inside), any other path at its
-/// own path.
+/// it appears, from `path`: on `process`, a path under the user's home appears at the
+/// same place under the sandbox's home (`~/.codex` → `$HOME/.codex` inside), any other
+/// path at its own path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
+    /// What is shown: the canonical source (symlinks resolved).
     pub host: PathBuf,
+    /// Where the user named it: absolute and without `.` or `..`, but symlinks kept, so
+    /// a directory reached through a symlink (`~/.codex` → `~/dotfiles/codex`) appears
+    /// where the user and the command name it, not at its target.
+    pub path: PathBuf,
     pub read_only: bool,
 }
 
@@ -311,6 +316,8 @@ struct HostChild {
     pgid: i32,
     /// A copy of the PTY master, for resizing.
     pty: Option<OwnedFd>,
+    /// Host tasks serving the command (the network stream), aborted with it.
+    tasks: Vec<tokio::task::AbortHandle>,
 }
 
 #[async_trait]
@@ -353,13 +360,18 @@ impl Drop for HostChild {
         if self.child.id().is_some() {
             self.kill();
         }
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
-/// Spawns a prepared command (see [`prepare`]) as an interactive child.
+/// Spawns a prepared command (see [`prepare`]) as an interactive child; `tasks` serve
+/// it and are aborted when the child is dropped.
 pub(crate) fn spawn_host(
     cmd: std::process::Command,
     terminal: Terminal,
+    tasks: Vec<tokio::task::AbortHandle>,
 ) -> Result<InteractiveChild, SandboxError> {
     let mut cmd = tokio::process::Command::from(cmd);
     let child = cmd.spawn().map_err(|e| {
@@ -385,7 +397,12 @@ pub(crate) fn spawn_host(
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
     Ok(InteractiveChild {
         terminal: parent,
-        control: Box::new(HostChild { child, pgid, pty }),
+        control: Box::new(HostChild {
+            child,
+            pgid,
+            pty,
+            tasks,
+        }),
     })
 }
 
@@ -424,7 +441,7 @@ pub(crate) fn spawn_unconfined(
         Session::LeaderWithTerminal,
         true,
     )?;
-    spawn_host(cmd, terminal)
+    spawn_host(cmd, terminal, Vec::new())
 }
 
 #[cfg(test)]

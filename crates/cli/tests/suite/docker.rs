@@ -557,7 +557,8 @@ fn run_command(t: &Target) {
 }
 
 /// `--mount`: a path under the home appears under the container's home, read-only with
-/// `:ro`; another path at its own place, writable; the run's container is removed when
+/// `:ro` (a symlink there: its target, where it was named); another path at its own
+/// place, writable; the run's container is removed when
 /// it ends (the session's own stays, stopped, for the kept session); the workspace is the
 /// session's as without mounts.
 fn run_with_mounts(t: &Target) {
@@ -568,8 +569,14 @@ fn run_with_mounts(t: &Target) {
     std::fs::write(tool.join("config"), "from-home\n").expect("config");
     let shared = world.root.path().join("shared dir");
     std::fs::create_dir_all(&shared).expect("shared dir");
+    // A symlink under the home into a directory elsewhere (a dotfiles repository):
+    // shown where it was named.
+    let dotfiles = world.root.path().join("dotfiles-linked");
+    std::fs::create_dir_all(&dotfiles).expect("dotfiles");
+    std::fs::write(dotfiles.join("settings"), "linked-settings\n").expect("settings");
+    std::os::unix::fs::symlink(&dotfiles, world.home.join(".linked")).expect("symlink");
     let script = format!(
-        "cat \"$HOME/.tool/config\"; echo x > \"$HOME/.tool/new\" 2>/dev/null && echo ro-written-$((1+1)); \
+        "cat \"$HOME/.linked/settings\"; cat \"$HOME/.tool/config\"; echo x > \"$HOME/.tool/new\" 2>/dev/null && echo ro-written-$((1+1)); \
          echo made > {shared:?}/out.txt && echo rw-ok-$((1+1)); echo in-ws > ws.txt",
         shared = shared.display().to_string()
     );
@@ -580,6 +587,8 @@ fn run_with_mounts(t: &Target) {
         .arg(format!("{}:ro", tool.display()))
         .arg("--mount")
         .arg(&shared)
+        .arg("--mount")
+        .arg(format!("{}:ro", world.home.join(".linked").display()))
         .args(["--", "bash", "-c", &script])
         .output()
         .expect("run");
@@ -587,6 +596,7 @@ fn run_with_mounts(t: &Target) {
     let label = &t.label;
     assert_ok(&out);
     assert!(text.contains("from-home"), "{label}: {text}");
+    assert!(text.contains("linked-settings"), "{label}: {text}");
     // (The command line is in the output too: the markers are computed.)
     assert!(!text.contains("ro-written-2"), "{label}: {text}");
     assert!(!tool.join("new").exists(), "{label}");

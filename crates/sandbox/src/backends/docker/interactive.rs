@@ -159,8 +159,9 @@ pub(crate) async fn spawn(
     }
 }
 
-/// Where a `--mount` path appears in the container: under the container's home when it
-/// is under the user's home (`~/.codex` → `/tmp/.codex`), else at its own path.
+/// Where a `--mount` path (as the user named it) appears in the container: under the
+/// container's home when it is under the user's home (`~/.codex` → `/tmp/.codex`), else
+/// at its own path.
 pub(crate) fn mount_target(host: &Path, home: Option<&Path>) -> PathBuf {
     match home.and_then(|h| host.strip_prefix(h).ok()) {
         Some(rel) if !rel.as_os_str().is_empty() => Path::new(CONTAINER_HOME).join(rel),
@@ -174,17 +175,18 @@ fn engine_mount(m: &Mount, home: Option<&Path>) -> Result<bollard::models::Mount
     if !m.host.exists() {
         return Err(SandboxError::NotFound(format!(
             "{} (given with --mount)",
-            m.host.display()
+            m.path.display()
         )));
     }
-    let target = mount_target(&m.host, home);
+    // The canonical source is shown where the user named it (symlinks kept).
+    let target = mount_target(&m.path, home);
     let clashes = target == Path::new("/")
         || target == Path::new(CONTAINER_HOME)
         || RESERVED.iter().any(|r| target.starts_with(r));
     if clashes || !target.is_absolute() {
         return Err(SandboxError::Other(format!(
             "--mount {} would appear at {} in the container, which is the container's own; mount a path below it instead",
-            m.host.display(),
+            m.path.display(),
             target.display()
         )));
     }
@@ -556,6 +558,7 @@ mod tests {
         let dir = std::env::temp_dir();
         let m = |p: &Path| Mount {
             host: p.to_path_buf(),
+            path: p.to_path_buf(),
             read_only: true,
         };
         // The home itself would replace the container's /tmp: refused.
@@ -573,5 +576,21 @@ mod tests {
         let ok = engine_mount(&m(sub.path()), None).unwrap();
         assert_eq!(ok.read_only, Some(true));
         assert_eq!(ok.target, ok.source);
+        // A symlink is shown (its target) where the user named it.
+        let link = sub.path().join("link");
+        let real = sub.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let named = Mount {
+            host: real.canonicalize().unwrap(),
+            path: link.clone(),
+            read_only: false,
+        };
+        let ok = engine_mount(&named, None).unwrap();
+        assert_eq!(ok.target.as_deref(), link.to_str());
+        assert_eq!(
+            ok.source,
+            real.canonicalize().unwrap().to_str().map(String::from)
+        );
     }
 }
