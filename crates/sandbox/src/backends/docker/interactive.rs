@@ -16,6 +16,8 @@
 //!   mounts; `container.rs`), removed when the run ends; `kill()` removes it, which ends
 //!   every process in it at once. A path under the user's home appears under the
 //!   container's home (`/tmp`): `~/.codex` is `/tmp/.codex`; any other at its own path.
+//! - The network allow-list (`request.network`): the guest agent's `net-forward` runs as a
+//!   second exec before CMD, bridged to the host's proxy (`net.rs`); it ends with CMD.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -130,24 +132,24 @@ pub(crate) async fn spawn(
             Some(n) => Some(net::start(docker, container, n.port, n.proxy_socket.clone()).await?),
             None => None,
         };
-        let (terminal, exec, tag, done, stop) = start(docker, container, env, request).await?;
-        Ok::<_, SandboxError>((terminal, exec, tag, done, stop, forwarder))
+        let started = start(docker, container, env, request).await?;
+        Ok::<_, SandboxError>((started, forwarder))
     };
     match started.await {
-        Ok((terminal, exec, tag, done, stop, forwarder)) => Ok(InteractiveChild {
-            terminal,
+        Ok((s, forwarder)) => Ok(InteractiveChild {
+            terminal: s.terminal,
             control: Box::new(DockerChild {
                 docker: docker.clone(),
                 container: container.to_string(),
                 own,
-                exec,
-                tag,
+                exec: s.exec,
+                tag: s.tag,
                 tty: request.terminal.is_some(),
-                done,
+                done: s.done,
                 finished: Arc::new(Mutex::new(false)),
                 forwarder,
                 killed: Arc::new(AtomicBool::new(false)),
-                stop,
+                stop: s.stop,
             }),
         }),
         Err(e) => {
@@ -233,24 +235,26 @@ async fn start_run_container(
         .map_err(SandboxError::from)
 }
 
-/// Starts CMD as an exec in `container`: the host end of its terminal, the exec's id,
-/// the tag of its recorded pid, what says when its stream has ended, and what ends the
-/// stream's pump.
+/// CMD started as an exec (see [`start`]).
+struct Started {
+    /// The host end of its terminal.
+    terminal: OwnedFd,
+    exec: String,
+    /// The name of the file that records its pid (for the killer).
+    tag: String,
+    /// Becomes `true` when the exec's stream has ended.
+    done: watch::Receiver<bool>,
+    /// Ends the stream's pump.
+    stop: CancellationToken,
+}
+
+/// Starts CMD as an exec in `container`.
 async fn start(
     docker: &Docker,
     container: &str,
     env: &[String],
     request: &InteractiveRequest,
-) -> Result<
-    (
-        OwnedFd,
-        String,
-        String,
-        watch::Receiver<bool>,
-        CancellationToken,
-    ),
-    SandboxError,
-> {
+) -> Result<Started, SandboxError> {
     let tty = request.terminal.is_some();
     let tag = format!(
         "run-{}-{}",
@@ -331,7 +335,13 @@ async fn start(
     let (done_tx, done_rx) = watch::channel(false);
     let stop = CancellationToken::new();
     tokio::spawn(pump(ours, output, input, done_tx, stop.clone()));
-    Ok((pair.parent, exec.id, tag, done_rx, stop))
+    Ok(Started {
+        terminal: pair.parent,
+        exec: exec.id,
+        tag,
+        done: done_rx,
+        stop,
+    })
 }
 
 fn tokio_stream(fd: OwnedFd) -> Result<tokio::net::UnixStream, SandboxError> {
