@@ -575,8 +575,10 @@ fn run_with_mounts(t: &Target) {
     std::fs::create_dir_all(&dotfiles).expect("dotfiles");
     std::fs::write(dotfiles.join("settings"), "linked-settings\n").expect("settings");
     std::os::unix::fs::symlink(&dotfiles, world.home.join(".linked")).expect("symlink");
+    // A single file (as `~/.claude.json`).
+    std::fs::write(world.home.join(".tool.json"), "{\"file\": \"mounted\"}\n").expect("file");
     let script = format!(
-        "cat \"$HOME/.linked/settings\"; cat \"$HOME/.tool/config\"; echo x > \"$HOME/.tool/new\" 2>/dev/null && echo ro-written-$((1+1)); \
+        "cat \"$HOME/.tool.json\"; cat \"$HOME/.linked/settings\"; cat \"$HOME/.tool/config\"; echo x > \"$HOME/.tool/new\" 2>/dev/null && echo ro-written-$((1+1)); \
          echo made > {shared:?}/out.txt && echo rw-ok-$((1+1)); echo in-ws > ws.txt",
         shared = shared.display().to_string()
     );
@@ -589,6 +591,8 @@ fn run_with_mounts(t: &Target) {
         .arg(&shared)
         .arg("--mount")
         .arg(format!("{}:ro", world.home.join(".linked").display()))
+        .arg("--mount")
+        .arg(format!("{}:ro", world.home.join(".tool.json").display()))
         .args(["--", "bash", "-c", &script])
         .output()
         .expect("run");
@@ -597,6 +601,7 @@ fn run_with_mounts(t: &Target) {
     assert_ok(&out);
     assert!(text.contains("from-home"), "{label}: {text}");
     assert!(text.contains("linked-settings"), "{label}: {text}");
+    assert!(text.contains(r#"{"file": "mounted"}"#), "{label}: {text}");
     // (The command line is in the output too: the markers are computed.)
     assert!(!text.contains("ro-written-2"), "{label}: {text}");
     assert!(!tool.join("new").exists(), "{label}");
