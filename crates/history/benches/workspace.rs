@@ -149,20 +149,29 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
     let mut direct = Vec::new();
     let mut copy = Vec::new();
     let mut overlay_disk = 0;
+    // Profiling: `WORKSPACE_BENCH_NO_CP=1` leaves `cp -a` out, `WORKSPACE_BENCH_RUNS=N`
+    // sets the runs (the figures in docs/benchmarks.md are measured with `cp -a`).
+    let no_cp = std::env::var_os("WORKSPACE_BENCH_NO_CP").is_some();
+    let runs = std::env::var("WORKSPACE_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(runs);
     for run in 0..runs {
-        let dest = tmp.join(format!("cp{run}"));
-        settle();
-        let t = Instant::now();
-        let ok = Command::new("cp")
-            .arg("-a")
-            .arg(project)
-            .arg(&dest)
-            .status()
-            .unwrap()
-            .success();
-        cp.push(t.elapsed());
-        assert!(ok);
-        remove(&dest);
+        if !no_cp {
+            let dest = tmp.join(format!("cp{run}"));
+            settle();
+            let t = Instant::now();
+            let ok = Command::new("cp")
+                .arg("-a")
+                .arg(project)
+                .arg(&dest)
+                .status()
+                .unwrap()
+                .success();
+            cp.push(t.elapsed());
+            assert!(ok);
+            remove(&dest);
+        }
 
         let s = tmp.join(format!("ov{run}"));
         settle();
@@ -206,10 +215,12 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
             remove(&s);
         }
     }
-    println!(
-        "{label}: `cp -a` of the project (with its .git): {}",
-        stats(cp)
-    );
+    if !cp.is_empty() {
+        println!(
+            "{label}: `cp -a` of the project (with its .git): {}",
+            stats(cp)
+        );
+    }
     println!("{label}: overlay workspace start: {}", stats(overlay));
     println!("{label}: overlay session dir right after start: {overlay_disk} KiB");
     println!(

@@ -250,22 +250,28 @@ impl SessionRepo {
                 hidden: &hidden,
             };
             let lower = layers.lower.clone();
-            let (_, stats) = snapshot::write_snapshot(
+            // The layers are mounted as soon as the walk knows what to hide, beside
+            // the writing of the first snapshot.
+            let mount = || -> Result<OverlayMount, HistoryError> {
+                fs::create_dir_all(&layers.upper)
+                    .ctx(|| format!("cannot create {}", layers.upper.display()))?;
+                let hidden = std::mem::take(&mut *hidden.lock().unwrap_or_else(|p| p.into_inner()));
+                for rel in hidden {
+                    upper::hide(&layers.upper, &rel)?;
+                }
+                OverlayMount::mount(layers.clone())
+                    .map_err(|e| HistoryError::Workspace(e.to_string()))
+            };
+            let ((_, stats), mount) = snapshot::write_snapshot_beside(
                 &layers.lower,
                 source,
                 &git_dir,
                 INITIAL_MESSAGE,
                 move || Borrowed::discover(&lower),
                 stat_cache,
+                mount,
             )?;
-            fs::create_dir_all(&layers.upper)
-                .ctx(|| format!("cannot create {}", layers.upper.display()))?;
-            for rel in hidden.into_inner().unwrap_or_default() {
-                upper::hide(&layers.upper, &rel)?;
-            }
-            let mount = OverlayMount::mount(layers.clone())
-                .map_err(|e| HistoryError::Workspace(e.to_string()))?;
-            Ok((stats, mount))
+            Ok((stats, mount?))
         })();
         let (stats, mount) = match made {
             Ok(m) => m,

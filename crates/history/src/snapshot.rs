@@ -155,6 +155,32 @@ pub(crate) fn write_snapshot(
     borrow: impl FnOnce() -> Option<Borrowed> + Send,
     stat_cache: Option<&Path>,
 ) -> Result<(String, SnapshotStats), HistoryError> {
+    let (made, ()) = write_snapshot_beside(
+        project,
+        source,
+        git_dir,
+        message,
+        borrow,
+        stat_cache,
+        || (),
+    )?;
+    Ok(made)
+}
+
+/// [`write_snapshot`], running `after_walk` on its own thread as soon as the project
+/// has been walked (for `Source::Layered`, once `hidden` is complete), beside the
+/// hashing and the writing of trees, index and commit; returns its result too. The
+/// overlay workspace mounts its layers there: the mount no longer waits for the
+/// snapshot's writes, nor they for the mount.
+pub(crate) fn write_snapshot_beside<T: Send>(
+    project: &Path,
+    source: Source<'_>,
+    git_dir: &Path,
+    message: &str,
+    borrow: impl FnOnce() -> Option<Borrowed> + Send,
+    stat_cache: Option<&Path>,
+    after_walk: impl FnOnce() -> T + Send,
+) -> Result<((String, SnapshotStats), T), HistoryError> {
     let left = std::sync::Mutex::new(Vec::new());
     // The user's index (and the stat cache) are read while the project is walked.
     let (walked, borrowed, cached) = std::thread::scope(|s| {
@@ -176,6 +202,35 @@ pub(crate) fn write_snapshot(
         (walked, reader.join().ok().flatten(), cached)
     });
     let (work_tree, (dirs, mut files, links)) = walked?;
+    std::thread::scope(|s| {
+        let beside = s.spawn(after_walk);
+        let made = write_walked(
+            project,
+            work_tree,
+            (dirs, &mut files, links),
+            git_dir,
+            message,
+            (borrowed, cached),
+            (stat_cache, left),
+        );
+        let beside = beside
+            .join()
+            .map_err(|_| HistoryError::Corrupt("a start thread panicked".into()));
+        Ok((made?, beside?))
+    })
+}
+
+/// The rest of [`write_snapshot_beside`] once the project is walked.
+#[allow(clippy::too_many_arguments)]
+fn write_walked(
+    project: &Path,
+    work_tree: Option<&Path>,
+    (dirs, files, links): (Vec<PathBuf>, &mut [Item], Vec<PathBuf>),
+    git_dir: &Path,
+    message: &str,
+    (borrowed, cached): (Option<Borrowed>, Option<StatCache>),
+    (stat_cache, left): (Option<&Path>, std::sync::Mutex<Vec<(PathBuf, &'static str)>>),
+) -> Result<(String, SnapshotStats), HistoryError> {
     let mut borrowed_count = 0;
     if let Some(b) = &borrowed {
         for f in files.iter_mut() {
@@ -231,29 +286,45 @@ pub(crate) fn write_snapshot(
         }
     }
 
+    // A borrowed (or cached) file read in place needs nothing more: no thread, no
+    // read. Only the rest are shared between threads.
+    let mut inline: Vec<(usize, Copied)> = Vec::new();
+    let mut order: Vec<usize> = Vec::with_capacity(files.len());
+    for (i, f) in files.iter().enumerate() {
+        match (f.known, work_tree) {
+            (Some((mode, id)), None) => inline.push((
+                i,
+                Copied {
+                    id,
+                    mode,
+                    stat: f.stat,
+                },
+            )),
+            _ => order.push(i),
+        }
+    }
     // Balance the threads by bytes.
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 4);
-    let threads = if files.len() < 64 { 1 } else { threads };
-    let mut order: Vec<usize> = (0..files.len()).collect();
+    let threads = match order.len() {
+        0 => 0,
+        n if n < 64 => 1,
+        _ => threads,
+    };
     order.sort_by_key(|&i| std::cmp::Reverse(files[i].size));
     let mut shares: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); threads];
     for i in order {
         if let Some(lightest) = shares.iter_mut().min_by_key(|s| s.0) {
-            // A borrowed file read in place costs nothing; copied, only its bytes.
-            let cost = match (files[i].known, work_tree) {
-                (Some(_), None) => 0,
-                _ => files[i].size,
-            };
-            lightest.0 += cost + 4096;
+            lightest.0 += files[i].size + 4096;
             lightest.1.push(i);
         }
     }
     let pack_dir = git_dir.join("objects/pack");
     let reflink = AtomicBool::new(true);
     type Share = (Option<String>, Vec<(usize, Copied)>);
+    let files: &[Item] = files;
     let results: Vec<Result<Share, HistoryError>> = std::thread::scope(|s| {
         let handles: Vec<_> = shares
             .iter()
@@ -319,14 +390,18 @@ pub(crate) fn write_snapshot(
     });
 
     let mut entries: Vec<Entry> = Vec::with_capacity(files.len() + links.len());
-    let mut blob_ids: HashSet<Oid> = HashSet::with_capacity(files.len());
+    // The blobs this snapshot's own packs hold (a borrowed one is in the user's store).
+    let mut blob_ids: HashSet<Oid> = HashSet::new();
     let mut new_packs: Vec<String> = Vec::new();
     let mut records: Vec<(usize, u32, Oid)> = Vec::new();
-    for r in results {
+    let inline = std::iter::once(Ok((None, inline)));
+    for r in inline.chain(results) {
         let (name, done) = r?;
         new_packs.extend(name);
         for (i, c) in done {
-            blob_ids.insert(c.id);
+            if files[i].known.is_none() {
+                blob_ids.insert(c.id);
+            }
             if cache_root.is_some() {
                 records.push((i, c.mode, c.id));
             }
@@ -649,8 +724,51 @@ fn walk(
 }
 
 /// Sorts a list of project files (from `git ls-files`) into regular files and
-/// symlinks; anything else (or gone meanwhile) is left out.
+/// symlinks; anything else (or gone meanwhile) is left out. Large lists are stat'ed
+/// on a few threads.
 fn classify(
+    project: &Path,
+    list: Vec<PathBuf>,
+    left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
+) -> Result<Walked, HistoryError> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    if threads == 1 || list.len() < 2048 {
+        return classify_part(project, list, left);
+    }
+    let per = list.len().div_ceil(threads);
+    let mut list = list;
+    let mut parts = Vec::with_capacity(threads);
+    while list.len() > per {
+        let rest = list.split_off(per);
+        parts.push(std::mem::replace(&mut list, rest));
+    }
+    parts.push(list);
+    let done: Vec<Result<Walked, HistoryError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| s.spawn(move || classify_part(project, part, left)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(HistoryError::Corrupt("a stat thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut all: Walked = (Vec::new(), Vec::new(), Vec::new());
+    for part in done {
+        let (_, f, l) = part?;
+        all.1.extend(f);
+        all.2.extend(l);
+    }
+    Ok(all)
+}
+
+fn classify_part(
     project: &Path,
     list: Vec<PathBuf>,
     left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
