@@ -115,6 +115,20 @@ fn stats(mut v: Vec<Duration>) -> String {
     )
 }
 
+/// CPU time (user + system) of this process and its waited-for children so far: on a
+/// shared machine the wall time of a start depends on the others' load, its CPU time
+/// much less, so both are shown.
+fn cpu() -> Duration {
+    let used = |who| {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut r) };
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        tv(r.ru_utime) + tv(r.ru_stime)
+    };
+    used(libc::RUSAGE_SELF) + used(libc::RUSAGE_CHILDREN)
+}
+
 fn settle() {
     let _ = Command::new("sync").status();
     std::thread::sleep(Duration::from_millis(200));
@@ -147,6 +161,7 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
     let mut cp = Vec::new();
     let mut overlay = Vec::new();
     let mut direct = Vec::new();
+    let (mut overlay_cpu, mut direct_cpu) = (Vec::new(), Vec::new());
     let mut copy = Vec::new();
     let mut overlay_disk = 0;
     // Profiling: `WORKSPACE_BENCH_NO_CP=1` leaves `cp -a` out, `WORKSPACE_BENCH_RUNS=N`
@@ -175,10 +190,11 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
 
         let s = tmp.join(format!("ov{run}"));
         settle();
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu());
         let repo =
             SessionRepo::create_overlay(&layers(project, &s), &s.join("history.git"), &[]).unwrap();
         overlay.push(t.elapsed());
+        overlay_cpu.push(cpu() - c);
         if run == 0 {
             let st = repo.start_stats().unwrap();
             println!(
@@ -192,9 +208,10 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
 
         let g = tmp.join(format!("shadow{run}.git"));
         settle();
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu());
         SessionRepo::create_shadow(project, &g, &[]).unwrap();
         direct.push(t.elapsed());
+        direct_cpu.push(cpu() - c);
         remove(&g);
 
         if with_copy && run < 3 {
@@ -222,11 +239,13 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
         );
     }
     println!("{label}: overlay workspace start: {}", stats(overlay));
+    println!("{label}:   its CPU time (all threads, git and helpers): {}", stats(overlay_cpu));
     println!("{label}: overlay session dir right after start: {overlay_disk} KiB");
     println!(
         "{label}: direct start (shadow, snapshot in place): {}",
         stats(direct)
     );
+    println!("{label}:   its CPU time (all threads, git and helpers): {}", stats(direct_cpu));
     if !copy.is_empty() {
         println!("{label}: copy workspace start (fallback): {}", stats(copy));
     }
