@@ -167,6 +167,8 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
     // Profiling: `WORKSPACE_BENCH_NO_CP=1` leaves `cp -a` out, `WORKSPACE_BENCH_RUNS=N`
     // sets the runs (the figures in docs/benchmarks.md are measured with `cp -a`).
     let no_cp = std::env::var_os("WORKSPACE_BENCH_NO_CP").is_some();
+    // `WORKSPACE_BENCH_ONLY=overlay` leaves `direct` and the copy out (profiling).
+    let only = std::env::var("WORKSPACE_BENCH_ONLY").ok();
     let runs = std::env::var("WORKSPACE_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -206,6 +208,9 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
         drop(repo);
         remove(&s);
 
+        if only.as_deref() == Some("overlay") {
+            continue;
+        }
         let g = tmp.join(format!("shadow{run}.git"));
         settle();
         let (t, c) = (Instant::now(), cpu());
@@ -239,13 +244,22 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
         );
     }
     println!("{label}: overlay workspace start: {}", stats(overlay));
-    println!("{label}:   its CPU time (all threads, git and helpers): {}", stats(overlay_cpu));
+    println!(
+        "{label}:   its CPU time (all threads, git and helpers): {}",
+        stats(overlay_cpu)
+    );
     println!("{label}: overlay session dir right after start: {overlay_disk} KiB");
+    if direct.is_empty() {
+        return;
+    }
     println!(
         "{label}: direct start (shadow, snapshot in place): {}",
         stats(direct)
     );
-    println!("{label}:   its CPU time (all threads, git and helpers): {}", stats(direct_cpu));
+    println!(
+        "{label}:   its CPU time (all threads, git and helpers): {}",
+        stats(direct_cpu)
+    );
     if !copy.is_empty() {
         println!("{label}: copy workspace start (fallback): {}", stats(copy));
     }

@@ -98,11 +98,9 @@ impl Borrowed {
     /// unchanged: its stat data (from `lstat` of a regular file) matches the user's
     /// index entry.
     pub(crate) fn unchanged(&self, rel: &[u8], st: &Stat, exec: bool) -> Option<(u32, Oid)> {
-        let name = |&(at, len, _): &(u32, u32, Known)| &self.names[at as usize..(at + len) as usize];
-        let i = self
-            .entries
-            .binary_search_by(|e| name(e).cmp(rel))
-            .ok()?;
+        let name =
+            |&(at, len, _): &(u32, u32, Known)| &self.names[at as usize..(at + len) as usize];
+        let i = self.entries.binary_search_by(|e| name(e).cmp(rel)).ok()?;
         let k = &self.entries[i].2;
         let mode_ok = match k.mode {
             0o100755 => exec,

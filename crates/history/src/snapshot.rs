@@ -155,15 +155,8 @@ pub(crate) fn write_snapshot(
     borrow: impl FnOnce() -> Option<Borrowed> + Send,
     stat_cache: Option<&Path>,
 ) -> Result<(String, SnapshotStats), HistoryError> {
-    let (made, ()) = write_snapshot_beside(
-        project,
-        source,
-        git_dir,
-        message,
-        borrow,
-        stat_cache,
-        || (),
-    )?;
+    let (made, ()) =
+        write_snapshot_beside(project, source, git_dir, message, borrow, stat_cache, || ())?;
     Ok(made)
 }
 
@@ -229,7 +222,10 @@ fn write_walked(
     git_dir: &Path,
     message: &str,
     (borrowed, cached): (Option<Borrowed>, Option<StatCache>),
-    (stat_cache, left): (Option<&Path>, std::sync::Mutex<Vec<(PathBuf, &'static str)>>),
+    (stat_cache, left): (
+        Option<&Path>,
+        std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
+    ),
 ) -> Result<(String, SnapshotStats), HistoryError> {
     let mut borrowed_count = 0;
     if let Some(b) = &borrowed {
@@ -597,9 +593,15 @@ fn unstorable(rel: &Path) -> Option<(PathBuf, &'static str)> {
     None
 }
 
+/// Threads of the walk (and of the stat pass of `direct`). More than this 2-core
+/// machine's cores on purpose, as git's own preload of the index (up to 20 threads):
+/// a `stat` of a file not in the kernel's caches waits for the disk, and those waits
+/// overlap; a cached `stat` costs the same on any thread.
+const WALK_THREADS: usize = 4;
+
 /// Directories, regular files and symlinks of `project` (relative paths), without
 /// `.git` entries at any depth and without excluded ones (added to `hidden` when given).
-/// Sockets, FIFOs and device files are skipped. Two threads share the directories;
+/// Sockets, FIFOs and device files are skipped. `WALK_THREADS` share the directories;
 /// each file costs one `fstatat` relative to its directory.
 fn walk(
     project: &Path,
@@ -707,9 +709,10 @@ fn walk(
         out
     };
     let parts: Vec<Walked> = std::thread::scope(|s| {
-        let helper = s.spawn(worker);
-        let mine = worker();
-        vec![mine, helper.join().unwrap_or_default()]
+        let helpers: Vec<_> = (1..WALK_THREADS).map(|_| s.spawn(&worker)).collect();
+        let mut parts = vec![worker()];
+        parts.extend(helpers.into_iter().map(|h| h.join().unwrap_or_default()));
+        parts
     });
     if let Some(e) = lock(&queue).failed.take() {
         return Err(e);
