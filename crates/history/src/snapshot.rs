@@ -174,6 +174,9 @@ pub(crate) fn write_snapshot_beside<T: Send>(
     stat_cache: Option<&Path>,
     after_walk: impl FnOnce() -> T + Send,
 ) -> Result<((String, SnapshotStats), T), HistoryError> {
+    if let Some(root) = stat_cache {
+        statcache::prune_now_and_then(root);
+    }
     let left = std::sync::Mutex::new(Vec::new());
     // The user's index (and the stat cache) are read while the project is walked.
     let (walked, borrowed, cached) = std::thread::scope(|s| {
@@ -213,6 +216,9 @@ pub(crate) fn write_snapshot_beside<T: Send>(
     })
 }
 
+/// Project paths the snapshot cannot take, with the reason.
+type LeftOut = std::sync::Mutex<Vec<(PathBuf, &'static str)>>;
+
 /// The rest of [`write_snapshot_beside`] once the project is walked.
 #[allow(clippy::too_many_arguments)]
 fn write_walked(
@@ -222,10 +228,7 @@ fn write_walked(
     git_dir: &Path,
     message: &str,
     (borrowed, cached): (Option<Borrowed>, Option<StatCache>),
-    (stat_cache, left): (
-        Option<&Path>,
-        std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
-    ),
+    (stat_cache, left): (Option<&Path>, LeftOut),
 ) -> Result<(String, SnapshotStats), HistoryError> {
     let mut borrowed_count = 0;
     if let Some(b) = &borrowed {
@@ -709,7 +712,7 @@ fn walk(
         out
     };
     let parts: Vec<Walked> = std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..WALK_THREADS).map(|_| s.spawn(&worker)).collect();
+        let helpers: Vec<_> = (1..WALK_THREADS).map(|_| s.spawn(worker)).collect();
         let mut parts = vec![worker()];
         parts.extend(helpers.into_iter().map(|h| h.join().unwrap_or_default()));
         parts
