@@ -7,7 +7,8 @@
 //! and `pack/` (the blob packs of earlier sessions). A session hard-links the packs the
 //! cache names into its own `objects/pack` before trusting any entry, so the blobs it
 //! reuses are its own from then on: nothing a later session does to the store (adding
-//! packs, starting over) can take them away, and the store needs no lock. When a link
+//! packs, starting over) can take them away (the lock below guards only the read and the
+//! linking). When a link
 //! fails (another file system, a pack removed meanwhile) the cache is not used.
 //!
 //! The file is written atomically (temporary file, `fsync`, rename), mode 0600, starts
