@@ -8,8 +8,8 @@
 //! cache names into its own `objects/pack` before trusting any entry, so the blobs it
 //! reuses are its own from then on: nothing a later session does to the store (adding
 //! packs, starting over) can take them away (the lock below guards only the read and the
-//! linking). When a link
-//! fails (another file system, a pack removed meanwhile) the cache is not used.
+//! linking). When a link fails (another file system, a pack removed meanwhile) the
+//! cache is not used.
 //!
 //! The file is written atomically (temporary file, `fsync`, rename), mode 0600, starts
 //! with a version line and ends with a SHA-1 of everything before it: a torn, foreign
