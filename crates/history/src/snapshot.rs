@@ -737,11 +737,8 @@ fn classify(
     list: Vec<PathBuf>,
     left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
 ) -> Result<Walked, HistoryError> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 4);
-    if threads == 1 || list.len() < 2048 {
+    let threads = WALK_THREADS;
+    if list.len() < 2048 {
         return classify_part(project, list, left);
     }
     let per = list.len().div_ceil(threads);
@@ -779,8 +776,14 @@ fn classify_part(
     list: Vec<PathBuf>,
     left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
 ) -> Result<Walked, HistoryError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut files = Vec::new();
     let mut links = Vec::new();
+    // Each file is stat'ed relative to its directory, opened once for the files of it
+    // that follow one another in the sorted list: one path lookup per directory, not
+    // one per component of every file.
+    let mut dir: Option<(PathBuf, Option<File>)> = None;
     for rel in list {
         if let Some(bad) = unstorable(&rel) {
             if let Ok(mut l) = left.lock() {
@@ -790,19 +793,62 @@ fn classify_part(
             }
             continue;
         }
-        let p = project.join(&rel);
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_symlink() => links.push(rel),
-            Ok(m) if m.is_file() => files.push(Item {
-                size: m.len(),
-                stat: Stat::from_meta(&m),
-                exec: m.permissions().mode() & 0o100 != 0,
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            continue;
+        };
+        if dir.as_ref().is_none_or(|(d, _)| d != parent) {
+            let path = project.join(parent);
+            let opened = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(&path);
+            let fd = match opened {
+                Ok(f) => Some(f),
+                // Gone meanwhile (or no longer a directory): its files are too.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => None,
+                Err(e) => {
+                    return Err(HistoryError::io(
+                        format!("cannot open {}", path.display()),
+                        e,
+                    ))
+                }
+            };
+            dir = Some((parent.to_path_buf(), fd));
+        }
+        let Some((_, Some(fd))) = &dir else {
+            continue;
+        };
+        let Ok(cname) = std::ffi::CString::new(name.as_bytes()) else {
+            continue;
+        };
+        // SAFETY: fstatat fills `st` on success; the descriptor and name are valid.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::fstatat(
+                fd.as_raw_fd(),
+                cname.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::NotFound {
+                continue;
+            }
+            let p = project.join(&rel);
+            return Err(HistoryError::io(format!("cannot stat {}", p.display()), e));
+        }
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => links.push(rel),
+            libc::S_IFREG => files.push(Item {
+                size: st.st_size as u64,
+                stat: Stat::from_stat(&st),
+                exec: st.st_mode & 0o100 != 0,
                 known: None,
                 rel,
             }),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(HistoryError::io(format!("cannot stat {}", p.display()), e)),
+            _ => {}
         }
     }
     Ok((Vec::new(), files, links))
