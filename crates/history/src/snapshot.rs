@@ -154,7 +154,7 @@ pub(crate) fn write_snapshot(
     message: &str,
     borrow: impl FnOnce() -> Option<Borrowed> + Send,
     stat_cache: Option<&Path>,
-) -> Result<(String, SnapshotStats), HistoryError> {
+) -> Result<Written, HistoryError> {
     let (made, ()) =
         write_snapshot_beside(project, source, git_dir, message, borrow, stat_cache, || ())?;
     Ok(made)
@@ -173,7 +173,7 @@ pub(crate) fn write_snapshot_beside<T: Send>(
     borrow: impl FnOnce() -> Option<Borrowed> + Send,
     stat_cache: Option<&Path>,
     after_walk: impl FnOnce() -> T + Send,
-) -> Result<((String, SnapshotStats), T), HistoryError> {
+) -> Result<(Written, T), HistoryError> {
     if let Some(root) = stat_cache {
         statcache::prune_now_and_then(root);
     }
@@ -229,7 +229,7 @@ fn write_walked(
     message: &str,
     (borrowed, cached): (Option<Borrowed>, Option<StatCache>),
     (stat_cache, left): (Option<&Path>, LeftOut),
-) -> Result<(String, SnapshotStats), HistoryError> {
+) -> Result<Written, HistoryError> {
     let mut borrowed_count = 0;
     if let Some(b) = &borrowed {
         for f in files.iter_mut() {
@@ -461,7 +461,13 @@ fn write_walked(
     let commit_hex = hex(&commit_id);
     write_ref(git_dir, "refs/heads/main", &commit_hex)?;
     write_ref(git_dir, "refs/safe-coder/base", &commit_hex)?;
-    index::write_index(&git_dir.join("index"), &entries, &nodes)?;
+    // The index is git's stat cache, not the snapshot (the commit and refs above are):
+    // it is written on a thread of its own while the session goes on, and everything
+    // that lets git read it waits for it first (`SessionRepo::git`). Lost in a crash,
+    // git re-reads the files once instead of trusting their stat data.
+    let index_path = git_dir.join("index");
+    let write = move || index::write_index(&index_path, &entries, &nodes);
+    let pending = PendingIndex::spawn(write)?;
     // Every file came from the cache: it already says all there is to say (entries of
     // deleted files stay until the next rewrite; they match nothing).
     let nothing_new = cache.is_some() && cached_count == files.len();
@@ -490,7 +496,58 @@ fn write_walked(
         hashed: files.len() - borrowed_count - cached_count,
         reflinked: work_tree.is_some() && !files.is_empty() && reflink.load(Ordering::Relaxed),
     };
-    Ok((commit_hex, stats))
+    Ok((commit_hex, stats, pending))
+}
+
+/// What a first snapshot wrote: the commit, what it did, and the index still being
+/// written.
+pub(crate) type Written = (String, SnapshotStats, PendingIndex);
+
+/// The session index being written on its own thread (see `write_walked`); waited for
+/// before git may read it, and when the last holder drops it.
+#[derive(Debug, Default)]
+pub(crate) struct PendingIndex(std::sync::Mutex<Option<std::thread::JoinHandle<()>>>);
+
+impl PendingIndex {
+    /// Runs `write` on a new thread (or here, when no thread can be made).
+    fn spawn(
+        write: impl FnOnce() -> Result<(), HistoryError> + Send + 'static,
+    ) -> Result<PendingIndex, HistoryError> {
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(write)));
+        let theirs = slot.clone();
+        let spawned = std::thread::Builder::new()
+            .name("index-writer".into())
+            .spawn(move || {
+                let job = theirs.lock().ok().and_then(|mut w| w.take());
+                // Best effort: without an index git reads the files once more.
+                let _ = job.map(|w| w());
+            });
+        match spawned {
+            Ok(h) => Ok(PendingIndex(std::sync::Mutex::new(Some(h)))),
+            Err(_) => {
+                let job = slot.lock().ok().and_then(|mut w| w.take());
+                job.map_or(Ok(()), |w| w())?;
+                Ok(PendingIndex::default())
+            }
+        }
+    }
+
+    /// Returns once the index is written (at once when it already is).
+    pub(crate) fn wait(&self) {
+        let handle = match self.0.lock() {
+            Ok(mut h) => h.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for PendingIndex {
+    fn drop(&mut self) {
+        self.wait();
+    }
 }
 
 /// Copies a file whose blob id the user's index gave: no hashing, no packing. The
