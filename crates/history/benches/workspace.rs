@@ -237,13 +237,32 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
             remove(&s);
         }
     }
+    let median = |v: &[Duration]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v[v.len() / 2]
+    };
+    let share = |v: &[Duration]| -> String {
+        if cp.is_empty() || v.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " = {:.1} % of `cp -a`",
+                100.0 * ms(median(v)) / ms(median(&cp))
+            )
+        }
+    };
+    let (overlay_share, direct_share) = (share(&overlay), share(&direct));
     if !cp.is_empty() {
         println!(
             "{label}: `cp -a` of the project (with its .git): {}",
             stats(cp)
         );
     }
-    println!("{label}: overlay workspace start: {}", stats(overlay));
+    println!(
+        "{label}: overlay workspace start: {}{overlay_share}",
+        stats(overlay)
+    );
     println!(
         "{label}:   its CPU time (all threads, git and helpers): {}",
         stats(overlay_cpu)
@@ -253,7 +272,7 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
         return;
     }
     println!(
-        "{label}: direct start (shadow, snapshot in place): {}",
+        "{label}: direct start (shadow, snapshot in place): {}{direct_share}",
         stats(direct)
     );
     println!(
