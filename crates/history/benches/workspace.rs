@@ -204,6 +204,8 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
                 st.files, st.borrowed
             );
         }
+        // The index is written beside the start: count it too.
+        let _ = repo.git_dir();
         overlay_disk = du_kib(&s);
         drop(repo);
         remove(&s);
