@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -323,70 +323,73 @@ fn write_walked(
     let pack_dir = git_dir.join("objects/pack");
     let reflink = AtomicBool::new(true);
     type Share = (Option<String>, Vec<(usize, Copied)>);
-    let files: &[Item] = files;
-    let results: Vec<Result<Share, HistoryError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = shares
-            .iter()
-            .enumerate()
-            .map(|(t, (_, share))| {
-                let (files, expected, packed, pack_dir, reflink, copy_to) =
-                    (&files, &expected, &packed, &pack_dir, &reflink, &copy_to);
-                s.spawn(move || -> Result<Share, HistoryError> {
-                    let count = share.iter().filter(|&&i| packed[i]).count() as u32;
-                    let mut pack = PackWriter::create(pack_dir, &format!("blobs{t}"), count)?;
-                    let mut buf = vec![0u8; 1 << 20];
-                    let mut out = Vec::with_capacity(share.len());
-                    for &i in share {
-                        let rel = &files[i].rel;
-                        if let Some((mode, id)) = files[i].known {
-                            let copied = match copy_to(rel) {
-                                None => Copied {
-                                    id,
-                                    mode,
-                                    stat: files[i].stat,
-                                },
-                                Some(dst) => copy_known(
-                                    &project.join(rel),
-                                    &dst,
-                                    &files[i],
-                                    (mode, id),
-                                    &mut buf,
-                                    reflink,
-                                )?,
-                            };
+    let results: Vec<Result<Share, HistoryError>> = {
+        let files: &[Item] = files;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = shares
+                .iter()
+                .enumerate()
+                .map(|(t, (_, share))| {
+                    let (files, expected, packed, pack_dir, reflink, copy_to) =
+                        (&files, &expected, &packed, &pack_dir, &reflink, &copy_to);
+                    s.spawn(move || -> Result<Share, HistoryError> {
+                        let count = share.iter().filter(|&&i| packed[i]).count() as u32;
+                        let mut pack = PackWriter::create(pack_dir, &format!("blobs{t}"), count)?;
+                        let mut buf = vec![0u8; 1 << 20];
+                        let mut out = Vec::with_capacity(share.len());
+                        for &i in share {
+                            let rel = &files[i].rel;
+                            if let Some((mode, id)) = files[i].known {
+                                let copied = match copy_to(rel) {
+                                    None => Copied {
+                                        id,
+                                        mode,
+                                        stat: files[i].stat,
+                                    },
+                                    Some(dst) => copy_known(
+                                        &project.join(rel),
+                                        &dst,
+                                        &files[i],
+                                        (mode, id),
+                                        &mut buf,
+                                        reflink,
+                                    )?,
+                                };
+                                out.push((i, copied));
+                                continue;
+                            }
+                            let sink = if packed[i] { Some(&mut pack) } else { None };
+                            let copied = copy_file(
+                                &project.join(rel),
+                                copy_to(rel).as_deref(),
+                                files[i].size,
+                                sink,
+                                &mut buf,
+                                reflink,
+                                true,
+                            )?;
+                            if expected[i].is_some_and(|e| e != copied.id) {
+                                return Err(HistoryError::ChangedDuringCopy {
+                                    path: project.join(rel),
+                                });
+                            }
                             out.push((i, copied));
-                            continue;
                         }
-                        let sink = if packed[i] { Some(&mut pack) } else { None };
-                        let copied = copy_file(
-                            &project.join(rel),
-                            copy_to(rel).as_deref(),
-                            files[i].size,
-                            sink,
-                            &mut buf,
-                            reflink,
-                            true,
-                        )?;
-                        if expected[i].is_some_and(|e| e != copied.id) {
-                            return Err(HistoryError::ChangedDuringCopy {
-                                path: project.join(rel),
-                            });
-                        }
-                        out.push((i, copied));
-                    }
-                    let name = pack.finish()?;
-                    Ok((name, out))
+                        let name = pack.finish()?;
+                        Ok((name, out))
+                    })
                 })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(HistoryError::Corrupt("a copy thread panicked".into())))
-            })
-            .collect()
-    });
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(HistoryError::Corrupt("a copy thread panicked".into()))
+                    })
+                })
+                .collect()
+        })
+    };
 
     let mut entries: Vec<Entry> = Vec::with_capacity(files.len() + links.len());
     // The blobs this snapshot's own packs hold (a borrowed one is in the user's store).
@@ -404,8 +407,17 @@ fn write_walked(
             if cache_root.is_some() {
                 records.push((i, c.mode, c.id));
             }
+            // The walk's path moves into the entry, unless the stat cache still
+            // needs it below.
+            let path = if cache_root.is_some() {
+                files[i].rel.as_os_str().as_bytes().to_vec()
+            } else {
+                std::mem::take(&mut files[i].rel)
+                    .into_os_string()
+                    .into_vec()
+            };
             entries.push(Entry {
-                path: files[i].rel.as_os_str().as_bytes().to_vec(),
+                path,
                 mode: c.mode,
                 id: c.id,
                 stat: c.stat,
@@ -1095,7 +1107,13 @@ fn build_tree(
             subtrees += 1;
             i = j;
         } else {
-            body.extend_from_slice(format!("{:o} ", entries[i].mode).as_bytes());
+            // No formatting (nor allocation) per entry for the three modes a tree holds.
+            match entries[i].mode {
+                0o100644 => body.extend_from_slice(b"100644 "),
+                0o100755 => body.extend_from_slice(b"100755 "),
+                0o120000 => body.extend_from_slice(b"120000 "),
+                m => body.extend_from_slice(format!("{m:o} ").as_bytes()),
+            }
             body.extend_from_slice(rest);
             body.push(0);
             body.extend_from_slice(&entries[i].id);
