@@ -319,7 +319,10 @@ pub(crate) fn save(
         project.as_os_str().as_encoded_bytes(),
     );
     let _ = File::create(dir.join(USED_FILE));
-    for n in new_packs {
+    // Every pack the new cache names, the old ones too: another session that read no
+    // cache (or an older one) may have dropped an old pack from the store since this
+    // one read it, and this session holds its own link to each.
+    for n in &packs {
         for ext in ["pack", "idx"] {
             let to = pack_dir.join(format!("{n}.{ext}"));
             if !to.exists() {
@@ -609,6 +612,71 @@ mod tests {
         assert!(StoreLock::take(&dir, false, Duration::ZERO).is_none());
         drop(w);
         assert!(dir.join("used").is_file());
+    }
+
+    #[test]
+    fn a_writer_keeps_every_pack_its_cache_names_in_the_store() {
+        // Session A read a cache naming P0; session V read none (it timed out) and
+        // wrote its own cache, dropping P0 from the store; then A writes. A's cache
+        // names P0, so the store must hold P0 again.
+        let root = tempfile::tempdir().unwrap();
+        let project = Path::new("/nonexistent/project");
+        let name = |c: char| format!("pack-{}", c.to_string().repeat(40));
+        let (p0, pa, pv) = (name('0'), name('a'), name('b'));
+        let session = |dir: &str, packs: &[&String]| {
+            let d = root.path().join(dir).join("objects/pack");
+            fs::create_dir_all(&d).unwrap();
+            for p in packs {
+                for ext in ["pack", "idx"] {
+                    fs::write(d.join(format!("{p}.{ext}")), p.as_bytes()).unwrap();
+                }
+            }
+            root.path().join(dir)
+        };
+        let first = session("first", &[&p0]);
+        save(
+            root.path(),
+            project,
+            &first,
+            &[],
+            std::slice::from_ref(&p0),
+            &[],
+        )
+        .unwrap();
+        let a = session("a", &[&p0, &pa]);
+        let v = session("v", &[&pv]);
+        save(
+            root.path(),
+            project,
+            &v,
+            &[],
+            std::slice::from_ref(&pv),
+            &[],
+        )
+        .unwrap();
+        let store = store_dir(root.path(), project).join("pack");
+        assert!(!store.join(format!("{p0}.pack")).exists());
+        save(
+            root.path(),
+            project,
+            &a,
+            std::slice::from_ref(&p0),
+            std::slice::from_ref(&pa),
+            &[],
+        )
+        .unwrap();
+        let raw = fs::read(store_dir(root.path(), project).join("cache")).unwrap();
+        let (named, _) = parse(&raw).unwrap();
+        assert_eq!(named, [p0.clone(), pa.clone()]);
+        for p in &named {
+            for ext in ["pack", "idx"] {
+                assert!(
+                    store.join(format!("{p}.{ext}")).is_file(),
+                    "{p}.{ext} missing"
+                );
+            }
+        }
+        assert!(!store.join(format!("{pv}.pack")).exists());
     }
 
     #[test]
