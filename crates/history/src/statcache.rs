@@ -25,8 +25,7 @@
 //!
 //! Concurrent sessions of one project: `<store>/lock` is `flock`ed, shared by a session
 //! from reading the cache until its packs are linked, exclusive by a session writing
-//! it (linking its new packs, dropping the ones the new cache no longer names, the
-//! rename). So no session links from a half-pruned store and no cache names a pack
+//! it (linking every pack its cache names, dropping the others, the rename). So no session links from a half-pruned store and no cache names a pack
 //! another writer removed; the last writer's cache wins. Neither side waits long: a
 //! reader that cannot lock within [`READ_PATIENCE`] uses no cache, a writer within
 //! [`WRITE_PATIENCE`] writes none (either costs the next session a hash, nothing else).
