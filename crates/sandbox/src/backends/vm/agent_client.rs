@@ -16,8 +16,8 @@ use safe_coder_vm_protocol::nonblocking::{
     connect_hybrid, host_handshake, read_frame, write_frame,
 };
 use safe_coder_vm_protocol::{
-    hello, software, AgentError, Change, ExecExit, ExecRequest, Frame, Request, RequestId,
-    Response, UsageReport, AGENT_PORT,
+    hello, software, AgentError, Change, ErrorKind, ExecExit, ExecRequest, Frame, InteractiveExec,
+    Request, RequestId, Response, UsageReport, AGENT_PORT,
 };
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -351,6 +351,67 @@ impl AgentClient {
 
     pub async fn shutdown(&self) -> Result<(), AgentClientError> {
         self.done(&Request::Shutdown, &[]).await
+    }
+
+    /// The agent's feature words (empty for an agent that predates `features`).
+    pub async fn features(&self) -> Result<Vec<String>, AgentClientError> {
+        match self.call(&Request::Features, &[]).await {
+            Ok(Frame {
+                body: Response::Features { features },
+                ..
+            }) => Ok(features),
+            Ok(other) => Err(unexpected("features", &other.body)),
+            Err(AgentClientError::Agent(e)) if e.kind == ErrorKind::InvalidRequest => {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts an interactive exec; once the agent started it, its id, pid and the
+    /// receiver of its `output` and `exited` frames (call [`AgentClient::forget`] with
+    /// the id when done).
+    pub async fn exec_interactive(
+        &self,
+        req: InteractiveExec,
+    ) -> Result<(RequestId, u32, mpsc::UnboundedReceiver<Frame<Response>>), AgentClientError> {
+        let (id, mut rx) = self.send(&Request::ExecInteractive(req), &[]).await?;
+        match rx.recv().await {
+            Some(Frame {
+                body: Response::ExecStarted { pid },
+                ..
+            }) => Ok((id, pid, rx)),
+            Some(Frame {
+                body: Response::Error(e),
+                ..
+            }) => {
+                self.forget(id);
+                Err(AgentClientError::Agent(e))
+            }
+            Some(f) => {
+                self.forget(id);
+                Err(unexpected("exec_interactive", &f.body))
+            }
+            None => {
+                self.forget(id);
+                Err(self.gone_error())
+            }
+        }
+    }
+
+    /// Sends input for interactive exec `exec` (empty: its end) and returns the
+    /// receiver of the agent's answer, so several can be in flight in order.
+    pub async fn send_stdin(
+        &self,
+        exec: RequestId,
+        data: &[u8],
+    ) -> Result<(RequestId, mpsc::UnboundedReceiver<Frame<Response>>), AgentClientError> {
+        self.send(&Request::Stdin { exec }, data).await
+    }
+
+    /// Forgets request `id` (its replies are dropped from now on).
+    pub fn forget_request(&self, id: RequestId) {
+        self.forget(id);
     }
 
     /// Runs a command; output is collected up to `keep` bytes. When `cancel` fires the
