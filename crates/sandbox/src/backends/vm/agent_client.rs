@@ -218,8 +218,9 @@ impl AgentClient {
         self.gone.lock().map(|g| g.is_some()).unwrap_or(true)
     }
 
-    /// Sends one request and returns the receiver of its reply frames.
-    async fn send(
+    /// Sends one request and returns the receiver of its reply frames (call
+    /// [`AgentClient::forget_request`] with the id when done with them).
+    pub async fn send(
         &self,
         req: &Request,
         data: &[u8],

@@ -141,7 +141,16 @@ pub(super) async fn spawn(
     let pair = open_terminal(None)?;
     let ours = tokio_stream(pair.child)?;
     let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(bridge(client.clone(), id, frames, ours, tty, exit_tx));
+    let (resize_tx, resize_rx) = mpsc::unbounded_channel();
+    tokio::spawn(bridge(
+        client.clone(),
+        id,
+        frames,
+        ours,
+        tty,
+        resize_rx,
+        exit_tx,
+    ));
     let (done_tx, done_rx) = watch::channel::<Outcome>(None);
     tokio::spawn(supervise(
         client.clone(),
@@ -156,6 +165,7 @@ pub(super) async fn spawn(
             client,
             id,
             tty,
+            resize: resize_tx,
             done: done_rx,
             finished: Mutex::new(false),
         }),
@@ -177,6 +187,7 @@ async fn bridge(
     mut frames: mpsc::UnboundedReceiver<Frame<Response>>,
     ours: tokio::net::UnixStream,
     tty: bool,
+    mut resizes: mpsc::UnboundedReceiver<TermSize>,
     exit: tokio::sync::oneshot::Sender<Result<ExecExit, String>>,
 ) {
     let (mut read, mut write) = ours.into_split();
@@ -186,18 +197,44 @@ async fn bridge(
             let mut in_flight: VecDeque<(RequestId, mpsc::UnboundedReceiver<Frame<Response>>)> =
                 VecDeque::new();
             let mut buf = vec![0u8; STDIN_CHUNK];
-            loop {
-                let n = read.read(&mut buf).await.unwrap_or(0);
+            let (mut input_open, mut resizes_open) = (true, true);
+            while input_open || resizes_open {
+                // A resize asked before some input was typed reaches the guest before
+                // that input (both travel in this task, in order).
+                let n = tokio::select! {
+                    biased;
+                    size = resizes.recv(), if resizes_open => {
+                        match size {
+                            Some(size) => {
+                                let req = safe_coder_vm_protocol::Request::Resize {
+                                    exec: id,
+                                    rows: size.rows,
+                                    cols: size.cols,
+                                };
+                                match client.send(&req, &[]).await {
+                                    Ok((rid, _)) => client.forget_request(rid),
+                                    Err(_) => break,
+                                }
+                            }
+                            None => resizes_open = false,
+                        }
+                        continue;
+                    }
+                    n = read.read(&mut buf), if input_open => n.unwrap_or(0),
+                };
                 if n == 0 && tty {
-                    // A terminal's input has no end of its own: CMD ends it.
-                    break;
+                    // A terminal's input has no end of its own: CMD ends it. Resizes
+                    // still go on.
+                    input_open = false;
+                    continue;
                 }
                 let Ok(sent) = client.send_stdin(id, &buf[..n]).await else {
                     break;
                 };
                 in_flight.push_back(sent);
                 if n == 0 {
-                    break;
+                    input_open = false;
+                    continue;
                 }
                 while in_flight.len() >= STDIN_WINDOW {
                     if let Some((rid, mut rx)) = in_flight.pop_front() {
@@ -309,6 +346,8 @@ struct VmChild {
     client: Arc<AgentClient>,
     id: RequestId,
     tty: bool,
+    /// To the bridge, which sends it in order with the input.
+    resize: mpsc::UnboundedSender<TermSize>,
     done: watch::Receiver<Outcome>,
     finished: Mutex<bool>,
 }
@@ -343,20 +382,10 @@ impl ChildControl for VmChild {
     }
 
     fn resize(&self, size: TermSize) -> Result<(), SandboxError> {
-        if !self.tty {
-            return Ok(());
+        if self.tty {
+            // Ended: nothing to resize.
+            let _ = self.resize.send(size);
         }
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| other("could not resize the terminal: no async runtime".into()))?;
-        let client = self.client.clone();
-        let req = safe_coder_vm_protocol::Request::Resize {
-            exec: self.id,
-            rows: size.rows,
-            cols: size.cols,
-        };
-        handle.spawn(async move {
-            let _ = client.done(&req, &[]).await;
-        });
         Ok(())
     }
 
