@@ -339,3 +339,114 @@ fn qemu_tool_scenario_then_accept() {
         with_world_setup(qemu_world(&image), || tool_scenario_then_accept("qemu"));
     }
 }
+
+/// `safe-coder run` on a VM backend: a command writes, edits and deletes files in the
+/// guest; while it runs (it waits for a line on its input) the change reaches the host
+/// tree and is committed (a `committed` event before its end); after it, the history,
+/// `sessions diff` and `sessions sync` bring everything home, and run exits with its code.
+fn run_in_the_vm_keeps_history_and_syncs(backend: &str) {
+    use std::io::{BufRead, Write};
+    let world = World::new();
+    super::run::seed(&world);
+    let mut child = world
+        .cmd()
+        .args([
+            "run",
+            "--backend",
+            backend,
+            "--json",
+            "--sync",
+            "keep",
+            "--",
+        ])
+        .args(["bash", "-c"])
+        .arg(format!(
+            "{}; read go; echo late-$go > late.txt; exit 3",
+            super::run::CHANGES
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let mut stderr_pipe = child.stderr.take().expect("stderr");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr_pipe, &mut s);
+        s
+    });
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut events = Vec::new();
+    // The command waits for its line: a commit before that is a commit mid-run.
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        let committed = line.contains("\"committed\"");
+        events.push(line);
+        if committed {
+            break;
+        }
+    }
+    assert!(
+        events.iter().any(|l| l.contains("\"committed\"")),
+        "no commit while the command ran: {events:?} {}",
+        err_reader.join().unwrap_or_default()
+    );
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("input");
+    drop(stdin);
+    events.extend(lines.map_while(Result::ok));
+    let status = child.wait().expect("wait");
+    let err = err_reader.join().unwrap_or_default();
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(err.contains("done-changing"), "{err}");
+    let finished = events
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["type"] == "run_finished")
+        .expect("run_finished");
+    assert_eq!(finished["exit_code"], 3);
+    // Nothing reached the project yet.
+    assert_eq!(world.read("edit.txt").as_deref(), Some("one\ntwo\n"));
+    let ids = super::run::session_ids(&world);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let log = super::run::history(&world, &ids[0]);
+    let runs = log
+        .iter()
+        .filter(|m| m.starts_with("Agent executed: run bash -c"))
+        .count();
+    assert!(runs >= 2, "a commit mid-run and one at the end: {log:?}");
+    let diff = world
+        .cmd()
+        .args(["sessions", "diff", &ids[0]])
+        .output()
+        .expect("diff");
+    assert_ok(&diff);
+    let d = stdout(&diff);
+    assert!(d.contains("+TWO") && d.contains("+late-go"), "{d}");
+    let sync = world
+        .cmd()
+        .args(["sessions", "sync", &ids[0], "--accept-all"])
+        .output()
+        .expect("sync");
+    assert_ok(&sync);
+    super::run::assert_changed_on_host(&world);
+    assert_eq!(world.read("late.txt").as_deref(), Some("late-go\n"));
+}
+
+#[test]
+fn firecracker_run_keeps_history_and_syncs() {
+    if let Some((fake, agent)) = firecracker_ready("firecracker_run_keeps_history_and_syncs") {
+        with_world_setup(firecracker_world(&fake, &agent), || {
+            run_in_the_vm_keeps_history_and_syncs("firecracker")
+        });
+    }
+}
+
+#[test]
+fn qemu_run_keeps_history_and_syncs() {
+    if let Some(image) = qemu_image("qemu_run_keeps_history_and_syncs") {
+        with_world_setup(qemu_world(&image), || {
+            run_in_the_vm_keeps_history_and_syncs("qemu")
+        });
+    }
+}
