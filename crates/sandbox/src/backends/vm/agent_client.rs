@@ -466,3 +466,39 @@ fn unexpected(asked: &'static str, got: &Response) -> AgentClientError {
         got: name(got),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use safe_coder_vm_protocol::{read_frame, write_frame, ErrorKind};
+
+    /// An agent from before `features` answers `invalid_request` (as the real one does
+    /// for any op it cannot decode): that means no features, not a failure; a newer
+    /// one lists them.
+    #[tokio::test]
+    async fn features_of_an_agent_that_predates_them_are_none() {
+        let (host, agent) = std::os::unix::net::UnixStream::pair().unwrap();
+        let old = std::thread::spawn(move || {
+            let mut a = agent;
+            for answer in [
+                Response::Error(AgentError::new(
+                    ErrorKind::InvalidRequest,
+                    "this agent cannot decode the request: unknown variant `features`",
+                )),
+                Response::Features {
+                    features: vec!["exec_interactive".into()],
+                },
+            ] {
+                let f = read_frame::<_, Request>(&mut a).unwrap().unwrap();
+                assert_eq!(f.body, Request::Features);
+                write_frame(&mut a, f.id, &answer, &[]).unwrap();
+            }
+        });
+        host.set_nonblocking(true).unwrap();
+        let client = AgentClient::from_stream(UnixStream::from_std(host).unwrap());
+        assert!(client.features().await.unwrap().is_empty());
+        assert_eq!(client.features().await.unwrap(), ["exec_interactive"]);
+        old.join().unwrap();
+    }
+}
