@@ -105,6 +105,19 @@ pub fn start(
     events: Sender<Event>,
     reply: impl Fn(RequestId, Result<Response, AgentError>) + Send + 'static,
 ) -> Result<(Started, Input), AgentError> {
+    let mut argv = req.argv.clone();
+    // The agent itself by name (`safe-coder-guest-agent net-forward …`, the network
+    // forwarder): this very executable, wherever it lives (`/usr/local/sbin` in the
+    // image, a build directory when a test runs the agent on the host).
+    if argv.first().map(String::as_str) == Some(crate::SOFTWARE_NAME) {
+        if let Ok(me) = std::env::current_exe() {
+            argv[0] = me.display().to_string();
+        }
+    }
+    let req = &InteractiveExec {
+        argv,
+        ..req.clone()
+    };
     let io_err =
         |e: io::Error| AgentError::new(ErrorKind::Io, format!("cannot start the command: {e}"));
     let dup = |fd: &OwnedFd| fd.try_clone().map_err(io_err);

@@ -794,3 +794,15 @@ async fn an_interactive_exec_dies_with_its_whole_group_on_cancel_and_on_a_lost_c
     assert!(gone(child).await, "the command outlived its connection");
     assert!(gone(leader).await, "the command outlived its connection");
 }
+
+#[tokio::test]
+async fn the_agent_runs_itself_by_name_wherever_it_lives() {
+    let agent = Agent::start();
+    let c = agent.client().await;
+    let mut req = interactive("", None);
+    req.argv = vec!["safe-coder-guest-agent".into(), "--version".into()];
+    let mut h = c.exec_interactive(req).await.expect("start");
+    let (out, exit) = finish(&mut h).await;
+    assert_eq!(exit.code, Some(0), "{out}");
+    assert!(out.starts_with("safe-coder-guest-agent "), "{out}");
+}

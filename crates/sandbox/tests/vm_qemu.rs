@@ -255,7 +255,7 @@ async fn qemu_runs_interactive_commands_in_the_guest() {
         mut control,
     } = child;
     let mut term = Term::new(terminal);
-    term.to_end().await;
+    term.read_to_end().await;
     let exit = control.wait().await.expect("wait");
     assert_eq!(exit.code, Some(0), "{}", term.text());
     assert_eq!(term.text(), "key = 1\n");
@@ -276,7 +276,7 @@ async fn qemu_runs_interactive_commands_in_the_guest() {
     let mut term = Term::new(child.terminal);
     term.until("started").await;
     drop(child.control);
-    term.to_end().await;
+    term.read_to_end().await;
     let out = sb
         .exec(req_pgrep(), CancellationToken::new())
         .await

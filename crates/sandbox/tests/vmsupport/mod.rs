@@ -156,7 +156,7 @@ impl Term {
     }
 
     /// Reads to the end of the output.
-    pub async fn to_end(&mut self) {
+    pub async fn read_to_end(&mut self) {
         use tokio::io::AsyncReadExt;
         let mut buf = [0u8; 4096];
         loop {
@@ -250,7 +250,7 @@ pub async fn interactive_scenario(sb: &dyn safe_coder_sandbox::Sandbox, work: &P
         Some(2),
         "Ctrl+C is SIGINT for the command: {exit:?}"
     );
-    term.to_end().await;
+    term.read_to_end().await;
     // The final pull happened before wait returned.
     assert_eq!(
         std::fs::read_to_string(work.join("seed.txt")).expect("seed"),
@@ -273,7 +273,7 @@ pub async fn interactive_scenario(sb: &dyn safe_coder_sandbox::Sandbox, work: &P
     let mut term = Term::new(terminal);
     term.send(b"12345678").await;
     term.stream.shutdown_write_half();
-    term.to_end().await;
+    term.read_to_end().await;
     let exit = control.wait().await.expect("wait");
     assert_eq!(exit.code, Some(3), "{exit:?}");
     assert_eq!(term.text(), "no-tty\n8\nto-stderr\n");
