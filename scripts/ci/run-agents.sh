@@ -3,8 +3,9 @@
 # OpenAI's Codex CLI from the npm registry (its linux-x64 binary is an npm package too,
 # nothing is fetched from GitHub) into a cache, then runs the end-to-end test that has
 # it talk to the in-repo mock model server through the network allow-list and change
-# files inside the sandbox. About 6 s to install the first time (420 MB unpacked),
-# nothing afterwards; the test itself takes seconds.
+# files inside the sandbox (on bubblewrap, then on the in-process fallback). About 6 s
+# to install the first time (420 MB unpacked), nothing afterwards; the test itself
+# takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -26,3 +27,12 @@ fi
 
 SAFE_CODER_REQUIRE_SANDBOX=1 SAFE_CODER_CODEX="$CODEX" \
   cargo test -p safe-coder-cli --test all --locked run_agents
+
+# The same on the process backend's in-process fallback (bwrap hidden, as
+# scripts/ci/fallback.sh does): --allow-net through the socket pair and `mux`, the
+# writable ~/.codex mount by a Landlock rule. Seconds; nothing is rebuilt.
+SAFE_CODER_REQUIRE_SANDBOX=1 SAFE_CODER_CODEX="$CODEX" \
+  unshare -m --propagation private -- bash -ec '
+    mount --bind /dev/null "$(command -v bwrap)"
+    if bwrap --version >/dev/null 2>&1; then echo "bwrap is still usable" >&2; exit 1; fi
+    cargo test -p safe-coder-cli --test all --locked run_agents'

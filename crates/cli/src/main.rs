@@ -198,8 +198,16 @@ enum Command {
     NetForward {
         #[arg(long)]
         port: u16,
+        /// The proxy's Unix socket (bound into the sandbox).
+        #[arg(
+            long,
+            required_unless_present = "stream_fd",
+            conflicts_with = "stream_fd"
+        )]
+        socket: Option<PathBuf>,
+        /// Or an inherited stream the host carries to the proxy (`mux`).
         #[arg(long)]
-        socket: PathBuf,
+        stream_fd: Option<i32>,
         #[arg(required = true, num_args = 1.., last = true)]
         command: Vec<String>,
     },
@@ -257,8 +265,16 @@ fn main() -> ExitCode {
         Command::NetForward {
             port,
             socket,
+            stream_fd,
             command,
-        } => return ExitCode::from(run::net_forward(port, socket, command)),
+        } => {
+            let via = match (socket, stream_fd) {
+                (Some(s), _) => run::ForwardVia::Socket(s),
+                (None, Some(fd)) => run::ForwardVia::Stream(fd),
+                (None, None) => return ExitCode::from(2),
+            };
+            return ExitCode::from(run::net_forward(port, via, command));
+        }
         Command::Run {
             path,
             backend,

@@ -73,17 +73,62 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-/// `PATH[:ro]` → the canonical path and read-only.
+/// `PATH[:ro]` → the path as the user named it and read-only: absolute (from the shell's
+/// `PWD` when it is the current directory, so a directory entered through a symlink
+/// keeps its name), `.` and `..` taken out by the letter, symlinks kept; the core shows
+/// the canonical source there (docs/run.md). The path must exist.
 fn parse_mount(spec: &str) -> Result<(String, bool)> {
     let (path, ro) = match spec.strip_suffix(":ro") {
         Some(p) => (p, true),
         None => (spec.strip_suffix(":rw").unwrap_or(spec), false),
     };
-    let path = PathBuf::from(path);
-    let path = path
-        .canonicalize()
-        .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", path.display()))?;
-    Ok((path.display().to_string(), ro))
+    let given = PathBuf::from(path);
+    let absolute = if given.is_absolute() {
+        given.clone()
+    } else {
+        logical_cwd()
+            .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", given.display()))?
+            .join(&given)
+    };
+    let normal = normalize(&absolute);
+    std::fs::metadata(&normal)
+        .map_err(|e| anyhow::anyhow!("cannot mount {}: {e}", given.display()))?;
+    Ok((normal.display().to_string(), ro))
+}
+
+/// The current directory as the shell names it (`PWD`, when that is this directory),
+/// else as the kernel does.
+fn logical_cwd() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let physical = std::env::current_dir()?;
+    if let Some(pwd) = std::env::var_os("PWD").map(PathBuf::from) {
+        if let (true, Ok(a), Ok(b)) = (
+            pwd.is_absolute(),
+            std::fs::metadata(&pwd),
+            std::fs::metadata(&physical),
+        ) {
+            if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
+                return Ok(pwd);
+            }
+        }
+    }
+    Ok(physical)
+}
+
+/// Takes `.` and `..` out of an absolute path by the letter (as `cd -L` does).
+fn normalize(path: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 /// The terminal in raw mode until dropped.
@@ -423,11 +468,21 @@ async fn pump_input(
     }
 }
 
-/// `safe-coder __net-forward --port P --socket S -- CMD...`, inside the sandbox: listens
-/// on the sandbox's loopback, carries each connection to the proxy's socket, and runs
-/// CMD as its child, exiting as CMD did. It ignores `SIGINT` and `SIGQUIT` (typed at the
-/// terminal, they are for CMD, which gets them with their default meaning back).
-pub fn net_forward(port: u16, socket: PathBuf, command: Vec<String>) -> u8 {
+/// Where `__net-forward` carries the connections.
+pub enum ForwardVia {
+    /// The proxy's Unix socket, bound into the sandbox (bubblewrap).
+    Socket(PathBuf),
+    /// An inherited stream (a socket pair's end) whose other end the host serves with
+    /// `mux::serve_host` (the in-process confiner, which can bind nothing in).
+    Stream(i32),
+}
+
+/// `safe-coder __net-forward --port P (--socket S | --stream-fd N) -- CMD...`, inside the
+/// sandbox: listens on the sandbox's loopback, carries each connection to the proxy
+/// (its socket, or the stream), and runs CMD as its child, exiting as CMD did. It
+/// ignores `SIGINT` and `SIGQUIT` (typed at the terminal, they are for CMD, which gets
+/// them with their default meaning back).
+pub fn net_forward(port: u16, via: ForwardVia, command: Vec<String>) -> u8 {
     let Some(program) = command.first() else {
         eprintln!("safe-coder __net-forward: no command");
         return 2;
@@ -439,7 +494,29 @@ pub fn net_forward(port: u16, socket: PathBuf, command: Vec<String>) -> u8 {
             return 126;
         }
     };
-    std::thread::spawn(move || safe_coder_netproxy::forward::serve(listener, &socket));
+    match via {
+        ForwardVia::Socket(socket) => {
+            std::thread::spawn(move || safe_coder_netproxy::forward::serve(listener, &socket));
+        }
+        ForwardVia::Stream(fd) => {
+            let stream = match inherited_stream(fd) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!(
+                        "safe-coder: the network stream (descriptor {fd}) is not usable: {e}"
+                    );
+                    return 126;
+                }
+            };
+            std::thread::spawn(move || {
+                let (from_host, to_host) = stream;
+                if let Err(e) = safe_coder_netproxy::mux::serve_guest(listener, from_host, to_host)
+                {
+                    eprintln!("safe-coder: the sandbox's network stream broke: {e}");
+                }
+            });
+        }
+    }
     // SAFETY: setting signal dispositions to SIG_IGN / SIG_DFL.
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
@@ -475,9 +552,44 @@ pub fn net_forward(port: u16, socket: PathBuf, command: Vec<String>) -> u8 {
     }
 }
 
+/// Takes the inherited descriptor `fd` (kept from CMD: close-on-exec) as the read and
+/// write halves of the network stream.
+fn inherited_stream(fd: i32) -> std::io::Result<(std::fs::File, std::fs::File)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl on a plain number: it fails with EBADF when nothing is open there.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is open (above), was handed to this process for this use
+    // alone, and is owned by this File from here on.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    Ok((file.try_clone()?, file))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_paths_keep_their_symlinks() {
+        assert_eq!(
+            normalize(std::path::Path::new("/a/./b/../c//d/")),
+            PathBuf::from("/a/c/d")
+        );
+        assert_eq!(
+            normalize(std::path::Path::new("/../x")),
+            PathBuf::from("/x")
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("real")).expect("mkdir");
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link"))
+            .expect("symlink");
+        let spec = format!("{}/./link/:ro", dir.path().display());
+        let (path, ro) = parse_mount(&spec).expect("parse");
+        assert!(ro);
+        assert_eq!(PathBuf::from(path), dir.path().join("link"));
+        assert!(parse_mount(&format!("{}/absent", dir.path().display())).is_err());
+    }
 
     #[test]
     fn presets_by_command_name() {

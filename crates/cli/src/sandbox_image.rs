@@ -6,10 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use safe_coder_image::agents::{add_agents, parse_agents, AgentPlan};
 use safe_coder_image::{build_rootfs, RootfsRequest};
 
 use crate::config::{self, Dirs, Overrides};
-use crate::vm_image::VmImageArgs;
+use crate::vm_image::{announce_agents, VmImageArgs};
 
 /// The docker image's own options (`--minimal` and `--package` are shared with the VM
 /// image).
@@ -18,16 +19,13 @@ pub struct DockerImageArgs {
     /// docker: the image name (default: `[docker] image`, else safe-coder-sandbox:bookworm).
     #[arg(long, value_name = "NAME")]
     image: Option<String>,
-    /// docker: where root filesystems are cached (default: $XDG_CACHE_HOME/safe-coder/images).
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
     /// docker: import again even when the engine has the image built from the same packages.
     #[arg(long)]
     force: bool,
 }
 
-fn cache_dir(args: &DockerImageArgs) -> Result<PathBuf> {
-    if let Some(d) = &args.cache_dir {
+fn cache_dir(common: &VmImageArgs) -> Result<PathBuf> {
+    if let Some(d) = &common.cache_dir {
         return Ok(d.clone());
     }
     let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
@@ -50,7 +48,10 @@ pub fn build_docker(common: &VmImageArgs, args: DockerImageArgs) -> Result<()> {
         RootfsRequest::standard()
     };
     let request = base.with_packages(common.packages.iter().cloned());
-    let key = request.cache_key();
+    let plan = AgentPlan::new(&parse_agents(&common.agent_clis)?);
+    announce_agents(&plan);
+    let base_key = request.cache_key();
+    let key = plan.tree_key(&base_key);
     if !args.force {
         let built_from = safe_coder_sandbox::docker::image_rootfs_key(&spec, &image)?;
         if built_from.as_deref() == Some(key.as_str()) {
@@ -60,8 +61,11 @@ pub fn build_docker(common: &VmImageArgs, args: DockerImageArgs) -> Result<()> {
             return Ok(());
         }
     }
-    let cache = cache_dir(&args)?;
+    let cache = cache_dir(common)?;
     let rootfs = build_rootfs(&request, &cache, &mut |line| eprintln!("  {line}"))?;
+    let (rootfs, key) = add_agents(&rootfs, &base_key, &plan, &cache, &mut |line| {
+        eprintln!("  {line}")
+    })?;
     println!("Importing {} as {image}…", rootfs.display());
     let (engine, id) = safe_coder_sandbox::docker::import_rootfs(&spec, &rootfs, &image, &key)?;
     println!("Built {image} on {engine} ({id}).");

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use safe_coder_image::agents::{parse_agents, AgentPlan};
 use safe_coder_image::vm::{build as build_image, VmImageRequest};
 use safe_coder_image::RootfsRequest;
 
@@ -23,6 +24,30 @@ pub struct VmImageArgs {
     /// $SAFE_CODER_GUEST_AGENT; `scripts/build-guest-agent.sh` builds it).
     #[arg(long, value_name = "PATH")]
     pub agent: Option<PathBuf>,
+    /// Agent CLIs to install in the image: codex, claude, gemini, aider, each optionally
+    /// `@VERSION` (exact; default: the tested version), comma-separated or repeated.
+    /// From the npm registry (with a Node.js 22 from there too) and PyPI.
+    #[arg(
+        long = "agent-cli",
+        visible_alias = "cli",
+        value_name = "CLI[@VERSION],..."
+    )]
+    pub agent_clis: Vec<String>,
+    /// Where root filesystem trees, kernel packages and agent CLI layers are cached
+    /// (default: $XDG_CACHE_HOME/safe-coder/images).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The agent CLIs an image build installs, printed before it starts.
+pub fn announce_agents(plan: &AgentPlan) {
+    if plan.is_empty() {
+        return;
+    }
+    println!("Agent CLIs (in /opt/safe-coder-agents, on PATH):");
+    for line in plan.versions() {
+        println!("  {line}");
+    }
 }
 
 /// Where downloaded kernel packages and root filesystem trees are kept:
@@ -39,7 +64,11 @@ fn cache_dir() -> Result<PathBuf> {
 
 pub fn build(args: VmImageArgs) -> Result<()> {
     let dirs = Dirs::from_env()?;
-    let mut req = VmImageRequest::new(&dirs.data_dir, cache_dir()?);
+    let cache = match &args.cache_dir {
+        Some(d) => d.clone(),
+        None => cache_dir()?,
+    };
+    let mut req = VmImageRequest::new(&dirs.data_dir, cache);
     req.rootfs = if args.minimal {
         RootfsRequest::minimal()
     } else {
@@ -47,6 +76,8 @@ pub fn build(args: VmImageArgs) -> Result<()> {
     }
     .with_packages(args.packages);
     req.agent = args.agent;
+    req.agents = parse_agents(&args.agent_clis)?;
+    announce_agents(&AgentPlan::new(&req.agents));
     let image = build_image(&req, &mut |line| eprintln!("  {line}"))?;
     println!(
         "✓ VM image in {} (kernel {}, protocol {}); the qemu and firecracker backends use it",
@@ -54,5 +85,8 @@ pub fn build(args: VmImageArgs) -> Result<()> {
         image.manifest.kernel_release,
         image.manifest.protocol
     );
+    if !image.manifest.agents.is_empty() {
+        println!("  agent CLIs: {}", image.manifest.agents.join(", "));
+    }
     Ok(())
 }

@@ -8,9 +8,10 @@
 //! afterwards are the session's usual ones ([`Op::Shutdown`]).
 //!
 //! With an allow-list, a [`Proxy`] outside the sandbox listens on a Unix socket in the
-//! session dir, bound into the sandbox with the `safe-coder` binary, which runs there as
-//! a forwarder on the sandbox's loopback (`safe-coder __net-forward`) and starts the
-//! command with `HTTPS_PROXY` and its kin pointing at it.
+//! session dir, and the command gets `HTTPS_PROXY` and its kin pointing at
+//! `127.0.0.1:FORWARDER_PORT`; the backend makes that port inside reach the socket
+//! ([`NetworkAccess`]: a forwarder bound in on `process`, the guest agent's
+//! `net-forward` over a pipe on docker and the microVMs).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -23,7 +24,7 @@ use safe_coder_llm::{CancellationToken as LlmCancel, LlmError, ModelClient, Prov
 use safe_coder_netproxy::{AllowList, Proxy};
 use safe_coder_protocol::{Event, ModelRequest, ModelResponse, RunRequest, StreamEvent};
 use safe_coder_sandbox::{
-    BackendKind, Bind, CancellationToken, InteractiveRequest, Mount, RunExit, TermSize,
+    BackendKind, CancellationToken, InteractiveRequest, Mount, NetworkAccess, RunExit, TermSize,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
@@ -31,8 +32,6 @@ use tokio::sync::mpsc;
 use crate::agent::EventSink;
 use crate::commands::Runner;
 
-/// Where the proxy's socket and the forwarder appear inside the sandbox.
-const INSIDE_DIR: &str = "/run/safe-coder";
 /// The forwarder's port on the sandbox's loopback (the sandbox has a network namespace
 /// of its own, so no port of the host is taken).
 pub const FORWARDER_PORT: u16 = 3128;
@@ -275,8 +274,29 @@ impl Runner {
                 return;
             }
         };
-        let mut argv = run.argv.clone();
-        let mut binds = Vec::new();
+        // Shown where the user named it, the canonical source behind it (a path through a
+        // symlink keeps working inside by the name the user and the command use).
+        let mut mounts = Vec::new();
+        for (p, read_only) in &run.mounts {
+            let path = PathBuf::from(p);
+            match path.canonicalize() {
+                Ok(host) if path.is_absolute() => mounts.push(Mount {
+                    host,
+                    path,
+                    read_only: *read_only,
+                }),
+                Ok(_) => {
+                    self.events
+                        .error(format!("cannot mount {p}: give an absolute path"));
+                    return;
+                }
+                Err(e) => {
+                    self.events.error(format!("cannot mount {p}: {e}"));
+                    return;
+                }
+            }
+        }
+        let mut network = None;
         let mut proxy = None;
         let isolated = !matches!(
             self.session.backend,
@@ -301,43 +321,21 @@ impl Runner {
                     return;
                 }
             }
-            let inside = Path::new(INSIDE_DIR);
-            binds.push(Bind {
-                host: socket,
-                inside: inside.join("net.sock"),
-                read_only: false,
+            // The backend brings the sandbox's connections to the socket (docs/run.md).
+            network = Some(NetworkAccess {
+                proxy_socket: socket,
+                port: FORWARDER_PORT,
+                forwarder: PathBuf::from(forwarder),
             });
-            binds.push(Bind {
-                host: PathBuf::from(forwarder),
-                inside: inside.join("safe-coder"),
-                read_only: true,
-            });
-            let mut wrapped = vec![
-                inside.join("safe-coder").display().to_string(),
-                "__net-forward".to_string(),
-                "--port".to_string(),
-                FORWARDER_PORT.to_string(),
-                "--socket".to_string(),
-                inside.join("net.sock").display().to_string(),
-                "--".to_string(),
-            ];
-            wrapped.append(&mut argv);
-            argv = wrapped;
             env_extra.extend(proxy_env());
         }
         let request = InteractiveRequest {
-            argv,
+            argv: run.argv.clone(),
             env_extra,
             terminal: run.terminal.map(|(rows, cols)| TermSize { rows, cols }),
-            binds,
-            mounts: run
-                .mounts
-                .iter()
-                .map(|(p, ro)| Mount {
-                    host: PathBuf::from(p),
-                    read_only: *ro,
-                })
-                .collect(),
+            binds: Vec::new(),
+            mounts,
+            network,
         };
         let child = match self.session.sandbox.spawn_interactive(request).await {
             Ok(c) => c,

@@ -12,6 +12,7 @@ pub mod files;
 pub mod init;
 pub mod interactive;
 pub mod listen;
+pub mod net_forward;
 pub mod reaper;
 pub mod server;
 pub mod usage;

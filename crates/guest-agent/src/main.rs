@@ -6,6 +6,8 @@
 //! safe-coder-guest-agent --listen ADDR [--workspace DIR] [--protocol N]
 //!     serve on ADDR (vsock:PORT, unix:PATH, tcp:HOST:PORT) without touching the system;
 //!     --protocol makes it claim another protocol version (to test the host's check)
+//! safe-coder-guest-agent net-forward --port P
+//!     the network allow-list's forwarder over stdin/stdout (see `net_forward`)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -102,6 +104,8 @@ fn main() {
         }
     } else if args.first().map(String::as_str) == Some("--init") {
         run_init()
+    } else if args.first().map(String::as_str) == Some("net-forward") {
+        std::process::exit(safe_coder_guest_agent::net_forward::run(&args[1..]))
     } else if args.first().map(String::as_str) == Some("--version") {
         println!("{} (protocol {PROTOCOL_VERSION})", software(SOFTWARE_NAME));
         Ok(())

@@ -5,8 +5,10 @@
 //! [`rootfs`] builds a Debian tree with debootstrap, once per package set; the docker
 //! backend imports it into the engine, and the microVM image turns it into an ext4 disk
 //! with the guest agent inside ([`vm`]: kernel, initramfs and root disk of the microVM
-//! backends).
+//! backends). [`agents`] adds third-party agent CLIs (Codex, Claude Code, Gemini CLI,
+//! Aider) from the npm registry and PyPI to either.
 
+pub mod agents;
 pub mod rootfs;
 pub mod vm;
 
@@ -44,6 +46,24 @@ pub enum ImageError {
         image_protocol: u32,
         protocol: u32,
     },
+    #[error("unknown agent CLI `{name}`; choose from codex, claude, gemini, aider (e.g. --agent-cli codex,aider)")]
+    AgentUnknown { name: String },
+    #[error("`{spec}`: `{version}` is not an exact version; give one (e.g. {example}) or the name alone for the tested version")]
+    AgentVersion {
+        spec: String,
+        version: String,
+        example: String,
+    },
+    #[error("{name} is asked for twice, at {a} and at {b}; name one version")]
+    AgentTwice {
+        name: &'static str,
+        a: String,
+        b: String,
+    },
+    #[error("the package registry {registry} cannot be reached ({detail}); check the network, or point the build at a mirror with SAFE_CODER_NPM_REGISTRY (npm) or PIP_INDEX_URL (PyPI), and build again")]
+    RegistryUnreachable { registry: String, detail: String },
+    #[error("{what} is not in the registry ({url} has no such version); name a version it publishes, or the CLI alone for the tested one")]
+    NotPublished { what: String, url: String },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

@@ -240,7 +240,42 @@ pub fn build_rootfs(
     Ok(dest)
 }
 
-fn find_tool(name: &str) -> Option<PathBuf> {
+/// A copy of the tree `src` at `dst` made of hard links (no data copied), or a real copy
+/// (`cp -a`) when the two are on different filesystems. New files may be added to the
+/// copy freely; a file that must change is unlinked first, or the cached tree changes too.
+pub(crate) fn link_tree(src: &Path, dst: &Path) -> Result<(), ImageError> {
+    let linked = Command::new("cp")
+        .arg("-a")
+        .arg("-l")
+        .arg(src)
+        .arg(dst)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if linked {
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(dst);
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(ImageError::io(dst))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(ImageError::Command {
+        what: format!("copying {} to {}", src.display(), dst.display()),
+        status: out.status.to_string(),
+        output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+pub(crate) fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])

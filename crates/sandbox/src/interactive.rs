@@ -40,13 +40,40 @@ pub struct Bind {
 }
 
 /// A host path the user asked to show (`--mount PATH[:ro]`). The backend decides where
-/// it appears: on `process`, a path under the user's home appears at the same place
-/// under the sandbox's home (`~/.codex` → `$HOME/.codex` inside), any other path at its
-/// own path.
+/// it appears, from `path`: on `process`, a path under the user's home appears at the
+/// same place under the sandbox's home (`~/.codex` → `$HOME/.codex` inside), any other
+/// path at its own path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
+    /// What is shown: the canonical source (symlinks resolved).
     pub host: PathBuf,
+    /// Where the user named it: absolute and without `.` or `..`, but symlinks kept, so
+    /// a directory reached through a symlink (`~/.codex` → `~/dotfiles/codex`) appears
+    /// where the user and the command name it, not at its target.
+    pub path: PathBuf,
     pub read_only: bool,
+}
+
+/// The network allow-list, for the backend to realise (docs/run.md): the command
+/// reaches `127.0.0.1:port` inside, and whatever connects there is carried to the host
+/// proxy's Unix socket, which enforces the list. The core started the proxy and set the
+/// proxy variables (`HTTPS_PROXY` and its kin) in `env_extra`; each backend brings the
+/// connections out its own way:
+/// - `process`: binds the socket and `forwarder` into the sandbox and runs the command
+///   under `forwarder __net-forward` (which listens on the port);
+/// - docker and the microVMs: start `safe-coder-guest-agent net-forward --port P`
+///   inside with piped stdin/stdout and run `safe_coder_netproxy::mux::serve_host` over
+///   those pipes on the host.
+///
+/// A backend that cannot realise it returns one clear error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkAccess {
+    /// The host proxy's Unix socket (the allow-list is enforced there).
+    pub proxy_socket: PathBuf,
+    /// The loopback port inside the sandbox that HTTP(S)_PROXY points at.
+    pub port: u16,
+    /// The safe-coder binary (the process backend's `__net-forward` forwarder).
+    pub forwarder: PathBuf,
 }
 
 /// What to run.
@@ -64,6 +91,9 @@ pub struct InteractiveRequest {
     pub binds: Vec<Bind>,
     /// The user's `--mount` paths.
     pub mounts: Vec<Mount>,
+    /// `Some`: the network allow-list (see [`NetworkAccess`]); `None`: no network but
+    /// the sandbox's loopback.
+    pub network: Option<NetworkAccess>,
 }
 
 impl InteractiveRequest {
@@ -286,6 +316,8 @@ struct HostChild {
     pgid: i32,
     /// A copy of the PTY master, for resizing.
     pty: Option<OwnedFd>,
+    /// Host tasks serving the command (the network stream), aborted with it.
+    tasks: Vec<tokio::task::AbortHandle>,
 }
 
 #[async_trait]
@@ -328,13 +360,18 @@ impl Drop for HostChild {
         if self.child.id().is_some() {
             self.kill();
         }
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
-/// Spawns a prepared command (see [`prepare`]) as an interactive child.
+/// Spawns a prepared command (see [`prepare`]) as an interactive child; `tasks` serve
+/// it and are aborted when the child is dropped.
 pub(crate) fn spawn_host(
     cmd: std::process::Command,
     terminal: Terminal,
+    tasks: Vec<tokio::task::AbortHandle>,
 ) -> Result<InteractiveChild, SandboxError> {
     let mut cmd = tokio::process::Command::from(cmd);
     let child = cmd.spawn().map_err(|e| {
@@ -360,7 +397,12 @@ pub(crate) fn spawn_host(
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
     Ok(InteractiveChild {
         terminal: parent,
-        control: Box::new(HostChild { child, pgid, pty }),
+        control: Box::new(HostChild {
+            child,
+            pgid,
+            pty,
+            tasks,
+        }),
     })
 }
 
@@ -372,7 +414,7 @@ pub(crate) fn spawn_unconfined(
     let Some(program) = request.argv.first() else {
         return Err(SandboxError::Other("no command to run was given".into()));
     };
-    if !request.binds.is_empty() {
+    if !request.binds.is_empty() || request.network.is_some() {
         return Err(SandboxError::Unavailable(format!(
             "the {} backend does not isolate the network, so it cannot enforce a network allow-list; use --backend process",
             host.backend().as_str()
@@ -399,7 +441,7 @@ pub(crate) fn spawn_unconfined(
         Session::LeaderWithTerminal,
         true,
     )?;
-    spawn_host(cmd, terminal)
+    spawn_host(cmd, terminal, Vec::new())
 }
 
 #[cfg(test)]

@@ -32,7 +32,8 @@ pub mod which;
 pub use backends::{docker, process, vm};
 pub use host::CommandConfiner;
 pub use interactive::{
-    Bind, ChildControl, InteractiveChild, InteractiveRequest, Mount, RunExit, TermSize,
+    Bind, ChildControl, InteractiveChild, InteractiveRequest, Mount, NetworkAccess, RunExit,
+    TermSize,
 };
 pub use paths::{normalize_in_root, resolve_in_root, PathError};
 pub use process::ProcessConfiner;

@@ -222,6 +222,7 @@ async fn mounts_show_a_home_directory() {
             terminal: None,
             mounts: vec![Mount {
                 host: shown.path().to_path_buf(),
+                path: shown.path().to_path_buf(),
                 read_only: true,
             }],
             ..Default::default()

@@ -181,6 +181,27 @@ macro_rules! each_runtime {
             }
 
             #[test]
+            fn run_shows_mounts_in_a_container_of_its_own() {
+                if let Some(t) = target($which) {
+                    run_with_mounts(&t);
+                }
+            }
+
+            #[test]
+            fn a_killed_run_leaves_no_container() {
+                if let Some(t) = target($which) {
+                    run_leftovers(&t);
+                }
+            }
+
+            #[test]
+            fn run_network_allow_list() {
+                if let Some(t) = target($which) {
+                    run_network(&t);
+                }
+            }
+
+            #[test]
             fn run_in_a_terminal_resize_and_ctrl_c() {
                 if let Some(t) = target($which) {
                     run_in_terminal(&t);
@@ -471,8 +492,7 @@ fn auto_takes_docker_and_the_container_sees_the_project() {
 /// `safe-coder run --backend docker`: CMD runs in the container at `/workspace` with the
 /// allow-listed environment and the named variables, its changes are committed as
 /// `Agent executed: run …` and reach the host on an accepted sync, its exit code is
-/// run's; `--allow-net` and `--mount` are refused with a clear error (not yet supported
-/// on docker, docs/run.md).
+/// run's.
 fn run_command(t: &Target) {
     use super::run::{assert_changed_on_host, history, json_events, seed, session_ids, CHANGES};
     let world = t.world("");
@@ -534,23 +554,413 @@ fn run_command(t: &Target) {
         .expect("run");
     assert_ok(&out);
     assert_changed_on_host(&world);
+}
 
-    for flag in [["--allow-net", "127.0.0.1:9"], ["--mount", "/etc/hostname"]] {
-        let out = world
-            .cmd()
-            .args(["run", "--backend", "docker", "--json", "--sync", "reject"])
-            .args(flag)
-            .args(["--", "bash", "-c", "echo ran > ran.txt"])
-            .output()
-            .expect("run");
-        let text = format!("{}{}", stdout(&out), stderr(&out));
-        assert!(
-            text.contains("use --backend process"),
-            "{}: {flag:?}: {text}",
-            t.label
-        );
-        assert!(!world.project.join("ran.txt").exists());
+/// `--mount`: a path under the home appears under the container's home, read-only with
+/// `:ro` (a symlink there: its target, where it was named); another path at its own
+/// place, writable; the run's container is removed when
+/// it ends (the session's own stays, stopped, for the kept session); the workspace is the
+/// session's as without mounts.
+fn run_with_mounts(t: &Target) {
+    use super::run::session_ids;
+    let world = t.world("");
+    let tool = world.home.join(".tool");
+    std::fs::create_dir_all(&tool).expect("tool dir");
+    std::fs::write(tool.join("config"), "from-home\n").expect("config");
+    let shared = world.root.path().join("shared dir");
+    std::fs::create_dir_all(&shared).expect("shared dir");
+    // A symlink under the home into a directory elsewhere (a dotfiles repository):
+    // shown where it was named.
+    let dotfiles = world.root.path().join("dotfiles-linked");
+    std::fs::create_dir_all(&dotfiles).expect("dotfiles");
+    std::fs::write(dotfiles.join("settings"), "linked-settings\n").expect("settings");
+    std::os::unix::fs::symlink(&dotfiles, world.home.join(".linked")).expect("symlink");
+    // A single file (as `~/.claude.json`).
+    std::fs::write(world.home.join(".tool.json"), "{\"file\": \"mounted\"}\n").expect("file");
+    let script = format!(
+        "cat \"$HOME/.tool.json\"; cat \"$HOME/.linked/settings\"; cat \"$HOME/.tool/config\"; echo x > \"$HOME/.tool/new\" 2>/dev/null && echo ro-written-$((1+1)); \
+         echo made > {shared:?}/out.txt && echo rw-ok-$((1+1)); echo in-ws > ws.txt",
+        shared = shared.display().to_string()
+    );
+    let out = world
+        .cmd()
+        .args(["run", "--backend", "docker", "--json", "--sync", "keep"])
+        .arg("--mount")
+        .arg(format!("{}:ro", tool.display()))
+        .arg("--mount")
+        .arg(&shared)
+        .arg("--mount")
+        .arg(format!("{}:ro", world.home.join(".linked").display()))
+        .arg("--mount")
+        .arg(format!("{}:ro", world.home.join(".tool.json").display()))
+        .args(["--", "bash", "-c", &script])
+        .output()
+        .expect("run");
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    let label = &t.label;
+    assert_ok(&out);
+    assert!(text.contains("from-home"), "{label}: {text}");
+    assert!(text.contains("linked-settings"), "{label}: {text}");
+    assert!(text.contains(r#"{"file": "mounted"}"#), "{label}: {text}");
+    // (The command line is in the output too: the markers are computed.)
+    assert!(!text.contains("ro-written-2"), "{label}: {text}");
+    assert!(!tool.join("new").exists(), "{label}");
+    assert!(text.contains("rw-ok-2"), "{label}: {text}");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("out.txt"))
+            .ok()
+            .as_deref(),
+        Some("made\n"),
+        "{label}"
+    );
+    // The command's change is in the session, not yet in the project.
+    assert!(!world.project.join("ws.txt").exists());
+    let ids = session_ids(&world);
+    assert_eq!(ids.len(), 1, "{label}: {ids:?}");
+    let containers: Vec<_> = safe_coder_sandbox::docker::session_containers(&t.spec())
+        .expect("list")
+        .into_iter()
+        .filter(|c| c.session_id == ids[0])
+        .collect();
+    assert_eq!(
+        containers.len(),
+        1,
+        "{label}: the run's own container was not removed: {containers:?}"
+    );
+    let sync = world
+        .cmd()
+        .args(["sessions", "sync", &ids[0], "--accept-all"])
+        .output()
+        .expect("sync");
+    assert_ok(&sync);
+    assert_eq!(world.read("ws.txt").as_deref(), Some("in-ws\n"), "{label}");
+    // A missing path is one clear error, and nothing runs.
+    let out = world
+        .cmd()
+        .args(["run", "--backend", "docker", "--sync", "reject"])
+        .args([
+            "--mount",
+            "/no/such/dir",
+            "--",
+            "bash",
+            "-c",
+            "echo ran > ran.txt",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        stderr(&out).contains("/no/such/dir"),
+        "{label}: {}",
+        stderr(&out)
+    );
+    assert!(!world.project.join("ran.txt").exists());
+}
+
+/// Starts `safe-coder run --mount <dir> -- bash -c "<marker>; sleep 300"` and returns
+/// the child and its session id once the marker file is in the session's work tree.
+// The child is handed to the caller, who waits for it.
+#[allow(clippy::zombie_processes)]
+fn start_long_run(t: &Target, world: &World, marker: &str) -> (std::process::Child, String) {
+    let shown = world.root.path().join("shown");
+    std::fs::create_dir_all(&shown).expect("dir");
+    let mut c = world.cmd();
+    c.args(["run", "--backend", "docker", "--sync", "keep", "--mount"])
+        .arg(&shown)
+        .args(["--", "bash", "-c"])
+        .arg(format!("echo started > {marker}; sleep 300"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().expect("spawn");
+    let sessions = world.data_dir().join("sessions");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let found = std::fs::read_dir(&sessions)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|e| e.path().join("work").join(marker).exists())
+            .map(|e| e.file_name().to_string_lossy().into_owned());
+        if let Some(id) = found {
+            return (child, id);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{}: the run never started", t.label);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Stopping a run with `--mount`: SIGTERM kills CMD (the run's own container is
+/// removed, the session's stays for the kept session); a `kill -9` of Safe Coder leaves
+/// both running (CMD with them), and the next docker session removes both; the work CMD
+/// did is in the kept sessions either way.
+fn run_leftovers(t: &Target) {
+    let label = &t.label;
+    let world = t.world("");
+    let spec = t.spec();
+    let of = |id: &str| {
+        safe_coder_sandbox::docker::session_containers(&spec)
+            .expect("list")
+            .into_iter()
+            .filter(|c| c.session_id == id)
+            .collect::<Vec<_>>()
+    };
+
+    let (mut child, id) = start_long_run(t, &world, "first.txt");
+    // The session's container and the run's own (its owner is alive: nobody sweeps them).
+    assert_eq!(of(&id).len(), 2, "{label}: {:?}", of(&id));
+    // SAFETY: kill on a child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    assert_eq!(
+        status.code(),
+        Some(137),
+        "{label}: CMD was killed: {status:?}"
+    );
+    let left = of(&id);
+    assert!(
+        left.len() == 1 && !left[0].running,
+        "{label}: only the kept session's container, stopped: {left:?}"
+    );
+
+    let (mut child, id) = start_long_run(t, &world, "second.txt");
+    assert_eq!(of(&id).len(), 2, "{label}: {:?}", of(&id));
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let r = run_bash(t, &world, &["echo next"]);
+    assert!(r[0].contains("next"), "{label}: {r:?}");
+    assert!(
+        of(&id).is_empty(),
+        "{label}: the killed run's containers were not removed: {:?}",
+        of(&id)
+    );
+    let show = world
+        .cmd()
+        .args(["sessions", "diff", &id])
+        .output()
+        .expect("diff");
+    assert!(
+        stdout(&show).contains("second.txt"),
+        "{label}: {}",
+        stdout(&show)
+    );
+}
+
+/// A body of every byte value, 1 MiB: large and binary, so that any mistake in the
+/// engine's stream framing or the multiplexer shows.
+fn binary_body() -> Vec<u8> {
+    (0..(1usize << 20)).map(|i| (i % 251) as u8).collect()
+}
+
+/// The checksum the container computes with Python (see `run_network`): the sum of
+/// each byte times its 1-based position, modulo 2^61 (order matters, unlike a plain
+/// sum).
+fn position_sum(data: &[u8]) -> u64 {
+    let m: u128 = 1 << 61;
+    let mut sum: u128 = 0;
+    for (i, b) in data.iter().enumerate() {
+        sum = (sum + (i as u128 + 1) * u128::from(*b)) % m;
+    }
+    sum as u64
+}
+
+/// An HTTP server on the host's loopback that answers every request with `body`.
+fn http_server(body: Vec<u8>) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let body = std::sync::Arc::new(body);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(&body);
+            });
+        }
+    });
+    port
+}
+
+/// An HTTP server on the host's loopback that reads each request's body and answers
+/// with its length and [`position_sum`]: what the command sent, as the host got it.
+fn checksum_server() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                let mut got = Vec::new();
+                let end = loop {
+                    if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let mut body = got[end..].to_vec();
+                while body.len() < len {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => body.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!("got={} {:x}", body.len(), position_sum(&body));
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+/// `--allow-net` on docker: the allowed hosts (the in-repo mock model server, a server
+/// of 1 MiB of binary data, one that checks a 1 MiB upload) answer through
+/// `HTTP_PROXY`, to a real client (Python's urllib) and to raw bytes on a socket; a host not on the list gets 403 and
+/// is reported (a line at exit, a JSON event); a direct TCP connection fails, to the
+/// host's loopback and to the internet. The container keeps `--network none`: the
+/// connections leave it as the bytes of the guest agent's `net-forward` exec.
+fn run_network(t: &Target) {
+    let label = &t.label;
+    let world = t.world("");
+    let model = MockServer::start(
+        Wire::Anthropic,
+        Script::new(vec![Reply::text("hello-through-the-proxy")]),
+    )
+    .expect("server");
+    let big = binary_body();
+    let expected = format!("{:x}", position_sum(&big));
+    let data = http_server(big);
+    let other = http_server(b"hello-from-other".to_vec());
+    let sink = checksum_server();
+    let model_port = model.addr().port();
+    let script = format!(
+        r#"echo proxy=$HTTPS_PROXY
+python3 - <<'PY'
+import json, urllib.request, urllib.error
+req = urllib.request.Request("http://127.0.0.1:{model_port}/v1/messages", method="POST",
+    headers={{"content-type": "application/json", "x-api-key": "k", "anthropic-version": "2023-06-01"}},
+    data=json.dumps({{"model": "m", "max_tokens": 10, "messages": [{{"role": "user", "content": "hi"}}]}}).encode())
+print("model:", urllib.request.urlopen(req, timeout=30).read().decode()[:2000])
+try:
+    urllib.request.urlopen("http://127.0.0.1:{other}/", timeout=30).read()
+    print("other-" + "answered")
+except urllib.error.HTTPError as e:
+    print("other-status", e.code)
+up = bytes((i * 7 + 3) % 256 for i in range(1 << 20))
+print("upload:", urllib.request.urlopen(urllib.request.Request(
+    "http://127.0.0.1:{sink}/", data=up, method="POST"), timeout=60).read().decode())
+PY
+exec 3<>/dev/tcp/127.0.0.1/${{HTTP_PROXY##*:}}
+printf 'GET http://127.0.0.1:{data}/ HTTP/1.1\r\nHost: 127.0.0.1:{data}\r\n\r\n' >&3
+cat <&3 > /tmp/resp; exec 3<&-
+echo data=$(tail -c 1048576 /tmp/resp | python3 -c 'import sys; d=sys.stdin.buffer.read(); print(len(d), format(sum((i+1)*b for i, b in enumerate(d)) % (1<<61), "x"))')
+if (exec 4<>/dev/tcp/127.0.0.1/{model_port}) 2>/dev/null; then echo direct-$((0))open; else echo direct-refused; fi
+if (exec 4<>/dev/tcp/1.1.1.1/80) 2>/dev/null; then echo internet-$((0))open; else echo internet-refused; fi
+"#
+    );
+    let out = world
+        .cmd()
+        .args([
+            "run",
+            "--backend",
+            "docker",
+            "--sync",
+            "reject",
+            "--allow-net",
+        ])
+        .arg(format!(
+            "127.0.0.1:{model_port},127.0.0.1:{data},127.0.0.1:{sink}"
+        ))
+        .args(["--", "bash", "-c", &script])
+        .output()
+        .expect("run");
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_ok(&out);
+    assert!(text.contains("proxy=http://127.0.0.1:"), "{label}: {text}");
+    assert!(text.contains("hello-through-the-proxy"), "{label}: {text}");
+    assert!(
+        !model.model_requests().is_empty(),
+        "{label}: the mock server got no request"
+    );
+    assert!(text.contains("other-status 403"), "{label}: {text}");
+    // (The script is echoed too: its markers are built at run time.)
+    assert!(!text.contains("other-answered"), "{label}: {text}");
+    assert!(
+        text.contains(&format!("data=1048576 {expected}")),
+        "{label}: the 1 MiB body did not arrive intact: {text}"
+    );
+    let up: Vec<u8> = (0..(1usize << 20))
+        .map(|i| ((i * 7 + 3) % 256) as u8)
+        .collect();
+    assert!(
+        text.contains(&format!("upload: got=1048576 {:x}", position_sum(&up))),
+        "{label}: the 1 MiB upload did not arrive intact: {text}"
+    );
+    assert!(
+        text.contains("direct-refused") && !text.contains("direct-0open"),
+        "{label}: {text}"
+    );
+    assert!(
+        text.contains("internet-refused") && !text.contains("internet-0open"),
+        "{label}: {text}"
+    );
+    assert!(
+        stderr(&out).contains(&format!(
+            "refused 1 destination(s) not on the allow-list: 127.0.0.1:{other}"
+        )),
+        "{label}: {}",
+        stderr(&out)
+    );
+
+    // With --json the refusal is an event.
+    let probe = format!(
+        "import urllib.request as u\ntry:\n    u.urlopen('http://127.0.0.1:{other}/', timeout=30)\nexcept Exception as e:\n    print('refused', e)\n"
+    );
+    let out = world
+        .cmd()
+        .args(["run", "--backend", "docker", "--json", "--sync", "reject"])
+        .args(["--allow-net", &format!("127.0.0.1:{model_port}")])
+        .args(["--", "python3", "-c", &probe])
+        .output()
+        .expect("run");
+    assert_ok(&out);
+    let events = super::run::json_events(&stdout(&out));
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "network_refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{label}: {events:?}");
+    assert_eq!(refused[0]["port"], other, "{label}");
 }
 
 /// In a real terminal (tmux): CMD in the container has a TTY of the pane's size, a

@@ -4,6 +4,7 @@ mod docker;
 mod exec;
 mod first_hour;
 mod history_hardening;
+mod image_agents;
 mod interactive;
 mod run;
 mod run_agents;

@@ -450,3 +450,89 @@ fn qemu_run_keeps_history_and_syncs() {
         });
     }
 }
+
+/// A tiny HTTP server on the host's loopback that answers every request with `body`.
+fn http_server(body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+/// `--allow-net` in a VM: the allowed host (a server on the host's loopback) answers
+/// through the proxy, another is refused (403, and named at exit); in a real VM a
+/// direct connection has no route (the fake Firecracker's "guest" is a host process,
+/// so there it is not checked).
+fn run_network_allow_list_in_the_vm(backend: &str, isolated: bool) {
+    let allowed = http_server("hello-from-allowed");
+    let other = http_server("hello-from-other");
+    let world = World::new();
+    let script = format!(
+        "ask() {{ exec 3<>/dev/tcp/127.0.0.1/${{HTTP_PROXY##*:}} || return; \
+                  printf 'GET http://%s/ HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n' \"$1\" \"$1\" >&3; \
+                  cat <&3 | tr -d '\\r'; echo; exec 3<&-; }}; \
+         echo proxy=$HTTPS_PROXY; ask 127.0.0.1:{allowed}; ask 127.0.0.1:{other}; \
+         if (exec 4<>/dev/tcp/127.0.0.1/{allowed}) 2>/dev/null; then echo direct-open; else echo direct-refused; fi"
+    );
+    let out = world
+        .cmd()
+        .args(["run", "--backend", backend, "--sync", "keep", "--allow-net"])
+        .arg(format!("127.0.0.1:{allowed}"))
+        .args(["--", "bash", "-c", &script])
+        .output()
+        .expect("run");
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(text.contains("proxy=http://127.0.0.1:"), "{text}");
+    assert!(text.contains("hello-from-allowed"), "{text}");
+    assert!(!text.contains("hello-from-other"), "{text}");
+    assert!(text.contains("403 Forbidden"), "{text}");
+    if isolated {
+        assert!(text.contains("direct-refused"), "{text}");
+    }
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "refused 1 destination(s) not on the allow-list: 127.0.0.1:{other}"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn firecracker_run_network_allow_list() {
+    if let Some((fake, agent)) = firecracker_ready("firecracker_run_network_allow_list") {
+        with_world_setup(firecracker_world(&fake, &agent), || {
+            run_network_allow_list_in_the_vm("firecracker", false)
+        });
+    }
+}
+
+#[test]
+fn qemu_run_network_allow_list() {
+    if let Some(image) = qemu_image("qemu_run_network_allow_list") {
+        with_world_setup(qemu_world(&image), || {
+            run_network_allow_list_in_the_vm("qemu", true)
+        });
+    }
+}

@@ -23,6 +23,7 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 
+use crate::agents::{add_agents, AgentPlan, AgentRequest};
 use crate::rootfs::{build_rootfs, COMPLETE_MARKER};
 use crate::{ImageError, RootfsRequest};
 
@@ -63,6 +64,8 @@ pub struct VmImageRequest {
     pub kernel_package: Option<String>,
     /// Free space in the root filesystem beyond its contents, in MiB.
     pub free_space_mb: u64,
+    /// Agent CLIs to install under `/opt/safe-coder-agents` (crate::agents).
+    pub agents: Vec<AgentRequest>,
 }
 
 impl VmImageRequest {
@@ -75,6 +78,7 @@ impl VmImageRequest {
             agent: None,
             kernel_package: None,
             free_space_mb: 256,
+            agents: Vec::new(),
         }
     }
 }
@@ -100,6 +104,9 @@ pub struct VmManifest {
     pub rootfs_bytes: u64,
     pub features: Vec<String>,
     pub built_at_unix: u64,
+    /// The agent CLIs in `/opt/safe-coder-agents`, `name version (registry package)`.
+    #[serde(default)]
+    pub agents: Vec<String>,
 }
 
 /// A built image.
@@ -380,24 +387,7 @@ fn rootfs_image(
         std::fs::remove_dir_all(&staging).map_err(ImageError::io(&staging))?;
     }
     progress("assembling the root filesystem");
-    // Hard links: no data copied. Across filesystems `cp -a` copies instead.
-    let linked = Command::new("cp")
-        .arg("-a")
-        .arg("-l")
-        .arg(tree)
-        .arg(&staging)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !linked {
-        let _ = std::fs::remove_dir_all(&staging);
-        run(
-            Command::new("cp").arg("-a").arg(tree).arg(&staging),
-            "copying the root filesystem tree",
-        )?;
-    }
+    crate::rootfs::link_tree(tree, &staging)?;
     let result = (|| {
         // New files only (or unlink first): a hard-linked file is the cached tree's too.
         let replace = |rel: &str, data: &[u8], mode: u32| -> Result<(), ImageError> {
@@ -468,7 +458,8 @@ pub fn build(req: &VmImageRequest, progress: &mut dyn FnMut(&str)) -> Result<VmI
         Some(p) => p.clone(),
         None => kernel::current_kernel_package()?,
     };
-    let rootfs_key = req.rootfs.cache_key();
+    let plan = AgentPlan::new(&req.agents);
+    let rootfs_key = plan.tree_key(&req.rootfs.cache_key());
     let mut features: Vec<String> = FEATURES.iter().map(|f| f.to_string()).collect();
     features.sort();
 
@@ -517,6 +508,7 @@ pub fn build(req: &VmImageRequest, progress: &mut dyn FnMut(&str)) -> Result<VmI
     write_atomic(&dir.join(INITRAMFS_FILE), &initramfs(&agent, &modules)?)?;
 
     let tree = build_rootfs(&req.rootfs, &cache_dir, progress)?;
+    let (tree, _) = add_agents(&tree, &req.rootfs.cache_key(), &plan, &cache_dir, progress)?;
     let rootfs_bytes = rootfs_image(
         &tree,
         &agent,
@@ -547,6 +539,7 @@ pub fn build(req: &VmImageRequest, progress: &mut dyn FnMut(&str)) -> Result<VmI
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        agents: plan.versions(),
     };
     write_atomic(
         &dir.join(FEATURES_FILE),
@@ -603,6 +596,7 @@ mod tests {
             rootfs_bytes: 1,
             features: vec!["serial-agent".into()],
             built_at_unix: 0,
+            agents: vec![],
         };
         std::fs::write(
             dir.join(MANIFEST_FILE),

@@ -7,11 +7,15 @@
 //! root filesystem with a private tmpfs `/tmp`. Its first process is a small bash loop
 //! that only waits and reaps orphans (so a fork bomb's leftovers do not pile up as
 //! zombies counted against the process limit) and ends on SIGTERM at once.
+//!
+//! A `safe-coder run` with `--mount` paths gets a container of its own (the session's
+//! shape plus the mounts, labelled [`LABEL_RUN`]): a running container takes no new
+//! mounts. It is removed when the run ends.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, HostConfig};
+use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, Mount};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
@@ -32,6 +36,9 @@ pub(crate) const LABEL_SESSION: &str = "dev.safe-coder.session";
 pub(crate) const LABEL_OWNER: &str = "dev.safe-coder.owner";
 /// The session's directory on the host: a stopped container is kept while it exists.
 pub(crate) const LABEL_SESSION_DIR: &str = "dev.safe-coder.session-dir";
+/// A container of one `safe-coder run` (with `--mount` paths): removed when the run
+/// ends, and as a leftover as soon as its owner is dead, running or not.
+pub(crate) const LABEL_RUN: &str = "dev.safe-coder.run";
 
 /// PID 1 of the container: waits forever, reaps orphans, exits on SIGTERM.
 const INIT: &str = "trap 'exit 0' TERM; while :; do sleep 86400 & wait $!; done";
@@ -84,9 +91,31 @@ pub(crate) struct Shape<'a> {
     pub network: &'a str,
     pub workdir: &'a Path,
     pub limits: Limits,
-    /// The resident agent's binary and the session's socket directory on the host: the
-    /// agent is PID 1 then (`agent.rs`), else the bash loop of [`INIT`].
-    pub agent: Option<(&'a Path, &'a Path)>,
+    pub agent: Agent<'a>,
+    /// Host paths shown inside (`safe-coder run --mount`), as bind mounts.
+    pub mounts: &'a [Mount],
+    /// A container of one run (labelled [`LABEL_RUN`]), not the session's.
+    pub run: bool,
+}
+
+/// What of the static guest agent a container gets.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Agent<'a> {
+    /// Its binary (read-only at `/.safe-coder/agent`) as PID 1, serving on a socket in
+    /// the session's socket directory (`agent.rs`).
+    Resident { binary: &'a Path, run_dir: &'a Path },
+    /// Only its binary, for `net-forward` (`safe-coder run --allow-net`); PID 1 is the
+    /// bash loop of [`INIT`] (gVisor, and the containers of runs).
+    Binary(&'a Path),
+    /// No static agent was found: the bash loop.
+    None,
+}
+
+impl Agent<'_> {
+    /// Whether the container has the agent's binary (for `net-forward`).
+    pub(crate) fn has_binary(&self) -> bool {
+        !matches!(self, Agent::None)
+    }
 }
 
 /// The user the agent's commands run as: the host user, so files stay theirs.
@@ -107,14 +136,20 @@ fn body(shape: &Shape<'_>, engine: &EngineInfo) -> ContainerCreateBody {
     // The container's only writable place besides /workspace; its size counts against
     // the memory limit.
     tmpfs.insert("/tmp".to_string(), "rw,nosuid,nodev,mode=1777".to_string());
+    if shape.run {
+        labels.insert(LABEL_RUN.to_string(), "1".to_string());
+    }
     let mut binds = vec![format!("{}:{WORKSPACE}:rw", shape.workdir.display())];
+    let agent_bind = |binary: &Path| {
+        format!(
+            "{}:{}:ro",
+            binary.display(),
+            super::agent::AGENT_IN_CONTAINER
+        )
+    };
     let cmd = match shape.agent {
-        Some((binary, run_dir)) => {
-            binds.push(format!(
-                "{}:{}:ro",
-                binary.display(),
-                super::agent::AGENT_IN_CONTAINER
-            ));
+        Agent::Resident { binary, run_dir } => {
+            binds.push(agent_bind(binary));
             binds.push(format!(
                 "{}:{}:rw",
                 run_dir.display(),
@@ -122,10 +157,18 @@ fn body(shape: &Shape<'_>, engine: &EngineInfo) -> ContainerCreateBody {
             ));
             super::agent::command()
         }
-        None => vec!["/bin/bash".into(), "-c".into(), INIT.into()],
+        Agent::Binary(binary) => {
+            binds.push(agent_bind(binary));
+            vec!["/bin/bash".into(), "-c".into(), INIT.into()]
+        }
+        Agent::None => vec!["/bin/bash".into(), "-c".into(), INIT.into()],
     };
+    // The user's paths as typed mounts (a path may hold `:` or `,`, which the `binds`
+    // strings cannot carry).
+    let mounts: Vec<Mount> = shape.mounts.to_vec();
     let mut host = HostConfig {
         binds: Some(binds),
+        mounts: (!mounts.is_empty()).then_some(mounts),
         network_mode: Some(shape.network.to_string()),
         cap_drop: Some(vec!["ALL".to_string()]),
         security_opt: Some(vec!["no-new-privileges".to_string()]),
@@ -152,12 +195,13 @@ fn body(shape: &Shape<'_>, engine: &EngineInfo) -> ContainerCreateBody {
 }
 
 /// Creates and starts the container, or starts the stopped one a kept session left.
-/// Returns its id.
+/// Returns its id and whether it has the agent's binary (a kept container may have been
+/// made without it).
 pub(crate) async fn create_and_start(
     docker: &Docker,
     engine: &EngineInfo,
     shape: &Shape<'_>,
-) -> Result<String, DockerError> {
+) -> Result<(String, bool), DockerError> {
     // A container of the same name: a kept session's (stopped: start it again) or one a
     // killed Safe Coder left running for this session (remove it: its processes are
     // the dead session's).
@@ -167,9 +211,14 @@ pub(crate) async fn create_and_start(
             .as_ref()
             .and_then(|s| s.running)
             .unwrap_or(false);
+        let has_agent = existing
+            .mounts
+            .iter()
+            .flatten()
+            .any(|m| m.destination.as_deref() == Some(super::agent::AGENT_IN_CONTAINER));
         let id = existing.id.unwrap_or_else(|| shape.name.to_string());
         if !running && docker.start_container(&id, None).await.is_ok() {
-            return Ok(id);
+            return Ok((id, has_agent));
         }
         // Running (its processes are a dead session's) or not startable: start afresh.
         let _ = remove(docker, &id).await;
@@ -184,6 +233,27 @@ pub(crate) async fn create_and_start(
     if let Err(e) = docker.start_container(&created.id, None).await {
         let _ = remove(docker, &created.id).await;
         return Err(engine_error("start the container", e));
+    }
+    Ok((created.id, shape.agent.has_binary()))
+}
+
+/// Creates and starts the container of one run (a fresh name; never reused). Returns
+/// its id.
+pub(crate) async fn create_run(
+    docker: &Docker,
+    engine: &EngineInfo,
+    shape: &Shape<'_>,
+) -> Result<String, DockerError> {
+    let options = CreateContainerOptionsBuilder::default()
+        .name(shape.name)
+        .build();
+    let created = docker
+        .create_container(Some(options), body(shape, engine))
+        .await
+        .map_err(|e| engine_error("create the command's container", e))?;
+    if let Err(e) = docker.start_container(&created.id, None).await {
+        let _ = remove(docker, &created.id).await;
+        return Err(engine_error("start the command's container", e));
     }
     Ok(created.id)
 }
@@ -254,8 +324,9 @@ pub(crate) async fn remove_leftovers(docker: &Docker) -> usize {
         let dir_gone = labels
             .get(LABEL_SESSION_DIR)
             .is_none_or(|d| !Path::new(d).exists());
-        if (running || dir_gone) && remove(docker, &id).await.is_ok() {
-            if let Some(session) = labels.get(LABEL_SESSION) {
+        let run = labels.contains_key(LABEL_RUN);
+        if (running || dir_gone || run) && remove(docker, &id).await.is_ok() {
+            if let (Some(session), false) = (labels.get(LABEL_SESSION), run) {
                 super::agent::remove_run_dir(&name_for(session));
             }
             removed += 1;

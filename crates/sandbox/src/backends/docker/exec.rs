@@ -349,13 +349,17 @@ async fn exit_code_of(docker: &Docker, exec: &str) -> Option<i32> {
 /// (a fork bomb holds every process the container may have, so not even the engine's
 /// exec can start), the container is restarted: its processes all end, its files stay.
 async fn kill(docker: &Docker, container: &str, tag: &str) {
-    if !kill_group(docker, container, tag).await && container_running(docker, container).await {
+    if !run_killer(docker, container, KILLER, tag).await
+        && container_running(docker, container).await
+    {
         restart(docker, container).await;
     }
 }
 
-/// Runs the killer; whether it ran and succeeded.
-async fn kill_group(docker: &Docker, container: &str, tag: &str) -> bool {
+/// Runs a killer script (`script`, with `tag` as `$1`: the file that names what to
+/// kill) as the host user and waits for it; whether it ran and succeeded. Shared by
+/// commands (their process group) and `safe-coder run` (CMD's session).
+pub(crate) async fn run_killer(docker: &Docker, container: &str, script: &str, tag: &str) -> bool {
     let exec = docker
         .create_exec(
             container,
@@ -365,7 +369,7 @@ async fn kill_group(docker: &Docker, container: &str, tag: &str) -> bool {
                 cmd: Some(vec![
                     "/bin/bash".into(),
                     "-c".into(),
-                    KILLER.into(),
+                    script.into(),
                     "safe-coder".into(),
                     tag.to_string(),
                 ]),

@@ -18,8 +18,9 @@
 //! Files: `mod.rs` (this), `probe.rs`, `limits.rs`, `status.rs` (as every backend), and
 //! `engine.rs` (socket, client, errors), `container.rs` (shape, labels, leftovers),
 //! `exec.rs` (commands through the exec API), `agent.rs` (commands through the resident
-//! guest agent, PID 1 under runc), `interactive.rs` (`safe-coder run`), `image.rs`
-//! (presence, pull, import).
+//! guest agent, PID 1 under runc), `interactive.rs` (`safe-coder run`), `net.rs` (its
+//! network allow-list through the agent's `net-forward`), `image.rs` (presence, pull,
+//! import).
 
 mod agent;
 mod container;
@@ -28,6 +29,7 @@ mod exec;
 mod image;
 mod interactive;
 mod limits;
+mod net;
 pub(crate) mod probe;
 mod status;
 
@@ -81,6 +83,8 @@ pub(crate) struct DockerSandbox {
     runtime: String,
     /// The resident agent commands go through; `None`: the engine's exec.
     resident: Option<agent::Resident>,
+    /// What `safe-coder run` needs to make a container of its own (`--mount`).
+    runs: interactive::RunShape,
     /// While this directory exists the session is kept, and `stop` keeps its container
     /// (stopped) for resume.
     keep_while: Option<PathBuf>,
@@ -145,18 +149,31 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
         cpus: d.cpus.unwrap_or(spec.limits.cpus),
         pids: d.pids.unwrap_or(spec.limits.pids),
     };
-    let (info, runtime, id, resident) = engine::block_on({
+    // The agent's binary goes into every container (`net-forward` for `run
+    // --allow-net`); it is PID 1 where its socket reaches the host (runc).
+    let binary = agent::find_binary();
+    let (info, runtime, id, resident, has_agent) = engine::block_on({
         let d = d.clone();
         let name = name.clone();
+        let session = session.clone();
+        let workdir = workdir.clone();
+        let binary = binary.clone();
         async move {
             let socket = engine::find_socket(d.host.as_deref())?;
             let (docker, info) = engine::connect(&socket, CONNECT_DEADLINE).await?;
             let runtime = info.pick_runtime(d.runtime.as_deref())?;
             image::ensure(&docker, &socket, &d.image, d.auto_pull).await?;
             container::remove_leftovers(&docker).await;
-            let binary = agent::find_binary().filter(|_| agent::runtime_passes_sockets(&runtime));
-            let run_dir = binary.as_ref().and_then(|_| agent::run_dir(&name));
-            let id = container::create_and_start(
+            let run_dir = binary
+                .as_ref()
+                .filter(|_| agent::runtime_passes_sockets(&runtime))
+                .and_then(|_| agent::run_dir(&name));
+            let agent = match (&binary, &run_dir) {
+                (Some(binary), Some(run_dir)) => container::Agent::Resident { binary, run_dir },
+                (Some(binary), None) => container::Agent::Binary(binary),
+                (None, _) => container::Agent::None,
+            };
+            let (id, has_agent) = container::create_and_start(
                 &docker,
                 &info,
                 &container::Shape {
@@ -168,17 +185,19 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
                     network: &d.network,
                     workdir: &workdir,
                     limits,
-                    agent: binary.as_deref().zip(run_dir.as_deref()),
+                    agent,
+                    mounts: &[],
+                    run: false,
                 },
             )
             .await?;
             // A kept container made without the agent, or a socket this runtime does not
             // let out: commands go through the engine's exec.
             let resident = match &run_dir {
-                Some(dir) if binary.is_some() => agent::Resident::wait_ready(dir).await,
-                _ => None,
+                Some(dir) => agent::Resident::wait_ready(dir).await,
+                None => None,
             };
-            Ok::<_, DockerError>((info, runtime, id, resident))
+            Ok::<_, DockerError>((info, runtime, id, resident, has_agent))
         }
     })??;
     // A client of its own for the caller's runtime (see engine.rs).
@@ -189,9 +208,22 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
         socket: info.socket.clone(),
         version: info.version,
         container: id,
-        name,
-        runtime,
+        name: name.clone(),
+        runtime: runtime.clone(),
         resident,
+        runs: interactive::RunShape {
+            engine: info.clone(),
+            session,
+            session_dir: d.session_dir.clone(),
+            name,
+            image: d.image.clone(),
+            runtime,
+            network: d.network.clone(),
+            workdir,
+            limits,
+            agent: binary,
+            session_has_agent: has_agent,
+        },
         keep_while: d.session_dir.clone(),
         limits,
         env: container_env(&spec.env_passthrough),
@@ -275,7 +307,14 @@ impl Sandbox for DockerSandbox {
                 "the sandbox has been stopped and runs no more commands".into(),
             ));
         }
-        interactive::spawn(&self.docker, &self.container, &self.env, &request).await
+        interactive::spawn(
+            &self.docker,
+            &self.container,
+            &self.runs,
+            &self.env,
+            &request,
+        )
+        .await
     }
 
     async fn status(&self) -> SandboxStatus {

@@ -36,8 +36,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use landlock::{
-    path_beneath_rules, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr,
-    Scope, ABI,
+    path_beneath_rules, Access, AccessFs, AccessNet, NetPort, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, Scope, ABI,
 };
 
 use super::seccomp;
@@ -252,9 +252,32 @@ fn landlock_error(e: impl std::fmt::Display) -> SandboxError {
 /// A Landlock ruleset can restrict any number of processes, so a sandbox builds it once
 /// per work tree (opening a few hundred paths costs milliseconds).
 #[derive(Debug, Default)]
-pub(crate) struct RulesetCache(Mutex<Option<(PathBuf, Arc<OwnedFd>)>>);
+pub(crate) struct RulesetCache {
+    slot: Mutex<Option<(PathBuf, Arc<OwnedFd>)>>,
+    run: RunRules,
+}
+
+/// What an interactive command (`safe-coder run`) may have beyond an agent's command.
+#[derive(Debug, Default)]
+pub(crate) struct RunRules {
+    /// A TCP port of the sandbox's own loopback that it may bind and connect to (the
+    /// network allow-list's forwarder listens there); with it, the loopback of the
+    /// sandbox's network namespace is brought up. Only with namespaces: without, the
+    /// loopback is the host's.
+    pub loopback_port: Option<u16>,
+    /// Host paths it may write (the user's writable `--mount`s).
+    pub writable: Vec<PathBuf>,
+}
 
 impl RulesetCache {
+    /// Rules with `run`'s additions.
+    pub(crate) fn for_run(run: RunRules) -> RulesetCache {
+        RulesetCache {
+            slot: Mutex::new(None),
+            run,
+        }
+    }
+
     fn get(
         &self,
         support: &Support,
@@ -262,7 +285,7 @@ impl RulesetCache {
         tmp: &Path,
         extra_read_only: &[PathBuf],
     ) -> Result<Arc<OwnedFd>, SandboxError> {
-        let mut slot = match self.0.lock() {
+        let mut slot = match self.slot.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
@@ -271,7 +294,7 @@ impl RulesetCache {
                 return Ok(fd.clone());
             }
         }
-        let fd = Arc::new(ruleset(support, workdir, tmp, extra_read_only)?);
+        let fd = Arc::new(ruleset(support, workdir, tmp, extra_read_only, &self.run)?);
         *slot = Some((workdir.to_path_buf(), fd.clone()));
         Ok(fd)
     }
@@ -282,6 +305,7 @@ fn ruleset(
     workdir: &Path,
     tmp: &Path,
     extra_read_only: &[PathBuf],
+    run: &RunRules,
 ) -> Result<OwnedFd, SandboxError> {
     let abi = match support.landlock_abi {
         1 => ABI::V1,
@@ -329,6 +353,22 @@ fn ruleset(
         .map_err(landlock_error)?
         .add_rules(path_beneath_rules([workdir, tmp], all))
         .map_err(landlock_error)?;
+    let created = created
+        .add_rules(path_beneath_rules(
+            run.writable.iter().filter(|p| p.exists()),
+            all,
+        ))
+        .map_err(landlock_error)?;
+    let created = match run.loopback_port {
+        // Only inside a network namespace of its own is the port the sandbox's alone.
+        Some(port) if support.landlock_abi >= 4 && support.namespaces => created
+            .add_rule(NetPort::new(
+                port,
+                AccessNet::BindTcp | AccessNet::ConnectTcp,
+            ))
+            .map_err(landlock_error)?,
+        _ => created,
+    };
     let fd: Option<OwnedFd> = created.into();
     fd.ok_or_else(|| SandboxError::Unavailable("Landlock is not supported by this kernel".into()))
 }
@@ -384,6 +424,12 @@ pub(crate) fn command(
         .env_remove("WAYLAND_DISPLAY");
 
     let namespaces = support.namespaces;
+    if rulesets.run.loopback_port.is_some() && !namespaces {
+        return Err(SandboxError::Unavailable(
+            "the network allow-list needs a network namespace of its own for the sandbox, which this machine refuses to unprivileged users (see `safe-coder sandbox doctor`); install bubblewrap (apt-get install bubblewrap) or allow user namespaces".into(),
+        ));
+    }
+    let loopback = rulesets.run.loopback_port.is_some();
     // SAFETY: getuid/getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let uid_map = format!("{uid} {uid} 1").into_bytes();
@@ -421,6 +467,9 @@ pub(crate) fn command(
                 write_child(&uid_file, &uid_map)?;
                 write_child(&gid_file, &gid_map)?;
                 libc::sethostname(hostname.as_ptr().cast(), hostname.len());
+                if loopback {
+                    loopback_up()?;
+                }
                 fork_shim(parent, Shim::PidNamespace)?;
             } else {
                 fork_shim(parent, Shim::Subreaper)?;
@@ -450,6 +499,36 @@ pub(crate) fn command(
         });
     }
     Ok(cmd)
+}
+
+/// Brings up `lo` of the new network namespace (it starts down; bubblewrap does the
+/// same). Runs between fork and exec: raw system calls only.
+///
+/// # Safety
+/// Only between fork and exec, in a new user and network namespace.
+unsafe fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket, ioctl and close on a zeroed, valid ifreq naming "lo".
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo") {
+            *dst = *src as libc::c_char;
+        }
+        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
+        if rc == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
 }
 
 /// What the shim does for the command's lifetime.

@@ -15,6 +15,9 @@
 //! - `kill()` is the agent's `cancel` (CMD's whole process group and session); a VM
 //!   whose connection drops kills its execs itself; a killed Safe Coder takes the VM
 //!   with it.
+//! - The network allow-list (`request.network`): the agent's `net-forward` as a second
+//!   interactive exec with pipes, bridged to the host proxy (`net.rs`), listening before
+//!   CMD starts and stopped when it ends.
 //! - `--mount PATH:ro` is a copy pushed into the guest at the start (a tar stream into
 //!   the guest's `tar`); read-write mounts are refused, since nothing would carry CMD's
 //!   changes back to that host path.
@@ -34,6 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use super::agent_client::AgentClient;
+use super::net;
 use super::sync::WorkspaceSync;
 use super::{VmSandbox, Vmm, LIVE_PULL};
 use crate::interactive::{open_terminal, ChildControl, RunExit, TermSize};
@@ -65,9 +69,10 @@ pub(super) async fn spawn(
         return Err(other("no command to run was given".into()));
     }
     let backend = vm.kind.as_str();
-    if !request.binds.is_empty() {
+    if let Some(b) = request.binds.first() {
         return Err(SandboxError::Unavailable(format!(
-            "the {backend} backend cannot show host paths at fixed places in the VM; drop --allow-net or use --backend process"
+            "the {backend} backend cannot show a host path ({}) at a fixed place in the VM; use --backend process",
+            b.host.display()
         )));
     }
     if let Some(m) = request.mounts.iter().find(|m| !m.read_only) {
@@ -103,6 +108,15 @@ pub(super) async fn spawn(
         vm.lost_agent(&client, copied)?;
     }
 
+    // The network allow-list: the forwarder listens before CMD starts.
+    let forwarder = match &request.network {
+        Some(net) => {
+            let started = vm.watched(net::start(&client, &vm.env, net)).await;
+            Some(vm.lost_agent(&client, started)?)
+        }
+        None => None,
+    };
+
     let tty = request.terminal.is_some();
     let mut env = vm.env.clone();
     for (k, v) in &request.env_extra {
@@ -135,7 +149,15 @@ pub(super) async fn spawn(
             })
         })
         .await;
-    let (id, _pid, frames) = vm.lost_agent(&client, started)?;
+    let (id, _pid, frames) = match vm.lost_agent(&client, started) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(f) = forwarder {
+                f.stop().await;
+            }
+            return Err(e);
+        }
+    };
 
     // A socket pair either way: the guest's PTY (if any) is the terminal.
     let pair = open_terminal(None)?;
@@ -148,6 +170,7 @@ pub(super) async fn spawn(
         frames,
         ours,
         tty,
+        Output::Everything,
         resize_rx,
         exit_tx,
     ));
@@ -156,6 +179,7 @@ pub(super) async fn spawn(
         client.clone(),
         vm.sync.clone(),
         vm.vmm.clone(),
+        forwarder,
         exit_rx,
         done_tx,
     ));
@@ -179,14 +203,25 @@ fn tokio_stream(fd: OwnedFd) -> Result<tokio::net::UnixStream, SandboxError> {
         .map_err(|e| other(format!("could not open the command's terminal: {e}")))
 }
 
-/// Carries the terminal's bytes to the exec and its output back until it exits; then
-/// closes our end (the core reads EOF) and reports the exit.
-async fn bridge(
+/// Where a bridged exec's output goes.
+pub(super) enum Output {
+    /// All of it into the stream (a terminal, or merged pipes).
+    Everything,
+    /// Only stdout into the stream (a byte protocol such as the network forwarder's);
+    /// stderr is collected here for messages.
+    StdoutOnly(watch::Sender<String>),
+}
+
+/// Carries the stream's bytes to the exec's input and its output back until it exits;
+/// then closes our end (the core reads EOF) and reports the exit.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn bridge(
     client: Arc<AgentClient>,
     id: RequestId,
     mut frames: mpsc::UnboundedReceiver<Frame<Response>>,
     ours: tokio::net::UnixStream,
     tty: bool,
+    output: Output,
     mut resizes: mpsc::UnboundedReceiver<TermSize>,
     exit: tokio::sync::oneshot::Sender<Result<ExecExit, String>>,
 ) {
@@ -253,37 +288,32 @@ async fn bridge(
             }
         })
     };
-    let result =
-        loop {
-            match frames.recv().await {
-                Some(Frame {
-                    body: Response::Output { .. },
-                    data,
-                    ..
-                }) => {
-                    // Nobody reads the terminal any more: keep draining, CMD must not block.
-                    let _ = write.write_all(&data).await;
-                }
-                Some(Frame {
-                    body: Response::Exited(e),
-                    ..
-                }) => break Ok(e),
-                Some(Frame {
-                    body: Response::Error(e),
-                    ..
-                }) => break Err(e.to_string()),
-                Some(f) => {
-                    break Err(format!(
-                        "the guest agent answered {:?} to the command",
-                        f.body
-                    ))
-                }
-                None => break Err(
-                    "the connection to the guest agent ended (the VM stopped or its agent died)"
-                        .into(),
-                ),
-            }
+    let lost = "the connection to the guest agent ended (the VM stopped or its agent died)";
+    let result = loop {
+        let Some(frame) = frames.recv().await else {
+            break Err(lost.to_string());
         };
+        match frame.body {
+            Response::Output { stream } => match (&output, stream) {
+                (Output::StdoutOnly(said), safe_coder_vm_protocol::Stream::Stderr) => {
+                    let text = String::from_utf8_lossy(&frame.data).into_owned();
+                    log::debug!("{}", text.trim_end());
+                    said.send_modify(|s| {
+                        if s.len() < 4096 {
+                            s.push_str(&text);
+                        }
+                    });
+                }
+                // Nobody reads the terminal any more: keep draining, CMD must not block.
+                _ => {
+                    let _ = write.write_all(&frame.data).await;
+                }
+            },
+            Response::Exited(e) => break Ok(e),
+            Response::Error(e) => break Err(e.to_string()),
+            other => break Err(format!("the guest agent answered {other:?} to the command")),
+        }
+    };
     client.forget_request(id);
     input.abort();
     let _ = write.shutdown().await;
@@ -297,6 +327,7 @@ async fn supervise(
     client: Arc<AgentClient>,
     sync: Arc<tokio::sync::Mutex<WorkspaceSync>>,
     vmm: Vmms,
+    forwarder: Option<net::Forwarder>,
     mut exit: tokio::sync::oneshot::Receiver<Result<ExecExit, String>>,
     done: watch::Sender<Outcome>,
 ) {
@@ -329,6 +360,10 @@ async fn supervise(
             }
         }
     };
+    // The network ends with CMD.
+    if let Some(f) = forwarder {
+        f.stop().await;
+    }
     if outcome.is_ok() || alive().is_ok() {
         let mut s = sync.lock().await;
         let last = tokio::time::timeout(Duration::from_secs(120), s.pull(&client)).await;
@@ -433,13 +468,9 @@ fn mount_archive(mounts: &[crate::Mount]) -> Result<Vec<u8>, SandboxError> {
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let mut tar = Tar::default();
     for m in mounts {
-        let host = std::fs::canonicalize(&m.host).map_err(|source| SandboxError::Io {
-            path: m.host.display().to_string(),
-            source,
-        })?;
-        let home = home.as_deref().and_then(|h| std::fs::canonicalize(h).ok());
-        let inside = guest_path(&host, home.as_deref())?;
-        tar.add_tree(&host, &inside)?;
+        // Shown where the user named it (symlinks kept), with what it leads to.
+        let inside = guest_path(&m.path, home.as_deref())?;
+        tar.add_tree(&m.host, &inside)?;
     }
     Ok(tar.finish())
 }

@@ -20,6 +20,7 @@ mod firecracker;
 pub(crate) mod image;
 mod interactive;
 mod limits;
+mod net;
 pub(crate) mod probe;
 mod qemu;
 mod qmp;
@@ -44,6 +45,10 @@ use crate::{
 };
 
 pub use image::{GuestImage, BUILD_COMMAND};
+
+/// The guest agent's name: on the guest's `PATH` (`/usr/local/sbin` in the image), and
+/// an interactive exec of this name runs the agent's own executable wherever it lives.
+pub const GUEST_AGENT: &str = "safe-coder-guest-agent";
 pub use limits::vm_limits;
 
 /// How long a booting (or restoring) VM may take until its agent answers, unless
