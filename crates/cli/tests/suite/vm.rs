@@ -536,3 +536,77 @@ fn qemu_run_network_allow_list() {
         });
     }
 }
+
+/// `kill -9` of Safe Coder while a command runs in the VM: the VM dies with it, the work
+/// committed while the command ran stays in the session, and `sessions sync` brings it
+/// home.
+fn a_crash_mid_run_in_the_vm_keeps_the_work(backend: &str) {
+    use std::io::BufRead;
+    let world = World::new();
+    super::run::seed(&world);
+    let marker = format!("{}", 6_600_000 + std::process::id() % 100_000);
+    let mut child = world
+        .cmd()
+        .args([
+            "run",
+            "--backend",
+            backend,
+            "--json",
+            "--sync",
+            "accept",
+            "--",
+        ])
+        .args(["bash", "-c"])
+        .arg(format!("{}; sleep {marker}", super::run::CHANGES))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut committed = false;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if line.contains("\"committed\"") && line.contains("Agent executed: run") {
+            committed = true;
+            break;
+        }
+    }
+    assert!(committed, "no commit while the command ran");
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    if backend == "firecracker" {
+        // The fake's "guest" is processes on the host: its agent dies with the fake,
+        // but what the command started is orphaned here (a real VM dies whole).
+        let _ = std::process::Command::new("pkill")
+            .args(["-KILL", "-f", &format!("^sleep {marker}$")])
+            .status();
+    }
+    assert_eq!(world.read("edit.txt").as_deref(), Some("one\ntwo\n"));
+    let ids = super::run::session_ids(&world);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let sync = world
+        .cmd()
+        .args(["sessions", "sync", &ids[0], "--accept-all"])
+        .output()
+        .expect("sync");
+    assert_ok(&sync);
+    super::run::assert_changed_on_host(&world);
+}
+
+#[test]
+fn firecracker_a_crash_mid_run_keeps_the_work() {
+    if let Some((fake, agent)) = firecracker_ready("firecracker_a_crash_mid_run_keeps_the_work") {
+        with_world_setup(firecracker_world(&fake, &agent), || {
+            a_crash_mid_run_in_the_vm_keeps_the_work("firecracker")
+        });
+    }
+}
+
+#[test]
+fn qemu_a_crash_mid_run_keeps_the_work() {
+    if let Some(image) = qemu_image("qemu_a_crash_mid_run_keeps_the_work") {
+        with_world_setup(qemu_world(&image), || {
+            a_crash_mid_run_in_the_vm_keeps_the_work("qemu")
+        });
+    }
+}
