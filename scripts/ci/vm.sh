@@ -2,10 +2,12 @@
 # CI: the microVM backends' suites, after scripts/ci/vm-image.sh built the guest image
 # (docs/microvm.md). With SAFE_CODER_REQUIRE_SANDBOX=1 nothing may skip:
 #   - crates/sandbox tests vm_qemu (a real microVM under TCG with the image: boot, save
-#     the state, restore it, commands, files, timeout/cancel, memory hog) and
-#     vm_firecracker (the fake Firecracker API with the real guest agent);
+#     the state, restore it, commands, files, timeout/cancel, memory hog, interactive
+#     commands of `safe-coder run`) and vm_firecracker (the fake Firecracker API with
+#     the real guest agent);
 #   - the end-to-end suite `suite::vm` of the binary (keep/sync, accept/reject/conflict,
-#     SIGKILL recovery, confinement, timeout, doctor) on qemu and firecracker.
+#     SIGKILL recovery, confinement, timeout, doctor, `safe-coder run`) on qemu and
+#     firecracker.
 # The first qemu test boots once and saves the VM state beside the image; every later
 # session of the run restores it (well under a second instead of 6-20 s of TCG boot).
 #

@@ -75,6 +75,31 @@ pub struct Started {
     started: Instant,
 }
 
+impl Started {
+    /// A program started by [`spawn`], whose output is read from `outputs`.
+    pub fn new(pid: i32, outputs: Vec<(Stream, OwnedFd)>) -> Started {
+        Started {
+            pid,
+            pipes: outputs,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// The program's standard descriptors in the child, and whether its stdin is a
+/// terminal to make its controlling terminal.
+pub struct Stdio {
+    pub stdin: i32,
+    pub stdout: i32,
+    pub stderr: i32,
+    pub controlling_terminal: bool,
+}
+
+/// A pipe whose ends are close-on-exec (the child gets its end through `dup2`).
+pub fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    pipe()
+}
+
 /// Starts `req` in `ws`. `events` receives the exit status (from the reaper); output is
 /// read by [`run`].
 pub fn start(
@@ -82,15 +107,53 @@ pub fn start(
     ws: &Workspace,
     events: Sender<Event>,
 ) -> Result<Started, AgentError> {
-    let Some(argv0) = req.argv.first() else {
+    let io_err =
+        |e: io::Error| AgentError::new(ErrorKind::Io, format!("cannot start the command: {e}"));
+    let devnull = fs::File::open("/dev/null").map_err(io_err)?;
+    let (out_r, out_w) = pipe().map_err(io_err)?;
+    let err_pipe = if req.merge_stderr {
+        None
+    } else {
+        Some(pipe().map_err(io_err)?)
+    };
+    let stdio = Stdio {
+        stdin: devnull.as_raw_fd(),
+        stdout: out_w.as_raw_fd(),
+        stderr: err_pipe
+            .as_ref()
+            .map(|(_, w)| w.as_raw_fd())
+            .unwrap_or(out_w.as_raw_fd()),
+        controlling_terminal: false,
+    };
+    let pid = spawn(&req.argv, &req.env, &req.cwd, ws, &stdio, events)?;
+    drop(out_w);
+    let mut pipes = vec![(Stream::Stdout, out_r)];
+    if let Some((r, w)) = err_pipe {
+        drop(w);
+        pipes.push((Stream::Stderr, r));
+    }
+    Ok(Started::new(pid, pipes))
+}
+
+/// Forks and execs `argv` in `cwd` (under the workspace) with exactly `env` and the
+/// descriptors of `stdio`, as the leader of a new session; returns its pid once the
+/// exec succeeded. `events` receives the exit status (from the reaper).
+pub fn spawn(
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: &str,
+    ws: &Workspace,
+    stdio: &Stdio,
+    events: Sender<Event>,
+) -> Result<i32, AgentError> {
+    let Some(argv0) = argv.first() else {
         return Err(AgentError::new(
             ErrorKind::InvalidRequest,
             "exec needs a program (argv is empty)",
         ));
     };
-    let cwd = ws.resolve_dir(&req.cwd)?;
-    let path_var = req
-        .env
+    let cwd = ws.resolve_dir(cwd)?;
+    let path_var = env
         .iter()
         .rev()
         .find(|(k, _)| k == "PATH")
@@ -101,13 +164,11 @@ pub fn start(
         .map_err(|_| spawn_failed("the program path contains a NUL byte".into()))?;
     let cwd_c = CString::new(cwd.as_os_str().as_bytes())
         .map_err(|_| spawn_failed("the working directory contains a NUL byte".into()))?;
-    let argv: Vec<CString> = req
-        .argv
+    let argv: Vec<CString> = argv
         .iter()
         .map(|a| cstring(a, "argument list"))
         .collect::<Result<_, _>>()?;
-    let envp: Vec<CString> = req
-        .env
+    let envp: Vec<CString> = env
         .iter()
         .map(|(k, v)| cstring(&format!("{k}={v}"), "environment"))
         .collect::<Result<_, _>>()?;
@@ -118,25 +179,11 @@ pub fn start(
 
     let io_err =
         |e: io::Error| AgentError::new(ErrorKind::Io, format!("cannot start the command: {e}"));
-    let devnull = fs::File::open("/dev/null").map_err(io_err)?;
-    let (out_r, out_w) = pipe().map_err(io_err)?;
-    let err_pipe = if req.merge_stderr {
-        None
-    } else {
-        Some(pipe().map_err(io_err)?)
-    };
     let (exec_r, exec_w) = pipe().map_err(io_err)?;
     let oom_path = c"/proc/self/oom_score_adj";
 
-    let fds = (
-        devnull.as_raw_fd(),
-        out_w.as_raw_fd(),
-        err_pipe
-            .as_ref()
-            .map(|(_, w)| w.as_raw_fd())
-            .unwrap_or(out_w.as_raw_fd()),
-        exec_w.as_raw_fd(),
-    );
+    let fds = (stdio.stdin, stdio.stdout, stdio.stderr, exec_w.as_raw_fd());
+    let ctty = stdio.controlling_terminal;
     let on_exit = {
         let events = events.clone();
         move |status| {
@@ -152,19 +199,23 @@ pub fn start(
                 return Err(io_err(io::Error::last_os_error()));
             }
             if pid == 0 {
-                unsafe { child(fds, &cwd_c, &program_c, &argv_p, &envp_p, oom_path.as_ptr()) }
+                unsafe {
+                    child(
+                        fds,
+                        ctty,
+                        &cwd_c,
+                        &program_c,
+                        &argv_p,
+                        &envp_p,
+                        oom_path.as_ptr(),
+                    )
+                }
             }
             Ok(pid)
         },
         on_exit,
     )?;
-    drop(out_w);
     drop(exec_w);
-    let mut pipes = vec![(Stream::Stdout, out_r)];
-    if let Some((r, w)) = err_pipe {
-        drop(w);
-        pipes.push((Stream::Stderr, r));
-    }
     // The exec pipe closes (CLOEXEC) when exec succeeds; otherwise the child wrote errno.
     let mut errno = [0u8; 4];
     let mut f = fs::File::from(exec_r);
@@ -176,11 +227,7 @@ pub fn start(
             program.display()
         )));
     }
-    Ok(Started {
-        pid,
-        pipes,
-        started: Instant::now(),
-    })
+    Ok(pid)
 }
 
 /// The child between fork and exec.
@@ -189,6 +236,7 @@ pub fn start(
 /// Only after `fork`, in the child; every pointer must be valid.
 unsafe fn child(
     (stdin, stdout, stderr, exec_w): (i32, i32, i32, i32),
+    controlling_terminal: bool,
     cwd: &CString,
     program: &CString,
     argv: &[*const libc::c_char],
@@ -200,8 +248,19 @@ unsafe fn child(
         libc::dup2(stdin, 0);
         libc::dup2(stdout, 1);
         libc::dup2(stderr, 2);
-        // The agent ignores SIGPIPE and blocks nothing, but say so for the child.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // A PTY as stdin becomes the new session's controlling terminal, so `Ctrl+C`
+        // there is `SIGINT` for the foreground process group.
+        if controlling_terminal {
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+        }
+        // The agent ignores SIGPIPE and blocks nothing, but say so for the child; and a
+        // disposition the agent inherited (an ignored SIGINT from a background launch)
+        // must not reach the command, or `Ctrl+C` on its terminal would do nothing.
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
@@ -295,6 +354,26 @@ pub fn run(
     req: &ExecRequest,
     events_tx: Sender<Event>,
     events: Receiver<Event>,
+    send: impl FnMut(Response, &[u8]) -> bool,
+) -> ExecExit {
+    run_streams(
+        started,
+        req.output_limit,
+        req.timeout_ms,
+        events_tx,
+        events,
+        send,
+    )
+}
+
+/// [`run`] with the output limit and timeout given apart (interactive execs have
+/// neither).
+pub fn run_streams(
+    started: Started,
+    output_limit: Option<u64>,
+    timeout_ms: Option<u64>,
+    events_tx: Sender<Event>,
+    events: Receiver<Event>,
     mut send: impl FnMut(Response, &[u8]) -> bool,
 ) -> ExecExit {
     let pid = started.pid;
@@ -309,10 +388,8 @@ pub fn run(
         }
     }
     drop(events_tx);
-    let limit = req.output_limit.unwrap_or(u64::MAX);
-    let deadline = req
-        .timeout_ms
-        .map(|ms| started.started + Duration::from_millis(ms));
+    let limit = output_limit.unwrap_or(u64::MAX);
+    let deadline = timeout_ms.map(|ms| started.started + Duration::from_millis(ms));
     let mut status: Option<i32> = None;
     let mut sent = 0u64;
     let mut total = 0u64;

@@ -10,6 +10,7 @@ pub mod changes;
 pub mod exec;
 pub mod files;
 pub mod init;
+pub mod interactive;
 pub mod listen;
 pub mod net_forward;
 pub mod reaper;

@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use safe_coder_vm_protocol::{
     agent_handshake, read_frame, write_frame, AgentError, ErrorKind, Frame, FrameError, Hello,
-    Request, RequestId, Response,
+    Request, RequestId, Response, TermSize, FEATURE_INTERACTIVE,
 };
 
 use crate::changes::Tracker;
 use crate::exec::{self, Event};
 use crate::files::Workspace;
+use crate::interactive::{self, Input};
 use crate::usage;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -88,6 +89,15 @@ impl Replier {
     }
 }
 
+/// A running exec of a connection: its events (for a cancel) and, for an interactive
+/// one, its input.
+struct Running {
+    events: Sender<Event>,
+    input: Option<Input>,
+}
+
+type Execs = Arc<Mutex<HashMap<RequestId, Running>>>;
+
 /// Serves one connection until it closes. Whatever the connection's execs still run
 /// then is killed: nobody is left to read their output.
 pub fn serve_connection(agent: Arc<Agent>, conn: File) {
@@ -107,7 +117,7 @@ pub fn serve_connection(agent: Arc<Agent>, conn: File) {
         return;
     }
     let replier = Replier(Arc::new(Mutex::new(writer)));
-    let execs: Arc<Mutex<HashMap<RequestId, Sender<Event>>>> = Arc::default();
+    let execs: Execs = Arc::default();
     let mut reader = BufReader::with_capacity(64 * 1024, &conn);
     loop {
         let frame = match read_frame::<_, Request>(&mut reader) {
@@ -136,8 +146,8 @@ pub fn serve_connection(agent: Arc<Agent>, conn: File) {
         };
         dispatch(&agent, &replier, &execs, frame);
     }
-    for tx in lock(&execs).values() {
-        exec::cancel(tx);
+    for running in lock(&execs).values() {
+        exec::cancel(&running.events);
     }
 }
 
@@ -168,39 +178,122 @@ fn spawn(f: impl FnOnce() + Send + 'static) {
     }
 }
 
-fn dispatch(
-    agent: &Arc<Agent>,
-    replier: &Replier,
-    execs: &Arc<Mutex<HashMap<RequestId, Sender<Event>>>>,
-    frame: Frame<Request>,
-) {
+/// Registers exec `id` with its events; false (and an error sent) when that id runs.
+fn register(execs: &Execs, replier: &Replier, id: RequestId, events: &Sender<Event>) -> bool {
+    let mut map = lock(execs);
+    if map.contains_key(&id) {
+        drop(map);
+        replier.result(
+            id,
+            Err(AgentError::new(
+                ErrorKind::InvalidRequest,
+                format!("request id {id} is already running"),
+            )),
+        );
+        return false;
+    }
+    map.insert(
+        id,
+        Running {
+            events: events.clone(),
+            input: None,
+        },
+    );
+    true
+}
+
+fn no_such_exec(exec: RequestId) -> AgentError {
+    AgentError::new(
+        ErrorKind::InvalidRequest,
+        format!("no interactive exec {exec} is running on this connection"),
+    )
+}
+
+fn dispatch(agent: &Arc<Agent>, replier: &Replier, execs: &Execs, frame: Frame<Request>) {
     let Frame { id, body, data } = frame;
     match body {
         Request::Ping => {
             replier.send(id, &Response::Pong, &[]);
         }
         Request::Cancel { exec } => {
-            if let Some(tx) = lock(execs).get(&exec) {
-                exec::cancel(tx);
+            if let Some(running) = lock(execs).get(&exec) {
+                exec::cancel(&running.events);
             }
             replier.send(id, &Response::Done, &[]);
         }
+        Request::Features => {
+            replier.send(
+                id,
+                &Response::Features {
+                    features: vec![FEATURE_INTERACTIVE.to_string()],
+                },
+                &[],
+            );
+        }
+        Request::Stdin { exec } => {
+            // In order, on the exec's own input thread, which answers.
+            let handed = lock(execs)
+                .get(&exec)
+                .and_then(|r| r.input.as_ref())
+                .is_some_and(|input| input.write(id, data));
+            if !handed {
+                replier.result(id, Err(no_such_exec(exec)));
+            }
+        }
+        Request::Resize { exec, rows, cols } => {
+            let r = match lock(execs).get(&exec).and_then(|r| r.input.as_ref()) {
+                Some(input) => input
+                    .resize(TermSize { rows, cols })
+                    .map(|()| Response::Done),
+                None => Err(no_such_exec(exec)),
+            };
+            replier.result(id, r);
+        }
+        Request::ExecInteractive(req) => {
+            let (tx, rx) = exec::channel();
+            if !register(execs, replier, id, &tx) {
+                return;
+            }
+            let (agent, replier, execs) = (Arc::clone(agent), replier.clone(), Arc::clone(execs));
+            spawn(move || {
+                let input_replier = replier.clone();
+                let started = if agent.shutting_down.load(Ordering::SeqCst) {
+                    Err(AgentError::new(
+                        ErrorKind::SpawnFailed,
+                        "the VM is shutting down",
+                    ))
+                } else {
+                    interactive::start(&req, &agent.workspace, tx.clone(), move |rid, r| {
+                        input_replier.result(rid, r)
+                    })
+                };
+                let (started, input) = match started {
+                    Err(e) => {
+                        lock(&execs).remove(&id);
+                        replier.result(id, Err(e));
+                        return;
+                    }
+                    Ok(s) => s,
+                };
+                let pid = started.pid;
+                lock(&agent.running).insert(pid);
+                if let Some(running) = lock(&execs).get_mut(&id) {
+                    running.input = Some(input);
+                }
+                replier.send(id, &Response::ExecStarted { pid: pid as u32 }, &[]);
+                let exit = exec::run_streams(started, None, None, tx, rx, |body, data| {
+                    replier.send(id, &body, data)
+                });
+                lock(&agent.running).remove(&pid);
+                // Dropping its input ends the exec's input thread.
+                lock(&execs).remove(&id);
+                replier.send(id, &Response::Exited(exit), &[]);
+            });
+        }
         Request::Exec(req) => {
             let (tx, rx) = exec::channel();
-            {
-                let mut map = lock(execs);
-                if map.contains_key(&id) {
-                    drop(map);
-                    replier.result(
-                        id,
-                        Err(AgentError::new(
-                            ErrorKind::InvalidRequest,
-                            format!("request id {id} is already running"),
-                        )),
-                    );
-                    return;
-                }
-                map.insert(id, tx.clone());
+            if !register(execs, replier, id, &tx) {
+                return;
             }
             let (agent, replier, execs) = (Arc::clone(agent), replier.clone(), Arc::clone(execs));
             spawn(move || {
@@ -272,6 +365,10 @@ fn dispatch(
                     Request::Ping
                     | Request::Cancel { .. }
                     | Request::Exec(_)
+                    | Request::ExecInteractive(_)
+                    | Request::Stdin { .. }
+                    | Request::Resize { .. }
+                    | Request::Features
                     | Request::Shutdown => Err(AgentError::new(
                         ErrorKind::InvalidRequest,
                         "unexpected request",

@@ -644,3 +644,165 @@ async fn an_agent_that_is_not_the_vms_init_leaves_the_clock_alone() {
         .as_secs();
     assert!(now > 1_600_000_000, "the host clock was not set to 1970");
 }
+
+/// Reads an exec's output until `want` appears in it (or the exec ends).
+async fn output_until(h: &mut safe_coder_vm_protocol::client::ExecHandle, want: &str) -> String {
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(want) {
+        match h.next().await.expect("event") {
+            Some(ExecEvent::Output(_, d)) => seen.extend_from_slice(&d),
+            Some(ExecEvent::Exited(exit)) => panic!(
+                "ended ({exit:?}) before printing {want:?}: {}",
+                String::from_utf8_lossy(&seen)
+            ),
+            None => panic!("the stream ended before {want:?}"),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Reads the rest of an exec: its output and how it ended.
+async fn finish(
+    h: &mut safe_coder_vm_protocol::client::ExecHandle,
+) -> (String, safe_coder_vm_protocol::ExecExit) {
+    let mut seen = Vec::new();
+    loop {
+        match h.next().await.expect("event") {
+            Some(ExecEvent::Output(_, d)) => seen.extend_from_slice(&d),
+            Some(ExecEvent::Exited(exit)) => {
+                return (String::from_utf8_lossy(&seen).into_owned(), exit)
+            }
+            None => panic!("the stream ended without an exit"),
+        }
+    }
+}
+
+fn interactive(cmd: &str, terminal: Option<(u16, u16)>) -> safe_coder_vm_protocol::InteractiveExec {
+    let mut env = env();
+    env.push(("TERM".into(), "xterm".into()));
+    safe_coder_vm_protocol::InteractiveExec {
+        argv: vec!["bash".into(), "-c".into(), cmd.into()],
+        env,
+        cwd: String::new(),
+        terminal: terminal.map(|(rows, cols)| safe_coder_vm_protocol::TermSize { rows, cols }),
+        merge_stderr: false,
+    }
+}
+
+#[tokio::test]
+async fn the_agent_says_it_has_interactive_execs() {
+    let agent = Agent::start();
+    let c = agent.client().await;
+    assert_eq!(
+        c.features().await.expect("features"),
+        [safe_coder_vm_protocol::FEATURE_INTERACTIVE]
+    );
+}
+
+#[tokio::test]
+async fn an_interactive_exec_has_a_terminal_that_takes_input_resizes_and_ctrl_c() {
+    let agent = Agent::start();
+    let c = agent.client().await;
+    let mut h = c
+        .exec_interactive(interactive(
+            "tty -s && echo is-a-tty; stty size; read line; echo got:$line; read line; stty size; echo ready; sleep 300",
+            Some((24, 80)),
+        ))
+        .await
+        .expect("start");
+    let seen = output_until(&mut h, "24 80").await;
+    assert!(seen.contains("is-a-tty"), "{seen}");
+    c.stdin(h.id, b"hello\r").await.expect("stdin");
+    output_until(&mut h, "got:hello").await;
+    c.resize(h.id, 40, 100).await.expect("resize");
+    c.stdin(h.id, b"\r").await.expect("stdin");
+    output_until(&mut h, "40 100").await;
+    output_until(&mut h, "ready").await;
+    // Ctrl+C through the terminal: SIGINT for the foreground group (bash and its sleep).
+    c.stdin(h.id, b"\x03").await.expect("ctrl-c");
+    let (_, exit) = finish(&mut h).await;
+    assert_eq!(exit.signal, Some(SIGINT), "{exit:?}");
+    assert!(!exit.cancelled, "{exit:?}");
+}
+
+const SIGINT: i32 = 2;
+
+#[tokio::test]
+async fn an_interactive_exec_without_a_terminal_uses_pipes_and_reads_to_the_end_of_input() {
+    let agent = Agent::start();
+    let c = agent.client().await;
+    let mut h = c
+        .exec_interactive(interactive(
+            "tty -s || echo no-tty; wc -c; echo oops >&2; exit 7",
+            None,
+        ))
+        .await
+        .expect("start");
+    c.stdin(h.id, b"12345").await.expect("stdin");
+    c.stdin(h.id, b"678").await.expect("stdin");
+    c.stdin(h.id, b"").await.expect("end of input");
+    let (mut out, mut err) = (String::new(), String::new());
+    let exit = loop {
+        match h.next().await.expect("event") {
+            Some(ExecEvent::Output(Stream::Stdout, d)) => {
+                out.push_str(&String::from_utf8_lossy(&d))
+            }
+            Some(ExecEvent::Output(Stream::Stderr, d)) => {
+                err.push_str(&String::from_utf8_lossy(&d))
+            }
+            Some(ExecEvent::Exited(exit)) => break exit,
+            None => panic!("no exit"),
+        }
+    };
+    assert_eq!(out, "no-tty\n8\n");
+    assert_eq!(err, "oops\n");
+    assert_eq!(exit.code, Some(7));
+    // Input to an exec that ended is refused, not lost silently.
+    let e = c.stdin(h.id, b"late").await.expect_err("ended");
+    assert!(e.to_string().contains("no interactive exec"), "{e}");
+}
+
+#[tokio::test]
+async fn an_interactive_exec_dies_with_its_whole_group_on_cancel_and_on_a_lost_connection() {
+    let agent = Agent::start();
+    let c = agent.client().await;
+    let mut h = c
+        .exec_interactive(interactive("sleep 300 & echo $!; wait", Some((24, 80))))
+        .await
+        .expect("start");
+    let seen = output_until(&mut h, "\n").await;
+    let child: i32 = seen.trim().parse().expect("pid");
+    assert!(alive(child));
+    c.cancel(h.id).await.expect("cancel");
+    let (_, exit) = finish(&mut h).await;
+    assert!(exit.cancelled && exit.signal == Some(9), "{exit:?}");
+    assert!(
+        gone(child).await,
+        "the background sleep outlived the cancel"
+    );
+
+    let c2 = agent.client().await;
+    let mut h = c2
+        .exec_interactive(interactive("sleep 300 & echo $!; wait", None))
+        .await
+        .expect("start");
+    let seen = output_until(&mut h, "\n").await;
+    let child: i32 = seen.trim().parse().expect("pid");
+    let leader = h.pid as i32;
+    drop(h);
+    drop(c2);
+    assert!(gone(child).await, "the command outlived its connection");
+    assert!(gone(leader).await, "the command outlived its connection");
+}
+
+#[tokio::test]
+async fn the_agent_runs_itself_by_name_wherever_it_lives() {
+    let agent = Agent::start();
+    let c = agent.client().await;
+    let mut req = interactive("", None);
+    req.argv = vec!["safe-coder-guest-agent".into(), "--version".into()];
+    let mut h = c.exec_interactive(req).await.expect("start");
+    let (out, exit) = finish(&mut h).await;
+    assert_eq!(exit.code, Some(0), "{out}");
+    assert!(out.starts_with("safe-coder-guest-agent "), "{out}");
+}

@@ -394,6 +394,8 @@ fn pids_with(marker: &str) -> Vec<i32> {
             continue;
         };
         if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            // Arguments are NUL-separated: compare them joined by spaces.
+            let cmd: Vec<u8> = cmd.iter().map(|&b| if b == 0 { b' ' } else { b }).collect();
             if String::from_utf8_lossy(&cmd).contains(marker) {
                 out.push(pid);
             }
@@ -446,4 +448,72 @@ async fn a_dead_agent_fails_the_next_command_clearly_and_keeps_the_files() {
         "made\n"
     );
     sb.stop().await.expect("stop after a failure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_commands_run_through_the_agent_with_a_terminal_or_pipes() {
+    let Some(fc) = setup("", true) else { return };
+    let sb = safe_coder_sandbox::open(BackendKind::Firecracker, spec(&fc)).expect("open");
+    interactive_scenario(&sb, &fc.work).await;
+
+    // A read-write --mount is refused with one clear error; a read-only one is a copy.
+    let home = fc.data.join("not-home");
+    std::fs::create_dir_all(&home).expect("dir");
+    let mut req = interactive("true", None);
+    req.mounts = vec![safe_coder_sandbox::Mount {
+        host: home.clone(),
+        path: home.clone(),
+        read_only: false,
+    }];
+    let e = match sb.spawn_interactive(req).await {
+        Ok(_) => panic!("a writable mount cannot be shown in a VM"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains(":ro") && e.contains("--backend process"), "{e}");
+
+    // A dropped connection kills the agent's interactive execs (whole group).
+    let detail = sb.backend_detail().expect("detail");
+    let id = detail.split_whitespace().nth(1).expect("id").to_string();
+    let uds = vm_run_dir(&id).join("vsock.sock");
+    let stream = safe_coder_vm_protocol::nonblocking::connect_hybrid(
+        &uds,
+        safe_coder_vm_protocol::AGENT_PORT,
+    )
+    .await
+    .expect("connect");
+    // The connection itself, to cut it below the client (as a crashed host would).
+    let cut = std::os::fd::AsFd::as_fd(&stream)
+        .try_clone_to_owned()
+        .expect("dup");
+    let c = safe_coder_vm_protocol::client::AgentClient::connect(
+        stream,
+        &safe_coder_vm_protocol::hello("vm-test"),
+    )
+    .await
+    .expect("handshake");
+    let marker = format!("sleep 3{}", std::process::id() % 1000 + 1000);
+    let h = c
+        .exec_interactive(safe_coder_vm_protocol::InteractiveExec {
+            argv: vec![
+                "bash".into(),
+                "-c".into(),
+                format!("{marker} & {marker}; wait"),
+            ],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: String::new(),
+            terminal: Some(safe_coder_vm_protocol::TermSize { rows: 24, cols: 80 }),
+            merge_stderr: true,
+        })
+        .await
+        .expect("start");
+    // bash and its two sleeps.
+    eventually("both sleeps run", || pids_with(&marker).len() >= 3).await;
+    // SAFETY: shutdown on a socket this test owns.
+    unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&cut), libc::SHUT_RDWR) };
+    drop((h, c, cut));
+    eventually("the sleeps die with their connection", || {
+        pids_with(&marker).is_empty()
+    })
+    .await;
+    sb.stop().await.expect("stop");
 }

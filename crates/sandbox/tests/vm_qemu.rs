@@ -219,3 +219,75 @@ fn a_vm_that_never_becomes_ready_fails_in_bounded_time() {
         "mine\n"
     );
 }
+
+/// `safe-coder run` on qemu: the interactive scenario of both VM backends (terminal,
+/// resize, `Ctrl+C`, live and final pulls, pipes), a read-only `--mount` copied in, and
+/// an interactive command killed with its whole group when its handle is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_runs_interactive_commands_in_the_guest() {
+    let Some(image) = image() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    let data = dir.path().join("data");
+    let sb = safe_coder_sandbox::open(BackendKind::Qemu, spec(&image, &data, &work)).expect("open");
+    interactive_scenario(&sb, &work).await;
+
+    // A read-only mount is a copy in the guest at its own path (not under the home).
+    let shown = dir.path().join("shown");
+    std::fs::create_dir_all(shown.join("sub")).expect("shown");
+    std::fs::write(shown.join("sub/conf.toml"), "key = 1\n").expect("conf");
+    // Named through a symlink: shown where the user named it.
+    let named = dir.path().join("named");
+    std::os::unix::fs::symlink(&shown, &named).expect("symlink");
+    let mut req = interactive(
+        &format!(
+            "cat {n}/sub/conf.toml; echo changed > {n}/sub/conf.toml",
+            n = named.display()
+        ),
+        None,
+    );
+    req.mounts = vec![safe_coder_sandbox::Mount {
+        host: shown.clone(),
+        path: named.clone(),
+        read_only: true,
+    }];
+    let child = sb.spawn_interactive(req).await.expect("spawn");
+    let safe_coder_sandbox::InteractiveChild {
+        terminal,
+        mut control,
+    } = child;
+    let mut term = Term::new(terminal);
+    term.read_to_end().await;
+    let exit = control.wait().await.expect("wait");
+    assert_eq!(exit.code, Some(0), "{}", term.text());
+    assert_eq!(term.text(), "key = 1\n");
+    assert_eq!(
+        std::fs::read_to_string(shown.join("sub/conf.toml")).expect("conf"),
+        "key = 1\n",
+        "the host path never changes"
+    );
+
+    // Dropping the handle of a running command kills it and what it started.
+    let child = sb
+        .spawn_interactive(interactive(
+            "sleep 300 & echo started; sleep 301",
+            Some((24, 80)),
+        ))
+        .await
+        .expect("spawn");
+    let mut term = Term::new(child.terminal);
+    term.until("started").await;
+    drop(child.control);
+    term.read_to_end().await;
+    let out = sb
+        .exec(req_pgrep(), CancellationToken::new())
+        .await
+        .expect("exec");
+    assert_eq!(out.output.trim(), "0", "nothing survives: {}", out.output);
+    sb.stop().await.expect("stop");
+}
+
+fn req_pgrep() -> ExecRequest {
+    req("pgrep -c sleep || true", 30_000)
+}

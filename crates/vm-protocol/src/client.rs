@@ -14,8 +14,8 @@ use crate::frame::{Frame, FrameError};
 use crate::handshake::HandshakeError;
 use crate::nonblocking::{host_handshake, read_frame, write_frame};
 use crate::{
-    AgentError, Change, DirEntry, ExecExit, ExecRequest, FileStat, Hello, Request, RequestId,
-    Response, Stream, UsageReport,
+    AgentError, Change, DirEntry, ErrorKind, ExecExit, ExecRequest, FileStat, Hello,
+    InteractiveExec, Request, RequestId, Response, Stream, UsageReport,
 };
 
 /// Errors of a request through [`AgentClient`].
@@ -185,6 +185,44 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> AgentClient<S> {
             Response::Error(e) => Err(ClientError::Agent(e)),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
+    }
+
+    /// What the agent can do beyond version 1 (empty for an agent that predates the
+    /// `features` request).
+    pub async fn features(&self) -> Result<Vec<String>, ClientError> {
+        match self.request(&Request::Features, &[]).await {
+            Ok(Frame {
+                body: Response::Features { features },
+                ..
+            }) => Ok(features),
+            Ok(other) => Err(ClientError::Unexpected(format!("{:?}", other.body))),
+            Err(ClientError::Agent(e)) if e.kind == ErrorKind::InvalidRequest => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts an interactive exec; returns once the agent started it (or could not).
+    /// Feed it with [`AgentClient::stdin`], size it with [`AgentClient::resize`].
+    pub async fn exec_interactive(&self, req: InteractiveExec) -> Result<ExecHandle, ClientError> {
+        let (id, mut rx) = self.send(&Request::ExecInteractive(req), &[], true).await?;
+        let frame = rx.recv().await.ok_or(ClientError::Closed)?;
+        match frame.body {
+            Response::ExecStarted { pid } => Ok(ExecHandle { id, pid, rx }),
+            Response::Error(e) => Err(ClientError::Agent(e)),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Writes `data` to the input of interactive exec `exec` (empty: ends it); returns
+    /// once the agent wrote it.
+    pub async fn stdin(&self, exec: RequestId, data: &[u8]) -> Result<(), ClientError> {
+        self.expect_done(&Request::Stdin { exec }, data).await
+    }
+
+    /// Sets the terminal size of interactive exec `exec`.
+    pub async fn resize(&self, exec: RequestId, rows: u16, cols: u16) -> Result<(), ClientError> {
+        self.expect_done(&Request::Resize { exec, rows, cols }, &[])
+            .await
     }
 
     /// Kills the exec started by request `exec` (its whole process tree).

@@ -74,6 +74,63 @@ pub enum Request {
     /// Answered by [`Response::Done`]; then the agent kills every command, syncs the
     /// disks and powers the VM off (or exits, when it is not PID 1).
     Shutdown,
+    /// What this agent can do beyond version 1's requests. Answered by
+    /// [`Response::Features`]; an agent that predates it answers `invalid_request`,
+    /// which means "none". Added after version 1 shipped, without a version bump.
+    Features,
+    /// Run a program that talks to the host while it runs (`safe-coder run`): with
+    /// `terminal`, a PTY of that size is its stdin, stdout, stderr and controlling
+    /// terminal; without, its stdin is a pipe fed by [`Request::Stdin`] and its output
+    /// comes back as with [`Request::Exec`]. Answered like `exec`: [`Response::ExecStarted`],
+    /// [`Response::Output`] frames (the PTY's bytes are all `stdout`), then
+    /// [`Response::Exited`]. [`Request::Cancel`] kills its whole process group and
+    /// session, as does the end of the connection. Needs the feature
+    /// [`FEATURE_INTERACTIVE`].
+    ExecInteractive(InteractiveExec),
+    /// Bytes for the stdin of the interactive exec started by request `exec` (the
+    /// frame's data); empty data ends its input (without a PTY: the pipe is closed).
+    /// Answered by [`Response::Done`] once the bytes were written, so the host can bound
+    /// what is in flight. Needs [`FEATURE_INTERACTIVE`].
+    Stdin { exec: RequestId },
+    /// Sets the size of the PTY of the interactive exec `exec` (its foreground process
+    /// group gets `SIGWINCH`). Answered by [`Response::Done`]; a no-op without a PTY.
+    /// Needs [`FEATURE_INTERACTIVE`].
+    Resize {
+        exec: RequestId,
+        rows: u16,
+        cols: u16,
+    },
+}
+
+/// The feature word of [`Request::ExecInteractive`], [`Request::Stdin`] and
+/// [`Request::Resize`] in [`Response::Features`].
+pub const FEATURE_INTERACTIVE: &str = "exec_interactive";
+
+/// The size of a terminal, in character cells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// A program to run with its input streamed from the host
+/// ([`Request::ExecInteractive`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InteractiveExec {
+    /// As [`ExecRequest::argv`].
+    pub argv: Vec<String>,
+    /// Exactly the environment the program gets, as [`ExecRequest::env`].
+    pub env: Vec<(String, String)>,
+    /// The working directory, under the workspace; `""` is the workspace itself.
+    #[serde(default)]
+    pub cwd: String,
+    /// A PTY of this size; `None`: pipes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal: Option<TermSize>,
+    /// Without a PTY: stderr goes into stdout's pipe (all chunks `stdout`). With one,
+    /// everything is the terminal's anyway.
+    #[serde(default)]
+    pub merge_stderr: bool,
 }
 
 /// A program to run in the guest.
@@ -271,6 +328,11 @@ pub enum Response {
         mark: Option<u64>,
     },
     Usage(UsageReport),
+    /// The answer to [`Request::Features`]: feature words such as
+    /// [`FEATURE_INTERACTIVE`].
+    Features {
+        features: Vec<String>,
+    },
     Error(AgentError),
 }
 

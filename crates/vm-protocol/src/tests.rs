@@ -53,6 +53,27 @@ fn all_requests() -> Vec<Request> {
             unix_ms: 1_796_000_000_123,
         },
         Request::Shutdown,
+        Request::Features,
+        Request::ExecInteractive(InteractiveExec {
+            argv: vec!["codex".into()],
+            env: vec![("TERM".into(), "xterm".into())],
+            cwd: String::new(),
+            terminal: Some(TermSize { rows: 24, cols: 80 }),
+            merge_stderr: false,
+        }),
+        Request::ExecInteractive(InteractiveExec {
+            argv: vec!["cat".into()],
+            env: vec![],
+            cwd: "src".into(),
+            terminal: None,
+            merge_stderr: true,
+        }),
+        Request::Stdin { exec: 3 },
+        Request::Resize {
+            exec: 3,
+            rows: 50,
+            cols: 132,
+        },
     ]
 }
 
@@ -116,8 +137,43 @@ fn all_responses() -> Vec<Response> {
             uptime_ms: 50,
             running_execs: 1,
         }),
+        Response::Features {
+            features: vec![FEATURE_INTERACTIVE.into()],
+        },
         Response::Error(AgentError::new(ErrorKind::NotFound, "file not found: x")),
     ]
+}
+
+#[test]
+fn the_interactive_requests_have_the_documented_shape() {
+    let json = |r: &Request| serde_json::to_value(r).expect("json");
+    assert_eq!(
+        json(&Request::ExecInteractive(InteractiveExec {
+            argv: vec!["sh".into()],
+            env: vec![("A".into(), "b".into())],
+            cwd: String::new(),
+            terminal: Some(TermSize { rows: 24, cols: 80 }),
+            merge_stderr: false,
+        })),
+        serde_json::json!({"op": "exec_interactive", "argv": ["sh"], "env": [["A", "b"]],
+            "cwd": "", "terminal": {"rows": 24, "cols": 80}, "merge_stderr": false})
+    );
+    assert_eq!(
+        json(&Request::Resize {
+            exec: 4,
+            rows: 1,
+            cols: 2
+        }),
+        serde_json::json!({"op": "resize", "exec": 4, "rows": 1, "cols": 2})
+    );
+    assert_eq!(
+        json(&Request::Stdin { exec: 4 }),
+        serde_json::json!({"op": "stdin", "exec": 4})
+    );
+    assert_eq!(
+        json(&Request::Features),
+        serde_json::json!({"op": "features"})
+    );
 }
 
 #[test]

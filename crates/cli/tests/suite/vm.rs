@@ -339,3 +339,274 @@ fn qemu_tool_scenario_then_accept() {
         with_world_setup(qemu_world(&image), || tool_scenario_then_accept("qemu"));
     }
 }
+
+/// `safe-coder run` on a VM backend: a command writes, edits and deletes files in the
+/// guest; while it runs (it waits for a line on its input) the change reaches the host
+/// tree and is committed (a `committed` event before its end); after it, the history,
+/// `sessions diff` and `sessions sync` bring everything home, and run exits with its code.
+fn run_in_the_vm_keeps_history_and_syncs(backend: &str) {
+    use std::io::{BufRead, Write};
+    let world = World::new();
+    super::run::seed(&world);
+    let mut child = world
+        .cmd()
+        .args([
+            "run",
+            "--backend",
+            backend,
+            "--json",
+            "--sync",
+            "keep",
+            "--",
+        ])
+        .args(["bash", "-c"])
+        .arg(format!(
+            "{}; read go; echo late-$go > late.txt; exit 3",
+            super::run::CHANGES
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let mut stderr_pipe = child.stderr.take().expect("stderr");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr_pipe, &mut s);
+        s
+    });
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut events = Vec::new();
+    // The command waits for its line: a commit before that is a commit mid-run.
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        let committed = line.contains("\"committed\"");
+        events.push(line);
+        if committed {
+            break;
+        }
+    }
+    assert!(
+        events.iter().any(|l| l.contains("\"committed\"")),
+        "no commit while the command ran: {events:?} {}",
+        err_reader.join().unwrap_or_default()
+    );
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("input");
+    drop(stdin);
+    events.extend(lines.map_while(Result::ok));
+    let status = child.wait().expect("wait");
+    let err = err_reader.join().unwrap_or_default();
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(err.contains("done-changing"), "{err}");
+    let finished = events
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["type"] == "run_finished")
+        .expect("run_finished");
+    assert_eq!(finished["exit_code"], 3);
+    // Nothing reached the project yet.
+    assert_eq!(world.read("edit.txt").as_deref(), Some("one\ntwo\n"));
+    let ids = super::run::session_ids(&world);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let log = super::run::history(&world, &ids[0]);
+    let runs = log
+        .iter()
+        .filter(|m| m.starts_with("Agent executed: run bash -c"))
+        .count();
+    assert!(runs >= 2, "a commit mid-run and one at the end: {log:?}");
+    let diff = world
+        .cmd()
+        .args(["sessions", "diff", &ids[0]])
+        .output()
+        .expect("diff");
+    assert_ok(&diff);
+    let d = stdout(&diff);
+    assert!(d.contains("+TWO") && d.contains("+late-go"), "{d}");
+    let sync = world
+        .cmd()
+        .args(["sessions", "sync", &ids[0], "--accept-all"])
+        .output()
+        .expect("sync");
+    assert_ok(&sync);
+    super::run::assert_changed_on_host(&world);
+    assert_eq!(world.read("late.txt").as_deref(), Some("late-go\n"));
+}
+
+#[test]
+fn firecracker_run_keeps_history_and_syncs() {
+    if let Some((fake, agent)) = firecracker_ready("firecracker_run_keeps_history_and_syncs") {
+        with_world_setup(firecracker_world(&fake, &agent), || {
+            run_in_the_vm_keeps_history_and_syncs("firecracker")
+        });
+    }
+}
+
+#[test]
+fn qemu_run_keeps_history_and_syncs() {
+    if let Some(image) = qemu_image("qemu_run_keeps_history_and_syncs") {
+        with_world_setup(qemu_world(&image), || {
+            run_in_the_vm_keeps_history_and_syncs("qemu")
+        });
+    }
+}
+
+/// A tiny HTTP server on the host's loopback that answers every request with `body`.
+fn http_server(body: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+/// `--allow-net` in a VM: the allowed host (a server on the host's loopback) answers
+/// through the proxy, another is refused (403, and named at exit); in a real VM a
+/// direct connection has no route (the fake Firecracker's "guest" is a host process,
+/// so there it is not checked).
+fn run_network_allow_list_in_the_vm(backend: &str, isolated: bool) {
+    let allowed = http_server("hello-from-allowed");
+    let other = http_server("hello-from-other");
+    let world = World::new();
+    let script = format!(
+        "ask() {{ exec 3<>/dev/tcp/127.0.0.1/${{HTTP_PROXY##*:}} || return; \
+                  printf 'GET http://%s/ HTTP/1.1\\r\\nHost: %s\\r\\n\\r\\n' \"$1\" \"$1\" >&3; \
+                  cat <&3 | tr -d '\\r'; echo; exec 3<&-; }}; \
+         echo proxy=$HTTPS_PROXY; ask 127.0.0.1:{allowed}; ask 127.0.0.1:{other}; \
+         if (exec 4<>/dev/tcp/127.0.0.1/{allowed}) 2>/dev/null; then echo direct-open; else echo direct-refused; fi"
+    );
+    let out = world
+        .cmd()
+        .args(["run", "--backend", backend, "--sync", "keep", "--allow-net"])
+        .arg(format!("127.0.0.1:{allowed}"))
+        .args(["--", "bash", "-c", &script])
+        .output()
+        .expect("run");
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(text.contains("proxy=http://127.0.0.1:"), "{text}");
+    assert!(text.contains("hello-from-allowed"), "{text}");
+    assert!(!text.contains("hello-from-other"), "{text}");
+    assert!(text.contains("403 Forbidden"), "{text}");
+    if isolated {
+        assert!(text.contains("direct-refused"), "{text}");
+    }
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "refused 1 destination(s) not on the allow-list: 127.0.0.1:{other}"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn firecracker_run_network_allow_list() {
+    if let Some((fake, agent)) = firecracker_ready("firecracker_run_network_allow_list") {
+        with_world_setup(firecracker_world(&fake, &agent), || {
+            run_network_allow_list_in_the_vm("firecracker", false)
+        });
+    }
+}
+
+#[test]
+fn qemu_run_network_allow_list() {
+    if let Some(image) = qemu_image("qemu_run_network_allow_list") {
+        with_world_setup(qemu_world(&image), || {
+            run_network_allow_list_in_the_vm("qemu", true)
+        });
+    }
+}
+
+/// `kill -9` of Safe Coder while a command runs in the VM: the VM dies with it, the work
+/// committed while the command ran stays in the session, and `sessions sync` brings it
+/// home.
+fn a_crash_mid_run_in_the_vm_keeps_the_work(backend: &str) {
+    use std::io::BufRead;
+    let world = World::new();
+    super::run::seed(&world);
+    let marker = format!("{}", 6_600_000 + std::process::id() % 100_000);
+    let mut child = world
+        .cmd()
+        .args([
+            "run",
+            "--backend",
+            backend,
+            "--json",
+            "--sync",
+            "accept",
+            "--",
+        ])
+        .args(["bash", "-c"])
+        .arg(format!("{}; sleep {marker}", super::run::CHANGES))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut committed = false;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        if line.contains("\"committed\"") && line.contains("Agent executed: run") {
+            committed = true;
+            break;
+        }
+    }
+    assert!(committed, "no commit while the command ran");
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    if backend == "firecracker" {
+        // The fake's "guest" is processes on the host: its agent dies with the fake,
+        // but what the command started is orphaned here (a real VM dies whole).
+        let _ = std::process::Command::new("pkill")
+            .args(["-KILL", "-f", &format!("^sleep {marker}$")])
+            .status();
+    }
+    assert_eq!(world.read("edit.txt").as_deref(), Some("one\ntwo\n"));
+    let ids = super::run::session_ids(&world);
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let sync = world
+        .cmd()
+        .args(["sessions", "sync", &ids[0], "--accept-all"])
+        .output()
+        .expect("sync");
+    assert_ok(&sync);
+    super::run::assert_changed_on_host(&world);
+}
+
+#[test]
+fn firecracker_a_crash_mid_run_keeps_the_work() {
+    if let Some((fake, agent)) = firecracker_ready("firecracker_a_crash_mid_run_keeps_the_work") {
+        with_world_setup(firecracker_world(&fake, &agent), || {
+            a_crash_mid_run_in_the_vm_keeps_the_work("firecracker")
+        });
+    }
+}
+
+#[test]
+fn qemu_a_crash_mid_run_keeps_the_work() {
+    if let Some(image) = qemu_image("qemu_a_crash_mid_run_keeps_the_work") {
+        with_world_setup(qemu_world(&image), || {
+            a_crash_mid_run_in_the_vm_keeps_the_work("qemu")
+        });
+    }
+}

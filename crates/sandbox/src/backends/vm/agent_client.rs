@@ -16,8 +16,8 @@ use safe_coder_vm_protocol::nonblocking::{
     connect_hybrid, host_handshake, read_frame, write_frame,
 };
 use safe_coder_vm_protocol::{
-    hello, software, AgentError, Change, ExecExit, ExecRequest, Frame, Request, RequestId,
-    Response, UsageReport, AGENT_PORT,
+    hello, software, AgentError, Change, ErrorKind, ExecExit, ExecRequest, Frame, InteractiveExec,
+    Request, RequestId, Response, UsageReport, AGENT_PORT,
 };
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -218,8 +218,9 @@ impl AgentClient {
         self.gone.lock().map(|g| g.is_some()).unwrap_or(true)
     }
 
-    /// Sends one request and returns the receiver of its reply frames.
-    async fn send(
+    /// Sends one request and returns the receiver of its reply frames (call
+    /// [`AgentClient::forget_request`] with the id when done with them).
+    pub async fn send(
         &self,
         req: &Request,
         data: &[u8],
@@ -353,6 +354,67 @@ impl AgentClient {
         self.done(&Request::Shutdown, &[]).await
     }
 
+    /// The agent's feature words (empty for an agent that predates `features`).
+    pub async fn features(&self) -> Result<Vec<String>, AgentClientError> {
+        match self.call(&Request::Features, &[]).await {
+            Ok(Frame {
+                body: Response::Features { features },
+                ..
+            }) => Ok(features),
+            Ok(other) => Err(unexpected("features", &other.body)),
+            Err(AgentClientError::Agent(e)) if e.kind == ErrorKind::InvalidRequest => {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts an interactive exec; once the agent started it, its id, pid and the
+    /// receiver of its `output` and `exited` frames (call [`AgentClient::forget`] with
+    /// the id when done).
+    pub async fn exec_interactive(
+        &self,
+        req: InteractiveExec,
+    ) -> Result<(RequestId, u32, mpsc::UnboundedReceiver<Frame<Response>>), AgentClientError> {
+        let (id, mut rx) = self.send(&Request::ExecInteractive(req), &[]).await?;
+        match rx.recv().await {
+            Some(Frame {
+                body: Response::ExecStarted { pid },
+                ..
+            }) => Ok((id, pid, rx)),
+            Some(Frame {
+                body: Response::Error(e),
+                ..
+            }) => {
+                self.forget(id);
+                Err(AgentClientError::Agent(e))
+            }
+            Some(f) => {
+                self.forget(id);
+                Err(unexpected("exec_interactive", &f.body))
+            }
+            None => {
+                self.forget(id);
+                Err(self.gone_error())
+            }
+        }
+    }
+
+    /// Sends input for interactive exec `exec` (empty: its end) and returns the
+    /// receiver of the agent's answer, so several can be in flight in order.
+    pub async fn send_stdin(
+        &self,
+        exec: RequestId,
+        data: &[u8],
+    ) -> Result<(RequestId, mpsc::UnboundedReceiver<Frame<Response>>), AgentClientError> {
+        self.send(&Request::Stdin { exec }, data).await
+    }
+
+    /// Forgets request `id` (its replies are dropped from now on).
+    pub fn forget_request(&self, id: RequestId) {
+        self.forget(id);
+    }
+
     /// Runs a command; output is collected up to `keep` bytes. When `cancel` fires the
     /// agent is asked to kill the command's group, and the exec ends `cancelled`.
     pub async fn exec(
@@ -402,5 +464,41 @@ fn unexpected(asked: &'static str, got: &Response) -> AgentClientError {
     AgentClientError::Unexpected {
         asked,
         got: name(got),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use safe_coder_vm_protocol::{read_frame, write_frame, ErrorKind};
+
+    /// An agent from before `features` answers `invalid_request` (as the real one does
+    /// for any op it cannot decode): that means no features, not a failure; a newer
+    /// one lists them.
+    #[tokio::test]
+    async fn features_of_an_agent_that_predates_them_are_none() {
+        let (host, agent) = std::os::unix::net::UnixStream::pair().unwrap();
+        let old = std::thread::spawn(move || {
+            let mut a = agent;
+            for answer in [
+                Response::Error(AgentError::new(
+                    ErrorKind::InvalidRequest,
+                    "this agent cannot decode the request: unknown variant `features`",
+                )),
+                Response::Features {
+                    features: vec!["exec_interactive".into()],
+                },
+            ] {
+                let f = read_frame::<_, Request>(&mut a).unwrap().unwrap();
+                assert_eq!(f.body, Request::Features);
+                write_frame(&mut a, f.id, &answer, &[]).unwrap();
+            }
+        });
+        host.set_nonblocking(true).unwrap();
+        let client = AgentClient::from_stream(UnixStream::from_std(host).unwrap());
+        assert!(client.features().await.unwrap().is_empty());
+        assert_eq!(client.features().await.unwrap(), ["exec_interactive"]);
+        old.join().unwrap();
     }
 }

@@ -18,7 +18,9 @@ pub(crate) mod agent_client;
 pub mod fc_api;
 mod firecracker;
 pub(crate) mod image;
+mod interactive;
 mod limits;
+mod net;
 pub(crate) mod probe;
 mod qemu;
 mod qmp;
@@ -43,6 +45,10 @@ use crate::{
 };
 
 pub use image::{GuestImage, BUILD_COMMAND};
+
+/// The guest agent's name: on the guest's `PATH` (`/usr/local/sbin` in the image), and
+/// an interactive exec of this name runs the agent's own executable wherever it lives.
+pub const GUEST_AGENT: &str = "safe-coder-guest-agent";
 pub use limits::vm_limits;
 
 /// How long a booting (or restoring) VM may take until its agent answers, unless
@@ -234,11 +240,13 @@ pub(crate) struct VmSandbox {
     endpoint: Endpoint,
     /// The agent connection made at start, kept open for the VM's life.
     conn: Mutex<Option<std::os::fd::OwnedFd>>,
-    vmm: Mutex<Option<Box<dyn Vmm>>>,
+    /// Shared with an interactive command's supervisor (it watches the VM too).
+    vmm: Arc<Mutex<Option<Box<dyn Vmm>>>>,
     run_dir: PathBuf,
     /// The connection of the runtime that uses the sandbox (made on first use).
     client: tokio::sync::Mutex<Option<Arc<AgentClient>>>,
-    sync: tokio::sync::Mutex<WorkspaceSync>,
+    /// Shared with an interactive command's supervisor (it pulls while it runs).
+    sync: Arc<tokio::sync::Mutex<WorkspaceSync>>,
     started: Instant,
     state: Mutex<SandboxState>,
     memory_mb: u64,
@@ -346,10 +354,10 @@ impl VmSandbox {
             host,
             endpoint: started.endpoint,
             conn: Mutex::new(Some(started.conn)),
-            vmm: Mutex::new(Some(started.vmm)),
+            vmm: Arc::new(Mutex::new(Some(started.vmm))),
             run_dir,
             client: tokio::sync::Mutex::new(None),
-            sync: tokio::sync::Mutex::new(sync),
+            sync: Arc::new(tokio::sync::Mutex::new(sync)),
             started: Instant::now(),
             state: Mutex::new(SandboxState::Running),
             memory_mb: spec.vm.memory_mb,
@@ -607,6 +615,13 @@ impl Sandbox for VmSandbox {
 
     fn backend_detail(&self) -> Option<String> {
         Some(format!("VM {} {}", self.id, self.how))
+    }
+
+    async fn spawn_interactive(
+        &self,
+        request: crate::InteractiveRequest,
+    ) -> Result<crate::InteractiveChild, SandboxError> {
+        interactive::spawn(self, request).await
     }
 }
 
