@@ -63,7 +63,10 @@ fn a_sigkill_of_safe_coder_kills_the_commands() {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("start the victim");
-        let started = wait_until(Duration::from_secs(60), || marker_processes(&marker) >= 2);
+        // Both sleeps running (the daemon and the foreground one): bwrap's own processes
+        // carry the marker in their arguments too, and a kill while the sandbox is still
+        // being set up tests bubblewrap's start, not the commands' fate.
+        let started = wait_until(Duration::from_secs(60), || sleeps_running(&marker) == 2);
         // SAFETY: kill(2) of the child this test started.
         unsafe {
             libc::kill(victim.id() as i32, libc::SIGKILL);
@@ -81,4 +84,22 @@ fn a_sigkill_of_safe_coder_kills_the_commands() {
             marker_processes(&marker)
         );
     }
+}
+
+/// How many `sleep <marker>N` processes run.
+fn sleeps_running(marker: &str) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            if args.first() == Some(&&b"sleep"[..])
+                && args
+                    .get(1)
+                    .is_some_and(|a| String::from_utf8_lossy(a).starts_with(marker))
+            {
+                n += 1;
+            }
+        }
+    }
+    n
 }
