@@ -193,6 +193,7 @@ fn trial_in(
         network: false,
         incoming: None,
         transport,
+        share: None,
     };
     let proc = Arc::new(QemuProcess::start(&launch, vhost)?);
     let endpoint = match transport {
