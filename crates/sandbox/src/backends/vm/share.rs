@@ -101,7 +101,7 @@ pub fn decide(kind: BackendKind, vm: &VmSpec, project: Option<&Path>) -> ShareDe
     if vm.workspace == VmWorkspace::Shared {
         return ShareDecision {
             shared: true,
-            why: "shared over virtio-fs ([vm] workspace = \"shared\"; the VM boots)".into(),
+            why: "shared over virtio-fs ([vm] workspace = \"shared\", the VM boots)".into(),
         };
     }
     match project {
@@ -111,22 +111,34 @@ pub fn decide(kind: BackendKind, vm: &VmSpec, project: Option<&Path>) -> ShareDe
                 ShareDecision {
                     shared: true,
                     why: format!(
-                        "shared over virtio-fs (a project of {}{files} files is cheaper to share than to copy in; the VM boots)",
+                        "shared over virtio-fs (a project of {}{files} files is cheaper to share than to copy in, the VM boots)",
                         if files >= AUTO_MIN_FILES { "at least " } else { "" }
                     ),
                 }
             } else {
                 no(format!(
-                    "copied into the guest (a small project: {files} files, {} KiB; a restored snapshot and a copy are faster than a boot)",
+                    "copied into the guest (a small project: {files} files, {} KiB: a restored snapshot and a copy are faster than a boot)",
                     bytes / 1024
                 ))
             }
         }
         None => ShareDecision {
             shared: true,
-            why: "shared over virtio-fs for projects of 2,000 files or 64 MiB and more".into(),
+            why: format!(
+                "shared over virtio-fs for projects of {AUTO_MIN_FILES} files or {} MiB and more, copied into the guest below ([vm] workspace = \"auto\")",
+                AUTO_MIN_BYTES >> 20
+            ),
         },
     }
+}
+
+/// The doctor's line on the `qemu` workspace: shared (and for which projects) or copied,
+/// saying why.
+pub fn doctor_line(vm: &VmSpec) -> String {
+    format!(
+        "qemu workspace: {}\n",
+        decide(BackendKind::Qemu, vm, None).why
+    )
 }
 
 /// `Ok` where a shared workspace can be made: virtiofsd installed and an image whose
@@ -138,7 +150,7 @@ pub(crate) fn available(vm: &VmSpec) -> Result<PathBuf, String> {
     let image = GuestImage::locate(vm)?;
     if !image.has_feature(IMAGE_FEATURE) {
         return Err(format!(
-            "the guest image predates virtio-fs; rebuild it with `{}`",
+            "the guest image predates virtio-fs, rebuild it with `{}`",
             super::image::BUILD_COMMAND
         ));
     }
