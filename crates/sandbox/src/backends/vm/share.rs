@@ -46,7 +46,7 @@ pub(crate) const IMAGE_FEATURE: &str = "virtiofs-workspace";
 pub(crate) const TAG: &str = "workspace";
 
 /// `auto` shares a project of at least this many files...
-pub(crate) const AUTO_MIN_FILES: usize = 2_000;
+pub(crate) const AUTO_MIN_FILES: usize = 2_500;
 /// ... or of at least this many bytes (the copy in costs per file and per byte; see
 /// docs/microvm.md for the measurements these thresholds come from).
 pub(crate) const AUTO_MIN_BYTES: u64 = 64 * 1024 * 1024;
@@ -101,7 +101,7 @@ pub fn decide(kind: BackendKind, vm: &VmSpec, project: Option<&Path>) -> ShareDe
     if vm.workspace == VmWorkspace::Shared {
         return ShareDecision {
             shared: true,
-            why: "shared over virtio-fs ([vm] workspace = \"shared\", the VM boots)".into(),
+            why: "shared over virtio-fs as [vm] workspace says, the VM boots".into(),
         };
     }
     match project {
@@ -111,13 +111,13 @@ pub fn decide(kind: BackendKind, vm: &VmSpec, project: Option<&Path>) -> ShareDe
                 ShareDecision {
                     shared: true,
                     why: format!(
-                        "shared over virtio-fs (a project of {}{files} files is cheaper to share than to copy in, the VM boots)",
+                        "shared over virtio-fs, the VM boots: {}{files} files are cheaper to share than to copy in",
                         if files >= AUTO_MIN_FILES { "at least " } else { "" }
                     ),
                 }
             } else {
                 no(format!(
-                    "copied into the guest (a small project: {files} files, {} KiB: a restored snapshot and a copy are faster than a boot)",
+                    "copied into the guest: a small project ({files} files, {} KiB) restores and copies faster than a VM boots",
                     bytes / 1024
                 ))
             }
