@@ -394,6 +394,8 @@ fn pids_with(marker: &str) -> Vec<i32> {
             continue;
         };
         if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            // Arguments are NUL-separated: compare them joined by spaces.
+            let cmd: Vec<u8> = cmd.iter().map(|&b| if b == 0 { b' ' } else { b }).collect();
             if String::from_utf8_lossy(&cmd).contains(marker) {
                 out.push(pid);
             }
@@ -460,6 +462,7 @@ async fn interactive_commands_run_through_the_agent_with_a_terminal_or_pipes() {
     let mut req = interactive("true", None);
     req.mounts = vec![safe_coder_sandbox::Mount {
         host: home.clone(),
+        path: home.clone(),
         read_only: false,
     }];
     let e = match sb.spawn_interactive(req).await {
@@ -503,7 +506,8 @@ async fn interactive_commands_run_through_the_agent_with_a_terminal_or_pipes() {
         })
         .await
         .expect("start");
-    eventually("both sleeps run", || pids_with(&marker).len() >= 2).await;
+    // bash and its two sleeps.
+    eventually("both sleeps run", || pids_with(&marker).len() >= 3).await;
     // SAFETY: shutdown on a socket this test owns.
     unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&cut), libc::SHUT_RDWR) };
     drop((h, c, cut));

@@ -237,17 +237,19 @@ async fn qemu_runs_interactive_commands_in_the_guest() {
     let shown = dir.path().join("shown");
     std::fs::create_dir_all(shown.join("sub")).expect("shown");
     std::fs::write(shown.join("sub/conf.toml"), "key = 1\n").expect("conf");
+    // Named through a symlink: shown where the user named it.
+    let named = dir.path().join("named");
+    std::os::unix::fs::symlink(&shown, &named).expect("symlink");
     let mut req = interactive(
         &format!(
-            "cat {}/sub/conf.toml; echo changed > {}/sub/conf.toml",
-            shown.display(),
-            shown.display()
+            "cat {n}/sub/conf.toml; echo changed > {n}/sub/conf.toml",
+            n = named.display()
         ),
         None,
     );
     req.mounts = vec![safe_coder_sandbox::Mount {
         host: shown.clone(),
-        path: shown.clone(),
+        path: named.clone(),
         read_only: true,
     }];
     let child = sb.spawn_interactive(req).await.expect("spawn");
