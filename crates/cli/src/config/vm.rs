@@ -142,6 +142,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("vm.memory_mb"), "{e}");
+
+        assert_eq!(
+            VmSection::default().spec(Path::new("/d")).workspace,
+            VmWorkspace::Auto
+        );
+        let c = parse_file_config(
+            "[vm]\nworkspace = \"shared\"\n",
+            Path::new("c.toml"),
+            &mut w,
+        )
+        .unwrap();
+        assert_eq!(c.vm.spec(Path::new("/d")).workspace, VmWorkspace::Shared);
+        let e = parse_file_config("[vm]\nworkspace = \"ram\"\n", Path::new("c.toml"), &mut w)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vm.workspace") && e.contains("auto, shared or copy"),
+            "{e}"
+        );
     }
 
     #[test]
