@@ -85,6 +85,16 @@ pub struct ShareDecision {
 /// Decides the workspace of a new `qemu` session (other backends: never shared).
 /// `project` is only walked for `auto` (a `stat` per file, stopping at the thresholds).
 pub fn decide(kind: BackendKind, vm: &VmSpec, project: Option<&Path>) -> ShareDecision {
+    decide_with(kind, vm, project, || available(vm).map(drop))
+}
+
+/// [`decide`] with what [`available`] would say given (tests).
+fn decide_with(
+    kind: BackendKind,
+    vm: &VmSpec,
+    project: Option<&Path>,
+    available: impl FnOnce() -> Result<(), String>,
+) -> ShareDecision {
     let no = |why: String| ShareDecision { shared: false, why };
     if kind != BackendKind::Qemu {
         return no(format!("{} has no virtio-fs", kind.as_str()));
@@ -95,7 +105,7 @@ pub fn decide(kind: BackendKind, vm: &VmSpec, project: Option<&Path>) -> ShareDe
     if crate::overlay::forced_copy() {
         return no("copied into the guest (SAFE_CODER_WORKSPACE=copy)".into());
     }
-    if let Err(why) = available(vm) {
+    if let Err(why) = available() {
         return no(format!("copied into the guest ({why})"));
     }
     if vm.workspace == VmWorkspace::Shared {
@@ -314,6 +324,43 @@ mod tests {
         assert_eq!(measure(tmp.path(), 100, 1 << 20), (5, 25));
         assert_eq!(measure(tmp.path(), 3, 1 << 20).0, 3);
         assert!(measure(tmp.path(), 100, 10).1 >= 10);
+    }
+
+    #[test]
+    fn auto_shares_large_projects_only_and_says_why_not() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let small = tmp.path().join("small");
+        std::fs::create_dir_all(&small).expect("mkdir");
+        std::fs::write(small.join("a.rs"), b"fn main() {}").expect("write");
+        let large = tmp.path().join("large");
+        for i in 0..AUTO_MIN_FILES {
+            let d = large.join(format!("d{}", i / 100));
+            std::fs::create_dir_all(&d).expect("mkdir");
+            std::fs::write(d.join(format!("f{i}")), b"x").expect("write");
+        }
+        let vm = VmSpec::default();
+        let ok = || Ok(());
+        let d = decide_with(BackendKind::Qemu, &vm, Some(&small), ok);
+        assert!(
+            !d.shared && d.why.contains("small project (1 files"),
+            "{d:?}"
+        );
+        let d = decide_with(BackendKind::Qemu, &vm, Some(&large), ok);
+        assert!(d.shared && d.why.contains("2500 files"), "{d:?}");
+        let missing = || Err("virtiofsd is not installed".to_string());
+        let d = decide_with(BackendKind::Qemu, &vm, Some(&large), missing);
+        assert!(
+            !d.shared && d.why.contains("virtiofsd is not installed"),
+            "{d:?}"
+        );
+        let shared = VmSpec {
+            workspace: VmWorkspace::Shared,
+            ..VmSpec::default()
+        };
+        let d = decide_with(BackendKind::Qemu, &shared, Some(&small), ok);
+        assert!(d.shared, "{d:?}");
+        let d = decide_with(BackendKind::Qemu, &vm, None, ok);
+        assert!(d.shared && d.why.contains("2500 files or 64 MiB"), "{d:?}");
     }
 
     #[test]
