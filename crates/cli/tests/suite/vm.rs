@@ -265,6 +265,16 @@ fn doctor_names_what_each_vm_backend_lacks() {
         !text.contains("auto → qemu") && !text.contains("auto → firecracker"),
         "{text}"
     );
+    // How a qemu session would get the project: here copied, saying why (no image).
+    let ws = text
+        .lines()
+        .find(|l| l.starts_with("qemu workspace: "))
+        .unwrap_or_else(|| panic!("no qemu workspace line: {text}"));
+    assert!(
+        ws.contains("copied into the guest")
+            && (ws.contains("virtiofsd is not installed") || ws.contains("image build")),
+        "{ws}"
+    );
 
     // With the binaries there, the missing image is named with the command that builds it.
     if let Some((fake, agent)) = sibling("fake-firecracker").zip(sibling("safe-coder-guest-agent"))
