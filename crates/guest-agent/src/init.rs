@@ -12,8 +12,8 @@
 //! `/sys`, `/dev`, `/dev/pts`, `/dev/shm`, `/tmp`, `/run`), set the clock from
 //! `safe_coder.time=<unix seconds>`, bring up `lo`, mount the workspace
 //! (`safe_coder.workspace=virtiofs:<tag>` for the host's tree over virtio-fs,
-//! `safe_coder.workspace=<device>` for an ext4 disk, else `/workspace` on the root disk, else a tmpfs
-//! when the root is read-only), shield the agent from the OOM killer, then serve on
+//! `safe_coder.workspace=<device>` for an ext4 disk, else `/workspace` on the root disk,
+//! else a tmpfs when the root is read-only), shield the agent from the OOM killer, then serve on
 //! vsock. Zombies are reaped by [`crate::reaper`]; `shutdown` syncs and reboots, which
 //! QEMU (`-no-reboot`) and Firecracker both turn into the VM's exit.
 
