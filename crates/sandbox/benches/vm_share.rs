@@ -1,7 +1,8 @@
 //! The `qemu` session start with the project copied into the guest (a restored snapshot,
 //! then the first push) against the shared workspace (virtiofsd over the session's
 //! overlay, a boot, nothing copied), for projects of several sizes, each measured to the
-//! first command's answer (`find . -type f | wc -l`, which also reads every directory).
+//! first command's answer (`find . -type f | wc -l`, which also reads every directory);
+//! then, in each, the median of 5 `true` and one read of every file.
 //! These figures set `[vm] workspace = "auto"`'s thresholds (docs/microvm.md).
 //!
 //! Run: `SAFE_CODER_TEST_VM_IMAGE=... cargo bench -p safe-coder-sandbox --bench vm_share
@@ -69,6 +70,38 @@ fn first_command(
     assert_eq!(out.output.trim(), files.to_string(), "{}", out.output);
 }
 
+/// Wall time of `command` in the session (through the agent: push, run, pull).
+fn timed(
+    rt: &tokio::runtime::Runtime,
+    sb: &Arc<dyn safe_coder_sandbox::Sandbox>,
+    command: &str,
+) -> Duration {
+    let t = Instant::now();
+    let out = rt
+        .block_on(sb.exec(
+            ExecRequest {
+                command: command.into(),
+                timeout: Duration::from_secs(300),
+                max_output_bytes: 4096,
+            },
+            CancellationToken::new(),
+        ))
+        .expect("exec");
+    assert_eq!(out.exit_code, Some(0), "{}", out.output);
+    t.elapsed()
+}
+
+/// After the start: the median of 5 `true` (what a command costs beyond its own work)
+/// and one `cat` of every file (reading the tree: tmpfs vs virtio-fs without cache).
+fn per_command(
+    rt: &tokio::runtime::Runtime,
+    sb: &Arc<dyn safe_coder_sandbox::Sandbox>,
+) -> (Duration, Duration) {
+    let mut t: Vec<Duration> = (0..5).map(|_| timed(rt, sb, "true")).collect();
+    t.sort();
+    (t[2], timed(rt, sb, "find . -type f -exec cat {} + | wc -c"))
+}
+
 fn main() {
     let Some(image) = image() else {
         eprintln!(
@@ -107,6 +140,7 @@ fn main() {
             .expect("open copy");
         first_command(&rt, &sb, files);
         let copy = t.elapsed();
+        let (copy_true, copy_read) = per_command(&rt, &sb);
         rt.block_on(sb.stop()).expect("stop");
 
         let layers = Layers {
@@ -123,11 +157,20 @@ fn main() {
         let sb = safe_coder_sandbox::open(BackendKind::Qemu, s).expect("open shared");
         first_command(&rt, &sb, files);
         let shared = t.elapsed();
+        let (shared_true, shared_read) = per_command(&rt, &sb);
         rt.block_on(sb.stop()).expect("stop");
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
             "RESULT files={files} copy_start_to_first_command_ms={:.0} shared_start_to_first_command_ms={:.0}",
-            copy.as_secs_f64() * 1000.0,
-            shared.as_secs_f64() * 1000.0
+            ms(copy),
+            ms(shared)
+        );
+        println!(
+            "RESULT files={files} true_ms copy={:.0} shared={:.0}; read_every_file_ms copy={:.0} shared={:.0}",
+            ms(copy_true),
+            ms(shared_true),
+            ms(copy_read),
+            ms(shared_read)
         );
         safe_coder_sandbox::overlay::remove_tree(&base);
     }
