@@ -202,8 +202,9 @@ pub struct VmSpec {
 /// How a `qemu` guest gets the session's tree (`[vm] workspace`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum VmWorkspace {
-    /// Shared where virtiofsd and the image allow it and the project is large enough
-    /// that copying it in costs more than the boot a shared workspace needs.
+    /// Shared where virtiofsd and the image allow it, the VM runs under KVM, and the
+    /// project is large enough that copying it in costs more than the boot a shared
+    /// workspace needs; else the copy.
     #[default]
     Auto,
     /// The host's session tree (an overlay over the project) shared over virtio-fs:

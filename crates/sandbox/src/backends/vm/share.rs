@@ -21,9 +21,11 @@
 //! are squashed to the user's (`--translate-uid`), and the user's files look like
 //! root's in the guest, whose commands run as root.
 //!
-//! A vhost-user-fs device cannot be migrated, so a shared VM boots (no snapshot). That is
-//! why [`VmWorkspace::Auto`] shares only a project large enough that copying it in would
-//! cost more than the boot (docs/microvm.md has the figures).
+//! A vhost-user-fs device cannot be migrated, so a shared VM boots (no snapshot), and
+//! under TCG every FUSE request is emulated work (a read of the tree costs ~9x the
+//! copy's). So [`VmWorkspace::Auto`] shares only under KVM and only a project large
+//! enough that copying it in would cost more than the boot (docs/microvm.md has the
+//! figures).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -85,15 +87,19 @@ pub struct ShareDecision {
 /// Decides the workspace of a new `qemu` session (other backends: never shared).
 /// `project` is only walked for `auto` (a `stat` per file, stopping at the thresholds).
 pub fn decide(kind: BackendKind, vm: &VmSpec, project: Option<&Path>) -> ShareDecision {
-    decide_with(kind, vm, project, || available(vm).map(drop))
+    decide_with(kind, vm, project, || {
+        let image = available(vm)?;
+        Ok(super::probe::known_accel(vm, &image))
+    })
 }
 
-/// [`decide`] with what [`available`] would say given (tests).
+/// [`decide`] with what [`available`] and the KVM verdict would say given (tests):
+/// `Ok(Some(kvm))`, `Ok(None)` while KVM is untried, or why no share can be made.
 fn decide_with(
     kind: BackendKind,
     vm: &VmSpec,
     project: Option<&Path>,
-    available: impl FnOnce() -> Result<(), String>,
+    available: impl FnOnce() -> Result<Option<bool>, String>,
 ) -> ShareDecision {
     let no = |why: String| ShareDecision { shared: false, why };
     if kind != BackendKind::Qemu {
@@ -105,14 +111,21 @@ fn decide_with(
     if crate::overlay::forced_copy() {
         return no("copied into the guest (SAFE_CODER_WORKSPACE=copy)".into());
     }
-    if let Err(why) = available() {
-        return no(format!("copied into the guest ({why})"));
-    }
+    let kvm = match available() {
+        Ok(kvm) => kvm,
+        Err(why) => return no(format!("copied into the guest ({why})")),
+    };
     if vm.workspace == VmWorkspace::Shared {
         return ShareDecision {
             shared: true,
             why: "shared over virtio-fs as [vm] workspace says, the VM boots".into(),
         };
+    }
+    if kvm != Some(true) {
+        return no(format!(
+            "copied into the guest: {} a read through virtio-fs costs ~7x a copy's, so auto shares only under KVM",
+            if kvm.is_none() { "KVM is untried, and under TCG" } else { "under TCG" }
+        ));
     }
     match project {
         Some(p) => {
@@ -151,10 +164,10 @@ pub fn doctor_line(vm: &VmSpec) -> String {
     )
 }
 
-/// `Ok` where a shared workspace can be made: virtiofsd installed and an image whose
-/// initramfs has virtio-fs. `Err` says what is missing and how to get it.
-pub(crate) fn available(vm: &VmSpec) -> Result<PathBuf, String> {
-    let bin = find_virtiofsd().ok_or_else(|| {
+/// `Ok` (the image) where a shared workspace can be made: virtiofsd installed and an
+/// image whose initramfs has virtio-fs. `Err` says what is missing and how to get it.
+pub(crate) fn available(vm: &VmSpec) -> Result<GuestImage, String> {
+    find_virtiofsd().ok_or_else(|| {
         "virtiofsd is not installed: `cargo install --locked virtiofsd` (needs libseccomp-dev and libcap-ng-dev)".to_string()
     })?;
     let image = GuestImage::locate(vm)?;
@@ -164,7 +177,7 @@ pub(crate) fn available(vm: &VmSpec) -> Result<PathBuf, String> {
             super::image::BUILD_COMMAND
         ));
     }
-    Ok(bin)
+    Ok(image)
 }
 
 /// The number of files and their bytes under `root`, counted until either limit is met.
@@ -255,8 +268,10 @@ pub(crate) fn boot(
     kvm: bool,
     overlay: &OverlayMount,
 ) -> Result<Started, SandboxError> {
-    let bin = available(vm)
-        .map_err(|e| SandboxError::Unavailable(format!("no shared workspace for the VM: {e}")))?;
+    let unavailable =
+        |e: String| SandboxError::Unavailable(format!("no shared workspace for the VM: {e}"));
+    available(vm).map_err(unavailable)?;
+    let bin = find_virtiofsd().ok_or_else(|| unavailable("virtiofsd is not installed".into()))?;
     let q = super::qemu::find_qemu().ok_or_else(|| {
         SandboxError::Unavailable(
             "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)".into(),
@@ -326,6 +341,13 @@ mod tests {
         assert!(measure(tmp.path(), 100, 10).1 >= 10);
     }
 
+    fn shared_spec() -> VmSpec {
+        VmSpec {
+            workspace: VmWorkspace::Shared,
+            ..VmSpec::default()
+        }
+    }
+
     #[test]
     fn auto_shares_large_projects_only_and_says_why_not() {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -339,7 +361,7 @@ mod tests {
             std::fs::write(d.join(format!("f{i}")), b"x").expect("write");
         }
         let vm = VmSpec::default();
-        let ok = || Ok(());
+        let ok = || Ok(Some(true));
         let d = decide_with(BackendKind::Qemu, &vm, Some(&small), ok);
         assert!(
             !d.shared && d.why.contains("small project (1 files"),
@@ -348,6 +370,14 @@ mod tests {
         let d = decide_with(BackendKind::Qemu, &vm, Some(&large), ok);
         assert!(d.shared && d.why.contains("2500 files"), "{d:?}");
         let missing = || Err("virtiofsd is not installed".to_string());
+        let tcg = || Ok(Some(false));
+        let d = decide_with(BackendKind::Qemu, &vm, Some(&large), tcg);
+        assert!(!d.shared && d.why.contains("only under KVM"), "{d:?}");
+        let untried = || Ok(None);
+        let d = decide_with(BackendKind::Qemu, &vm, Some(&large), untried);
+        assert!(!d.shared && d.why.contains("KVM is untried"), "{d:?}");
+        let d = decide_with(BackendKind::Qemu, &shared_spec(), Some(&large), tcg);
+        assert!(d.shared, "\"shared\" shares under TCG too: {d:?}");
         let d = decide_with(BackendKind::Qemu, &vm, Some(&large), missing);
         assert!(
             !d.shared && d.why.contains("virtiofsd is not installed"),
