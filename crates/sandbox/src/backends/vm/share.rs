@@ -22,7 +22,7 @@
 //! root's in the guest, whose commands run as root.
 //!
 //! A vhost-user-fs device cannot be migrated, so a shared VM boots (no snapshot), and
-//! under TCG every FUSE request is emulated work (a read of the tree costs ~9x the
+//! under TCG every FUSE request is emulated work (reading the tree costs 6-10x the
 //! copy's). So [`VmWorkspace::Auto`] shares only under KVM and only a project large
 //! enough that copying it in would cost more than the boot (docs/microvm.md has the
 //! figures).
@@ -123,7 +123,7 @@ fn decide_with(
     }
     if kvm != Some(true) {
         return no(format!(
-            "copied into the guest: {} a read through virtio-fs costs ~7x a copy's, so auto shares only under KVM",
+            "copied into the guest: {} reading through virtio-fs costs 6-10x reading a copy, so auto shares only under KVM",
             if kvm.is_none() { "KVM is untried, and under TCG" } else { "under TCG" }
         ));
     }
