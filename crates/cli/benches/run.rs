@@ -6,6 +6,10 @@
 //! (review and session teardown included) is shown too, and `--backend copy` (the same
 //! session without bubblewrap) to tell the session's share from the sandbox's.
 //!
+//! A third series runs `process` with `SAFE_CODER_NO_PROBE_CACHE=1`: every process
+//! tries bubblewrap again (three bwrap runs), as before the verdict was kept across
+//! processes — the same binary, interleaved, so the difference is the cache's.
+//!
 //! Run: `cargo bench -p safe-coder-cli --bench run` (`SAFE_CODER_BENCH_RUNS=N`).
 
 use std::io::{BufRead, BufReader};
@@ -70,6 +74,7 @@ fn main() {
     };
     let run = |backend: &str| {
         let mut c = Command::new(bin);
+        c.env_remove("SAFE_CODER_NO_PROBE_CACHE");
         c.args([
             "run",
             "--backend",
@@ -87,20 +92,29 @@ fn main() {
         .env_remove("XDG_CONFIG_HOME");
         c
     };
+    let uncached = || {
+        let mut c = run("process");
+        c.env("SAFE_CODER_NO_PROBE_CACHE", "1");
+        c
+    };
     for _ in 0..3 {
         time(bare());
         time(run("process"));
         time(run("copy"));
+        time(uncached());
     }
     let (mut b_first, mut r_first, mut r_total, mut c_first) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut u_first = Vec::new();
     for _ in 0..runs {
         b_first.push(time(bare()).0);
         let (f, t) = time(run("process"));
         r_first.push(f);
         r_total.push(t);
         c_first.push(time(run("copy")).0);
+        u_first.push(time(uncached()).0);
     }
+    let u = median(u_first);
     let (b, r, t, c) = (
         median(b_first),
         median(r_first),
@@ -118,6 +132,11 @@ fn main() {
         "  the same with --backend copy         {:7.1} ms  (+{:.1} ms: the session alone)",
         ms(c),
         ms(c) - ms(b)
+    );
+    println!(
+        "  process, probe not cached (before)   {:7.1} ms  (+{:.1} ms)",
+        ms(u),
+        ms(u) - ms(b)
     );
     println!("  whole run (review, teardown)         {:7.1} ms", ms(t));
     println!(

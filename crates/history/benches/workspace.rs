@@ -115,6 +115,20 @@ fn stats(mut v: Vec<Duration>) -> String {
     )
 }
 
+/// CPU time (user + system) of this process and its waited-for children so far: on a
+/// shared machine the wall time of a start depends on the others' load, its CPU time
+/// much less, so both are shown.
+fn cpu() -> Duration {
+    let used = |who| {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut r) };
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        tv(r.ru_utime) + tv(r.ru_stime)
+    };
+    used(libc::RUSAGE_SELF) + used(libc::RUSAGE_CHILDREN)
+}
+
 fn settle() {
     let _ = Command::new("sync").status();
     std::thread::sleep(Duration::from_millis(200));
@@ -147,29 +161,42 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
     let mut cp = Vec::new();
     let mut overlay = Vec::new();
     let mut direct = Vec::new();
+    let (mut overlay_cpu, mut direct_cpu) = (Vec::new(), Vec::new());
     let mut copy = Vec::new();
     let mut overlay_disk = 0;
+    // Profiling: `WORKSPACE_BENCH_NO_CP=1` leaves `cp -a` out, `WORKSPACE_BENCH_RUNS=N`
+    // sets the runs (the figures in docs/benchmarks.md are measured with `cp -a`).
+    let no_cp = std::env::var_os("WORKSPACE_BENCH_NO_CP").is_some();
+    // `WORKSPACE_BENCH_ONLY=overlay` leaves `direct` and the copy out (profiling).
+    let only = std::env::var("WORKSPACE_BENCH_ONLY").ok();
+    let runs = std::env::var("WORKSPACE_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(runs);
     for run in 0..runs {
-        let dest = tmp.join(format!("cp{run}"));
-        settle();
-        let t = Instant::now();
-        let ok = Command::new("cp")
-            .arg("-a")
-            .arg(project)
-            .arg(&dest)
-            .status()
-            .unwrap()
-            .success();
-        cp.push(t.elapsed());
-        assert!(ok);
-        remove(&dest);
+        if !no_cp {
+            let dest = tmp.join(format!("cp{run}"));
+            settle();
+            let t = Instant::now();
+            let ok = Command::new("cp")
+                .arg("-a")
+                .arg(project)
+                .arg(&dest)
+                .status()
+                .unwrap()
+                .success();
+            cp.push(t.elapsed());
+            assert!(ok);
+            remove(&dest);
+        }
 
         let s = tmp.join(format!("ov{run}"));
         settle();
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu());
         let repo =
             SessionRepo::create_overlay(&layers(project, &s), &s.join("history.git"), &[]).unwrap();
         overlay.push(t.elapsed());
+        overlay_cpu.push(cpu() - c);
         if run == 0 {
             let st = repo.start_stats().unwrap();
             println!(
@@ -177,15 +204,21 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
                 st.files, st.borrowed
             );
         }
+        // The index is written beside the start: count it too.
+        let _ = repo.git_dir();
         overlay_disk = du_kib(&s);
         drop(repo);
         remove(&s);
 
+        if only.as_deref() == Some("overlay") {
+            continue;
+        }
         let g = tmp.join(format!("shadow{run}.git"));
         settle();
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), cpu());
         SessionRepo::create_shadow(project, &g, &[]).unwrap();
         direct.push(t.elapsed());
+        direct_cpu.push(cpu() - c);
         remove(&g);
 
         if with_copy && run < 3 {
@@ -206,15 +239,47 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
             remove(&s);
         }
     }
+    let median = |v: &[Duration]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v[v.len() / 2]
+    };
+    let share = |v: &[Duration]| -> String {
+        if cp.is_empty() || v.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " = {:.1} % of `cp -a`",
+                100.0 * ms(median(v)) / ms(median(&cp))
+            )
+        }
+    };
+    let (overlay_share, direct_share) = (share(&overlay), share(&direct));
+    if !cp.is_empty() {
+        println!(
+            "{label}: `cp -a` of the project (with its .git): {}",
+            stats(cp)
+        );
+    }
     println!(
-        "{label}: `cp -a` of the project (with its .git): {}",
-        stats(cp)
+        "{label}: overlay workspace start: {}{overlay_share}",
+        stats(overlay)
     );
-    println!("{label}: overlay workspace start: {}", stats(overlay));
-    println!("{label}: overlay session dir right after start: {overlay_disk} KiB");
     println!(
-        "{label}: direct start (shadow, snapshot in place): {}",
+        "{label}:   its CPU time (all threads, git and helpers): {}",
+        stats(overlay_cpu)
+    );
+    println!("{label}: overlay session dir right after start: {overlay_disk} KiB");
+    if direct.is_empty() {
+        return;
+    }
+    println!(
+        "{label}: direct start (shadow, snapshot in place): {}{direct_share}",
         stats(direct)
+    );
+    println!(
+        "{label}:   its CPU time (all threads, git and helpers): {}",
+        stats(direct_cpu)
     );
     if !copy.is_empty() {
         println!("{label}: copy workspace start (fallback): {}", stats(copy));

@@ -13,7 +13,6 @@
 //! Not borrowed (the caller hashes everything, as before): SHA-256 repositories, a
 //! split index (`link` extension), an index this reader does not understand.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -49,8 +48,12 @@ pub(crate) struct Borrowed {
     /// When the index was written (seconds, nanoseconds): entries modified at or
     /// after it are racily clean and not trusted.
     index_mtime: (i64, i64),
-    /// Path relative to the project → entry.
-    entries: HashMap<Vec<u8>, Known>,
+    /// The entries under the project, in the index's order (sorted by path), each
+    /// with its path relative to the project as a range of `names`. A sorted list
+    /// searched by bisection: no allocation or hashing per entry (a 50,000-file index
+    /// parses in a few milliseconds).
+    entries: Vec<(u32, u32, Known)>,
+    names: Vec<u8>,
 }
 
 impl Borrowed {
@@ -82,11 +85,12 @@ impl Borrowed {
             prefix.push(b'/');
         }
         let (index_mtime, raw) = read_index_file(&git_dir.join("index"))?;
-        let entries = parse_index(&raw, &prefix)?;
+        let (entries, names) = parse_index(&raw, &prefix)?;
         Some(Borrowed {
             objects,
             index_mtime,
             entries,
+            names,
         })
     }
 
@@ -94,7 +98,10 @@ impl Borrowed {
     /// unchanged: its stat data (from `lstat` of a regular file) matches the user's
     /// index entry.
     pub(crate) fn unchanged(&self, rel: &[u8], st: &Stat, exec: bool) -> Option<(u32, Oid)> {
-        let k = self.entries.get(rel)?;
+        let name =
+            |&(at, len, _): &(u32, u32, Known)| &self.names[at as usize..(at + len) as usize];
+        let i = self.entries.binary_search_by(|e| name(e).cmp(rel)).ok()?;
+        let k = &self.entries[i].2;
         let mode_ok = match k.mode {
             0o100755 => exec,
             0o100644 => !exec,
@@ -179,10 +186,13 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
+/// The parsed entries (name ranges into the second vector) of [`parse_index`].
+type Parsed = (Vec<(u32, u32, Known)>, Vec<u8>);
+
 /// Parses an index (versions 2, 3 and 4) into stage-0 regular-file entries under
-/// `prefix` (keys relative to it). `None` when the checksum is wrong, the format is
-/// unknown or the index is split.
-fn parse_index(raw: &[u8], prefix: &[u8]) -> Option<HashMap<Vec<u8>, Known>> {
+/// `prefix` (names relative to it), in the index's order. `None` when the checksum is
+/// wrong, the format is unknown, the entries are not sorted or the index is split.
+fn parse_index(raw: &[u8], prefix: &[u8]) -> Option<Parsed> {
     if raw.len() < 12 + 20 || &raw[..4] != b"DIRC" {
         return None;
     }
@@ -200,7 +210,8 @@ fn parse_index(raw: &[u8], prefix: &[u8]) -> Option<HashMap<Vec<u8>, Known>> {
         return None;
     }
     let count = be32(raw, 8)? as usize;
-    let mut entries = HashMap::with_capacity(count.min(1 << 20));
+    let mut entries: Vec<(u32, u32, Known)> = Vec::with_capacity(count.min(1 << 20));
+    let mut names: Vec<u8> = Vec::with_capacity(body.len().min(64 << 20) / 2);
     let mut at = 12;
     let mut name: Vec<u8> = Vec::new();
     for _ in 0..count {
@@ -248,7 +259,17 @@ fn parse_index(raw: &[u8], prefix: &[u8]) -> Option<HashMap<Vec<u8>, Known>> {
         let file = matches!(k.mode, 0o100644 | 0o100755);
         if stage == 0 && !odd && file {
             if let Some(rel) = name.strip_prefix(prefix) {
-                entries.insert(rel.to_vec(), k);
+                // Bisection needs strictly sorted names, as git writes them.
+                if let Some(&(pat, plen, _)) = entries.last() {
+                    let prev = &names[pat as usize..(pat + plen) as usize];
+                    if prev >= rel {
+                        return None;
+                    }
+                }
+                let start = u32::try_from(names.len()).ok()?;
+                let len = u32::try_from(rel.len()).ok()?;
+                names.extend_from_slice(rel);
+                entries.push((start, len, k));
             }
         }
     }
@@ -261,7 +282,7 @@ fn parse_index(raw: &[u8], prefix: &[u8]) -> Option<HashMap<Vec<u8>, Known>> {
         let len = be32(body, at + 4)? as usize;
         at = at.checked_add(8 + len)?;
     }
-    Some(entries)
+    Some((entries, names))
 }
 
 /// Git's offset varint (index v4 name compression).

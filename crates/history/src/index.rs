@@ -25,6 +25,21 @@ pub(crate) struct Stat {
 }
 
 impl Stat {
+    /// The same fields from a raw `stat` (an `fstatat` relative to a directory).
+    pub fn from_stat(st: &libc::stat) -> Stat {
+        Stat {
+            ctime_s: st.st_ctime as u32,
+            ctime_ns: st.st_ctime_nsec as u32,
+            mtime_s: st.st_mtime as u32,
+            mtime_ns: st.st_mtime_nsec as u32,
+            dev: st.st_dev as u32,
+            ino: st.st_ino as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: st.st_size as u32,
+        }
+    }
+
     pub fn from_meta(m: &fs::Metadata) -> Stat {
         Stat {
             ctime_s: m.ctime() as u32,

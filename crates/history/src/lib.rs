@@ -28,6 +28,7 @@ pub use error::HistoryError;
 pub use labels::SNAPSHOT_PREFIX;
 pub use repo::{CommitInfo, CommitOutcome, SessionRepo, DEFAULT_MAX_FILE_BYTES};
 pub use snapshot::SnapshotStats;
+pub use statcache::{prune as prune_stat_cache, PruneReport, STORE_MAX_IDLE};
 
 /// Message of the first commit of a sandbox copy.
 pub const INITIAL_MESSAGE: &str = "Initial snapshot - Safe Coder VM";

@@ -55,7 +55,7 @@ impl Excludes {
 
     /// Whether the entry at `rel` (relative to the project) is excluded.
     pub fn is_excluded(&self, rel: &Path) -> bool {
-        if let Some(name) = rel.file_name() {
+        if let Some(name) = rel.file_name().filter(|_| !self.names.is_empty()) {
             if self.names.is_match(Path::new(name)) {
                 return true;
             }

@@ -15,7 +15,7 @@ use crate::error::{HistoryError, IoContext};
 use crate::git::{ensure_git, Git};
 use crate::objects::{self, is_hex_id, CommitFields, Oid};
 use crate::paths::{clean_rel, rel_to_root};
-use crate::snapshot::{self, write_ref, SnapshotStats};
+use crate::snapshot::{self, write_ref, PendingIndex, SnapshotStats};
 use crate::stage;
 use crate::upper;
 use crate::{INITIAL_MESSAGE, SHADOW_MESSAGE};
@@ -77,6 +77,8 @@ pub struct SessionRepo {
     shadow: bool,
     /// What the first snapshot did, when this value created it.
     start: Option<SnapshotStats>,
+    /// The first snapshot's index while it is still being written (`snapshot.rs`).
+    pending_index: Arc<PendingIndex>,
 }
 
 /// Short id as shown in messages (`Rollback to 1a2b3c4`).
@@ -182,8 +184,8 @@ impl SessionRepo {
                 stat_cache,
             )
         });
-        let stats = match made {
-            Ok((_, stats)) => stats,
+        let (stats, pending) = match made {
+            Ok((_, stats, pending)) => (stats, pending),
             Err(e) => {
                 // A half-made copy is worth nothing; the project was only read.
                 let _ = fs::remove_dir_all(&work_tree);
@@ -199,6 +201,7 @@ impl SessionRepo {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             shadow: false,
             start: Some(stats),
+            pending_index: Arc::new(pending),
         })
     }
 
@@ -250,24 +253,30 @@ impl SessionRepo {
                 hidden: &hidden,
             };
             let lower = layers.lower.clone();
-            let (_, stats) = snapshot::write_snapshot(
+            // The layers are mounted as soon as the walk knows what to hide, beside
+            // the writing of the first snapshot.
+            let mount = || -> Result<OverlayMount, HistoryError> {
+                fs::create_dir_all(&layers.upper)
+                    .ctx(|| format!("cannot create {}", layers.upper.display()))?;
+                let hidden = std::mem::take(&mut *hidden.lock().unwrap_or_else(|p| p.into_inner()));
+                for rel in hidden {
+                    upper::hide(&layers.upper, &rel)?;
+                }
+                OverlayMount::mount(layers.clone())
+                    .map_err(|e| HistoryError::Workspace(e.to_string()))
+            };
+            let ((_, stats, pending), mount) = snapshot::write_snapshot_beside(
                 &layers.lower,
                 source,
                 &git_dir,
                 INITIAL_MESSAGE,
                 move || Borrowed::discover(&lower),
                 stat_cache,
+                mount,
             )?;
-            fs::create_dir_all(&layers.upper)
-                .ctx(|| format!("cannot create {}", layers.upper.display()))?;
-            for rel in hidden.into_inner().unwrap_or_default() {
-                upper::hide(&layers.upper, &rel)?;
-            }
-            let mount = OverlayMount::mount(layers.clone())
-                .map_err(|e| HistoryError::Workspace(e.to_string()))?;
-            Ok((stats, mount))
+            Ok((stats, pending, mount?))
         })();
-        let (stats, mount) = match made {
+        let (stats, pending, mount) = match made {
             Ok(m) => m,
             Err(e) => {
                 let _ = fs::remove_dir_all(&git_dir);
@@ -284,6 +293,7 @@ impl SessionRepo {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             shadow: false,
             start: Some(stats),
+            pending_index: Arc::new(pending),
         })
     }
 
@@ -308,6 +318,7 @@ impl SessionRepo {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             shadow: false,
             start: None,
+            pending_index: Arc::default(),
         })
     }
 
@@ -368,6 +379,7 @@ impl SessionRepo {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             shadow: true,
             start: None,
+            pending_index: Arc::default(),
         };
         // git decides which files count (the .gitignore files, info/exclude); the
         // snapshot itself is written directly, like a sandbox copy's.
@@ -381,7 +393,7 @@ impl SessionRepo {
             .collect();
         let source = snapshot::Source::InPlace { files };
         let project = repo.work_tree.clone();
-        let (_, stats) = snapshot::write_snapshot(
+        let (_, stats, pending) = snapshot::write_snapshot(
             &repo.work_tree,
             source,
             &repo.git_dir,
@@ -390,6 +402,7 @@ impl SessionRepo {
             stat_cache,
         )?;
         repo.start = Some(stats);
+        repo.pending_index = Arc::new(pending);
         Ok(repo)
     }
 
@@ -411,6 +424,7 @@ impl SessionRepo {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             shadow: false,
             start: None,
+            pending_index: Arc::default(),
         };
         repo.shadow = repo.git_dir.join(SHADOW_MARK).exists() || {
             // A shadow made before the mark existed: its first commit says so.
@@ -443,7 +457,10 @@ impl SessionRepo {
         &self.work_tree
     }
 
+    /// The session's git dir, once the first snapshot's index is written in it (a
+    /// caller may run git there).
     pub fn git_dir(&self) -> &Path {
+        self.pending_index.wait();
         &self.git_dir
     }
 
@@ -459,6 +476,8 @@ impl SessionRepo {
     }
 
     pub(crate) fn git(&self) -> Git<'_> {
+        // Git may read the index: the first snapshot's must be there.
+        self.pending_index.wait();
         Git {
             git_dir: &self.git_dir,
             work_tree: &self.work_tree,
@@ -1153,6 +1172,7 @@ impl SessionRepo {
             .git_dir
             .join(format!("index.safe-coder-{}-{n}", std::process::id()));
         let main = self.git_dir.join("index");
+        self.pending_index.wait();
         if main.exists() {
             fs::copy(&main, &path).ctx(|| format!("cannot copy {}", main.display()))?;
         }

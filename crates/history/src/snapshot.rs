@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -154,7 +154,29 @@ pub(crate) fn write_snapshot(
     message: &str,
     borrow: impl FnOnce() -> Option<Borrowed> + Send,
     stat_cache: Option<&Path>,
-) -> Result<(String, SnapshotStats), HistoryError> {
+) -> Result<Written, HistoryError> {
+    let (made, ()) =
+        write_snapshot_beside(project, source, git_dir, message, borrow, stat_cache, || ())?;
+    Ok(made)
+}
+
+/// [`write_snapshot`], running `after_walk` on its own thread as soon as the project
+/// has been walked (for `Source::Layered`, once `hidden` is complete), beside the
+/// hashing and the writing of trees, index and commit; returns its result too. The
+/// overlay workspace mounts its layers there: the mount no longer waits for the
+/// snapshot's writes, nor they for the mount.
+pub(crate) fn write_snapshot_beside<T: Send>(
+    project: &Path,
+    source: Source<'_>,
+    git_dir: &Path,
+    message: &str,
+    borrow: impl FnOnce() -> Option<Borrowed> + Send,
+    stat_cache: Option<&Path>,
+    after_walk: impl FnOnce() -> T + Send,
+) -> Result<(Written, T), HistoryError> {
+    if let Some(root) = stat_cache {
+        statcache::prune_now_and_then(root);
+    }
     let left = std::sync::Mutex::new(Vec::new());
     // The user's index (and the stat cache) are read while the project is walked.
     let (walked, borrowed, cached) = std::thread::scope(|s| {
@@ -176,6 +198,38 @@ pub(crate) fn write_snapshot(
         (walked, reader.join().ok().flatten(), cached)
     });
     let (work_tree, (dirs, mut files, links)) = walked?;
+    std::thread::scope(|s| {
+        let beside = s.spawn(after_walk);
+        let made = write_walked(
+            project,
+            work_tree,
+            (dirs, &mut files, links),
+            git_dir,
+            message,
+            (borrowed, cached),
+            (stat_cache, left),
+        );
+        let beside = beside
+            .join()
+            .map_err(|_| HistoryError::Corrupt("a start thread panicked".into()));
+        Ok((made?, beside?))
+    })
+}
+
+/// Project paths the snapshot cannot take, with the reason.
+type LeftOut = std::sync::Mutex<Vec<(PathBuf, &'static str)>>;
+
+/// The rest of [`write_snapshot_beside`] once the project is walked.
+#[allow(clippy::too_many_arguments)]
+fn write_walked(
+    project: &Path,
+    work_tree: Option<&Path>,
+    (dirs, files, links): (Vec<PathBuf>, &mut [Item], Vec<PathBuf>),
+    git_dir: &Path,
+    message: &str,
+    (borrowed, cached): (Option<Borrowed>, Option<StatCache>),
+    (stat_cache, left): (Option<&Path>, LeftOut),
+) -> Result<Written, HistoryError> {
     let mut borrowed_count = 0;
     if let Some(b) = &borrowed {
         for f in files.iter_mut() {
@@ -231,107 +285,139 @@ pub(crate) fn write_snapshot(
         }
     }
 
+    // A borrowed (or cached) file read in place needs nothing more: no thread, no
+    // read. Only the rest are shared between threads.
+    let mut inline: Vec<(usize, Copied)> = Vec::new();
+    let mut order: Vec<usize> = Vec::with_capacity(files.len());
+    for (i, f) in files.iter().enumerate() {
+        match (f.known, work_tree) {
+            (Some((mode, id)), None) => inline.push((
+                i,
+                Copied {
+                    id,
+                    mode,
+                    stat: f.stat,
+                },
+            )),
+            _ => order.push(i),
+        }
+    }
     // Balance the threads by bytes.
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 4);
-    let threads = if files.len() < 64 { 1 } else { threads };
-    let mut order: Vec<usize> = (0..files.len()).collect();
+    let threads = match order.len() {
+        0 => 0,
+        n if n < 64 => 1,
+        _ => threads,
+    };
     order.sort_by_key(|&i| std::cmp::Reverse(files[i].size));
     let mut shares: Vec<(u64, Vec<usize>)> = vec![(0, Vec::new()); threads];
     for i in order {
         if let Some(lightest) = shares.iter_mut().min_by_key(|s| s.0) {
-            // A borrowed file read in place costs nothing; copied, only its bytes.
-            let cost = match (files[i].known, work_tree) {
-                (Some(_), None) => 0,
-                _ => files[i].size,
-            };
-            lightest.0 += cost + 4096;
+            lightest.0 += files[i].size + 4096;
             lightest.1.push(i);
         }
     }
     let pack_dir = git_dir.join("objects/pack");
     let reflink = AtomicBool::new(true);
     type Share = (Option<String>, Vec<(usize, Copied)>);
-    let results: Vec<Result<Share, HistoryError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = shares
-            .iter()
-            .enumerate()
-            .map(|(t, (_, share))| {
-                let (files, expected, packed, pack_dir, reflink, copy_to) =
-                    (&files, &expected, &packed, &pack_dir, &reflink, &copy_to);
-                s.spawn(move || -> Result<Share, HistoryError> {
-                    let count = share.iter().filter(|&&i| packed[i]).count() as u32;
-                    let mut pack = PackWriter::create(pack_dir, &format!("blobs{t}"), count)?;
-                    let mut buf = vec![0u8; 1 << 20];
-                    let mut out = Vec::with_capacity(share.len());
-                    for &i in share {
-                        let rel = &files[i].rel;
-                        if let Some((mode, id)) = files[i].known {
-                            let copied = match copy_to(rel) {
-                                None => Copied {
-                                    id,
-                                    mode,
-                                    stat: files[i].stat,
-                                },
-                                Some(dst) => copy_known(
-                                    &project.join(rel),
-                                    &dst,
-                                    &files[i],
-                                    (mode, id),
-                                    &mut buf,
-                                    reflink,
-                                )?,
-                            };
+    let results: Vec<Result<Share, HistoryError>> = {
+        let files: &[Item] = files;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = shares
+                .iter()
+                .enumerate()
+                .map(|(t, (_, share))| {
+                    let (files, expected, packed, pack_dir, reflink, copy_to) =
+                        (&files, &expected, &packed, &pack_dir, &reflink, &copy_to);
+                    s.spawn(move || -> Result<Share, HistoryError> {
+                        let count = share.iter().filter(|&&i| packed[i]).count() as u32;
+                        let mut pack = PackWriter::create(pack_dir, &format!("blobs{t}"), count)?;
+                        let mut buf = vec![0u8; 1 << 20];
+                        let mut out = Vec::with_capacity(share.len());
+                        for &i in share {
+                            let rel = &files[i].rel;
+                            if let Some((mode, id)) = files[i].known {
+                                let copied = match copy_to(rel) {
+                                    None => Copied {
+                                        id,
+                                        mode,
+                                        stat: files[i].stat,
+                                    },
+                                    Some(dst) => copy_known(
+                                        &project.join(rel),
+                                        &dst,
+                                        &files[i],
+                                        (mode, id),
+                                        &mut buf,
+                                        reflink,
+                                    )?,
+                                };
+                                out.push((i, copied));
+                                continue;
+                            }
+                            let sink = if packed[i] { Some(&mut pack) } else { None };
+                            let copied = copy_file(
+                                &project.join(rel),
+                                copy_to(rel).as_deref(),
+                                files[i].size,
+                                sink,
+                                &mut buf,
+                                reflink,
+                                true,
+                            )?;
+                            if expected[i].is_some_and(|e| e != copied.id) {
+                                return Err(HistoryError::ChangedDuringCopy {
+                                    path: project.join(rel),
+                                });
+                            }
                             out.push((i, copied));
-                            continue;
                         }
-                        let sink = if packed[i] { Some(&mut pack) } else { None };
-                        let copied = copy_file(
-                            &project.join(rel),
-                            copy_to(rel).as_deref(),
-                            files[i].size,
-                            sink,
-                            &mut buf,
-                            reflink,
-                            true,
-                        )?;
-                        if expected[i].is_some_and(|e| e != copied.id) {
-                            return Err(HistoryError::ChangedDuringCopy {
-                                path: project.join(rel),
-                            });
-                        }
-                        out.push((i, copied));
-                    }
-                    let name = pack.finish()?;
-                    Ok((name, out))
+                        let name = pack.finish()?;
+                        Ok((name, out))
+                    })
                 })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(HistoryError::Corrupt("a copy thread panicked".into())))
-            })
-            .collect()
-    });
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(HistoryError::Corrupt("a copy thread panicked".into()))
+                    })
+                })
+                .collect()
+        })
+    };
 
     let mut entries: Vec<Entry> = Vec::with_capacity(files.len() + links.len());
-    let mut blob_ids: HashSet<Oid> = HashSet::with_capacity(files.len());
+    // The blobs this snapshot's own packs hold (a borrowed one is in the user's store).
+    let mut blob_ids: HashSet<Oid> = HashSet::new();
     let mut new_packs: Vec<String> = Vec::new();
     let mut records: Vec<(usize, u32, Oid)> = Vec::new();
-    for r in results {
+    let inline = std::iter::once(Ok((None, inline)));
+    for r in inline.chain(results) {
         let (name, done) = r?;
         new_packs.extend(name);
         for (i, c) in done {
-            blob_ids.insert(c.id);
+            if files[i].known.is_none() {
+                blob_ids.insert(c.id);
+            }
             if cache_root.is_some() {
                 records.push((i, c.mode, c.id));
             }
+            // The walk's path moves into the entry, unless the stat cache still
+            // needs it below.
+            let path = if cache_root.is_some() {
+                files[i].rel.as_os_str().as_bytes().to_vec()
+            } else {
+                std::mem::take(&mut files[i].rel)
+                    .into_os_string()
+                    .into_vec()
+            };
             entries.push(Entry {
-                path: files[i].rel.as_os_str().as_bytes().to_vec(),
+                path,
                 mode: c.mode,
                 id: c.id,
                 stat: c.stat,
@@ -387,7 +473,13 @@ pub(crate) fn write_snapshot(
     let commit_hex = hex(&commit_id);
     write_ref(git_dir, "refs/heads/main", &commit_hex)?;
     write_ref(git_dir, "refs/safe-coder/base", &commit_hex)?;
-    index::write_index(&git_dir.join("index"), &entries, &nodes)?;
+    // The index is git's stat cache, not the snapshot (the commit and refs above are):
+    // it is written on a thread of its own while the session goes on, and everything
+    // that lets git read it waits for it first (`SessionRepo::git`). Lost in a crash,
+    // git re-reads the files once instead of trusting their stat data.
+    let index_path = git_dir.join("index");
+    let write = move || index::write_index(&index_path, &entries, &nodes);
+    let pending = PendingIndex::spawn(write)?;
     // Every file came from the cache: it already says all there is to say (entries of
     // deleted files stay until the next rewrite; they match nothing).
     let nothing_new = cache.is_some() && cached_count == files.len();
@@ -416,7 +508,58 @@ pub(crate) fn write_snapshot(
         hashed: files.len() - borrowed_count - cached_count,
         reflinked: work_tree.is_some() && !files.is_empty() && reflink.load(Ordering::Relaxed),
     };
-    Ok((commit_hex, stats))
+    Ok((commit_hex, stats, pending))
+}
+
+/// What a first snapshot wrote: the commit, what it did, and the index still being
+/// written.
+pub(crate) type Written = (String, SnapshotStats, PendingIndex);
+
+/// The session index being written on its own thread (see `write_walked`); waited for
+/// before git may read it, and when the last holder drops it.
+#[derive(Debug, Default)]
+pub(crate) struct PendingIndex(std::sync::Mutex<Option<std::thread::JoinHandle<()>>>);
+
+impl PendingIndex {
+    /// Runs `write` on a new thread (or here, when no thread can be made).
+    fn spawn(
+        write: impl FnOnce() -> Result<(), HistoryError> + Send + 'static,
+    ) -> Result<PendingIndex, HistoryError> {
+        let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(write)));
+        let theirs = slot.clone();
+        let spawned = std::thread::Builder::new()
+            .name("index-writer".into())
+            .spawn(move || {
+                let job = theirs.lock().ok().and_then(|mut w| w.take());
+                // Best effort: without an index git reads the files once more.
+                let _ = job.map(|w| w());
+            });
+        match spawned {
+            Ok(h) => Ok(PendingIndex(std::sync::Mutex::new(Some(h)))),
+            Err(_) => {
+                let job = slot.lock().ok().and_then(|mut w| w.take());
+                job.map_or(Ok(()), |w| w())?;
+                Ok(PendingIndex::default())
+            }
+        }
+    }
+
+    /// Returns once the index is written (at once when it already is).
+    pub(crate) fn wait(&self) {
+        let handle = match self.0.lock() {
+            Ok(mut h) => h.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for PendingIndex {
+    fn drop(&mut self) {
+        self.wait();
+    }
 }
 
 /// Copies a file whose blob id the user's index gave: no hashing, no packing. The
@@ -522,9 +665,15 @@ fn unstorable(rel: &Path) -> Option<(PathBuf, &'static str)> {
     None
 }
 
+/// Threads of the walk (and of the stat pass of `direct`). More than this 2-core
+/// machine's cores on purpose, as git's own preload of the index (up to 20 threads):
+/// a `stat` of a file not in the kernel's caches waits for the disk, and those waits
+/// overlap; a cached `stat` costs the same on any thread.
+const WALK_THREADS: usize = 4;
+
 /// Directories, regular files and symlinks of `project` (relative paths), without
 /// `.git` entries at any depth and without excluded ones (added to `hidden` when given).
-/// Sockets, FIFOs and device files are skipped. Two threads share the directories;
+/// Sockets, FIFOs and device files are skipped. `WALK_THREADS` share the directories;
 /// each file costs one `fstatat` relative to its directory.
 fn walk(
     project: &Path,
@@ -632,9 +781,10 @@ fn walk(
         out
     };
     let parts: Vec<Walked> = std::thread::scope(|s| {
-        let helper = s.spawn(worker);
-        let mine = worker();
-        vec![mine, helper.join().unwrap_or_default()]
+        let helpers: Vec<_> = (1..WALK_THREADS).map(|_| s.spawn(worker)).collect();
+        let mut parts = vec![worker()];
+        parts.extend(helpers.into_iter().map(|h| h.join().unwrap_or_default()));
+        parts
     });
     if let Some(e) = lock(&queue).failed.take() {
         return Err(e);
@@ -649,14 +799,60 @@ fn walk(
 }
 
 /// Sorts a list of project files (from `git ls-files`) into regular files and
-/// symlinks; anything else (or gone meanwhile) is left out.
+/// symlinks; anything else (or gone meanwhile) is left out. Large lists are stat'ed
+/// on a few threads.
 fn classify(
     project: &Path,
     list: Vec<PathBuf>,
     left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
 ) -> Result<Walked, HistoryError> {
+    let threads = WALK_THREADS;
+    if list.len() < 2048 {
+        return classify_part(project, list, left);
+    }
+    let per = list.len().div_ceil(threads);
+    let mut list = list;
+    let mut parts = Vec::with_capacity(threads);
+    while list.len() > per {
+        let rest = list.split_off(per);
+        parts.push(std::mem::replace(&mut list, rest));
+    }
+    parts.push(list);
+    let done: Vec<Result<Walked, HistoryError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| s.spawn(move || classify_part(project, part, left)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(HistoryError::Corrupt("a stat thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut all: Walked = (Vec::new(), Vec::new(), Vec::new());
+    for part in done {
+        let (_, f, l) = part?;
+        all.1.extend(f);
+        all.2.extend(l);
+    }
+    Ok(all)
+}
+
+fn classify_part(
+    project: &Path,
+    list: Vec<PathBuf>,
+    left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
+) -> Result<Walked, HistoryError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut files = Vec::new();
     let mut links = Vec::new();
+    // Each file is stat'ed relative to its directory, opened once for the files of it
+    // that follow one another in the sorted list: one path lookup per directory, not
+    // one per component of every file.
+    let mut dir: Option<(PathBuf, Option<File>)> = None;
     for rel in list {
         if let Some(bad) = unstorable(&rel) {
             if let Ok(mut l) = left.lock() {
@@ -666,19 +862,62 @@ fn classify(
             }
             continue;
         }
-        let p = project.join(&rel);
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_symlink() => links.push(rel),
-            Ok(m) if m.is_file() => files.push(Item {
-                size: m.len(),
-                stat: Stat::from_meta(&m),
-                exec: m.permissions().mode() & 0o100 != 0,
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            continue;
+        };
+        if dir.as_ref().is_none_or(|(d, _)| d != parent) {
+            let path = project.join(parent);
+            let opened = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(&path);
+            let fd = match opened {
+                Ok(f) => Some(f),
+                // Gone meanwhile (or no longer a directory): its files are too.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => None,
+                Err(e) => {
+                    return Err(HistoryError::io(
+                        format!("cannot open {}", path.display()),
+                        e,
+                    ))
+                }
+            };
+            dir = Some((parent.to_path_buf(), fd));
+        }
+        let Some((_, Some(fd))) = &dir else {
+            continue;
+        };
+        let Ok(cname) = std::ffi::CString::new(name.as_bytes()) else {
+            continue;
+        };
+        // SAFETY: fstatat fills `st` on success; the descriptor and name are valid.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::fstatat(
+                fd.as_raw_fd(),
+                cname.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::NotFound {
+                continue;
+            }
+            let p = project.join(&rel);
+            return Err(HistoryError::io(format!("cannot stat {}", p.display()), e));
+        }
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => links.push(rel),
+            libc::S_IFREG => files.push(Item {
+                size: st.st_size as u64,
+                stat: Stat::from_stat(&st),
+                exec: st.st_mode & 0o100 != 0,
                 known: None,
                 rel,
             }),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(HistoryError::io(format!("cannot stat {}", p.display()), e)),
+            _ => {}
         }
     }
     Ok((Vec::new(), files, links))
@@ -868,7 +1107,13 @@ fn build_tree(
             subtrees += 1;
             i = j;
         } else {
-            body.extend_from_slice(format!("{:o} ", entries[i].mode).as_bytes());
+            // No formatting (nor allocation) per entry for the three modes a tree holds.
+            match entries[i].mode {
+                0o100644 => body.extend_from_slice(b"100644 "),
+                0o100755 => body.extend_from_slice(b"100755 "),
+                0o120000 => body.extend_from_slice(b"120000 "),
+                m => body.extend_from_slice(format!("{m:o} ").as_bytes()),
+            }
             body.extend_from_slice(rest);
             body.push(0);
             body.extend_from_slice(&entries[i].id);

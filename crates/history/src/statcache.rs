@@ -7,8 +7,9 @@
 //! and `pack/` (the blob packs of earlier sessions). A session hard-links the packs the
 //! cache names into its own `objects/pack` before trusting any entry, so the blobs it
 //! reuses are its own from then on: nothing a later session does to the store (adding
-//! packs, starting over) can take them away, and the store needs no lock. When a link
-//! fails (another file system, a pack removed meanwhile) the cache is not used.
+//! packs, starting over) can take them away (the lock below guards only the read and the
+//! linking). When a link fails (another file system, a pack removed meanwhile) the
+//! cache is not used.
 //!
 //! The file is written atomically (temporary file, `fsync`, rename), mode 0600, starts
 //! with a version line and ends with a SHA-1 of everything before it: a torn, foreign
@@ -21,12 +22,28 @@
 //! project's bytes, whichever is larger) in the store, and a cache file of at most
 //! [`MAX_CACHE_BYTES`]; past a bound the store is dropped and the next session starts
 //! over with one full hash.
+//!
+//! Concurrent sessions of one project: `<store>/lock` is `flock`ed, shared by a session
+//! from reading the cache until its packs are linked, exclusive by a session writing
+//! it (linking every pack its cache names, dropping the others, the rename). So no session links from a half-pruned store and no cache names a pack
+//! another writer removed; the last writer's cache wins. Neither side waits long: a
+//! reader that cannot lock within [`READ_PATIENCE`] uses no cache, a writer within
+//! [`WRITE_PATIENCE`] writes none (either costs the next session a hash, nothing else).
+//!
+//! Stores do not outlive their use: each records its project's path (`project`) and
+//! is marked at every session start that reads it (`used`'s mtime). At most once a day
+//! ([`PRUNE_EVERY`], stamped by `<root>/.pruned`) a session start removes, on a
+//! background thread, the stores whose project is gone or that no session used for
+//! [`STORE_MAX_IDLE`] ([`prune`]); a store locked by a session is left alone. The
+//! start itself pays one `stat` of the stamp.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use sha1::{Digest, Sha1};
 
@@ -40,6 +57,57 @@ pub(crate) const MAX_PACKS: usize = 16;
 pub(crate) const MAX_STORE_BYTES: u64 = 64 << 20;
 /// Largest cache file read (about 2 million entries).
 pub(crate) const MAX_CACHE_BYTES: u64 = 256 << 20;
+/// A store no session read for this long is removed by [`prune`].
+pub const STORE_MAX_IDLE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often a session start prunes the stores (in the background).
+pub(crate) const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// How long a reader waits for a writer's exclusive lock before it uses no cache.
+pub(crate) const READ_PATIENCE: Duration = Duration::from_millis(300);
+/// How long a writer waits for readers and other writers before it writes no cache.
+pub(crate) const WRITE_PATIENCE: Duration = Duration::from_secs(2);
+const LOCK_FILE: &str = "lock";
+const USED_FILE: &str = "used";
+const PROJECT_FILE: &str = "project";
+const PRUNE_STAMP: &str = ".pruned";
+
+/// A `flock` on a store's lock file, released when dropped (the descriptor closes).
+#[derive(Debug)]
+pub(crate) struct StoreLock(#[allow(dead_code)] File);
+
+impl StoreLock {
+    /// Locks `dir`'s lock file (creating it), retrying for `patience`; `None` when the
+    /// store does not exist or stays locked.
+    pub(crate) fn take(dir: &Path, exclusive: bool, patience: Duration) -> Option<StoreLock> {
+        use std::os::fd::AsRawFd;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join(LOCK_FILE))
+            .ok()?;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            // SAFETY: flock on a descriptor this function owns.
+            if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+                return Some(StoreLock(f));
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK)
+                || std::time::Instant::now() >= deadline
+            {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
 
 /// What the cache knows of one file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +141,8 @@ pub(crate) struct StatCache {
     entries: HashMap<Vec<u8>, Known>,
     /// Pack names (`pack-<hex>`) the entries' blobs are in.
     packs: Vec<String>,
+    /// Held (shared) from the read until the packs are linked.
+    lock: Option<StoreLock>,
 }
 
 /// The store of `project` under `root`.
@@ -86,6 +156,13 @@ impl StatCache {
     /// [`StatCache::link`]). `None` when there is no sound cache.
     pub(crate) fn read(root: &Path, project: &Path) -> Option<StatCache> {
         let dir = store_dir(root, project);
+        if !dir.is_dir() {
+            return None;
+        }
+        let lock = StoreLock::take(&dir, false, READ_PATIENCE)?;
+        // Marks the store as used (for `prune`); never the cache file, whose mtime
+        // decides which entries are racy.
+        let _ = File::create(dir.join(USED_FILE));
         let mut f = File::open(dir.join("cache")).ok()?;
         let meta = f.metadata().ok()?;
         if !meta.is_file() || meta.len() > MAX_CACHE_BYTES || meta.uid() != current_uid() {
@@ -99,6 +176,7 @@ impl StatCache {
             written: (meta.mtime(), meta.mtime_nsec()),
             entries,
             packs,
+            lock: Some(lock),
         })
     }
 
@@ -131,6 +209,8 @@ impl StatCache {
             }
         }
         self.entries.retain(|_, k| held.contains(&k.id));
+        // The session owns its links now: writers may go on.
+        self.lock = None;
         Some(self)
     }
 
@@ -218,16 +298,30 @@ pub(crate) fn save(
         }
     }
     let over = packs.len() > MAX_PACKS || bytes > MAX_STORE_BYTES.max(2 * project_bytes);
-    if over {
-        // Start over: the next session hashes everything once and keeps only its packs.
-        let _ = fs::remove_dir_all(&dir);
-        return Ok(());
-    }
     fs::create_dir_all(&pack_dir)?;
     set_private(root);
     set_private(&dir);
     set_private(&pack_dir);
-    for n in new_packs {
+    let Some(_lock) = StoreLock::take(&dir, true, WRITE_PATIENCE) else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "the stat cache is locked by another session",
+        ));
+    };
+    if over {
+        // Start over: the next session hashes everything once and keeps only its packs.
+        remove_store(&dir);
+        return Ok(());
+    }
+    let _ = fs::write(
+        dir.join(PROJECT_FILE),
+        project.as_os_str().as_encoded_bytes(),
+    );
+    let _ = File::create(dir.join(USED_FILE));
+    // Every pack the new cache names, the old ones too: another session that read no
+    // cache (or an older one) may have dropped an old pack from the store since this
+    // one read it, and this session holds its own link to each.
+    for n in &packs {
         for ext in ["pack", "idx"] {
             let to = pack_dir.join(format!("{n}.{ext}"));
             if !to.exists() {
@@ -264,6 +358,94 @@ pub(crate) fn save(
         let _ = fs::remove_file(&tmp);
     }
     written
+}
+
+/// Removes a store: the cache file first, so a half-removed store is never read.
+fn remove_store(dir: &Path) {
+    let _ = fs::remove_file(dir.join("cache"));
+    let _ = fs::remove_dir_all(dir);
+}
+
+/// What [`prune`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Stores removed because their project no longer exists.
+    pub project_gone: usize,
+    /// Stores removed because no session used them for the idle limit.
+    pub idle: usize,
+    /// Stores kept (in use, recent, or locked by a session now).
+    pub kept: usize,
+}
+
+/// Removes the stores under `root` (`<data_dir>/statcache`) whose project is gone or
+/// that no session read for `max_idle` (as of `now`); a store a session holds locked is
+/// kept. Deleting any store is always safe: sessions own links to the packs they use.
+pub fn prune(root: &Path, max_idle: Duration, now: SystemTime) -> PruneReport {
+    let mut report = PruneReport::default();
+    let Ok(rd) = fs::read_dir(root) else {
+        return report;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let is_store = name.len() == 40
+            && name
+                .as_encoded_bytes()
+                .iter()
+                .all(|b| b.is_ascii_hexdigit())
+            && e.file_type().is_ok_and(|t| t.is_dir());
+        if !is_store {
+            continue;
+        }
+        let dir = e.path();
+        let Some(_lock) = StoreLock::take(&dir, true, Duration::ZERO) else {
+            report.kept += 1;
+            continue;
+        };
+        let gone = fs::read(dir.join(PROJECT_FILE)).ok().is_some_and(|p| {
+            let p = Path::new(std::ffi::OsStr::from_bytes(&p));
+            p.is_absolute() && !p.exists()
+        });
+        // Stores written before `used` existed: the cache's own mtime.
+        let last_used = [USED_FILE, "cache", LOCK_FILE]
+            .iter()
+            .filter_map(|f| fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok())
+            .max();
+        let idle = last_used.is_some_and(|t| now.duration_since(t).unwrap_or_default() > max_idle);
+        if gone {
+            remove_store(&dir);
+            report.project_gone += 1;
+        } else if idle || last_used.is_none() {
+            remove_store(&dir);
+            report.idle += 1;
+        } else {
+            report.kept += 1;
+        }
+    }
+    report
+}
+
+/// At most once per [`PRUNE_EVERY`] (stamped in `root`), [`prune`] on a background
+/// thread: the session start that calls this pays one `stat`.
+pub(crate) fn prune_now_and_then(root: &Path) {
+    let stamp = root.join(PRUNE_STAMP);
+    let due = match fs::metadata(&stamp).and_then(|m| m.modified()) {
+        Ok(t) => SystemTime::now()
+            .duration_since(t)
+            .is_ok_and(|d| d > PRUNE_EVERY),
+        // No stores yet: nothing to prune.
+        Err(_) => root.is_dir(),
+    };
+    if !due {
+        return;
+    }
+    // Claim this round first, so sessions starting together do not all prune.
+    if File::create(&stamp).is_err() {
+        return;
+    }
+    let root = root.to_path_buf();
+    let _ = std::thread::Builder::new()
+        .name("statcache-prune".into())
+        .spawn(move || prune(&root, STORE_MAX_IDLE, SystemTime::now()));
 }
 
 fn set_private(dir: &Path) {
@@ -397,6 +579,103 @@ mod tests {
             gid: 0,
             size: 9,
         }
+    }
+
+    #[test]
+    fn readers_share_the_store_and_exclude_writers_until_linked() {
+        let root = tempfile::tempdir().unwrap();
+        let project = Path::new("/nonexistent/project");
+        let dir = store_dir(root.path(), project);
+        fs::create_dir_all(dir.join("pack")).unwrap();
+        let packs: Vec<String> = Vec::new();
+        fs::write(dir.join("cache"), serialize(&packs, &[])).unwrap();
+        let git_dir = root.path().join("session.git");
+        fs::create_dir_all(git_dir.join("objects/pack")).unwrap();
+
+        let a = StatCache::read(root.path(), project).unwrap();
+        let b = StatCache::read(root.path(), project).unwrap();
+        assert!(
+            a.lock.is_some() && b.lock.is_some(),
+            "readers share the lock"
+        );
+        assert!(
+            StoreLock::take(&dir, true, Duration::ZERO).is_none(),
+            "a writer got in while a session was reading the cache"
+        );
+        let a = a.link(&git_dir).unwrap();
+        assert!(a.lock.is_none());
+        assert!(StoreLock::take(&dir, true, Duration::ZERO).is_none());
+        drop(b);
+        let w = StoreLock::take(&dir, true, Duration::ZERO).unwrap();
+        // And a reader does not read while a writer holds the store.
+        assert!(StoreLock::take(&dir, false, Duration::ZERO).is_none());
+        drop(w);
+        assert!(dir.join("used").is_file());
+    }
+
+    #[test]
+    fn a_writer_keeps_every_pack_its_cache_names_in_the_store() {
+        // Session A read a cache naming P0; session V read none (it timed out) and
+        // wrote its own cache, dropping P0 from the store; then A writes. A's cache
+        // names P0, so the store must hold P0 again.
+        let root = tempfile::tempdir().unwrap();
+        let project = Path::new("/nonexistent/project");
+        let name = |c: char| format!("pack-{}", c.to_string().repeat(40));
+        let (p0, pa, pv) = (name('0'), name('a'), name('b'));
+        let session = |dir: &str, packs: &[&String]| {
+            let d = root.path().join(dir).join("objects/pack");
+            fs::create_dir_all(&d).unwrap();
+            for p in packs {
+                for ext in ["pack", "idx"] {
+                    fs::write(d.join(format!("{p}.{ext}")), p.as_bytes()).unwrap();
+                }
+            }
+            root.path().join(dir)
+        };
+        let first = session("first", &[&p0]);
+        save(
+            root.path(),
+            project,
+            &first,
+            &[],
+            std::slice::from_ref(&p0),
+            &[],
+        )
+        .unwrap();
+        let a = session("a", &[&p0, &pa]);
+        let v = session("v", &[&pv]);
+        save(
+            root.path(),
+            project,
+            &v,
+            &[],
+            std::slice::from_ref(&pv),
+            &[],
+        )
+        .unwrap();
+        let store = store_dir(root.path(), project).join("pack");
+        assert!(!store.join(format!("{p0}.pack")).exists());
+        save(
+            root.path(),
+            project,
+            &a,
+            std::slice::from_ref(&p0),
+            std::slice::from_ref(&pa),
+            &[],
+        )
+        .unwrap();
+        let raw = fs::read(store_dir(root.path(), project).join("cache")).unwrap();
+        let (named, _) = parse(&raw).unwrap();
+        assert_eq!(named, [p0.clone(), pa.clone()]);
+        for p in &named {
+            for ext in ["pack", "idx"] {
+                assert!(
+                    store.join(format!("{p}.{ext}")).is_file(),
+                    "{p}.{ext} missing"
+                );
+            }
+        }
+        assert!(!store.join(format!("{pv}.pack")).exists());
     }
 
     #[test]

@@ -270,3 +270,47 @@ fn index_versions_3_and_4_are_read() {
         assert_eq!(shown, "later\n");
     }
 }
+
+#[test]
+fn a_large_project_stats_on_several_threads_into_the_same_snapshot() {
+    need_git!();
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("project");
+    // Past the size at which `direct` and the walk split the stat work between threads.
+    for i in 0..3000 {
+        write(
+            &project,
+            &format!("d{:02}/s{}/f{i}.txt", i % 40, i % 3),
+            &format!("file {i}\n"),
+        );
+    }
+    set_exec(&project, "d07/s1/f7.txt", true);
+    std::os::unix::fs::symlink("../d00/s0/f0.txt", project.join("d01/link")).unwrap();
+    user_git(&project, &["init", "-q", "-b", "main"]);
+    user_git(&project, &["add", "-A"]);
+    user_git(&project, &["commit", "-q", "-m", "one"]);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write(&project, "d05/s2/f5.txt", "changed\n");
+    write(&project, "d39/new.txt", "untracked\n");
+    let before = dot_git(&project);
+    let shadow =
+        SessionRepo::create_shadow_with(&project, &tmp.path().join("a.git"), &[], true).unwrap();
+    let hashed = SessionRepo::create_sandbox_copy_with(
+        &project,
+        &tmp.path().join("copy/work"),
+        Some(&tmp.path().join("copy/history.git")),
+        &[],
+        false,
+    )
+    .unwrap();
+    let st = shadow.start_stats().unwrap();
+    assert_eq!(st.files, 3001);
+    assert_eq!(st.borrowed, 2999);
+    assert_eq!(base_tree(&shadow), base_tree(&hashed));
+    git(
+        shadow.git_dir(),
+        shadow.work_tree(),
+        &["fsck", "--strict", "--no-progress"],
+    );
+    assert_eq!(dot_git(&project), before, "the user's .git changed");
+}

@@ -590,3 +590,30 @@ fn history_outside_the_work_tree_survives_the_agent_deleting_dot_git() {
         String::from_utf8_lossy(&fsck.stderr)
     );
 }
+
+#[test]
+fn a_session_whose_index_was_never_written_still_commits_exactly_its_changes() {
+    need_git!();
+    // The first snapshot writes its index on a thread of its own; a crash before that
+    // leaves none. The history must not care: git re-reads the files instead.
+    let (_tmp, _project, repo) = sandbox(&[]);
+    let (work, git_dir) = (repo.work_tree().to_path_buf(), repo.git_dir().to_path_buf());
+    let base = repo.base().unwrap();
+    drop(repo);
+    fs::remove_file(git_dir.join("index")).unwrap();
+    let again = SessionRepo::open(&work, &git_dir).unwrap();
+    assert_eq!(again.base().unwrap(), base);
+    write(&work, "src/lib.rs", "pub fn changed() {}\n");
+    let changes = again.change_set().unwrap();
+    let paths: Vec<&str> = changes.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["src/lib.rs"]);
+    assert!(again
+        .commit_changes("Agent executed: bash", None)
+        .unwrap()
+        .is_some());
+    assert_eq!(again.change_set().unwrap().files.len(), 1);
+    assert!(again
+        .commit_changes("Agent executed: bash", None)
+        .unwrap()
+        .is_none());
+}

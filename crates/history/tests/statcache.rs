@@ -406,3 +406,179 @@ fn git_project_borrows_and_keeps_no_stat_cache() {
     }
     assert!(!tmp.path().join("data/statcache").exists());
 }
+
+/// The store directory of `project` under `root` (found by the path it records).
+fn store_of(root: &Path, project: &Path) -> PathBuf {
+    let want = fs::canonicalize(project).unwrap();
+    for e in fs::read_dir(root).unwrap() {
+        let dir = e.unwrap().path();
+        if fs::read(dir.join("project")).ok().as_deref()
+            == Some(want.as_os_str().as_encoded_bytes())
+        {
+            return dir;
+        }
+    }
+    panic!("no store records {}", want.display());
+}
+
+/// A cached copy session of `tmp/<name>` in `tmp/<name>-s<n>`.
+fn start_of(tmp: &Path, name: &str, n: usize) -> SessionRepo {
+    let root = tmp.join("data/statcache");
+    SessionRepo::create_sandbox_copy_cached(
+        &tmp.join(name),
+        &tmp.join(format!("{name}-s{n}/work")),
+        Some(&tmp.join(format!("{name}-s{n}/history.git"))),
+        &[],
+        true,
+        Some(&root),
+    )
+    .unwrap()
+}
+
+/// Sets every file's modification time in `dir` to `secs` seconds ago.
+fn age_all(dir: &Path, secs: u64) {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            age(&p, secs);
+        }
+    }
+}
+
+#[test]
+fn prune_removes_the_stores_of_gone_projects_and_idle_ones() {
+    if !git_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data/statcache");
+    for name in ["live", "gone", "idle", "busy"] {
+        project(&tmp.path().join(name));
+        start_of(tmp.path(), name, 1);
+    }
+    let (live, gone, idle, busy) = (
+        store_of(&root, &tmp.path().join("live")),
+        store_of(&root, &tmp.path().join("gone")),
+        store_of(&root, &tmp.path().join("idle")),
+        store_of(&root, &tmp.path().join("busy")),
+    );
+    fs::remove_dir_all(tmp.path().join("gone")).unwrap();
+    age_all(&idle, 40 * 24 * 3600);
+    // A session holds the store of a project that is gone too: it is left alone.
+    fs::remove_dir_all(tmp.path().join("busy")).unwrap();
+    let held = File::open(busy.join("lock")).unwrap();
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor the test owns.
+        assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_SH) }, 0);
+    }
+
+    let report = safe_coder_history::prune_stat_cache(
+        &root,
+        safe_coder_history::STORE_MAX_IDLE,
+        SystemTime::now(),
+    );
+    assert_eq!(
+        (report.project_gone, report.idle, report.kept),
+        (1, 1, 2),
+        "{report:?}"
+    );
+    assert!(live.join("cache").is_file());
+    assert!(!gone.exists() && !idle.exists());
+    assert!(busy.join("cache").is_file());
+    drop(held);
+
+    // The live project's next session still reads nothing.
+    let again = start_of(tmp.path(), "live", 2);
+    assert_eq!(stats(&again).hashed, 0);
+    // The idle project starts over: every file hashed once, a new store.
+    let fresh = start_of(tmp.path(), "idle", 2);
+    assert_eq!(stats(&fresh).hashed, 88);
+    assert!(store_of(&root, &tmp.path().join("idle"))
+        .join("cache")
+        .is_file());
+}
+
+#[test]
+fn a_session_start_prunes_in_the_background_once_a_day() {
+    if !git_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data/statcache");
+    for name in ["a", "b"] {
+        project(&tmp.path().join(name));
+        start_of(tmp.path(), name, 1);
+    }
+    let b = store_of(&root, &tmp.path().join("b"));
+    fs::remove_dir_all(tmp.path().join("b")).unwrap();
+    // The first starts stamped a round today: nothing is pruned yet.
+    assert!(root.join(".pruned").is_file());
+    start_of(tmp.path(), "a", 2);
+    assert!(b.exists(), "pruned twice in a day");
+    // A day later the next start prunes (on a thread of its own).
+    age(&root.join(".pruned"), 25 * 3600);
+    start_of(tmp.path(), "a", 3);
+    let mut waited = 0;
+    while b.exists() && waited < 600 {
+        std::thread::sleep(Duration::from_millis(50));
+        waited += 1;
+    }
+    assert!(!b.exists(), "the store of a gone project was kept");
+    assert!(store_of(&root, &tmp.path().join("a"))
+        .join("cache")
+        .is_file());
+}
+
+#[test]
+fn concurrent_starts_of_one_project_leave_a_sound_cache() {
+    if !git_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    project(&dir);
+    // Changes keep each file's size (100 + n bytes: no other file has it) and replace
+    // it whole by a rename, so a session reading it meanwhile reads one version or the
+    // other, never a torn one.
+    let change = |n: usize, round: usize| {
+        let tmp = tmp.path().join(format!("f{n}.new"));
+        let text = format!("round {round} session {n}");
+        fs::write(&tmp, format!("{text:<width$}\n", width = 99 + n)).unwrap();
+        age(&tmp, 100);
+        fs::rename(&tmp, dir.join(format!("many/f{n}.txt"))).unwrap();
+    };
+    for n in 0..6 {
+        change(n, 9);
+    }
+    for round in 0..6 {
+        // Six sessions start at once, each just after changing a file of its own: each
+        // sees another project, hashes what changed, and writes the cache with a pack
+        // the others lack (while they prune what their cache does not name).
+        std::thread::scope(|s| {
+            for n in 0..6 {
+                let (tmp, change) = (tmp.path(), &change);
+                s.spawn(move || {
+                    change(n, round);
+                    // In place (`direct`): a file the others replace meanwhile is
+                    // read as it is then, where a copy would stop at the change.
+                    SessionRepo::create_shadow_cached(
+                        &tmp.join("p"),
+                        &tmp.join(format!("d{round}-{n}.git")),
+                        &[],
+                        true,
+                        Some(&tmp.join("data/statcache")),
+                    )
+                    .unwrap()
+                });
+            }
+        });
+        // Whoever wrote last, the cache names only packs the store holds: the next
+        // session hashes at most the six files changed in this round (a cache naming
+        // a removed pack would not be used at all: 88 hashed), and its history is whole.
+        let next = start_of(tmp.path(), "p", round * 10 + 9);
+        let st = stats(&next);
+        assert!(st.files == 88 && st.hashed <= 6, "round {round}: {st:?}");
+        assert_complete(&next);
+    }
+}

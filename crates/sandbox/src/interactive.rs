@@ -238,6 +238,39 @@ pub(crate) fn shell_line(argv: &[String]) -> String {
         .join(" ")
 }
 
+/// Sets the job-control and termination signals back to their default action and
+/// unblocks every signal. Only `sigaction` and `sigprocmask`: async-signal-safe, for
+/// `pre_exec`.
+fn reset_signal_dispositions() -> io::Result<()> {
+    // SAFETY: a zeroed sigaction with SIG_DFL is a valid argument; both calls are
+    // async-signal-safe.
+    unsafe {
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut dfl.sa_mask);
+        for sig in [
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGTSTP,
+            libc::SIGTTIN,
+            libc::SIGTTOU,
+            libc::SIGHUP,
+            libc::SIGTERM,
+            libc::SIGPIPE,
+        ] {
+            if libc::sigaction(sig, &dfl, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// What the command's process does about its session and terminal, in `pre_exec`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Session {
@@ -290,6 +323,10 @@ pub(crate) fn prepare(
     // SAFETY: setsid, ioctl, prctl and getppid are async-signal-safe system calls.
     unsafe {
         cmd.pre_exec(move || {
+            // A command starts with every signal at its default, whatever Safe Coder
+            // inherited: started as a background job of a non-interactive shell, it has
+            // SIGINT and SIGQUIT ignored, and Ctrl+C would then do nothing to the command.
+            reset_signal_dispositions()?;
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }

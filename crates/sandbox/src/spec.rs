@@ -260,7 +260,7 @@ impl Default for VmSpec {
     }
 }
 
-fn default_data_dir() -> PathBuf {
+pub(crate) fn default_data_dir() -> PathBuf {
     match std::env::var_os("XDG_DATA_HOME") {
         Some(v) if !v.is_empty() && std::path::Path::new(&v).is_absolute() => {
             PathBuf::from(v).join("safe-coder")

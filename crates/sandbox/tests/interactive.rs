@@ -104,6 +104,13 @@ async fn a_pty_that_takes_ctrl_c_and_resizes() {
     if common::best(Default::default()).is_none() {
         return;
     }
+    // As when Safe Coder is started as a background job of a non-interactive shell:
+    // SIGINT ignored. The command must still get it by default (else bash's `trap`
+    // below is refused and Ctrl+C does nothing).
+    // SAFETY: setting a signal to SIG_IGN has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
     for m in mechanisms() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let sb = open(BackendKind::Process, tmp.path(), Some(m));

@@ -29,7 +29,7 @@ pub(crate) fn probe(kind: BackendKind, settings: &BackendSettings) -> BackendPro
     match kind {
         BackendKind::Direct => direct::probe(),
         BackendKind::Copy => copy::probe(),
-        BackendKind::Process => process::probe::probe(),
+        BackendKind::Process => process::probe::probe(&settings.vm.data_dir),
         BackendKind::Firecracker => vm::probe::probe_firecracker(&settings.vm),
         BackendKind::Qemu => vm::probe::probe_qemu(&settings.vm),
         BackendKind::Docker => docker::probe::probe(&settings.docker),

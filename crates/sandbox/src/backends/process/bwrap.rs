@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use super::{seccomp, ChildSetup};
+use super::{probe_cache, seccomp, ChildSetup};
 use crate::SandboxError;
 
 /// What was found about bubblewrap on this machine (probed once per process).
@@ -52,7 +52,10 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 }
 
 /// Finds bwrap and checks that it really runs a trivial sandbox with every option we
-/// use. Cached: the first call costs one bwrap run (about 5 ms), later ones nothing.
+/// use. Cached: the first call costs three bwrap runs (`--version`, `--help`, the
+/// trial: 5–40 ms), later ones nothing; a working verdict is also remembered across
+/// processes (`probe_cache.rs`), so a new process whose bwrap, kernel and settings are
+/// unchanged pays no run at all.
 pub(crate) fn bwrap() -> Result<&'static Bwrap, SandboxError> {
     static BWRAP: OnceLock<Result<Bwrap, String>> = OnceLock::new();
     BWRAP
@@ -70,6 +73,33 @@ fn probe_bwrap() -> Result<Bwrap, String> {
         .map(PathBuf::from)
         .find(|p| p.is_file())
         .ok_or_else(|| "bash is not installed in /usr/bin or /bin".to_string())?;
+    let key = probe_cache::key(&[&path, &bash]);
+    if let Some(v) = probe_cache::load("bwrap", &key) {
+        if let (Some(version), Some(disable_userns)) = (
+            v.get("version").and_then(|x| x.as_str()),
+            v.get("disable_userns").and_then(|x| x.as_bool()),
+        ) {
+            return Ok(Bwrap {
+                path,
+                version: version.to_string(),
+                disable_userns,
+                bash,
+            });
+        }
+    }
+    let tried = trial_bwrap(path, bash);
+    if let Ok(info) = &tried {
+        probe_cache::store(
+            "bwrap",
+            &key,
+            serde_json::json!({"version": info.version, "disable_userns": info.disable_userns}),
+        );
+    }
+    tried
+}
+
+/// Runs bwrap: its version, its options, then a trial sandbox with every option used.
+fn trial_bwrap(path: PathBuf, bash: PathBuf) -> Result<Bwrap, String> {
     // `--help` and `--version` run side by side: this is on session start's path.
     let version_child = Command::new(&path)
         .arg("--version")

@@ -93,49 +93,76 @@ pub(crate) fn support() -> Result<Support, String> {
             if abi < 1 {
                 return Err("Landlock is not enabled in this kernel".into());
             }
-            let tmp = PrivateTmp::create().map_err(|e| e.to_string())?;
-            let trial = |namespaces: bool| -> bool {
-                let support = Support {
-                    landlock_abi: abi,
-                    namespaces,
-                };
-                command(
-                    &support,
-                    tmp.path(),
-                    tmp.path(),
-                    tmp.path(),
-                    &[],
-                    "true",
-                    &RulesetCache::default(),
-                    None,
-                )
-                    .ok()
-                    .and_then(|mut c| {
-                        c.stdin(Stdio::null())
-                            .stdout(Stdio::null())
-                            .stderr(Stdio::null())
-                            .status()
-                            .ok()
-                    })
-                    .is_some_and(|s| s.success())
-            };
-            if trial(true) {
-                Ok(Support {
-                    landlock_abi: abi,
-                    namespaces: true,
-                })
-            } else if abi >= 4 && trial(false) {
-                Ok(Support {
-                    landlock_abi: abi,
-                    namespaces: false,
-                })
-            } else {
-                Err(format!(
-                    "user namespaces are unavailable and Landlock ABI {abi} cannot block the network"
-                ))
+            // A verdict of an earlier process under the same key (`probe_cache.rs`).
+            let bash = Path::new("/bin/bash");
+            let key = super::probe_cache::key(&[bash]);
+            if let Some(v) = super::probe_cache::load("inprocess", &key) {
+                let same_abi = v.get("abi").and_then(|a| a.as_i64()) == Some(i64::from(abi));
+                if let (true, Some(namespaces)) =
+                    (same_abi, v.get("namespaces").and_then(|n| n.as_bool()))
+                {
+                    return Ok(Support {
+                        landlock_abi: abi,
+                        namespaces,
+                    });
+                }
             }
+            let found = trial_support(abi);
+            if let Ok(s) = &found {
+                super::probe_cache::store(
+                    "inprocess",
+                    &key,
+                    serde_json::json!({"abi": abi, "namespaces": s.namespaces}),
+                );
+            }
+            found
         })
         .clone()
+}
+
+/// Runs `true` confined, with namespaces and (on Landlock ABI 4+) without.
+fn trial_support(abi: i32) -> Result<Support, String> {
+    let tmp = PrivateTmp::create().map_err(|e| e.to_string())?;
+    let trial = |namespaces: bool| -> bool {
+        let support = Support {
+            landlock_abi: abi,
+            namespaces,
+        };
+        command(
+            &support,
+            tmp.path(),
+            tmp.path(),
+            tmp.path(),
+            &[],
+            "true",
+            &RulesetCache::default(),
+            None,
+        )
+        .ok()
+        .and_then(|mut c| {
+            c.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .ok()
+        })
+        .is_some_and(|s| s.success())
+    };
+    if trial(true) {
+        Ok(Support {
+            landlock_abi: abi,
+            namespaces: true,
+        })
+    } else if abi >= 4 && trial(false) {
+        Ok(Support {
+            landlock_abi: abi,
+            namespaces: false,
+        })
+    } else {
+        Err(format!(
+            "user namespaces are unavailable and Landlock ABI {abi} cannot block the network"
+        ))
+    }
 }
 
 /// A private temp directory (mode 0700) standing in for `/tmp`; removed on drop.

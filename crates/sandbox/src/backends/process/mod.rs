@@ -34,6 +34,7 @@ mod inprocess;
 mod interactive;
 mod limits;
 pub(crate) mod probe;
+mod probe_cache;
 mod seccomp;
 mod status;
 mod toolchains;

@@ -50,7 +50,9 @@ pub(crate) fn best_mechanism() -> Result<(Mechanism, String), String> {
     .clone()
 }
 
-pub(crate) fn probe() -> BackendProbe {
+/// `data_dir` keeps the trials' verdict across processes (`probe_cache.rs`).
+pub(crate) fn probe(data_dir: &std::path::Path) -> BackendProbe {
+    super::probe_cache::set_data_dir(data_dir);
     let (available, reason) = match best_mechanism() {
         Ok((mechanism, why)) => (
             true,

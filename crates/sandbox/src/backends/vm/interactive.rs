@@ -78,7 +78,7 @@ pub(super) async fn spawn(
     if let Some(m) = request.mounts.iter().find(|m| !m.read_only) {
         return Err(SandboxError::Unavailable(format!(
             "the {backend} backend can show --mount paths only read-only (a copy made at the start; CMD's changes to it stay in the VM): use --mount {}:ro, or --backend process for a writable mount",
-            m.host.display()
+            m.path.display()
         )));
     }
     let client = vm.client().await?;
@@ -107,6 +107,11 @@ pub(super) async fn spawn(
         let copied = vm.watched(copy_in(&client, &vm.env, tar)).await;
         vm.lost_agent(&client, copied)?;
     }
+
+    // A socket pair either way: the guest's PTY (if any) is the terminal. Made before
+    // the forwarder and CMD start, so nothing can fail between its start and its bridge.
+    let pair = open_terminal(None)?;
+    let ours = tokio_stream(pair.child)?;
 
     // The network allow-list: the forwarder listens before CMD starts.
     let forwarder = match &request.network {
@@ -159,9 +164,6 @@ pub(super) async fn spawn(
         }
     };
 
-    // A socket pair either way: the guest's PTY (if any) is the terminal.
-    let pair = open_terminal(None)?;
-    let ours = tokio_stream(pair.child)?;
     let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
     let (resize_tx, resize_rx) = mpsc::unbounded_channel();
     tokio::spawn(bridge(
