@@ -3,10 +3,10 @@
 # it (docs/vm-image.md): QEMU's microvm under TCG, vhost-device-vsock for vsock, the
 # guest agent answering over vsock and virtio-serial.
 #
-# Cached under ${SAFE_CODER_CACHE:-$HOME/.cache/safe-coder-ci}: vhost-device-vsock
-# (cargo/bin), the kernel package and the debootstrap tree (images/), the image itself
+# Cached under ${SAFE_CODER_CACHE:-$HOME/.cache/safe-coder-ci}: vhost-device-vsock and
+# virtiofsd (cargo/bin), the kernel package and the debootstrap tree (images/), the image itself
 # (vm-data/vm/). Cold: about 9 minutes on a busy 2-core machine (image 4 min, mostly
-# debootstrap; cargo install ~3 min; agent build; one boot); warm: 20-60 s (the agent
+# debootstrap; cargo install ~3 min + ~1.5 min for virtiofsd; agent build; one boot); warm: 20-60 s (the agent
 # build and one boot, plus ~10 s to remake the disk when the agent changed).
 #
 # It exports what the VM tests read, so a later step can reuse the image:
@@ -40,6 +40,17 @@ VHOST="$CACHE/cargo/bin/vhost-device-vsock"
 if [ ! -x "$VHOST" ]; then
   echo "cargo install vhost-device-vsock (once; cached in $CACHE/cargo)"
   nice -n 10 cargo install --locked --quiet vhost-device-vsock --root "$CACHE/cargo"
+fi
+# virtiofsd for qemu's shared workspace (docs/microvm.md); it links libseccomp and
+# libcap-ng. Cold: ~1.5 min of cargo install; cached in $CACHE/cargo afterwards.
+VIRTIOFSD="$CACHE/cargo/bin/virtiofsd"
+if [ ! -x "$VIRTIOFSD" ]; then
+  if ! dpkg -s libseccomp-dev libcap-ng-dev >/dev/null 2>&1; then
+    [ -n "$updated" ] || { apt-get update -qq && updated=1; }
+    apt-get install -y -qq --no-install-recommends libseccomp-dev libcap-ng-dev >/dev/null
+  fi
+  echo "cargo install virtiofsd (once; cached in $CACHE/cargo)"
+  nice -n 10 cargo install --locked --quiet virtiofsd --root "$CACHE/cargo"
 fi
 
 AGENT="$(./scripts/build-guest-agent.sh)"

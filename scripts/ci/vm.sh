@@ -3,11 +3,13 @@
 # (docs/microvm.md). With SAFE_CODER_REQUIRE_SANDBOX=1 nothing may skip:
 #   - crates/sandbox tests vm_qemu (a real microVM under TCG with the image: boot, save
 #     the state, restore it, commands, files, timeout/cancel, memory hog, interactive
-#     commands of `safe-coder run`) and vm_firecracker (the fake Firecracker API with
+#     commands of `safe-coder run`, the shared workspace over virtio-fs) and vm_firecracker (the fake Firecracker API with
 #     the real guest agent);
 #   - the end-to-end suite `suite::vm` of the binary (keep/sync, accept/reject/conflict,
-#     SIGKILL recovery, confinement, timeout, doctor, `safe-coder run`) on qemu and
-#     firecracker.
+#     SIGKILL recovery, confinement, timeout, doctor, `safe-coder run`, the shared
+#     workspace) on qemu and firecracker.
+# The shared-workspace tests boot (a vhost-user-fs device cannot be snapshotted): three
+# boots, ~20 s in all under TCG.
 # The first qemu test boots once and saves the VM state beside the image; every later
 # session of the run restores it (well under a second instead of 6-20 s of TCG boot).
 #
@@ -19,7 +21,8 @@ echo "== microVM backends (scripts/ci/vm.sh)"
 CACHE="${SAFE_CODER_CACHE:-$HOME/.cache/safe-coder-ci}"
 export SAFE_CODER_TEST_VM_IMAGE="${SAFE_CODER_TEST_VM_IMAGE:-$CACHE/vm-data}"
 export SAFE_CODER_REQUIRE_SANDBOX=1
-# vhost-device-vsock (cargo-installed by vm-image.sh) for VMs booted with vsock.
+# vhost-device-vsock and virtiofsd (cargo-installed by vm-image.sh) for VMs booted with
+# vsock and for the shared workspace.
 export PATH="$CACHE/cargo/bin:$PATH"
 
 mapfile -t tests < <(cargo test --workspace --locked --no-run --message-format=json 2>/dev/null |

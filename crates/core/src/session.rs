@@ -198,7 +198,12 @@ impl Session {
         }
         // `auto` never picks `direct`, so the workspace is known before the probe ends.
         let planned = requested.unwrap_or(BackendKind::Process);
-        let mut workspace = Workspace::for_new_session(planned, &project, &dir);
+        // `qemu` runs over the overlay too when its workspace is shared (virtio-fs).
+        let vm_share =
+            |kind| safe_coder_sandbox::vm::share::decide(kind, &config.limits.vm, Some(&project));
+        let planned_share = vm_share(planned);
+        let mut workspace =
+            Workspace::for_new_session(planned, &project, &dir, planned_share.shared);
         let stat_cache = config.data_dir.join("statcache");
         let made = workspace.create_history(&dir, &exclude, Some(&stat_cache));
         let chosen = match probe.join() {
@@ -218,7 +223,13 @@ impl Session {
         };
         // `auto` chose a backend that does not run over an overlay (a container, a VM):
         // it gets a copy instead.
-        let overlay_ok = matches!(backend, BackendKind::Copy | BackendKind::Process);
+        let share = if backend == planned {
+            planned_share
+        } else {
+            vm_share(backend)
+        };
+        let overlay_ok =
+            matches!(backend, BackendKind::Copy | BackendKind::Process) || share.shared;
         if repo.overlay().is_some() && !overlay_ok {
             drop(repo);
             for sub in ["upper", "ovl-work", "work", "history.git"] {
@@ -233,6 +244,15 @@ impl Session {
                     return Err(e);
                 }
             };
+        }
+        if backend == BackendKind::Qemu {
+            // Shared only when the overlay could be mounted; else the copy goes in.
+            let why = if share.shared && repo.overlay().is_none() {
+                "copied into the guest (no overlay to share)"
+            } else {
+                share.why.as_str()
+            };
+            how = format!("{how}, {why}");
         }
         let note = with_workspace(&note, &how);
         let base = repo.base()?;

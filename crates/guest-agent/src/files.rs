@@ -160,7 +160,15 @@ impl Workspace {
                     ))
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                    fs::create_dir(&next).map_err(|e| io_error(path, &e))?;
+                    match fs::create_dir(&next) {
+                        Ok(()) => {}
+                        // Another write into the same new directory (the host sends
+                        // many at once) made it first.
+                        Err(e)
+                            if e.kind() == io::ErrorKind::AlreadyExists
+                                && fs::symlink_metadata(&next).is_ok_and(|m| m.is_dir()) => {}
+                        Err(e) => return Err(io_error(path, &e)),
+                    }
                     cur = next;
                 }
                 Err(e) => return Err(io_error(path, &e)),

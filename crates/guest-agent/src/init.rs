@@ -11,8 +11,9 @@
 //! Stage 2, in the root filesystem: mount what a Debian userland expects (`/proc`,
 //! `/sys`, `/dev`, `/dev/pts`, `/dev/shm`, `/tmp`, `/run`), set the clock from
 //! `safe_coder.time=<unix seconds>`, bring up `lo`, mount the workspace
-//! (`safe_coder.workspace=<device>`, else `/workspace` on the root disk, else a tmpfs
-//! when the root is read-only), shield the agent from the OOM killer, then serve on
+//! (`safe_coder.workspace=virtiofs:<tag>` for the host's tree over virtio-fs,
+//! `safe_coder.workspace=<device>` for an ext4 disk, else `/workspace` on the root disk,
+//! else a tmpfs when the root is read-only), shield the agent from the OOM killer, then serve on
 //! vsock. Zombies are reaped by [`crate::reaper`]; `shutdown` syncs and reboots, which
 //! QEMU (`-no-reboot`) and Firecracker both turn into the VM's exit.
 
@@ -305,7 +306,13 @@ pub fn stage2() -> io::Result<String> {
     // Under memory pressure the kernel kills the commands, never the agent.
     let _ = fs::write("/proc/self/oom_score_adj", "-1000");
     let ws = safe_coder_vm_protocol::WORKSPACE;
-    if let Some(dev) = param(&cmd, "safe_coder.workspace") {
+    if let Some(tag) = param(&cmd, "safe_coder.workspace").and_then(|d| d.strip_prefix("virtiofs:"))
+    {
+        // The host's session tree itself, shared by virtiofsd (no copy in either
+        // direction; docs/microvm.md, "Shared workspace").
+        let _ = fs::create_dir_all(ws);
+        mount(tag, ws, "virtiofs", 0, "")?;
+    } else if let Some(dev) = param(&cmd, "safe_coder.workspace") {
         let dev = dev.to_string();
         if !wait_for(&dev, Duration::from_secs(10)) {
             return Err(io::Error::new(

@@ -41,7 +41,9 @@ pub use select::{
     choose, choose_with, doctor_report, doctor_report_with, probe, probe_all, BackendProbe,
     BackendSettings,
 };
-pub use spec::{Accel, DockerSpec, Limits, Mechanism, SandboxSpec, VmSpec, DEFAULT_DOCKER_IMAGE};
+pub use spec::{
+    Accel, DockerSpec, Limits, Mechanism, SandboxSpec, VmSpec, VmWorkspace, DEFAULT_DOCKER_IMAGE,
+};
 pub use text::{decode_text, NotText};
 pub use which::find_executable;
 

@@ -139,6 +139,7 @@ pub fn doctor_report_with(settings: &BackendSettings) -> String {
         Err(e) => out.push_str(&format!("auto → none: {e}\n")),
     }
     out.push_str(&workspace_line(&std::env::temp_dir()));
+    out.push_str(&crate::backends::vm::share::doctor_line(&settings.vm));
     out
 }
 

@@ -195,6 +195,42 @@ pub struct VmSpec {
     /// How long a VM may take until its agent answers; `None` = 120 s (or
     /// `SAFE_CODER_VM_READY_SECS`). Tests shorten it.
     pub ready_timeout: Option<std::time::Duration>,
+    /// `qemu`: how the guest gets the project (`[vm] workspace`; docs/microvm.md).
+    pub workspace: VmWorkspace,
+}
+
+/// How a `qemu` guest gets the session's tree (`[vm] workspace`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VmWorkspace {
+    /// Shared where virtiofsd and the image allow it, the VM runs under KVM, and the
+    /// project is large enough that copying it in costs more than the boot a shared
+    /// workspace needs; else the copy.
+    #[default]
+    Auto,
+    /// The host's session tree (an overlay over the project) shared over virtio-fs:
+    /// nothing copied; the VM boots (a vhost-user-fs device cannot be snapshotted).
+    Shared,
+    /// A copy pushed into the guest's RAM and pulled back after each command.
+    Copy,
+}
+
+impl VmWorkspace {
+    pub fn parse(s: &str) -> Option<VmWorkspace> {
+        match s.trim() {
+            "auto" => Some(VmWorkspace::Auto),
+            "shared" => Some(VmWorkspace::Shared),
+            "copy" => Some(VmWorkspace::Copy),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmWorkspace::Auto => "auto",
+            VmWorkspace::Shared => "shared",
+            VmWorkspace::Copy => "copy",
+        }
+    }
 }
 
 impl VmSpec {
@@ -219,6 +255,7 @@ impl Default for VmSpec {
             vhost_vsock_bin: None,
             accel: Accel::Auto,
             ready_timeout: None,
+            workspace: VmWorkspace::Auto,
         }
     }
 }

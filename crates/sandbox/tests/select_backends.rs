@@ -125,8 +125,8 @@ fn doctor_prints_every_backend_and_the_auto_choice() {
     let report = doctor_report();
     print!("{report}");
     let lines: Vec<&str> = report.lines().collect();
-    // Then the workspace line.
-    assert_eq!(lines.len(), AUTO_ORDER.len() + 2, "{report}");
+    // Then the workspace lines (copy and process sessions, qemu sessions).
+    assert_eq!(lines.len(), AUTO_ORDER.len() + 3, "{report}");
     for (line, kind) in lines.iter().zip(AUTO_ORDER) {
         assert!(line.starts_with('✓') || line.starts_with('✗'), "{line}");
         assert!(line.contains(kind.as_str()), "{line}");
@@ -136,6 +136,12 @@ fn doctor_prints_every_backend_and_the_auto_choice() {
     let workspace = lines[AUTO_ORDER.len() + 1];
     assert!(
         workspace.starts_with("workspace: overlay (") || workspace.starts_with("workspace: copy"),
+        "{report}"
+    );
+    let qemu = lines[AUTO_ORDER.len() + 2];
+    assert!(
+        qemu.starts_with("qemu workspace: shared over virtio-fs")
+            || qemu.starts_with("qemu workspace: copied into the guest"),
         "{report}"
     );
 }

@@ -291,3 +291,151 @@ async fn qemu_runs_interactive_commands_in_the_guest() {
 fn req_pgrep() -> ExecRequest {
     req("pgrep -c sleep || true", 30_000)
 }
+
+/// `[vm] workspace = "shared"`: the guest's `/workspace` is the session's overlay (the
+/// project read-only below, the upper layer above) served by virtiofsd. Whatever the
+/// guest does lands in the upper layer with nothing pulled, whatever the host writes is
+/// seen by the guest's next command with nothing pushed, and the project never changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_shared_workspace_over_virtio_fs() {
+    use safe_coder_sandbox::overlay::{Layers, OverlayMount};
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let Some(image) = image() else { return };
+    if safe_coder_sandbox::vm::share::find_virtiofsd().is_none() {
+        skip("virtiofsd is not installed (`cargo install --locked virtiofsd`; scripts/ci/vm-image.sh does)");
+        return;
+    }
+    let features = std::fs::read_to_string(image.join("features")).unwrap_or_default();
+    if !features.contains("virtiofs-workspace") {
+        skip("the guest image predates virtio-fs (rebuild it: scripts/ci/vm-image.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let project = dir.path().join("project");
+    std::fs::create_dir_all(project.join("src")).expect("project");
+    std::fs::write(project.join("src/main.py"), "print('v1')\n").expect("seed");
+    std::fs::write(project.join("gone.txt"), "bye\n").expect("seed");
+    std::fs::write(project.join("old-name.txt"), "moving\n").expect("seed");
+    std::fs::write(project.join("run.sh"), "echo ran\n").expect("seed");
+    let layers = Layers {
+        lower: project.clone(),
+        upper: dir.path().join("upper"),
+        work: dir.path().join("ovl-work"),
+        merged: dir.path().join("work"),
+    };
+    let mount = match OverlayMount::mount(layers.clone()) {
+        Ok(m) => std::sync::Arc::new(m),
+        Err(e) => {
+            skip(&format!("no overlay workspace here: {e}"));
+            return;
+        }
+    };
+    let data = dir.path().join("data");
+    let mut spec = spec(&image, &data, &layers.merged);
+    spec.overlay = Some(mount.clone());
+    spec.vm.workspace = safe_coder_sandbox::VmWorkspace::Shared;
+    let sb = safe_coder_sandbox::open(BackendKind::Qemu, spec).expect("open");
+    let detail = sb.backend_detail().unwrap_or_default();
+    eprintln!("shared session: {detail}");
+    assert!(detail.contains("shared over virtio-fs"), "{detail}");
+
+    // A host-side write before the first command (the file tools write the host tree).
+    sb.write_file("from-host.txt", b"host wrote this\n")
+        .await
+        .expect("host write");
+    let out = sb
+        .exec(
+            req(
+                "cat from-host.txt && python3 src/main.py && mount | grep ' /workspace ' && \
+                 echo made > made.txt && echo \"print('v2')\" > src/main.py && rm gone.txt && \
+                 mv old-name.txt new-name.txt && chmod +x run.sh && mkdir -p a/b && echo deep > a/b/c.txt && ls -l made.txt",
+                60_000,
+            ),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(out.exit_code, Some(0), "{}", out.output);
+    assert!(out.output.contains("host wrote this"), "{}", out.output);
+    assert!(out.output.contains("v1"), "{}", out.output);
+    assert!(out.output.contains("virtiofs"), "{}", out.output);
+    // The guest's uid is squashed to the user's, shown back as root.
+    assert!(out.output.contains(" root root "), "{}", out.output);
+
+    // Everything is in the upper layer already (nothing was pulled) ...
+    let upper = &layers.upper;
+    assert_eq!(
+        std::fs::read_to_string(upper.join("made.txt")).expect("made"),
+        "made\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper.join("src/main.py")).expect("edit"),
+        "print('v2')\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper.join("a/b/c.txt")).expect("deep"),
+        "deep\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper.join("new-name.txt")).expect("renamed"),
+        "moving\n"
+    );
+    for whiteout in ["gone.txt", "old-name.txt"] {
+        let m = std::fs::symlink_metadata(upper.join(whiteout)).expect("whiteout");
+        assert!(m.file_type().is_char_device(), "{whiteout} is a whiteout");
+    }
+    let mode = std::fs::metadata(upper.join("run.sh"))
+        .expect("chmod")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o111, 0o111, "{mode:o}");
+    // ... and the merged tree the host's tools see is the guest's.
+    let root = mount.host_root();
+    assert!(!root.join("gone.txt").exists() && !root.join("old-name.txt").exists());
+    assert_eq!(
+        sb.read_file("new-name.txt").await.expect("read"),
+        b"moving\n"
+    );
+    // The user's project is untouched.
+    assert_eq!(
+        std::fs::read_to_string(project.join("src/main.py")).expect("lower"),
+        "print('v1')\n"
+    );
+    assert!(project.join("gone.txt").exists() && !project.join("made.txt").exists());
+    let lower_mode = std::fs::metadata(project.join("run.sh"))
+        .expect("lower")
+        .permissions()
+        .mode();
+    assert_eq!(lower_mode & 0o111, 0, "{lower_mode:o}");
+
+    // A host change between commands is seen by the next one (no stale cache).
+    sb.write_file("made.txt", b"changed on the host\n")
+        .await
+        .expect("host write");
+    sb.write_file("src/main.py", b"print('v3')\n")
+        .await
+        .expect("host write");
+    let out = sb
+        .exec(
+            req("cat made.txt && python3 src/main.py", 60_000),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("exec");
+    assert_eq!(out.exit_code, Some(0), "{}", out.output);
+    assert!(
+        out.output.contains("changed on the host") && out.output.contains("v3"),
+        "{}",
+        out.output
+    );
+    let id = detail
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    sb.stop().await.expect("stop");
+    assert!(
+        !vm_run_dir(&id).exists(),
+        "the run dir (virtiofsd's socket) is gone"
+    );
+}

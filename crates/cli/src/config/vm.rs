@@ -6,11 +6,11 @@
 //! Keys (the old Firecracker-style names are still read): `kernel` (`kernel_image`),
 //! `rootfs` (`rootfs_image`), `initramfs`, `memory_mb` (`mem_size_mib`), `vcpus`
 //! (`vcpu_count`), `network`, `firecracker_bin`, `vhost_vsock_bin`, `accel`
-//! (`auto`, `kvm` or `tcg`).
+//! (`auto`, `kvm` or `tcg`), `workspace` (`auto`, `shared` or `copy`; qemu only).
 
 use std::path::{Path, PathBuf};
 
-use safe_coder_sandbox::{Accel, VmSpec};
+use safe_coder_sandbox::{Accel, VmSpec, VmWorkspace};
 use serde::{Deserialize, Deserializer};
 
 use super::file::{positive_u32, positive_u64};
@@ -25,6 +25,19 @@ impl<'de> Deserialize<'de> for AccelChoice {
         Accel::parse(&s)
             .map(AccelChoice)
             .ok_or_else(|| serde::de::Error::custom(format!("must be auto, kvm or tcg, not {s:?}")))
+    }
+}
+
+/// `[vm] workspace`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkspaceChoice(pub VmWorkspace);
+
+impl<'de> Deserialize<'de> for WorkspaceChoice {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        VmWorkspace::parse(&s).map(WorkspaceChoice).ok_or_else(|| {
+            serde::de::Error::custom(format!("must be auto, shared or copy, not {s:?}"))
+        })
     }
 }
 
@@ -46,6 +59,7 @@ pub struct VmSection {
     pub firecracker_bin: Option<PathBuf>,
     pub vhost_vsock_bin: Option<PathBuf>,
     pub accel: Option<AccelChoice>,
+    pub workspace: Option<WorkspaceChoice>,
 }
 
 impl VmSection {
@@ -64,6 +78,7 @@ impl VmSection {
             firecracker_bin: pick(&proj.firecracker_bin, &user.firecracker_bin),
             vhost_vsock_bin: pick(&proj.vhost_vsock_bin, &user.vhost_vsock_bin),
             accel: pick(&proj.accel, &user.accel),
+            workspace: pick(&proj.workspace, &user.workspace),
         }
     }
 
@@ -83,6 +98,7 @@ impl VmSection {
             vhost_vsock_bin: self.vhost_vsock_bin.clone(),
             accel: self.accel.map_or(d.accel, |a| a.0),
             ready_timeout: None,
+            workspace: self.workspace.map_or(d.workspace, |w| w.0),
         }
     }
 }
@@ -126,6 +142,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("vm.memory_mb"), "{e}");
+
+        assert_eq!(
+            VmSection::default().spec(Path::new("/d")).workspace,
+            VmWorkspace::Auto
+        );
+        let c = parse_file_config(
+            "[vm]\nworkspace = \"shared\"\n",
+            Path::new("c.toml"),
+            &mut w,
+        )
+        .unwrap();
+        assert_eq!(c.vm.spec(Path::new("/d")).workspace, VmWorkspace::Shared);
+        let e = parse_file_config("[vm]\nworkspace = \"ram\"\n", Path::new("c.toml"), &mut w)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vm.workspace") && e.contains("auto, shared or copy"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -265,6 +265,16 @@ fn doctor_names_what_each_vm_backend_lacks() {
         !text.contains("auto → qemu") && !text.contains("auto → firecracker"),
         "{text}"
     );
+    // How a qemu session would get the project: here copied, saying why (no image).
+    let ws = text
+        .lines()
+        .find(|l| l.starts_with("qemu workspace: "))
+        .unwrap_or_else(|| panic!("no qemu workspace line: {text}"));
+    assert!(
+        ws.contains("copied into the guest")
+            && (ws.contains("virtiofsd is not installed") || ws.contains("image build")),
+        "{ws}"
+    );
 
     // With the binaries there, the missing image is named with the command that builds it.
     if let Some((fake, agent)) = sibling("fake-firecracker").zip(sibling("safe-coder-guest-agent"))
@@ -294,7 +304,7 @@ fn doctor_names_what_each_vm_backend_lacks() {
 
 /// The multi-turn tool scenario (write, read, edit, bash, final answer) with an
 /// accepted sync: the file tools act on the host copy, bash in the guest sees them.
-fn tool_scenario_then_accept(backend: &str) {
+fn tool_scenario_then_accept(backend: &str) -> String {
     let world = World::new();
     world.write("README.md", "# demo\n");
     let server = MockServer::start(Wire::Anthropic, tool_scenario()).expect("server");
@@ -322,13 +332,14 @@ fn tool_scenario_then_accept(backend: &str) {
         "bash in the guest sees the edit: {}",
         results[3]
     );
+    format!("{}{}", stdout(&out), stderr(&out))
 }
 
 #[test]
 fn firecracker_tool_scenario_then_accept() {
     if let Some((fake, agent)) = firecracker_ready("firecracker_tool_scenario_then_accept") {
         with_world_setup(firecracker_world(&fake, &agent), || {
-            tool_scenario_then_accept("firecracker")
+            tool_scenario_then_accept("firecracker");
         });
     }
 }
@@ -336,7 +347,9 @@ fn firecracker_tool_scenario_then_accept() {
 #[test]
 fn qemu_tool_scenario_then_accept() {
     if let Some(image) = qemu_image("qemu_tool_scenario_then_accept") {
-        with_world_setup(qemu_world(&image), || tool_scenario_then_accept("qemu"));
+        with_world_setup(qemu_world(&image), || {
+            tool_scenario_then_accept("qemu");
+        });
     }
 }
 
@@ -609,4 +622,124 @@ fn qemu_a_crash_mid_run_keeps_the_work() {
             a_crash_mid_run_in_the_vm_keeps_the_work("qemu")
         });
     }
+}
+
+/// The image and virtiofsd a shared `qemu` workspace needs (`[vm] workspace = "shared"`).
+fn qemu_shared_ready(test: &str) -> Option<PathBuf> {
+    let image = qemu_image(test)?;
+    let features = std::fs::read_to_string(image.join("features")).unwrap_or_default();
+    if !features.contains("virtiofs-workspace") {
+        skip(
+            test,
+            "the guest image predates virtio-fs (scripts/ci/vm-image.sh rebuilds it)",
+        );
+        return None;
+    }
+    if safe_coder_sandbox::vm::share::find_virtiofsd().is_none() {
+        skip(test, "virtiofsd is not installed (`cargo install --locked virtiofsd`; scripts/ci/vm-image.sh does)");
+        return None;
+    }
+    Some(image)
+}
+
+fn qemu_shared_world(image: &Path) -> impl Fn(&World) + 'static {
+    let plain = qemu_world(image);
+    move |world: &World| {
+        plain(world);
+        let cfg = world.config_dir().join("config.toml");
+        let mut text = std::fs::read_to_string(&cfg).expect("config");
+        text.push_str("workspace = \"shared\"\n");
+        std::fs::write(&cfg, text).expect("config");
+    }
+}
+
+/// The shared workspace through the real binary: the start line says so, the file
+/// tools' write on the host is what bash in the guest reads, and the accepted sync
+/// brings it home.
+#[test]
+fn qemu_shared_tool_scenario_then_accept() {
+    if let Some(image) = qemu_shared_ready("qemu_shared_tool_scenario_then_accept") {
+        with_world_setup(qemu_shared_world(&image), || {
+            let out = tool_scenario_then_accept("qemu");
+            assert!(out.contains("shared over virtio-fs"), "{out}");
+        });
+    }
+}
+
+/// A command in the guest writes, edits, deletes, renames and changes a mode on the
+/// shared workspace: everything lands in the session's upper layer (nothing pulled),
+/// the history and `sessions diff` show it, the project is untouched until
+/// `sessions sync`, which then applies all of it.
+#[test]
+fn qemu_shared_run_keeps_history_and_syncs() {
+    let Some(image) = qemu_shared_ready("qemu_shared_run_keeps_history_and_syncs") else {
+        return;
+    };
+    with_world_setup(qemu_shared_world(&image), || {
+        let world = World::new();
+        world.write("edit.txt", "one\n");
+        world.write("del.txt", "bye\n");
+        world.write("old.txt", "moving\n");
+        world.write("tool.sh", "echo tool\n");
+        let out = world
+            .cmd()
+            .args(["run", "--backend", "qemu", "--json", "--sync", "keep", "--"])
+            .args(["bash", "-c"])
+            .arg(
+                "grep -q ' /workspace virtiofs ' /proc/mounts && echo two >> edit.txt && rm del.txt && \
+                 mv old.txt new.txt && chmod +x tool.sh && mkdir -p d && echo made > d/f.txt && exit 4",
+            )
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+        // The project is untouched; the session's upper layer has the work.
+        assert_eq!(world.read("edit.txt").as_deref(), Some("one\n"));
+        assert!(world.project.join("old.txt").exists() && world.project.join("del.txt").exists());
+        let ids = super::run::session_ids(&world);
+        assert_eq!(ids.len(), 1, "{ids:?}");
+        let upper = world
+            .data_dir()
+            .join("sessions")
+            .join(&ids[0])
+            .join("upper");
+        assert_eq!(
+            std::fs::read_to_string(upper.join("d/f.txt"))
+                .ok()
+                .as_deref(),
+            Some("made\n"),
+            "the guest wrote into the upper layer"
+        );
+        let log = super::run::history(&world, &ids[0]);
+        assert!(
+            log.iter()
+                .any(|m| m.starts_with("Agent executed: run bash -c")),
+            "{log:?}"
+        );
+        let diff = world
+            .cmd()
+            .args(["sessions", "diff", &ids[0]])
+            .output()
+            .expect("diff");
+        assert_ok(&diff);
+        let d = stdout(&diff);
+        assert!(
+            d.contains("+two") && d.contains("new.txt") && d.contains("+made"),
+            "{d}"
+        );
+        let sync = world
+            .cmd()
+            .args(["sessions", "sync", &ids[0], "--accept-all"])
+            .output()
+            .expect("sync");
+        assert_ok(&sync);
+        assert_eq!(world.read("edit.txt").as_deref(), Some("one\ntwo\n"));
+        assert_eq!(world.read("new.txt").as_deref(), Some("moving\n"));
+        assert_eq!(world.read("d/f.txt").as_deref(), Some("made\n"));
+        assert!(!world.project.join("old.txt").exists() && !world.project.join("del.txt").exists());
+        let mode = std::fs::metadata(world.project.join("tool.sh"))
+            .expect("tool.sh")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o100, 0o100, "the mode change is synced: {mode:o}");
+    });
 }

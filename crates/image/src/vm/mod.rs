@@ -43,8 +43,10 @@ pub const AGENT_IN_ROOTFS: &str = "usr/local/sbin/safe-coder-guest-agent";
 pub const AGENT_BINARY: &str = "safe-coder-guest-agent";
 /// The features every image of this build has: `serial-agent`: the agent also serves
 /// the protocol on the virtio-serial port `safe-coder.agent` (QEMU's snapshots cannot
-/// carry a vhost-user vsock device).
-pub const FEATURES: &[&str] = &["serial-agent"];
+/// carry a vhost-user vsock device); `virtiofs-workspace`: the initramfs has virtio-fs
+/// and the agent mounts `safe_coder.workspace=virtiofs:<tag>` at `/workspace` (the
+/// host's session tree shared, nothing copied).
+pub const FEATURES: &[&str] = &["serial-agent", "virtiofs-workspace"];
 /// Bumped when the image layout changes, so an older image is rebuilt.
 pub const IMAGE_FORMAT: u32 = 1;
 

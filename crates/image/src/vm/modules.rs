@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use crate::ImageError;
 
 /// What the guest needs: the virtio-mmio bus and its block, console and network
-/// devices, ext4 and overlayfs for the root, and vsock over virtio.
+/// devices, ext4 and overlayfs for the root, vsock over virtio, and virtio-fs (with
+/// fuse) for the shared workspace of `[vm] workspace = "shared"`.
 pub const GUEST_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_blk",
@@ -21,6 +22,7 @@ pub const GUEST_MODULES: &[&str] = &[
     "vmw_vsock_virtio_transport",
     "virtio_console",
     "virtio_net",
+    "virtiofs",
 ];
 
 /// One module file and what its `.modinfo` says.

@@ -24,6 +24,7 @@ mod net;
 pub(crate) mod probe;
 mod qemu;
 mod qmp;
+pub mod share;
 mod snapshot;
 mod status;
 mod supervised;
@@ -288,8 +289,17 @@ impl VmSandbox {
         let workdir = workdir.to_path_buf();
         let id = new_id();
         let run_dir = runtime_dir(&id).map_err(|e| (e, None))?;
-        let started = match kind {
-            BackendKind::Firecracker => firecracker::start(&spec.vm, image, &run_dir),
+        // A `qemu` session over an overlay shares it (`share.rs`; the core mounts the
+        // overlay for `qemu` only where `share::decide` said so): nothing is copied.
+        let shared = match kind {
+            BackendKind::Qemu => spec.overlay.clone(),
+            _ => None,
+        };
+        let started = match (kind, &shared) {
+            (BackendKind::Firecracker, _) => firecracker::start(&spec.vm, image, &run_dir),
+            (_, Some(overlay)) => probe::decide_accel(&spec.vm, image)
+                .map_err(SandboxError::Unavailable)
+                .and_then(|kvm| share::boot(&spec.vm, image, &run_dir, kvm, overlay)),
             _ => qemu_start(&spec.vm, image, &run_dir),
         };
         let started = match started {
@@ -314,11 +324,15 @@ impl VmSandbox {
             }
         };
         let root = workdir.clone();
+        let is_shared = shared.is_some();
         let pushed = block_on_own_runtime(move || {
             Box::pin(async move {
                 let client = Arc::new(
                     AgentClient::from_fd(&conn).map_err(|e| SandboxError::Other(e.to_string()))?,
                 );
+                if is_shared {
+                    return Ok(WorkspaceSync::shared(root));
+                }
                 let mut sync = WorkspaceSync::new(root);
                 // A VM that dies closes the connection (the push fails at once); one
                 // that hangs (a failed KVM pauses it) is given up on after this.
@@ -346,7 +360,7 @@ impl VmSandbox {
                 ));
             }
         };
-        let host = HostSandbox::new(kind, workdir, None, spec.env_passthrough.clone(), None)
+        let host = HostSandbox::new(kind, workdir, None, spec.env_passthrough.clone(), shared)
             .map_err(|e| (e, None))?;
         Ok(VmSandbox {
             kind,

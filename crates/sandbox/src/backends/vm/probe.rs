@@ -193,6 +193,7 @@ fn trial_in(
         network: false,
         incoming: None,
         transport,
+        share: None,
     };
     let proc = Arc::new(QemuProcess::start(&launch, vhost)?);
     let endpoint = match transport {
@@ -257,6 +258,20 @@ pub(crate) fn decide_accel(vm: &VmSpec, image: &GuestImage) -> Result<bool, Stri
             )),
         },
         Accel::Auto => Ok(kvm_verdict(vm, image) == KvmVerdict::Works),
+    }
+}
+
+/// [`decide_accel`] without a trial: `Some(kvm)` where it is known already (the
+/// setting, no usable `/dev/kvm`, or a cached verdict), `None` while KVM is untried.
+pub(crate) fn known_accel(vm: &VmSpec, image: &GuestImage) -> Option<bool> {
+    match vm.accel {
+        Accel::Tcg => Some(false),
+        Accel::Kvm => Some(kvm_access() == KvmAccess::Usable),
+        Accel::Auto if kvm_access() != KvmAccess::Usable => Some(false),
+        Accel::Auto => {
+            let q = qemu::find_qemu()?;
+            cached_verdict(vm, &verdict_key(&q, image)).map(|v| v == KvmVerdict::Works)
+        }
     }
 }
 

@@ -36,7 +36,7 @@ pub(crate) fn find_qemu() -> Option<PathBuf> {
 
 /// Where `cargo install` puts tools in CI: `$SAFE_CODER_CACHE/cargo/bin`
 /// (`$SAFE_CODER_CACHE` defaults to `~/.cache/safe-coder-ci`).
-fn ci_cargo_bin() -> Option<PathBuf> {
+pub(crate) fn ci_cargo_bin() -> Option<PathBuf> {
     let cache = std::env::var_os("SAFE_CODER_CACHE")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -85,6 +85,9 @@ pub(crate) struct QemuLaunch<'a> {
     /// Restore the VM state saved in this file instead of booting.
     pub incoming: Option<&'a Path>,
     pub transport: Transport,
+    /// A shared workspace: virtiofsd's vhost-user socket (`share.rs`); the guest mounts
+    /// it at `/workspace`.
+    pub share: Option<&'a Path>,
 }
 
 /// The files of a VM's runtime directory.
@@ -149,7 +152,13 @@ impl QemuLaunch<'_> {
             push(&i.display().to_string());
         }
         push("-append");
-        push(KERNEL_CMDLINE);
+        match self.share {
+            Some(_) => push(&format!(
+                "{KERNEL_CMDLINE} {}",
+                super::share::kernel_param()
+            )),
+            None => push(KERNEL_CMDLINE),
+        }
         push("-drive");
         push(&format!(
             "id=root,file={},format=raw,if=none,readonly=on",
@@ -175,6 +184,15 @@ impl QemuLaunch<'_> {
                 push("-device");
                 push("virtserialport,chardev=agent,name=safe-coder.agent");
             }
+        }
+        if let Some(sock) = self.share {
+            push("-chardev");
+            push(&format!("socket,id=fs,path={}", sock.display()));
+            push("-device");
+            push(&format!(
+                "vhost-user-fs-device,chardev=fs,tag={}",
+                super::share::TAG
+            ));
         }
         if self.network {
             // User-mode networking: outbound only, no host port reachable from outside.
@@ -222,6 +240,8 @@ pub(crate) struct QemuProcess {
     // Field order is drop order: QEMU goes first, then its vsock backend.
     pub qemu: Supervised,
     pub vhost: Option<Supervised>,
+    /// A shared workspace's virtiofsd (started before QEMU, which connects to it).
+    pub virtiofsd: Option<Supervised>,
 }
 
 impl QemuProcess {
@@ -245,13 +265,21 @@ impl QemuProcess {
             .stderr(log_file(&paths.qemu_log)?);
         let qemu = Supervised::spawn("qemu", cmd)
             .map_err(|e| format!("cannot start {}: {e}", launch.qemu.display()))?;
-        Ok(QemuProcess { paths, qemu, vhost })
+        Ok(QemuProcess {
+            paths,
+            qemu,
+            vhost,
+            virtiofsd: None,
+        })
     }
 
     /// `Ok` while QEMU and its vsock backend run and KVM has not failed inside the
     /// guest; else what went wrong, with QEMU's own last words.
     pub fn alive(&self) -> Result<(), String> {
         if let Some(v) = &self.vhost {
+            v.alive()?;
+        }
+        if let Some(v) = &self.virtiofsd {
             v.alive()?;
         }
         let log = std::fs::read_to_string(&self.paths.qemu_log).unwrap_or_default();
@@ -317,6 +345,7 @@ mod tests {
             network: false,
             incoming: Some(Path::new("/snap/state")),
             transport: Transport::Vsock,
+            share: None,
         };
         let args: Vec<String> = launch
             .args()
@@ -339,11 +368,16 @@ mod tests {
             assert!(line.contains(want), "{want} missing from {line}");
         }
         assert!(!line.contains("netdev"), "no network unless asked: {line}");
+        assert!(
+            !line.contains("vhost-user-fs") && !line.contains("safe_coder.workspace"),
+            "{line}"
+        );
         let with_net = QemuLaunch {
             network: true,
             kvm: true,
             incoming: None,
             transport: Transport::Serial,
+            share: Some(Path::new("/run/vm/virtiofsd.sock")),
             ..launch
         };
         let line = with_net
@@ -356,5 +390,13 @@ mod tests {
         assert!(line.contains("virtserialport,chardev=agent,name=safe-coder.agent"));
         assert!(!line.contains("vhost-user-vsock"), "{line}");
         assert!(!line.contains("-incoming"));
+        assert!(
+            line.contains("safe_coder.workspace=virtiofs:workspace"),
+            "{line}"
+        );
+        assert!(
+            line.contains("-chardev socket,id=fs,path=/run/vm/virtiofsd.sock -device vhost-user-fs-device,chardev=fs,tag=workspace"),
+            "{line}"
+        );
     }
 }

@@ -35,7 +35,7 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The `qemu` VMM of a running sandbox.
 pub(crate) struct QemuVmm {
-    proc: Arc<QemuProcess>,
+    pub(super) proc: Arc<QemuProcess>,
     vm: VmSpec,
     image: GuestImage,
     kvm: bool,
@@ -59,6 +59,9 @@ impl Vmm for QemuVmm {
     fn kill(&self) {
         self.proc.qemu.kill();
         if let Some(v) = &self.proc.vhost {
+            v.kill();
+        }
+        if let Some(v) = &self.proc.virtiofsd {
             v.kill();
         }
     }
@@ -118,6 +121,7 @@ pub(crate) fn start(
             Transport::Vsock,
             None,
             Some(&vhost),
+            None,
         )?;
         let endpoint = Endpoint::HybridVsock(vmm.proc.paths.vsock.clone());
         let conn = wait_ready(&vmm, &endpoint, ready_timeout(vm), true)?;
@@ -157,7 +161,17 @@ pub(crate) fn start(
         }
     }
     let t = Instant::now();
-    let vmm = launch(vm, image, &q, run_dir, kvm, Transport::Serial, None, None)?;
+    let vmm = launch(
+        vm,
+        image,
+        &q,
+        run_dir,
+        kvm,
+        Transport::Serial,
+        None,
+        None,
+        None,
+    )?;
     let endpoint = Endpoint::Serial(vmm.proc.paths.serial.clone());
     let conn = wait_ready(&vmm, &endpoint, ready_timeout(vm), true)?;
     let booted = t.elapsed();
@@ -191,7 +205,7 @@ fn clear_run_dir(dir: &Path) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn launch(
+pub(super) fn launch(
     vm: &VmSpec,
     image: &GuestImage,
     q: &Path,
@@ -200,6 +214,7 @@ fn launch(
     transport: Transport,
     incoming: Option<&Path>,
     vhost: Option<&Path>,
+    share: Option<&Path>,
 ) -> Result<QemuVmm, SandboxError> {
     let l = QemuLaunch {
         qemu: q,
@@ -211,6 +226,7 @@ fn launch(
         network: vm.network,
         incoming,
         transport,
+        share,
     };
     let proc = QemuProcess::start(&l, vhost).map_err(SandboxError::Other)?;
     Ok(QemuVmm {
@@ -223,7 +239,7 @@ fn launch(
 
 /// Waits until the agent answers a handshake and a ping, then lets go of the
 /// connection. A VMM that dies ends the wait at once.
-fn wait_ready(
+pub(super) fn wait_ready(
     vmm: &QemuVmm,
     endpoint: &Endpoint,
     timeout: Duration,
@@ -270,6 +286,7 @@ fn restore(
         kvm,
         Transport::Serial,
         Some(state),
+        None,
         None,
     )
     .map_err(|e| e.to_string())?;

@@ -220,6 +220,9 @@ pub(crate) struct WorkspaceSync {
     pub index: HostIndex,
     /// The agent's mark after the last exchange.
     pub mark: Option<u64>,
+    /// A shared workspace (`share.rs`): host and guest see the same files, so both
+    /// directions are no-ops.
+    pub shared: bool,
 }
 
 /// How many files one exchange moved.
@@ -235,12 +238,24 @@ impl WorkspaceSync {
             root,
             index: HostIndex::new(),
             mark: None,
+            shared: false,
+        }
+    }
+
+    /// The sync of a shared workspace: nothing to move either way.
+    pub fn shared(root: PathBuf) -> Self {
+        WorkspaceSync {
+            shared: true,
+            ..WorkspaceSync::new(root)
         }
     }
 
     /// Host → guest: what changed on the host since the last exchange. Sets a new mark
     /// afterwards when anything moved (so the next pull does not bring it back).
     pub async fn push(&mut self, agent: &Arc<AgentClient>) -> Result<Moved, SandboxError> {
+        if self.shared {
+            return Ok(Moved::default());
+        }
         let root = self.root.clone();
         let now = tokio::task::spawn_blocking(move || scan(&root))
             .await
@@ -336,6 +351,9 @@ impl WorkspaceSync {
 
     /// Guest → host: exactly the files the agent reports changed since the mark.
     pub async fn pull(&mut self, agent: &Arc<AgentClient>) -> Result<Moved, SandboxError> {
+        if self.shared {
+            return Ok(Moved::default());
+        }
         let Some(mark) = self.mark else {
             self.mark = Some(agent.set_mark().await.map_err(agent_err)?);
             return Ok(Moved::default());
