@@ -137,9 +137,11 @@ impl ProcessConfiner {
     }
 
     /// What every confined child runs before it executes: the limits, then joining the
-    /// overlay workspace's namespace when there is one.
-    pub(super) fn child_setup(&self) -> super::ChildSetup {
-        let mut setup = self.limits.child_setup();
+    /// overlay workspace's namespace when there is one. `forked_inside`: the child is
+    /// forked by the cgroup's spawner thread (`SandboxLimits::spawn_inside`), so it
+    /// starts in the cgroup and does not join it.
+    pub(super) fn child_setup(&self, forked_inside: bool) -> super::ChildSetup {
+        let mut setup = self.limits.child_setup(forked_inside);
         if let Some(mount) = &self.overlay {
             let mut enter = mount.enter_setup();
             let mut limits = setup;
@@ -166,7 +168,7 @@ impl ProcessConfiner {
                 workdir.display()
             )));
         }
-        let setup = self.child_setup();
+        let setup = self.child_setup(false);
         let mut cmd = match &self.confinement {
             Confinement::Bwrap(info) => bwrap::command(
                 info,

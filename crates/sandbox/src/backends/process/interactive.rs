@@ -135,7 +135,10 @@ pub(crate) fn spawn(
         }
     }
     let terminal = interactive::open_terminal(request.terminal)?;
-    let setup = confiner.child_setup();
+    // On cgroup v1 the command is forked by the thread already in the sandbox's cgroup
+    // (no attach on the start's path, see `cgroup.rs`); else it joins in its setup.
+    let forked_inside = confiner.limits.spawner_inside();
+    let setup = confiner.child_setup(forked_inside);
     let (mut cmd, session, stream) = match &confiner.confinement {
         Confinement::Bwrap(info) => {
             let mut extra: Vec<OsString> = Vec::new();
@@ -284,11 +287,30 @@ pub(crate) fn spawn(
         session,
         false,
     )?;
-    let Some((host_end, guest_end, proxy_socket)) = stream else {
-        return spawn_host(cmd, terminal, Vec::new());
+    let (tasks, guest_end) = match stream {
+        Some((host_end, guest_end, proxy_socket)) => (
+            vec![carry_to_proxy(host_end, proxy_socket)?],
+            Some(guest_end),
+        ),
+        None => (Vec::new(), None),
     };
-    let carrier = carry_to_proxy(host_end, proxy_socket)?;
-    let child = spawn_host(cmd, terminal, vec![carrier]);
+    let child = if forked_inside {
+        // The child must be forked there: its setup does not join the cgroup.
+        let runtime = tokio::runtime::Handle::current();
+        confiner
+            .limits
+            .spawn_inside(move || {
+                let _in_runtime = runtime.enter();
+                spawn_host(cmd, terminal, tasks)
+            })
+            .map_err(|e| {
+                SandboxError::Unavailable(format!(
+                    "could not start the command in the sandbox: {e}"
+                ))
+            })?
+    } else {
+        spawn_host(cmd, terminal, tasks)
+    };
     // Only the sandbox holds its end now: the stream ends when the sandbox does.
     drop(guest_end);
     child
