@@ -408,7 +408,9 @@ impl Cgroup {
             return None;
         }
         // v1 only: a v2 cgroup holds whole processes, not one thread of ours.
-        if cg.v2.is_none() {
+        // `SAFE_CODER_NO_CGROUP_SPAWNER=1`: every command joins from `pre_exec` (the
+        // run benchmark's "before" series).
+        if cg.v2.is_none() && std::env::var_os("SAFE_CODER_NO_CGROUP_SPAWNER").is_none() {
             let room = cg
                 .v1_pids
                 .as_ref()
