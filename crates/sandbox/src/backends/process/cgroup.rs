@@ -12,7 +12,10 @@
 //! a [`Spawner`] thread of this process joins the cgroup's hierarchies once (v1 moves
 //! single threads: `tasks`), right when the cgroup is made, and commands are forked
 //! from that thread: a child starts in the cgroups of the thread that forked it, so it
-//! runs no instruction outside them and pays no attach. The thread is not a thread
+//! runs no instruction outside them and pays no attach. Whether to join is decided in
+//! the child itself: it inherits the forking thread's thread-locals, and skips the
+//! join only when they say the thread is inside this very cgroup ([`INSIDE`]), so a
+//! command forked anywhere else still joins. The thread is not a thread
 //! group leader, so the memory cgroup's OOM killer (which scans leaders) never picks
 //! this process, but v1 lists our pid in `cgroup.procs`: the count and the kill at
 //! close skip it. Its memory is charged to this process (v1 charges the address
@@ -222,6 +225,8 @@ pub struct Cgroup {
     /// `cgroup.procs` of every directory, ready for `pre_exec` (no allocation there).
     procs: Vec<CString>,
     enforcement: CgroupEnforcement,
+    /// This cgroup's id for [`INSIDE`].
+    id: u64,
     /// Where each limit is written (to apply new values to a warm cgroup).
     v2: Option<PathBuf>,
     v1_memory: Option<PathBuf>,
@@ -232,6 +237,24 @@ pub struct Cgroup {
     pids: AtomicU64,
     /// On cgroup v1: the thread commands are forked from (see the module docs).
     spawner: Option<Spawner>,
+}
+
+thread_local! {
+    /// The id of the cgroup this thread is inside ([`Spawner`]), else 0. Read in the
+    /// child between fork and exec: a const thread-local without destructor is a plain
+    /// memory read there.
+    static INSIDE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Ids of cgroups (for [`INSIDE`]), from 1.
+static IDS: AtomicU64 = AtomicU64::new(1);
+
+/// A cgroup's part of a child's setup: its `cgroup.procs` files (prepared before the
+/// fork: no allocation there) and its id.
+#[derive(Debug, Clone)]
+pub struct Joiner {
+    procs: Vec<CString>,
+    id: u64,
 }
 
 /// A job for the spawner thread.
@@ -250,7 +273,7 @@ struct Spawner {
 
 impl Spawner {
     /// Starts the thread, which joins `tasks` of every directory, then runs jobs.
-    fn start(dirs: &[PathBuf]) -> Option<Spawner> {
+    fn start(dirs: &[PathBuf], id: u64) -> Option<Spawner> {
         let tasks: Vec<PathBuf> = dirs.iter().map(|d| d.join("tasks")).collect();
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -260,6 +283,9 @@ impl Spawner {
                 // SAFETY: gettid has no preconditions.
                 let tid = unsafe { libc::gettid() }.to_string();
                 let ok = tasks.iter().all(|t| fs::write(t, &tid).is_ok());
+                if ok {
+                    INSIDE.with(|c| c.set(id));
+                }
                 let _ = ready_tx.send(ok);
                 for job in jobs_rx {
                     job();
@@ -334,6 +360,7 @@ impl Cgroup {
             dirs: Vec::new(),
             procs: Vec::new(),
             enforcement: CgroupEnforcement::NONE,
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             v2: None,
             v1_memory: None,
             v1_pids: None,
@@ -416,7 +443,7 @@ impl Cgroup {
                 .as_ref()
                 .is_none_or(|d| write(d, "pids.max", &pids.saturating_add(1).to_string()));
             if room {
-                cg.spawner = Spawner::start(&cg.dirs);
+                cg.spawner = Spawner::start(&cg.dirs, cg.id);
             }
         }
         Some(cg)
@@ -468,7 +495,7 @@ impl Cgroup {
     }
 
     /// Whether commands forked on the spawner thread ([`Cgroup::spawn_inside`]) start
-    /// inside this cgroup, so they need not join it. Waits for the thread's attach the
+    /// inside this cgroup (and skip joining it). Waits for the thread's attach the
     /// first time; when it failed, `pids.max` gets its own value back.
     pub fn spawner_inside(&self) -> bool {
         let Some(s) = &self.spawner else {
@@ -487,8 +514,8 @@ impl Cgroup {
         inside
     }
 
-    /// Runs `f` (which forks the command) on the spawner thread. Only after
-    /// [`Cgroup::spawner_inside`] said yes; fails (and runs nothing) without a thread.
+    /// Runs `f` (which forks the command) on the spawner thread; fails (and runs
+    /// nothing) unless [`Cgroup::spawner_inside`].
     pub fn spawn_inside<R: Send + 'static>(
         &self,
         f: impl FnOnce() -> R + Send + 'static,
@@ -532,9 +559,12 @@ impl Cgroup {
         self.dirs.clone()
     }
 
-    /// The `cgroup.procs` files to join, for `pre_exec`.
-    pub fn procs_files(&self) -> Vec<CString> {
-        self.procs.clone()
+    /// What the child needs to join, for `pre_exec` ([`Cgroup::join_from_child`]).
+    pub fn joiner(&self) -> Joiner {
+        Joiner {
+            procs: self.procs.clone(),
+            id: self.id,
+        }
     }
 
     /// The number of processes currently in the cgroup (for tests and status).
@@ -565,10 +595,14 @@ impl Cgroup {
         })
     }
 
-    /// Joins the calling process to the cgroup. Runs between fork and exec: only
-    /// async-signal-safe calls (open, write, close).
-    pub fn join_from_child(procs: &[CString]) -> io::Result<()> {
-        for file in procs {
+    /// Joins the calling process to the cgroup, unless it was forked by the spawner
+    /// thread inside it (then it already is). Runs between fork and exec: only
+    /// async-signal-safe calls (open, write, close) and a thread-local read.
+    pub fn join_from_child(joiner: &Joiner) -> io::Result<()> {
+        if INSIDE.with(|c| c.get()) == joiner.id {
+            return Ok(());
+        }
+        for file in &joiner.procs {
             // SAFETY: `file` is a valid C string; the buffer outlives the call.
             unsafe {
                 let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);

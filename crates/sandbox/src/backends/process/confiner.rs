@@ -137,11 +137,9 @@ impl ProcessConfiner {
     }
 
     /// What every confined child runs before it executes: the limits, then joining the
-    /// overlay workspace's namespace when there is one. `forked_inside`: the child is
-    /// forked by the cgroup's spawner thread (`SandboxLimits::spawn_inside`), so it
-    /// starts in the cgroup and does not join it.
-    pub(super) fn child_setup(&self, forked_inside: bool) -> super::ChildSetup {
-        let mut setup = self.limits.child_setup(forked_inside);
+    /// overlay workspace's namespace when there is one.
+    pub(super) fn child_setup(&self) -> super::ChildSetup {
+        let mut setup = self.limits.child_setup();
         if let Some(mount) = &self.overlay {
             let mut enter = mount.enter_setup();
             let mut limits = setup;
@@ -168,7 +166,7 @@ impl ProcessConfiner {
                 workdir.display()
             )));
         }
-        let setup = self.child_setup(false);
+        let setup = self.child_setup();
         let mut cmd = match &self.confinement {
             Confinement::Bwrap(info) => bwrap::command(
                 info,
@@ -200,6 +198,18 @@ impl ProcessConfiner {
 impl CommandConfiner for ProcessConfiner {
     fn build(&self, command: &str, workdir: &Path) -> Result<Command, SandboxError> {
         self.command(command, workdir)
+    }
+
+    /// On cgroup v1, forks on the thread already inside the sandbox's cgroup (the child
+    /// then skips the join, see `cgroup.rs`).
+    fn spawn(&self, mut cmd: tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if self.limits.spawner_inside() => self.limits.spawn_inside(move || {
+                let _in_runtime = runtime.enter();
+                cmd.spawn()
+            })?,
+            _ => cmd.spawn(),
+        }
     }
 
     fn memory_limit_mb(&self) -> Option<u64> {

@@ -135,10 +135,7 @@ pub(crate) fn spawn(
         }
     }
     let terminal = interactive::open_terminal(request.terminal)?;
-    // On cgroup v1 the command is forked by the thread already in the sandbox's cgroup
-    // (no attach on the start's path, see `cgroup.rs`); else it joins in its setup.
-    let forked_inside = confiner.limits.spawner_inside();
-    let setup = confiner.child_setup(forked_inside);
+    let setup = confiner.child_setup();
     let (mut cmd, session, stream) = match &confiner.confinement {
         Confinement::Bwrap(info) => {
             let mut extra: Vec<OsString> = Vec::new();
@@ -294,8 +291,9 @@ pub(crate) fn spawn(
         ),
         None => (Vec::new(), None),
     };
-    let child = if forked_inside {
-        // The child must be forked there: its setup does not join the cgroup.
+    // On cgroup v1 the command is forked by the thread already in the sandbox's cgroup
+    // (no attach on the start's path, see `cgroup.rs`); else it joins in its setup.
+    let child = if confiner.limits.spawner_inside() {
         let runtime = tokio::runtime::Handle::current();
         confiner
             .limits

@@ -3,7 +3,6 @@
 //! it (join the cgroup, set rlimits, volunteer for the OOM killer) that runs between
 //! fork and exec.
 
-use std::ffi::CString;
 use std::io;
 use std::sync::{Arc, OnceLock};
 
@@ -120,13 +119,13 @@ impl SandboxLimits {
     }
 
     /// Whether a command forked by [`Self::spawn_inside`] starts in the sandbox's cgroup
-    /// (cgroup v1, see `cgroup.rs`), so its child setup need not join it.
+    /// (cgroup v1, see `cgroup.rs`): its child setup then skips the join.
     pub(crate) fn spawner_inside(&self) -> bool {
         self.cgroup.as_ref().is_some_and(|c| c.spawner_inside())
     }
 
-    /// Runs `f`, which forks a command built with `child_setup(true)`, on the thread
-    /// inside the cgroup. Fails (running nothing) unless [`Self::spawner_inside`].
+    /// Runs `f`, which forks a command, on the thread inside the cgroup. Fails (running
+    /// nothing) unless [`Self::spawner_inside`].
     pub(crate) fn spawn_inside<R: Send + 'static>(
         &self,
         f: impl FnOnce() -> R + Send + 'static,
@@ -137,14 +136,11 @@ impl SandboxLimits {
         }
     }
 
-    /// The child's part: join the cgroup (unless `forked_inside`: the child was forked
-    /// by the spawner thread, already in it), set rlimits, volunteer for the OOM
-    /// killer. Runs first, before any namespace is entered.
-    pub(crate) fn child_setup(&self, forked_inside: bool) -> ChildSetup {
-        let procs: Vec<CString> = match &self.cgroup {
-            Some(c) if !forked_inside => c.procs_files(),
-            _ => Vec::new(),
-        };
+    /// The child's part: join the cgroup (unless forked by the spawner thread, already
+    /// in it: see `cgroup.rs`), set rlimits, volunteer for the OOM killer. Runs first,
+    /// before any namespace is entered.
+    pub(crate) fn child_setup(&self) -> ChildSetup {
+        let joiner = self.cgroup.as_ref().map(|c| c.joiner());
         let mut rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)> =
             vec![(libc::RLIMIT_CORE, 0)];
         if self.enforcement.memory == Enforcement::Rlimit {
@@ -155,7 +151,9 @@ impl SandboxLimits {
             rlimits.push((libc::RLIMIT_NPROC, self.limits.pids.max(8) as libc::rlim_t));
         }
         Box::new(move || {
-            Cgroup::join_from_child(&procs)?;
+            if let Some(joiner) = &joiner {
+                Cgroup::join_from_child(joiner)?;
+            }
             for &(resource, value) in &rlimits {
                 let lim = libc::rlimit {
                     rlim_cur: value,
