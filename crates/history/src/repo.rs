@@ -393,8 +393,19 @@ impl SessionRepo {
                 .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
                 .collect())
         };
-        let source = snapshot::Source::InPlace {
-            list: Box::new(list),
+        // `SAFE_CODER_DIRECT_SERIAL_LISTING=1`: git lists first, then every file is
+        // stat'ed (the workspace benchmark's "before" series).
+        let source = if std::env::var_os("SAFE_CODER_DIRECT_SERIAL_LISTING").is_some() {
+            let files = list()?;
+            snapshot::Source::InPlace {
+                list: Box::new(move || Ok(files)),
+                speculate: false,
+            }
+        } else {
+            snapshot::Source::InPlace {
+                list: Box::new(list),
+                speculate: true,
+            }
         };
         let project = repo.work_tree.clone();
         let (_, stats, pending) = snapshot::write_snapshot(

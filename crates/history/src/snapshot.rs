@@ -121,6 +121,8 @@ pub(crate) enum Source<'a> {
     /// only what it adds is stat'ed after it (see [`reconcile`]).
     InPlace {
         list: Box<dyn FnOnce() -> Result<Vec<PathBuf>, HistoryError> + Send + 'a>,
+        /// Whether to stat the index's files while `list` runs.
+        speculate: bool,
     },
     /// Walk the project like `Copy` but copy nothing: it is an overlay workspace's
     /// lower layer. The paths the walk leaves out (`.git`, excluded, unstorable) are
@@ -197,13 +199,13 @@ pub(crate) fn write_snapshot_beside<T: Send>(
             } => Excludes::new(excludes)
                 .and_then(|ex| walk(project, &ex, &left, None))
                 .map(|w| (Some(work_tree), w)),
-            Source::InPlace { list } => {
+            Source::InPlace { list, speculate } => {
                 let lister = s.spawn(list);
                 let borrowed = reader.take().and_then(|r| r.join().ok().flatten());
                 let scratch = std::sync::Mutex::new(Vec::new());
                 let guessed = match &borrowed {
-                    Some(b) => classify(project, b.paths(), &scratch),
-                    None => Ok((Vec::new(), Vec::new(), Vec::new())),
+                    Some(b) if speculate => classify(project, b.paths(), &scratch),
+                    _ => Ok((Vec::new(), Vec::new(), Vec::new())),
                 };
                 read_early = Some(borrowed);
                 let listed = lister
