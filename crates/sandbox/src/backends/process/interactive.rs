@@ -179,19 +179,26 @@ pub(crate) fn spawn(
                 extra.push(b.host.clone().into_os_string());
                 extra.push(b.inside.clone().into_os_string());
             }
-            let line = shell_line(&argv);
-            let (script, session) = match (terminal.is_pty, util_setsid()) {
+            // bwrap runs the command itself (no shell in between: one exec less).
+            let (argv, session): (Vec<OsString>, Session) = match (terminal.is_pty, util_setsid()) {
                 (true, Some(setsid)) => (
-                    format!("exec {setsid} --ctty --wait -- {line}"),
+                    [setsid, "--ctty", "--wait", "--"]
+                        .into_iter()
+                        .map(OsString::from)
+                        .chain(argv.iter().map(OsString::from))
+                        .collect(),
                     Session::LeaderOnly,
                 ),
-                _ => (format!("exec {line}"), Session::LeaderWithTerminal),
+                _ => (
+                    argv.iter().map(OsString::from).collect(),
+                    Session::LeaderWithTerminal,
+                ),
             };
-            let cmd = bwrap::command_with(
+            let cmd = bwrap::command_argv(
                 info,
                 &confiner.toolchains.dirs,
                 Some(workdir),
-                &script,
+                &argv,
                 Some(setup),
                 &extra,
             )?;
