@@ -837,17 +837,24 @@ fn reconcile(
     guessed: Walked,
     left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
 ) -> Result<Walked, HistoryError> {
+    // Byte order (git's, both lists come in it already): `Path`'s own ordering parses
+    // components on every comparison, several times slower on 50,000 paths.
+    fn bytes(p: &Path) -> &[u8] {
+        p.as_os_str().as_bytes()
+    }
     let (_, mut files, mut links) = guessed;
-    list.sort_unstable();
+    list.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
     list.dedup();
-    files.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
-    links.sort_unstable();
-    let wanted = |p: &Path| list.binary_search_by(|l| l.as_path().cmp(p)).is_ok();
+    files.sort_unstable_by(|a, b| bytes(&a.rel).cmp(bytes(&b.rel)));
+    links.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
+    let wanted = |p: &Path| list.binary_search_by(|l| bytes(l).cmp(bytes(p))).is_ok();
     files.retain(|f| wanted(&f.rel));
     links.retain(|l| wanted(l));
     let seen = |p: &Path| {
-        files.binary_search_by(|f| f.rel.as_path().cmp(p)).is_ok()
-            || links.binary_search_by(|l| l.as_path().cmp(p)).is_ok()
+        files
+            .binary_search_by(|f| bytes(&f.rel).cmp(bytes(p)))
+            .is_ok()
+            || links.binary_search_by(|l| bytes(l).cmp(bytes(p))).is_ok()
     };
     let rest: Vec<PathBuf> = list.iter().filter(|p| !seen(p)).cloned().collect();
     let (_, more_files, more_links) = classify(project, rest, left)?;
