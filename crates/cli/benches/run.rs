@@ -10,6 +10,11 @@
 //! tries bubblewrap again (three bwrap runs), as before the verdict was kept across
 //! processes — the same binary, interleaved, so the difference is the cache's.
 //!
+//! A fourth runs `process` with `SAFE_CODER_NO_CGROUP_SPAWNER=1`: each command joins
+//! the sandbox's cgroup itself between fork and exec (on cgroup v1 the kernel's attach
+//! waits for an RCU grace period), as before commands were forked by a thread already
+//! inside (`crates/sandbox/src/backends/process/cgroup.rs`).
+//!
 //! Run: `cargo bench -p safe-coder-cli --bench run` (`SAFE_CODER_BENCH_RUNS=N`).
 
 use std::io::{BufRead, BufReader};
@@ -75,6 +80,7 @@ fn main() {
     let run = |backend: &str| {
         let mut c = Command::new(bin);
         c.env_remove("SAFE_CODER_NO_PROBE_CACHE");
+        c.env_remove("SAFE_CODER_NO_CGROUP_SPAWNER");
         c.args([
             "run",
             "--backend",
@@ -97,15 +103,21 @@ fn main() {
         c.env("SAFE_CODER_NO_PROBE_CACHE", "1");
         c
     };
+    let joining = || {
+        let mut c = run("process");
+        c.env("SAFE_CODER_NO_CGROUP_SPAWNER", "1");
+        c
+    };
     for _ in 0..3 {
         time(bare());
         time(run("process"));
         time(run("copy"));
         time(uncached());
+        time(joining());
     }
     let (mut b_first, mut r_first, mut r_total, mut c_first) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut u_first = Vec::new();
+    let (mut u_first, mut j_first) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         b_first.push(time(bare()).0);
         let (f, t) = time(run("process"));
@@ -113,8 +125,10 @@ fn main() {
         r_total.push(t);
         c_first.push(time(run("copy")).0);
         u_first.push(time(uncached()).0);
+        j_first.push(time(joining()).0);
     }
     let u = median(u_first);
+    let j = median(j_first);
     let (b, r, t, c) = (
         median(b_first),
         median(r_first),
@@ -137,6 +151,11 @@ fn main() {
         "  process, probe not cached (before)   {:7.1} ms  (+{:.1} ms)",
         ms(u),
         ms(u) - ms(b)
+    );
+    println!(
+        "  process, commands join the cgroup    {:7.1} ms  (+{:.1} ms)",
+        ms(j),
+        ms(j) - ms(b)
     );
     println!("  whole run (review, teardown)         {:7.1} ms", ms(t));
     println!(

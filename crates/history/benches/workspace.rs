@@ -9,6 +9,10 @@
 //! The git projects (5,000 files / 100 MB and 50,000 files / 1 GB, committed) are made
 //! once under `WORKSPACE_BENCH_TREES` (default: `<tmp>/safe-coder-bench-trees`) and
 //! reused by later runs; sessions go to a temporary directory on the same filesystem.
+//!
+//! `direct` is measured twice per run, interleaved: as it starts, and with
+//! `SAFE_CODER_DIRECT_SERIAL_LISTING=1` (git lists the project first, then every file is
+//! stat'ed: before the user's index's files were stat'ed beside git's listing).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -161,6 +165,7 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
     let mut cp = Vec::new();
     let mut overlay = Vec::new();
     let mut direct = Vec::new();
+    let mut direct_serial = Vec::new();
     let (mut overlay_cpu, mut direct_cpu) = (Vec::new(), Vec::new());
     let mut copy = Vec::new();
     let mut overlay_disk = 0;
@@ -221,6 +226,16 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
         direct_cpu.push(cpu() - c);
         remove(&g);
 
+        // The same with git's listing in series before the stats (as before the
+        // index's files were stat'ed beside it), interleaved.
+        std::env::set_var("SAFE_CODER_DIRECT_SERIAL_LISTING", "1");
+        settle();
+        let t = Instant::now();
+        SessionRepo::create_shadow(project, &g, &[]).unwrap();
+        direct_serial.push(t.elapsed());
+        std::env::remove_var("SAFE_CODER_DIRECT_SERIAL_LISTING");
+        remove(&g);
+
         if with_copy && run < 3 {
             let s = tmp.join(format!("copy{run}"));
             settle();
@@ -255,6 +270,7 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
         }
     };
     let (overlay_share, direct_share) = (share(&overlay), share(&direct));
+    let serial_share = share(&direct_serial);
     if !cp.is_empty() {
         println!(
             "{label}: `cp -a` of the project (with its .git): {}",
@@ -280,6 +296,10 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
     println!(
         "{label}:   its CPU time (all threads, git and helpers): {}",
         stats(direct_cpu)
+    );
+    println!(
+        "{label}: direct start, git's listing in series (before): {}{serial_share}",
+        stats(direct_serial)
     );
     if !copy.is_empty() {
         println!("{label}: copy workspace start (fallback): {}", stats(copy));

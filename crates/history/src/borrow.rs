@@ -15,6 +15,7 @@
 
 use std::fs;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -120,6 +121,19 @@ impl Borrowed {
         // change within that instant would not show in the stat data.
         let racy = (k.mtime.0 as i64, k.mtime.1 as i64) >= self.index_mtime;
         (matches && !racy).then_some((k.mode, k.id))
+    }
+
+    /// The paths (relative to the project) of the index's files and symlinks, in its
+    /// order (gitlinks and other modes left out).
+    pub(crate) fn paths(&self) -> Vec<PathBuf> {
+        self.entries
+            .iter()
+            .filter(|(_, _, k)| matches!(k.mode, 0o100644 | 0o100755 | 0o120000))
+            .map(|&(at, len, _)| {
+                let name = &self.names[at as usize..(at + len) as usize];
+                PathBuf::from(std::ffi::OsStr::from_bytes(name))
+            })
+            .collect()
     }
 
     /// Lets the session's repository read the user's objects (read-only: git never

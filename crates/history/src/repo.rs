@@ -382,16 +382,31 @@ impl SessionRepo {
             pending_index: Arc::default(),
         };
         // git decides which files count (the .gitignore files, info/exclude); the
-        // snapshot itself is written directly, like a sandbox copy's.
-        let out = repo
-            .git()
-            .run(&["ls-files", "--others", "--exclude-standard", "-z"])?;
-        let files: Vec<PathBuf> = out
-            .split(|&b| b == 0)
-            .filter(|p| !p.is_empty() && !p.ends_with(b"/"))
-            .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
-            .collect();
-        let source = snapshot::Source::InPlace { files };
+        // snapshot itself is written directly, like a sandbox copy's. git lists on a
+        // thread of its own while the files of the user's index are stat'ed.
+        let git = repo.git();
+        let list = move || {
+            let out = git.run(&["ls-files", "--others", "--exclude-standard", "-z"])?;
+            Ok(out
+                .split(|&b| b == 0)
+                .filter(|p| !p.is_empty() && !p.ends_with(b"/"))
+                .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+                .collect())
+        };
+        // `SAFE_CODER_DIRECT_SERIAL_LISTING=1`: git lists first, then every file is
+        // stat'ed (the workspace benchmark's "before" series).
+        let source = if std::env::var_os("SAFE_CODER_DIRECT_SERIAL_LISTING").is_some() {
+            let files = list()?;
+            snapshot::Source::InPlace {
+                list: Box::new(move || Ok(files)),
+                speculate: false,
+            }
+        } else {
+            snapshot::Source::InPlace {
+                list: Box::new(list),
+                speculate: true,
+            }
+        };
         let project = repo.work_tree.clone();
         let (_, stats, pending) = snapshot::write_snapshot(
             &repo.work_tree,

@@ -314,3 +314,53 @@ fn a_large_project_stats_on_several_threads_into_the_same_snapshot() {
     );
     assert_eq!(dot_git(&project), before, "the user's .git changed");
 }
+
+/// `direct` stats the files of the user's index while git lists the project, then keeps
+/// only what git listed: a tracked file that is now ignored, deleted, replaced by a
+/// directory or by a symlink ends up in the snapshot exactly as when git's list alone
+/// is stat'ed (no index borrowed).
+#[test]
+fn shadow_keeps_what_git_lists_not_what_the_index_names() {
+    need_git!();
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("project");
+    dirty_repo(&project);
+    write(&project, "forced.log", "tracked although ignored\n");
+    write(&project, "became_dir", "a file first\n");
+    write(&project, "became_link", "a file first\n");
+    user_git(
+        &project,
+        &["add", "-f", "forced.log", "became_dir", "became_link"],
+    );
+    user_git(&project, &["commit", "-q", "-m", "two"]);
+    fs::remove_file(project.join("became_dir")).unwrap();
+    write(&project, "became_dir/inside.txt", "now a directory\n");
+    fs::remove_file(project.join("became_link")).unwrap();
+    std::os::unix::fs::symlink("README.md", project.join("became_link")).unwrap();
+    let before = dot_git(&project);
+    let borrowed =
+        SessionRepo::create_shadow_with(&project, &tmp.path().join("a.git"), &[], true).unwrap();
+    let hashed =
+        SessionRepo::create_shadow_with(&project, &tmp.path().join("b.git"), &[], false).unwrap();
+    assert!(borrowed.start_stats().unwrap().borrowed >= 3);
+    assert_eq!(base_tree(&borrowed), base_tree(&hashed));
+    let base = borrowed.base().unwrap();
+    let listed = git(
+        borrowed.git_dir(),
+        borrowed.work_tree(),
+        &["ls-tree", "-r", "--name-only", &base],
+    );
+    let names: Vec<&str> = listed.lines().collect();
+    assert!(!names.contains(&"forced.log"), "{names:?}");
+    assert!(!names.contains(&"a.txt"), "{names:?}");
+    assert!(names.contains(&"became_dir/inside.txt"), "{names:?}");
+    assert!(names.contains(&"became_link"), "{names:?}");
+    assert!(names.contains(&"untracked/new.txt"), "{names:?}");
+    let mode = git(
+        borrowed.git_dir(),
+        borrowed.work_tree(),
+        &["ls-tree", &base, "became_link"],
+    );
+    assert!(mode.starts_with("120000"), "{mode}");
+    assert_eq!(dot_git(&project), before, "the user's .git changed");
+}

@@ -38,6 +38,13 @@ use crate::{
 pub trait CommandConfiner: Send + Sync + 'static {
     fn build(&self, command: &str, workdir: &Path) -> Result<std::process::Command, SandboxError>;
 
+    /// Starts a command it built, and drops `cmd` (the `process` backend forks it on a
+    /// thread already inside its cgroup where that saves the join: see
+    /// `backends/process/cgroup.rs`).
+    fn spawn(&self, mut cmd: tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+        cmd.spawn()
+    }
+
     /// The memory limit the confiner enforces, for the status panel.
     fn memory_limit_mb(&self) -> Option<u64> {
         None
@@ -530,9 +537,15 @@ impl HostSandbox {
         std_cmd.stdout(Stdio::from(write_end));
         std_cmd.stderr(Stdio::from(write_err));
         let mut cmd = tokio::process::Command::from(std_cmd);
-        let spawned = cmd.spawn();
-        // Drop our copies of the pipe's write end, or EOF would never come.
-        drop(cmd);
+        // Our copies of the pipe's write end go with `cmd`, or EOF would never come.
+        let spawned = match &self.confiner {
+            Some(confiner) => confiner.spawn(cmd),
+            None => {
+                let spawned = cmd.spawn();
+                drop(cmd);
+                spawned
+            }
+        };
         let mut child = spawned.map_err(|e| {
             SandboxError::Unavailable(format!("could not start the command with bash: {e}"))
         })?;

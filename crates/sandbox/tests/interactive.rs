@@ -152,6 +152,33 @@ async fn a_pty_that_takes_ctrl_c_and_resizes() {
     }
 }
 
+/// The sandbox's memory limit holds for a `run` command on every mechanism (on cgroup
+/// v1 the command is forked inside the cgroup rather than joining it: see
+/// `backends/process/cgroup.rs`): a hog that would hold 512 MB is stopped at 64 MB.
+#[tokio::test]
+async fn the_memory_limit_holds_for_run() {
+    if common::best(Default::default()).is_none() {
+        return;
+    }
+    for m in mechanisms() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut spec = SandboxSpec::new(tmp.path());
+        spec.mechanism = Some(m);
+        spec.limits.memory_mb = 64;
+        let sb = safe_coder_sandbox::open(BackendKind::Process, spec).expect("sandbox");
+        // tail keeps a newline-free stream in memory: it grows until a limit stops it.
+        let script = "head -c 512M /dev/zero | tail >/dev/null; echo status=${PIPESTATUS[1]}";
+        let (mut screen, mut control) = start(&*sb, script, None).await;
+        let exit = control.wait().await.expect("wait");
+        screen.wait_for("status=");
+        assert!(
+            !screen.seen.contains("status=0"),
+            "{m:?}: the hog was not stopped ({exit:?}): {}",
+            screen.seen
+        );
+    }
+}
+
 /// No terminal: a socket pair carries stdin and the output; no network inside.
 #[tokio::test]
 async fn without_a_pty_and_without_network() {

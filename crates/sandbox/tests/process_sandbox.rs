@@ -246,3 +246,36 @@ async fn home_toolchains_run_read_only_and_nothing_else_of_home_shows() {
     }
     let _ = std::fs::remove_file(&secret);
 }
+
+/// The sandbox's memory limit holds for the agent's commands on every mechanism (on
+/// cgroup v1 they are forked by a thread already inside the cgroup instead of joining
+/// it: see `backends/process/cgroup.rs`): a hog that would hold 512 MB is stopped at
+/// 64 MB, twice (the second command is forked the same way as the first).
+#[tokio::test]
+async fn the_memory_limit_holds_for_every_command() {
+    if common::best(Default::default()).is_none() {
+        return;
+    }
+    for m in mechanisms() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut spec = SandboxSpec::new(tmp.path());
+        spec.mechanism = Some(m);
+        spec.limits.memory_mb = 64;
+        let sb = safe_coder_sandbox::open(BackendKind::Process, spec).expect("sandbox");
+        for _ in 0..2 {
+            // tail keeps a newline-free stream in memory: it grows until a limit stops it.
+            let out = exec(
+                &*sb,
+                "head -c 512M /dev/zero | tail >/dev/null; echo status=${PIPESTATUS[1]}",
+                Duration::from_secs(120),
+            )
+            .await;
+            assert!(out.output.contains("status="), "{m:?}: {}", out.output);
+            assert!(
+                !out.output.contains("status=0"),
+                "{m:?}: the hog was not stopped: {}",
+                out.output
+            );
+        }
+    }
+}

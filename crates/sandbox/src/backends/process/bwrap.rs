@@ -249,6 +249,24 @@ pub(crate) fn command_with(
     setup: Option<ChildSetup>,
     extra: &[OsString],
 ) -> Result<Command, SandboxError> {
+    let argv = [
+        info.bash.clone().into_os_string(),
+        "-c".into(),
+        script.into(),
+    ];
+    command_argv(info, extra_read_only, workdir, &argv, setup, extra)
+}
+
+/// [`command_with`] running `argv` itself (bwrap looks it up in the command's `PATH`),
+/// not a script: no shell starts in between (`run`'s commands).
+pub(crate) fn command_argv(
+    info: &Bwrap,
+    extra_read_only: &[PathBuf],
+    workdir: Option<&Path>,
+    argv: &[OsString],
+    setup: Option<ChildSetup>,
+    extra: &[OsString],
+) -> Result<Command, SandboxError> {
     let filters = filters()?;
     let deny = bpf_pipe(&filters.deny)?;
     let clone3 = bpf_pipe(&filters.clone3)?;
@@ -303,7 +321,7 @@ pub(crate) fn command_with(
         .arg(deny.as_raw_fd().to_string())
         .arg("--add-seccomp-fd")
         .arg(clone3.as_raw_fd().to_string());
-    cmd.arg("--").arg(&info.bash).arg("-c").arg(script);
+    cmd.arg("--").args(argv);
     if let Some(setup) = setup {
         // SAFETY: ChildSetup closures are async-signal-safe by contract.
         unsafe {

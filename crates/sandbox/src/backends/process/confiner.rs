@@ -200,6 +200,18 @@ impl CommandConfiner for ProcessConfiner {
         self.command(command, workdir)
     }
 
+    /// On cgroup v1, forks on the thread already inside the sandbox's cgroup (the child
+    /// then skips the join, see `cgroup.rs`).
+    fn spawn(&self, mut cmd: tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if self.limits.spawner_inside() => self.limits.spawn_inside(move || {
+                let _in_runtime = runtime.enter();
+                cmd.spawn()
+            })?,
+            _ => cmd.spawn(),
+        }
+    }
+
     fn memory_limit_mb(&self) -> Option<u64> {
         self.limits.memory_limit_mb()
     }

@@ -179,19 +179,26 @@ pub(crate) fn spawn(
                 extra.push(b.host.clone().into_os_string());
                 extra.push(b.inside.clone().into_os_string());
             }
-            let line = shell_line(&argv);
-            let (script, session) = match (terminal.is_pty, util_setsid()) {
+            // bwrap runs the command itself (no shell in between: one exec less).
+            let (argv, session): (Vec<OsString>, Session) = match (terminal.is_pty, util_setsid()) {
                 (true, Some(setsid)) => (
-                    format!("exec {setsid} --ctty --wait -- {line}"),
+                    [setsid, "--ctty", "--wait", "--"]
+                        .into_iter()
+                        .map(OsString::from)
+                        .chain(argv.iter().map(OsString::from))
+                        .collect(),
                     Session::LeaderOnly,
                 ),
-                _ => (format!("exec {line}"), Session::LeaderWithTerminal),
+                _ => (
+                    argv.iter().map(OsString::from).collect(),
+                    Session::LeaderWithTerminal,
+                ),
             };
-            let cmd = bwrap::command_with(
+            let cmd = bwrap::command_argv(
                 info,
                 &confiner.toolchains.dirs,
                 Some(workdir),
-                &script,
+                &argv,
                 Some(setup),
                 &extra,
             )?;
@@ -284,11 +291,31 @@ pub(crate) fn spawn(
         session,
         false,
     )?;
-    let Some((host_end, guest_end, proxy_socket)) = stream else {
-        return spawn_host(cmd, terminal, Vec::new());
+    let (tasks, guest_end) = match stream {
+        Some((host_end, guest_end, proxy_socket)) => (
+            vec![carry_to_proxy(host_end, proxy_socket)?],
+            Some(guest_end),
+        ),
+        None => (Vec::new(), None),
     };
-    let carrier = carry_to_proxy(host_end, proxy_socket)?;
-    let child = spawn_host(cmd, terminal, vec![carrier]);
+    // On cgroup v1 the command is forked by the thread already in the sandbox's cgroup
+    // (no attach on the start's path, see `cgroup.rs`); else it joins in its setup.
+    let child = if confiner.limits.spawner_inside() {
+        let runtime = tokio::runtime::Handle::current();
+        confiner
+            .limits
+            .spawn_inside(move || {
+                let _in_runtime = runtime.enter();
+                spawn_host(cmd, terminal, tasks)
+            })
+            .map_err(|e| {
+                SandboxError::Unavailable(format!(
+                    "could not start the command in the sandbox: {e}"
+                ))
+            })?
+    } else {
+        spawn_host(cmd, terminal, tasks)
+    };
     // Only the sandbox holds its end now: the stream ends when the sandbox does.
     drop(guest_end);
     child

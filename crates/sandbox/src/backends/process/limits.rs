@@ -3,7 +3,6 @@
 //! it (join the cgroup, set rlimits, volunteer for the OOM killer) that runs between
 //! fork and exec.
 
-use std::ffi::CString;
 use std::io;
 use std::sync::{Arc, OnceLock};
 
@@ -46,14 +45,17 @@ impl LimitEnforcement {
     }
 }
 
-/// How limits would be enforced for a new sandbox here (cached: it creates and removes
-/// a probe cgroup once).
+/// How limits would be enforced for a new sandbox here (cached: it creates a probe
+/// cgroup once, and keeps it for the first sandbox: see `cgroup.rs`).
 pub fn limits_here() -> LimitEnforcement {
     static HERE: OnceLock<LimitEnforcement> = OnceLock::new();
     *HERE.get_or_init(|| {
-        LimitEnforcement::from_cgroup(
-            Cgroup::create(256 * 1024 * 1024, 1.0, 64).map(|c| c.enforcement()),
-        )
+        let cg = Cgroup::create(256 * 1024 * 1024, 1.0, 64);
+        let enforcement = LimitEnforcement::from_cgroup(cg.as_ref().map(|c| c.enforcement()));
+        if let Some(cg) = cg {
+            Cgroup::keep_warm(cg);
+        }
+        enforcement
     })
 }
 
@@ -69,7 +71,9 @@ impl SandboxLimits {
     /// Creates the sandbox's cgroup (when possible) with these limits.
     pub(crate) fn create(limits: Limits) -> Self {
         let memory_bytes = limits.memory_mb.max(16).saturating_mul(1024 * 1024);
-        let cgroup = Cgroup::create(memory_bytes, limits.cpus, limits.pids.max(8));
+        let pids = limits.pids.max(8);
+        let cgroup = Cgroup::take_warm(memory_bytes, limits.cpus, pids)
+            .or_else(|| Cgroup::create(memory_bytes, limits.cpus, pids));
         let enforcement = LimitEnforcement::from_cgroup(cgroup.as_ref().map(|c| c.enforcement()));
         SandboxLimits {
             limits,
@@ -114,14 +118,29 @@ impl SandboxLimits {
         self.cgroup.as_ref().map(|c| c.dirs()).unwrap_or_default()
     }
 
-    /// The child's part: join the cgroup, set rlimits, volunteer for the OOM killer.
-    /// Runs first, before any namespace is entered.
+    /// Whether a command forked by [`Self::spawn_inside`] starts in the sandbox's cgroup
+    /// (cgroup v1, see `cgroup.rs`): its child setup then skips the join.
+    pub(crate) fn spawner_inside(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(|c| c.spawner_inside())
+    }
+
+    /// Runs `f`, which forks a command, on the thread inside the cgroup. Fails (running
+    /// nothing) unless [`Self::spawner_inside`].
+    pub(crate) fn spawn_inside<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> io::Result<R> {
+        match &self.cgroup {
+            Some(c) => c.spawn_inside(f),
+            None => Err(io::Error::other("the sandbox has no cgroup")),
+        }
+    }
+
+    /// The child's part: join the cgroup (unless forked by the spawner thread, already
+    /// in it: see `cgroup.rs`), set rlimits, volunteer for the OOM killer. Runs first,
+    /// before any namespace is entered.
     pub(crate) fn child_setup(&self) -> ChildSetup {
-        let procs: Vec<CString> = self
-            .cgroup
-            .as_ref()
-            .map(|c| c.procs_files())
-            .unwrap_or_default();
+        let joiner = self.cgroup.as_ref().map(|c| c.joiner());
         let mut rlimits: Vec<(libc::__rlimit_resource_t, libc::rlim_t)> =
             vec![(libc::RLIMIT_CORE, 0)];
         if self.enforcement.memory == Enforcement::Rlimit {
@@ -132,7 +151,9 @@ impl SandboxLimits {
             rlimits.push((libc::RLIMIT_NPROC, self.limits.pids.max(8) as libc::rlim_t));
         }
         Box::new(move || {
-            Cgroup::join_from_child(&procs)?;
+            if let Some(joiner) = &joiner {
+                Cgroup::join_from_child(joiner)?;
+            }
             for &(resource, value) in &rlimits {
                 let lim = libc::rlimit {
                     rlim_cur: value,
