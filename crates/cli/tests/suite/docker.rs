@@ -766,37 +766,6 @@ fn position_sum(data: &[u8]) -> u64 {
     sum as u64
 }
 
-/// An HTTP server on the host's loopback that answers every request with `body`.
-fn http_server(body: Vec<u8>) -> u16 {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let body = std::sync::Arc::new(body);
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut s) = conn else { continue };
-            let body = body.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(&body);
-            });
-        }
-    });
-    port
-}
-
 /// An HTTP server on the host's loopback that reads each request's body and answers
 /// with its length and [`position_sum`]: what the command sent, as the host got it.
 fn checksum_server() -> u16 {

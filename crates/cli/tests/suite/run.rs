@@ -5,8 +5,7 @@
 //! passes a resize and `Ctrl+C` reaches the command; a crash mid-run keeps the work.
 //! A real third-party agent CLI (Codex) runs inside in `run_agents.rs`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -212,33 +211,6 @@ fn run_syncs_on_accept_and_passes_only_named_variables() {
     assert!(stderr(&out).contains("Changes synced"), "{}", stderr(&out));
     assert_changed_on_host(&world);
     assert!(session_ids(&world).is_empty());
-}
-
-/// A tiny HTTP server on the host's loopback that answers every request with `body`.
-fn http_server(body: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut s) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    port
 }
 
 /// Only the named host is reachable, through the proxy; another is refused (and shown:
