@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bollard::container::LogOutput;
-use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::exec::{CreateExecResults, StartExecOptions, StartExecResults};
 use bollard::models::ExecConfig;
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -98,6 +98,36 @@ async fn restart(docker: &Docker, container: &str) {
     let _ = docker.restart_container(container, Some(options)).await;
 }
 
+/// Creates an exec in `container`. A stopped container (409) is started first and the
+/// exec created again, once: a kept session's on resume, or one that stopped under us
+/// (under gVisor a command past the memory limit takes the whole sandbox down). Its
+/// files are on the host, so nothing is lost but the processes. Returns the exec and
+/// whether the container had to be started; `what` names the exec in errors.
+pub(super) async fn create_exec_starting(
+    docker: &Docker,
+    container: &str,
+    config: ExecConfig,
+    what: &str,
+) -> Result<(CreateExecResults, bool), SandboxError> {
+    match docker.create_exec(container, config.clone()).await {
+        Ok(exec) => Ok((exec, false)),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) => {
+            docker
+                .start_container(container, None)
+                .await
+                .map_err(|e| SandboxError::from(engine_error("start the stopped container", e)))?;
+            let exec = docker
+                .create_exec(container, config)
+                .await
+                .map_err(|e| SandboxError::from(engine_error(what, e)))?;
+            Ok((exec, true))
+        }
+        Err(e) => Err(engine_error(what, e).into()),
+    }
+}
+
 async fn run_once(
     docker: &Docker,
     container: &str,
@@ -129,27 +159,8 @@ async fn run_once(
         working_dir: Some(WORKSPACE.into()),
         ..Default::default()
     };
-    let mut restarted = false;
-    let exec = match docker.create_exec(container, config.clone()).await {
-        Ok(exec) => exec,
-        // The container stopped under us (under gVisor a command that passes the memory
-        // limit takes the whole sandbox down): start it again, once. Its files are on
-        // the host, so nothing is lost but the processes.
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 409, ..
-        }) => {
-            docker
-                .start_container(container, None)
-                .await
-                .map_err(|e| SandboxError::from(engine_error("start the stopped container", e)))?;
-            restarted = true;
-            docker
-                .create_exec(container, config)
-                .await
-                .map_err(|e| SandboxError::from(engine_error("start the command", e)))?
-        }
-        Err(e) => return Err(engine_error("start the command", e).into()),
-    };
+    let (exec, restarted) =
+        create_exec_starting(docker, container, config, "start the command").await?;
     let attached = docker
         .start_exec(
             &exec.id,

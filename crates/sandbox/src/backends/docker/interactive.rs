@@ -36,7 +36,7 @@ use tokio::sync::watch;
 
 use super::container::{self, host_user, WORKSPACE};
 use super::engine::{engine_error, EngineInfo};
-use super::exec::run_killer;
+use super::exec::{create_exec_starting, run_killer};
 use super::net;
 use crate::interactive::{open_terminal, ChildControl, Mount, RunExit, TermSize};
 use crate::{CancellationToken, InteractiveChild, InteractiveRequest, Limits, SandboxError};
@@ -292,23 +292,7 @@ async fn start(
         working_dir: Some(WORKSPACE.into()),
         ..Default::default()
     };
-    let exec = match docker.create_exec(container, config.clone()).await {
-        Ok(e) => e,
-        // A stopped container (a kept session's, or one a limit took down): start it.
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 409, ..
-        }) => {
-            docker
-                .start_container(container, None)
-                .await
-                .map_err(|e| SandboxError::from(engine_error("start the stopped container", e)))?;
-            docker
-                .create_exec(container, config)
-                .await
-                .map_err(|e| SandboxError::from(engine_error("start the command", e)))?
-        }
-        Err(e) => return Err(engine_error("start the command", e).into()),
-    };
+    let (exec, _) = create_exec_starting(docker, container, config, "start the command").await?;
     let started = docker
         .start_exec(
             &exec.id,

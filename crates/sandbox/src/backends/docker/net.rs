@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 use super::agent::AGENT_IN_CONTAINER;
 use super::container::host_user;
 use super::engine::engine_error;
+use super::exec::create_exec_starting;
 use crate::SandboxError;
 
 /// How much of a program's stderr is kept for an error message.
@@ -95,25 +96,8 @@ pub(crate) async fn attach(
         user: Some(host_user()),
         ..Default::default()
     };
-    let failed = |e| SandboxError::from(engine_error("start the network forwarder", e));
-    let exec = match docker.create_exec(container, config.clone()).await {
-        Ok(e) => e,
-        // A stopped container (a kept session's, started again on resume by the first
-        // command otherwise): start it.
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 409, ..
-        }) => {
-            docker
-                .start_container(container, None)
-                .await
-                .map_err(|e| SandboxError::from(engine_error("start the stopped container", e)))?;
-            docker
-                .create_exec(container, config)
-                .await
-                .map_err(failed)?
-        }
-        Err(e) => return Err(failed(e)),
-    };
+    let (exec, _) =
+        create_exec_starting(docker, container, config, "start the network forwarder").await?;
     let started = docker
         .start_exec(
             &exec.id,
