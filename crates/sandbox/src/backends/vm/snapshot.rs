@@ -237,6 +237,9 @@ pub(super) fn launch(
     })
 }
 
+/// How long a ready agent may take to answer a ping (a TCG guest on a busy host).
+const PING_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Waits until the agent answers a handshake and a ping, then lets go of the
 /// connection. A VMM that dies ends the wait at once.
 pub(super) fn wait_ready(
@@ -251,8 +254,32 @@ pub(super) fn wait_ready(
         Box::pin(async move {
             let (c, fd) =
                 AgentClient::connect_when_ready(&ep, timeout, handshake, || proc.alive()).await?;
-            c.ping().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(fd)
+            match tokio::time::timeout(PING_TIMEOUT, c.ping()).await {
+                Ok(Ok(_)) => return Ok::<_, String>(fd),
+                Ok(Err(e)) if handshake => return Err(e.to_string()),
+                Err(_) if handshake => {
+                    return Err(format!(
+                        "the agent did not answer a ping in {} s",
+                        PING_TIMEOUT.as_secs()
+                    ))
+                }
+                // A restored agent may have been saved between two host sessions (the
+                // first host had just let go when the state was written): it waits for
+                // a hello, took our ping for a bad one and waits again. Greet it anew.
+                _ => {}
+            }
+            drop(c);
+            drop(fd);
+            let (c, fd) =
+                AgentClient::connect_when_ready(&ep, timeout, true, || proc.alive()).await?;
+            match tokio::time::timeout(PING_TIMEOUT, c.ping()).await {
+                Ok(Ok(_)) => Ok(fd),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "the agent did not answer a ping in {} s, greeted or not",
+                    PING_TIMEOUT.as_secs()
+                )),
+            }
         })
     })?;
     r.map_err(|e| {
