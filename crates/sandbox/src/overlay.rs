@@ -49,6 +49,9 @@ pub struct OverlayMount {
     mntns: OwnedFd,
     root: OwnedFd,
     host_root: PathBuf,
+    /// Bumped by [`Self::note_host_write`]: how many times this process wrote the
+    /// merged tree in a way a second mount of the same layers cannot see.
+    host_writes: std::sync::atomic::AtomicU64,
 }
 
 impl OverlayMount {
@@ -71,25 +74,13 @@ impl OverlayMount {
                 .map_err(|e| fail(format!("cannot create {}: {e}", p.display())))?;
         }
         let cstr = |s: &[u8]| CString::new(s).map_err(|_| fail("a path holds a NUL byte".into()));
-        let opts = cstr(
-            format!(
-                "lowerdir={},upperdir={},workdir={},userxattr",
-                layers.lower.display(),
-                layers.upper.display(),
-                layers.work.display()
-            )
-            .as_bytes(),
-        )?;
+        let opts = cstr(overlay_options(&layers).as_bytes())?;
         let target = cstr(layers.merged.as_os_str().as_bytes())?;
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let uid_map = format!("{uid} {uid} 1");
         let gid_map = format!("{gid} {gid} 1");
-        let cat = ["/usr/bin/cat", "/bin/cat"]
-            .into_iter()
-            .find(|p| Path::new(p).is_file())
-            .ok_or_else(|| fail("cat is not installed in /usr/bin or /bin".into()))?;
-        let mut cmd = Command::new(cat);
+        let mut cmd = Command::new(helper_binary().map_err(fail)?);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -170,7 +161,89 @@ impl OverlayMount {
             mntns,
             root,
             host_root,
+            host_writes: Default::default(),
         })
+    }
+
+    /// Mounts the layers afresh in the same namespace, in place of the mount there.
+    ///
+    /// Needed only when a second mount of the same layers writes them (the docker
+    /// backend's engine-made overlay volume, docs/docker.md): overlayfs caches what
+    /// it looked up, so after the other mount copied a file up, this one would keep
+    /// reading the lower file. A fresh mount looks everything up again. The old mount
+    /// is detached (it lives on only for descriptors still open in it);
+    /// [`Self::host_root`] keeps its path, and every process that enters the namespace
+    /// from now on sees the new mount.
+    pub fn refresh(&self) -> Result<(), SandboxError> {
+        let fail = |why: String| SandboxError::Unavailable(format!("cannot mount the overlay workspace again: {why}"));
+        let opts = CString::new(overlay_options(&self.layers))
+            .map_err(|_| fail("a path holds a NUL byte".into()))?;
+        let target = CString::new(self.layers.merged.as_os_str().as_bytes())
+            .map_err(|_| fail("a path holds a NUL byte".into()))?;
+        let mut cmd = Command::new(helper_binary().map_err(fail)?);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .current_dir("/");
+        let mut enter = self.enter_setup();
+        // SAFETY: the closure makes only async-signal-safe system calls (setns, chdir,
+        // umount2, mount) on memory prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                enter()?;
+                if libc::chdir(c"/".as_ptr()) != 0
+                    || libc::umount2(target.as_ptr(), libc::MNT_DETACH) != 0
+                    || libc::mount(
+                        c"overlay".as_ptr(),
+                        target.as_ptr(),
+                        c"overlay".as_ptr(),
+                        0,
+                        opts.as_ptr().cast(),
+                    ) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
+        let rel = self.layers.merged.strip_prefix("/").unwrap_or(&self.layers.merged);
+        let path = PathBuf::from(format!("/proc/{}/root", child.id())).join(rel);
+        let opened = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| fail("a path holds a NUL byte".into()))
+            .and_then(|c| {
+                // SAFETY: a valid C string; the result is checked.
+                let fd = unsafe {
+                    libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                };
+                if fd < 0 {
+                    return Err(fail(format!("cannot open {}: {}", path.display(), io::Error::last_os_error())));
+                }
+                // SAFETY: `fd` was just opened and is owned by nobody else.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            });
+        drop(child.stdin.take());
+        let _ = child.wait();
+        let fresh = opened?;
+        // The same descriptor number now names the new mount, so `host_root` holds.
+        // SAFETY: both descriptors are open; dup3 replaces `root` atomically.
+        if unsafe { libc::dup3(fresh.as_raw_fd(), self.root.as_raw_fd(), libc::O_CLOEXEC) } < 0 {
+            return Err(fail(format!("dup3: {}", io::Error::last_os_error())));
+        }
+        Ok(())
+    }
+
+    /// Records that this process wrote the merged tree (a rollback, a restore): a
+    /// second mount of the same layers must be made afresh before it is used again
+    /// (see [`Self::refresh`]; the docker backend restarts its container).
+    pub fn note_host_write(&self) {
+        self.host_writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many host writes [`Self::note_host_write`] has recorded.
+    pub fn host_writes(&self) -> u64 {
+        self.host_writes.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn layers(&self) -> &Layers {
@@ -222,6 +295,25 @@ impl OverlayMount {
     pub fn root_fd(&self) -> &OwnedFd {
         &self.root
     }
+}
+
+/// The mount options of `layers` (`userxattr`: the layers are written by an
+/// unprivileged user, and a privileged mount of them reads the same attributes).
+pub fn overlay_options(layers: &Layers) -> String {
+    format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        layers.lower.display(),
+        layers.upper.display(),
+        layers.work.display()
+    )
+}
+
+/// The namespace's short-lived holder: `cat`, which only waits for its stdin to close.
+fn helper_binary() -> Result<&'static str, String> {
+    ["/usr/bin/cat", "/bin/cat"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .ok_or_else(|| "cat is not installed in /usr/bin or /bin".into())
 }
 
 /// Writes `data` to a /proc file in one `write` (async-signal-safe).

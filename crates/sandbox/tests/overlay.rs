@@ -166,3 +166,49 @@ fn a_remount_shows_the_upper_layer_again() {
     assert_eq!(fs::read(l.upper.join("kept.txt")).unwrap(), b"kept\n");
     assert!(!l.lower.join("kept.txt").exists());
 }
+
+/// A second mount of the same layers (as the docker backend's engine makes) writes a
+/// file this mount had already read: after `refresh` this mount reads the new contents
+/// and sees the new file, through the same `host_root` path and in git's namespace.
+#[test]
+fn a_refreshed_mount_sees_what_a_second_mount_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(ours) = mount(tmp.path()) else {
+        return;
+    };
+    let root = ours.host_root().to_path_buf();
+    assert_eq!(fs::read(root.join("src/main.rs")).unwrap(), b"fn main() {}\n");
+    let mut second = ours.layers().clone();
+    second.work = tmp.path().join("s/ovl-work-2");
+    second.merged = tmp.path().join("s/work-2");
+    let other = OverlayMount::mount(second).unwrap();
+    fs::write(other.host_root().join("src/main.rs"), "changed\n").unwrap();
+    fs::write(other.host_root().join("added.txt"), "new\n").unwrap();
+    fs::remove_file(other.host_root().join("gone.txt")).unwrap();
+    drop(other);
+
+    ours.refresh().unwrap();
+    assert_eq!(ours.host_root(), root);
+    assert_eq!(fs::read(root.join("src/main.rs")).unwrap(), b"changed\n");
+    assert_eq!(fs::read(root.join("added.txt")).unwrap(), b"new\n");
+    assert!(!root.join("gone.txt").exists());
+    let mut cat = std::process::Command::new("cat");
+    cat.arg("src/main.rs");
+    ours.enter(&mut cat);
+    assert_eq!(cat.output().unwrap().stdout, b"changed\n");
+    // Refreshing again (nothing changed) is harmless.
+    ours.refresh().unwrap();
+    assert_eq!(fs::read(root.join("src/main.rs")).unwrap(), b"changed\n");
+}
+
+#[test]
+fn host_writes_are_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(ours) = mount(tmp.path()) else {
+        return;
+    };
+    assert_eq!(ours.host_writes(), 0);
+    ours.note_host_write();
+    ours.note_host_write();
+    assert_eq!(ours.host_writes(), 2);
+}
