@@ -384,7 +384,7 @@ impl SessionRepo {
         // git decides which files count (the .gitignore files, info/exclude); the
         // snapshot itself is written directly, like a sandbox copy's. git lists on a
         // thread of its own while the files of the user's index are stat'ed.
-        let git = repo.git();
+        let git = repo.git()?;
         let list = move || {
             let out = git.run(&["ls-files", "--others", "--exclude-standard", "-z"])?;
             Ok(out
@@ -490,15 +490,36 @@ impl SessionRepo {
         self.overlay.clone()
     }
 
-    pub(crate) fn git(&self) -> Git<'_> {
+    pub(crate) fn git(&self) -> Result<Git<'_>, HistoryError> {
         // Git may read the index: the first snapshot's must be there.
         self.pending_index.wait();
-        Git {
+        self.fresh_view()?;
+        Ok(Git {
             git_dir: &self.git_dir,
             work_tree: &self.work_tree,
             files: &self.files,
             overlay: self.overlay.as_deref(),
             index: None,
+        })
+    }
+
+    /// Makes the overlay's mount show what a container engine's mount of the same
+    /// layers wrote (`OverlayMount::refresh`); nothing unless they are shared.
+    fn fresh_view(&self) -> Result<(), HistoryError> {
+        if let Some(mount) = &self.overlay {
+            mount
+                .refresh_if_shared()
+                .map_err(|e| HistoryError::Workspace(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Records that the work tree is about to be written from the host (a rollback,
+    /// a restore, a merge): a container engine's mount of the same layers must be made
+    /// afresh before the container runs again (see `OverlayMount::note_host_write`).
+    pub fn note_host_write(&self) {
+        if let Some(mount) = &self.overlay {
+            mount.note_host_write();
         }
     }
 
@@ -510,7 +531,7 @@ impl SessionRepo {
                 return Ok(s.to_string());
             }
         }
-        let out = self.git().run(&["rev-list", "--max-parents=0", "HEAD"])?;
+        let out = self.git()?.run(&["rev-list", "--max-parents=0", "HEAD"])?;
         String::from_utf8_lossy(&out)
             .lines()
             .last()
@@ -538,7 +559,7 @@ impl SessionRepo {
             }
         }
         let id = self
-            .git()
+            .git()?
             .line(&["rev-parse", "--verify", "HEAD^{commit}"])?;
         if is_hex_id(&id) {
             Ok(id)
@@ -566,7 +587,7 @@ impl SessionRepo {
             }
         }
         let data = self
-            .git()
+            .git()?
             .run(&["cat-file", "commit", id])
             .map_err(|_| HistoryError::UnknownCommit(id.to_string()))?;
         Ok(objects::parse_commit(&data))
@@ -588,7 +609,7 @@ impl SessionRepo {
     fn stage_all(&self, index: Option<&Path>) -> Result<Vec<LeftOutPath>, HistoryError> {
         let git = Git {
             index,
-            ..self.git()
+            ..self.git()?
         };
         stage::stage(&git, self.max_file_bytes, !self.shadow)
     }
@@ -640,7 +661,7 @@ impl SessionRepo {
     fn write_tree(&self, index: Option<&Path>) -> Result<String, HistoryError> {
         let git = Git {
             index,
-            ..self.git()
+            ..self.git()?
         };
         let id = git.line(&["write-tree"])?;
         if is_hex_id(&id) {
@@ -695,6 +716,7 @@ impl SessionRepo {
         if matches!(touched, Some([])) {
             return Ok(CommitOutcome::default());
         }
+        self.fresh_view()?;
         // An overlay workspace: the upper layer says what changed, whatever the tools.
         if let Some(done) = self.upper_commit(message)? {
             return Ok(done);
@@ -763,7 +785,7 @@ impl SessionRepo {
             Default::default()
         } else {
             let kept: std::collections::HashSet<Vec<u8>> =
-                stage::not_ignored(&self.git(), new_files.clone())?
+                stage::not_ignored(&self.git()?, new_files.clone())?
                     .into_iter()
                     .collect();
             new_files
@@ -1017,7 +1039,7 @@ impl SessionRepo {
     /// The history, newest first.
     pub fn log(&self) -> Result<Vec<CommitInfo>, HistoryError> {
         let out = self
-            .git()
+            .git()?
             .run(&["log", "--format=%H%x1f%ct%x1f%B%x1e", "HEAD"])?;
         let text = String::from_utf8_lossy(&out);
         let mut commits = Vec::new();
@@ -1048,7 +1070,7 @@ impl SessionRepo {
         }
         let spec = format!("{rev}^{{commit}}");
         let (ok, out, _) = self
-            .git()
+            .git()?
             .run_status(&["rev-parse", "--verify", "--quiet", &spec], None)?;
         let id = String::from_utf8_lossy(&out).trim().to_string();
         if ok && is_hex_id(&id) {
@@ -1068,7 +1090,8 @@ impl SessionRepo {
 
     fn rollback_with_message(&self, target: &str, message: &str) -> Result<String, HistoryError> {
         self.commit_full("Uncommitted changes before rollback")?;
-        self.git().run(&["read-tree", "--reset", "-u", target])?;
+        self.note_host_write();
+        self.git()?.run(&["read-tree", "--reset", "-u", target])?;
         let id = self.commit_index(message, true)?;
         id.ok_or_else(|| HistoryError::Corrupt("the rollback was not recorded".into()))
     }
@@ -1132,11 +1155,12 @@ impl SessionRepo {
             args.push("--");
             args.push(r);
         }
-        let out = self.git().run(&args)?;
+        let out = self.git()?.run(&args)?;
         let raw = parse_diff(&out);
         if raw.is_empty() {
             return Ok(Vec::new());
         }
+        self.note_host_write();
         let mut restored = Vec::new();
         let mut from_base = Vec::new();
         for r in &raw {
@@ -1159,7 +1183,7 @@ impl SessionRepo {
         if !from_base.is_empty() {
             let mut input = from_base.join("\0").into_bytes();
             input.push(0);
-            self.git().run_with_input(
+            self.git()?.run_with_input(
                 &[
                     "checkout",
                     &base,
@@ -1218,7 +1242,7 @@ impl SessionRepo {
             }
             args.push(&base);
             args.push(&tree);
-            let out = self.git().run(&args)?;
+            let out = self.git()?.run(&args)?;
             let mut change_set = build_change_set(&out);
             let mut left = self.left_out_at_start();
             left.extend(self.left_out_before());
@@ -1235,7 +1259,7 @@ impl SessionRepo {
         let base = self.base()?;
         let git = Git {
             index: Some(&scratch.0),
-            ..self.git()
+            ..self.git()?
         };
         let tree = self.write_tree(Some(&scratch.0))?;
         let mut args = vec!["diff-index", "--cached", "-z", "--raw", "--no-renames"];
@@ -1287,7 +1311,7 @@ impl SessionRepo {
                 args.push("--");
                 args.push(r);
             }
-            let out = self.git().run(&args)?;
+            let out = self.git()?.run(&args)?;
             let text = String::from_utf8_lossy(&out);
             return Ok(safe_coder_protocol::text::escape_control_multiline(&text).into_owned());
         }
@@ -1295,7 +1319,7 @@ impl SessionRepo {
         let base = self.base()?;
         let git = Git {
             index: Some(&scratch.0),
-            ..self.git()
+            ..self.git()?
         };
         let mut args = vec![
             "diff-index",
@@ -1333,7 +1357,7 @@ impl SessionRepo {
             }
             let mut args: Vec<&str> = vec!["ls-tree", "-r", "-z", "--full-tree", rev, "--"];
             args.extend(paths[start..end].iter().map(String::as_str));
-            let out = self.git().run(&args)?;
+            let out = self.git()?.run(&args)?;
             for rec in out.split(|&b| b == 0) {
                 let rec = String::from_utf8_lossy(rec);
                 let Some((meta, path)) = rec.split_once('\t') else {

@@ -515,7 +515,7 @@ struct BlobReader {
 
 impl BlobReader {
     fn start(repo: &SessionRepo) -> Result<BlobReader, HistoryError> {
-        let mut child = repo.git().spawn(&["cat-file", "--batch"])?;
+        let mut child = repo.git()?.spawn(&["cat-file", "--batch"])?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
             let _ = child.wait();
@@ -841,7 +841,7 @@ pub fn merge_into_session(
         base_file.to_string_lossy().into_owned(),
         agent_file.to_string_lossy().into_owned(),
     );
-    let (clean, merged, stderr) = repo.git().run_status(
+    let (clean, merged, stderr) = repo.git()?.run_status(
         &[
             "merge-file",
             "-p",
@@ -872,6 +872,7 @@ pub fn merge_into_session(
         return Ok(MergeOutcome::Conflicts(hunks.max(1)));
     }
     // Into the session's copy, atomically, never through a link the agent left there.
+    repo.note_host_write();
     let target = repo.files().join(&rel);
     match fs::symlink_metadata(&target) {
         Ok(m) if m.is_file() => {}

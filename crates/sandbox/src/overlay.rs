@@ -52,6 +52,8 @@ pub struct OverlayMount {
     /// Bumped by [`Self::note_host_write`]: how many times this process wrote the
     /// merged tree in a way a second mount of the same layers cannot see.
     host_writes: std::sync::atomic::AtomicU64,
+    /// Set by [`Self::share_with_engine`]: a second mount of these layers writes them.
+    shared: std::sync::atomic::AtomicBool,
 }
 
 impl OverlayMount {
@@ -162,6 +164,7 @@ impl OverlayMount {
             root,
             host_root,
             host_writes: Default::default(),
+            shared: Default::default(),
         })
     }
 
@@ -239,6 +242,26 @@ impl OverlayMount {
     pub fn note_host_write(&self) {
         self.host_writes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Records that a second mount of these layers (a container engine's) writes them
+    /// from now on, so readers must call [`Self::refresh_if_shared`] before they look.
+    pub fn share_with_engine(&self) {
+        self.shared.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`Self::share_with_engine`] was called.
+    pub fn is_shared(&self) -> bool {
+        self.shared.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// [`Self::refresh`] when the layers are shared with another mount; nothing
+    /// otherwise (the common case: every writer goes through this mount).
+    pub fn refresh_if_shared(&self) -> Result<(), SandboxError> {
+        if self.is_shared() {
+            self.refresh()?;
+        }
+        Ok(())
     }
 
     /// How many host writes [`Self::note_host_write`] has recorded.
