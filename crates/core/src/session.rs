@@ -198,9 +198,12 @@ impl Session {
         }
         // `auto` never picks `direct`, so the workspace is known before the probe ends.
         let planned = requested.unwrap_or(BackendKind::Process);
-        // `qemu` runs over the overlay too when its workspace is shared (virtio-fs).
-        let vm_share =
-            |kind| safe_coder_sandbox::vm::share::decide(kind, &config.limits.vm, Some(&project));
+        // `qemu` runs over the overlay too when its workspace is shared (virtio-fs), and
+        // `docker` when its engine can mount it as a volume.
+        let vm_share = |kind| match kind {
+            BackendKind::Docker => safe_coder_sandbox::docker::share::decide(&config.limits.docker),
+            _ => safe_coder_sandbox::vm::share::decide(kind, &config.limits.vm, Some(&project)),
+        };
         let planned_share = vm_share(planned);
         let mut workspace =
             Workspace::for_new_session(planned, &project, &dir, planned_share.shared);
@@ -245,10 +248,10 @@ impl Session {
                 }
             };
         }
-        if backend == BackendKind::Qemu {
+        if matches!(backend, BackendKind::Qemu | BackendKind::Docker) {
             // Shared only when the overlay could be mounted; else the copy goes in.
             let why = if share.shared && repo.overlay().is_none() {
-                "copied into the guest (no overlay to share)"
+                "copied in (no overlay to share)"
             } else {
                 share.why.as_str()
             };

@@ -57,18 +57,18 @@ impl Workspace {
     }
 
     /// The workspace a new session on `backend` asks for: an overlay for `copy` and
-    /// `process` (the backends that run over one), and for `qemu` when `vm_shared` (its
-    /// shared workspace, `safe_coder_sandbox::vm::share`), unless
+    /// `process` (the backends that run over one), and for `qemu` and `docker` when
+    /// `shared` (`safe_coder_sandbox::vm::share`, `safe_coder_sandbox::docker::share`), unless
     /// `SAFE_CODER_WORKSPACE=copy`; [`Workspace::create_history`] falls back to a copy
     /// where it cannot be mounted.
     pub fn for_new_session(
         backend: BackendKind,
         project: &Path,
         session_dir: &Path,
-        vm_shared: bool,
+        shared: bool,
     ) -> Workspace {
         let layered = (matches!(backend, BackendKind::Copy | BackendKind::Process)
-            || (backend == BackendKind::Qemu && vm_shared))
+            || (matches!(backend, BackendKind::Qemu | BackendKind::Docker) && shared))
             && !safe_coder_sandbox::overlay::forced_copy();
         Self::with_layers(backend, project, session_dir, layered)
     }

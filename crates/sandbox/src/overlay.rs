@@ -178,7 +178,9 @@ impl OverlayMount {
     /// [`Self::host_root`] keeps its path, and every process that enters the namespace
     /// from now on sees the new mount.
     pub fn refresh(&self) -> Result<(), SandboxError> {
-        let fail = |why: String| SandboxError::Unavailable(format!("cannot mount the overlay workspace again: {why}"));
+        let fail = |why: String| {
+            SandboxError::Unavailable(format!("cannot mount the overlay workspace again: {why}"))
+        };
         let opts = CString::new(overlay_options(&self.layers))
             .map_err(|_| fail("a path holds a NUL byte".into()))?;
         let target = CString::new(self.layers.merged.as_os_str().as_bytes())
@@ -210,17 +212,28 @@ impl OverlayMount {
             });
         }
         let mut child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
-        let rel = self.layers.merged.strip_prefix("/").unwrap_or(&self.layers.merged);
+        let rel = self
+            .layers
+            .merged
+            .strip_prefix("/")
+            .unwrap_or(&self.layers.merged);
         let path = PathBuf::from(format!("/proc/{}/root", child.id())).join(rel);
         let opened = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| fail("a path holds a NUL byte".into()))
             .and_then(|c| {
                 // SAFETY: a valid C string; the result is checked.
                 let fd = unsafe {
-                    libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+                    libc::open(
+                        c.as_ptr(),
+                        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                    )
                 };
                 if fd < 0 {
-                    return Err(fail(format!("cannot open {}: {}", path.display(), io::Error::last_os_error())));
+                    return Err(fail(format!(
+                        "cannot open {}: {}",
+                        path.display(),
+                        io::Error::last_os_error()
+                    )));
                 }
                 // SAFETY: `fd` was just opened and is owned by nobody else.
                 Ok(unsafe { OwnedFd::from_raw_fd(fd) })

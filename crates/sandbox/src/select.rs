@@ -140,6 +140,9 @@ pub fn doctor_report_with(settings: &BackendSettings) -> String {
     }
     out.push_str(&workspace_line(&std::env::temp_dir()));
     out.push_str(&crate::backends::vm::share::doctor_line(&settings.vm));
+    out.push_str(&crate::backends::docker::share::doctor_line(
+        &settings.docker,
+    ));
     out
 }
 

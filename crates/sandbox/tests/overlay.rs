@@ -177,7 +177,10 @@ fn a_refreshed_mount_sees_what_a_second_mount_wrote() {
         return;
     };
     let root = ours.host_root().to_path_buf();
-    assert_eq!(fs::read(root.join("src/main.rs")).unwrap(), b"fn main() {}\n");
+    assert_eq!(
+        fs::read(root.join("src/main.rs")).unwrap(),
+        b"fn main() {}\n"
+    );
     let mut second = ours.layers().clone();
     second.work = tmp.path().join("s/ovl-work-2");
     second.merged = tmp.path().join("s/work-2");

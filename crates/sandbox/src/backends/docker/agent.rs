@@ -16,10 +16,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use safe_coder_vm_protocol::ExecRequest as AgentExec;
+use safe_coder_vm_protocol::{ErrorKind, ExecRequest as AgentExec, FileKind, Request, Response};
 
 use crate::backends::vm::agent_client::{AgentClient, AgentClientError, Endpoint};
-use crate::{CancellationToken, ExecOutput, ExecRequest, SandboxError};
+use crate::{CancellationToken, DirEntry, ExecOutput, ExecRequest, FileStat, SandboxError};
 
 /// Where the agent binary appears in the container (bind-mounted read-only).
 pub(crate) const AGENT_IN_CONTAINER: &str = "/.safe-coder/agent";
@@ -157,6 +157,98 @@ impl Resident {
         }
     }
 
+    /// Whether the agent answers a ping within the time a fresh agent gets to start.
+    pub async fn answers(&self) -> bool {
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            if self.answers_now().await {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether the agent answers a ping now (a stopped container's does not).
+    pub async fn answers_now(&self) -> bool {
+        match tokio::time::timeout(Duration::from_secs(2), self.connect()).await {
+            Ok(Ok(c)) => c.ping().await.is_ok(),
+            _ => false,
+        }
+    }
+
+    /// One file request (`docker/share.rs`: over an overlay workspace the file tools go
+    /// through the agent, so through the engine's mount), its error as the host's
+    /// file operations would say it.
+    async fn file_call(
+        &self,
+        path: &str,
+        req: Request,
+        data: &[u8],
+    ) -> Result<(Response, Vec<u8>), SandboxError> {
+        let client = self.connect().await?;
+        match client.call(&req, data).await {
+            Ok(frame) => Ok((frame.body, frame.data)),
+            Err(e) => Err(file_error(path, e)),
+        }
+    }
+
+    pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
+        let req = Request::ReadFile {
+            path: path.to_string(),
+        };
+        // The contents come in the frame's data, not its body.
+        match self.file_call(path, req, &[]).await? {
+            (Response::FileData { .. }, data) => Ok(data),
+            (other, _) => Err(unexpected("read", &other)),
+        }
+    }
+
+    pub async fn write_file(&self, path: &str, data: &[u8]) -> Result<(), SandboxError> {
+        // No mode: an existing file keeps its own, a new one gets 0644.
+        let req = Request::WriteFile {
+            path: path.to_string(),
+            mode: None,
+        };
+        match self.file_call(path, req, data).await?.0 {
+            Response::Done => Ok(()),
+            other => Err(unexpected("write", &other)),
+        }
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<Option<FileStat>, SandboxError> {
+        let req = Request::Stat {
+            path: path.to_string(),
+        };
+        match self.file_call(path, req, &[]).await?.0 {
+            Response::Stat { stat } => Ok(stat.map(|s| FileStat {
+                is_dir: s.kind == FileKind::Dir,
+                size: s.size,
+                executable: s.mode & 0o111 != 0,
+            })),
+            other => Err(unexpected("stat", &other)),
+        }
+    }
+
+    pub async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, SandboxError> {
+        let req = Request::ListDir {
+            path: path.to_string(),
+        };
+        match self.file_call(path, req, &[]).await?.0 {
+            Response::Entries { entries } => Ok(entries
+                .into_iter()
+                .map(|e| DirEntry {
+                    name: e.name,
+                    is_dir: e.kind == FileKind::Dir,
+                    size: e.size,
+                })
+                .collect()),
+            other => Err(unexpected("list", &other)),
+        }
+    }
+
     /// A plain Unix socket: the client's `Serial` endpoint is exactly that (a connect,
     /// no vsock `CONNECT` line).
     async fn connect(&self) -> Result<AgentClient, SandboxError> {
@@ -212,6 +304,25 @@ impl Resident {
             duration: begun.elapsed(),
         }))
     }
+}
+
+/// An agent's refusal of a file request, as the host's file operations say it.
+fn file_error(path: &str, e: AgentClientError) -> SandboxError {
+    match e {
+        AgentClientError::Agent(e) => match e.kind {
+            ErrorKind::NotFound => SandboxError::NotFound(path.to_string()),
+            ErrorKind::IsDirectory => SandboxError::IsDirectory(path.to_string()),
+            ErrorKind::OutsideWorkspace => SandboxError::OutsideRoot(path.to_string()),
+            _ => SandboxError::Other(e.message),
+        },
+        e => SandboxError::Other(e.to_string()),
+    }
+}
+
+fn unexpected(what: &str, got: &Response) -> SandboxError {
+    SandboxError::Other(format!(
+        "the agent in the container answered a {what} request with {got:?}; its binary may be older than this Safe Coder, rebuild it with scripts/build-guest-agent.sh"
+    ))
 }
 
 #[cfg(test)]

@@ -89,13 +89,45 @@ pub(crate) struct Shape<'a> {
     pub image: &'a str,
     pub runtime: &'a str,
     pub network: &'a str,
-    pub workdir: &'a Path,
+    pub workspace: Workspace<'a>,
     pub limits: Limits,
     pub agent: Agent<'a>,
     /// Host paths shown inside (`safe-coder run --mount`), as bind mounts.
     pub mounts: &'a [Mount],
     /// A container of one run (labelled [`LABEL_RUN`]), not the session's.
     pub run: bool,
+}
+
+/// What the container sees at [`WORKSPACE`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Workspace<'a> {
+    /// The session's copy (or any host directory), bind-mounted.
+    Bind(&'a Path),
+    /// The session's overlay layers, mounted by the engine as the named volume
+    /// (`share.rs`).
+    Overlay {
+        layers: &'a crate::overlay::Layers,
+        volume: &'a str,
+    },
+}
+
+/// [`Workspace`], owned (kept for the containers of runs).
+#[derive(Clone, Debug)]
+pub(crate) enum WorkspaceSource {
+    Bind(std::path::PathBuf),
+    Overlay {
+        layers: crate::overlay::Layers,
+        volume: String,
+    },
+}
+
+impl WorkspaceSource {
+    pub(crate) fn view(&self) -> Workspace<'_> {
+        match self {
+            WorkspaceSource::Bind(dir) => Workspace::Bind(dir),
+            WorkspaceSource::Overlay { layers, volume } => Workspace::Overlay { layers, volume },
+        }
+    }
 }
 
 /// What of the static guest agent a container gets.
@@ -139,7 +171,14 @@ fn body(shape: &Shape<'_>, engine: &EngineInfo) -> ContainerCreateBody {
     if shape.run {
         labels.insert(LABEL_RUN.to_string(), "1".to_string());
     }
-    let mut binds = vec![format!("{}:{WORKSPACE}:rw", shape.workdir.display())];
+    let mut binds = Vec::new();
+    let mut mounts: Vec<Mount> = shape.mounts.to_vec();
+    match shape.workspace {
+        Workspace::Bind(dir) => binds.push(format!("{}:{WORKSPACE}:rw", dir.display())),
+        Workspace::Overlay { volume, .. } => {
+            mounts.push(super::share::volume_mount(volume, WORKSPACE))
+        }
+    }
     let agent_bind = |binary: &Path| {
         format!(
             "{}:{}:ro",
@@ -165,7 +204,6 @@ fn body(shape: &Shape<'_>, engine: &EngineInfo) -> ContainerCreateBody {
     };
     // The user's paths as typed mounts (a path may hold `:` or `,`, which the `binds`
     // strings cannot carry).
-    let mounts: Vec<Mount> = shape.mounts.to_vec();
     let mut host = HostConfig {
         binds: Some(binds),
         mounts: (!mounts.is_empty()).then_some(mounts),
@@ -192,6 +230,14 @@ fn body(shape: &Shape<'_>, engine: &EngineInfo) -> ContainerCreateBody {
         host_config: Some(host),
         ..Default::default()
     }
+}
+
+/// Makes the overlay workspace's volume when the container shows one.
+async fn prepare_workspace(docker: &Docker, shape: &Shape<'_>) -> Result<(), DockerError> {
+    if let Workspace::Overlay { layers, volume } = shape.workspace {
+        super::share::ensure_volume(docker, volume, shape.session, layers).await?;
+    }
+    Ok(())
 }
 
 /// Creates and starts the container, or starts the stopped one a kept session left.
@@ -223,6 +269,7 @@ pub(crate) async fn create_and_start(
         // Running (its processes are a dead session's) or not startable: start afresh.
         let _ = remove(docker, &id).await;
     }
+    prepare_workspace(docker, shape).await?;
     let options = CreateContainerOptionsBuilder::default()
         .name(shape.name)
         .build();
@@ -244,6 +291,7 @@ pub(crate) async fn create_run(
     engine: &EngineInfo,
     shape: &Shape<'_>,
 ) -> Result<String, DockerError> {
+    prepare_workspace(docker, shape).await?;
     let options = CreateContainerOptionsBuilder::default()
         .name(shape.name)
         .build();
@@ -328,6 +376,9 @@ pub(crate) async fn remove_leftovers(docker: &Docker) -> usize {
         if (running || dir_gone || run) && remove(docker, &id).await.is_ok() {
             if let (Some(session), false) = (labels.get(LABEL_SESSION), run) {
                 super::agent::remove_run_dir(&name_for(session));
+                if dir_gone {
+                    super::share::remove_volume(docker, &name_for(session)).await;
+                }
             }
             removed += 1;
         }
@@ -343,6 +394,7 @@ pub(crate) async fn remove_session(docker: &Docker, session: &str) -> Result<boo
         if labels.get(LABEL_SESSION).map(String::as_str) == Some(session) {
             remove(docker, &id).await?;
             super::agent::remove_run_dir(&name_for(session));
+            super::share::remove_volume(docker, &name_for(session)).await;
             found = true;
         }
     }

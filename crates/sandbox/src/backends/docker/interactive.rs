@@ -58,7 +58,7 @@ pub(crate) struct RunShape {
     pub image: String,
     pub runtime: String,
     pub network: String,
-    pub workdir: PathBuf,
+    pub workspace: container::WorkspaceSource,
     pub limits: Limits,
     /// The static guest agent's binary, when one was found.
     pub agent: Option<PathBuf>,
@@ -122,6 +122,14 @@ pub(crate) async fn spawn(
     // (a kept one made before) lacks the agent's binary.
     let needs_own = !mounts.is_empty() || (request.network.is_some() && !runs.session_has_agent);
     let own = if needs_own {
+        if matches!(runs.workspace, container::WorkspaceSource::Overlay { .. }) {
+            // One engine mount of the layers at a time (docs/docker.md): the session's
+            // container rests while the run's has the workspace; the next command
+            // starts it again.
+            container::stop(docker, session_container)
+                .await
+                .map_err(SandboxError::from)?;
+        }
         Some(start_run_container(docker, runs, &mounts).await?)
     } else {
         None
@@ -224,7 +232,7 @@ async fn start_run_container(
         image: &runs.image,
         runtime: &runs.runtime,
         network: &runs.network,
-        workdir: &runs.workdir,
+        workspace: runs.workspace.view(),
         limits: runs.limits,
         agent,
         mounts,

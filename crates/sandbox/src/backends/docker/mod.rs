@@ -31,10 +31,11 @@ mod interactive;
 mod limits;
 mod net;
 pub(crate) mod probe;
+pub mod share;
 mod status;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,7 @@ pub use engine::DockerError;
 
 use crate::env::command_env;
 use crate::host::HostSandbox;
+use crate::overlay::OverlayMount;
 use crate::{
     BackendKind, CancellationToken, DirEntry, DockerSpec, ExecOutput, ExecRequest, FileStat,
     InteractiveChild, InteractiveRequest, Limits, Sandbox, SandboxError, SandboxSpec,
@@ -83,6 +85,13 @@ pub(crate) struct DockerSandbox {
     runtime: String,
     /// The resident agent commands go through; `None`: the engine's exec.
     resident: Option<agent::Resident>,
+    /// The overlay workspace the engine mounts (`share.rs`); `None`: a bind-mounted
+    /// copy, and the file tools act on it on the host.
+    overlay: Option<Arc<OverlayMount>>,
+    /// The overlay's host-write count when the engine last mounted it.
+    mounted_at_writes: AtomicU64,
+    /// Held while the container is restarted, so one restart serves all waiting.
+    restarting: tokio::sync::Mutex<()>,
     /// What `safe-coder run` needs to make a container of its own (`--mount`).
     runs: interactive::RunShape,
     /// While this directory exists the session is kept, and `stop` keeps its container
@@ -130,20 +139,29 @@ fn random_id() -> String {
 }
 
 pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> {
+    let overlay = spec.overlay.clone();
     let files = HostSandbox::new(
         BackendKind::Docker,
         spec.workdir.clone(),
         None,
         spec.env_passthrough.clone(),
-        None,
+        overlay.clone(),
     )?;
-    let workdir = files
-        .host_workdir()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| spec.workdir.clone());
     let d = spec.docker.clone();
     let session = d.session_id.clone().unwrap_or_else(random_id);
     let name = container::name_for(&session);
+    let workspace = match &overlay {
+        Some(mount) => container::WorkspaceSource::Overlay {
+            layers: mount.layers().clone(),
+            volume: share::volume_name(&name),
+        },
+        None => container::WorkspaceSource::Bind(
+            files
+                .host_workdir()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| spec.workdir.clone()),
+        ),
+    };
     let limits = Limits {
         memory_mb: d.memory_mb.unwrap_or(spec.limits.memory_mb),
         cpus: d.cpus.unwrap_or(spec.limits.cpus),
@@ -152,16 +170,35 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
     // The agent's binary goes into every container (`net-forward` for `run
     // --allow-net`); it is PID 1 where its socket reaches the host (runc).
     let binary = agent::find_binary();
+    if overlay.is_some() && binary.is_none() {
+        return Err(SandboxError::Unavailable(
+            "an overlay workspace in a container needs the static guest agent, and none was found; build it with scripts/build-guest-agent.sh (or set SAFE_CODER_GUEST_AGENT), or set SAFE_CODER_WORKSPACE=copy".into(),
+        ));
+    }
+    if let Some(mount) = &overlay {
+        // From now on the engine writes the layers too: the history's own mount is
+        // made afresh before each look.
+        mount.share_with_engine();
+    }
     let (info, runtime, id, resident, has_agent) = engine::block_on({
         let d = d.clone();
         let name = name.clone();
         let session = session.clone();
-        let workdir = workdir.clone();
+        let workspace = workspace.clone();
         let binary = binary.clone();
+        let layered = overlay.is_some();
         async move {
             let socket = engine::find_socket(d.host.as_deref())?;
             let (docker, info) = engine::connect(&socket, CONNECT_DEADLINE).await?;
             let runtime = info.pick_runtime(d.runtime.as_deref())?;
+            if layered && !agent::runtime_passes_sockets(&runtime) {
+                return Err(DockerError::Engine {
+                    action: "run over an overlay workspace".into(),
+                    detail: format!(
+                        "{runtime} cannot use an overlay volume; set SAFE_CODER_WORKSPACE=copy"
+                    ),
+                });
+            }
             image::ensure(&docker, &socket, &d.image, d.auto_pull).await?;
             container::remove_leftovers(&docker).await;
             let run_dir = binary
@@ -183,7 +220,7 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
                     image: &d.image,
                     runtime: &runtime,
                     network: &d.network,
-                    workdir: &workdir,
+                    workspace: workspace.view(),
                     limits,
                     agent,
                     mounts: &[],
@@ -197,6 +234,14 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
                 Some(dir) => agent::Resident::wait_ready(dir).await,
                 None => None,
             };
+            if layered && resident.is_none() {
+                // The file tools must go through the engine's mount (share.rs).
+                let _ = container::stop(&docker, &id).await;
+                return Err(DockerError::Engine {
+                    action: "reach the agent in the container".into(),
+                    detail: "it did not answer on its socket, and an overlay workspace needs it; set SAFE_CODER_WORKSPACE=copy to use a copy".into(),
+                });
+            }
             Ok::<_, DockerError>((info, runtime, id, resident, has_agent))
         }
     })??;
@@ -211,6 +256,9 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
         name: name.clone(),
         runtime: runtime.clone(),
         resident,
+        mounted_at_writes: AtomicU64::new(overlay.as_ref().map_or(0, |m| m.host_writes())),
+        overlay,
+        restarting: tokio::sync::Mutex::new(()),
         runs: interactive::RunShape {
             engine: info.clone(),
             session,
@@ -219,7 +267,7 @@ pub(crate) fn open(spec: SandboxSpec) -> Result<Arc<dyn Sandbox>, SandboxError> 
             image: d.image.clone(),
             runtime,
             network: d.network.clone(),
-            workdir,
+            workspace,
             limits,
             agent: binary,
             session_has_agent: has_agent,
@@ -238,6 +286,61 @@ impl DockerSandbox {
     fn kept(&self) -> bool {
         self.keep_while.as_deref().is_some_and(Path::exists)
     }
+
+    /// Over an overlay workspace, before the container is used: when the host wrote
+    /// the layers through its own mount since the engine mounted them (a rollback, a
+    /// restore), restarts the container so the engine mounts them afresh and nothing in
+    /// it reads what its mount cached (`share.rs`). Commands still running in it end.
+    async fn fresh_mount(&self) -> Result<(), SandboxError> {
+        let Some(mount) = &self.overlay else {
+            return Ok(());
+        };
+        let _one = self.restarting.lock().await;
+        let now = mount.host_writes();
+        if self.mounted_at_writes.load(Ordering::SeqCst) == now {
+            return Ok(());
+        }
+        container::stop(&self.docker, &self.container).await?;
+        self.start_container().await?;
+        self.mounted_at_writes.store(now, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Starts the (stopped) container and waits for its agent.
+    async fn start_container(&self) -> Result<(), SandboxError> {
+        match self.docker.start_container(&self.container, None).await {
+            Ok(()) => {}
+            // 304: already running.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => {}
+            Err(e) => return Err(engine::engine_error("start the container", e).into()),
+        }
+        if let Some(resident) = &self.resident {
+            if !resident.answers().await {
+                return Err(SandboxError::Unavailable(
+                    "the agent in the container did not answer after a restart; run `safe-coder sandbox doctor`".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The agent a file operation over the overlay goes through: the resident one,
+    /// started again when the container stopped (a limit, a run's own container).
+    async fn file_agent(&self) -> Result<&agent::Resident, SandboxError> {
+        self.fresh_mount().await?;
+        let Some(resident) = &self.resident else {
+            return Err(SandboxError::Unavailable(
+                "the overlay workspace's files are reached through the agent in the container, and it is not running".into(),
+            ));
+        };
+        if !resident.answers_now().await {
+            let _one = self.restarting.lock().await;
+            self.start_container().await?;
+        }
+        Ok(resident)
+    }
 }
 
 #[async_trait]
@@ -255,18 +358,30 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
+        if self.overlay.is_some() {
+            return self.file_agent().await?.read_file(path).await;
+        }
         self.files.read_file(path).await
     }
 
     async fn write_file(&self, path: &str, data: &[u8]) -> Result<(), SandboxError> {
+        if self.overlay.is_some() {
+            return self.file_agent().await?.write_file(path, data).await;
+        }
         self.files.write_file(path, data).await
     }
 
     async fn stat(&self, path: &str) -> Result<Option<FileStat>, SandboxError> {
+        if self.overlay.is_some() {
+            return self.file_agent().await?.stat(path).await;
+        }
         self.files.stat(path).await
     }
 
     async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, SandboxError> {
+        if self.overlay.is_some() {
+            return self.file_agent().await?.list_dir(path).await;
+        }
         self.files.list_dir(path).await
     }
 
@@ -280,6 +395,7 @@ impl Sandbox for DockerSandbox {
                 "the sandbox has been stopped and runs no more commands".into(),
             ));
         }
+        self.fresh_mount().await?;
         if let Some(resident) = &self.resident {
             if let Some(out) = resident
                 .exec(&self.env, request.clone(), cancel.clone())
@@ -307,6 +423,7 @@ impl Sandbox for DockerSandbox {
                 "the sandbox has been stopped and runs no more commands".into(),
             ));
         }
+        self.fresh_mount().await?;
         interactive::spawn(
             &self.docker,
             &self.container,
@@ -338,6 +455,7 @@ impl Sandbox for DockerSandbox {
         } else {
             container::remove(&self.docker, &self.container).await?;
             agent::remove_run_dir(&self.name);
+            share::remove_volume(&self.docker, &self.name).await;
         }
         Ok(())
     }
@@ -353,17 +471,19 @@ impl Drop for DockerSandbox {
         let socket = self.socket.clone();
         let version = self.version;
         let id = self.container.clone();
+        let name = self.name.clone();
         let kept = self.kept();
         if !kept {
             agent::remove_run_dir(&self.name);
         }
         let _ = engine::block_on(async move {
             if let Ok(docker) = engine::client(&socket, &version) {
-                let _ = if kept {
-                    container::stop(&docker, &id).await
+                if kept {
+                    let _ = container::stop(&docker, &id).await;
                 } else {
-                    container::remove(&docker, &id).await
-                };
+                    let _ = container::remove(&docker, &id).await;
+                    share::remove_volume(&docker, &name).await;
+                }
             }
         });
     }
