@@ -153,6 +153,13 @@ macro_rules! each_runtime {
             }
 
             #[test]
+            fn rollback_and_file_tools_over_the_workspace() {
+                if let Some(t) = target($which) {
+                    rollback_in_chat(&t);
+                }
+            }
+
+            #[test]
             fn bash_is_confined() {
                 if let Some(t) = target($which) {
                     confined(&t);
@@ -215,6 +222,69 @@ each_runtime! {
     runc: "runc",
     runsc: "runsc",
     podman: "podman",
+}
+
+/// A chat session: the start line says how the workspace was made (an overlay volume
+/// on runc and Podman, the copy under gVisor); the file tools and bash see each other's
+/// writes; `/rollback` (a host write) reaches a command that had already read the file
+/// (the container is restarted over an overlay); the project changes only at the sync.
+fn rollback_in_chat(t: &Target) {
+    let label = &t.label;
+    let world = t.world("");
+    world.write("f.txt", "v1\n");
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![call(
+            "write_file",
+            json!({"path": "tool.txt", "content": "from the tool\n"}),
+        )]),
+        Reply::tool_calls(vec![call(
+            "bash",
+            json!({"command": "cat tool.txt; echo v2 > f.txt; cat f.txt later.txt 2>&1"}),
+        )]),
+        Reply::text("did"),
+        Reply::tool_calls(vec![call(
+            "bash",
+            json!({"command": "cat f.txt; test -e tool.txt && echo tool-still-there; echo kept > later.txt"}),
+        )]),
+        Reply::tool_calls(vec![call("read_file", json!({"path": "later.txt"}))]),
+        Reply::text("checked"),
+    ]);
+    let server = MockServer::start(Wire::Anthropic, script).expect("server");
+    let out = super::interactive::chat(
+        &world,
+        &server,
+        &["--backend", "docker", "--approval-mode", "yolo"],
+        "/snapshot start\nfirst\n/rollback\nsecond\nexit\na\n",
+    );
+    assert_ok(&out);
+    let text = stdout(&out);
+    let overlay = t.runtime != Some("runsc");
+    let said = if overlay {
+        "an overlay volume in the container"
+    } else {
+        "copied into the container"
+    };
+    assert!(text.contains(said), "{label}: {text}");
+    assert!(text.contains("Rolled back to"), "{label}: {text}");
+    let results = tool_results(&server);
+    let n = results.len();
+    assert!(n >= 3, "{label}: {results:?}");
+    assert!(
+        results[n - 3].contains("from the tool\nv2"),
+        "{label}: bash did not see the tool's file and its own write: {results:?}"
+    );
+    assert!(
+        results[n - 2].starts_with("v1\n") && !results[n - 2].contains("tool-still-there"),
+        "{label}: the rollback did not reach the container: {results:?}"
+    );
+    assert!(results[n - 1].contains("kept"), "{label}: {results:?}");
+    assert_eq!(world.read("f.txt").as_deref(), Some("v1\n"), "{label}");
+    assert_eq!(
+        world.read("later.txt").as_deref(),
+        Some("kept\n"),
+        "{label}: {text}"
+    );
+    assert!(world.read("tool.txt").is_none(), "{label}");
 }
 
 /// No `$HOME`, no writes outside `/workspace`, no network, no host processes, no

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::common::*;
 
 /// Runs `chat --no-tui` with `input` typed on stdin.
-fn chat(world: &World, server: &MockServer, args: &[&str], input: &str) -> Output {
+pub(crate) fn chat(world: &World, server: &MockServer, args: &[&str], input: &str) -> Output {
     let mut c = world.cmd();
     c.arg("chat")
         .arg("--no-tui")
