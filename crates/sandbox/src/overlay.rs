@@ -399,16 +399,31 @@ pub fn overlay_probe(scratch: &Path) -> Result<(), String> {
 }
 
 /// Removes a session's overlay directories, including overlayfs's `work/work`, which
-/// it leaves without write permission.
+/// it leaves without permissions, and which a container engine's mount leaves owned by
+/// root (`ovl-work-engine/work`): empty, it can still be removed from its parent.
 pub fn remove_tree(dir: &Path) {
     if std::fs::remove_dir_all(dir).is_ok() {
         return;
     }
-    for entry in walk_dirs(dir) {
+    let dirs = walk_dirs(dir);
+    for entry in &dirs {
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o700));
+        let _ = std::fs::set_permissions(entry, std::fs::Permissions::from_mode(0o700));
     }
-    let _ = std::fs::remove_dir_all(dir);
+    if std::fs::remove_dir_all(dir).is_ok() {
+        return;
+    }
+    // Deepest first: what can be listed is emptied, every directory is removed.
+    for entry in dirs.iter().rev() {
+        if let Ok(rd) = std::fs::read_dir(entry) {
+            for e in rd.flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(entry);
+    }
 }
 
 fn walk_dirs(dir: &Path) -> Vec<PathBuf> {

@@ -736,6 +736,8 @@ fn session_wrote(dir: &std::path::Path, name: &str) -> bool {
     dir.join("upper").join(name).exists() || dir.join("work").join(name).exists()
 }
 
+// The child is returned to the caller, which waits for it.
+#[allow(clippy::zombie_processes)]
 fn start_long_run(t: &Target, world: &World, marker: &str) -> (std::process::Child, String) {
     let shown = world.root.path().join("shown");
     std::fs::create_dir_all(&shown).expect("dir");
