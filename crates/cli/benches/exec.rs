@@ -4,7 +4,9 @@
 //! - a 10-step `exec` scenario (write, read, edit, bash, three writes, edit, bash,
 //!   final): wall time and peak RSS of the whole process, and the client time per turn
 //!   (from the end of one response to the next request, minus the tools' own time);
-//! - `safe-coder --version`: wall time and peak RSS.
+//! - `safe-coder --version`: wall time and peak RSS;
+//! - with the single argument `docker-workspace`, only the docker session's start over
+//!   the overlay volume against the copy ([`bench_docker_workspace`]).
 //!
 //! Run: `cargo bench -p safe-coder-cli --bench exec` (add `-- direct copy process` to
 //! pick backends; `SAFE_CODER_BENCH_RUNS=N` for more runs; `SAFE_CODER_BENCH_BIN=PATH`
@@ -343,6 +345,92 @@ fn bench_chat_start(runs: usize) {
     );
 }
 
+/// `chat` start to prompt on the docker backend (runc, or `SAFE_CODER_BENCH_RUNTIME`)
+/// over a git project of `SAFE_CODER_BENCH_FILES` files of 20 KB (default 5,000: 100
+/// MB): the overlay volume against the copy (`SAFE_CODER_WORKSPACE=copy`), side by
+/// side with `cp -a` of the same tree, interleaved run by run (issue 12).
+fn bench_docker_workspace(runs: usize) {
+    let bin = binary();
+    let files: usize = std::env::var("SAFE_CODER_BENCH_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let runtime = std::env::var("SAFE_CODER_BENCH_RUNTIME").unwrap_or_else(|_| "runc".into());
+    let root = tempfile::tempdir().expect("tmp");
+    let home = root.path().join("home");
+    let project = root.path().join("project");
+    let config = home.join(".config/safe-coder");
+    std::fs::create_dir_all(&config).expect("config dir");
+    std::fs::write(
+        config.join("config.toml"),
+        format!("[docker]\nruntime = {runtime:?}\n"),
+    )
+    .expect("config");
+    let body = "x".repeat(20 * 1024);
+    for i in 0..files {
+        let dir = project.join(format!("d{:03}", i / 100));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join(format!("f{i}.txt")), format!("{i}\n{body}")).expect("write");
+    }
+    let git = |args: &[&str]| {
+        let ok = Command::new("git")
+            .args(["-c", "user.name=b", "-c", "user.email=b@b"])
+            .args(args)
+            .current_dir(&project)
+            .stdout(Stdio::null())
+            .status()
+            .expect("git")
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "bench"]);
+    let chat = |copy: bool| {
+        let mut cmd = Command::new(&bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &home);
+        for var in ["DOCKER_HOST", "SAFE_CODER_GUEST_AGENT"] {
+            if let Some(v) = std::env::var_os(var) {
+                cmd.env(var, v);
+            }
+        }
+        if copy {
+            cmd.env("SAFE_CODER_WORKSPACE", "copy");
+        }
+        cmd.args(["chat", "--no-tui", "--provider", "anthropic"])
+            .args(["--base-url", "http://127.0.0.1:9", "--api-key", "bench-key-123"])
+            .args(["--model", "bench", "--backend", "docker", "--path"])
+            .arg(&project);
+        cmd
+    };
+    let (mut overlay, mut copied, mut cp) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        overlay.push(time_to_prompt(&mut chat(false)) * 1e3);
+        copied.push(time_to_prompt(&mut chat(true)) * 1e3);
+        let target = root.path().join("cp-target");
+        let t = Instant::now();
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(&project)
+            .arg(&target)
+            .status()
+            .expect("cp")
+            .success();
+        cp.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(ok, "cp -a");
+        let _ = std::fs::remove_dir_all(&target);
+    }
+    println!(
+        "docker ({runtime}) chat start to prompt, {files} files: overlay median {:7.1} ms | copy median {:7.1} ms | cp -a median {:7.1} ms | runs {runs} | load {}",
+        median(&mut overlay),
+        median(&mut copied),
+        median(&mut cp),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
+}
+
 fn bwrap_works() -> bool {
     Command::new("bwrap")
         .args(["--ro-bind", "/", "/", "--unshare-all", "true"])
@@ -367,6 +455,10 @@ fn main() {
     } else {
         args
     };
+    if backends == ["docker-workspace"] {
+        bench_docker_workspace(runs);
+        return;
+    }
     bench_version(runs * 4);
     bench_chat_start(runs);
     for b in &backends {
