@@ -400,7 +400,12 @@ fn bench_docker_workspace(runs: usize) {
             cmd.env("SAFE_CODER_WORKSPACE", "copy");
         }
         cmd.args(["chat", "--no-tui", "--provider", "anthropic"])
-            .args(["--base-url", "http://127.0.0.1:9", "--api-key", "bench-key-123"])
+            .args([
+                "--base-url",
+                "http://127.0.0.1:9",
+                "--api-key",
+                "bench-key-123",
+            ])
             .args(["--model", "bench", "--backend", "docker", "--path"])
             .arg(&project);
         cmd

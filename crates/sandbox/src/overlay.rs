@@ -107,17 +107,7 @@ impl OverlayMount {
                 {
                     return Err(io::Error::last_os_error());
                 }
-                if libc::mount(
-                    c"overlay".as_ptr(),
-                    target.as_ptr(),
-                    c"overlay".as_ptr(),
-                    0,
-                    opts.as_ptr().cast(),
-                ) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
+                mount_overlay(&target, &opts)
             });
         }
         let mut child = cmd.spawn().map_err(|e| {
@@ -126,20 +116,7 @@ impl OverlayMount {
             ))
         })?;
         let pid = child.id();
-        let open = |p: &Path, flags: libc::c_int| -> Result<OwnedFd, SandboxError> {
-            let c = cstr(p.as_os_str().as_bytes())?;
-            // SAFETY: a valid C string; the result is checked.
-            let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
-            if fd < 0 {
-                return Err(fail(format!(
-                    "cannot open {}: {}",
-                    p.display(),
-                    io::Error::last_os_error()
-                )));
-            }
-            // SAFETY: `fd` was just opened and is owned by nobody else.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        };
+        let open = |p: &Path, flags: libc::c_int| open_fd(p, flags).map_err(fail);
         let proc = PathBuf::from(format!("/proc/{pid}"));
         let rel = layers.merged.strip_prefix("/").unwrap_or(&layers.merged);
         let opened = (|| {
@@ -198,17 +175,10 @@ impl OverlayMount {
                 enter()?;
                 if libc::chdir(c"/".as_ptr()) != 0
                     || libc::umount2(target.as_ptr(), libc::MNT_DETACH) != 0
-                    || libc::mount(
-                        c"overlay".as_ptr(),
-                        target.as_ptr(),
-                        c"overlay".as_ptr(),
-                        0,
-                        opts.as_ptr().cast(),
-                    ) != 0
                 {
                     return Err(io::Error::last_os_error());
                 }
-                Ok(())
+                mount_overlay(&target, &opts)
             });
         }
         let mut child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
@@ -218,26 +188,7 @@ impl OverlayMount {
             .strip_prefix("/")
             .unwrap_or(&self.layers.merged);
         let path = PathBuf::from(format!("/proc/{}/root", child.id())).join(rel);
-        let opened = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| fail("a path holds a NUL byte".into()))
-            .and_then(|c| {
-                // SAFETY: a valid C string; the result is checked.
-                let fd = unsafe {
-                    libc::open(
-                        c.as_ptr(),
-                        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-                    )
-                };
-                if fd < 0 {
-                    return Err(fail(format!(
-                        "cannot open {}: {}",
-                        path.display(),
-                        io::Error::last_os_error()
-                    )));
-                }
-                // SAFETY: `fd` was just opened and is owned by nobody else.
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-            });
+        let opened = open_fd(&path, libc::O_PATH | libc::O_DIRECTORY).map_err(fail);
         drop(child.stdin.take());
         let _ = child.wait();
         let fresh = opened?;
@@ -331,6 +282,41 @@ impl OverlayMount {
     pub fn root_fd(&self) -> &OwnedFd {
         &self.root
     }
+}
+
+/// Mounts overlayfs with `opts` at `target` (async-signal-safe: for `pre_exec`).
+fn mount_overlay(target: &std::ffi::CStr, opts: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: two valid C strings; the result is checked.
+    let r = unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            target.as_ptr(),
+            c"overlay".as_ptr(),
+            0,
+            opts.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens `p` (close-on-exec) with `flags`; `Err` says what failed.
+fn open_fd(p: &Path, flags: libc::c_int) -> Result<OwnedFd, String> {
+    let c = CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| "a path holds a NUL byte".to_string())?;
+    // SAFETY: a valid C string; the result is checked.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!(
+            "cannot open {}: {}",
+            p.display(),
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The mount options of `layers` (`userxattr`: the layers are written by an
