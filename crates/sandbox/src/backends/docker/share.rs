@@ -61,9 +61,7 @@ pub fn decide(spec: &DockerSpec) -> ShareDecision {
 
 /// The doctor's line on the workspace of `docker` sessions.
 pub fn doctor_line(spec: &DockerSpec) -> String {
-    let d = decide(spec);
-    let kind = if d.shared { "overlay" } else { "copy" };
-    format!("docker workspace: {kind}: {}\n", d.why)
+    format!("docker workspace: {}\n", decide(spec).why)
 }
 
 /// The layers as the engine mounts them: the history's, with a work directory of
