@@ -87,6 +87,8 @@ async fn the_engine_and_the_history_share_the_layers_soundly() {
             );
             continue;
         }
+        assert!(decided.shared, "{}: {decided:?}", target.label);
+        assert!(line.contains("an overlay volume"), "{line}");
         let sb = open(&target, &mount).unwrap_or_else(|e| panic!("{}: {e}", target.label));
         let host = mount.host_root().to_path_buf();
         let upper = mount.layers().upper.clone();
