@@ -78,7 +78,15 @@ async fn the_engine_and_the_history_share_the_layers_soundly() {
         let runtime = safe_coder_sandbox::docker::runtime_for(&target.spec)
             .unwrap()
             .0;
+        // What a new session would get, as the start line and the doctor say it.
+        let decided = safe_coder_sandbox::docker::share::decide(&target.spec);
+        let doctor = safe_coder_sandbox::docker::share::doctor_line(&target.spec);
+        assert!(doctor.starts_with("docker workspace: "), "{doctor}");
         if !safe_coder_sandbox::docker::runtime_passes_sockets(&runtime) {
+            assert!(
+                !decided.shared && decided.why.contains(&runtime),
+                "{decided:?}"
+            );
             let err = open(&target, &mount).err().expect("gVisor must refuse");
             assert!(
                 err.to_string().contains("SAFE_CODER_WORKSPACE=copy"),
@@ -88,7 +96,7 @@ async fn the_engine_and_the_history_share_the_layers_soundly() {
             continue;
         }
         assert!(decided.shared, "{}: {decided:?}", target.label);
-        assert!(line.contains("an overlay volume"), "{line}");
+        assert!(doctor.contains("an overlay volume"), "{doctor}");
         let sb = open(&target, &mount).unwrap_or_else(|e| panic!("{}: {e}", target.label));
         let host = mount.host_root().to_path_buf();
         let upper = mount.layers().upper.clone();
