@@ -125,8 +125,8 @@ fn doctor_prints_every_backend_and_the_auto_choice() {
     let report = doctor_report();
     print!("{report}");
     let lines: Vec<&str> = report.lines().collect();
-    // Then the workspace lines (copy and process sessions, qemu sessions).
-    assert_eq!(lines.len(), AUTO_ORDER.len() + 3, "{report}");
+    // Then the workspace lines (copy and process sessions, qemu, docker sessions).
+    assert_eq!(lines.len(), AUTO_ORDER.len() + 4, "{report}");
     for (line, kind) in lines.iter().zip(AUTO_ORDER) {
         assert!(line.starts_with('✓') || line.starts_with('✗'), "{line}");
         assert!(line.contains(kind.as_str()), "{line}");
@@ -142,6 +142,12 @@ fn doctor_prints_every_backend_and_the_auto_choice() {
     assert!(
         qemu.starts_with("qemu workspace: shared over virtio-fs")
             || qemu.starts_with("qemu workspace: copied into the guest"),
+        "{report}"
+    );
+    let docker = lines[AUTO_ORDER.len() + 3];
+    assert!(
+        docker.starts_with("docker workspace: an overlay volume in the container")
+            || docker.starts_with("docker workspace: copied into the container ("),
         "{report}"
     );
 }
