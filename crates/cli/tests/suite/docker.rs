@@ -160,6 +160,13 @@ macro_rules! each_runtime {
             }
 
             #[test]
+            fn renames_and_directories_replaced_by_files_and_back_sync() {
+                if let Some(t) = target($which) {
+                    shapes_sync(&t);
+                }
+            }
+
+            #[test]
             fn bash_is_confined() {
                 if let Some(t) = target($which) {
                     confined(&t);
@@ -285,6 +292,67 @@ fn rollback_in_chat(t: &Target) {
         "{label}: {text}"
     );
     assert!(world.read("tool.txt").is_none(), "{label}");
+}
+
+/// The shapes of change an upper layer holds in special ways (a rename, a directory
+/// replaced by a file and a file by a directory, a directory removed and made again,
+/// which the engine's overlay marks opaque) reach the project at an accepted sync.
+fn shapes_sync(t: &Target) {
+    let label = &t.label;
+    let world = t.world("");
+    world.write("a.txt", "a\n");
+    world.write("dir1/x.txt", "x\n");
+    world.write("file2", "f\n");
+    world.write("sub/y.txt", "y\n");
+    world.write("sub/deeper/w.txt", "w\n");
+    let script = Script::new(vec![
+        Reply::tool_calls(vec![call(
+            "bash",
+            json!({"command": "mv a.txt renamed.txt && rm -r dir1 && echo now-a-file > dir1 && rm file2 && mkdir file2 && echo inside > file2/x && rm -r sub && mkdir sub && echo fresh > sub/z.txt"}),
+        )]),
+        Reply::text("reshaped"),
+    ]);
+    let server = MockServer::start(Wire::Anthropic, script).expect("server");
+    let out = world.exec(
+        &server,
+        &[
+            "--backend",
+            "docker",
+            "--approval-mode",
+            "yolo",
+            "--sync",
+            "accept",
+            "reshape",
+        ],
+    );
+    assert_ok(&out);
+    let results = tool_results(&server);
+    assert!(!results.is_empty(), "{label}: {results:?}");
+    assert_eq!(world.read("renamed.txt").as_deref(), Some("a\n"), "{label}");
+    assert!(!world.project.join("a.txt").exists(), "{label}");
+    assert_eq!(
+        world.read("dir1").as_deref(),
+        Some("now-a-file\n"),
+        "{label}"
+    );
+    assert_eq!(
+        world.read("file2/x").as_deref(),
+        Some("inside\n"),
+        "{label}"
+    );
+    assert_eq!(
+        world.read("sub/z.txt").as_deref(),
+        Some("fresh\n"),
+        "{label}"
+    );
+    assert!(
+        !world.project.join("sub/y.txt").exists(),
+        "{label}: opaque directory"
+    );
+    assert!(
+        !world.project.join("sub/deeper").exists(),
+        "{label}: opaque directory"
+    );
 }
 
 /// No `$HOME`, no writes outside `/workspace`, no network, no host processes, no
