@@ -15,7 +15,6 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -99,10 +98,28 @@ impl Borrowed {
     /// unchanged: its stat data (from `lstat` of a regular file) matches the user's
     /// index entry.
     pub(crate) fn unchanged(&self, rel: &[u8], st: &Stat, exec: bool) -> Option<(u32, Oid)> {
-        let name =
-            |&(at, len, _): &(u32, u32, Known)| &self.names[at as usize..(at + len) as usize];
-        let i = self.entries.binary_search_by(|e| name(e).cmp(rel)).ok()?;
-        let k = &self.entries[i].2;
+        let i = self
+            .entries
+            .binary_search_by(|&(at, len, _)| self.names[at as usize..(at + len) as usize].cmp(rel))
+            .ok()?;
+        self.unchanged_at(i, st, exec)
+    }
+
+    /// How many files the index names under the project (its regular files at stage 0).
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The path (relative to the project) of the index's file number `i`, in the
+    /// index's order: strictly increasing bytes.
+    pub(crate) fn name(&self, i: usize) -> &[u8] {
+        let (at, len, _) = self.entries[i];
+        &self.names[at as usize..(at + len) as usize]
+    }
+
+    /// [`Self::unchanged`] for the index's file number `i` (no search).
+    pub(crate) fn unchanged_at(&self, i: usize, st: &Stat, exec: bool) -> Option<(u32, Oid)> {
+        let k = &self.entries.get(i)?.2;
         let mode_ok = match k.mode {
             0o100755 => exec,
             0o100644 => !exec,
@@ -121,19 +138,6 @@ impl Borrowed {
         // change within that instant would not show in the stat data.
         let racy = (k.mtime.0 as i64, k.mtime.1 as i64) >= self.index_mtime;
         (matches && !racy).then_some((k.mode, k.id))
-    }
-
-    /// The paths (relative to the project) of the index's files and symlinks, in its
-    /// order (gitlinks and other modes left out).
-    pub(crate) fn paths(&self) -> Vec<PathBuf> {
-        self.entries
-            .iter()
-            .filter(|(_, _, k)| matches!(k.mode, 0o100644 | 0o100755 | 0o120000))
-            .map(|&(at, len, _)| {
-                let name = &self.names[at as usize..(at + len) as usize];
-                PathBuf::from(std::ffi::OsStr::from_bytes(name))
-            })
-            .collect()
     }
 
     /// Lets the session's repository read the user's objects (read-only: git never

@@ -99,6 +99,9 @@ struct Item {
     /// Git mode and blob id, when the user's index vouches for the file (borrowed:
     /// neither hashed nor stored, see `borrow.rs`).
     known: Option<(u32, Oid)>,
+    /// `known` was already decided against the user's index (`direct`: beside the
+    /// stat, without a search).
+    checked: bool,
 }
 
 /// What the copy threads report per file.
@@ -116,11 +119,12 @@ pub(crate) enum Source<'a> {
         excludes: &'a [String],
     },
     /// Snapshot in place (the shadow repository) the files `list` names (git's
-    /// listing). It runs on a thread of its own, while the files the user's index
-    /// names are stat'ed speculatively: only those `list` also names are kept, and
-    /// only what it adds is stat'ed after it (see [`reconcile`]).
+    /// `ls-files -z` output: NUL-separated paths; empty ones and directories, ending
+    /// in `/`, are skipped). It runs on a thread of its own, while the files the
+    /// user's index names are stat'ed speculatively: only those `list` also names are
+    /// kept, and only what it adds is stat'ed after it (see [`reconcile`]).
     InPlace {
-        list: Box<dyn FnOnce() -> Result<Vec<PathBuf>, HistoryError> + Send + 'a>,
+        list: Box<dyn FnOnce() -> Result<Vec<u8>, HistoryError> + Send + 'a>,
         /// Whether to stat the index's files while `list` runs.
         speculate: bool,
     },
@@ -187,43 +191,49 @@ pub(crate) fn write_snapshot_beside<T: Send>(
     let left = std::sync::Mutex::new(Vec::new());
     // The user's index (and the stat cache) are read while the project is walked.
     let (walked, borrowed, cached) = std::thread::scope(|s| {
-        let mut reader = Some(s.spawn(borrow));
         let cache_reader = stat_cache.map(|root| s.spawn(move || StatCache::read(root, project)));
-        // `InPlace` needs the user's index before the others do (its paths are
-        // stat'ed while git lists).
-        let mut read_early = None;
-        let walked = match source {
-            Source::Copy {
-                work_tree,
-                excludes,
-            } => Excludes::new(excludes)
-                .and_then(|ex| walk(project, &ex, &left, None))
-                .map(|w| (Some(work_tree), w)),
+        let (walked, borrowed) = match source {
             Source::InPlace { list, speculate } => {
+                // git's listing is the longest step: it starts first. The user's index
+                // is read here, then its files are stat'ed while git lists.
                 let lister = s.spawn(list);
-                let borrowed = reader.take().and_then(|r| r.join().ok().flatten());
-                let scratch = std::sync::Mutex::new(Vec::new());
+                let borrowed = borrow();
                 let guessed = match &borrowed {
-                    Some(b) if speculate => classify(project, b.paths(), &scratch),
-                    _ => Ok((Vec::new(), Vec::new(), Vec::new())),
+                    Some(b) if speculate => stat_index(project, b).map(Some),
+                    _ => Ok(None),
                 };
-                read_early = Some(borrowed);
                 let listed = lister
                     .join()
                     .unwrap_or_else(|_| Err(HistoryError::Corrupt("the lister panicked".into())));
-                listed
-                    .and_then(|files| reconcile(project, files, guessed?, &left))
-                    .map(|w| (None, w))
+                let walked = match (listed, guessed, &borrowed) {
+                    (Ok(out), Ok(Some(probes)), Some(b)) => {
+                        reconcile(project, &out, b, probes, &left)
+                    }
+                    (Ok(out), Ok(_), _) => classify(project, listed_paths(&out), &left),
+                    (Err(e), _, _) | (_, Err(e), _) => Err(e),
+                };
+                (walked.map(|w| (None, w)), borrowed)
             }
-            Source::Layered { excludes, hidden } => Excludes::new(excludes)
-                .and_then(|ex| walk(project, &ex, &left, Some(hidden)))
-                .map(|w| (None, w)),
+            // The user's index is read while the project is walked.
+            Source::Copy {
+                work_tree,
+                excludes,
+            } => {
+                let reader = s.spawn(borrow);
+                let walked = Excludes::new(excludes)
+                    .and_then(|ex| walk(project, &ex, &left, None))
+                    .map(|w| (Some(work_tree), w));
+                (walked, reader.join().ok().flatten())
+            }
+            Source::Layered { excludes, hidden } => {
+                let reader = s.spawn(borrow);
+                let walked = Excludes::new(excludes)
+                    .and_then(|ex| walk(project, &ex, &left, Some(hidden)))
+                    .map(|w| (None, w));
+                (walked, reader.join().ok().flatten())
+            }
         };
         let cached = cache_reader.and_then(|r| r.join().ok().flatten());
-        let borrowed = match read_early {
-            Some(b) => b,
-            None => reader.and_then(|r| r.join().ok().flatten()),
-        };
         (walked, borrowed, cached)
     });
     let (work_tree, (dirs, mut files, links)) = walked?;
@@ -262,7 +272,9 @@ fn write_walked(
     let mut borrowed_count = 0;
     if let Some(b) = &borrowed {
         for f in files.iter_mut() {
-            f.known = b.unchanged(f.rel.as_os_str().as_bytes(), &f.stat, f.exec);
+            if !f.checked {
+                f.known = b.unchanged(f.rel.as_os_str().as_bytes(), &f.stat, f.exec);
+            }
             borrowed_count += usize::from(f.known.is_some());
         }
         if borrowed_count > 0 {
@@ -770,6 +782,7 @@ fn walk(
                         stat: Stat::from_meta(&meta),
                         exec: meta.permissions().mode() & 0o100 != 0,
                         known: None,
+                        checked: false,
                     });
                 }
             }
@@ -827,40 +840,144 @@ fn walk(
     Ok(all)
 }
 
-/// The files of `list` (git's listing), classified: those already in `guessed` (the
-/// user's index's files, stat'ed while git listed) as they are, the others stat'ed now;
-/// what `guessed` has and `list` does not is dropped. The same as `classify(list)`,
-/// but most of the stats were taken beside git's walk.
+/// The paths of git's `ls-files -z` output (empty ones and directories, which end in
+/// `/`, skipped): nested repositories stay the user's own.
+fn listed(out: &[u8]) -> impl Iterator<Item = &[u8]> {
+    out.split(|&b| b == 0)
+        .filter(|p| !p.is_empty() && !p.ends_with(b"/"))
+}
+
+/// [`listed`] as owned paths.
+fn listed_paths(out: &[u8]) -> Vec<PathBuf> {
+    listed(out)
+        .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+        .collect()
+}
+
+/// What the stat of one file of the user's index found (`direct`, taken while git
+/// lists; kept only if git lists the file, see [`reconcile`]).
+enum Probe {
+    /// Gone, or neither a regular file nor a symlink.
+    Skip,
+    /// A regular file, already matched against the user's index.
+    File(Item),
+    Link,
+    /// Its path holds a name git cannot store: left out (and reported) if listed.
+    Unstorable(PathBuf, &'static str),
+}
+
+/// The files of the user's index stat'ed (relative to their directories), on
+/// `WALK_THREADS` threads each taking a run of consecutive files, and each regular
+/// file matched against its index entry there (no search): one [`Probe`] per file
+/// of `b`, in its order, as runs.
+fn stat_index(project: &Path, b: &Borrowed) -> Result<Vec<Vec<Probe>>, HistoryError> {
+    let n = b.len();
+    let threads = if n < 2048 { 1 } else { WALK_THREADS };
+    let per = n.div_ceil(threads).max(1);
+    let run = |from: usize| -> Result<Vec<Probe>, HistoryError> {
+        let to = (from + per).min(n);
+        let mut out = Vec::with_capacity(to - from);
+        let mut cursor = DirCursor::new(project);
+        for i in from..to {
+            let rel = b.name(i);
+            let probe = match cursor.stat(rel)? {
+                Stated::Unstorable(bad, why) => Probe::Unstorable(bad, why),
+                Stated::Gone => Probe::Skip,
+                Stated::Found(st) => match st.st_mode & libc::S_IFMT {
+                    libc::S_IFLNK => Probe::Link,
+                    libc::S_IFREG => {
+                        let stat = Stat::from_stat(&st);
+                        let exec = st.st_mode & 0o100 != 0;
+                        Probe::File(Item {
+                            rel: PathBuf::from(std::ffi::OsStr::from_bytes(rel)),
+                            size: st.st_size as u64,
+                            known: b.unchanged_at(i, &stat, exec),
+                            checked: true,
+                            stat,
+                            exec,
+                        })
+                    }
+                    _ => Probe::Skip,
+                },
+            };
+            out.push(probe);
+        }
+        Ok(out)
+    };
+    let starts: Vec<usize> = (0..threads).map(|t| t * per).filter(|&f| f < n).collect();
+    let Some((&first, rest)) = starts.split_first() else {
+        return Ok(Vec::new());
+    };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = rest.iter().map(|&f| s.spawn(move || run(f))).collect();
+        let mut runs = vec![run(first)?];
+        for h in handles {
+            runs.push(
+                h.join().unwrap_or_else(|_| {
+                    Err(HistoryError::Corrupt("a stat thread panicked".into()))
+                })?,
+            );
+        }
+        Ok(runs)
+    })
+}
+
+/// The files of `out` (git's listing), classified: those of the user's index (`b`,
+/// stat'ed while git listed: `probes`) as they were found then, the others (untracked
+/// files, and symlinks, which the borrowed index leaves out) stat'ed now; the
+/// index's files git did not list (ignored, deleted) are dropped. The same as
+/// `classify(listed_paths(out))`, but most of the stats were taken beside git's walk.
+/// Both lists are in git's byte order, so they are merged in one pass.
 fn reconcile(
     project: &Path,
-    mut list: Vec<PathBuf>,
-    guessed: Walked,
+    out: &[u8],
+    b: &Borrowed,
+    probes: Vec<Vec<Probe>>,
     left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
 ) -> Result<Walked, HistoryError> {
-    // Byte order (git's, both lists come in it already): `Path`'s own ordering parses
-    // components on every comparison, several times slower on 50,000 paths.
-    fn bytes(p: &Path) -> &[u8] {
-        p.as_os_str().as_bytes()
-    }
-    let (_, mut files, mut links) = guessed;
-    list.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
+    let mut list: Vec<&[u8]> = listed(out).collect();
+    // git sorts its listing (byte order, as its index): this is one pass over it.
+    list.sort_unstable();
     list.dedup();
-    files.sort_unstable_by(|a, b| bytes(&a.rel).cmp(bytes(&b.rel)));
-    links.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
-    let wanted = |p: &Path| list.binary_search_by(|l| bytes(l).cmp(bytes(p))).is_ok();
-    files.retain(|f| wanted(&f.rel));
-    links.retain(|l| wanted(l));
-    let seen = |p: &Path| {
-        files
-            .binary_search_by(|f| bytes(&f.rel).cmp(bytes(p)))
-            .is_ok()
-            || links.binary_search_by(|l| bytes(l).cmp(bytes(p))).is_ok()
-    };
-    let rest: Vec<PathBuf> = list.iter().filter(|p| !seen(p)).cloned().collect();
+    let mut probes: Vec<Probe> = probes.into_iter().flatten().collect();
+    let mut files = Vec::with_capacity(list.len());
+    let mut links = Vec::new();
+    let mut rest = Vec::new();
+    let n = b.len().min(probes.len());
+    let mut i = 0;
+    for p in list {
+        while i < n && b.name(i) < p {
+            i += 1;
+        }
+        if i < n && b.name(i) == p {
+            match std::mem::replace(&mut probes[i], Probe::Skip) {
+                Probe::File(item) => files.push(item),
+                Probe::Link => links.push(PathBuf::from(std::ffi::OsStr::from_bytes(p))),
+                Probe::Unstorable(bad, why) => note_unstorable(left, bad, why),
+                Probe::Skip => {}
+            }
+            i += 1;
+        } else {
+            rest.push(PathBuf::from(std::ffi::OsStr::from_bytes(p)));
+        }
+    }
     let (_, more_files, more_links) = classify(project, rest, left)?;
     files.extend(more_files);
     links.extend(more_links);
     Ok((Vec::new(), files, links))
+}
+
+/// Adds a path the snapshot cannot take to `left` (once).
+fn note_unstorable(
+    left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
+    bad: PathBuf,
+    why: &'static str,
+) {
+    if let Ok(mut l) = left.lock() {
+        if !l.iter().any(|(p, _)| *p == bad) {
+            l.push((bad, why));
+        }
+    }
 }
 
 /// Sorts a list of project files (from `git ls-files`) into regular files and
@@ -910,50 +1027,124 @@ fn classify_part(
     list: Vec<PathBuf>,
     left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
 ) -> Result<Walked, HistoryError> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut files = Vec::new();
     let mut links = Vec::new();
-    // Each file is stat'ed relative to its directory, opened once for the files of it
-    // that follow one another in the sorted list: one path lookup per directory, not
-    // one per component of every file.
-    let mut dir: Option<(PathBuf, Option<File>)> = None;
+    let mut cursor = DirCursor::new(project);
     for rel in list {
-        if let Some(bad) = unstorable(&rel) {
-            if let Ok(mut l) = left.lock() {
-                if !l.iter().any(|(p, _)| *p == bad.0) {
-                    l.push(bad);
-                }
+        let st = match cursor.stat(rel.as_os_str().as_bytes())? {
+            Stated::Unstorable(bad, why) => {
+                note_unstorable(left, bad, why);
+                continue;
             }
-            continue;
-        }
-        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
-            continue;
+            Stated::Gone => continue,
+            Stated::Found(st) => st,
         };
-        if dir.as_ref().is_none_or(|(d, _)| d != parent) {
-            let path = project.join(parent);
-            let opened = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-                .open(&path);
-            let fd = match opened {
-                Ok(f) => Some(f),
-                // Gone meanwhile (or no longer a directory): its files are too.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => None,
-                Err(e) => {
-                    return Err(HistoryError::io(
-                        format!("cannot open {}", path.display()),
-                        e,
-                    ))
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => links.push(rel),
+            libc::S_IFREG => files.push(Item {
+                size: st.st_size as u64,
+                stat: Stat::from_stat(&st),
+                exec: st.st_mode & 0o100 != 0,
+                known: None,
+                checked: false,
+                rel,
+            }),
+            _ => {}
+        }
+    }
+    Ok((Vec::new(), files, links))
+}
+
+/// What [`DirCursor::stat`] found.
+enum Stated {
+    /// The path holds a name git cannot store: this prefix of it, and why.
+    Unstorable(PathBuf, &'static str),
+    /// Gone (or its directory is no longer one).
+    Gone,
+    Found(libc::stat),
+}
+
+/// `lstat` of project files given in path order: each file is stat'ed relative to
+/// its directory, opened once for the files of it that follow one another (one path
+/// lookup per directory, not one per component of every file), and the directory's
+/// names are checked once for names git cannot store.
+struct DirCursor<'a> {
+    project: &'a Path,
+    dir: Option<OpenDir>,
+}
+
+/// The directory of [`DirCursor`]'s last file.
+struct OpenDir {
+    /// Relative to the project, without a trailing `/`.
+    rel: Vec<u8>,
+    /// `None`: gone, or not a directory any more.
+    fd: Option<File>,
+    /// The first prefix of it whose name git cannot store, and why.
+    unstorable: Option<(PathBuf, &'static str)>,
+}
+
+impl<'a> DirCursor<'a> {
+    fn new(project: &'a Path) -> Self {
+        DirCursor { project, dir: None }
+    }
+
+    fn stat(&mut self, rel: &[u8]) -> Result<Stated, HistoryError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let (parent, name) = match rel.iter().rposition(|&b| b == b'/') {
+            Some(at) => (&rel[..at], &rel[at + 1..]),
+            None => (&rel[..0], rel),
+        };
+        if name.is_empty() {
+            return Ok(Stated::Gone);
+        }
+        if self.dir.as_ref().is_none_or(|d| d.rel != parent) {
+            let unstorable_dir = unstorable(Path::new(std::ffi::OsStr::from_bytes(parent)));
+            let path = self.project.join(std::ffi::OsStr::from_bytes(parent));
+            let fd = if unstorable_dir.is_some() {
+                None
+            } else {
+                let opened = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                    .open(&path);
+                match opened {
+                    Ok(f) => Some(f),
+                    // Gone meanwhile (or no longer a directory): its files are too.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                        None
+                    }
+                    Err(e) => {
+                        return Err(HistoryError::io(
+                            format!("cannot open {}", path.display()),
+                            e,
+                        ))
+                    }
                 }
             };
-            dir = Some((parent.to_path_buf(), fd));
+            self.dir = Some(OpenDir {
+                rel: parent.to_vec(),
+                fd,
+                unstorable: unstorable_dir,
+            });
         }
-        let Some((_, Some(fd))) = &dir else {
-            continue;
+        let Some(OpenDir { fd, unstorable, .. }) = &self.dir else {
+            return Ok(Stated::Gone);
         };
-        let Ok(cname) = std::ffi::CString::new(name.as_bytes()) else {
-            continue;
+        if let Some((bad, why)) = unstorable {
+            return Ok(Stated::Unstorable(bad.clone(), why));
+        }
+        if let Some(why) = unstorable_name(name) {
+            return Ok(Stated::Unstorable(
+                PathBuf::from(std::ffi::OsStr::from_bytes(rel)),
+                why,
+            ));
+        }
+        let Some(fd) = fd else {
+            return Ok(Stated::Gone);
+        };
+        let Ok(cname) = std::ffi::CString::new(name) else {
+            return Ok(Stated::Gone);
         };
         // SAFETY: fstatat fills `st` on success; the descriptor and name are valid.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -968,24 +1159,13 @@ fn classify_part(
         if rc != 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::NotFound {
-                continue;
+                return Ok(Stated::Gone);
             }
-            let p = project.join(&rel);
+            let p = self.project.join(std::ffi::OsStr::from_bytes(rel));
             return Err(HistoryError::io(format!("cannot stat {}", p.display()), e));
         }
-        match st.st_mode & libc::S_IFMT {
-            libc::S_IFLNK => links.push(rel),
-            libc::S_IFREG => files.push(Item {
-                size: st.st_size as u64,
-                stat: Stat::from_stat(&st),
-                exec: st.st_mode & 0o100 != 0,
-                known: None,
-                rel,
-            }),
-            _ => {}
-        }
+        Ok(Stated::Found(st))
     }
-    Ok((Vec::new(), files, links))
 }
 
 /// Copies one regular file (or only reads it when `dst` is `None`), hashing it on the way and appending it to `pack`.
