@@ -310,7 +310,7 @@ fn write_walked(
             by_size.entry(f.size).or_default().push(i);
         }
     }
-    let mut expected: Vec<Option<Oid>> = vec![None; files.len()];
+    let mut expected: HashMap<usize, Oid> = HashMap::new();
     let mut packed: Vec<bool> = files.iter().map(|f| f.known.is_none()).collect();
     let mut first_seen: HashSet<Oid> = HashSet::new();
     let mut groups: Vec<&Vec<usize>> = by_size.values().filter(|g| g.len() > 1).collect();
@@ -319,7 +319,7 @@ fn write_walked(
         for &i in group {
             let p = project.join(&files[i].rel);
             let id = hash_file(&p, files[i].size)?;
-            expected[i] = Some(id);
+            expected.insert(i, id);
             if !first_seen.insert(id) {
                 packed[i] = false;
             }
@@ -328,19 +328,11 @@ fn write_walked(
 
     // A borrowed (or cached) file read in place needs nothing more: no thread, no
     // read. Only the rest are shared between threads.
-    let mut inline: Vec<(usize, Copied)> = Vec::new();
-    let mut order: Vec<usize> = Vec::with_capacity(files.len());
+    let inline = |f: &Item| f.known.is_some() && work_tree.is_none();
+    let mut order: Vec<usize> = Vec::new();
     for (i, f) in files.iter().enumerate() {
-        match (f.known, work_tree) {
-            (Some((mode, id)), None) => inline.push((
-                i,
-                Copied {
-                    id,
-                    mode,
-                    stat: f.stat,
-                },
-            )),
-            _ => order.push(i),
+        if !inline(f) {
+            order.push(i);
         }
     }
     // Balance the threads by bytes.
@@ -409,7 +401,7 @@ fn write_walked(
                                 reflink,
                                 true,
                             )?;
-                            if expected[i].is_some_and(|e| e != copied.id) {
+                            if expected.get(&i).is_some_and(|e| *e != copied.id) {
                                 return Err(HistoryError::ChangedDuringCopy {
                                     path: project.join(rel),
                                 });
@@ -437,32 +429,43 @@ fn write_walked(
     let mut blob_ids: HashSet<Oid> = HashSet::new();
     let mut new_packs: Vec<String> = Vec::new();
     let mut records: Vec<(usize, u32, Oid)> = Vec::new();
-    let inline = std::iter::once(Ok((None, inline)));
-    for r in inline.chain(results) {
+    let mut add = |files: &mut [Item], i: usize, c: Copied| {
+        if files[i].known.is_none() {
+            blob_ids.insert(c.id);
+        }
+        if cache_root.is_some() {
+            records.push((i, c.mode, c.id));
+        }
+        // The walk's path moves into the entry, unless the stat cache still
+        // needs it below.
+        let path = if cache_root.is_some() {
+            files[i].rel.as_os_str().as_bytes().to_vec()
+        } else {
+            std::mem::take(&mut files[i].rel)
+                .into_os_string()
+                .into_vec()
+        };
+        entries.push(Entry {
+            path,
+            mode: c.mode,
+            id: c.id,
+            stat: c.stat,
+        });
+    };
+    // The files read in place first, in their order (`direct`: already sorted).
+    let mut in_place = 0;
+    for i in 0..files.len() {
+        if let (Some((mode, id)), true) = (files[i].known, inline(&files[i])) {
+            let stat = files[i].stat;
+            add(files, i, Copied { id, mode, stat });
+            in_place += 1;
+        }
+    }
+    for r in results {
         let (name, done) = r?;
         new_packs.extend(name);
         for (i, c) in done {
-            if files[i].known.is_none() {
-                blob_ids.insert(c.id);
-            }
-            if cache_root.is_some() {
-                records.push((i, c.mode, c.id));
-            }
-            // The walk's path moves into the entry, unless the stat cache still
-            // needs it below.
-            let path = if cache_root.is_some() {
-                files[i].rel.as_os_str().as_bytes().to_vec()
-            } else {
-                std::mem::take(&mut files[i].rel)
-                    .into_os_string()
-                    .into_vec()
-            };
-            entries.push(Entry {
-                path,
-                mode: c.mode,
-                id: c.id,
-                stat: c.stat,
-            });
+            add(files, i, c);
         }
     }
     // Symlinks stay symlinks; their blob is the target path.
@@ -490,11 +493,19 @@ fn write_walked(
             stat: Stat::from_meta(&meta),
         });
     }
-    entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    sort_entries(&mut entries, in_place);
 
     let mut nodes = Vec::new();
     let mut trees = Vec::new();
     let root = build_tree(&entries, 0, b"", &mut trees, &mut nodes);
+    // The index is git's stat cache, not the snapshot (the commit and refs below are):
+    // it is written on a thread of its own while the trees are packed and the session
+    // goes on, and everything that lets git read it waits for it first
+    // (`SessionRepo::git`). Lost in a crash, git re-reads the files once instead of
+    // trusting their stat data.
+    let index_path = git_dir.join("index");
+    let write = move || index::write_index(&index_path, &entries, &nodes);
+    let pending = PendingIndex::spawn(write)?;
     for (id, body) in trees {
         if extra_ids.insert(id) {
             extra.push((OBJ_TREE, id, body));
@@ -514,13 +525,6 @@ fn write_walked(
     let commit_hex = hex(&commit_id);
     write_ref(git_dir, "refs/heads/main", &commit_hex)?;
     write_ref(git_dir, "refs/safe-coder/base", &commit_hex)?;
-    // The index is git's stat cache, not the snapshot (the commit and refs above are):
-    // it is written on a thread of its own while the session goes on, and everything
-    // that lets git read it waits for it first (`SessionRepo::git`). Lost in a crash,
-    // git re-reads the files once instead of trusting their stat data.
-    let index_path = git_dir.join("index");
-    let write = move || index::write_index(&index_path, &entries, &nodes);
-    let pending = PendingIndex::spawn(write)?;
     // Every file came from the cache: it already says all there is to say (entries of
     // deleted files stay until the next rewrite; they match nothing).
     let nothing_new = cache.is_some() && cached_count == files.len();
@@ -550,6 +554,40 @@ fn write_walked(
         reflinked: work_tree.is_some() && !files.is_empty() && reflink.load(Ordering::Relaxed),
     };
     Ok((commit_hex, stats, pending))
+}
+
+/// Sorts `entries` by path. When its first `head` entries already are in order
+/// (`direct`: the files borrowed in place come in the user's index's order, and only
+/// the few files read and the symlinks follow), only the rest is sorted and merged in
+/// from the back, in one pass and without a buffer of the whole list.
+fn sort_entries(entries: &mut Vec<Entry>, head: usize) {
+    let sorted_head = head <= entries.len()
+        && head >= entries.len() / 2
+        && entries[..head].is_sorted_by(|a, b| a.path <= b.path);
+    if !sorted_head {
+        entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        return;
+    }
+    let mut tail = entries.split_off(head);
+    tail.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    let mut i = head;
+    entries.resize_with(head + tail.len(), || Entry {
+        path: Vec::new(),
+        mode: 0,
+        id: [0; 20],
+        stat: Stat::default(),
+    });
+    // `entries[i..w]` are the placeholders, one per entry of `tail` left.
+    let mut w = entries.len();
+    while let Some(t) = tail.pop() {
+        while i > 0 && entries[i - 1].path > t.path {
+            entries.swap(i - 1, w - 1);
+            i -= 1;
+            w -= 1;
+        }
+        entries[w - 1] = t;
+        w -= 1;
+    }
 }
 
 /// What a first snapshot wrote: the commit, what it did, and the index still being
@@ -869,18 +907,19 @@ enum Probe {
 /// The files of the user's index stat'ed (relative to their directories), on
 /// `WALK_THREADS` threads each taking a run of consecutive files, and each regular
 /// file matched against its index entry there (no search): one [`Probe`] per file
-/// of `b`, in its order, as runs.
-fn stat_index(project: &Path, b: &Borrowed) -> Result<Vec<Vec<Probe>>, HistoryError> {
+/// of `b`, in its order. One allocation, filled in place by the threads (at 50,000
+/// files, every extra copy of these costs a thousand page faults).
+fn stat_index(project: &Path, b: &Borrowed) -> Result<Vec<Probe>, HistoryError> {
     let n = b.len();
     let threads = if n < 2048 { 1 } else { WALK_THREADS };
     let per = n.div_ceil(threads).max(1);
-    let run = |from: usize| -> Result<Vec<Probe>, HistoryError> {
-        let to = (from + per).min(n);
-        let mut out = Vec::with_capacity(to - from);
+    let mut probes: Vec<Probe> = Vec::with_capacity(n);
+    probes.resize_with(n, || Probe::Skip);
+    let run = |from: usize, out: &mut [Probe]| -> Result<(), HistoryError> {
         let mut cursor = DirCursor::new(project);
-        for i in from..to {
+        for (slot, i) in out.iter_mut().zip(from..) {
             let rel = b.name(i);
-            let probe = match cursor.stat(rel)? {
+            *slot = match cursor.stat(rel)? {
                 Stated::Unstorable(bad, why) => Probe::Unstorable(bad, why),
                 Stated::Gone => Probe::Skip,
                 Stated::Found(st) => match st.st_mode & libc::S_IFMT {
@@ -900,26 +939,24 @@ fn stat_index(project: &Path, b: &Borrowed) -> Result<Vec<Vec<Probe>>, HistoryEr
                     _ => Probe::Skip,
                 },
             };
-            out.push(probe);
         }
-        Ok(out)
+        Ok(())
     };
-    let starts: Vec<usize> = (0..threads).map(|t| t * per).filter(|&f| f < n).collect();
-    let Some((&first, rest)) = starts.split_first() else {
-        return Ok(Vec::new());
-    };
+    let mut chunks = probes.chunks_mut(per);
+    let first = chunks.next();
     std::thread::scope(|s| {
-        let handles: Vec<_> = rest.iter().map(|&f| s.spawn(move || run(f))).collect();
-        let mut runs = vec![run(first)?];
+        let handles: Vec<_> = chunks
+            .enumerate()
+            .map(|(t, chunk)| s.spawn(move || run((t + 1) * per, chunk)))
+            .collect();
+        let mine = first.map_or(Ok(()), |chunk| run(0, chunk));
         for h in handles {
-            runs.push(
-                h.join().unwrap_or_else(|_| {
-                    Err(HistoryError::Corrupt("a stat thread panicked".into()))
-                })?,
-            );
+            h.join()
+                .unwrap_or_else(|_| Err(HistoryError::Corrupt("a stat thread panicked".into())))?;
         }
-        Ok(runs)
-    })
+        mine
+    })?;
+    Ok(probes)
 }
 
 /// The files of `out` (git's listing), classified: those of the user's index (`b`,
@@ -932,35 +969,49 @@ fn reconcile(
     project: &Path,
     out: &[u8],
     b: &Borrowed,
-    probes: Vec<Vec<Probe>>,
+    mut probes: Vec<Probe>,
     left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
 ) -> Result<Walked, HistoryError> {
     let mut list: Vec<&[u8]> = listed(out).collect();
     // git sorts its listing (byte order, as its index): this is one pass over it.
     list.sort_unstable();
     list.dedup();
-    let mut probes: Vec<Probe> = probes.into_iter().flatten().collect();
-    let mut files = Vec::with_capacity(list.len());
     let mut links = Vec::new();
     let mut rest = Vec::new();
     let n = b.len().min(probes.len());
     let mut i = 0;
+    // What git did not list is dropped (`Skip`); the files stay where they are.
+    let drop_until = |i: usize, to: usize, probes: &mut [Probe]| {
+        for p in &mut probes[i..to] {
+            *p = Probe::Skip;
+        }
+    };
     for p in list {
+        let from = i;
         while i < n && b.name(i) < p {
             i += 1;
         }
+        drop_until(from, i, &mut probes);
         if i < n && b.name(i) == p {
-            match std::mem::replace(&mut probes[i], Probe::Skip) {
-                Probe::File(item) => files.push(item),
+            match &probes[i] {
+                Probe::File(_) | Probe::Skip => {}
                 Probe::Link => links.push(PathBuf::from(std::ffi::OsStr::from_bytes(p))),
-                Probe::Unstorable(bad, why) => note_unstorable(left, bad, why),
-                Probe::Skip => {}
+                Probe::Unstorable(bad, why) => note_unstorable(left, bad.clone(), why),
             }
             i += 1;
         } else {
             rest.push(PathBuf::from(std::ffi::OsStr::from_bytes(p)));
         }
     }
+    drop_until(i, probes.len(), &mut probes);
+    // In place: an `Item` fits where its `Probe` was.
+    let mut files: Vec<Item> = probes
+        .into_iter()
+        .filter_map(|p| match p {
+            Probe::File(item) => Some(item),
+            _ => None,
+        })
+        .collect();
     let (_, more_files, more_links) = classify(project, rest, left)?;
     files.extend(more_files);
     links.extend(more_links);
@@ -1370,4 +1421,63 @@ fn build_tree(
     nodes[pos].subtree_count = subtrees;
     nodes[pos].id = id;
     id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            mode: 0o100644,
+            id: [0; 20],
+            stat: Stat::default(),
+        }
+    }
+
+    fn paths(entries: &[Entry]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+            .collect()
+    }
+
+    /// The merge of a sorted head with an unsorted tail gives what a full sort gives:
+    /// tails that go first, last, in between and everywhere, and heads that are not
+    /// sorted (or too short to count), which are sorted whole.
+    #[test]
+    fn sorted_head_and_tail_merge_like_a_sort() {
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..200 {
+            let n = (next() % 60) as usize;
+            let mut names: Vec<String> =
+                (0..n).map(|i| format!("d{}/f{}", next() % 7, i)).collect();
+            let head = if n == 0 {
+                0
+            } else {
+                (next() as usize) % (n + 1)
+            };
+            if case % 3 != 0 {
+                names[..head].sort();
+            }
+            let mut expected = names.clone();
+            expected.sort();
+            let mut entries: Vec<Entry> = names.iter().map(|p| entry(p)).collect();
+            sort_entries(&mut entries, head);
+            assert_eq!(paths(&entries), expected, "case {case}, head {head}");
+        }
+        let mut entries: Vec<Entry> = ["a", "b", "c", "z", "0", "bb"]
+            .iter()
+            .map(|p| entry(p))
+            .collect();
+        sort_entries(&mut entries, 4);
+        assert_eq!(paths(&entries), ["0", "a", "b", "bb", "c", "z"]);
+    }
 }
