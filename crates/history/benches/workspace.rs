@@ -160,6 +160,23 @@ fn layers(project: &Path, s: &Path) -> Layers {
     }
 }
 
+/// One `direct` start (its wall and CPU time pushed).
+fn direct_only(
+    project: &Path,
+    tmp: &Path,
+    run: usize,
+    wall: &mut Vec<Duration>,
+    cpu_time: &mut Vec<Duration>,
+) {
+    let g = tmp.join(format!("shadow{run}.git"));
+    settle();
+    let (t, c) = (Instant::now(), cpu());
+    SessionRepo::create_shadow(project, &g, &[]).unwrap();
+    wall.push(t.elapsed());
+    cpu_time.push(cpu() - c);
+    remove(&g);
+}
+
 /// Session start on each workspace, interleaved with `cp -a` of the same tree.
 fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: bool) {
     let mut cp = Vec::new();
@@ -172,7 +189,9 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
     // Profiling: `WORKSPACE_BENCH_NO_CP=1` leaves `cp -a` out, `WORKSPACE_BENCH_RUNS=N`
     // sets the runs (the figures in docs/benchmarks.md are measured with `cp -a`).
     let no_cp = std::env::var_os("WORKSPACE_BENCH_NO_CP").is_some();
-    // `WORKSPACE_BENCH_ONLY=overlay` leaves `direct` and the copy out (profiling).
+    // `WORKSPACE_BENCH_ONLY=overlay` leaves `direct` and the copy out,
+    // `WORKSPACE_BENCH_ONLY=direct` the overlay, the copy and the serial listing
+    // (profiling).
     let only = std::env::var("WORKSPACE_BENCH_ONLY").ok();
     let runs = std::env::var("WORKSPACE_BENCH_RUNS")
         .ok()
@@ -196,6 +215,10 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
         }
 
         let s = tmp.join(format!("ov{run}"));
+        if only.as_deref() == Some("direct") {
+            direct_only(project, tmp, run, &mut direct, &mut direct_cpu);
+            continue;
+        }
         settle();
         let (t, c) = (Instant::now(), cpu());
         let repo =
@@ -218,16 +241,11 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
         if only.as_deref() == Some("overlay") {
             continue;
         }
-        let g = tmp.join(format!("shadow{run}.git"));
-        settle();
-        let (t, c) = (Instant::now(), cpu());
-        SessionRepo::create_shadow(project, &g, &[]).unwrap();
-        direct.push(t.elapsed());
-        direct_cpu.push(cpu() - c);
-        remove(&g);
+        direct_only(project, tmp, run, &mut direct, &mut direct_cpu);
 
         // The same with git's listing in series before the stats (as before the
         // index's files were stat'ed beside it), interleaved.
+        let g = tmp.join(format!("shadow{run}.git"));
         std::env::set_var("SAFE_CODER_DIRECT_SERIAL_LISTING", "1");
         settle();
         let t = Instant::now();
@@ -277,15 +295,17 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
             stats(cp)
         );
     }
-    println!(
-        "{label}: overlay workspace start: {}{overlay_share}",
-        stats(overlay)
-    );
-    println!(
-        "{label}:   its CPU time (all threads, git and helpers): {}",
-        stats(overlay_cpu)
-    );
-    println!("{label}: overlay session dir right after start: {overlay_disk} KiB");
+    if !overlay.is_empty() {
+        println!(
+            "{label}: overlay workspace start: {}{overlay_share}",
+            stats(overlay)
+        );
+        println!(
+            "{label}:   its CPU time (all threads, git and helpers): {}",
+            stats(overlay_cpu)
+        );
+        println!("{label}: overlay session dir right after start: {overlay_disk} KiB");
+    }
     if direct.is_empty() {
         return;
     }
@@ -297,10 +317,12 @@ fn bench_start(project: &Path, tmp: &Path, label: &str, runs: usize, with_copy: 
         "{label}:   its CPU time (all threads, git and helpers): {}",
         stats(direct_cpu)
     );
-    println!(
-        "{label}: direct start, git's listing in series (before): {}{serial_share}",
-        stats(direct_serial)
-    );
+    if !direct_serial.is_empty() {
+        println!(
+            "{label}: direct start, git's listing in series (before): {}{serial_share}",
+            stats(direct_serial)
+        );
+    }
     if !copy.is_empty() {
         println!("{label}: copy workspace start (fallback): {}", stats(copy));
     }

@@ -83,6 +83,24 @@ pub(crate) fn exclude_file_text(patterns: &[String]) -> String {
 /// (`.g\u{200c}it`). Such a name is never stored nor synced: on a case-insensitive or
 /// Windows-mounted project it would write into the user's own repository.
 pub(crate) fn is_git_dir_name(name: &str) -> bool {
+    if name.is_ascii() {
+        // The same rule without allocating (the HFS+ code points are not ASCII): it
+        // runs for every component of every file at session start.
+        let b = name.as_bytes();
+        if b.eq_ignore_ascii_case(b"git~1") {
+            return true;
+        }
+        if b.len() < 4 || !b[..4].eq_ignore_ascii_case(b".git") {
+            return false;
+        }
+        let rest = b[4..].split(|&c| c == b':').next().unwrap_or_default();
+        return rest.iter().all(|&c| c == b'.' || c == b' ');
+    }
+    folded_is_git_dir_name(name)
+}
+
+/// [`is_git_dir_name`] for any name: case and the code points HFS+ ignores folded.
+fn folded_is_git_dir_name(name: &str) -> bool {
     const HFS_IGNORED: &[char] = &[
         '\u{200c}', '\u{200d}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}',
         '\u{202d}', '\u{202e}', '\u{206a}', '\u{206b}', '\u{206c}', '\u{206d}', '\u{206e}',
@@ -218,5 +236,37 @@ mod tests {
         }
         assert!(unstorable_name(b"bad\xff").is_some());
         assert!(unstorable_name("ok é".as_bytes()).is_none());
+    }
+
+    /// The allocation-free rule for ASCII names says what the folding one says, for
+    /// every name of up to four characters over an alphabet of the characters that
+    /// matter, and for longer ones around `.git`.
+    #[test]
+    fn ascii_git_dir_names_match_the_folded_rule() {
+        let alphabet = [
+            ".", "g", "G", "i", "I", "t", "T", "~", "1", " ", ":", "x", "$",
+        ];
+        let mut names: Vec<String> = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> = names
+                .iter()
+                .flat_map(|n| alphabet.iter().map(move |c| format!("{n}{c}")))
+                .collect();
+            names.extend(longer);
+        }
+        for stem in [".git", ".GiT", "git~1", "GIT~1"] {
+            for tail in [
+                "", ".", " ", ". .", ":", "::$DATA", "x", ".x", " x", "~1", ":x y",
+            ] {
+                names.push(format!("{stem}{tail}"));
+                names.push(format!("x{stem}{tail}"));
+            }
+        }
+        let mut matched = 0;
+        for n in &names {
+            assert_eq!(is_git_dir_name(n), folded_is_git_dir_name(n), "{n:?}");
+            matched += usize::from(is_git_dir_name(n));
+        }
+        assert!(matched > 20, "{matched}");
     }
 }

@@ -385,14 +385,7 @@ impl SessionRepo {
         // snapshot itself is written directly, like a sandbox copy's. git lists on a
         // thread of its own while the files of the user's index are stat'ed.
         let git = repo.git()?;
-        let list = move || {
-            let out = git.run(&["ls-files", "--others", "--exclude-standard", "-z"])?;
-            Ok(out
-                .split(|&b| b == 0)
-                .filter(|p| !p.is_empty() && !p.ends_with(b"/"))
-                .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
-                .collect())
-        };
+        let list = move || git.run_buffered(&["ls-files", "--others", "--exclude-standard", "-z"]);
         // `SAFE_CODER_DIRECT_SERIAL_LISTING=1`: git lists first, then every file is
         // stat'ed (the workspace benchmark's "before" series).
         let source = if std::env::var_os("SAFE_CODER_DIRECT_SERIAL_LISTING").is_some() {

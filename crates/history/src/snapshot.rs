@@ -99,6 +99,9 @@ struct Item {
     /// Git mode and blob id, when the user's index vouches for the file (borrowed:
     /// neither hashed nor stored, see `borrow.rs`).
     known: Option<(u32, Oid)>,
+    /// `known` was already decided against the user's index (`direct`: beside the
+    /// stat, without a search).
+    checked: bool,
 }
 
 /// What the copy threads report per file.
@@ -116,11 +119,12 @@ pub(crate) enum Source<'a> {
         excludes: &'a [String],
     },
     /// Snapshot in place (the shadow repository) the files `list` names (git's
-    /// listing). It runs on a thread of its own, while the files the user's index
-    /// names are stat'ed speculatively: only those `list` also names are kept, and
-    /// only what it adds is stat'ed after it (see [`reconcile`]).
+    /// `ls-files -z` output: NUL-separated paths; empty ones and directories, ending
+    /// in `/`, are skipped). It runs on a thread of its own, while the files the
+    /// user's index names are stat'ed speculatively: only those `list` also names are
+    /// kept, and only what it adds is stat'ed after it (see [`reconcile`]).
     InPlace {
-        list: Box<dyn FnOnce() -> Result<Vec<PathBuf>, HistoryError> + Send + 'a>,
+        list: Box<dyn FnOnce() -> Result<Vec<u8>, HistoryError> + Send + 'a>,
         /// Whether to stat the index's files while `list` runs.
         speculate: bool,
     },
@@ -187,43 +191,49 @@ pub(crate) fn write_snapshot_beside<T: Send>(
     let left = std::sync::Mutex::new(Vec::new());
     // The user's index (and the stat cache) are read while the project is walked.
     let (walked, borrowed, cached) = std::thread::scope(|s| {
-        let mut reader = Some(s.spawn(borrow));
         let cache_reader = stat_cache.map(|root| s.spawn(move || StatCache::read(root, project)));
-        // `InPlace` needs the user's index before the others do (its paths are
-        // stat'ed while git lists).
-        let mut read_early = None;
-        let walked = match source {
-            Source::Copy {
-                work_tree,
-                excludes,
-            } => Excludes::new(excludes)
-                .and_then(|ex| walk(project, &ex, &left, None))
-                .map(|w| (Some(work_tree), w)),
+        let (walked, borrowed) = match source {
             Source::InPlace { list, speculate } => {
+                // git's listing is the longest step: it starts first. The user's index
+                // is read here, then its files are stat'ed while git lists.
                 let lister = s.spawn(list);
-                let borrowed = reader.take().and_then(|r| r.join().ok().flatten());
-                let scratch = std::sync::Mutex::new(Vec::new());
+                let borrowed = borrow();
                 let guessed = match &borrowed {
-                    Some(b) if speculate => classify(project, b.paths(), &scratch),
-                    _ => Ok((Vec::new(), Vec::new(), Vec::new())),
+                    Some(b) if speculate => stat_index(project, b).map(Some),
+                    _ => Ok(None),
                 };
-                read_early = Some(borrowed);
                 let listed = lister
                     .join()
                     .unwrap_or_else(|_| Err(HistoryError::Corrupt("the lister panicked".into())));
-                listed
-                    .and_then(|files| reconcile(project, files, guessed?, &left))
-                    .map(|w| (None, w))
+                let walked = match (listed, guessed, &borrowed) {
+                    (Ok(out), Ok(Some(probes)), Some(b)) => {
+                        reconcile(project, &out, b, probes, &left)
+                    }
+                    (Ok(out), Ok(_), _) => classify(project, listed_paths(&out), &left),
+                    (Err(e), _, _) | (_, Err(e), _) => Err(e),
+                };
+                (walked.map(|w| (None, w)), borrowed)
             }
-            Source::Layered { excludes, hidden } => Excludes::new(excludes)
-                .and_then(|ex| walk(project, &ex, &left, Some(hidden)))
-                .map(|w| (None, w)),
+            // The user's index is read while the project is walked.
+            Source::Copy {
+                work_tree,
+                excludes,
+            } => {
+                let reader = s.spawn(borrow);
+                let walked = Excludes::new(excludes)
+                    .and_then(|ex| walk(project, &ex, &left, None))
+                    .map(|w| (Some(work_tree), w));
+                (walked, reader.join().ok().flatten())
+            }
+            Source::Layered { excludes, hidden } => {
+                let reader = s.spawn(borrow);
+                let walked = Excludes::new(excludes)
+                    .and_then(|ex| walk(project, &ex, &left, Some(hidden)))
+                    .map(|w| (None, w));
+                (walked, reader.join().ok().flatten())
+            }
         };
         let cached = cache_reader.and_then(|r| r.join().ok().flatten());
-        let borrowed = match read_early {
-            Some(b) => b,
-            None => reader.and_then(|r| r.join().ok().flatten()),
-        };
         (walked, borrowed, cached)
     });
     let (work_tree, (dirs, mut files, links)) = walked?;
@@ -262,7 +272,9 @@ fn write_walked(
     let mut borrowed_count = 0;
     if let Some(b) = &borrowed {
         for f in files.iter_mut() {
-            f.known = b.unchanged(f.rel.as_os_str().as_bytes(), &f.stat, f.exec);
+            if !f.checked {
+                f.known = b.unchanged(f.rel.as_os_str().as_bytes(), &f.stat, f.exec);
+            }
             borrowed_count += usize::from(f.known.is_some());
         }
         if borrowed_count > 0 {
@@ -298,7 +310,7 @@ fn write_walked(
             by_size.entry(f.size).or_default().push(i);
         }
     }
-    let mut expected: Vec<Option<Oid>> = vec![None; files.len()];
+    let mut expected: HashMap<usize, Oid> = HashMap::new();
     let mut packed: Vec<bool> = files.iter().map(|f| f.known.is_none()).collect();
     let mut first_seen: HashSet<Oid> = HashSet::new();
     let mut groups: Vec<&Vec<usize>> = by_size.values().filter(|g| g.len() > 1).collect();
@@ -307,7 +319,7 @@ fn write_walked(
         for &i in group {
             let p = project.join(&files[i].rel);
             let id = hash_file(&p, files[i].size)?;
-            expected[i] = Some(id);
+            expected.insert(i, id);
             if !first_seen.insert(id) {
                 packed[i] = false;
             }
@@ -316,19 +328,11 @@ fn write_walked(
 
     // A borrowed (or cached) file read in place needs nothing more: no thread, no
     // read. Only the rest are shared between threads.
-    let mut inline: Vec<(usize, Copied)> = Vec::new();
-    let mut order: Vec<usize> = Vec::with_capacity(files.len());
+    let inline = |f: &Item| f.known.is_some() && work_tree.is_none();
+    let mut order: Vec<usize> = Vec::new();
     for (i, f) in files.iter().enumerate() {
-        match (f.known, work_tree) {
-            (Some((mode, id)), None) => inline.push((
-                i,
-                Copied {
-                    id,
-                    mode,
-                    stat: f.stat,
-                },
-            )),
-            _ => order.push(i),
+        if !inline(f) {
+            order.push(i);
         }
     }
     // Balance the threads by bytes.
@@ -397,7 +401,7 @@ fn write_walked(
                                 reflink,
                                 true,
                             )?;
-                            if expected[i].is_some_and(|e| e != copied.id) {
+                            if expected.get(&i).is_some_and(|e| *e != copied.id) {
                                 return Err(HistoryError::ChangedDuringCopy {
                                     path: project.join(rel),
                                 });
@@ -425,32 +429,43 @@ fn write_walked(
     let mut blob_ids: HashSet<Oid> = HashSet::new();
     let mut new_packs: Vec<String> = Vec::new();
     let mut records: Vec<(usize, u32, Oid)> = Vec::new();
-    let inline = std::iter::once(Ok((None, inline)));
-    for r in inline.chain(results) {
+    let mut add = |files: &mut [Item], i: usize, c: Copied| {
+        if files[i].known.is_none() {
+            blob_ids.insert(c.id);
+        }
+        if cache_root.is_some() {
+            records.push((i, c.mode, c.id));
+        }
+        // The walk's path moves into the entry, unless the stat cache still
+        // needs it below.
+        let path = if cache_root.is_some() {
+            files[i].rel.as_os_str().as_bytes().to_vec()
+        } else {
+            std::mem::take(&mut files[i].rel)
+                .into_os_string()
+                .into_vec()
+        };
+        entries.push(Entry {
+            path,
+            mode: c.mode,
+            id: c.id,
+            stat: c.stat,
+        });
+    };
+    // The files read in place first, in their order (`direct`: already sorted).
+    let mut in_place = 0;
+    for i in 0..files.len() {
+        if let (Some((mode, id)), true) = (files[i].known, inline(&files[i])) {
+            let stat = files[i].stat;
+            add(files, i, Copied { id, mode, stat });
+            in_place += 1;
+        }
+    }
+    for r in results {
         let (name, done) = r?;
         new_packs.extend(name);
         for (i, c) in done {
-            if files[i].known.is_none() {
-                blob_ids.insert(c.id);
-            }
-            if cache_root.is_some() {
-                records.push((i, c.mode, c.id));
-            }
-            // The walk's path moves into the entry, unless the stat cache still
-            // needs it below.
-            let path = if cache_root.is_some() {
-                files[i].rel.as_os_str().as_bytes().to_vec()
-            } else {
-                std::mem::take(&mut files[i].rel)
-                    .into_os_string()
-                    .into_vec()
-            };
-            entries.push(Entry {
-                path,
-                mode: c.mode,
-                id: c.id,
-                stat: c.stat,
-            });
+            add(files, i, c);
         }
     }
     // Symlinks stay symlinks; their blob is the target path.
@@ -478,11 +493,19 @@ fn write_walked(
             stat: Stat::from_meta(&meta),
         });
     }
-    entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    sort_entries(&mut entries, in_place);
 
     let mut nodes = Vec::new();
     let mut trees = Vec::new();
     let root = build_tree(&entries, 0, b"", &mut trees, &mut nodes);
+    // The index is git's stat cache, not the snapshot (the commit and refs below are):
+    // it is written on a thread of its own while the trees are packed and the session
+    // goes on, and everything that lets git read it waits for it first
+    // (`SessionRepo::git`). Lost in a crash, git re-reads the files once instead of
+    // trusting their stat data.
+    let index_path = git_dir.join("index");
+    let write = move || index::write_index(&index_path, &entries, &nodes);
+    let pending = PendingIndex::spawn(write)?;
     for (id, body) in trees {
         if extra_ids.insert(id) {
             extra.push((OBJ_TREE, id, body));
@@ -502,13 +525,6 @@ fn write_walked(
     let commit_hex = hex(&commit_id);
     write_ref(git_dir, "refs/heads/main", &commit_hex)?;
     write_ref(git_dir, "refs/safe-coder/base", &commit_hex)?;
-    // The index is git's stat cache, not the snapshot (the commit and refs above are):
-    // it is written on a thread of its own while the session goes on, and everything
-    // that lets git read it waits for it first (`SessionRepo::git`). Lost in a crash,
-    // git re-reads the files once instead of trusting their stat data.
-    let index_path = git_dir.join("index");
-    let write = move || index::write_index(&index_path, &entries, &nodes);
-    let pending = PendingIndex::spawn(write)?;
     // Every file came from the cache: it already says all there is to say (entries of
     // deleted files stay until the next rewrite; they match nothing).
     let nothing_new = cache.is_some() && cached_count == files.len();
@@ -538,6 +554,40 @@ fn write_walked(
         reflinked: work_tree.is_some() && !files.is_empty() && reflink.load(Ordering::Relaxed),
     };
     Ok((commit_hex, stats, pending))
+}
+
+/// Sorts `entries` by path. When its first `head` entries already are in order
+/// (`direct`: the files borrowed in place come in the user's index's order, and only
+/// the few files read and the symlinks follow), only the rest is sorted and merged in
+/// from the back, in one pass and without a buffer of the whole list.
+fn sort_entries(entries: &mut Vec<Entry>, head: usize) {
+    let sorted_head = head <= entries.len()
+        && head >= entries.len() / 2
+        && entries[..head].is_sorted_by(|a, b| a.path <= b.path);
+    if !sorted_head {
+        entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        return;
+    }
+    let mut tail = entries.split_off(head);
+    tail.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    let mut i = head;
+    entries.resize_with(head + tail.len(), || Entry {
+        path: Vec::new(),
+        mode: 0,
+        id: [0; 20],
+        stat: Stat::default(),
+    });
+    // `entries[i..w]` are the placeholders, one per entry of `tail` left.
+    let mut w = entries.len();
+    while let Some(t) = tail.pop() {
+        while i > 0 && entries[i - 1].path > t.path {
+            entries.swap(i - 1, w - 1);
+            i -= 1;
+            w -= 1;
+        }
+        entries[w - 1] = t;
+        w -= 1;
+    }
 }
 
 /// What a first snapshot wrote: the commit, what it did, and the index still being
@@ -770,6 +820,7 @@ fn walk(
                         stat: Stat::from_meta(&meta),
                         exec: meta.permissions().mode() & 0o100 != 0,
                         known: None,
+                        checked: false,
                     });
                 }
             }
@@ -827,40 +878,157 @@ fn walk(
     Ok(all)
 }
 
-/// The files of `list` (git's listing), classified: those already in `guessed` (the
-/// user's index's files, stat'ed while git listed) as they are, the others stat'ed now;
-/// what `guessed` has and `list` does not is dropped. The same as `classify(list)`,
-/// but most of the stats were taken beside git's walk.
+/// The paths of git's `ls-files -z` output (empty ones and directories, which end in
+/// `/`, skipped): nested repositories stay the user's own.
+fn listed(out: &[u8]) -> impl Iterator<Item = &[u8]> {
+    out.split(|&b| b == 0)
+        .filter(|p| !p.is_empty() && !p.ends_with(b"/"))
+}
+
+/// [`listed`] as owned paths.
+fn listed_paths(out: &[u8]) -> Vec<PathBuf> {
+    listed(out)
+        .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+        .collect()
+}
+
+/// What the stat of one file of the user's index found (`direct`, taken while git
+/// lists; kept only if git lists the file, see [`reconcile`]).
+enum Probe {
+    /// Gone, or neither a regular file nor a symlink.
+    Skip,
+    /// A regular file, already matched against the user's index.
+    File(Item),
+    Link,
+    /// Its path holds a name git cannot store: left out (and reported) if listed.
+    Unstorable(PathBuf, &'static str),
+}
+
+/// The files of the user's index stat'ed (relative to their directories), on
+/// `WALK_THREADS` threads each taking a run of consecutive files, and each regular
+/// file matched against its index entry there (no search): one [`Probe`] per file
+/// of `b`, in its order. One allocation, filled in place by the threads (at 50,000
+/// files, every extra copy of these costs a thousand page faults).
+fn stat_index(project: &Path, b: &Borrowed) -> Result<Vec<Probe>, HistoryError> {
+    let n = b.len();
+    let threads = if n < 2048 { 1 } else { WALK_THREADS };
+    let per = n.div_ceil(threads).max(1);
+    let mut probes: Vec<Probe> = Vec::with_capacity(n);
+    probes.resize_with(n, || Probe::Skip);
+    let run = |from: usize, out: &mut [Probe]| -> Result<(), HistoryError> {
+        let mut cursor = DirCursor::new(project);
+        for (slot, i) in out.iter_mut().zip(from..) {
+            let rel = b.name(i);
+            *slot = match cursor.stat(rel)? {
+                Stated::Unstorable(bad, why) => Probe::Unstorable(bad, why),
+                Stated::Gone => Probe::Skip,
+                Stated::Found(st) => match st.st_mode & libc::S_IFMT {
+                    libc::S_IFLNK => Probe::Link,
+                    libc::S_IFREG => {
+                        let stat = Stat::from_stat(&st);
+                        let exec = st.st_mode & 0o100 != 0;
+                        Probe::File(Item {
+                            rel: PathBuf::from(std::ffi::OsStr::from_bytes(rel)),
+                            size: st.st_size as u64,
+                            known: b.unchanged_at(i, &stat, exec),
+                            checked: true,
+                            stat,
+                            exec,
+                        })
+                    }
+                    _ => Probe::Skip,
+                },
+            };
+        }
+        Ok(())
+    };
+    let mut chunks = probes.chunks_mut(per);
+    let first = chunks.next();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .enumerate()
+            .map(|(t, chunk)| s.spawn(move || run((t + 1) * per, chunk)))
+            .collect();
+        let mine = first.map_or(Ok(()), |chunk| run(0, chunk));
+        for h in handles {
+            h.join()
+                .unwrap_or_else(|_| Err(HistoryError::Corrupt("a stat thread panicked".into())))?;
+        }
+        mine
+    })?;
+    Ok(probes)
+}
+
+/// The files of `out` (git's listing), classified: those of the user's index (`b`,
+/// stat'ed while git listed: `probes`) as they were found then, the others (untracked
+/// files, and symlinks, which the borrowed index leaves out) stat'ed now; the
+/// index's files git did not list (ignored, deleted) are dropped. The same as
+/// `classify(listed_paths(out))`, but most of the stats were taken beside git's walk.
+/// Both lists are in git's byte order, so they are merged in one pass.
 fn reconcile(
     project: &Path,
-    mut list: Vec<PathBuf>,
-    guessed: Walked,
+    out: &[u8],
+    b: &Borrowed,
+    mut probes: Vec<Probe>,
     left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
 ) -> Result<Walked, HistoryError> {
-    // Byte order (git's, both lists come in it already): `Path`'s own ordering parses
-    // components on every comparison, several times slower on 50,000 paths.
-    fn bytes(p: &Path) -> &[u8] {
-        p.as_os_str().as_bytes()
-    }
-    let (_, mut files, mut links) = guessed;
-    list.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
+    let mut list: Vec<&[u8]> = listed(out).collect();
+    // git sorts its listing (byte order, as its index): this is one pass over it.
+    list.sort_unstable();
     list.dedup();
-    files.sort_unstable_by(|a, b| bytes(&a.rel).cmp(bytes(&b.rel)));
-    links.sort_unstable_by(|a, b| bytes(a).cmp(bytes(b)));
-    let wanted = |p: &Path| list.binary_search_by(|l| bytes(l).cmp(bytes(p))).is_ok();
-    files.retain(|f| wanted(&f.rel));
-    links.retain(|l| wanted(l));
-    let seen = |p: &Path| {
-        files
-            .binary_search_by(|f| bytes(&f.rel).cmp(bytes(p)))
-            .is_ok()
-            || links.binary_search_by(|l| bytes(l).cmp(bytes(p))).is_ok()
+    let mut links = Vec::new();
+    let mut rest = Vec::new();
+    let n = b.len().min(probes.len());
+    let mut i = 0;
+    // What git did not list is dropped (`Skip`); the files stay where they are.
+    let drop_until = |i: usize, to: usize, probes: &mut [Probe]| {
+        for p in &mut probes[i..to] {
+            *p = Probe::Skip;
+        }
     };
-    let rest: Vec<PathBuf> = list.iter().filter(|p| !seen(p)).cloned().collect();
+    for p in list {
+        let from = i;
+        while i < n && b.name(i) < p {
+            i += 1;
+        }
+        drop_until(from, i, &mut probes);
+        if i < n && b.name(i) == p {
+            match &probes[i] {
+                Probe::File(_) | Probe::Skip => {}
+                Probe::Link => links.push(PathBuf::from(std::ffi::OsStr::from_bytes(p))),
+                Probe::Unstorable(bad, why) => note_unstorable(left, bad.clone(), why),
+            }
+            i += 1;
+        } else {
+            rest.push(PathBuf::from(std::ffi::OsStr::from_bytes(p)));
+        }
+    }
+    drop_until(i, probes.len(), &mut probes);
+    // In place: an `Item` fits where its `Probe` was.
+    let mut files: Vec<Item> = probes
+        .into_iter()
+        .filter_map(|p| match p {
+            Probe::File(item) => Some(item),
+            _ => None,
+        })
+        .collect();
     let (_, more_files, more_links) = classify(project, rest, left)?;
     files.extend(more_files);
     links.extend(more_links);
     Ok((Vec::new(), files, links))
+}
+
+/// Adds a path the snapshot cannot take to `left` (once).
+fn note_unstorable(
+    left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
+    bad: PathBuf,
+    why: &'static str,
+) {
+    if let Ok(mut l) = left.lock() {
+        if !l.iter().any(|(p, _)| *p == bad) {
+            l.push((bad, why));
+        }
+    }
 }
 
 /// Sorts a list of project files (from `git ls-files`) into regular files and
@@ -910,50 +1078,124 @@ fn classify_part(
     list: Vec<PathBuf>,
     left: &std::sync::Mutex<Vec<(PathBuf, &'static str)>>,
 ) -> Result<Walked, HistoryError> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut files = Vec::new();
     let mut links = Vec::new();
-    // Each file is stat'ed relative to its directory, opened once for the files of it
-    // that follow one another in the sorted list: one path lookup per directory, not
-    // one per component of every file.
-    let mut dir: Option<(PathBuf, Option<File>)> = None;
+    let mut cursor = DirCursor::new(project);
     for rel in list {
-        if let Some(bad) = unstorable(&rel) {
-            if let Ok(mut l) = left.lock() {
-                if !l.iter().any(|(p, _)| *p == bad.0) {
-                    l.push(bad);
-                }
+        let st = match cursor.stat(rel.as_os_str().as_bytes())? {
+            Stated::Unstorable(bad, why) => {
+                note_unstorable(left, bad, why);
+                continue;
             }
-            continue;
-        }
-        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
-            continue;
+            Stated::Gone => continue,
+            Stated::Found(st) => st,
         };
-        if dir.as_ref().is_none_or(|(d, _)| d != parent) {
-            let path = project.join(parent);
-            let opened = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-                .open(&path);
-            let fd = match opened {
-                Ok(f) => Some(f),
-                // Gone meanwhile (or no longer a directory): its files are too.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => None,
-                Err(e) => {
-                    return Err(HistoryError::io(
-                        format!("cannot open {}", path.display()),
-                        e,
-                    ))
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => links.push(rel),
+            libc::S_IFREG => files.push(Item {
+                size: st.st_size as u64,
+                stat: Stat::from_stat(&st),
+                exec: st.st_mode & 0o100 != 0,
+                known: None,
+                checked: false,
+                rel,
+            }),
+            _ => {}
+        }
+    }
+    Ok((Vec::new(), files, links))
+}
+
+/// What [`DirCursor::stat`] found.
+enum Stated {
+    /// The path holds a name git cannot store: this prefix of it, and why.
+    Unstorable(PathBuf, &'static str),
+    /// Gone (or its directory is no longer one).
+    Gone,
+    Found(libc::stat),
+}
+
+/// `lstat` of project files given in path order: each file is stat'ed relative to
+/// its directory, opened once for the files of it that follow one another (one path
+/// lookup per directory, not one per component of every file), and the directory's
+/// names are checked once for names git cannot store.
+struct DirCursor<'a> {
+    project: &'a Path,
+    dir: Option<OpenDir>,
+}
+
+/// The directory of [`DirCursor`]'s last file.
+struct OpenDir {
+    /// Relative to the project, without a trailing `/`.
+    rel: Vec<u8>,
+    /// `None`: gone, or not a directory any more.
+    fd: Option<File>,
+    /// The first prefix of it whose name git cannot store, and why.
+    unstorable: Option<(PathBuf, &'static str)>,
+}
+
+impl<'a> DirCursor<'a> {
+    fn new(project: &'a Path) -> Self {
+        DirCursor { project, dir: None }
+    }
+
+    fn stat(&mut self, rel: &[u8]) -> Result<Stated, HistoryError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let (parent, name) = match rel.iter().rposition(|&b| b == b'/') {
+            Some(at) => (&rel[..at], &rel[at + 1..]),
+            None => (&rel[..0], rel),
+        };
+        if name.is_empty() {
+            return Ok(Stated::Gone);
+        }
+        if self.dir.as_ref().is_none_or(|d| d.rel != parent) {
+            let unstorable_dir = unstorable(Path::new(std::ffi::OsStr::from_bytes(parent)));
+            let path = self.project.join(std::ffi::OsStr::from_bytes(parent));
+            let fd = if unstorable_dir.is_some() {
+                None
+            } else {
+                let opened = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                    .open(&path);
+                match opened {
+                    Ok(f) => Some(f),
+                    // Gone meanwhile (or no longer a directory): its files are too.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                        None
+                    }
+                    Err(e) => {
+                        return Err(HistoryError::io(
+                            format!("cannot open {}", path.display()),
+                            e,
+                        ))
+                    }
                 }
             };
-            dir = Some((parent.to_path_buf(), fd));
+            self.dir = Some(OpenDir {
+                rel: parent.to_vec(),
+                fd,
+                unstorable: unstorable_dir,
+            });
         }
-        let Some((_, Some(fd))) = &dir else {
-            continue;
+        let Some(OpenDir { fd, unstorable, .. }) = &self.dir else {
+            return Ok(Stated::Gone);
         };
-        let Ok(cname) = std::ffi::CString::new(name.as_bytes()) else {
-            continue;
+        if let Some((bad, why)) = unstorable {
+            return Ok(Stated::Unstorable(bad.clone(), why));
+        }
+        if let Some(why) = unstorable_name(name) {
+            return Ok(Stated::Unstorable(
+                PathBuf::from(std::ffi::OsStr::from_bytes(rel)),
+                why,
+            ));
+        }
+        let Some(fd) = fd else {
+            return Ok(Stated::Gone);
+        };
+        let Ok(cname) = std::ffi::CString::new(name) else {
+            return Ok(Stated::Gone);
         };
         // SAFETY: fstatat fills `st` on success; the descriptor and name are valid.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -968,24 +1210,13 @@ fn classify_part(
         if rc != 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::NotFound {
-                continue;
+                return Ok(Stated::Gone);
             }
-            let p = project.join(&rel);
+            let p = self.project.join(std::ffi::OsStr::from_bytes(rel));
             return Err(HistoryError::io(format!("cannot stat {}", p.display()), e));
         }
-        match st.st_mode & libc::S_IFMT {
-            libc::S_IFLNK => links.push(rel),
-            libc::S_IFREG => files.push(Item {
-                size: st.st_size as u64,
-                stat: Stat::from_stat(&st),
-                exec: st.st_mode & 0o100 != 0,
-                known: None,
-                rel,
-            }),
-            _ => {}
-        }
+        Ok(Stated::Found(st))
     }
-    Ok((Vec::new(), files, links))
 }
 
 /// Copies one regular file (or only reads it when `dst` is `None`), hashing it on the way and appending it to `pack`.
@@ -1190,4 +1421,63 @@ fn build_tree(
     nodes[pos].subtree_count = subtrees;
     nodes[pos].id = id;
     id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            mode: 0o100644,
+            id: [0; 20],
+            stat: Stat::default(),
+        }
+    }
+
+    fn paths(entries: &[Entry]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+            .collect()
+    }
+
+    /// The merge of a sorted head with an unsorted tail gives what a full sort gives:
+    /// tails that go first, last, in between and everywhere, and heads that are not
+    /// sorted (or too short to count), which are sorted whole.
+    #[test]
+    fn sorted_head_and_tail_merge_like_a_sort() {
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..200 {
+            let n = (next() % 60) as usize;
+            let mut names: Vec<String> =
+                (0..n).map(|i| format!("d{}/f{}", next() % 7, i)).collect();
+            let head = if n == 0 {
+                0
+            } else {
+                (next() as usize) % (n + 1)
+            };
+            if case % 3 != 0 {
+                names[..head].sort();
+            }
+            let mut expected = names.clone();
+            expected.sort();
+            let mut entries: Vec<Entry> = names.iter().map(|p| entry(p)).collect();
+            sort_entries(&mut entries, head);
+            assert_eq!(paths(&entries), expected, "case {case}, head {head}");
+        }
+        let mut entries: Vec<Entry> = ["a", "b", "c", "z", "0", "bb"]
+            .iter()
+            .map(|p| entry(p))
+            .collect();
+        sort_entries(&mut entries, 4);
+        assert_eq!(paths(&entries), ["0", "a", "b", "bb", "c", "z"]);
+    }
 }

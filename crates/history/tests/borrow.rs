@@ -364,3 +364,81 @@ fn shadow_keeps_what_git_lists_not_what_the_index_names() {
     assert!(mode.starts_with("120000"), "{mode}");
     assert_eq!(dot_git(&project), before, "the user's .git changed");
 }
+
+/// The same with thousands of tracked files, so that the user's index is stat'ed on
+/// several threads in runs and merged with git's listing: tracked files that are now
+/// ignored, deleted, replaced by a directory or a symlink, made executable, modified,
+/// or inside a directory that became a repository of its own, at the start, the end
+/// and around the runs' boundaries of the index's order, plus untracked files in
+/// between. The snapshot is the one made from git's listing alone.
+#[test]
+fn shadow_merges_a_large_index_with_gits_listing() {
+    need_git!();
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("project");
+    let name = |i: usize| format!("d{:02}/f{i:04}.txt", i / 100);
+    for i in 0..4000 {
+        write(&project, &name(i), &format!("file {i}\n"));
+    }
+    user_git(&project, &["init", "-q", "-b", "main"]);
+    user_git(&project, &["add", "-A"]);
+    user_git(&project, &["commit", "-q", "-m", "one"]);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // Around the start, the end and the quarters of the index (4 runs of 1,000).
+    let marks = [
+        0, 1, 999, 1000, 1001, 1999, 2000, 2999, 3000, 3001, 3998, 3999,
+    ];
+    let mut ignores = String::new();
+    for (k, &i) in marks.iter().enumerate() {
+        let rel = name(i);
+        match k % 6 {
+            0 => ignores.push_str(&format!("/{rel}\n")),
+            1 => fs::remove_file(project.join(&rel)).unwrap(),
+            2 => {
+                fs::remove_file(project.join(&rel)).unwrap();
+                write(&project, &format!("{rel}/inside.txt"), "now a directory\n");
+            }
+            3 => {
+                fs::remove_file(project.join(&rel)).unwrap();
+                std::os::unix::fs::symlink("elsewhere", project.join(&rel)).unwrap();
+            }
+            4 => set_exec(&project, &rel, true),
+            _ => write(&project, &rel, "modified\n"),
+        }
+        write(&project, &format!("{rel}.new"), "untracked\n");
+    }
+    write(&project, ".gitignore", &ignores);
+    // d25 becomes a repository of its own: its files leave the snapshot.
+    user_git(&project.join("d25"), &["init", "-q"]);
+    let before = dot_git(&project);
+    let borrowed =
+        SessionRepo::create_shadow_with(&project, &tmp.path().join("a.git"), &[], true).unwrap();
+    let hashed =
+        SessionRepo::create_shadow_with(&project, &tmp.path().join("b.git"), &[], false).unwrap();
+    let st = borrowed.start_stats().unwrap();
+    assert!(st.borrowed > 3800, "{st:?}");
+    assert_eq!(base_tree(&borrowed), base_tree(&hashed));
+    let base = borrowed.base().unwrap();
+    let listed = git(
+        borrowed.git_dir(),
+        borrowed.work_tree(),
+        &["ls-tree", "-r", "--name-only", &base],
+    );
+    let names: Vec<&str> = listed.lines().collect();
+    assert!(!names.contains(&name(0).as_str()), "ignored");
+    assert!(!names.contains(&name(1).as_str()), "deleted");
+    assert!(names.contains(&format!("{}/inside.txt", name(999)).as_str()));
+    assert!(names.contains(&name(1000).as_str()), "the symlink");
+    assert!(names.contains(&format!("{}.new", name(3999)).as_str()));
+    assert!(
+        !names.iter().any(|n| n.starts_with("d25/")),
+        "nested repository"
+    );
+    assert!(names.contains(&name(2400).as_str()));
+    git(
+        borrowed.git_dir(),
+        borrowed.work_tree(),
+        &["fsck", "--strict", "--no-progress"],
+    );
+    assert_eq!(dot_git(&project), before, "the user's .git changed");
+}
