@@ -270,12 +270,45 @@ fn write_walked(
     (stat_cache, left): (Option<&Path>, LeftOut),
 ) -> Result<Written, HistoryError> {
     let mut borrowed_count = 0;
+    // A walk's files (the overlay's lower layer, the copy) come in no order and none
+    // was matched yet: they are put in path order once, matched against the user's
+    // index in one pass (no search per file), and the entries of those read in place
+    // come out sorted (see `sort_entries`). `direct`'s files were matched beside
+    // their stat; only its few others are searched.
+    let by_path: Option<Vec<u32>> = match &borrowed {
+        Some(_) if files.len() > 1 && files.iter().all(|f| !f.checked) => {
+            let mut v: Vec<u32> = (0..files.len() as u32).collect();
+            v.sort_unstable_by(|&x, &y| {
+                let name = |i: u32| files[i as usize].rel.as_os_str().as_bytes();
+                name(x).cmp(name(y))
+            });
+            Some(v)
+        }
+        _ => None,
+    };
     if let Some(b) = &borrowed {
-        for f in files.iter_mut() {
-            if !f.checked {
-                f.known = b.unchanged(f.rel.as_os_str().as_bytes(), &f.stat, f.exec);
+        if let Some(order) = &by_path {
+            let (n, mut j) = (b.len(), 0);
+            for &i in order {
+                let f = &mut files[i as usize];
+                let rel = f.rel.as_os_str().as_bytes();
+                while j < n && b.name(j) < rel {
+                    j += 1;
+                }
+                if j < n && b.name(j) == rel {
+                    f.known = b.unchanged_at(j, &f.stat, f.exec);
+                    j += 1;
+                }
+                f.checked = true;
+                borrowed_count += usize::from(f.known.is_some());
             }
-            borrowed_count += usize::from(f.known.is_some());
+        } else {
+            for f in files.iter_mut() {
+                if !f.checked {
+                    f.known = b.unchanged(f.rel.as_os_str().as_bytes(), &f.stat, f.exec);
+                }
+                borrowed_count += usize::from(f.known.is_some());
+            }
         }
         if borrowed_count > 0 {
             b.write_alternates(git_dir)?;
@@ -452,9 +485,13 @@ fn write_walked(
             stat: c.stat,
         });
     };
-    // The files read in place first, in their order (`direct`: already sorted).
+    // The files read in place first, in path order (`direct`: theirs already).
     let mut in_place = 0;
-    for i in 0..files.len() {
+    let in_order: Box<dyn Iterator<Item = usize>> = match &by_path {
+        Some(order) => Box::new(order.iter().map(|&i| i as usize)),
+        None => Box::new(0..files.len()),
+    };
+    for i in in_order {
         if let (Some((mode, id)), true) = (files[i].known, inline(&files[i])) {
             let stat = files[i].stat;
             add(files, i, Copied { id, mode, stat });
