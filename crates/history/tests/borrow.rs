@@ -442,3 +442,109 @@ fn shadow_merges_a_large_index_with_gits_listing() {
     );
     assert_eq!(dot_git(&project), before, "the user's .git changed");
 }
+
+/// The overlay's walk and the copy's find the files in no order: they are put in path
+/// order and merged with the user's index in one pass. Names whose order differs
+/// between a directory's listing and whole paths (`x-y` < `x/y` < `x.y`… in bytes),
+/// modified, deleted, re-moded and untracked files: exactly the unchanged tracked files
+/// are borrowed, and the snapshot is the one made by hashing every file.
+#[test]
+fn a_walked_project_is_matched_with_the_index_in_path_order() {
+    need_git!();
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("project");
+    let mut tracked: Vec<String> = (0..300).map(|i| format!("d{}/f{i}.txt", i % 7)).collect();
+    for odd in [
+        "x-y.txt",
+        "x/y.txt",
+        "x.y",
+        "x0",
+        "x/z/w.txt",
+        "x/y-z.txt",
+        "x/y/a",
+        "x/y.",
+        "d1-",
+        "d1.txt",
+        "d10/a",
+        "e",
+    ] {
+        tracked.push(odd.to_string());
+    }
+    for (i, rel) in tracked.iter().enumerate() {
+        write(&project, rel, &format!("{rel} {}\n", i % 11));
+    }
+    user_git(&project, &["init", "-q", "-b", "main"]);
+    user_git(&project, &["add", "-A"]);
+    user_git(&project, &["commit", "-q", "-m", "one"]);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let changed = ["x/y.txt", "d1-", "d0/f0.txt", "d5/f299.txt", "e"];
+    for rel in changed {
+        write(&project, rel, "modified\n");
+    }
+    let deleted = ["x-y.txt", "d3/f10.txt", "x/y/a"];
+    for rel in deleted {
+        fs::remove_file(project.join(rel)).unwrap();
+    }
+    set_exec(&project, "x.y", true);
+    for rel in ["x/y.new", "d1/aaa", "x-a", "zz/new.txt", "d10/b"] {
+        write(&project, rel, "untracked\n");
+    }
+    let before = dot_git(&project);
+    let expected_borrowed = tracked.len() - changed.len() - deleted.len() - 1;
+    let files = tracked.len() - deleted.len() + 5;
+
+    let hashed = SessionRepo::create_sandbox_copy_with(
+        &project,
+        &tmp.path().join("h/work"),
+        Some(&tmp.path().join("h/history.git")),
+        &[],
+        false,
+    )
+    .unwrap();
+    let copy = SessionRepo::create_sandbox_copy_with(
+        &project,
+        &tmp.path().join("c/work"),
+        Some(&tmp.path().join("c/history.git")),
+        &[],
+        true,
+    )
+    .unwrap();
+    let st = copy.start_stats().unwrap();
+    assert_eq!(
+        (st.files, st.borrowed),
+        (files, expected_borrowed),
+        "{st:?}"
+    );
+    assert_eq!(base_tree(&copy), base_tree(&hashed));
+
+    let layers = safe_coder_sandbox::overlay::Layers {
+        lower: project.clone(),
+        upper: tmp.path().join("o/upper"),
+        work: tmp.path().join("o/ovl-work"),
+        merged: tmp.path().join("o/work"),
+    };
+    match SessionRepo::create_overlay(&layers, &tmp.path().join("o/history.git"), &[]) {
+        Ok(overlay) => {
+            let st = overlay.start_stats().unwrap();
+            assert_eq!(
+                (st.files, st.borrowed),
+                (files, expected_borrowed),
+                "{st:?}"
+            );
+            assert_eq!(base_tree(&overlay), base_tree(&hashed));
+            git(
+                overlay.git_dir(),
+                Path::new("/"),
+                &["fsck", "--strict", "--no-progress"],
+            );
+        }
+        Err(e) => {
+            assert!(
+                std::env::var_os("SAFE_CODER_REQUIRE_SANDBOX").is_none(),
+                "the overlay workspace must work here: {e}"
+            );
+            eprintln!("overlay part skipped: {e}");
+        }
+    }
+    assert_eq!(dot_git(&project), before, "the user's .git changed");
+}
