@@ -821,44 +821,62 @@ fn walk(
         }
     };
     // One directory: its entries sorted into the three lists, subdirectories queued.
+    // Read with `readdir` and `fstatat` on the open directory, not `fs::read_dir`:
+    // one allocation per entry kept (its path), none per name read.
     let visit =
         |rel: &Path, out: &mut Walked, more: &mut Vec<PathBuf>| -> Result<(), HistoryError> {
             let dir = project.join(rel);
-            let rd = fs::read_dir(&dir).ctx(|| format!("cannot read {}", dir.display()))?;
-            for entry in rd {
-                let entry = entry.ctx(|| format!("cannot read {}", dir.display()))?;
-                let name = entry.file_name();
-                let child = rel.join(&name);
-                if name == ".git" || ex.is_excluded(&child) {
+            let mut listing = DirListing::open(&dir)?;
+            let fd = listing.fd();
+            while let Some((cname, d_type)) = listing
+                .next()
+                .map_err(|e| HistoryError::io(format!("cannot read {}", dir.display()), e))?
+            {
+                let name = cname.to_bytes();
+                let child = rel.join(std::ffi::OsStr::from_bytes(name));
+                if name == b".git" || ex.is_excluded(&child) {
                     hide(&child);
                     continue;
                 }
-                if let Some(why) = unstorable_name(name.as_bytes()) {
+                if let Some(why) = unstorable_name(name) {
                     lock(left).push((child.clone(), why));
                     hide(&child);
                     continue;
                 }
-                let ft = entry
-                    .file_type()
-                    .ctx(|| format!("cannot stat {}", entry.path().display()))?;
-                if ft.is_dir() {
+                let kind = match d_type {
+                    libc::DT_DIR => libc::S_IFDIR,
+                    libc::DT_LNK => libc::S_IFLNK,
+                    libc::DT_REG | libc::DT_UNKNOWN => 0,
+                    _ => continue,
+                };
+                if kind == libc::S_IFDIR {
                     out.0.push(child.clone());
                     more.push(child);
-                } else if ft.is_symlink() {
+                    continue;
+                }
+                if kind == libc::S_IFLNK {
                     out.2.push(child);
-                } else if ft.is_file() {
-                    // `DirEntry::metadata` is an `fstatat` on the open directory.
-                    let meta = entry
-                        .metadata()
-                        .ctx(|| format!("cannot stat {}", entry.path().display()))?;
-                    out.1.push(Item {
+                    continue;
+                }
+                let st = stat_at(fd, cname).map_err(|e| {
+                    HistoryError::io(format!("cannot stat {}", project.join(&child).display()), e)
+                })?;
+                match st.st_mode & libc::S_IFMT {
+                    libc::S_IFREG => out.1.push(Item {
                         rel: child,
-                        size: meta.len(),
-                        stat: Stat::from_meta(&meta),
-                        exec: meta.permissions().mode() & 0o100 != 0,
+                        size: st.st_size as u64,
+                        stat: Stat::from_stat(&st),
+                        exec: st.st_mode & 0o100 != 0,
                         known: None,
                         checked: false,
-                    });
+                    }),
+                    // The type was unknown to `readdir` (some filesystems).
+                    libc::S_IFDIR if d_type == libc::DT_UNKNOWN => {
+                        out.0.push(child.clone());
+                        more.push(child);
+                    }
+                    libc::S_IFLNK if d_type == libc::DT_UNKNOWN => out.2.push(child),
+                    _ => {}
                 }
             }
             Ok(())
@@ -913,6 +931,76 @@ fn walk(
         all.2.extend(l);
     }
     Ok(all)
+}
+
+/// A directory being read by [`walk`]: `readdir` on a stream of its own, names
+/// borrowed from the stream (no copy), files stat'ed relative to it.
+struct DirListing(std::ptr::NonNull<libc::DIR>);
+
+impl DirListing {
+    fn open(dir: &Path) -> Result<DirListing, HistoryError> {
+        let fail = |e| HistoryError::io(format!("cannot read {}", dir.display()), e);
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| fail(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
+        // SAFETY: `c` is a valid NUL-terminated path; a null result is handled.
+        let d = unsafe { libc::opendir(c.as_ptr()) };
+        std::ptr::NonNull::new(d)
+            .map(DirListing)
+            .ok_or_else(|| fail(std::io::Error::last_os_error()))
+    }
+
+    /// The next entry's name (neither `.` nor `..`) and `d_type`; `None` at the end.
+    /// The name is valid until the next call: the caller copies what it keeps first.
+    fn next(&mut self) -> std::io::Result<Option<(&std::ffi::CStr, u8)>> {
+        loop {
+            // SAFETY: errno is thread-local; `readdir` on our own stream, whose
+            // entry stays valid until the next `readdir` or `closedir`.
+            unsafe { *libc::__errno_location() = 0 };
+            let ent = unsafe { libc::readdir64(self.0.as_ptr()) };
+            if ent.is_null() {
+                let e = std::io::Error::last_os_error();
+                return match e.raw_os_error() {
+                    Some(0) | None => Ok(None),
+                    _ => Err(e),
+                };
+            }
+            // SAFETY: `d_name` is NUL-terminated within the entry.
+            let (name, d_type) = unsafe {
+                (
+                    std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()),
+                    (*ent).d_type,
+                )
+            };
+            if !matches!(name.to_bytes(), b"." | b"..") {
+                return Ok(Some((name, d_type)));
+            }
+        }
+    }
+
+    /// The stream's descriptor, for [`stat_at`] (valid while the listing lives).
+    fn fd(&self) -> std::os::fd::RawFd {
+        // SAFETY: the stream is open.
+        unsafe { libc::dirfd(self.0.as_ptr()) }
+    }
+}
+
+/// `lstat` of `name` in the directory open as `dir`.
+fn stat_at(dir: std::os::fd::RawFd, name: &std::ffi::CStr) -> std::io::Result<libc::stat> {
+    // SAFETY: fstatat fills `st` on success; the descriptor and the name are valid.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    if rc == 0 {
+        Ok(st)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl Drop for DirListing {
+    fn drop(&mut self) {
+        // SAFETY: the stream was opened by `open` and is closed once.
+        unsafe { libc::closedir(self.0.as_ptr()) };
+    }
 }
 
 /// The paths of git's `ls-files -z` output (empty ones and directories, which end in

@@ -337,3 +337,87 @@ fn the_first_snapshot_borrows_and_copies_nothing() {
     );
     assert_eq!(tree_snapshot(&project.join(".git")), git_before);
 }
+
+/// The lower layer's walk: `.git` at any depth, excluded names and paths and names git
+/// cannot store are hidden from the merged tree (whiteouts) and left out of the first
+/// snapshot; a FIFO is left out but stays visible; symlinks and executables are kept
+/// as such, in directories several levels deep.
+#[test]
+fn the_walk_hides_git_dirs_excluded_and_unstorable_paths_at_any_depth() {
+    need_git!();
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("project");
+    write(&project, "top.txt", "top\n");
+    write(&project, "a/b/c/deep.txt", "deep\n");
+    write(&project, "a/b/c/.git/HEAD", "ref: refs/heads/main\n");
+    write(&project, "a/b/sub/.git", "gitdir: elsewhere\n");
+    write(&project, "a/b/sub/kept.txt", "kept\n");
+    write(&project, "a/node_modules/x.js", "excluded by name\n");
+    write(&project, "a/b/secret/key", "excluded by path\n");
+    write(&project, "z/.GIT/hooks/pre-commit", "unstorable\n");
+    write(&project, "run.sh", "#!/bin/sh\n");
+    set_exec(&project, "run.sh", true);
+    std::os::unix::fs::symlink("../top.txt", project.join("a/link")).unwrap();
+    use std::os::unix::ffi::OsStringExt;
+    use std::os::unix::fs::FileTypeExt;
+    let fifo =
+        std::ffi::CString::new(project.join("a/b/pipe").into_os_string().into_vec()).unwrap();
+    // SAFETY: a valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let out = Command::new("git")
+        .args(["init", "-q"])
+        .current_dir(&project)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let ex: Vec<String> = ["node_modules", "a/b/secret"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let repo =
+        match SessionRepo::create_overlay(&layers(tmp.path()), &tmp.path().join("h.git"), &ex) {
+            Ok(r) => r,
+            Err(e) => {
+                assert!(!required(), "{e}");
+                eprintln!("skipped: {e}");
+                return;
+            }
+        };
+    let m = repo.files().to_path_buf();
+    for hidden in [
+        ".git",
+        "a/b/c/.git",
+        "a/b/sub/.git",
+        "a/node_modules",
+        "a/b/secret",
+        "z/.GIT",
+    ] {
+        assert!(
+            fs::symlink_metadata(m.join(hidden)).is_err(),
+            "{hidden} is visible"
+        );
+        assert!(project.join(hidden).exists(), "{hidden} left the project");
+    }
+    assert!(fs::symlink_metadata(m.join("a/b/pipe"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let files = commit_files(&repo, "HEAD");
+    let names: Vec<&str> = files.keys().map(|k| k.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "a/b/c/deep.txt",
+            "a/b/sub/kept.txt",
+            "a/link",
+            "run.sh",
+            "top.txt"
+        ]
+    );
+    assert!(files["run.sh"].1);
+    assert_eq!(files["a/link"].0, b"../top.txt");
+    assert_eq!(
+        commit_files(&repo, "HEAD"),
+        merged_files(&repo, &["a/b/pipe"])
+    );
+}
