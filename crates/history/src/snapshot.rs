@@ -833,7 +833,14 @@ fn walk(
                 .map_err(|e| HistoryError::io(format!("cannot read {}", dir.display()), e))?
             {
                 let name = cname.to_bytes();
-                let child = rel.join(std::ffi::OsStr::from_bytes(name));
+                // `rel.join(name)` in one allocation (`join` copies, then grows).
+                let mut child = Vec::with_capacity(rel.as_os_str().len() + 1 + name.len());
+                if !rel.as_os_str().is_empty() {
+                    child.extend_from_slice(rel.as_os_str().as_bytes());
+                    child.push(b'/');
+                }
+                child.extend_from_slice(name);
+                let child = PathBuf::from(std::ffi::OsString::from_vec(child));
                 if name == b".git" || ex.is_excluded(&child) {
                     hide(&child);
                     continue;
