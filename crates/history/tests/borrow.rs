@@ -57,6 +57,15 @@ fn dot_git(root: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
     tree_snapshot(&root.join(".git"))
 }
 
+/// `git fsck --strict` of the session's history: every object it holds is sound.
+fn fsck(repo: &SessionRepo) {
+    git(
+        repo.git_dir(),
+        repo.work_tree(),
+        &["fsck", "--strict", "--no-progress"],
+    );
+}
+
 fn base_tree(repo: &SessionRepo) -> String {
     let base = repo.base().unwrap();
     git(
@@ -103,11 +112,7 @@ fn sandbox_copy_borrows_the_users_index_and_objects_and_leaves_git_untouched() {
             .unwrap()
             .contains(".git/objects")
     );
-    git(
-        borrowed.git_dir(),
-        borrowed.work_tree(),
-        &["fsck", "--strict", "--no-progress"],
-    );
+    fsck(&borrowed);
     let status = git(
         borrowed.git_dir(),
         borrowed.work_tree(),
@@ -152,11 +157,7 @@ fn shadow_borrows_and_leaves_git_untouched() {
         SessionRepo::create_shadow_with(&project, &tmp.path().join("b.git"), &[], false).unwrap();
     assert!(borrowed.start_stats().unwrap().borrowed >= 5);
     assert_eq!(base_tree(&borrowed), base_tree(&hashed));
-    git(
-        borrowed.git_dir(),
-        borrowed.work_tree(),
-        &["fsck", "--strict", "--no-progress"],
-    );
+    fsck(&borrowed);
     write(&project, "src/main.rs", "fn main() { direct(); }\n");
     borrowed
         .commit_changes("Agent executed: bash", None)
@@ -219,11 +220,7 @@ fn a_project_below_the_repository_root_borrows_its_part() {
     assert_eq!(repo.start_stats().unwrap().borrowed, 2);
     let files = git(repo.git_dir(), repo.work_tree(), &["ls-files"]);
     assert_eq!(files, "deeper/x.txt\ninside.txt\n");
-    git(
-        repo.git_dir(),
-        repo.work_tree(),
-        &["fsck", "--strict", "--no-progress"],
-    );
+    fsck(&repo);
     assert_eq!(dot_git(&top), before);
 }
 
@@ -257,11 +254,7 @@ fn index_versions_3_and_4_are_read() {
         .unwrap();
         let stats = repo.start_stats().unwrap();
         assert_eq!((stats.files, stats.borrowed), (41, 40), "index v{version}");
-        git(
-            repo.git_dir(),
-            repo.work_tree(),
-            &["fsck", "--strict", "--no-progress"],
-        );
+        fsck(&repo);
         let shown = git(
             repo.git_dir(),
             repo.work_tree(),
@@ -307,11 +300,7 @@ fn a_large_project_stats_on_several_threads_into_the_same_snapshot() {
     assert_eq!(st.files, 3001);
     assert_eq!(st.borrowed, 2999);
     assert_eq!(base_tree(&shadow), base_tree(&hashed));
-    git(
-        shadow.git_dir(),
-        shadow.work_tree(),
-        &["fsck", "--strict", "--no-progress"],
-    );
+    fsck(&shadow);
     assert_eq!(dot_git(&project), before, "the user's .git changed");
 }
 
@@ -435,11 +424,7 @@ fn shadow_merges_a_large_index_with_gits_listing() {
         "nested repository"
     );
     assert!(names.contains(&name(2400).as_str()));
-    git(
-        borrowed.git_dir(),
-        borrowed.work_tree(),
-        &["fsck", "--strict", "--no-progress"],
-    );
+    fsck(&borrowed);
     assert_eq!(dot_git(&project), before, "the user's .git changed");
 }
 

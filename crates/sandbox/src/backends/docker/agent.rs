@@ -141,20 +141,7 @@ impl Resident {
         let r = Resident {
             socket: dir.join(SOCKET),
         };
-        let deadline = Instant::now() + READY_DEADLINE;
-        loop {
-            if r.socket.exists() {
-                if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(2), r.connect()).await {
-                    if c.ping().await.is_ok() {
-                        return Some(r);
-                    }
-                }
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        r.answers().await.then_some(r)
     }
 
     /// Whether the agent answers a ping within the time a fresh agent gets to start.
@@ -173,6 +160,9 @@ impl Resident {
 
     /// Whether the agent answers a ping now (a stopped container's does not).
     pub async fn answers_now(&self) -> bool {
+        if !self.socket.exists() {
+            return false;
+        }
         match tokio::time::timeout(Duration::from_secs(2), self.connect()).await {
             Ok(Ok(c)) => c.ping().await.is_ok(),
             _ => false,
